@@ -1,0 +1,196 @@
+"""`kt`: the command line. Each command parses, calls one function, prints where the outputs went.
+
+Heavy imports (torch, timm, onnxruntime, kaggle) live inside the command bodies, so `kt --help`
+is instant and needs no GPU and no credentials.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import KtError
+
+
+class KtGroup(click.Group):
+    """Turns KtError into one `error: …` line and exit code 2; tracebacks are for our own bugs."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KtError as e:
+            # errors raised inside DataLoader workers arrive wrapped with a traceback; keep the message
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            message = lines[-1].split("KtError: ", 1)[-1] if lines else "unknown error"
+            click.echo(f"error: {message}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=KtGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="kaggle_transfer")
+def main() -> None:
+    """kaggle_transfer: from a Kaggle image competition's files to a validated submission.
+
+    \b
+    kt train aptos --data-dir DIR --arch resnet50 --size 512 --pool gem --loss l1
+    kt export runs/aptos/<run-id>
+    kt predict aptos runs/aptos/*/model.onnx --data-dir DIR --tta flip
+    kt validate aptos submissions/aptos/<stamp>_<label>/submission.csv --data-dir DIR
+    """
+
+
+@main.command("competitions")
+def competitions_cmd() -> None:
+    """List the competitions kt knows, with task, metric and how each is submitted."""
+    from .competitions import COMPETITIONS
+
+    click.echo(f"{'name':<10} {'task':<11} {'metric':<9} {'submit':<9} {'ch':>2}  {'external':<12} kaggle slug")
+    for c in COMPETITIONS.values():
+        s = c.summary()
+        click.echo(f"{s['name']:<10} {s['task']:<11} {s['metric']:<9} {s['submit_via']:<9} {s['channels']:>2}  "
+                   f"{','.join(s['external']) or '-':<12} {s['slug'] or '-'}")
+
+
+def _external_dirs(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise KtError(f"--external-dir {item!r} must look like NAME=DIR, e.g. dr2015=/data/dr2015")
+        name, path = item.split("=", 1)
+        out[name] = path
+    return out
+
+
+@main.command()
+@click.argument("competition", required=False)
+@click.option("-c", "--recipe", type=click.Path(), help="YAML recipe of config keys (competitions/<name>/*.yaml).")
+@click.option("--data-dir", type=click.Path(), help="Competition files (default: $KT_DATA/<name>, data/<name>).")
+@click.option("--arch", help="timm model name, e.g. resnet50, inception_resnet_v2.")
+@click.option("--size", type=int, help="Input side in pixels (the study: 256; winners: 512).")
+@click.option("--pool", type=click.Choice(["avg", "gem"]), help="Global pooling of the head.")
+@click.option("--loss", help="ce, bce, focal, l1, smooth_l1, mse (default: the task's).")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]))
+@click.option("--augment", type=click.Choice(["none", "paper", "heavy"]))
+@click.option("--external", multiple=True, help="External source added to training rows (repeatable).")
+@click.option("--external-dir", multiple=True, help="NAME=DIR for each --external source.")
+@click.option("--pretrained/--no-pretrained", default=None, help="Load ImageNet weights through timm.")
+@click.option("--weights", type=click.Path(), help="Local backbone state dict (offline).")
+@click.option("--split", type=click.Choice(["paper", "kfold"]))
+@click.option("--folds", type=int, help="Number of folds with --split kfold.")
+@click.option("--fold", type=int, help="Which fold validates.")
+@click.option("--seed", type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--amp", type=click.Choice(["auto", "bf16", "fp16", "off"]))
+@click.option("--workers", type=int, help="DataLoader worker processes.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), help="TTA recorded for prediction.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key (repeatable).")
+@click.option("--runs-root", type=click.Path(), help="Where run folders go (default: $KT_RUNS or runs/).")
+@click.option("--label", help="Run folder suffix (default: arch and size).")
+@click.option("--resume", "resume_dir", type=click.Path(), help="Continue a killed run from its last.pt.")
+@click.option("--skip-bad-images", is_flag=True, help="Drop rows whose image is missing, and count them.")
+@click.option("--progress/--no-progress", default=True)
+def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, resume_dir, skip_bad_images,
+          progress, **flags) -> None:
+    """Train one model; writes a run folder with checkpoints, OOF, history and plots."""
+    import json
+
+    from . import competitions, config, runs
+    from .train import fit
+
+    if resume_dir:
+        run_dir = Path(resume_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise KtError(f"--resume {run_dir}: no config.yaml there; pass a run folder made by kt train")
+        cfg = config.load(run_dir / "config.yaml")
+        info = json.loads((run_dir / "run.json").read_text())
+        data, ext, skip_bad_images = Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"]
+    else:
+        if not competition:
+            raise KtError("name the competition: kt train COMPETITION (kt competitions lists them)")
+        comp = competitions.get(competition)
+        cfg = config.resolve(recipe, {"competition": comp.name, **flags}, sets)
+        data, ext = competitions.find_data_dir(comp, data_dir), _external_dirs(external_dir)
+        run_dir = runs.new_run_dir(runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}")
+    click.echo(f"run folder: {run_dir}")
+    result = fit(cfg, run_dir, data, ext, resume=bool(resume_dir), skip_bad_images=skip_bad_images,
+                 progress=progress)
+    extra = f" (rounded: {result['score_rounded']:.4f})" if "score_rounded" in result else ""
+    click.echo(f"best {result['metric']} {result['score']:.4f}{extra} at epoch {result['best_epoch']}; "
+               f"{result['train_images_per_s']:.1f} train images/s")
+    if result["skipped_images"]:
+        click.echo(f"skipped {result['skipped_images']} rows with missing images")
+    click.echo(f"next: kt export {run_dir}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("-o", "--out", type=click.Path(), help="ONNX path (default: RUN_DIR/model.onnx).")
+@click.option("--opset", type=int, default=18, show_default=True)
+def export(run_dir, out, opset) -> None:
+    """Export a run's best weights to a self-describing ONNX file, checked against torch."""
+    from .export import export as export_run
+
+    result = export_run(run_dir, out, opset)
+    click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
+
+
+@main.command()
+@click.argument("competition")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--data-dir", type=click.Path(), help="Competition files with the test images.")
+@click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True)
+@click.option("--refit", is_flag=True, help="Refit cut points/thresholds on the members' blended OOF.")
+@click.option("--out-root", type=click.Path(), default="submissions", show_default=True)
+@click.option("--label", help="Submission folder suffix.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing submission folder.")
+@click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=4, show_default=True, help="Image decoding threads.")
+@click.option("--progress/--no-progress", default=True)
+def predict(competition, models, data_dir, tta, refit, out_root, label, overwrite, provider, batch_size,
+            workers, progress) -> None:
+    """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
+    from .inference.pipeline import predict_submission
+    from .inference.session import expand
+
+    manifest = predict_submission(competition, expand(list(models)), data_dir, out_root, label, tta, overwrite,
+                                  refit, provider, batch_size, workers, progress)
+    providers = sorted({m["provider"] for m in manifest["models"]})
+    click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)}; {manifest['rows']} rows, "
+               f"{manifest['images_per_s']} images/s")
+    click.echo(f"wrote {manifest['submission']} (valid) and manifest.json")
+
+
+@main.command()
+@click.argument("competition")
+@click.argument("csv", type=click.Path())
+@click.option("--data-dir", type=click.Path(), help="Competition files (sample submission, test ids).")
+def validate(competition, csv, data_dir) -> None:
+    """Check a submission CSV against the competition's format and test ids."""
+    from . import competitions, submission
+
+    comp = competitions.get(competition)
+    result = submission.validate(comp, Path(csv), competitions.find_data_dir(comp, data_dir))
+    click.echo(f"valid {comp.name} submission: {result['rows']} rows, columns {','.join(result['columns'])}")
+
+
+@main.command()
+@click.argument("competition", default="aptos")
+@click.option("--workdir", type=click.Path(), default="demo", show_default=True,
+              help="Folder for the synthetic data, runs and submissions.")
+@click.option("--epochs", type=int, default=8, show_default=True)
+@click.option("--progress/--no-progress", default=True)
+def demo(competition, workdir, epochs, progress) -> None:
+    """Synthetic data → two models at two sizes → ONNX → ensemble → validated submission."""
+    from .demo import run_demo
+
+    run_demo(competition, Path(workdir), epochs=epochs, progress=progress, echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()

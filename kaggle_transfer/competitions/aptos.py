@@ -1,0 +1,51 @@
+"""APTOS 2019 Blindness Detection: ordinal 0-4, quadratic weighted kappa, code competition.
+
+Layout (shared/COMPETITIONS.md): train.csv (id_code,diagnosis), test.csv (id_code),
+sample_submission.csv (id_code,diagnosis), train_images/{id_code}.png, test_images/{id_code}.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..tasks import Task
+from .base import Competition, check_files, parse_int_labels, read_csv
+
+GRADES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
+
+
+class Aptos(Competition):
+    def _table(self, data_dir: Path, split: str, skip_bad_images: bool) -> pd.DataFrame:
+        data_dir = Path(data_dir)
+        path = data_dir / f"{split}.csv"
+        columns = ["id_code", "diagnosis"] if split == "train" else ["id_code"]
+        df = read_csv(path, columns, f"APTOS {split}.csv")
+        table = pd.DataFrame({
+            "id": df["id_code"].to_numpy(),
+            "paths": [(str(data_dir / f"{split}_images" / f"{i}.png"),) for i in df["id_code"]],
+            "source": "competition",
+        })
+        if split == "train":
+            table["target"] = parse_int_labels(df["diagnosis"], path, "diagnosis", len(GRADES))
+        return check_files(table, skip_bad_images)
+
+    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        return self._table(data_dir, "train", skip_bad_images)
+
+    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        return self._table(data_dir, "test", skip_bad_images)
+
+
+APTOS = Aptos(
+    name="aptos",
+    slug="aptos2019-blindness-detection",
+    title="APTOS 2019 Blindness Detection",
+    task=Task("ordinal", num_classes=len(GRADES), metric="qwk"),
+    submit_via="notebook",
+    id_column="id_code",
+    target_column="diagnosis",
+    class_names=GRADES,
+    external={"dr2015": "2015 Diabetic Retinopathy Detection (EyePACS), same 0-4 scale"},
+)

@@ -1,0 +1,117 @@
+"""The competition adapter: what a contest IS, and how its files become the standard table.
+
+Standard table (pandas): `id`, `paths` (tuple of image files), `target` (absent for test),
+`group` (optional, for grouped splits), `source` ("competition" or an external source's name).
+Everything downstream reads only this table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import KtError
+from ..tasks import Task
+
+
+def read_csv(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    """Read a competition CSV, naming the file and the missing columns when it is not as expected."""
+    if not path.is_file():
+        raise KtError(f"{what} not found: {path}; check --data-dir (kt download fetches the files)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise KtError(f"{path} is not a readable CSV: {e}".replace("\n", " ")) from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise KtError(f"{path} lacks column(s) {', '.join(missing)}; header is {','.join(df.columns)}; "
+                      f"expected {','.join(columns)}")
+    duplicated = df[columns[0]][df[columns[0]].duplicated()]
+    if len(duplicated):
+        raise KtError(f"{path} has duplicate {columns[0]} values, e.g. {duplicated.iloc[0]!r}; ids must be unique")
+    return df
+
+
+def parse_int_labels(values: pd.Series, path: Path, column: str, num_classes: int) -> np.ndarray:
+    """Integer labels in 0..num_classes-1; names the first offending row otherwise."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = numeric.isna() | (numeric % 1 != 0) | (numeric < 0) | (numeric >= num_classes)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise KtError(f"{path}: {column} must be an integer in 0..{num_classes - 1}; "
+                      f"row {row + 2} has {values.iloc[row]!r}")
+    return numeric.astype(int).to_numpy()
+
+
+def check_files(table: pd.DataFrame, skip_missing: bool) -> pd.DataFrame:
+    """Every image file must exist; with skip_missing the rows are dropped and counted instead."""
+    exists = np.array([all(os.path.isfile(p) for p in paths) for paths in table["paths"]], dtype=bool)
+    if exists.all():
+        return table
+    if not skip_missing:
+        first = next(p for paths in table.loc[~exists, "paths"] for p in paths if not os.path.isfile(p))
+        raise KtError(f"{(~exists).sum()} image file(s) missing, e.g. {first}; "
+                      "fix the data folder or pass --skip-bad-images to drop those rows")
+    table = table[exists].reset_index(drop=True)
+    table.attrs["skipped_images"] = int((~exists).sum())
+    return table
+
+
+@dataclass
+class Competition:
+    """Facts about one contest. Subclasses implement `read_train` and `read_test`."""
+
+    name: str
+    slug: str | None                 # Kaggle slug; None for a local dataset
+    title: str
+    task: Task
+    submit_via: str                  # csv | notebook (code competition) | none
+    id_column: str
+    target_column: str
+    class_names: list[str]
+    channels: tuple[str, ...] = ("red", "green", "blue")
+    external: dict[str, str] = field(default_factory=dict)  # source name -> one-line description
+    split_seed: int = 414
+
+    @property
+    def in_chans(self) -> int:
+        return len(self.channels)
+
+    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        raise NotImplementedError
+
+    def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
+        raise KtError(f"{self.name} has no external source {source!r}; "
+                      f"valid: {', '.join(self.external) or 'none'}")
+
+    def sample_submission(self, data_dir: Path) -> pd.DataFrame | None:
+        path = Path(data_dir) / "sample_submission.csv"
+        return pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
+
+    def submission_frame(self, ids: list[str], answers: np.ndarray) -> pd.DataFrame:
+        """Decoded answers → the competition's submission columns."""
+        return pd.DataFrame({self.id_column: ids, self.target_column: self.format_answers(answers)})
+
+    def format_answers(self, answers: np.ndarray) -> list[Any]:
+        return [int(a) for a in answers]
+
+    def check_answer(self, value: str) -> bool:
+        """Whether one submission cell is in the value domain (e.g. an integer grade 0-4)."""
+        try:
+            number = float(value)
+        except ValueError:
+            return False
+        return number.is_integer() and 0 <= number < self.task.num_classes
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "slug": self.slug, "task": self.task.kind, "metric": self.task.metric,
+                "submit_via": self.submit_via, "classes": len(self.class_names), "channels": self.in_chans,
+                "external": sorted(self.external)}

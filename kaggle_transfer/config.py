@@ -1,0 +1,174 @@
+"""RunConfig: one flat, typed record of everything a training run varies.
+
+Precedence: defaults → recipe YAML (`-c FILE`) → first-class flags → `--set key=value`.
+The resolved config is saved as `config.yaml` in the run folder and in the ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import KtError
+
+
+@dataclass
+class RunConfig:
+    competition: str = "aptos"          # adapter name (kt competitions)
+    arch: str = "resnet50"              # any timm model name
+    pretrained: bool = True             # ImageNet weights through timm / Hugging Face
+    weights: str | None = None          # local backbone state dict (offline); overrides pretrained
+    size: int = 256                     # square input side in pixels; the paper's baseline is 256
+    pool: str = "avg"                   # avg | gem (learnable p, the APTOS winners' choice)
+    dropout: float = 0.0                # before the linear head
+    loss: str | None = None             # None = the task's default (ordinal: smooth_l1, multiclass: ce, ...)
+    optimizer: str = "adamw"            # adamw | sgd (Nesterov, momentum 0.9), as in the study's grid
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    schedule: str = "cosine"            # cosine | step | none
+    warmup_epochs: int = 0
+    epochs: int = 30                    # the study trains 30 epochs and keeps the best one
+    batch_size: int = 32
+    augment: str = "paper"              # none | paper (random-resized-crop 0.65-1 + flip) | heavy (+ colour, affine)
+    external: list[str] = field(default_factory=list)  # external sources added to training rows only
+    amp: str = "auto"                   # auto (bf16 or fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: bool = True          # applied on CUDA only, where it speeds up convolutions
+    compile: bool = False               # torch.compile the model
+    ema: bool = False                   # keep a timm EMA of weights and validate with it
+    ema_decay: float = 0.999
+    split: str = "paper"                # paper (per class 20% validation, seed 414) | kfold
+    folds: int = 5                      # number of folds for split=kfold
+    fold: int = 0                       # which fold validates
+    seed: int = 414                     # the study's split seed; also seeds training
+    patience: int = 0                   # early stop after this many epochs without improvement; 0 = off
+    tta: str = "none"                   # test-time views recorded for predict: none | flip
+    workers: int = 2                    # DataLoader worker processes
+    device: str = "auto"                # auto | cpu | cuda
+    max_steps: int = 0                  # stop each epoch after this many steps; 0 = full epoch (smoke tests)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "pool": ("avg", "gem"),
+    "optimizer": ("adamw", "sgd"),
+    "schedule": ("cosine", "step", "none"),
+    "augment": ("none", "paper", "heavy"),
+    "amp": ("auto", "bf16", "fp16", "off"),
+    "split": ("paper", "kfold"),
+    "tta": ("none", "flip"),
+    "device": ("auto", "cpu", "cuda"),
+}
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def parse_value(key: str, value: Any) -> Any:
+    """Coerce a YAML or command-line value to the type of RunConfig.<key>; KtError if it does not fit."""
+    hint = _HINTS[key]
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if optional else hint
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise KtError(f"config key {key!r} cannot be empty")
+    try:
+        if typing.get_origin(base) is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return [str(v).strip() for v in items if str(v).strip()]
+        if base is bool:
+            return value if isinstance(value, bool) else _parse_bool(str(value))
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise KtError(f"config key {key!r} wants {getattr(base, '__name__', base)}, got {value!r}") from None
+
+
+def _check_key(key: str, where: str) -> None:
+    if key not in FIELDS:
+        close = difflib.get_close_matches(key, FIELDS, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise KtError(f"unknown config key {key!r} in {where}{hint}; valid keys: {', '.join(FIELDS)}")
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise KtError(f"recipe {path} not found; pass -c with an existing YAML file (see competitions/*/)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise KtError(f"recipe {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise KtError(f"recipe {path} must be a mapping of config keys to values")
+    return data
+
+
+def resolve(recipe: str | Path | None = None, flags: dict[str, Any] | None = None,
+            sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults → recipe → flags (None means 'not given') → `--set key=value` strings."""
+    values: dict[str, Any] = {}
+    if recipe:
+        for key, value in load_recipe(recipe).items():
+            _check_key(key, f"recipe {recipe}")
+            values[key] = parse_value(key, value)
+    for key, value in (flags or {}).items():
+        if value is not None and value != ():
+            _check_key(key, "flags")
+            values[key] = parse_value(key, value)
+    for item in sets:
+        if "=" not in item:
+            raise KtError(f"--set {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        _check_key(key.strip(), "--set")
+        values[key.strip()] = parse_value(key.strip(), value)
+    cfg = RunConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    for key, choices in CHOICES.items():
+        if getattr(cfg, key) not in choices:
+            raise KtError(f"{key}={getattr(cfg, key)!r} is not valid; choose one of: {', '.join(choices)}")
+    for key in ("size", "epochs", "batch_size", "folds"):
+        if getattr(cfg, key) < 1:
+            raise KtError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.split == "kfold" and not 0 <= cfg.fold < cfg.folds:
+        raise KtError(f"fold={cfg.fold} is outside 0..{cfg.folds - 1} for folds={cfg.folds}")
+    if cfg.lr <= 0:
+        raise KtError(f"lr must be positive, got {cfg.lr}")
+
+
+def save(cfg: RunConfig, path: str | Path) -> None:
+    from .fsutil import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def load(path: str | Path) -> RunConfig:
+    data = load_recipe(path)
+    return RunConfig(**{k: parse_value(k, v) for k, v in data.items() if k in FIELDS})

@@ -1,0 +1,110 @@
+"""Export a run's best checkpoint to a self-describing ONNX file and check it against torch.
+
+The file's metadata (key `kt`, JSON) carries everything prediction needs: competition, task,
+arch, input size and channels, mean/std (already applied inside the graph), class names,
+fitted thresholds/cut points, CV score and the full recipe. An ONNX file alone is enough.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__, competitions
+from . import config as config_mod
+from .errors import KtError
+from .fsutil import atomic_path
+from .models import build_model
+
+FORMAT_VERSION = 1
+PARITY_TOL = 1e-4  # fp32 ONNX vs torch, max abs difference on raw outputs
+
+
+def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
+    comp = competitions.get(cfg.competition)
+    metrics_path = run_dir / "metrics.json"
+    run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    return {
+        "format_version": FORMAT_VERSION, "kt_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "competition": comp.name, "task": comp.task.kind, "num_classes": comp.task.num_classes,
+        "metric": comp.task.metric, "arch": cfg.arch, "size": cfg.size, "channels": list(comp.channels),
+        "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "colour": "RGB" if comp.in_chans == 3
+                  else "+".join(comp.channels), "range": "0-255, normalised inside the graph"},
+        "class_names": comp.class_names, "fitted": run_metrics.get("fitted", {}),
+        "score": run_metrics.get("score"), "best_epoch": run_metrics.get("best_epoch"),
+        "tta": cfg.tta, "recipe": cfg.to_dict(), "run": run_dir.name, "git_sha": run_info.get("git_sha"),
+    }
+
+
+def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig]:
+    """The run's network with its best weights, in eval mode on the CPU."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise KtError(f"{run_dir} is not a run folder (no config.yaml); pass runs/<competition>/<run-id>")
+    if not (run_dir / "best.pt").is_file():
+        raise KtError(f"{run_dir}/best.pt not found; the run has not finished an epoch (kt train --resume {run_dir})")
+    cfg = config_mod.load(run_dir / "config.yaml")
+    comp = competitions.get(cfg.competition)
+    model = build_model(cfg.arch, comp.task.num_outputs, cfg.pool, cfg.dropout, comp.in_chans, pretrained=False)
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
+    return model.eval(), cfg
+
+
+def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["raw"],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                              opset_version=opset, dynamo=True, external_data=False, verbose=False)
+    except Exception as e:  # noqa: BLE001 - some timm models do not trace with torch.export yet
+        warnings.warn(f"dynamo ONNX export failed ({type(e).__name__}); using the TorchScript exporter", stacklevel=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["raw"],
+                              dynamic_axes={"image": {0: "batch"}, "raw": {0: "batch"}}, opset_version=opset,
+                              dynamo=False)
+
+
+def parity(model: torch.nn.Module, onnx_path: Path, in_chans: int, size: int, batch: int = 3,
+           seed: int = 0) -> float:
+    """Max abs difference between torch and onnxruntime (CPU) on random uint8 images."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(seed).integers(0, 256, (batch, in_chans, size, size), dtype=np.uint8)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x})[0]
+    return float(np.abs(expected - got).max())
+
+
+def export(run_dir: str | Path, out: str | Path | None = None, opset: int = 18, check: bool = True) -> dict[str, Any]:
+    """Write `model.onnx` (or `out`) with metadata; fail if ONNX and torch disagree above 1e-4."""
+    import onnx
+
+    run_dir = Path(run_dir)
+    model, cfg = load_run_model(run_dir)
+    comp = competitions.get(cfg.competition)
+    out = Path(out) if out else run_dir / "model.onnx"
+    meta = build_metadata(run_dir, cfg)
+    example = torch.randint(0, 256, (2, comp.in_chans, cfg.size, cfg.size), dtype=torch.uint8)
+    with atomic_path(out) as tmp:
+        _export_graph(model, example, tmp, opset)
+        proto = onnx.load(str(tmp))
+        del proto.metadata_props[:]
+        proto.metadata_props.add(key="kt", value=json.dumps(meta))
+        for key in ("competition", "task", "arch", "size"):
+            proto.metadata_props.add(key=f"kt.{key}", value=str(meta[key]))
+        onnx.save(proto, str(tmp))
+        diff = parity(model, tmp, comp.in_chans, cfg.size) if check else None
+        if diff is not None and diff > PARITY_TOL:
+            raise KtError(f"ONNX output differs from torch by {diff:.2e} (> {PARITY_TOL:g}); the file was not written")
+    return {"path": str(out), "max_abs_diff": diff, "metadata": meta}

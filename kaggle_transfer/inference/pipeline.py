@@ -1,0 +1,49 @@
+"""`kt predict`: ONNX ensemble → blended raw outputs → decoded answers → validated submission folder.
+Torch-free."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import competitions, submission
+from ..fsutil import write_json
+from ..runs import fresh_output_dir, git_sha, slug, stamp
+from .predict import blend, combine_fitted, predict_models, refit_from_oof
+from .session import describe, load_ensemble
+
+
+def predict_submission(competition: str, model_paths: Sequence[str | Path], data_dir: str | Path | None,
+                       out_root: str | Path = "submissions", label: str | None = None, tta: str = "none",
+                       overwrite: bool = False, refit: bool = False, provider: str = "auto",
+                       batch_size: int = 32, workers: int = 4, progress: bool = True) -> dict[str, Any]:
+    """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest."""
+    comp = competitions.get(competition)
+    data_dir = competitions.find_data_dir(comp, data_dir)
+    models = load_ensemble(list(model_paths), comp.name, provider)
+    label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
+    out_dir = fresh_output_dir(Path(out_root) / comp.name / f"{stamp()}_{slug(label)}", overwrite)
+    test = comp.read_test(data_dir)
+    started = time.time()
+    raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress)
+    raw = blend(raws)
+    oof_score = None
+    if refit:
+        fitted, oof_score = refit_from_oof(models, comp.task)
+    else:
+        fitted = combine_fitted(models, comp.task)
+    answers = comp.task.decode(raw, fitted)
+    csv = submission.write(comp, list(test["id"]), answers, out_dir / "submission.csv")
+    check = submission.validate(comp, csv, data_dir)
+    manifest = {
+        "competition": comp.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "label": label,
+        "models": [describe(m) for m in models], "blend": "mean", "tta": tta, "fitted": fitted,
+        "fitted_from": "blended OOF" if refit else "mean of members", "oof_score": oof_score,
+        "rows": check["rows"], "seconds": round(time.time() - started, 2), "images_per_s":
+        round(len(test) / max(time.time() - started, 1e-9), 1), "git_sha": git_sha(),
+        "data_dir": str(data_dir), "submission": str(csv),
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,90 @@
+"""Run an ensemble of ONNX models over a table of images, blend, decode. Torch-free.
+
+Each image is decoded once per batch and resized once per distinct input size; every model and
+TTA view reuses it. Outputs are streamed batch by batch, so memory stays flat over the test set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data import images
+from ..errors import KtError
+from ..tasks import Task
+from . import tta as tta_mod
+from .session import OnnxModel
+
+
+def _batch(decoded: list[np.ndarray], size: int) -> np.ndarray:
+    return np.stack([images.to_chw(images.resize(img, size)) for img in decoded])
+
+
+def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], tta: str = "none",
+                   batch_size: int = 32, workers: int = 4, progress: bool = True) -> np.ndarray:
+    """Raw outputs of every model, shape (n_models, n_images, n_outputs); TTA views averaged."""
+    views = tta_mod.views(tta)
+    sizes = sorted({m.size for m in models})
+    outputs: list[list[np.ndarray]] = [[] for _ in models]
+    starts = list(range(0, len(paths), batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV decodes without the GIL
+
+        def submit(start: int) -> list:
+            return [pool.submit(images.read_image, p) for p in paths[start:start + batch_size]]
+
+        # keep exactly one batch decoding ahead of the models: overlap without holding the test set
+        ahead = submit(starts[0]) if starts else []
+        for i in tqdm(range(len(starts)), desc="predict", unit="batch", disable=not progress):
+            decoded = [f.result() for f in ahead]
+            ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
+            by_size = {size: _batch(decoded, size) for size in sizes}
+            for out, model in zip(outputs, models, strict=True):
+                x = by_size[model.size]
+                out.append(np.mean([model.run(view(x)) for view in views], axis=0))
+    return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
+
+
+def blend(raws: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """Weighted mean of the models' raw outputs (equal weights by default)."""
+    w = np.ones(len(raws)) if weights is None else np.asarray(weights, dtype=float)
+    if len(w) != len(raws) or w.sum() <= 0:
+        raise KtError(f"need {len(raws)} non-negative weights with a positive sum, got {list(w)}")
+    return np.tensordot(w / w.sum(), raws, axes=1)
+
+
+def combine_fitted(models: Sequence[OnnxModel], task: Task) -> dict[str, Any]:
+    """Decoding parameters for the blend: the mean of the members' fitted cut points / thresholds."""
+    fitted = [m.meta.get("fitted") or {} for m in models]
+    out: dict[str, Any] = {}
+    for key in ("cutpoints", "thresholds"):
+        values = [f[key] for f in fitted if f.get(key)]
+        if values:
+            out[key] = np.mean(np.asarray(values, dtype=float), axis=0).tolist()
+    return out
+
+
+def refit_from_oof(models: Sequence[OnnxModel], task: Task, weights: Sequence[float] | None = None
+                   ) -> tuple[dict[str, Any], float]:
+    """Refit cut points/thresholds on the blended out-of-fold outputs saved beside each model.
+
+    Needs every member's `oof.npz` in its run folder, all over the same validation ids."""
+    oofs = []
+    for m in models:
+        path = Path(m.path).parent / "oof.npz"
+        if not path.is_file():
+            raise KtError(f"--refit needs {path} (the run folder's OOF) next to {m.path}")
+        oofs.append(np.load(path))
+    ids = oofs[0]["ids"]
+    for m, oof in zip(models, oofs, strict=True):
+        if not np.array_equal(oof["ids"], ids):
+            raise KtError(f"--refit: {m.path} was validated on other rows than {models[0].path}; "
+                          "refit needs members trained on the same split")
+    raw = blend(np.stack([o["raw"] for o in oofs]).astype(np.float64), weights)
+    y = oofs[0]["targets"]
+    fitted = task.fit(raw, y)
+    return fitted, task.score(y, raw, fitted)
