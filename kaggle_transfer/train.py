@@ -198,6 +198,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     started = time.time()
     for epoch in range(state["epoch"], cfg.epochs):
         generator.manual_seed(cfg.seed * 1000 + epoch)  # same shuffle and augmentations after a resume
+        if cfg.workers == 0 and train_ds.transform is not None:  # workers reseed in _worker_init instead
+            train_ds.transform.set_random_seed(cfg.seed * 1000 + epoch)
         model.train()
         losses, seen, t0 = [], 0, time.time()
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny synthetic competitions and one tiny trained run, reused across tests.
+
+Everything is CPU-only, timm test models at 32-48 px, no network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from kaggle_transfer import config  # noqa: E402
+from kaggle_transfer.data import synthetic  # noqa: E402
+
+TINY = {"arch": "test_resnet", "pretrained": False, "size": 32, "epochs": 2, "batch_size": 16, "lr": 3e-3,
+        "workers": 0, "pool": "gem"}
+
+
+def tiny_config(**overrides) -> config.RunConfig:
+    return config.resolve(flags={"competition": "aptos", **TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def aptos_dir(tmp_path_factory) -> Path:
+    return synthetic.make("aptos", tmp_path_factory.mktemp("aptos"), n_train=120, n_test=30, image_size=48)
+
+
+@pytest.fixture
+def aptos_copy(aptos_dir, tmp_path) -> Path:
+    """A private copy a test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(aptos_dir, tmp_path / "aptos"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(aptos_dir, tmp_path_factory) -> Path:
+    from kaggle_transfer.train import fit
+
+    run_dir = tmp_path_factory.mktemp("run")
+    fit(tiny_config(), run_dir, aptos_dir, progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def onnx_model(trained_run) -> Path:
+    from kaggle_transfer.export import export
+
+    return Path(export(trained_run)["path"])

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+
+from kaggle_transfer import metrics
+from kaggle_transfer.errors import KtError
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_metrics_match_sklearn(rng):
+    y, p = rng.integers(0, 5, 200), rng.integers(0, 5, 200)
+    assert metrics.qwk(y, p) == pytest.approx(cohen_kappa_score(y, p, weights="quadratic"))
+    assert metrics.accuracy(y, p) == pytest.approx(accuracy_score(y, p))
+    yb, score = rng.integers(0, 2, 200), rng.random(200)
+    assert metrics.roc_auc(yb, score) == pytest.approx(roc_auc_score(yb, score))
+    ym, pm = rng.integers(0, 2, (200, 6)), rng.integers(0, 2, (200, 6))
+    assert metrics.macro_f1(ym, pm) == pytest.approx(f1_score(ym, pm, average="macro"))
+
+
+def test_qwk_known_values():
+    y = np.array([0, 1, 2, 3, 4, 2])
+    assert metrics.qwk(y, y) == 1.0
+    assert metrics.qwk(y, np.zeros_like(y)) == 0.0  # a constant prediction scores 0
+    assert metrics.qwk(np.full(4, 2), np.full(4, 2)) == 0.0  # sklearn gives nan here
+
+
+def test_roc_auc_one_class_is_a_clear_error():
+    with pytest.raises(KtError, match="both classes"):
+        metrics.roc_auc(np.ones(5), np.random.rand(5))
+
+
+def test_fitted_cutpoints_beat_rounding_on_held_out_data(rng):
+    """Regression outputs that are compressed and shifted, as a model trained with L1 on imbalanced
+    grades produces: fitted cut points must recover QWK that rounding loses, on data not fitted on."""
+    def sample(n):
+        y = rng.choice(5, size=n, p=[0.5, 0.1, 0.25, 0.05, 0.1])
+        raw = 0.6 * y + 0.4 + rng.normal(0, 0.35, n)
+        return raw, y
+
+    raw_fit, y_fit = sample(2000)
+    raw_test, y_test = sample(2000)
+    cuts = metrics.fit_cutpoints(raw_fit, y_fit, 5)
+    assert list(cuts) == sorted(cuts)
+    rounded = metrics.qwk(y_test, metrics.apply_cutpoints(raw_test, [0.5, 1.5, 2.5, 3.5]))
+    fitted = metrics.qwk(y_test, metrics.apply_cutpoints(raw_test, cuts))
+    assert fitted > rounded + 0.03
+    # known answer: the midpoints of 0.6*y+0.4 (0.7, 1.3, 1.9, 2.5) separate the grades as well as
+    # any cuts can; fitted cuts must do about as well on data they never saw
+    oracle = metrics.qwk(y_test, metrics.apply_cutpoints(raw_test, [0.7, 1.3, 1.9, 2.5]))
+    assert fitted > oracle - 0.01
+
+
+def test_fitted_cutpoints_never_worse_than_rounding_on_fit_data(rng):
+    y = rng.integers(0, 5, 300)
+    raw = y + rng.normal(0, 0.8, 300)
+    cuts = metrics.fit_cutpoints(raw, y, 5)
+    assert metrics.qwk(y, metrics.apply_cutpoints(raw, cuts)) >= metrics.qwk(y, np.clip(np.rint(raw), 0, 4))
+
+
+def test_class_thresholds_improve_macro_f1_and_report_unfittable_classes(rng):
+    y = (rng.random((500, 4)) < [0.3, 0.1, 0.05, 0.0]).astype(int)
+    prob = np.clip(0.25 * y + rng.normal(0.2, 0.1, y.shape), 0, 1)  # calibrated low: 0.5 misses positives
+    thresholds, unfitted = metrics.fit_class_thresholds(prob, y)
+    assert unfitted == [3]
+    tuned = metrics.macro_f1(y[:, :3], (prob >= thresholds)[:, :3])
+    default = metrics.macro_f1(y[:, :3], (prob >= 0.5)[:, :3])
+    assert tuned > default + 0.2
+
+
+def test_unknown_metric_lists_valid_ones():
+    with pytest.raises(KtError, match="valid: accuracy"):
+        metrics.get_metric("kappa")

@@ -1,0 +1,132 @@
+"""fit(): artifacts, resume after an interruption, losses, amp/device choices."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kaggle_transfer import train
+from kaggle_transfer.errors import KtError
+from kaggle_transfer.tasks import Task
+
+from .conftest import tiny_config
+
+
+def test_run_folder_contract(trained_run):
+    for name in ("config.yaml", "run.json", "history.csv", "metrics.json", "oof.npz", "best.pt", "last.pt",
+                 "plots/learning_curve.png"):
+        assert (trained_run / name).is_file(), name
+    history = pd.read_csv(trained_run / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    assert {"train_loss", "val_loss", "score", "lr", "train_images_per_s"} <= set(history.columns)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["score"] == pytest.approx(history["score"].max())
+    assert metrics["n_val"] == 24 and metrics["n_train"] == 96  # the paper split: 20% of 120
+    assert len(metrics["fitted"]["cutpoints"]) == 4
+    oof = np.load(trained_run / "oof.npz")
+    assert oof["raw"].shape == (24, 1) and len(oof["ids"]) == 24 and oof["targets"].shape == (24,)
+    assert (trained_run / "plots/learning_curve.png").stat().st_size > 5000
+    # best.pt is a plain state dict that loads with weights_only
+    state = torch.load(trained_run / "best.pt", weights_only=True)
+    assert any(k.startswith("head.") for k in state)
+
+
+def test_oof_score_is_reproducible_from_the_saved_outputs(trained_run):
+    oof = np.load(trained_run / "oof.npz")
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    task = Task("ordinal", 5, "qwk")
+    assert task.score(oof["targets"], oof["raw"], json.loads(str(oof["fitted"]))) == pytest.approx(metrics["score"])
+
+
+def test_resume_after_interruption_finishes_the_run(aptos_dir, tmp_path, monkeypatch):
+    cfg = tiny_config(epochs=3)
+    calls = {"n": 0}
+    real = train.predict_raw
+
+    def crash_on_second_validation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the process is killed during epoch 2
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "predict_raw", crash_on_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(cfg, tmp_path, aptos_dir, progress=False)
+    first = pd.read_csv(tmp_path / "history.csv")
+    assert list(first["epoch"]) == [1]
+    assert not (tmp_path / "metrics.json").exists()
+    monkeypatch.setattr(train, "predict_raw", real)
+    result = train.fit(cfg, tmp_path, aptos_dir, resume=True, progress=False)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]  # epoch 1 kept, not retrained
+    assert history["train_loss"][0] == first["train_loss"][0]
+    assert result["epochs_run"] == 3 and (tmp_path / "metrics.json").is_file()
+    # optimizer, scheduler and data order were restored: the resumed run equals an uninterrupted one
+    whole = train.fit(cfg, tmp_path / "whole", aptos_dir, progress=False)
+    assert np.allclose(pd.read_csv(tmp_path / "whole/history.csv")["train_loss"], history["train_loss"], atol=1e-6)
+    assert whole["score"] == pytest.approx(result["score"])
+
+
+def test_resume_without_checkpoint_is_a_clear_error(aptos_dir, tmp_path):
+    with pytest.raises(KtError, match="last.pt not found"):
+        train.fit(tiny_config(), tmp_path, aptos_dir, resume=True, progress=False)
+
+
+def test_same_seed_same_result(aptos_dir, tmp_path):
+    a = train.fit(tiny_config(epochs=1), tmp_path / "a", aptos_dir, progress=False)
+    b = train.fit(tiny_config(epochs=1), tmp_path / "b", aptos_dir, progress=False)
+    assert a["score"] == b["score"]
+    assert np.array_equal(np.load(tmp_path / "a/oof.npz")["raw"], np.load(tmp_path / "b/oof.npz")["raw"])
+
+
+@pytest.mark.parametrize("name, kind, cls", [
+    ("l1", "ordinal", torch.nn.L1Loss), ("smooth_l1", "ordinal", torch.nn.SmoothL1Loss),
+    ("mse", "ordinal", torch.nn.MSELoss), ("ce", "multiclass", torch.nn.CrossEntropyLoss),
+    ("bce", "multilabel", torch.nn.BCEWithLogitsLoss),
+])
+def test_build_loss(name, kind, cls):
+    assert isinstance(train.build_loss(name, Task(kind, 5, "qwk")), cls)
+
+
+def test_focal_loss_comes_from_smp():
+    from segmentation_models_pytorch.losses import FocalLoss
+
+    loss = train.build_loss("focal", Task("multilabel", 4, "macro_f1"))
+    assert isinstance(loss, FocalLoss)
+    logits, y = torch.tensor([[4.0, -4.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    assert loss(logits, y) < loss(-logits, y)
+
+
+def test_wrong_loss_for_the_task(aptos_dir, tmp_path):
+    with pytest.raises(KtError, match="--loss ce does not fit a ordinal task"):
+        train.fit(tiny_config(loss="ce"), tmp_path, aptos_dir, progress=False)
+
+
+def test_amp_and_device_choices():
+    cpu = torch.device("cpu")
+    assert train.amp_dtype("auto", cpu) is None
+    assert train.amp_dtype("off", cpu) is None
+    assert train.amp_dtype("bf16", cpu) == torch.bfloat16
+    if not torch.cuda.is_available():
+        with pytest.raises(KtError, match="--device cpu"):
+            train.pick_device("cuda")
+
+
+def test_step_schedule_follows_the_study(aptos_dir, tmp_path):
+    result = train.fit(tiny_config(epochs=1, schedule="step", optimizer="sgd", lr=0.01), tmp_path, aptos_dir,
+                       progress=False)
+    assert result["epochs_run"] == 1
+    sched_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = train._scheduler(tiny_config(epochs=30, schedule="step", lr=0.1), sched_opt, 10)
+    lrs = {e: scheduler._get_lr(e * 10)[0] for e in (14, 15, 20, 25)}
+    assert lrs[14] == pytest.approx(0.1) and lrs[15] == pytest.approx(0.01)
+    assert lrs[20] == pytest.approx(0.001) and lrs[25] == pytest.approx(0.0001)
+
+
+def test_skip_bad_images_counts_dropped_rows(aptos_copy, tmp_path):
+    first = sorted((aptos_copy / "train_images").iterdir())[0]
+    first.unlink()
+    result = train.fit(tiny_config(epochs=1), tmp_path, aptos_copy, skip_bad_images=True, progress=False)
+    assert result["skipped_images"] == 1 and result["n_train"] + result["n_val"] == 119
