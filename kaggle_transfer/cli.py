@@ -100,7 +100,7 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
     import json
 
     from . import competitions, config, runs
-    from .train import fit
+    from .train import fit, preflight
 
     if resume_dir:
         run_dir = Path(resume_dir)
@@ -115,6 +115,7 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
         comp = competitions.get(competition)
         cfg = config.resolve(recipe, {"competition": comp.name, **flags}, sets)
         data, ext = competitions.find_data_dir(comp, data_dir), _external_dirs(external_dir)
+        preflight(cfg, data)
         run_dir = runs.new_run_dir(runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}")
     click.echo(f"run folder: {run_dir}")
     result = fit(cfg, run_dir, data, ext, resume=bool(resume_dir), skip_bad_images=skip_bad_images,

@@ -123,6 +123,16 @@ def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], s
     return table
 
 
+def preflight(cfg: RunConfig, data_dir: Path) -> None:
+    """Cheap checks before a run folder is made: arch, loss and the training table (files included)."""
+    from .models import check_arch
+
+    comp = competitions.get(cfg.competition)
+    check_arch(cfg.arch)
+    comp.task.check_loss(cfg.loss or comp.task.default_loss)
+    comp.read_train(data_dir, skip_bad_images=True)
+
+
 def _scheduler(cfg: RunConfig, optimizer, steps_per_epoch: int):
     if cfg.schedule == "none":
         return None

@@ -14,7 +14,8 @@ def test_reads_the_standard_table(aptos_dir):
     assert list(table.columns) == ["id", "paths", "source", "target"]
     assert len(table) == 120 and table["id"].is_unique
     assert table["target"].dtype.kind == "i" and set(table["target"]) <= set(range(5))
-    assert all(len(p) == 1 and p[0].endswith(f"train_images/{i}.png") for i, p in zip(table["id"], table["paths"]))
+    for i, paths in zip(table["id"], table["paths"], strict=True):
+        assert len(paths) == 1 and paths[0].endswith(f"train_images/{i}.png")
     assert (table["source"] == "competition").all()
     test = APTOS.read_test(aptos_dir)
     assert "target" not in test.columns and len(test) == 30

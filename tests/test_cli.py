@@ -1,0 +1,112 @@
+"""`kt` as users run it: help without heavy imports, the whole flow, and one-line user errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from kaggle_transfer.cli import main
+
+
+def kt(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "kaggle_transfer", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["competitions"]])
+def test_help_imports_neither_torch_nor_kaggle(argv):
+    code = ("import sys; from kaggle_transfer.cli import main\n"
+            f"try: main({argv!r})\nexcept SystemExit as e: assert not e.code, e.code\n"
+            "heavy = [m for m in ('torch', 'kaggle', 'timm', 'onnxruntime') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "aptos" in out.stdout or "Usage" in out.stdout
+
+
+def test_the_readme_flow_train_export_predict_validate(aptos_dir, tmp_path):
+    runs = tmp_path / "runs"
+    out = kt("train", "aptos", "--data-dir", aptos_dir, "--arch", "test_resnet", "--no-pretrained", "--size", 32,
+             "--pool", "gem", "--loss", "l1", "--epochs", 1, "--workers", 1, "--runs-root", runs, "--no-progress",
+             "--set", "batch_size=16")
+    assert out.returncode == 0, out.stderr
+    run_dir = next((runs / "aptos").iterdir())
+    assert "best qwk" in out.stdout and f"kt export {run_dir}" in out.stdout
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "loss: l1" in cfg and "pool: gem" in cfg and "batch_size: 16" in cfg
+    out = kt("export", run_dir)
+    assert out.returncode == 0, out.stderr
+    assert "max |onnx - torch|" in out.stdout
+    out = kt("predict", "aptos", runs / "aptos" / "*" / "model.onnx", "--data-dir", aptos_dir, "--tta", "flip",
+             "--out-root", tmp_path / "subs", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    csv = next((tmp_path / "subs" / "aptos").glob("*/submission.csv"))
+    assert (csv.parent / "manifest.json").is_file()
+    out = kt("validate", "aptos", csv, "--data-dir", aptos_dir)
+    assert out.returncode == 0 and "valid aptos submission: 30 rows" in out.stdout
+
+
+def _error(args):
+    runner = CliRunner()
+    with runner.isolated_filesystem():  # relative paths in args land in a temp folder, never the checkout
+        result = runner.invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    return lines
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "kaggle-cats"], "unknown competition 'kaggle-cats'"),
+    (["train", "aptos", "--data-dir", "/nonexistent"], "--data-dir /nonexistent does not exist"),
+    (["train", "aptos", "--arch", "resnet5O", "--data-dir", "."], "unknown --arch 'resnet5O'"),
+    (["train", "aptos", "--set", "szie=64", "--data-dir", "."], "unknown config key 'szie'"),
+    (["train", "aptos", "-c", "missing.yaml"], "recipe missing.yaml not found"),
+    (["train", "--resume", "/tmp"], "no config.yaml there"),
+    (["export", "/tmp"], "not a run folder"),
+    (["validate", "aptos", "missing.csv", "--data-dir", "."], "missing.csv not found"),
+    (["predict", "aptos", "nope.onnx", "--data-dir", "."], "model nope.onnx not found"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, message):
+    lines = _error(args)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_unknown_arch_error_is_raised_before_training(aptos_dir, tmp_path):
+    lines = _error(["train", "aptos", "--data-dir", aptos_dir, "--arch", "resnet5O", "--runs-root", tmp_path])
+    assert "close matches" in lines[0]
+
+
+def test_corrupt_image_inside_a_loader_worker_is_named(aptos_copy, tmp_path):
+    victim = sorted((aptos_copy / "train_images").iterdir())[3]
+    victim.write_bytes(b"garbage")
+    out = kt("train", "aptos", "--data-dir", aptos_copy, "--arch", "test_resnet", "--no-pretrained", "--size", 32,
+             "--epochs", 1, "--workers", 1, "--runs-root", tmp_path, "--no-progress")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: image ")
+    assert victim.name in out.stderr and "Traceback" not in out.stderr
+
+
+def test_invalid_submission_is_refused(aptos_dir, tmp_path):
+    sample = pd.read_csv(aptos_dir / "sample_submission.csv")
+    sample.iloc[:-1].to_csv(tmp_path / "s.csv", index=False)
+    lines = _error(["validate", "aptos", tmp_path / "s.csv", "--data-dir", aptos_dir])
+    assert "not a valid aptos submission" in lines[0] and "missing" in lines[0]
+
+
+def test_competitions_lists_the_registry():
+    result = CliRunner().invoke(main, ["competitions"])
+    assert result.exit_code == 0 and "aptos" in result.output and "qwk" in result.output
+
+
+def test_demo_at_small_scale(tmp_path):
+    from kaggle_transfer.demo import run_demo
+
+    lines = []
+    result = run_demo("aptos", tmp_path, epochs=1, progress=False, echo=lines.append, n_train=80, n_test=20)
+    assert [r[0] for r in result["rows"]] == ["test_resnet@32", "test_resnet@48", "ensemble (mean, flip TTA)"]
+    assert all(-1 <= cv <= 1 and -1 <= test <= 1 for _, cv, test in result["rows"])
+    assert Path(result["submission"]).is_file() and len(result["models"]) == 2
+    assert any("submission (validated)" in line for line in lines)

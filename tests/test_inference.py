@@ -1,0 +1,157 @@
+"""Torch-free ONNX prediction: parity with the torch validation path, ensembles, TTA, streaming."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from kaggle_transfer.competitions import APTOS
+from kaggle_transfer.data import images
+from kaggle_transfer.errors import KtError
+from kaggle_transfer.fsutil import sha256
+from kaggle_transfer.inference import tta
+from kaggle_transfer.inference.pipeline import predict_submission
+from kaggle_transfer.inference.predict import blend, combine_fitted, predict_models
+from kaggle_transfer.inference.session import expand, load_ensemble, load_model
+from kaggle_transfer.runs import fresh_output_dir
+
+
+def test_onnx_predictions_equal_torch_validation_outputs(onnx_model, trained_run, aptos_dir):
+    """The same images through the training code's eval path (torch) and the ONNX path agree."""
+    import torch
+
+    from kaggle_transfer.data.dataset import ImageDataset
+    from kaggle_transfer.export import load_run_model
+    from kaggle_transfer.train import predict_raw
+
+    table = APTOS.read_test(aptos_dir)
+    model, _ = load_run_model(trained_run)
+    loader = torch.utils.data.DataLoader(ImageDataset(table, 32), batch_size=7)
+    expected = predict_raw(model, loader, torch.device("cpu"), None, False)
+    got = predict_models([load_model(onnx_model)], list(table["paths"]), batch_size=4, workers=2, progress=False)
+    assert got.shape == (1, 30, 1)
+    assert np.abs(got[0] - expected).max() < 1e-4
+
+
+def test_batching_does_not_change_results(onnx_model, aptos_dir):
+    paths = list(APTOS.read_test(aptos_dir)["paths"])
+    model = load_model(onnx_model)
+    one = predict_models([model], paths, batch_size=1, workers=1, progress=False)
+    many = predict_models([model], paths, batch_size=13, workers=3, progress=False)
+    assert np.allclose(one, many, atol=1e-5)
+
+
+def test_tta_views():
+    x = np.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    d4 = [v(x) for v in tta.views("d4")]
+    assert len({v.tobytes() for v in d4}) == 8  # eight distinct symmetries of a square
+    assert np.array_equal(tta.views("flip")[1](x), x[..., ::-1])
+    with pytest.raises(KtError, match="none, flip, d4"):
+        tta.views("five-crop")
+
+
+def test_flip_tta_averages_two_views(onnx_model, aptos_dir):
+    paths = list(APTOS.read_test(aptos_dir)["paths"])[:6]
+    model = load_model(onnx_model)
+    plain = predict_models([model], paths, progress=False)
+    batch = np.stack([images.to_chw(images.resize(images.read_image(p), 32)) for p in paths])
+    flipped_only = model.run(np.ascontiguousarray(batch[..., ::-1]))
+    with_tta = predict_models([model], paths, tta="flip", progress=False)
+    assert np.allclose(with_tta[0], (plain[0] + flipped_only) / 2, atol=1e-5)
+
+
+def test_blend_and_combined_thresholds(onnx_model):
+    raws = np.array([[[1.0]], [[3.0]]])
+    assert blend(raws).item() == 2.0
+    assert blend(raws, [3, 1]).item() == 1.5
+    with pytest.raises(KtError, match="weights"):
+        blend(raws, [1])
+    a, b = load_model(onnx_model), load_model(onnx_model)
+    b.meta = {**b.meta, "fitted": {"cutpoints": [1.5, 2.5, 3.5, 4.5]}}
+    expected = (np.array(a.meta["fitted"]["cutpoints"]) + [1.5, 2.5, 3.5, 4.5]) / 2
+    assert np.allclose(combine_fitted([a, b], APTOS.task)["cutpoints"], expected)
+
+
+def _retag(src: Path, dst: Path, **changes) -> Path:
+    proto = onnx.load(str(src))
+    for prop in proto.metadata_props:
+        if prop.key == "kt":
+            prop.value = json.dumps({**json.loads(prop.value), **changes})
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_ensemble_refuses_a_model_from_another_competition(onnx_model, tmp_path):
+    other = _retag(onnx_model, tmp_path / "cassava.onnx", competition="cassava", task="multiclass")
+    with pytest.raises(KtError, match="cassava.onnx was trained for 'cassava', not 'aptos'"):
+        load_ensemble([onnx_model, other], "aptos")
+    mixed = _retag(onnx_model, tmp_path / "x.onnx", task="multiclass")
+    with pytest.raises(KtError, match="has task='multiclass'"):
+        load_ensemble([onnx_model, mixed], None)
+
+
+def test_models_without_metadata_or_missing(tmp_path, onnx_model):
+    proto = onnx.load(str(onnx_model))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(tmp_path / "bare.onnx"))
+    with pytest.raises(KtError, match="no kt metadata"):
+        load_model(tmp_path / "bare.onnx")
+    with pytest.raises(KtError, match="not found"):
+        load_model(tmp_path / "nope.onnx")
+    with pytest.raises(KtError, match="no model matches"):
+        expand([str(tmp_path / "runs/*/model.onnx")])
+
+
+def test_predict_writes_a_valid_submission_and_manifest(onnx_model, aptos_dir, tmp_path):
+    manifest = predict_submission("aptos", [onnx_model, onnx_model], aptos_dir, tmp_path, "two", tta="flip",
+                                  progress=False)
+    out = Path(manifest["submission"]).parent
+    assert out.parent == tmp_path / "aptos" and out.name.endswith("_two")
+    sub = pd.read_csv(out / "submission.csv")
+    sample = pd.read_csv(aptos_dir / "sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and set(sub["id_code"]) == set(sample["id_code"])
+    saved = json.loads((out / "manifest.json").read_text())
+    assert saved["models"][0]["sha256"] == sha256(onnx_model)
+    assert saved["tta"] == "flip" and saved["rows"] == 30 and saved["models"][0]["provider"] == "CPUExecutionProvider"
+    # an existing folder is never overwritten without --overwrite
+    with pytest.raises(KtError, match="already exists.*--overwrite"):
+        fresh_output_dir(out, overwrite=False)
+    before = (out / "submission.csv").read_bytes()
+    assert fresh_output_dir(out, overwrite=True) == out and (out / "submission.csv").read_bytes() == before
+
+
+def test_refit_uses_blended_oof(onnx_model, aptos_dir, tmp_path):
+    manifest = predict_submission("aptos", [onnx_model], aptos_dir, tmp_path, refit=True, progress=False)
+    oof = np.load(onnx_model.parent / "oof.npz")
+    assert manifest["fitted_from"] == "blended OOF"
+    assert manifest["oof_score"] == pytest.approx(APTOS.task.score(oof["targets"], oof["raw"], manifest["fitted"]))
+    lonely = tmp_path / "elsewhere" / "model.onnx"
+    lonely.parent.mkdir()
+    shutil.copy(onnx_model, lonely)
+    with pytest.raises(KtError, match="--refit needs .*oof.npz"):
+        predict_submission("aptos", [lonely], aptos_dir, tmp_path, "x", refit=True, progress=False)
+
+
+def test_prediction_runs_where_torch_cannot_be_imported(onnx_model, aptos_dir, tmp_path):
+    blocker = tmp_path / "blocker" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
+    assert "torch is blocked" in probe.stderr  # the blocker works
+    out = subprocess.run([sys.executable, "-m", "kaggle_transfer", "predict", "aptos", str(onnx_model),
+                          "--data-dir", str(aptos_dir), "--out-root", str(tmp_path / "subs"), "--tta", "flip",
+                          "--no-progress"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "(valid)" in out.stdout
+    check = subprocess.run([sys.executable, "-m", "kaggle_transfer", "validate", "aptos",
+                            *map(str, (tmp_path / "subs").glob("aptos/*/submission.csv")), "--data-dir",
+                            str(aptos_dir)], env=env, capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
