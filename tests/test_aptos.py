@@ -102,3 +102,13 @@ def test_grouped_kfold_keeps_groups_together(aptos_dir):
     table["group"] = np.arange(len(table)) // 4  # e.g. four photos per patient
     folds = assign_folds(table, "kfold", 3, 0)
     assert table.assign(fold=folds).groupby("group")["fold"].nunique().max() == 1
+
+
+def test_kfold_with_a_class_rarer_than_the_fold_count(aptos_dir):
+    table = APTOS.read_train(aptos_dir)
+    table.loc[0, "target"] = 7  # one row of a class cannot be in every fold: sklearn still stratifies the rest
+    folds = assign_folds(table, "kfold", 20, 0)
+    assert sorted(set(folds)) == list(range(20))
+    for grade in range(5):
+        per_fold = np.bincount(folds[table["target"] == grade], minlength=20)
+        assert per_fold.max() - per_fold.min() <= 1

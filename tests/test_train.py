@@ -130,3 +130,15 @@ def test_skip_bad_images_counts_dropped_rows(aptos_copy, tmp_path):
     first.unlink()
     result = train.fit(tiny_config(epochs=1), tmp_path, aptos_copy, skip_bad_images=True, progress=False)
     assert result["skipped_images"] == 1 and result["n_train"] + result["n_val"] == 119
+
+
+def test_ema_weights_are_what_gets_validated_and_saved(aptos_dir, tmp_path):
+    result = train.fit(tiny_config(epochs=1, ema=True, ema_decay=0.5), tmp_path, aptos_dir, progress=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["ema"] and result["epochs_run"] == 1
+    # the saved best weights are the EMA copy, not the raw model's
+    ema = {k.removeprefix("module."): v for k, v in last["ema"].items()}
+    assert set(ema) == set(best)
+    assert all(torch.equal(best[k], v) for k, v in ema.items())
+    assert any(not torch.equal(best[k], last["model"][k]) for k in best if best[k].is_floating_point())

@@ -1,0 +1,65 @@
+"""Inference images/s: onnxruntime (what kt predict runs) vs torch eager, same model, same batches, CPU.
+
+    python benchmarks/onnx_vs_torch.py [--arch resnet18] [--size 128] [--batch 16] [--iters 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def rate(fn, batch: np.ndarray, iters: int) -> float:
+    fn(batch)  # warm-up: graph optimisation, allocator
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn(batch)
+    return iters * len(batch) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--iters", type=int, default=20)
+    a = p.parse_args()
+
+    from kaggle_transfer.export import _export_graph
+    from kaggle_transfer.inference.session import OnnxModel, load_model
+    from kaggle_transfer.models import build_model
+
+    model = build_model(a.arch, 5, pool="gem").eval()
+    batch = np.random.default_rng(0).integers(0, 256, (a.batch, 3, a.size, a.size), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.onnx"
+        _export_graph(model, torch.from_numpy(batch[:2]), path, 18)
+        import onnx
+
+        proto = onnx.load(str(path))
+        proto.metadata_props.add(key="kt", value=json.dumps({"size": a.size}))
+        onnx.save(proto, str(path))
+        session: OnnxModel = load_model(path, "cpu")
+
+        def eager(x):
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+
+        torch_rate = rate(eager, batch, a.iters)
+        onnx_rate = rate(session.run, batch, a.iters)
+        diff = np.abs(eager(batch) - session.run(batch)).max()
+    print(f"\ninference, {a.arch} @ {a.size}px, batch {a.batch}, CPU, {torch.get_num_threads()} threads")
+    print(f"{'runtime':<28}{'images/s':>10}")
+    print(f"{'torch eager':<28}{torch_rate:>10.1f}")
+    print(f"{'onnxruntime (' + session.provider.replace('ExecutionProvider', '') + ')':<28}{onnx_rate:>10.1f}")
+    print(f"ratio onnx / torch: {onnx_rate / torch_rate:.2f}x   max |diff| {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
