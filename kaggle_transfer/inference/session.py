@@ -50,7 +50,7 @@ def provider_list(provider: str) -> list[str]:
     if provider == "auto":
         wanted = (["cuda"] if _gpu_present() else []) + ["cpu"]
     elif provider in PROVIDERS:
-        wanted = [provider, "cpu"]
+        wanted = [provider] if provider == "cpu" else [provider, "cpu"]
     else:
         raise KtError(f"--provider {provider!r} is not valid; choose auto, {', '.join(PROVIDERS)}")
     chosen = [PROVIDERS[w] for w in wanted if PROVIDERS[w] in available]

@@ -1,0 +1,104 @@
+"""The GPU check behind gpu_check.sh: AMP training steps, ONNX export, onnxruntime on CUDA, one table.
+
+    python benchmarks/gpu_check.py [--arch inception_resnet_v2] [--size 512] [--steps 300] [--smoke]
+
+--smoke runs the same code with a tiny model on the CPU, so the script is tested where no GPU is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--arch", default="inception_resnet_v2")
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run of the same code")
+    a = p.parse_args()
+    if a.smoke:
+        a.arch, a.size, a.batch, a.steps, a.images, a.workers = "test_resnet", 32, 8, 6, 48, 0
+
+    from kaggle_transfer import config
+    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.export import export, load_run_model
+    from kaggle_transfer.inference.session import load_model
+    from kaggle_transfer.train import fit
+
+    rows: list[tuple[str, str]] = []
+    cuda = torch.cuda.is_available()
+    rows.append(("device", torch.cuda.get_device_name(0) if cuda else "cpu"))
+    rows.append(("torch", torch.__version__))
+    with tempfile.TemporaryDirectory() as tmp:
+        data = synthetic.make("aptos", Path(tmp) / "data", n_train=a.images, n_test=64,
+                              image_size=max(64, a.size))
+        steps_per_epoch = max(1, int(a.images * 0.8) // a.batch)
+        epochs = max(2, -(-a.steps // steps_per_epoch))
+        cfg = config.resolve(flags={"arch": a.arch, "pretrained": False, "size": a.size, "batch_size": a.batch,
+                                    "epochs": epochs, "workers": a.workers, "pool": "gem", "loss": "smooth_l1",
+                                    "amp": "auto", "device": "auto", "augment": "heavy", "lr": 3e-4})
+        run = Path(tmp) / "run"
+        run.mkdir()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.time()
+        result = fit(cfg, run, data, progress=False)
+        history = pd.read_csv(run / "history.csv")
+        rows += [("train steps", str(epochs * steps_per_epoch)), ("amp", result["amp"]),
+                 ("train images/s (best epoch after the first)", f"{history['train_images_per_s'].iloc[1:].max():.1f}"),
+                 ("train steps/s", f"{history['train_images_per_s'].iloc[1:].max() / a.batch:.2f}"),
+                 ("fit wall s", f"{time.time() - t0:.1f}"), ("val qwk", f"{result['score']:.4f}")]
+        if cuda:
+            rows.append(("peak GPU memory GiB", f"{torch.cuda.max_memory_allocated() / 2**30:.2f}"))
+        exported = export(run)
+        rows.append(("onnx max|diff| vs torch (cpu, fp32)", f"{exported['max_abs_diff']:.2e}"))
+        onnx = load_model(exported["path"], "cuda" if cuda else "cpu")
+        rows.append(("onnxruntime provider", onnx.provider))
+        x = np.random.default_rng(0).integers(0, 256, (a.batch, 3, a.size, a.size), dtype=np.uint8)
+        model, _ = load_run_model(run)
+        device = torch.device("cuda" if cuda else "cpu")
+        model = model.to(device)
+        with torch.inference_mode():
+            ref = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
+        rows.append(("onnx vs torch on device, max|diff|", f"{np.abs(onnx.run(x) - ref).max():.2e}"))
+        rows += _speed(model, onnx, x, device)
+    print("\n| check | value |\n|---|---|")
+    for key, value in rows:
+        print(f"| {key} | {value} |")
+    print(json.dumps(dict(rows)))
+
+
+def _speed(model, onnx, x, device, iters: int = 10) -> list[tuple[str, str]]:
+    def timed(fn) -> float:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return iters * len(x) / (time.perf_counter() - t0)
+
+    xt = torch.from_numpy(x).to(device)
+    with torch.inference_mode():
+        torch_rate = timed(lambda: model(xt))
+    onnx_rate = timed(lambda: onnx.run(x))  # includes host-to-device copies, as kt predict does
+    return [("torch eager images/s (fp32)", f"{torch_rate:.1f}"), ("onnxruntime images/s", f"{onnx_rate:.1f}"),
+            ("onnx / torch", f"{onnx_rate / torch_rate:.2f}x")]
+
+
+if __name__ == "__main__":
+    main()

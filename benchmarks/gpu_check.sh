@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One prepared GPU check for a lent H200 (see the device tool's README), in a single call:
+#   installs what the machine lacks from carried wheels (.whl/, git-ignored), trains a few hundred
+#   AMP steps of inception_resnet_v2 at 512 px on synthetic APTOS, exports ONNX, runs it with the
+#   CUDA provider when onnxruntime has one, and prints a short table.
+#
+# Prepare the wheels here first (the device has torch, timm, onnx, onnxruntime (CPU), opencv, pandas,
+# scikit-learn; it lacks albumentations and its small dependencies):
+#   benchmarks/gpu_check.sh --fetch-wheels
+# Then, through the device tool:  run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
+# onnxruntime-gpu (about 300 MB) is over the 64 MiB carry limit: where the image's onnxruntime has no
+# CUDA provider, the table says CPUExecutionProvider for the ONNX rows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  mkdir -p .whl
+  for pkg in albumentations==2.0.8 albucore==0.0.24 stringzilla simsimd pydantic pydantic-core \
+             annotated-types typing-inspection segmentation-models-pytorch==0.6.0; do
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+      -d .whl "$pkg"
+  done
+  du -sh .whl
+  exit 0
+fi
+
+export PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+python3 benchmarks/gpu_check.py "$@"
