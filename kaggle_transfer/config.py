@@ -43,7 +43,10 @@ class RunConfig:
     compile: bool = False               # torch.compile the model
     ema: bool = False                   # keep a timm EMA of weights and validate with it
     ema_decay: float = 0.999
-    split: str = "paper"                # paper (per class 20% validation, seed 414) | kfold
+    channels: str | None = None         # input channels by first letter, e.g. rgb or rgby (HPA); None = all
+    keep_empty: bool = False            # CCT-20: keep the `empty` class (the paper drops it)
+    split: str = "paper"                # paper (20% validation per class, seed 414) | kfold | official
+    split_file: str | None = None       # CSV with id and Split columns (train/val/test); implies split=official
     folds: int = 5                      # number of folds for split=kfold
     fold: int = 0                       # which fold validates
     seed: int = 414                     # the study's split seed; also seeds training
@@ -63,7 +66,7 @@ CHOICES = {
     "schedule": ("cosine", "step", "none"),
     "augment": ("none", "paper", "heavy"),
     "amp": ("auto", "bf16", "fp16", "off"),
-    "split": ("paper", "kfold"),
+    "split": ("paper", "kfold", "official"),
     "tta": ("none", "flip"),
     "device": ("auto", "cpu", "cuda"),
 }
@@ -145,6 +148,8 @@ def resolve(recipe: str | Path | None = None, flags: dict[str, Any] | None = Non
         key, value = item.split("=", 1)
         _check_key(key.strip(), "--set")
         values[key.strip()] = parse_value(key.strip(), value)
+    if values.get("split_file") and "split" not in values:
+        values["split"] = "official"
     cfg = RunConfig(**values)
     validate(cfg)
     return cfg

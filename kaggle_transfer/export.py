@@ -27,16 +27,17 @@ PARITY_TOL = 1e-4  # fp32 ONNX vs torch, max abs difference on raw outputs
 
 
 def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
-    comp = competitions.get(cfg.competition)
+    comp = competitions.for_config(cfg)
+    channels = [comp.channels[i] for i in comp.select_channels(cfg.channels)]
     metrics_path = run_dir / "metrics.json"
     run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
     return {
         "format_version": FORMAT_VERSION, "kt_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "competition": comp.name, "task": comp.task.kind, "num_classes": comp.task.num_classes,
-        "metric": comp.task.metric, "arch": cfg.arch, "size": cfg.size, "channels": list(comp.channels),
-        "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "colour": "RGB" if comp.in_chans == 3
-                  else "+".join(comp.channels), "range": "0-255, normalised inside the graph"},
+        "metric": comp.task.metric, "arch": cfg.arch, "size": cfg.size, "channels": channels,
+        "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "colour": "+".join(channels),
+                  "range": "0-255, normalised inside the graph"},
         "class_names": comp.class_names, "fitted": run_metrics.get("fitted", {}),
         "score": run_metrics.get("score"), "best_epoch": run_metrics.get("best_epoch"),
         "tta": cfg.tta, "recipe": cfg.to_dict(), "run": run_dir.name, "git_sha": run_info.get("git_sha"),
@@ -51,8 +52,9 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     if not (run_dir / "best.pt").is_file():
         raise KtError(f"{run_dir}/best.pt not found; the run has not finished an epoch (kt train --resume {run_dir})")
     cfg = config_mod.load(run_dir / "config.yaml")
-    comp = competitions.get(cfg.competition)
-    model = build_model(cfg.arch, comp.task.num_outputs, cfg.pool, cfg.dropout, comp.in_chans, pretrained=False)
+    comp = competitions.for_config(cfg)
+    in_chans = len(comp.select_channels(cfg.channels))
+    model = build_model(cfg.arch, comp.task.num_outputs, cfg.pool, cfg.dropout, in_chans, pretrained=False)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
     return model.eval(), cfg
 
@@ -92,10 +94,10 @@ def export(run_dir: str | Path, out: str | Path | None = None, opset: int = 18, 
 
     run_dir = Path(run_dir)
     model, cfg = load_run_model(run_dir)
-    comp = competitions.get(cfg.competition)
+    in_chans = len(competitions.for_config(cfg).select_channels(cfg.channels))
     out = Path(out) if out else run_dir / "model.onnx"
     meta = build_metadata(run_dir, cfg)
-    example = torch.randint(0, 256, (2, comp.in_chans, cfg.size, cfg.size), dtype=torch.uint8)
+    example = torch.randint(0, 256, (2, in_chans, cfg.size, cfg.size), dtype=torch.uint8)
     with atomic_path(out) as tmp:
         _export_graph(model, example, tmp, opset)
         proto = onnx.load(str(tmp))
@@ -104,7 +106,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, opset: int = 18, 
         for key in ("competition", "task", "arch", "size"):
             proto.metadata_props.add(key=f"kt.{key}", value=str(meta[key]))
         onnx.save(proto, str(tmp))
-        diff = parity(model, tmp, comp.in_chans, cfg.size) if check else None
+        diff = parity(model, tmp, in_chans, cfg.size) if check else None
         if diff is not None and diff > PARITY_TOL:
             raise KtError(f"ONNX output differs from torch by {diff:.2e} (> {PARITY_TOL:g}); the file was not written")
     return {"path": str(out), "max_abs_diff": diff, "metadata": meta}

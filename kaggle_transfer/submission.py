@@ -24,12 +24,11 @@ def write(comp: Competition, ids: list[str], answers: np.ndarray, path: Path) ->
 
 
 def expected_ids(comp: Competition, data_dir: Path) -> tuple[list[str], list[str]]:
-    """(header, ids) that a valid submission must have: from sample_submission.csv, else test.csv."""
+    """(header, ids) that a valid submission must have: the sample submission's header (else the
+    adapter's columns) and the adapter's test ids."""
     sample = comp.sample_submission(data_dir)
-    if sample is not None:
-        return list(sample.columns), list(sample.iloc[:, 0])
-    test = comp.read_test(data_dir, skip_bad_images=True)
-    return [comp.id_column, comp.target_column], list(test["id"])
+    header = list(sample.columns) if sample is not None else [comp.id_column, comp.target_column]
+    return header, comp.test_ids(data_dir)
 
 
 def problems(comp: Competition, csv_path: Path, data_dir: Path) -> list[str]:

@@ -25,7 +25,7 @@ from . import config as config_mod
 from .config import RunConfig
 from .data.augment import build_train_transform
 from .data.dataset import ImageDataset
-from .data.splits import assign_folds
+from .data.splits import HELD_OUT, assign_folds, read_split_file
 from .errors import KtError
 from .fsutil import atomic_path, write_json
 from .models import build_model
@@ -112,8 +112,14 @@ def predict_raw(model: nn.Module, loader: DataLoader, device: torch.device, dtyp
 def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], skip_bad_images: bool
                 ) -> pd.DataFrame:
     """Competition rows plus external rows (training only), with a `fold` column."""
-    comp = competitions.get(cfg.competition)
+    comp = competitions.for_config(cfg)
     table = comp.read_train(data_dir, skip_bad_images)
+    if cfg.split_file:
+        table = table.drop(columns=["split"], errors="ignore").merge(read_split_file(cfg.split_file), on="id",
+                                                                     how="left")
+        if table["split"].isna().any():
+            missing = table.loc[table["split"].isna(), "id"].iloc[0]
+            raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
     table["fold"] = assign_folds(table, cfg.split, cfg.folds, cfg.seed)
     for source in cfg.external:
         if source not in external_dirs:
@@ -127,8 +133,9 @@ def preflight(cfg: RunConfig, data_dir: Path) -> None:
     """Cheap checks before a run folder is made: arch, loss and the training table (files included)."""
     from .models import check_arch
 
-    comp = competitions.get(cfg.competition)
+    comp = competitions.for_config(cfg)
     check_arch(cfg.arch)
+    comp.select_channels(cfg.channels)
     comp.task.check_loss(cfg.loss or comp.task.default_loss)
     comp.read_train(data_dir, skip_bad_images=True)
 
@@ -152,8 +159,9 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
         resume: bool = False, skip_bad_images: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one model on one fold; keep the best epoch by the competition metric. Returns metrics.json."""
     run_dir, external_dirs = Path(run_dir), dict(external_dirs or {})
-    comp = competitions.get(cfg.competition)
+    comp = competitions.for_config(cfg)
     task = comp.task
+    channels = comp.select_channels(cfg.channels)
     loss_name = cfg.loss or task.default_loss
     task.check_loss(loss_name)
     config_mod.save(cfg, run_dir / "config.yaml")
@@ -165,17 +173,21 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     channels_last = cfg.channels_last and device.type == "cuda"
 
     table = load_tables(cfg, data_dir, external_dirs, skip_bad_images)
-    val_rows, train_rows = table[table["fold"] == cfg.fold], table[table["fold"] != cfg.fold]
+    val_rows = table[table["fold"] == cfg.fold]
+    train_rows = table[(table["fold"] != cfg.fold) & (table["fold"] != HELD_OUT)]
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise KtError(f"fold {cfg.fold} leaves an empty train or validation set ({len(train_rows)}/{len(val_rows)})")
     y_train, y_val = task.targets(train_rows["target"]), task.targets(val_rows["target"])
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_ds = ImageDataset(train_rows, cfg.size, y_train, build_train_transform(cfg.augment, cfg.size, comp.in_chans))
+    train_ds = ImageDataset(train_rows, cfg.size, y_train, build_train_transform(cfg.augment, cfg.size, len(channels)),
+                            channels)
     pin = device.type == "cuda"
     train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator, pin)
-    val_loader = _loader(ImageDataset(val_rows, cfg.size, y_val), cfg.batch_size, cfg.workers, False, None, pin)
+    val_ds = ImageDataset(val_rows, cfg.size, y_val, channels=channels)
+    val_loader = _loader(val_ds, cfg.batch_size, cfg.workers, False, None, pin)
 
-    model = build_model(cfg.arch, task.num_outputs, cfg.pool, cfg.dropout, comp.in_chans, cfg.pretrained, cfg.weights)
+    model = build_model(cfg.arch, task.num_outputs, cfg.pool, cfg.dropout, len(channels), cfg.pretrained,
+                        cfg.weights)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -22,6 +22,13 @@ def get(name: str) -> Competition:
         raise KtError(f"unknown competition {name!r}{hint}; valid: {', '.join(COMPETITIONS)}") from None
 
 
+def for_config(cfg) -> Competition:
+    """The adapter a run config (or ONNX recipe) means, with its reading options applied."""
+    get_ = get(cfg["competition"] if isinstance(cfg, dict) else cfg.competition)
+    keep_empty = cfg.get("keep_empty", False) if isinstance(cfg, dict) else cfg.keep_empty
+    return get_.configure(keep_empty=keep_empty)
+
+
 def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
     """--data-dir, else $KT_DATA/<name>, else data/<name>, else a Kaggle notebook's /kaggle/input/<slug>."""
     if given:

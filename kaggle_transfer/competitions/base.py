@@ -82,6 +82,32 @@ class Competition:
     def in_chans(self) -> int:
         return len(self.channels)
 
+    def configure(self, **options: Any) -> Competition:
+        """A copy with reading options applied (e.g. CCT-20's keep_empty). Most contests have none."""
+        return self
+
+    def select_channels(self, spec: str | None) -> list[int]:
+        """Indices into `channels` from letters such as `rgb` or `rgby` (None: all, in order)."""
+        if not spec:
+            return list(range(self.in_chans))
+        letters = [c[0] for c in self.channels]
+        bad = [ch for ch in spec if ch not in letters]
+        if bad or len(set(spec)) != len(spec):
+            raise KtError(f"--set channels={spec} is not valid for {self.name}; letters of "
+                          f"{'/'.join(self.channels)}, e.g. {''.join(letters)}")
+        return [letters.index(ch) for ch in spec]
+
+    def test_ids(self, data_dir: Path) -> list[str]:
+        """The ids a submission must cover: the sample submission's, else the test table's."""
+        sample = self.sample_submission(data_dir)
+        if sample is not None:
+            return list(sample.iloc[:, 0])
+        return list(self.read_test(data_dir, skip_bad_images=True)["id"])
+
+    def parse_answers(self, values: list[str]) -> np.ndarray:
+        """Submission cells → the array the metric takes (inverse of format_answers)."""
+        return np.asarray([float(v) for v in values]).astype(int)
+
     def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
         raise NotImplementedError
 

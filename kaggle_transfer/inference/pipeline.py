@@ -23,11 +23,12 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     comp = competitions.get(competition)
     data_dir = competitions.find_data_dir(comp, data_dir)
     models = load_ensemble(list(model_paths), comp.name, provider)
+    comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": comp.name})
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
     out_dir = fresh_output_dir(Path(out_root) / comp.name / f"{stamp()}_{slug(label)}", overwrite)
     test = comp.read_test(data_dir)
     started = time.time()
-    raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress)
+    raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress, comp.channels)
     raw = blend(raws)
     oof_score = None
     if refit:

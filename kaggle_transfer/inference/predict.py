@@ -21,15 +21,30 @@ from . import tta as tta_mod
 from .session import OnnxModel
 
 
-def _batch(decoded: list[np.ndarray], size: int) -> np.ndarray:
-    return np.stack([images.to_chw(images.resize(img, size)) for img in decoded])
+def _batch(decoded: list[np.ndarray], size: int, channels: tuple[int, ...]) -> np.ndarray:
+    batch = np.stack([images.to_chw(images.resize(img, size)) for img in decoded])
+    return batch if len(channels) == batch.shape[1] else np.ascontiguousarray(batch[:, list(channels)])
+
+
+def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tuple[int, ...]:
+    names = model.meta.get("channels") or []
+    if not all_channels:
+        return tuple(range(len(names)))
+    missing = [n for n in names if n not in all_channels]
+    if missing:
+        raise KtError(f"{model.path} wants channel(s) {', '.join(missing)}; the data has {', '.join(all_channels)}")
+    return tuple(all_channels.index(n) for n in names)
 
 
 def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], tta: str = "none",
-                   batch_size: int = 32, workers: int = 4, progress: bool = True) -> np.ndarray:
-    """Raw outputs of every model, shape (n_models, n_images, n_outputs); TTA views averaged."""
+                   batch_size: int = 32, workers: int = 4, progress: bool = True,
+                   all_channels: Sequence[str] | None = None) -> np.ndarray:
+    """Raw outputs of every model, shape (n_models, n_images, n_outputs); TTA views averaged.
+
+    `all_channels` names the channels the decoded images hold (the competition's); each model takes
+    the ones its metadata lists, so an RGB and an RGBY model of HPA share one decode."""
     views = tta_mod.views(tta)
-    sizes = sorted({m.size for m in models})
+    keys = [(m.size, _channel_indices(m, all_channels)) for m in models]
     outputs: list[list[np.ndarray]] = [[] for _ in models]
     starts = list(range(0, len(paths), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV decodes without the GIL
@@ -42,9 +57,9 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
         for i in tqdm(range(len(starts)), desc="predict", unit="batch", disable=not progress):
             decoded = [f.result() for f in ahead]
             ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
-            by_size = {size: _batch(decoded, size) for size in sizes}
-            for out, model in zip(outputs, models, strict=True):
-                x = by_size[model.size]
+            inputs = {key: _batch(decoded, *key) for key in set(keys)}
+            for out, model, key in zip(outputs, models, keys, strict=True):
+                x = inputs[key]
                 out.append(np.mean([model.run(view(x)) for view in views], axis=0))
     return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
 

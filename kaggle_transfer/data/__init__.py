@@ -1,0 +1,1 @@
+"""Images, splits, augmentation, datasets and synthetic competition data."""
