@@ -80,7 +80,8 @@ def _external_dirs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--external-dir", multiple=True, help="NAME=DIR for each --external source.")
 @click.option("--pretrained/--no-pretrained", default=None, help="Load ImageNet weights through timm.")
 @click.option("--weights", type=click.Path(), help="Local backbone state dict (offline).")
-@click.option("--split", type=click.Choice(["paper", "kfold"]))
+@click.option("--split", type=click.Choice(["paper", "kfold", "official"]), help="Default: the competition's.")
+@click.option("--split-file", type=click.Path(), help="CSV with id and Split (train/val/test) columns.")
 @click.option("--folds", type=int, help="Number of folds with --split kfold.")
 @click.option("--fold", type=int, help="Which fold validates.")
 @click.option("--seed", type=int)
@@ -145,6 +146,8 @@ def export(run_dir, out, opset) -> None:
 @click.argument("models", nargs=-1, required=True)
 @click.option("--data-dir", type=click.Path(), help="Competition files with the test images.")
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True)
+@click.option("--blend", "blend_method", type=click.Choice(["mean", "rank"]), default="mean", show_default=True,
+              help="rank: average ranks (binary tasks; ROC AUC only sees the order).")
 @click.option("--refit", is_flag=True, help="Refit cut points/thresholds on the members' blended OOF.")
 @click.option("--out-root", type=click.Path(), default="submissions", show_default=True)
 @click.option("--label", help="Submission folder suffix.")
@@ -153,14 +156,14 @@ def export(run_dir, out, opset) -> None:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=4, show_default=True, help="Image decoding threads.")
 @click.option("--progress/--no-progress", default=True)
-def predict(competition, models, data_dir, tta, refit, out_root, label, overwrite, provider, batch_size,
+def predict(competition, models, data_dir, tta, blend_method, refit, out_root, label, overwrite, provider, batch_size,
             workers, progress) -> None:
     """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
     from .inference.pipeline import predict_submission
     from .inference.session import expand
 
     manifest = predict_submission(competition, expand(list(models)), data_dir, out_root, label, tta, overwrite,
-                                  refit, provider, batch_size, workers, progress)
+                                  refit, provider, batch_size, workers, progress, blend_method)
     providers = sorted({m["provider"] for m in manifest["models"]})
     click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)}; {manifest['rows']} rows, "
                f"{manifest['images_per_s']} images/s")
@@ -178,6 +181,26 @@ def validate(competition, csv, data_dir) -> None:
     comp = competitions.get(competition)
     result = submission.validate(comp, Path(csv), competitions.find_data_dir(comp, data_dir))
     click.echo(f"valid {comp.name} submission: {result['rows']} rows, columns {','.join(result['columns'])}")
+
+
+@main.command()
+@click.argument("competition")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--data-dir", type=click.Path())
+@click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True)
+@click.option("--out", type=click.Path(), help="Folder for evaluation.json (default: the first model's).")
+@click.option("--progress/--no-progress", default=True)
+def evaluate(competition, models, data_dir, tta, out, progress) -> None:
+    """Score runs or ONNX files on labelled test splits (CCT-20: cis_test and trans_test side by side)."""
+    from .inference.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(competition, models, data_dir, tta, out, progress)
+    click.echo(f"{'split':<12} {'images':>7} {result['metric']:>9}")
+    for split, row in result["splits"].items():
+        click.echo(f"{split:<12} {row['images']:>7} {row['score']:>9.4f}")
+    click.echo("")
+    click.echo(result["per_class"].to_string(float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"wrote {', '.join(result['files'])}")
 
 
 @main.command()

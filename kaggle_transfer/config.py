@@ -45,7 +45,7 @@ class RunConfig:
     ema_decay: float = 0.999
     channels: str | None = None         # input channels by first letter, e.g. rgb or rgby (HPA); None = all
     keep_empty: bool = False            # CCT-20: keep the `empty` class (the paper drops it)
-    split: str = "paper"                # paper (20% validation per class, seed 414) | kfold | official
+    split: str | None = None            # None = the competition's: paper (20% per class, seed 414) | kfold | official
     split_file: str | None = None       # CSV with id and Split columns (train/val/test); implies split=official
     folds: int = 5                      # number of folds for split=kfold
     fold: int = 0                       # which fold validates
@@ -157,7 +157,7 @@ def resolve(recipe: str | Path | None = None, flags: dict[str, Any] | None = Non
 
 def validate(cfg: RunConfig) -> None:
     for key, choices in CHOICES.items():
-        if getattr(cfg, key) not in choices:
+        if getattr(cfg, key) is not None and getattr(cfg, key) not in choices:
             raise KtError(f"{key}={getattr(cfg, key)!r} is not valid; choose one of: {', '.join(choices)}")
     for key in ("size", "epochs", "batch_size", "folds"):
         if getattr(cfg, key) < 1:

@@ -24,9 +24,15 @@ DEMO_MODELS = (("test_resnet", 32), ("test_resnet", 48))
 
 
 def test_score(comp, data_dir: Path, csv: Path) -> float:
-    truth = pd.read_csv(data_dir / "test_labels.csv", dtype=str)
-    pred = pd.read_csv(csv, dtype=str).set_index(comp.id_column).loc[truth[comp.id_column]]
-    return get_metric(comp.task.metric)(truth[comp.target_column].astype(int), pred[comp.target_column].astype(int))
+    """Score a submission against the hidden labels that only synthetic data has."""
+    pred = pd.read_csv(csv, dtype=str, keep_default_na=False).set_index(comp.id_column)[comp.target_column]
+    if (data_dir / "test_labels.csv").is_file():
+        truth = pd.read_csv(data_dir / "test_labels.csv", dtype=str, keep_default_na=False)
+        ids, y = truth[comp.id_column], comp.parse_answers(list(truth[comp.target_column]))
+    else:  # local datasets (CCT-20) carry labels in their test split
+        table = comp.read_test(data_dir)
+        ids, y = table["id"], table["target"].to_numpy()
+    return get_metric(comp.task.metric)(y, comp.parse_answers(list(pred.loc[ids])))
 
 
 def run_demo(name: str, workdir: Path, epochs: int = 8, progress: bool = True,

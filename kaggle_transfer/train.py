@@ -25,7 +25,7 @@ from . import config as config_mod
 from .config import RunConfig
 from .data.augment import build_train_transform
 from .data.dataset import ImageDataset
-from .data.splits import HELD_OUT, assign_folds, read_split_file
+from .data.splits import HELD_OUT, TRAIN_ONLY, assign_folds, read_split_file
 from .errors import KtError
 from .fsutil import atomic_path, write_json
 from .models import build_model
@@ -120,12 +120,15 @@ def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], s
         if table["split"].isna().any():
             missing = table.loc[table["split"].isna(), "id"].iloc[0]
             raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
-    table["fold"] = assign_folds(table, cfg.split, cfg.folds, cfg.seed)
+    table["fold"] = assign_folds(table, cfg.split or comp.default_split, cfg.folds, cfg.seed)
+    skipped = {"competition": int(table.attrs.get("skipped_images", 0))}
     for source in cfg.external:
         if source not in external_dirs:
             raise KtError(f"--external {source} needs --external-dir {source}=DIR")
         extra = comp.read_external(source, Path(external_dirs[source]))
-        table = pd.concat([table, extra.assign(fold=-1)], ignore_index=True)
+        skipped[source] = int(extra.attrs.get("skipped_images", 0))
+        table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
+    table.attrs["skipped_images"] = skipped
     return table
 
 
@@ -288,7 +291,9 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
         "competition": comp.name, "metric": task.metric, "score": state["best_score"],
         "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "loss": loss_name,
         "fitted": json.loads(str(oof["fitted"])), "n_train": len(train_rows), "n_val": len(val_rows),
-        "skipped_images": int(table.attrs.get("skipped_images", 0)), "device": device.type,
+        "skipped_images": table.attrs["skipped_images"]["competition"],
+        "skipped_external_images": {k: v for k, v in table.attrs["skipped_images"].items() if k != "competition"},
+        "n_external": int((table["source"] != "competition").sum()), "device": device.type,
         "amp": str(dtype).removeprefix("torch.") if dtype else "off",
         "train_images_per_s": float(history["train_images_per_s"].mean()),
         "time_s": time.time() - started,

@@ -9,8 +9,12 @@ from pathlib import Path
 from ..errors import KtError
 from .aptos import APTOS
 from .base import Competition
+from .cassava import CASSAVA
+from .cct20 import CCT20
+from .hpa import HPA
+from .siim_isic import SIIM_ISIC
 
-COMPETITIONS: dict[str, Competition] = {c.name: c for c in (APTOS,)}
+COMPETITIONS: dict[str, Competition] = {c.name: c for c in (APTOS, HPA, SIIM_ISIC, CASSAVA, CCT20)}
 
 
 def get(name: str) -> Competition:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import KtError
 from ..tasks import Task
 from .base import Competition, check_files, parse_int_labels, read_csv
 
@@ -36,6 +37,31 @@ class Aptos(Competition):
 
     def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
         return self._table(data_dir, "test", skip_bad_images)
+
+    def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
+        """dr2015: trainLabels.csv (image,level) with train/{image}.jpeg, plus, when present, the later
+        released retinopathy_solution.csv (image,level,Usage) with test/{image}.jpeg. Same 0-4 scale.
+        Rows whose image is missing are dropped and counted (the set is large and often partial)."""
+        if source != "dr2015":
+            return super().read_external(source, external_dir)
+        external_dir = Path(external_dir)
+        parts = []
+        for csv_name, folder in (("trainLabels.csv", "train"), ("retinopathy_solution.csv", "test")):
+            path = external_dir / csv_name
+            if not path.is_file():
+                if csv_name == "trainLabels.csv":
+                    raise KtError(f"--external-dir dr2015={external_dir}: trainLabels.csv not found")
+                continue
+            df = read_csv(path, ["image", "level"], f"DR2015 {csv_name}")
+            parts.append(pd.DataFrame({
+                "id": "dr2015:" + df["image"],
+                "paths": [(str(external_dir / folder / f"{i}.jpeg"),) for i in df["image"]],
+                "source": "dr2015",
+                "target": parse_int_labels(df["level"], path, "level", len(GRADES)),
+                # left and right eye of one patient (10_left, 10_right) stay together
+                "group": "dr2015:" + df["image"].str.rsplit("_", n=1).str[0],
+            }))
+        return check_files(pd.concat(parts, ignore_index=True), skip_missing=True)
 
 
 APTOS = Aptos(

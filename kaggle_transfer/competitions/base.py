@@ -76,7 +76,7 @@ class Competition:
     class_names: list[str]
     channels: tuple[str, ...] = ("red", "green", "blue")
     external: dict[str, str] = field(default_factory=dict)  # source name -> one-line description
-    split_seed: int = 414
+    default_split: str = "paper"     # used when the run does not choose one
 
     @property
     def in_chans(self) -> int:

@@ -18,7 +18,8 @@ from .session import describe, load_ensemble
 def predict_submission(competition: str, model_paths: Sequence[str | Path], data_dir: str | Path | None,
                        out_root: str | Path = "submissions", label: str | None = None, tta: str = "none",
                        overwrite: bool = False, refit: bool = False, provider: str = "auto",
-                       batch_size: int = 32, workers: int = 4, progress: bool = True) -> dict[str, Any]:
+                       batch_size: int = 32, workers: int = 4, progress: bool = True,
+                       blend_method: str = "mean") -> dict[str, Any]:
     """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest."""
     comp = competitions.get(competition)
     data_dir = competitions.find_data_dir(comp, data_dir)
@@ -29,7 +30,7 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     test = comp.read_test(data_dir)
     started = time.time()
     raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress, comp.channels)
-    raw = blend(raws)
+    raw = blend(raws, method=blend_method, task=comp.task)
     oof_score = None
     if refit:
         fitted, oof_score = refit_from_oof(models, comp.task)
@@ -40,7 +41,7 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     check = submission.validate(comp, csv, data_dir)
     manifest = {
         "competition": comp.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "label": label,
-        "models": [describe(m) for m in models], "blend": "mean", "tta": tta, "fitted": fitted,
+        "models": [describe(m) for m in models], "blend": blend_method, "tta": tta, "fitted": fitted,
         "fitted_from": "blended OOF" if refit else "mean of members", "oof_score": oof_score,
         "rows": check["rows"], "seconds": round(time.time() - started, 2), "images_per_s":
         round(len(test) / max(time.time() - started, 1e-9), 1), "git_sha": git_sha(),

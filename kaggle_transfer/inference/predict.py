@@ -64,12 +64,30 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
     return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
 
 
-def blend(raws: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
-    """Weighted mean of the models' raw outputs (equal weights by default)."""
+BLENDS = ("mean", "rank")
+
+
+def blend(raws: np.ndarray, weights: Sequence[float] | None = None, method: str = "mean",
+          task: Task | None = None) -> np.ndarray:
+    """Weighted mean of the models' raw outputs (equal weights by default).
+
+    `rank` (binary tasks): each model's scores become ranks scaled to (0, 1), their weighted mean is
+    returned as a logit, so decoding yields the blended rank as the probability. AUC only sees the
+    order, so models with differently calibrated outputs blend fairly."""
     w = np.ones(len(raws)) if weights is None else np.asarray(weights, dtype=float)
-    if len(w) != len(raws) or w.sum() <= 0:
+    if len(w) != len(raws) or w.sum() <= 0 or (w < 0).any():
         raise KtError(f"need {len(raws)} non-negative weights with a positive sum, got {list(w)}")
-    return np.tensordot(w / w.sum(), raws, axes=1)
+    if method == "mean":
+        return np.tensordot(w / w.sum(), raws, axes=1)
+    if method != "rank":
+        raise KtError(f"--blend {method!r} is not valid; choose one of: {', '.join(BLENDS)}")
+    if task is not None and task.kind != "binary":
+        raise KtError(f"--blend rank suits rank-based metrics (binary, ROC AUC); {task.kind} tasks use --blend mean")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(raws, axis=1) / (raws.shape[1] + 1)  # per model and output column, in (0, 1)
+    mean = np.tensordot(w / w.sum(), ranks, axes=1)
+    return np.log(mean / (1 - mean))
 
 
 def combine_fitted(models: Sequence[OnnxModel], task: Task) -> dict[str, Any]:

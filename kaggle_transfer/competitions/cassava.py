@@ -1,0 +1,69 @@
+"""Cassava Leaf Disease Classification: 5 classes, accuracy, code competition (notebook).
+
+Layout (shared/COMPETITIONS.md): train.csv (image_id WITH .jpg, label), train_images/, test_images/,
+sample_submission.csv (image_id,label; lists only the one public test image), and
+label_num_to_disease_map.json for class names. The hidden test set replaces test_images/ when the
+notebook is scored, so the test ids are the files in test_images/, not the sample's rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import KtError
+from ..tasks import Task
+from .base import Competition, check_files, parse_int_labels, read_csv
+
+DISEASES = ["Cassava Bacterial Blight (CBB)", "Cassava Brown Streak Disease (CBSD)", "Cassava Green Mottle (CGM)",
+            "Cassava Mosaic Disease (CMD)", "Healthy"]
+
+
+def check_label_map(data_dir: Path) -> None:
+    """The class names kt uses must be the ones the competition's JSON gives, in the same order."""
+    path = Path(data_dir) / "label_num_to_disease_map.json"
+    if path.is_file():
+        mapping = json.loads(path.read_text())
+        names = [mapping.get(str(k)) for k in range(len(DISEASES))]
+        if names != DISEASES:
+            raise KtError(f"{path} maps labels to {names}; kt expects {DISEASES}")
+
+
+class Cassava(Competition):
+    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        data_dir = Path(data_dir)
+        check_label_map(data_dir)
+        path = data_dir / "train.csv"
+        df = read_csv(path, ["image_id", "label"], "Cassava train.csv")
+        table = pd.DataFrame({
+            "id": df["image_id"].to_numpy(),
+            "paths": [(str(data_dir / "train_images" / i),) for i in df["image_id"]],
+            "source": "competition",
+            "target": parse_int_labels(df["label"], path, "label", len(DISEASES)),
+        })
+        return check_files(table, skip_bad_images)
+
+    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        folder = Path(data_dir) / "test_images"
+        if not folder.is_dir():
+            raise KtError(f"Cassava test_images/ not found in {data_dir}; check --data-dir")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        return pd.DataFrame({"id": [p.name for p in files], "paths": [(str(p),) for p in files],
+                             "source": "competition"})
+
+    def test_ids(self, data_dir: Path) -> list[str]:
+        return list(self.read_test(data_dir)["id"])
+
+
+CASSAVA = Cassava(
+    name="cassava",
+    slug="cassava-leaf-disease-classification",
+    title="Cassava Leaf Disease Classification",
+    task=Task("multiclass", num_classes=len(DISEASES), metric="accuracy"),
+    submit_via="notebook",
+    id_column="image_id",
+    target_column="label",
+    class_names=DISEASES,
+)

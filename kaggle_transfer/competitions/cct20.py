@@ -1,0 +1,125 @@
+"""CCT-20 (Caltech Camera Traps, "Recognition in Terra Incognita", ECCV 2018): 15 classes, accuracy,
+local evaluation only (not on Kaggle).
+
+Layout (LILA): eccv_18_annotation_files/{train,cis_val,trans_val,cis_test,trans_test}_annotations.json
+and eccv_18_all_images_sm/{file_name}; a flat layout (JSONs and images in one folder, or images in
+images/) is read too. The JSONs are COCO Camera Traps: images (id, file_name, location, ...),
+annotations (image_id, category_id), categories (id, name).
+
+Choices, documented: the paper's 15 classes drop `empty` (id 30) everywhere; `--set keep_empty=true`
+keeps it as a 16th class. An image with several annotations takes its most frequent non-empty
+category (ties: the smaller id); it is `empty` only when all its annotations are. Model selection
+uses cis_val (locations seen in training); `kt evaluate` reports cis_test and trans_test (unseen
+locations) side by side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import KtError
+from ..tasks import Task
+from .base import Competition, check_files
+
+# Category ids of the paper's 15 classes, and names as in the LILA JSON (checked on read; unverified here).
+CATEGORIES = {1: "opossum", 3: "raccoon", 5: "squirrel", 6: "bobcat", 7: "skunk", 8: "dog", 9: "coyote",
+              10: "rabbit", 11: "bird", 16: "cat", 21: "badger", 33: "car", 34: "deer", 51: "fox", 99: "rodent"}
+EMPTY_ID = 30
+SPLITS = ("train", "cis_val", "trans_val", "cis_test", "trans_test")
+SPLIT_WORD = {"train": "train", "cis_val": "val"}  # everything else is held out of training and selection
+
+
+def _find(data_dir: Path, names: tuple[str, ...], what: str) -> Path:
+    for name in names:
+        if (data_dir / name).is_dir():
+            return data_dir / name
+    return data_dir
+
+
+class Cct20(Competition):
+    keep_empty: bool = False
+
+    def configure(self, **options) -> Cct20:
+        if not options.get("keep_empty") or self.keep_empty:
+            return self
+        ids = self.category_ids + [EMPTY_ID]
+        new = dataclasses.replace(self, task=Task("multiclass", len(ids), "accuracy"),
+                                  class_names=self.class_names + ["empty"])
+        new.keep_empty = True
+        return new
+
+    @property
+    def category_ids(self) -> list[int]:
+        return list(CATEGORIES) + ([EMPTY_ID] if self.keep_empty else [])
+
+    def read_split(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
+        data_dir = Path(data_dir)
+        path = _find(data_dir, ("eccv_18_annotation_files",), "annotations") / f"{split}_annotations.json"
+        if not path.is_file():
+            raise KtError(f"CCT-20 {path.name} not found in {path.parent}; check --data-dir (LILA eccv_18 files)")
+        try:
+            coco = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise KtError(f"{path} is not valid JSON: {e}") from None
+        for key in ("images", "annotations", "categories"):
+            if key not in coco:
+                raise KtError(f"{path} has no {key!r}; is it a COCO Camera Traps file?")
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        for cid, name in CATEGORIES.items():
+            if cid in names and names[cid].lower() != name:
+                warnings.warn(f"{path}: category {cid} is {names[cid]!r}, kt calls it {name!r}", stacklevel=2)
+        per_image: dict[str, list[int]] = {}
+        for a in coco["annotations"]:
+            cid = a["category_id"]
+            if cid not in CATEGORIES and cid != EMPTY_ID:
+                raise KtError(f"{path}: unknown category id {cid} (image {a['image_id']}); "
+                              f"known: {sorted(CATEGORIES)} and empty={EMPTY_ID}")
+            per_image.setdefault(str(a["image_id"]), []).append(cid)
+        index = {cid: k for k, cid in enumerate(self.category_ids)}
+        folder = _find(data_dir, ("eccv_18_all_images_sm", "images"), "images")
+        rows = []
+        for img in coco["images"]:
+            label = _label(per_image.get(str(img["id"]), []))
+            if label is None or label not in index:
+                continue  # no annotation, or empty while empty is dropped
+            rows.append({"id": str(img["id"]), "paths": (str(folder / img["file_name"]),), "source": "competition",
+                         "target": index[label], "group": str(img.get("location", "")),
+                         "split": SPLIT_WORD.get(split, split)})
+        return check_files(pd.DataFrame(rows, columns=["id", "paths", "source", "target", "group", "split"]),
+                           skip_bad_images)
+
+    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        return pd.concat([self.read_split(data_dir, s, skip_bad_images) for s in ("train", "cis_val")],
+                         ignore_index=True)
+
+    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        return self.read_split(data_dir, "cis_test", skip_bad_images)
+
+
+def _label(categories: list[int]) -> int | None:
+    if not categories:
+        return None
+    animals = [c for c in categories if c != EMPTY_ID]
+    if not animals:
+        return EMPTY_ID
+    counts = Counter(animals)
+    return min(counts, key=lambda c: (-counts[c], c))
+
+
+CCT20 = Cct20(
+    name="cct20",
+    slug=None,
+    title="Caltech Camera Traps 20 (ECCV 2018 split)",
+    task=Task("multiclass", num_classes=len(CATEGORIES), metric="accuracy"),
+    submit_via="none",
+    id_column="id",
+    target_column="category",
+    class_names=list(CATEGORIES.values()),
+    default_split="official",
+)

@@ -1,0 +1,115 @@
+"""Human Protein Atlas Image Classification (2018): 28-label multilabel, macro F1, CSV upload.
+
+Layout (shared/COMPETITIONS.md): train.csv (Id,Target with space-separated label ids in any order),
+sample_submission.csv (Id,Predicted; the test ids), train/{Id}_{red,green,blue,yellow}.png and test/….
+Channel order is fixed and documented: red (microtubules), green (the protein of interest),
+blue (nucleus), yellow (ER). `--set channels=rgb` trains on the first three.
+External `hpav18`: a folder with a CSV (Id,Target) and per-channel images in the same naming, PNG
+or JPEG (as competitors distributed the resized HPAv18 set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import KtError
+from ..tasks import Task
+from .base import Competition, check_files, read_csv
+
+CLASSES = [
+    "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles",
+    "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus", "Peroxisomes", "Endosomes", "Lysosomes",
+    "Intermediate filaments", "Actin filaments", "Focal adhesion sites", "Microtubules", "Microtubule ends",
+    "Cytokinetic bridge", "Mitotic spindle", "Microtubule organizing center", "Centrosome", "Lipid droplets",
+    "Plasma membrane", "Cell junctions", "Mitochondria", "Aggresome", "Cytosol", "Cytoplasmic bodies",
+    "Rods & rings",
+]
+CHANNELS = ("red", "green", "blue", "yellow")
+
+
+def parse_labels(text: str, where: str) -> tuple[int, ...]:
+    """'16 0' → (0, 16); blank → (); anything else names the row."""
+    try:
+        labels = tuple(sorted({int(t) for t in str(text).split()}))
+    except ValueError:
+        raise KtError(f"{where}: Target {text!r} must be space-separated label ids 0..27") from None
+    if any(not 0 <= label < len(CLASSES) for label in labels):
+        raise KtError(f"{where}: Target {text!r} has a label outside 0..27")
+    return labels
+
+
+def channel_paths(folder: Path, sample_id: str, ext: str = ".png") -> tuple[str, ...]:
+    return tuple(str(folder / f"{sample_id}_{c}{ext}") for c in CHANNELS)
+
+
+class Hpa(Competition):
+    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        data_dir = Path(data_dir)
+        path = data_dir / "train.csv"
+        df = read_csv(path, ["Id", "Target"], "HPA train.csv")
+        table = pd.DataFrame({
+            "id": df["Id"].to_numpy(),
+            "paths": [channel_paths(data_dir / "train", i) for i in df["Id"]],
+            "source": "competition",
+            "target": [parse_labels(t, f"{path} row {n + 2}") for n, t in enumerate(df["Target"])],
+        })
+        return check_files(table, skip_bad_images)
+
+    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        data_dir = Path(data_dir)
+        df = read_csv(data_dir / "sample_submission.csv", ["Id", "Predicted"], "HPA sample_submission.csv")
+        table = pd.DataFrame({"id": df["Id"].to_numpy(),
+                              "paths": [channel_paths(data_dir / "test", i) for i in df["Id"]],
+                              "source": "competition"})
+        return check_files(table, skip_bad_images)
+
+    def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
+        if source != "hpav18":
+            return super().read_external(source, external_dir)
+        external_dir = Path(external_dir)
+        csvs = sorted(external_dir.glob("*.csv"))
+        if not csvs:
+            raise KtError(f"--external-dir hpav18={external_dir} holds no CSV (Id,Target)")
+        df = read_csv(csvs[0], ["Id", "Target"], "HPAv18 CSV")
+        folder = external_dir / "images" if (external_dir / "images").is_dir() else external_dir
+        ext = ".jpg" if any(folder.glob("*_green.jpg")) else ".png"
+        table = pd.DataFrame({
+            "id": df["Id"].to_numpy(),
+            "paths": [channel_paths(folder, i, ext) for i in df["Id"]],
+            "source": "hpav18",
+            "target": [parse_labels(t, f"{csvs[0]} row {n + 2}") for n, t in enumerate(df["Target"])],
+        })
+        return check_files(table, skip_missing=True)  # external sets have gaps; count, do not stop
+
+    def format_answers(self, answers: np.ndarray) -> list[str]:
+        return [" ".join(str(k) for k in np.flatnonzero(row)) for row in answers]
+
+    def check_answer(self, value: str) -> bool:
+        try:
+            labels = [int(t) for t in value.split()]
+        except ValueError:
+            return False
+        return len(set(labels)) == len(labels) and all(0 <= k < len(CLASSES) for k in labels)
+
+    def parse_answers(self, values: list[str]) -> np.ndarray:
+        out = np.zeros((len(values), len(CLASSES)), dtype=int)
+        for i, v in enumerate(values):
+            out[i, [int(t) for t in str(v).split()]] = 1
+        return out
+
+
+HPA = Hpa(
+    name="hpa",
+    slug="human-protein-atlas-image-classification",
+    title="Human Protein Atlas Image Classification",
+    task=Task("multilabel", num_classes=len(CLASSES), metric="macro_f1"),
+    submit_via="csv",
+    id_column="Id",
+    target_column="Predicted",
+    class_names=CLASSES,
+    channels=CHANNELS,
+    external={"hpav18": "HPAv18 public images (74,606), per-channel, Id,Target CSV"},
+)

@@ -1,0 +1,66 @@
+"""`kt evaluate`: score ONNX models on labelled held-out splits, side by side, with a per-class table.
+Torch-free. For CCT-20 the splits are cis_test (locations seen in training) and trans_test (unseen):
+the gap between them is the point of that benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import competitions
+from ..errors import KtError
+from ..fsutil import write_json
+from ..metrics import get_metric
+from .predict import blend, combine_fitted, predict_models
+from .session import load_ensemble
+
+EVAL_SPLITS = {"cct20": ("cis_test", "trans_test")}
+
+
+def model_files(items: Sequence[str | Path]) -> list[Path]:
+    """Run folders become their model.onnx; files pass through."""
+    out = []
+    for item in map(Path, items):
+        if item.is_dir():
+            if not (item / "model.onnx").is_file():
+                raise KtError(f"{item} has no model.onnx; run kt export {item} first")
+            item = item / "model.onnx"
+        out.append(item)
+    return out
+
+
+def evaluate(competition: str, items: Sequence[str | Path], data_dir: str | Path | None, tta: str = "none",
+             out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    comp = competitions.get(competition)
+    splits = EVAL_SPLITS.get(comp.name)
+    if not splits:
+        raise KtError(f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit")
+    data_dir = competitions.find_data_dir(comp, data_dir)
+    models = load_ensemble(model_files(items), comp.name)
+    comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": comp.name})
+    fitted = combine_fitted(models, comp.task)
+    metric = get_metric(comp.task.metric)
+    result: dict[str, Any] = {"competition": comp.name, "metric": comp.task.metric, "tta": tta,
+                              "models": [str(m.path) for m in models], "splits": {}}
+    per_class = []
+    for split in splits:
+        table = comp.read_split(data_dir, split)
+        raw = blend(predict_models(models, list(table["paths"]), tta, progress=progress,
+                                   all_channels=comp.channels))
+        pred, truth = comp.task.decode(raw, fitted), table["target"].to_numpy()
+        result["splits"][split] = {"score": metric(truth, pred), "images": len(table)}
+        for k, name in enumerate(comp.class_names):
+            mask = truth == k
+            per_class.append({"split": split, "class": name, "images": int(mask.sum()),
+                              "accuracy": float((pred[mask] == k).mean()) if mask.any() else np.nan})
+    table = pd.DataFrame(per_class).pivot(index="class", columns="split", values=["accuracy", "images"])
+    out_dir = Path(out) if out else Path(models[0].path).parent
+    write_json(out_dir / "evaluation.json", result)
+    table.to_csv(out_dir / "evaluation_per_class.csv")
+    result["per_class"] = table
+    result["files"] = [str(out_dir / "evaluation.json"), str(out_dir / "evaluation_per_class.csv")]
+    return result
