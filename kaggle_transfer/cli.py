@@ -44,13 +44,16 @@ def main() -> None:
 @main.command("competitions")
 def competitions_cmd() -> None:
     """List the competitions kt knows, with task, metric and how each is submitted."""
-    from .competitions import COMPETITIONS
+    from .competitions import COMPETITIONS, custom
 
     click.echo(f"{'name':<10} {'task':<11} {'metric':<9} {'submit':<9} {'ch':>2}  {'external':<12} kaggle slug")
     for c in COMPETITIONS.values():
         s = c.summary()
         click.echo(f"{s['name']:<10} {s['task']:<11} {s['metric']:<9} {s['submit_via']:<9} {s['channels']:>2}  "
                    f"{','.join(s['external']) or '-':<12} {s['slug'] or '-'}")
+    click.echo("\nAny other image competition: describe it in a YAML and use `kt train custom -c FILE.yaml`")
+    click.echo("(or the YAML's path in place of a name, in every command). The keys:")
+    click.echo("\n".join("  " + line for line in custom.__doc__.split("\n\n")[1].splitlines()))
 
 
 def _external_dirs(items: tuple[str, ...]) -> dict[str, str]:
@@ -113,7 +116,13 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
     else:
         if not competition:
             raise KtError("name the competition: kt train COMPETITION (kt competitions lists them)")
-        comp = competitions.get(competition)
+        file = recipe if competition == "custom" else competition if competitions.is_yaml(competition) else None
+        if file or competition == "custom":
+            comp = competitions.get(file or "custom")  # the YAML describes the contest; its recipe: section
+            recipe = comp.spec.get("recipe") or None     # gives the run's defaults
+            flags["competition_file"] = comp.spec_file
+        else:
+            comp = competitions.get(competition)
         cfg = config.resolve(recipe, {"competition": comp.name, **flags}, sets)
         data, ext = competitions.find_data_dir(comp, data_dir), _external_dirs(external_dir)
         preflight(cfg, data)
@@ -174,11 +183,12 @@ def predict(competition, models, data_dir, tta, blend_method, refit, out_root, l
 @click.argument("competition")
 @click.argument("csv", type=click.Path())
 @click.option("--data-dir", type=click.Path(), help="Competition files (sample submission, test ids).")
-def validate(competition, csv, data_dir) -> None:
+@click.option("-c", "--competition-file", type=click.Path(), help="The YAML of a custom competition.")
+def validate(competition, csv, data_dir, competition_file) -> None:
     """Check a submission CSV against the competition's format and test ids."""
     from . import competitions, submission
 
-    comp = competitions.get(competition)
+    comp = competitions.get(competition_file if competition == "custom" and competition_file else competition)
     result = submission.validate(comp, Path(csv), competitions.find_data_dir(comp, data_dir))
     click.echo(f"valid {comp.name} submission: {result['rows']} rows, columns {','.join(result['columns'])}")
 

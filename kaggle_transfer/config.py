@@ -22,6 +22,7 @@ from .errors import KtError
 @dataclass
 class RunConfig:
     competition: str = "aptos"          # adapter name (kt competitions)
+    competition_file: str | None = None  # the YAML of a custom competition (kt train custom -c FILE)
     arch: str = "resnet50"              # any timm model name
     pretrained: bool = True             # ImageNet weights through timm / Hugging Face
     weights: str | None = None          # local backbone state dict (offline); overrides pretrained
@@ -130,12 +131,12 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(recipe: str | Path | None = None, flags: dict[str, Any] | None = None,
+def resolve(recipe: str | Path | dict | None = None, flags: dict[str, Any] | None = None,
             sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults → recipe → flags (None means 'not given') → `--set key=value` strings."""
+    """Defaults → recipe (a YAML path or a mapping) → flags (None means 'not given') → `--set key=value`."""
     values: dict[str, Any] = {}
     if recipe:
-        for key, value in load_recipe(recipe).items():
+        for key, value in (recipe if isinstance(recipe, dict) else load_recipe(recipe)).items():
             _check_key(key, f"recipe {recipe}")
             values[key] = parse_value(key, value)
     for key, value in (flags or {}).items():

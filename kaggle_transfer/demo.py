@@ -35,31 +35,47 @@ def test_score(comp, data_dir: Path, csv: Path) -> float:
     return get_metric(comp.task.metric)(y, comp.parse_answers(list(pred.loc[ids])))
 
 
-def run_demo(name: str, workdir: Path, epochs: int = 8, progress: bool = True,
-             echo: Callable[[str], None] = print, n_train: int = 400, n_test: int = 100) -> dict:
+def _data(name: str, workdir: Path, n_train: int, n_test: int, echo: Callable[[str], None]):
+    """(adapter, data folder, extra config): synthetic data, or the real digits described by a YAML."""
+    if name == "digits":
+        from .data.digits import make_digits
+
+        data_dir = workdir / "data" / "digits"
+        if not (data_dir / "digits.yaml").is_file():
+            make_digits(data_dir)
+        comp = competitions.get(str(data_dir / "digits.yaml"))
+        echo(f"real data: scikit-learn digits as a Kaggle-shaped folder, described by {data_dir / 'digits.yaml'}")
+        return comp, data_dir, {"competition_file": comp.spec_file, "augment": "none", "pool": "avg"}
     comp = competitions.get(name)
-    started = time.time()
     data_dir = workdir / "data" / comp.name
     if not (data_dir / "train.csv").is_file():
         synthetic.make(comp.name, data_dir, n_train=n_train, n_test=n_test)
     echo(f"synthetic {comp.name} data: {data_dir}")
+    return comp, data_dir, {}
+
+
+def run_demo(name: str, workdir: Path, epochs: int = 8, progress: bool = True,
+             echo: Callable[[str], None] = print, n_train: int = 400, n_test: int = 100, seed: int = 414) -> dict:
+    started = time.time()
+    comp, data_dir, extra = _data(name, workdir, n_train, n_test, echo)
     rows, onnx_paths = [], []
+    tta = "none" if name == "digits" else "flip"  # a mirrored digit is another digit (or none)
     for arch, size in DEMO_MODELS:
         cfg = config.resolve(flags={"competition": comp.name, "arch": arch, "size": size, "pretrained": False,
                                     "epochs": epochs, "batch_size": 32, "lr": 3e-3, "pool": "gem", "workers": 0,
-                                    "augment": "paper"})
+                                    "augment": "paper", "seed": seed, **extra})
         run_dir = runs.new_run_dir(workdir / "runs", comp.name, f"{arch}_{size}")
         echo(f"training {arch} at {size}px → {run_dir}")
         result = fit(cfg, run_dir, data_dir, progress=progress)
         onnx = export(run_dir)["path"]
         onnx_paths.append(onnx)
         single = predict_submission(comp.name, [onnx], data_dir, workdir / "submissions", f"{arch}_{size}",
-                                    tta="flip", overwrite=True, progress=False)
+                                    tta=tta, overwrite=True, progress=False)
         rows.append((f"{arch}@{size}", result["score"], test_score(comp, data_dir, Path(single["submission"]))))
-    manifest = predict_submission(comp.name, onnx_paths, data_dir, workdir / "submissions", "ensemble", tta="flip",
+    manifest = predict_submission(comp.name, onnx_paths, data_dir, workdir / "submissions", "ensemble", tta=tta,
                                   overwrite=True, refit=True, progress=False)
     csv = Path(manifest["submission"])
-    rows.append(("ensemble (mean, flip TTA)", manifest["oof_score"], test_score(comp, data_dir, csv)))
+    rows.append((f"ensemble (mean, {tta} TTA)", manifest["oof_score"], test_score(comp, data_dir, csv)))
     metric = comp.task.metric
     echo("")
     echo(f"{'model':<28} {'CV ' + metric:>10} {'test ' + metric:>10}")

@@ -41,6 +41,8 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
         "class_names": comp.class_names, "fitted": run_metrics.get("fitted", {}),
         "score": run_metrics.get("score"), "best_epoch": run_metrics.get("best_epoch"),
         "tta": cfg.tta, "recipe": cfg.to_dict(), "run": run_dir.name, "git_sha": run_info.get("git_sha"),
+        # a YAML-described competition travels inside the model: the ONNX file alone still predicts
+        "competition_spec": getattr(comp, "spec", None),
     }
 
 

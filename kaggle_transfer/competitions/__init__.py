@@ -15,22 +15,52 @@ from .hpa import HPA
 from .siim_isic import SIIM_ISIC
 
 COMPETITIONS: dict[str, Competition] = {c.name: c for c in (APTOS, HPA, SIIM_ISIC, CASSAVA, CCT20)}
+CUSTOM: dict[str, Competition] = {}  # competitions described by a YAML, registered when first read
+
+
+def is_yaml(name: str) -> bool:
+    return str(name).endswith((".yaml", ".yml"))
+
+
+def register(spec: dict) -> Competition:
+    """Register a YAML-described competition (from its file or from an ONNX file's metadata)."""
+    from .custom import check_spec, from_spec
+
+    spec = check_spec(spec, f"competition {spec.get('name', '?')}")
+    if spec["name"] in COMPETITIONS:
+        raise KtError(f"competition file: name {spec['name']!r} is a built-in competition; choose another name")
+    CUSTOM[spec["name"]] = from_spec(spec)
+    return CUSTOM[spec["name"]]
 
 
 def get(name: str) -> Competition:
-    try:
+    """A built-in by name, a registered custom one, or a competition YAML by path."""
+    if is_yaml(name):
+        from .custom import load_spec
+
+        comp = register(load_spec(name))
+        comp.spec_file = str(Path(name).resolve())
+        return comp
+    if name in COMPETITIONS:
         return COMPETITIONS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, COMPETITIONS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise KtError(f"unknown competition {name!r}{hint}; valid: {', '.join(COMPETITIONS)}") from None
+    if name in CUSTOM:
+        return CUSTOM[name]
+    if name == "custom":
+        raise KtError("kt … custom needs the competition's YAML: pass -c FILE.yaml (or the YAML path instead of "
+                      "'custom')")
+    close = difflib.get_close_matches(name, list(COMPETITIONS) + list(CUSTOM), n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise KtError(f"unknown competition {name!r}{hint}; valid: {', '.join(COMPETITIONS)}, or a competition "
+                  "YAML (kt competitions explains it)")
 
 
 def for_config(cfg) -> Competition:
     """The adapter a run config (or ONNX recipe) means, with its reading options applied."""
-    get_ = get(cfg["competition"] if isinstance(cfg, dict) else cfg.competition)
-    keep_empty = cfg.get("keep_empty", False) if isinstance(cfg, dict) else cfg.keep_empty
-    return get_.configure(keep_empty=keep_empty)
+    as_dict = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    name = as_dict["competition"]
+    if name not in COMPETITIONS and name not in CUSTOM and as_dict.get("competition_file"):
+        get(as_dict["competition_file"])
+    return get(name).configure(keep_empty=as_dict.get("keep_empty", False))
 
 
 def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
@@ -42,6 +72,8 @@ def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
         return path
     candidates = [Path(os.environ["KT_DATA"]) / comp.name] if os.environ.get("KT_DATA") else []
     candidates.append(Path("data") / comp.name)
+    if getattr(comp, "spec_file", None):  # a competition YAML kept beside its data
+        candidates.append(Path(comp.spec_file).parent)
     if comp.slug:
         candidates.append(Path("/kaggle/input") / comp.slug)
     for path in candidates:

@@ -36,7 +36,7 @@ def model_files(items: Sequence[str | Path]) -> list[Path]:
 def evaluate(competition: str, items: Sequence[str | Path], data_dir: str | Path | None, tta: str = "none",
              out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     comp = competitions.get(competition)
-    splits = EVAL_SPLITS.get(comp.name)
+    splits = EVAL_SPLITS.get(comp.name) if hasattr(comp, "read_split") else None
     if not splits:
         raise KtError(f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit")
     data_dir = competitions.find_data_dir(comp, data_dir)

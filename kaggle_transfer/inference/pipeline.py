@@ -21,10 +21,12 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                        batch_size: int = 32, workers: int = 4, progress: bool = True,
                        blend_method: str = "mean") -> dict[str, Any]:
     """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest."""
-    comp = competitions.get(competition)
+    # "custom": the competition comes from the models' metadata (a YAML-described contest travels inside)
+    name = None if competition == "custom" else (
+        competitions.get(competition).name if competitions.is_yaml(competition) else competition)
+    models = load_ensemble(list(model_paths), name, provider)  # registers a YAML competition from metadata
+    comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": models[0].meta["competition"]})
     data_dir = competitions.find_data_dir(comp, data_dir)
-    models = load_ensemble(list(model_paths), comp.name, provider)
-    comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": comp.name})
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
     out_dir = fresh_output_dir(Path(out_root) / comp.name / f"{stamp()}_{slug(label)}", overwrite)
     test = comp.read_test(data_dir)

@@ -86,6 +86,11 @@ def load_model(path: str | Path, provider: str = "auto", threads: int = 0) -> On
 
     path = Path(path)
     meta = read_metadata(path)
+    if meta.get("competition_spec"):
+        from .. import competitions
+
+        if meta["competition"] not in competitions.CUSTOM:
+            competitions.register(meta["competition_spec"])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per physical core)

@@ -1,0 +1,215 @@
+"""Any image-classification competition described by one small YAML — no Python needed.
+
+    name: plant-pathology            # folder names; required
+    slug: plant-pathology-2021-fgvc8 # Kaggle slug (optional)
+    submit_via: csv                  # csv | notebook | none
+    task: multiclass                 # multiclass | multilabel | binary | ordinal
+    metric: accuracy                 # optional; default: accuracy, macro_f1, roc_auc, qwk by task
+    classes: [healthy, rust, scab]   # or num_classes: N
+    train_csv: train.csv
+    id_column: image
+    target_column: labels            # names or indices; multilabel: joined by label_separator
+    # target_columns: [healthy, rust, scab]  # multilabel as one 0/1 column per class instead
+    label_separator: " "
+    image_pattern: train_images/{id}          # {id}, and {channel} when `channels` is given
+    test_image_pattern: test_images/{id}
+    # channels: [red, green, blue, yellow]
+    test_csv: test.csv               # or only sample_submission, whose first column lists the test ids
+    sample_submission: sample_submission.csv
+    submission_columns: [image, labels]   # default [id_column, target_column]
+    value_format: name               # multiclass/multilabel answers as class names (name) or indices (index)
+    group_column: patient            # optional: grouped splits
+    recipe: {arch: resnet50, size: 384}   # optional RunConfig defaults
+
+Paths are relative to the data folder. Every error names the key at fault.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..errors import KtError
+from ..tasks import KINDS, Task
+from .base import Competition, check_files, read_csv
+
+DEFAULT_METRIC = {"multiclass": "accuracy", "multilabel": "macro_f1", "binary": "roc_auc", "ordinal": "qwk"}
+KEYS = {"name", "slug", "title", "submit_via", "task", "metric", "classes", "num_classes", "train_csv", "id_column",
+        "target_column", "target_columns", "label_separator", "image_pattern", "test_image_pattern", "channels",
+        "test_csv", "sample_submission", "submission_columns", "value_format", "group_column", "recipe"}
+REQUIRED = ("name", "task", "train_csv", "id_column", "image_pattern")
+
+
+def _need(spec: dict, key: str, where: str) -> Any:
+    if key not in spec or spec[key] in (None, ""):
+        raise KtError(f"{where}: key {key!r} is required")
+    return spec[key]
+
+
+def check_spec(spec: Any, where: str) -> dict[str, Any]:
+    """Validate a competition YAML; every problem names its key."""
+    from ..metrics import METRICS
+
+    if not isinstance(spec, dict):
+        raise KtError(f"{where} must be a mapping of keys (name, task, train_csv, ...)")
+    unknown = sorted(set(spec) - KEYS)
+    if unknown:
+        raise KtError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(KEYS))}")
+    for key in REQUIRED:
+        _need(spec, key, where)
+    if spec["task"] not in KINDS:
+        raise KtError(f"{where}: key 'task' is {spec['task']!r}; valid: {', '.join(KINDS)}")
+    if spec.get("metric", DEFAULT_METRIC[spec["task"]]) not in METRICS:
+        raise KtError(f"{where}: key 'metric' is {spec['metric']!r}; valid: {', '.join(METRICS)}")
+    if spec.get("submit_via", "csv") not in ("csv", "notebook", "none"):
+        raise KtError(f"{where}: key 'submit_via' must be csv, notebook or none")
+    if "target_column" not in spec and "target_columns" not in spec:
+        raise KtError(f"{where}: key 'target_column' (or 'target_columns' for one column per label) is required")
+    if "target_columns" in spec and spec["task"] != "multilabel":
+        raise KtError(f"{where}: key 'target_columns' is for multilabel tasks; use 'target_column'")
+    classes = spec.get("classes") or spec.get("target_columns")
+    if spec["task"] == "binary":
+        classes = classes or ["0", "1"]
+    if not classes and not spec.get("num_classes"):
+        raise KtError(f"{where}: key 'classes' (a list of names) or 'num_classes' is required")
+    if classes is not None and not isinstance(classes, list):
+        raise KtError(f"{where}: key 'classes' must be a list")
+    if "{id}" not in str(spec["image_pattern"]):
+        raise KtError(f"{where}: key 'image_pattern' must contain {{id}}, e.g. train_images/{{id}}.jpg")
+    if "{channel}" in str(spec["image_pattern"]) and not spec.get("channels"):
+        raise KtError(f"{where}: key 'channels' is required when 'image_pattern' uses {{channel}}")
+    if not spec.get("test_csv") and not spec.get("sample_submission"):
+        raise KtError(f"{where}: key 'test_csv' or 'sample_submission' is required (the test ids)")
+    if spec.get("value_format", "index") not in ("index", "name"):
+        raise KtError(f"{where}: key 'value_format' must be index or name")
+    if not isinstance(spec.get("recipe", {}), dict):
+        raise KtError(f"{where}: key 'recipe' must be a mapping of config keys")
+    out = dict(spec)
+    out["classes"] = [str(c) for c in classes] if classes else [str(k) for k in range(int(spec["num_classes"]))]
+    return out
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise KtError(f"competition file {path} not found")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise KtError(f"competition file {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    return check_spec(spec, str(path))
+
+
+class CustomCompetition(Competition):
+    spec: dict[str, Any]
+
+    def _label_index(self, value: str, where: str) -> int:
+        names = self.class_names
+        if value in names:
+            return names.index(value)
+        try:
+            k = int(float(value))
+        except ValueError:
+            raise KtError(f"{where}: label {value!r} is neither a class name nor an index") from None
+        if not 0 <= k < len(names):
+            raise KtError(f"{where}: label {value!r} is outside 0..{len(names) - 1}")
+        return k
+
+    def _targets(self, df: pd.DataFrame, path: Path) -> list:
+        spec, kind = self.spec, self.task.kind
+        if "target_columns" in spec:
+            return [tuple(k for k, c in enumerate(spec["target_columns"]) if str(row[c]) in ("1", "1.0"))
+                    for _, row in df.iterrows()]
+        col = spec["target_column"]
+        where = [f"{path} row {n + 2} ({col})" for n in range(len(df))]
+        if kind == "multilabel":
+            sep = spec.get("label_separator", " ")
+            return [tuple(sorted({self._label_index(v, w) for v in str(t).split(sep) if v.strip()}))
+                    for t, w in zip(df[col], where, strict=True)]
+        return [self._label_index(str(t), w) for t, w in zip(df[col], where, strict=True)]
+
+    def _paths(self, data_dir: Path, pattern: str, ids: pd.Series) -> list[tuple[str, ...]]:
+        channels = self.spec.get("channels")
+        if channels:
+            return [tuple(str(data_dir / pattern.format(id=i, channel=c)) for c in channels) for i in ids]
+        return [(str(data_dir / pattern.format(id=i)),) for i in ids]
+
+    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        data_dir, spec = Path(data_dir), self.spec
+        columns = [spec["id_column"]] + (spec.get("target_columns") or [spec["target_column"]])
+        columns += [spec["group_column"]] if spec.get("group_column") else []
+        path = data_dir / spec["train_csv"]
+        df = read_csv(path, columns, f"{self.name} train_csv")
+        table = pd.DataFrame({"id": df[spec["id_column"]].to_numpy(),
+                              "paths": self._paths(data_dir, spec["image_pattern"], df[spec["id_column"]]),
+                              "source": "competition", "target": self._targets(df, path)})
+        if spec.get("group_column"):
+            table["group"] = df[spec["group_column"]].to_numpy()
+        return check_files(table, skip_bad_images)
+
+    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        data_dir, spec = Path(data_dir), self.spec
+        key = "test_csv" if spec.get("test_csv") else "sample_submission"
+        id_col = spec["id_column"] if key == "test_csv" else self.id_column
+        df = read_csv(data_dir / spec[key], [id_col], f"{self.name} {key}")
+        pattern = spec.get("test_image_pattern") or spec["image_pattern"]
+        table = pd.DataFrame({"id": df[id_col].to_numpy(), "paths": self._paths(data_dir, pattern, df[id_col]),
+                              "source": "competition"})
+        return check_files(table, skip_bad_images)
+
+    def sample_submission(self, data_dir: Path) -> pd.DataFrame | None:
+        name = self.spec.get("sample_submission")
+        path = Path(data_dir) / name if name else None
+        return pd.read_csv(path, dtype=str, keep_default_na=False) if path and path.is_file() else None
+
+    def format_answers(self, answers: np.ndarray) -> list:
+        kind, by_name = self.task.kind, self.spec.get("value_format", "index") == "name"
+        if kind == "binary":
+            return [f"{float(p):.6f}" for p in answers]
+        if kind == "multilabel":
+            sep = self.spec.get("label_separator", " ")
+            return [sep.join(self.class_names[k] if by_name else str(k) for k in np.flatnonzero(row))
+                    for row in answers]
+        return [self.class_names[int(a)] if by_name else int(a) for a in answers]
+
+    def check_answer(self, value: str) -> bool:
+        kind = self.task.kind
+        try:
+            if kind == "binary":
+                return 0.0 <= float(value) <= 1.0
+            if kind == "multilabel":
+                sep = self.spec.get("label_separator", " ")
+                labels = [self._label_index(v, "") for v in value.split(sep) if v.strip()]
+                return len(set(labels)) == len(labels)
+            self._label_index(value, "")
+            return value in self.class_names if self.spec.get("value_format") == "name" else True
+        except (KtError, ValueError):
+            return False
+
+    def parse_answers(self, values: list[str]) -> np.ndarray:
+        kind = self.task.kind
+        if kind == "binary":
+            return np.asarray([float(v) for v in values])
+        if kind == "multilabel":
+            sep = self.spec.get("label_separator", " ")
+            out = np.zeros((len(values), self.task.num_classes), dtype=int)
+            for i, v in enumerate(values):
+                out[i, [self._label_index(t, "") for t in str(v).split(sep) if t.strip()]] = 1
+            return out
+        return np.asarray([self._label_index(str(v), "") for v in values])
+
+
+def from_spec(spec: dict[str, Any]) -> CustomCompetition:
+    columns = spec.get("submission_columns") or [spec["id_column"], spec.get("target_column", "target")]
+    comp = CustomCompetition(
+        name=str(spec["name"]), slug=spec.get("slug"), title=spec.get("title", spec["name"]),
+        task=Task(spec["task"], len(spec["classes"]), spec.get("metric", DEFAULT_METRIC[spec["task"]])),
+        submit_via=spec.get("submit_via", "csv"), id_column=columns[0], target_column=columns[1],
+        class_names=spec["classes"], channels=tuple(spec.get("channels") or ("red", "green", "blue")),
+    )
+    comp.spec = spec
+    return comp
