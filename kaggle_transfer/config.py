@@ -42,6 +42,11 @@ class RunConfig:
     amp: str = "auto"                   # auto (bf16 or fp16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool = True          # applied on CUDA only, where it speeds up convolutions
     compile: bool = False               # torch.compile the model
+    label_smoothing: float = 0.0        # classification losses (ce, bce)
+    layer_decay: float | None = None    # layer-wise lr decay (timm), e.g. 0.75; None = off
+    accum_steps: int = 1                # gradient accumulation: optimizer step every N batches
+    freeze_epochs: int = 0              # backbone frozen for the first N epochs (head only)
+    lp_ft: bool = False                 # linear probe, then full fine-tune (freeze_epochs or epochs // 4 frozen)
     ema: bool = False                   # keep a timm EMA of weights and validate with it
     ema_decay: float = 0.999
     channels: str | None = None         # input channels by first letter, e.g. rgb or rgby (HPA); None = all
@@ -65,10 +70,10 @@ CHOICES = {
     "pool": ("avg", "gem"),
     "optimizer": ("adamw", "sgd"),
     "schedule": ("cosine", "step", "none"),
-    "augment": ("none", "paper", "heavy"),
+    "augment": ("none", "paper", "heavy", "randaugment", "augmix"),
     "amp": ("auto", "bf16", "fp16", "off"),
     "split": ("paper", "kfold", "official"),
-    "tta": ("none", "flip"),
+    "tta": ("none", "flip", "d4"),
     "device": ("auto", "cpu", "cuda"),
 }
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -160,11 +165,15 @@ def validate(cfg: RunConfig) -> None:
     for key, choices in CHOICES.items():
         if getattr(cfg, key) is not None and getattr(cfg, key) not in choices:
             raise KtError(f"{key}={getattr(cfg, key)!r} is not valid; choose one of: {', '.join(choices)}")
-    for key in ("size", "epochs", "batch_size", "folds"):
+    for key in ("size", "epochs", "batch_size", "folds", "accum_steps"):
         if getattr(cfg, key) < 1:
             raise KtError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.split == "kfold" and not 0 <= cfg.fold < cfg.folds:
         raise KtError(f"fold={cfg.fold} is outside 0..{cfg.folds - 1} for folds={cfg.folds}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise KtError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        raise KtError(f"layer_decay must be in (0, 1], got {cfg.layer_decay}")
     if cfg.lr <= 0:
         raise KtError(f"lr must be positive, got {cfg.lr}")
 

@@ -16,12 +16,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
+import torch.nn as nn  # noqa: F401 - type hints below
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import competitions, plots
 from . import config as config_mod
+from .builders import (
+    amp_dtype,
+    build_loss,
+    build_optimizer,
+    build_scheduler,
+    frozen_epochs,
+    pick_device,
+    set_backbone_trainable,
+)
 from .config import RunConfig
 from .data.augment import build_train_transform
 from .data.dataset import ImageDataset
@@ -31,36 +40,6 @@ from .fsutil import atomic_path, write_json
 from .models import build_model
 from .runs import git_sha, seed_everything
 from .tasks import Task
-
-
-def build_loss(name: str, task: Task) -> nn.Module:
-    if name in ("l1", "smooth_l1", "mse"):
-        return {"l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss, "mse": nn.MSELoss}[name]()
-    if name == "ce":
-        return nn.CrossEntropyLoss()
-    if name == "bce":
-        return nn.BCEWithLogitsLoss()
-    if name == "focal":
-        from segmentation_models_pytorch.losses import FocalLoss
-
-        mode = {"multiclass": "multiclass", "multilabel": "multilabel", "binary": "binary"}[task.kind]
-        return FocalLoss(mode=mode)
-    raise KtError(f"unknown loss {name!r}")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise KtError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 where the GPU supports it, else fp16 (with GradScaler); off on CPU, where it rarely helps."""
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
-        return None
-    if setting == "bf16" or (setting == "auto" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return torch.float16
 
 
 def _worker_init(worker_id: int) -> None:
@@ -143,19 +122,20 @@ def preflight(cfg: RunConfig, data_dir: Path) -> None:
     comp.read_train(data_dir, skip_bad_images=True)
 
 
-def _scheduler(cfg: RunConfig, optimizer, steps_per_epoch: int):
-    if cfg.schedule == "none":
-        return None
-    from timm.scheduler import create_scheduler_v2
+def _restore(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str, Any]:
+    """Load last.pt into the live objects (weights_only: a checkpoint cannot run code) and return the loop state."""
+    if not path.is_file():
+        raise KtError(f"--resume: {path} not found; the run never finished an epoch, start it again")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    for key, obj in parts.items():
+        if obj is not None and ckpt.get(key):
+            obj.load_state_dict(ckpt[key])
+    return ckpt["state"]
 
-    # `step` follows the study: x0.1 at 1/2, 2/3 and 5/6 of training (15/20/25 of 30 epochs)
-    milestones = sorted({max(1, round(cfg.epochs * f)) for f in (1 / 2, 2 / 3, 5 / 6)})
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine" if cfg.schedule == "cosine" else "multistep", num_epochs=cfg.epochs,
-        warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01, decay_milestones=milestones,
-        step_on_epochs=False, updates_per_epoch=steps_per_epoch,
-        min_lr=cfg.lr * 1e-3 if cfg.schedule == "cosine" else 0)
-    return scheduler
+
+def _checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({**{k: v.state_dict() for k, v in parts.items() if v is not None}, "state": state}, tmp)
 
 
 def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, str] | None = None,
@@ -182,53 +162,42 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
         raise KtError(f"fold {cfg.fold} leaves an empty train or validation set ({len(train_rows)}/{len(val_rows)})")
     y_train, y_val = task.targets(train_rows["target"]), task.targets(val_rows["target"])
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_ds = ImageDataset(train_rows, cfg.size, y_train, build_train_transform(cfg.augment, cfg.size, len(channels)),
-                            channels)
+    transform = build_train_transform(cfg.augment, cfg.size, len(channels))
+    train_ds = ImageDataset(train_rows, cfg.size, y_train, transform, channels)
     pin = device.type == "cuda"
     train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator, pin)
-    val_ds = ImageDataset(val_rows, cfg.size, y_val, channels=channels)
-    val_loader = _loader(val_ds, cfg.batch_size, cfg.workers, False, None, pin)
+    val_loader = _loader(ImageDataset(val_rows, cfg.size, y_val, channels=channels), cfg.batch_size, cfg.workers,
+                         False, None, pin)
 
     model = build_model(cfg.arch, task.num_outputs, cfg.pool, cfg.dropout, len(channels), cfg.pretrained,
-                        cfg.weights)
-    model.to(device)
+                        cfg.weights).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    from timm.optim import create_optimizer_v2
     from timm.utils import ModelEmaV3
 
-    optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
+    optimizer = build_optimizer(model, cfg)
     steps_per_epoch = min(len(train_loader), cfg.max_steps or len(train_loader))
-    scheduler = _scheduler(cfg, optimizer, steps_per_epoch)
+    scheduler = build_scheduler(cfg, optimizer, -(-steps_per_epoch // cfg.accum_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
-    criterion = build_loss(loss_name, task)
+    criterion = build_loss(loss_name, task, cfg.label_smoothing)
     forward = torch.compile(model) if cfg.compile else model
-
-    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0}
-    last = run_dir / "last.pt"
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema}
+    state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0, "updates": 0}
     if resume:
-        if not last.is_file():
-            raise KtError(f"--resume: {last} not found; the run never finished an epoch, start it again")
-        ckpt = torch.load(last, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
-        state = ckpt["state"]
+        state = _restore(run_dir / "last.pt", device, parts)
 
-    started = time.time()
+    started, frozen = time.time(), frozen_epochs(cfg)
     for epoch in range(state["epoch"], cfg.epochs):
         generator.manual_seed(cfg.seed * 1000 + epoch)  # same shuffle and augmentations after a resume
-        if cfg.workers == 0 and train_ds.transform is not None:  # workers reseed in _worker_init instead
-            train_ds.transform.set_random_seed(cfg.seed * 1000 + epoch)
+        if cfg.workers == 0 and transform is not None:  # workers reseed in _worker_init instead
+            transform.set_random_seed(cfg.seed * 1000 + epoch)
         model.train()
+        set_backbone_trainable(model, epoch >= frozen)
         losses, seen, t0 = [], 0, time.time()
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False, dynamic_ncols=True)
+        optimizer.zero_grad(set_to_none=True)
         for step, (x, y, _) in enumerate(bar):
             if step >= steps_per_epoch:
                 break
@@ -240,17 +209,19 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
             if not torch.isfinite(loss):
                 raise KtError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}; "
                               "lower --lr or use --amp off")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step_update(epoch * steps_per_epoch + step + 1)
-            if ema is not None:
-                ema.update(model)
+            scaler.scale(loss / cfg.accum_steps).backward()
+            if (step + 1) % cfg.accum_steps == 0 or step + 1 == steps_per_epoch:
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                state["updates"] += 1
+                if scheduler is not None:
+                    scheduler.step_update(state["updates"])
+                if ema is not None:
+                    ema.update(model)
             losses.append(loss.item())
             seen += len(x)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
         train_time = time.time() - t0
         if scheduler is not None:
             scheduler.step(epoch + 1)
@@ -261,8 +232,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
         fitted = task.fit(raw, y_val)
         score = task.score(y_val, raw, fitted)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "score": score,
-               "lr": optimizer.param_groups[0]["lr"], "train_images_per_s": seen / max(train_time, 1e-9),
-               "epoch_s": time.time() - t0}
+               "lr": optimizer.param_groups[-1]["lr"], "train_images_per_s": seen / max(train_time, 1e-9),
+               "epoch_s": time.time() - t0, "frozen": epoch < frozen}
         state["history"].append(row)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
@@ -276,14 +247,16 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
-        with atomic_path(last) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                        "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-                        "state": state}, tmp)
+        _checkpoint(run_dir / "last.pt", parts, state)
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             break
+    return _finish(run_dir, comp, table, train_rows, val_rows, state, loss_name, device, dtype, started)
 
+
+def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
+            state: dict[str, Any], loss_name: str, device: torch.device, dtype, started: float) -> dict[str, Any]:
+    """metrics.json and the learning-curve plot, from the loop's state and the best epoch's OOF."""
+    task = comp.task
     history = pd.DataFrame(state["history"])
     plots.learning_curve(history, task.metric, run_dir / "plots" / "learning_curve.png")
     oof = np.load(run_dir / "oof.npz")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kaggle_transfer import train
+from kaggle_transfer.builders import build_scheduler
 from kaggle_transfer.errors import KtError
 from kaggle_transfer.tasks import Task
 
@@ -119,7 +120,7 @@ def test_step_schedule_follows_the_study(aptos_dir, tmp_path):
                        progress=False)
     assert result["epochs_run"] == 1
     sched_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    scheduler = train._scheduler(tiny_config(epochs=30, schedule="step", lr=0.1), sched_opt, 10)
+    scheduler = build_scheduler(tiny_config(epochs=30, schedule="step", lr=0.1), sched_opt, 10)
     lrs = {e: scheduler._get_lr(e * 10)[0] for e in (14, 15, 20, 25)}
     assert lrs[14] == pytest.approx(0.1) and lrs[15] == pytest.approx(0.01)
     assert lrs[20] == pytest.approx(0.001) and lrs[25] == pytest.approx(0.0001)

@@ -10,12 +10,35 @@ import cv2
 
 from ..errors import KtError
 
-PRESETS = ("none", "paper", "heavy")
+PRESETS = ("none", "paper", "heavy", "randaugment", "augmix")
+
+
+class TimmPolicy(A.ImageOnlyTransform):
+    """timm's RandAugment or AugMix (PIL-based) inside an albumentations pipeline, on uint8 RGB."""
+
+    def __init__(self, policy: str, p: float = 1.0):
+        super().__init__(p=p)
+        from timm.data.auto_augment import augment_and_mix_transform, rand_augment_transform
+
+        hparams = {"translate_const": 100, "img_mean": (124, 116, 104)}
+        self.policy = policy
+        self.op = (rand_augment_transform("rand-m9-mstd0.5-inc1", hparams) if policy == "randaugment"
+                   else augment_and_mix_transform("augmix-m5-w3", hparams))
+
+    def apply(self, img, **params):
+        import numpy as np
+        from PIL import Image
+
+        return np.asarray(self.op(Image.fromarray(img)), dtype=np.uint8)
+
+    def get_transform_init_args_names(self):
+        return ("policy",)
 
 
 def build_train_transform(preset: str, size: int, channels: int = 3) -> A.Compose | None:
     """`paper`: the study's random-resized-crop (scale 0.65-1) and horizontal flip.
     `heavy`: plus vertical flip, rotation/scale/shift and colour jitter, as the APTOS winners used.
+    `randaugment` / `augmix`: paper plus timm's RandAugment (m9) or AugMix (m5, width 3).
     `none`: no augmentation (plain resize)."""
     if preset == "none":
         return None
@@ -33,4 +56,8 @@ def build_train_transform(preset: str, size: int, channels: int = 3) -> A.Compos
             A.Affine(rotate=(-180, 180), scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), p=0.7),
             colour,
         ])
+    if preset in ("randaugment", "augmix"):
+        if channels != 3:
+            raise KtError(f"--augment {preset} is defined for RGB images; use paper or heavy for {channels} channels")
+        return A.Compose([crop, A.HorizontalFlip(p=0.5), TimmPolicy(preset)])
     raise KtError(f"unknown augment preset {preset!r}; valid: {', '.join(PRESETS)}")
