@@ -85,7 +85,9 @@ def _external_dirs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--weights", type=click.Path(), help="Local backbone state dict (offline).")
 @click.option("--split", type=click.Choice(["paper", "kfold", "official"]), help="Default: the competition's.")
 @click.option("--split-file", type=click.Path(), help="CSV with id and Split (train/val/test) columns.")
-@click.option("--folds", type=int, help="Number of folds with --split kfold.")
+@click.option("--folds", "folds_arg", help="'all' or fold ids like 0,2: train those folds as one run group "
+              "(the number of folds is --set folds=N, default 5).")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Repeat a --folds group with N seeds.")
 @click.option("--fold", type=int, help="Which fold validates.")
 @click.option("--seed", type=int)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
@@ -105,15 +107,24 @@ def _external_dirs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--skip-bad-images", is_flag=True, help="Drop rows whose image is missing, and count them.")
 @click.option("--progress/--no-progress", default=True)
 def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, resume_dir, skip_bad_images,
-          progress, **flags) -> None:
+          progress, folds_arg, seeds, **flags) -> None:
     """Train one model; writes a run folder with checkpoints, OOF, history and plots."""
     import json
 
     from . import competitions, config, runs
+    from .cv import fit_group, parse_folds
     from .train import fit, preflight
+
 
     if resume_dir:
         run_dir = Path(resume_dir)
+        if (run_dir / "group.json").is_file() or (run_dir / "group-request.json").is_file():
+            request = json.loads((run_dir / "group-request.json").read_text())
+            cfg = config.load(run_dir / "config.yaml")
+            summary = fit_group(cfg, run_dir, Path(request["data_dir"]), request["folds"], request["seeds"],
+                                request["external_dirs"], request["skip_bad_images"], progress)
+            _echo_group(summary, run_dir)
+            return
         if not (run_dir / "config.yaml").is_file():
             raise KtError(f"--resume {run_dir}: no config.yaml there; pass a run folder made by kt train")
         cfg = config.load(run_dir / "config.yaml")
@@ -133,6 +144,17 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
         data, ext = competitions.find_data_dir(comp, data_dir), _external_dirs(external_dir)
         preflight(cfg, data)
         run_dir = runs.new_run_dir(runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}")
+    cv_folds = parse_folds(folds_arg, cfg.folds)
+    if cv_folds is not None or seeds > 1:
+        cv_folds = cv_folds if cv_folds is not None else list(range(cfg.folds))
+        config.save(cfg, run_dir / "config.yaml")
+        from .fsutil import write_json
+
+        write_json(run_dir / "group-request.json", {"data_dir": str(data), "folds": cv_folds, "seeds": seeds,
+                                                    "external_dirs": ext, "skip_bad_images": skip_bad_images})
+        click.echo(f"run group: {run_dir} ({len(cv_folds)} fold(s) x {seeds} seed(s))")
+        _echo_group(fit_group(cfg, run_dir, data, cv_folds, seeds, ext, skip_bad_images, progress), run_dir)
+        return
     click.echo(f"run folder: {run_dir}")
     result = fit(cfg, run_dir, data, ext, resume=bool(resume_dir), skip_bad_images=skip_bad_images,
                  progress=progress)
@@ -144,21 +166,36 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
     click.echo(f"next: kt export {run_dir}")
 
 
+def _echo_group(summary: dict, run_dir: Path) -> None:
+    click.echo(f"CV {summary['metric']}: {summary['mean']:.4f} ± {summary['std']:.4f} over "
+               f"{len(summary['members'])} run(s); pooled OOF {summary['pooled_score']:.4f} on {summary['rows']} rows")
+    click.echo(f"next: kt export {run_dir}")
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("-o", "--out", type=click.Path(), help="ONNX path (default: RUN_DIR/model.onnx).")
 @click.option("--opset", type=int, default=18, show_default=True)
 def export(run_dir, out, opset) -> None:
-    """Export a run's best weights to a self-describing ONNX file, checked against torch."""
+    """Export a run's best weights (or each run of a --folds group) to self-describing ONNX, checked with torch."""
+    import json
+
     from .export import export as export_run
 
-    result = export_run(run_dir, out, opset)
-    click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
+    group = Path(run_dir) / "group.json"
+    dirs = ([Path(run_dir) / m["dir"] for m in json.loads(group.read_text())["members"]] if group.is_file()
+            else [Path(run_dir)])
+    if out and len(dirs) > 1:
+        raise KtError("-o/--out names one file; a run group exports model.onnx into each member folder")
+    for d in dirs:
+        result = export_run(d, out, opset)
+        click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
 
 
 @main.command()
 @click.argument("competition")
-@click.argument("models", nargs=-1, required=True)
+@click.argument("models", nargs=-1)
+@click.option("--ensemble", "ensemble_spec", type=click.Path(), help="An ensemble spec from kt ensemble.")
 @click.option("--data-dir", type=click.Path(), help="Competition files with the test images.")
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True)
 @click.option("--blend", "blend_method", type=click.Choice(["mean", "rank"]), default="mean", show_default=True,
@@ -171,18 +208,61 @@ def export(run_dir, out, opset) -> None:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=4, show_default=True, help="Image decoding threads.")
 @click.option("--progress/--no-progress", default=True)
-def predict(competition, models, data_dir, tta, blend_method, refit, out_root, label, overwrite, provider, batch_size,
-            workers, progress) -> None:
+def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, refit, out_root, label, overwrite,
+            provider, batch_size, workers, progress) -> None:
     """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
     from .inference.pipeline import predict_submission
     from .inference.session import expand
 
-    manifest = predict_submission(competition, expand(list(models)), data_dir, out_root, label, tta, overwrite,
-                                  refit, provider, batch_size, workers, progress, blend_method)
+    if not models and not ensemble_spec:
+        raise KtError("name the models (model.onnx files or globs) or pass --ensemble SPEC.json")
+    manifest = predict_submission(competition, expand(list(models)) if models else [], data_dir, out_root, label,
+                                  tta, overwrite, refit, provider, batch_size, workers, progress, blend_method,
+                                  ensemble_spec)
     providers = sorted({m["provider"] for m in manifest["models"]})
     click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)}; {manifest['rows']} rows, "
                f"{manifest['images_per_s']} images/s")
     click.echo(f"wrote {manifest['submission']} (valid) and manifest.json")
+
+
+@main.command()
+@click.argument("competition")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--method", type=click.Choice(["mean", "rank", "greedy"]), default="greedy", show_default=True)
+@click.option("-o", "--out", type=click.Path(), help="Spec path (default: runs/<competition>/ensembles/…json).")
+def ensemble(competition, runs, method, out) -> None:
+    """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""
+    from .ensemble import build
+
+    spec = build(competition, runs, method, out)
+    click.echo(f"{'member':<60} {'weight':>7} {'OOF ' + spec['metric']:>12}")
+    for m in spec["members"]:
+        click.echo(f"{m['run'][-60:]:<60} {m['weight']:>7.3f} {m['oof_score']:>12.4f}")
+    click.echo(f"blend ({spec['method']}) OOF {spec['metric']} {spec['oof_score']:.4f}, "
+               f"{spec['gain']:+.4f} over the best member")
+    click.echo(f"wrote {spec['path']}; next: kt predict {competition} --ensemble {spec['path']}")
+
+
+@main.command("report")
+@click.argument("target", type=click.Path())
+@click.option("-o", "--out", type=click.Path(), help="Folder for the PNGs and report.md.")
+def report_cmd(target, out) -> None:
+    """PNG plots and a markdown summary of a run, a --folds group or an ensemble spec."""
+    from .report import report
+
+    result = report(target, out)
+    click.echo(f"wrote {len(result['pngs'])} plot(s) and report.md to {result['dir']}")
+
+
+@main.command("runs")
+@click.argument("competition")
+@click.option("--runs-root", type=click.Path(), help="Default: $KT_RUNS or runs/.")
+def runs_cmd(competition, runs_root) -> None:
+    """Leaderboard of a competition's runs and run groups: score, CV mean ± std, what differs from the best."""
+    from .report import leaderboard
+    from .runs import runs_root as default_root
+
+    click.echo(leaderboard(competition, default_root(runs_root)).to_string(index=False))
 
 
 @main.command()

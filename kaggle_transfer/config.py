@@ -55,7 +55,8 @@ class RunConfig:
     split_file: str | None = None       # CSV with id and Split columns (train/val/test); implies split=official
     folds: int = 5                      # number of folds for split=kfold
     fold: int = 0                       # which fold validates
-    seed: int = 414                     # the study's split seed; also seeds training
+    seed: int = 414                     # seeds training (weights, order, augmentation)
+    split_seed: int = 414               # seeds the split (the study's 414); fixed across --seeds repeats
     patience: int = 0                   # early stop after this many epochs without improvement; 0 = off
     tta: str = "none"                   # test-time views recorded for predict: none | flip
     workers: int = 2                    # DataLoader worker processes

@@ -99,7 +99,7 @@ def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], s
         if table["split"].isna().any():
             missing = table.loc[table["split"].isna(), "id"].iloc[0]
             raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
-    table["fold"] = assign_folds(table, cfg.split or comp.default_split, cfg.folds, cfg.seed)
+    table["fold"] = assign_folds(table, cfg.split or comp.default_split, cfg.folds, cfg.split_seed)
     skipped = {"competition": int(table.attrs.get("skipped_images", 0))}
     for source in cfg.external:
         if source not in external_dirs:

@@ -19,8 +19,20 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                        out_root: str | Path = "submissions", label: str | None = None, tta: str = "none",
                        overwrite: bool = False, refit: bool = False, provider: str = "auto",
                        batch_size: int = 32, workers: int = 4, progress: bool = True,
-                       blend_method: str = "mean") -> dict[str, Any]:
-    """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest."""
+                       blend_method: str = "mean", ensemble: str | Path | None = None) -> dict[str, Any]:
+    """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest.
+
+    With `ensemble` (a spec from kt ensemble) the models, weights, blend and fitted thresholds are the
+    spec's: test predictions use exactly the blend that was scored on OOF."""
+    weights, fitted, spec = None, None, None
+    if ensemble:
+        from ..ensemble import load_spec
+
+        spec = load_spec(ensemble)
+        model_paths = [m["path"] for member in spec["members"] for m in member["models"]]
+        weights = [member["weight"] / len(member["models"]) for member in spec["members"] for _ in member["models"]]
+        blend_method, fitted = ("rank" if spec["method"] == "rank" else "mean"), spec["fitted"]
+        label = label or f"ensemble_{spec['method']}"
     # "custom": the competition comes from the models' metadata (a YAML-described contest travels inside)
     name = None if competition == "custom" else (
         competitions.get(competition).name if competitions.is_yaml(competition) else competition)
@@ -32,9 +44,11 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     test = comp.read_test(data_dir)
     started = time.time()
     raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress, comp.channels)
-    raw = blend(raws, method=blend_method, task=comp.task)
-    oof_score = None
-    if refit:
+    raw = blend(raws, weights, method=blend_method, task=comp.task)
+    oof_score = spec["oof_score"] if spec else None
+    if spec:
+        pass  # thresholds were refitted on the blended OOF when the spec was built
+    elif refit:
         fitted, oof_score = refit_from_oof(models, comp.task)
     else:
         fitted = combine_fitted(models, comp.task)
@@ -44,7 +58,9 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     manifest = {
         "competition": comp.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "label": label,
         "models": [describe(m) for m in models], "blend": blend_method, "tta": tta, "fitted": fitted,
-        "fitted_from": "blended OOF" if refit else "mean of members", "oof_score": oof_score,
+        "fitted_from": "ensemble spec" if spec else "blended OOF" if refit else "mean of members",
+        "oof_score": oof_score, "ensemble": str(ensemble) if ensemble else None,
+        "weights": weights,
         "rows": check["rows"], "seconds": round(time.time() - started, 2), "images_per_s":
         round(len(test) / max(time.time() - started, 1e-9), 1), "git_sha": git_sha(),
         "data_dir": str(data_dir), "submission": str(csv),

@@ -1,0 +1,99 @@
+"""Cross-validation run groups: every chosen fold (and seed) as a normal run, one pooled OOF.
+
+runs/<competition>/<stamp>_<label>/
+    fold0/ fold1/ …           (seed{s}_fold{k}/ with several seeds): ordinary run folders
+    group.json                members, per-fold scores, mean ± std, pooled OOF score
+    metrics.json, oof.npz     the group seen as one run: pooled score and OOF (what ensembles use)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import competitions
+from .config import RunConfig
+from .errors import KtError
+from .fsutil import atomic_path, write_json
+
+
+def parse_folds(text: str | None, n_folds: int) -> list[int] | None:
+    """`all` → every fold, `0,2` → those folds; None/empty → not a CV run."""
+    if not text:
+        return None
+    if text == "all":
+        return list(range(n_folds))
+    try:
+        folds = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise KtError(f"--folds {text!r}: give a number of folds, 'all', or fold ids like 0,2") from None
+    if not folds or folds[0] < 0 or folds[-1] >= n_folds:
+        raise KtError(f"--folds {text!r}: fold ids must be in 0..{n_folds - 1}")
+    return folds
+
+
+def fit_group(cfg: RunConfig, group_dir: Path, data_dir: Path, folds: list[int], seeds: int = 1,
+              external_dirs: dict[str, str] | None = None, skip_bad_images: bool = False,
+              progress: bool = True) -> dict[str, Any]:
+    """Train every (seed, fold); pool their OOF; a finished member is not trained again (resumable)."""
+    from .train import fit
+
+    if (cfg.split or competitions.for_config(cfg).default_split) == "paper":
+        cfg = dataclasses.replace(cfg, split="kfold")  # folds need a k-fold split
+    members = []
+    for s in range(seeds):
+        for k in folds:
+            name = f"seed{cfg.seed + s}_fold{k}" if seeds > 1 else f"fold{k}"
+            run_dir = group_dir / name
+            run_dir.mkdir(parents=True, exist_ok=True)
+            member_cfg = dataclasses.replace(cfg, fold=k, seed=cfg.seed + s)
+            if (run_dir / "metrics.json").is_file():
+                result = json.loads((run_dir / "metrics.json").read_text())
+            else:
+                resume = (run_dir / "last.pt").is_file()
+                if progress:
+                    print(f"{'resuming' if resume else 'training'} {name}")
+                result = fit(member_cfg, run_dir, data_dir, external_dirs, resume, skip_bad_images, progress)
+            members.append({"dir": name, "fold": k, "seed": cfg.seed + s, "score": result["score"]})
+    return summarise(group_dir, cfg, members)
+
+
+def pool_oof(group_dir: Path, members: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, raw, targets) over every validated row; seeds of the same row are averaged."""
+    raw_by_id: dict[str, list[np.ndarray]] = {}
+    target_by_id: dict[str, np.ndarray] = {}
+    for m in members:
+        oof = np.load(group_dir / m["dir"] / "oof.npz")
+        for i, r, t in zip(oof["ids"], oof["raw"], oof["targets"], strict=True):
+            raw_by_id.setdefault(str(i), []).append(r)
+            target_by_id[str(i)] = t
+    ids = np.array(sorted(raw_by_id))
+    return ids, np.stack([np.mean(raw_by_id[i], axis=0) for i in ids]), np.stack([target_by_id[i] for i in ids])
+
+
+def summarise(group_dir: Path, cfg: RunConfig, members: list[dict[str, Any]]) -> dict[str, Any]:
+    comp = competitions.for_config(cfg)
+    ids, raw, targets = pool_oof(group_dir, members)
+    fitted = comp.task.fit(raw, targets)
+    pooled = comp.task.score(targets, raw, fitted)
+    scores = [m["score"] for m in members]
+    summary = {
+        "type": "group", "competition": comp.name, "metric": comp.task.metric, "members": members,
+        "score": pooled, "pooled_score": pooled, "mean": float(np.mean(scores)), "std": float(np.std(scores)),
+        "fitted": fitted, "rows": len(ids), "config": cfg.to_dict(),
+        "time_s": sum(json.loads((group_dir / m["dir"] / "metrics.json").read_text()).get("time_s", 0)
+                      for m in members),
+    }
+    write_json(group_dir / "group.json", summary)
+    write_json(group_dir / "metrics.json", {k: v for k, v in summary.items() if k != "config"})
+    with atomic_path(group_dir / "oof.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=ids, raw=raw, targets=targets, fitted=json.dumps(fitted))
+    from . import config as config_mod
+
+    config_mod.save(cfg, group_dir / "config.yaml")
+    return summary

@@ -1,0 +1,125 @@
+"""`kt ensemble`: blend runs and run groups on their out-of-fold outputs, write an ensemble spec.
+
+Methods: `mean` (equal weights), `rank` (binary: mean of ranks), `greedy` (Caruana et al. 2004:
+forward selection with replacement on the competition metric, stopping when no addition helps, so
+the blend scores at least as well as its best member on OOF). Thresholds / cut points are refitted
+on the blended OOF. The spec lists each member's ONNX files with sha256, so `kt predict --ensemble`
+predicts with exactly the blend that was scored. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from . import competitions
+from .errors import KtError
+from .fsutil import sha256, write_json
+from .inference.predict import blend
+
+METHODS = ("mean", "rank", "greedy")
+
+
+def member_models(run_dir: Path) -> list[Path]:
+    """A run's model.onnx, or every member's of a run group."""
+    group = run_dir / "group.json"
+    dirs = [run_dir / m["dir"] for m in json.loads(group.read_text())["members"]] if group.is_file() else [run_dir]
+    missing = [d for d in dirs if not (d / "model.onnx").is_file()]
+    if missing:
+        raise KtError(f"{missing[0]} has no model.onnx; run kt export {run_dir} first")
+    return [d / "model.onnx" for d in dirs]
+
+
+def load_oofs(run_dirs: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(ids, raws (members, rows, outputs), targets, config of the first), aligned by id."""
+    oofs, cfg = [], None
+    for d in run_dirs:
+        if not (d / "oof.npz").is_file():
+            raise KtError(f"{d} has no oof.npz; pass run folders or --folds run groups made by kt train")
+        oofs.append(np.load(d / "oof.npz"))
+        cfg = cfg or yaml.safe_load((d / "config.yaml").read_text())
+    ids = np.sort(oofs[0]["ids"])
+    raws, targets = [], None
+    for d, oof in zip(run_dirs, oofs, strict=True):
+        if set(oof["ids"]) != set(ids):
+            raise KtError(f"{d} was validated on other rows than {run_dirs[0]}; blend runs of one split "
+                          "(the same --split and --folds)")
+        order = np.argsort(oof["ids"])
+        raws.append(oof["raw"][order])
+        targets = oof["targets"][order]
+    return ids, np.stack(raws).astype(np.float64), targets, cfg
+
+
+def _score(task, raws, targets, weights, method) -> tuple[float, dict]:
+    raw = blend(raws, weights, "rank" if method == "rank" else "mean", task)
+    fitted = task.fit(raw, targets)
+    return task.score(targets, raw, fitted), fitted
+
+
+def greedy_weights(task, raws: np.ndarray, targets: np.ndarray, rounds: int = 25) -> np.ndarray:
+    """Caruana's forward selection with replacement: add the member that most improves the blend."""
+    counts = np.zeros(len(raws))
+    best = -np.inf
+    for _ in range(rounds):
+        trials = []
+        for m in range(len(raws)):
+            trial = counts.copy()
+            trial[m] += 1
+            trials.append(_score(task, raws, targets, trial, "mean")[0])
+        pick = int(np.argmax(trials))
+        if trials[pick] <= best + 1e-12:
+            break
+        best, counts[pick] = trials[pick], counts[pick] + 1
+    return counts / counts.sum()
+
+
+def build(competition: str, run_dirs: Sequence[str | Path], method: str = "greedy",
+          out: str | Path | None = None) -> dict[str, Any]:
+    if method not in METHODS:
+        raise KtError(f"--method {method!r} is not valid; choose one of: {', '.join(METHODS)}")
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise KtError("name the runs to blend: kt ensemble COMPETITION RUN_DIR...")
+    ids, raws, targets, cfg = load_oofs(run_dirs)
+    comp = competitions.for_config(cfg)
+    if comp.name != competitions.get(competition).name:
+        raise KtError(f"{run_dirs[0]} is a {comp.name} run, not {competition}")
+    task = comp.task
+    singles = [_score(task, raws[m:m + 1], targets, None, "mean")[0] for m in range(len(raws))]
+    weights = (greedy_weights(task, raws, targets) if method == "greedy" else np.full(len(raws), 1 / len(raws)))
+    score, fitted = _score(task, raws, targets, weights, method)
+    spec = {
+        "type": "ensemble", "competition": comp.name, "metric": task.metric, "method": method,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "oof_score": score, "oof_rows": len(ids),
+        "best_member_score": max(singles), "gain": score - max(singles), "fitted": fitted,
+        "members": [{"run": str(d), "weight": float(w), "oof_score": s,
+                     "models": [{"path": str(p), "sha256": sha256(p)} for p in member_models(d)]}
+                    for d, w, s in zip(run_dirs, weights, singles, strict=True)],
+    }
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(out) if out else Path("runs") / comp.name / "ensembles" / f"{stamp}_{method}.json"
+    write_json(path, spec)
+    spec["path"] = str(path)
+    return spec
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """Read an ensemble spec and refuse it when a member's ONNX file changed since it was scored."""
+    path = Path(path)
+    if not path.is_file():
+        raise KtError(f"--ensemble {path} not found")
+    spec = json.loads(path.read_text())
+    for member in spec["members"]:
+        for model in member["models"]:
+            if not Path(model["path"]).is_file():
+                raise KtError(f"ensemble member {model['path']} not found")
+            if sha256(model["path"]) != model["sha256"]:
+                raise KtError(f"{model['path']} changed since the ensemble was built (sha256 differs); "
+                              "rebuild it with kt ensemble")
+    return spec
