@@ -1,0 +1,47 @@
+"""The shipped recipes: every key valid, and the paper and top recipes both train."""
+
+from pathlib import Path
+
+import pytest
+
+from kaggle_transfer import config
+from kaggle_transfer.competitions import COMPETITIONS
+from kaggle_transfer.data import synthetic
+from kaggle_transfer.train import fit
+
+ROOT = Path(__file__).resolve().parents[1] / "competitions"
+RECIPES = sorted(ROOT.glob("*/*.yaml"))
+# what makes a recipe CPU-sized for a test; everything else is the recipe's own
+TINY = ["arch=test_resnet", "pretrained=false", "size=32", "epochs=1", "batch_size=16", "workers=0", "max_steps=2",
+        "warmup_epochs=0"]
+
+
+def test_every_competition_has_paper_and_top():
+    assert {p.parent.name for p in RECIPES} == set(COMPETITIONS)
+    for name in COMPETITIONS:
+        assert (ROOT / name / "paper.yaml").is_file() and (ROOT / name / "top.yaml").is_file()
+        assert (ROOT / name / "README.md").is_file()
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_recipe_resolves(recipe):
+    cfg = config.resolve(recipe, {"competition": recipe.parent.name})
+    comp = COMPETITIONS[recipe.parent.name]
+    assert set(cfg.external) <= set(comp.external)
+    comp.task.check_loss(cfg.loss or comp.task.default_loss)
+    comp.select_channels(cfg.channels)
+    # every line of a recipe carries its reason
+    for line in recipe.read_text().splitlines():
+        if line and not line.startswith("#") and ":" in line and line.split(":")[0] not in ("epochs", "batch_size"):
+            assert "#" in line or line.split(":")[0] in ("optimizer", "schedule", "lr", "weight_decay",
+                                                          "warmup_epochs", "loss", "pretrained"), line
+
+
+@pytest.mark.parametrize("recipe", ["paper", "top"])
+def test_aptos_recipes_train(aptos_dir, tmp_path, recipe):
+    dr = synthetic.make("dr2015", tmp_path / "dr", n=16, image_size=32)
+    cfg = config.resolve(ROOT / "aptos" / f"{recipe}.yaml", {"competition": "aptos"}, TINY)
+    result = fit(cfg, tmp_path / "run", aptos_dir, external_dirs={"dr2015": str(dr)}, progress=False)
+    assert result["epochs_run"] == 1
+    if recipe == "top":
+        assert result["n_external"] == 16 and result["loss"] == "smooth_l1"
