@@ -20,13 +20,14 @@ from ..errors import KtError
 APTOS_SHARES = np.array([1805, 370, 999, 193, 295]) / 3662
 
 
-def _fundus(rng: np.random.Generator, grade: int, size: int) -> np.ndarray:
+def _fundus(rng: np.random.Generator, grade: int, size: int, lesions_only: bool = False) -> np.ndarray:
     """A fundus-like photo: dark background, orange disc, vessels; the grade sets how red the disc is
-    and how many lesions it shows, with noise so that neighbouring grades overlap."""
+    and how many lesions it shows, with noise so that neighbouring grades overlap. With lesions_only
+    the colour carries no signal: only small lesions do, as in real retinopathy (where input size matters)."""
     img = np.zeros((size, size, 3), dtype=np.uint8)
     centre = (size // 2 + int(rng.integers(-size // 16, size // 16 + 1)),) * 2
     radius = int(size * rng.uniform(0.40, 0.47))
-    red = np.clip(120 + 22 * grade + rng.normal(0, 16), 0, 255)
+    red = np.clip(120 + (0 if lesions_only else 22 * grade) + rng.normal(0, 16), 0, 255)
     colour = (int(rng.uniform(20, 50)), int(rng.uniform(60, 100)), int(red))  # BGR for OpenCV
     cv2.circle(img, centre, radius, colour, -1)
     for _ in range(3):  # vessels: irrelevant structure the model must ignore
@@ -41,7 +42,7 @@ def _fundus(rng: np.random.Generator, grade: int, size: int) -> np.ndarray:
 
 
 def make_aptos(out_dir: str | Path, n_train: int = 300, n_test: int = 80, image_size: int = 64,
-               seed: int = 0) -> Path:
+               seed: int = 0, lesions_only: bool = False) -> Path:
     """Write an APTOS-shaped folder: train.csv, test.csv, sample_submission.csv, train_images/, test_images/."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -52,7 +53,7 @@ def make_aptos(out_dir: str | Path, n_train: int = 300, n_test: int = 80, image_
     grades = rng.choice(len(APTOS_SHARES), size=n, p=APTOS_SHARES)
     for i, (id_code, grade) in enumerate(zip(ids, grades, strict=True)):
         split = "train" if i < n_train else "test"
-        cv2.imwrite(str(out / f"{split}_images" / f"{id_code}.png"), _fundus(rng, int(grade), image_size))
+        cv2.imwrite(str(out / f"{split}_images" / f"{id_code}.png"), _fundus(rng, int(grade), image_size, lesions_only))
     train = pd.DataFrame({"id_code": ids[:n_train], "diagnosis": grades[:n_train]})
     test = pd.DataFrame({"id_code": ids[n_train:]})
     train.to_csv(out / "train.csv", index=False)
