@@ -243,6 +243,37 @@ def ensemble(competition, runs, method, out) -> None:
     click.echo(f"wrote {spec['path']}; next: kt predict {competition} --ensemble {spec['path']}")
 
 
+@main.command()
+@click.argument("competition")
+@click.option("--size", type=int, required=True, help="Cache side: the shorter side is resized to this.")
+@click.option("--data-dir", type=click.Path())
+@click.option("--external-dir", multiple=True, help="NAME=DIR of external sources to cache too.")
+@click.option("--cache-dir", type=click.Path(), help="Default: $KT_CACHE or cache/.")
+@click.option("--fundus-crop", is_flag=True, help="Trim black borders first (train with --set fundus_crop=true).")
+@click.option("--workers", type=int, default=0, help="Processes (default: one per core).")
+@click.option("--progress/--no-progress", default=True)
+def prepare(competition, size, data_dir, external_dir, cache_dir, fundus_crop, workers, progress) -> None:
+    """Resize every train, test and external image once; training and prediction then read the cache."""
+    from . import competitions
+    from .data.cache import cache_root
+    from .data.cache import prepare as run_prepare
+
+    comp = competitions.get(competition)
+    data = competitions.find_data_dir(comp, data_dir)
+    tables = [comp.read_train(data, skip_bad_images=True)]
+    try:
+        tables.append(comp.read_test(data, skip_bad_images=True))
+    except KtError as e:  # a folder with train files only can still be cached
+        click.echo(f"test images not cached: {e}")
+    for name, path in _external_dirs(external_dir).items():
+        tables.append(comp.read_external(name, Path(path)))
+    result = run_prepare(tables, cache_root(cache_dir), comp.name, size, fundus_crop, workers, progress)
+    click.echo(f"{result['cached']} cached, {result['up_to_date']} already up to date, {result['failed']} failed "
+               f"→ {result['folder']}")
+    for error in result["errors"]:
+        click.echo(f"  {error}")
+
+
 @main.command("report")
 @click.argument("target", type=click.Path())
 @click.option("-o", "--out", type=click.Path(), help="Folder for the PNGs and report.md.")

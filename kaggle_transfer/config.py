@@ -49,6 +49,8 @@ class RunConfig:
     lp_ft: bool = False                 # linear probe, then full fine-tune (freeze_epochs or epochs // 4 frozen)
     ema: bool = False                   # keep a timm EMA of weights and validate with it
     ema_decay: float = 0.999
+    fundus_crop: bool = False           # trim black borders (APTOS fundus photos); recorded for prediction
+    cache: bool = True                  # use kt prepare's resized cache when one is present
     channels: str | None = None         # input channels by first letter, e.g. rgb or rgby (HPA); None = all
     keep_empty: bool = False            # CCT-20: keep the `empty` class (the paper drops it)
     split: str | None = None            # None = the competition's: paper (20% per class, seed 414) | kfold | official

@@ -33,6 +33,7 @@ from .builders import (
 )
 from .config import RunConfig
 from .data.augment import build_train_transform
+from .data.cache import cache_root, use_cache
 from .data.dataset import ImageDataset
 from .data.splits import HELD_OUT, TRAIN_ONLY, assign_folds, read_split_file
 from .errors import KtError
@@ -88,9 +89,10 @@ def predict_raw(model: nn.Module, loader: DataLoader, device: torch.device, dtyp
     return torch.cat(outs).numpy()
 
 
-def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], skip_bad_images: bool
-                ) -> pd.DataFrame:
-    """Competition rows plus external rows (training only), with a `fold` column."""
+def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], skip_bad_images: bool,
+                cache: Path | None = None) -> pd.DataFrame:
+    """Competition rows plus external rows (training only), with a `fold` column; paths point into
+    kt prepare's cache where it holds an up-to-date copy."""
     comp = competitions.for_config(cfg)
     table = comp.read_train(data_dir, skip_bad_images)
     if cfg.split_file:
@@ -108,6 +110,9 @@ def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], s
         skipped[source] = int(extra.attrs.get("skipped_images", 0))
         table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
     table.attrs["skipped_images"] = skipped
+    if cfg.cache:
+        table = use_cache(table, cache or cache_root(), comp.name, cfg.size, cfg.fundus_crop)
+        table.attrs["skipped_images"] = skipped
     return table
 
 
@@ -163,11 +168,11 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     y_train, y_val = task.targets(train_rows["target"]), task.targets(val_rows["target"])
     generator = torch.Generator().manual_seed(cfg.seed)
     transform = build_train_transform(cfg.augment, cfg.size, len(channels))
-    train_ds = ImageDataset(train_rows, cfg.size, y_train, transform, channels)
+    train_ds = ImageDataset(train_rows, cfg.size, y_train, transform, channels, cfg.fundus_crop)
     pin = device.type == "cuda"
     train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator, pin)
-    val_loader = _loader(ImageDataset(val_rows, cfg.size, y_val, channels=channels), cfg.batch_size, cfg.workers,
-                         False, None, pin)
+    val_ds = ImageDataset(val_rows, cfg.size, y_val, channels=channels, crop=cfg.fundus_crop)
+    val_loader = _loader(val_ds, cfg.batch_size, cfg.workers, False, None, pin)
 
     model = build_model(cfg.arch, task.num_outputs, cfg.pool, cfg.dropout, len(channels), cfg.pretrained,
                         cfg.weights).to(device)
@@ -267,6 +272,7 @@ def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, 
         "skipped_images": table.attrs["skipped_images"]["competition"],
         "skipped_external_images": {k: v for k, v in table.attrs["skipped_images"].items() if k != "competition"},
         "n_external": int((table["source"] != "competition").sum()), "device": device.type,
+        "cached_rows": int(table["cached"].sum()) if "cached" in table.columns else 0,
         "amp": str(dtype).removeprefix("torch.") if dtype else "off",
         "train_images_per_s": float(history["train_images_per_s"].mean()),
         "time_s": time.time() - started,

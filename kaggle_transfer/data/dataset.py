@@ -13,8 +13,11 @@ from . import images
 
 class ImageDataset(Dataset):
     def __init__(self, table: pd.DataFrame, size: int, targets: np.ndarray | None = None, transform=None,
-                 channels: list[int] | None = None):
+                 channels: list[int] | None = None, crop: bool = False):
         self.paths = list(table["paths"])
+        # rows read from kt prepare's cache were cropped when cached; the rest are cropped here
+        cached = table["cached"].to_numpy() if "cached" in table.columns else np.zeros(len(table), bool)
+        self.crop = [crop and not c for c in cached]
         self.channels = channels  # indices into the decoded channels (e.g. rgb of HPA's rgby)
         self.size = size
         self.targets = targets
@@ -24,7 +27,9 @@ class ImageDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        img = images.read_image(self.paths[i])
+        img = images.read_image(self.paths[i], reduce_to=self.size)
+        if self.crop[i]:
+            img = images.fundus_crop(img)
         if self.channels is not None and len(self.channels) != img.shape[2]:
             img = np.ascontiguousarray(img[..., self.channels])
         img = self.transform(image=img)["image"] if self.transform is not None else images.resize(img, self.size)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import competitions, submission
+from ..data.cache import cache_root, use_cache
+from ..errors import KtError
 from ..fsutil import write_json
 from ..runs import fresh_output_dir, git_sha, slug, stamp
 from .predict import blend, combine_fitted, predict_models, refit_from_oof
@@ -19,7 +21,8 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                        out_root: str | Path = "submissions", label: str | None = None, tta: str = "none",
                        overwrite: bool = False, refit: bool = False, provider: str = "auto",
                        batch_size: int = 32, workers: int = 4, progress: bool = True,
-                       blend_method: str = "mean", ensemble: str | Path | None = None) -> dict[str, Any]:
+                       blend_method: str = "mean", ensemble: str | Path | None = None,
+                       cache: str | Path | None = None) -> dict[str, Any]:
     """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest.
 
     With `ensemble` (a spec from kt ensemble) the models, weights, blend and fitted thresholds are the
@@ -41,9 +44,14 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     data_dir = competitions.find_data_dir(comp, data_dir)
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
     out_dir = fresh_output_dir(Path(out_root) / comp.name / f"{stamp()}_{slug(label)}", overwrite)
-    test = comp.read_test(data_dir)
+    crops = {bool((m.meta.get("recipe") or {}).get("fundus_crop")) for m in models}
+    if len(crops) > 1:
+        raise KtError("the models disagree on fundus_crop; ensemble models trained with the same preprocessing")
+    crop = crops.pop()
+    test = use_cache(comp.read_test(data_dir), cache_root(cache), comp.name, max(m.size for m in models), crop)
     started = time.time()
-    raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress, comp.channels)
+    raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress, comp.channels,
+                          crop=[crop and not c for c in test["cached"]])
     raw = blend(raws, weights, method=blend_method, task=comp.task)
     oof_score = spec["oof_score"] if spec else None
     if spec:
@@ -61,8 +69,8 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
         "fitted_from": "ensemble spec" if spec else "blended OOF" if refit else "mean of members",
         "oof_score": oof_score, "ensemble": str(ensemble) if ensemble else None,
         "weights": weights,
-        "rows": check["rows"], "seconds": round(time.time() - started, 2), "images_per_s":
-        round(len(test) / max(time.time() - started, 1e-9), 1), "git_sha": git_sha(),
+        "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(time.time() - started, 2),
+        "images_per_s": round(len(test) / max(time.time() - started, 1e-9), 1), "git_sha": git_sha(),
         "data_dir": str(data_dir), "submission": str(csv),
     }
     write_json(out_dir / "manifest.json", manifest)

@@ -38,19 +38,26 @@ def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tu
 
 def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], tta: str = "none",
                    batch_size: int = 32, workers: int = 4, progress: bool = True,
-                   all_channels: Sequence[str] | None = None) -> np.ndarray:
+                   all_channels: Sequence[str] | None = None, crop: Sequence[bool] | None = None) -> np.ndarray:
     """Raw outputs of every model, shape (n_models, n_images, n_outputs); TTA views averaged.
 
     `all_channels` names the channels the decoded images hold (the competition's); each model takes
-    the ones its metadata lists, so an RGB and an RGBY model of HPA share one decode."""
+    the ones its metadata lists, so an RGB and an RGBY model of HPA share one decode. `crop` marks the
+    rows whose black fundus border is trimmed after decoding (models trained with fundus_crop)."""
+    crop = list(crop) if crop is not None else [False] * len(paths)
+    size_hint = max(m.size for m in models) if models else None
     views = tta_mod.views(tta)
     keys = [(m.size, _channel_indices(m, all_channels)) for m in models]
     outputs: list[list[np.ndarray]] = [[] for _ in models]
     starts = list(range(0, len(paths), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV decodes without the GIL
 
+        def decode(i: int) -> np.ndarray:
+            img = images.read_image(paths[i], reduce_to=size_hint)
+            return images.fundus_crop(img) if crop[i] else img
+
         def submit(start: int) -> list:
-            return [pool.submit(images.read_image, p) for p in paths[start:start + batch_size]]
+            return [pool.submit(decode, i) for i in range(start, min(start + batch_size, len(paths)))]
 
         # keep exactly one batch decoding ahead of the models: overlap without holding the test set
         ahead = submit(starts[0]) if starts else []

@@ -1,0 +1,124 @@
+"""`kt prepare`: a one-time resized copy of every image, used automatically by training and prediction.
+
+cache/<competition>/<size>[-crop]/<sha1 of source paths>.kt.png, plus manifest.json mapping each
+sample's source files to their (mtime_ns, size) when cached. An entry whose sources changed is stale
+and ignored (and redone by the next `kt prepare`). Multi-channel samples (HPA) become one PNG.
+Source data is only read, never written. Torch-free: prediction in a notebook uses it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..errors import KtError
+from ..fsutil import write_json
+from . import images
+
+SUFFIX = ".kt.png"
+
+
+def cache_root(given: str | Path | None = None) -> Path:
+    return Path(given or os.environ.get("KT_CACHE") or "cache")
+
+
+def cache_dir(root: Path, competition: str, size: int, crop: bool) -> Path:
+    return Path(root) / competition / f"{size}{'-crop' if crop else ''}"
+
+
+def _key(paths: Sequence[str]) -> str:
+    return hashlib.sha1("\0".join(os.path.abspath(p) for p in paths).encode()).hexdigest()
+
+
+def _stamp(paths: Sequence[str]) -> list[list[int]]:
+    return [[os.stat(p).st_mtime_ns, os.stat(p).st_size] for p in paths]
+
+
+def _prepare_one(args: tuple[tuple[str, ...], str, int, bool]) -> tuple[str, list[list[int]] | str]:
+    paths, out, size, crop = args
+    try:
+        img = images.read_image(paths, reduce_to=size)
+        if crop:
+            img = images.fundus_crop(img)
+        img = images.resize_short_side(img, size)
+        images.write_raw(out, img)
+        return _key(paths), _stamp(paths)
+    except KtError as e:
+        return _key(paths), f"error: {e}"
+
+
+def load_manifest(folder: Path) -> dict[str, list]:
+    path = folder / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: int, crop: bool = False,
+            workers: int = 0, progress: bool = True) -> dict[str, int]:
+    """Cache every row of the tables; skip entries that are up to date. Resumable: the manifest is
+    saved as work completes, so a killed run loses at most the last batch."""
+    folder = cache_dir(root, competition, size, crop)
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(folder)
+    todo, done, bad = [], 0, []
+    for paths in (p for table in tables for p in table["paths"]):
+        key = _key(paths)
+        entry = manifest.get(key)
+        if entry and (folder / f"{key}{SUFFIX}").is_file() and entry == _stamp(paths):
+            done += 1
+        else:
+            todo.append((tuple(paths), str(folder / f"{key}{SUFFIX}"), size, crop))
+    workers = workers or os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
+        results = pool.map(_prepare_one, todo, chunksize=16) if workers > 1 else map(_prepare_one, todo)
+        for n, (key, stamp) in enumerate(tqdm(results, total=len(todo), desc=f"prepare {size}px", unit="img",
+                                              disable=not progress), 1):
+            if isinstance(stamp, str):
+                bad.append(stamp)
+            else:
+                manifest[key] = stamp
+            if n % 500 == 0:
+                write_json(folder / "manifest.json", manifest)
+    write_json(folder / "manifest.json", manifest)
+    return {"cached": len(todo) - len(bad), "up_to_date": done, "failed": len(bad), "folder": str(folder),
+            "errors": bad[:5]}
+
+
+class _Serial:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def use_cache(table: pd.DataFrame, root: Path, competition: str, size: int, crop: bool) -> pd.DataFrame:
+    """Swap each row's paths for its cached file when the cache holds an up-to-date entry.
+
+    Looks for the smallest prepared size >= `size` (same crop setting). Rows without an entry keep their
+    sources, so a partial cache is still correct. Adds a `cached` column."""
+    base = Path(root) / competition
+    sizes = sorted(int(p.name.split("-")[0]) for p in base.glob("*") if p.is_dir() and
+                   p.name.split("-")[0].isdigit() and p.name.endswith("-crop") == crop) if base.is_dir() else []
+    usable = [s for s in sizes if s >= size]
+    table = table.copy()
+    table["cached"] = False
+    if not usable:
+        return table
+    folder = cache_dir(root, competition, usable[0], crop)
+    manifest = load_manifest(folder)
+    new_paths, cached = [], []
+    for paths in table["paths"]:
+        key = _key(paths)
+        hit = key in manifest and (folder / f"{key}{SUFFIX}").is_file() and manifest[key] == _stamp(paths)
+        new_paths.append((str(folder / f"{key}{SUFFIX}"),) if hit else tuple(paths))
+        cached.append(hit)
+    table["paths"], table["cached"] = new_paths, np.array(cached)
+    return table
