@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench measure clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,17 @@ test: install
 lint: install
 	$(BIN)/ruff check kaggle_transfer tests benchmarks
 
+# speed, each as a ratio against the usual alternative measured in the same run (a few minutes)
 bench: install
+	$(BIN)/python benchmarks/prepare_vs_pil.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/onnx_vs_torch.py
+	$(BIN)/python benchmarks/predict_speed.py
+
+# learning quality: interventions over seeds, real digits over seeds (several minutes)
+measure: install
+	$(BIN)/python benchmarks/interventions.py
+	$(BIN)/python benchmarks/digits_accuracy.py
 
 clean:
 	rm -rf demo .pytest_cache build *.egg-info

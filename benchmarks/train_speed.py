@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--trials", type=int, default=2)
+    p.add_argument("--cache-source-size", type=int, default=1024, help="source side for the cache comparison")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = synthetic.make("aptos", Path(tmp) / "data", n_train=a.images, n_test=8, image_size=a.source_size)
@@ -92,6 +93,38 @@ def main() -> None:
     print(f"{'kt train':<28}{ours.mean():>10.1f} ± {ours.std():.1f}")
     ratios = ours / plain
     print(f"ratio kt / plain: {ratios.mean():.2f}x (per trial: {', '.join(f'{r:.2f}' for r in ratios)})")
+    cache_comparison(a)
+
+
+def cache_comparison(a) -> None:
+    """kt train on large source images, without and with kt prepare's cache (same everything else)."""
+    import pandas as pd
+
+    from kaggle_transfer.competitions import APTOS
+    from kaggle_transfer.data.cache import prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = synthetic.make("aptos", Path(tmp) / "data", n_train=a.images // 2, n_test=8,
+                              image_size=a.cache_source_size)
+        cfg = config.resolve(flags={"arch": a.arch, "pretrained": False, "size": a.size, "batch_size": a.batch,
+                                    "workers": a.workers, "epochs": a.epochs, "lr": 1e-3, "split": "kfold",
+                                    "folds": 20})
+        rates = {}
+        for label in ("source PNGs", "kt prepare cache"):
+            if label == "kt prepare cache":
+                prepare([APTOS.read_train(data)], Path(tmp) / "cache", "aptos", a.size, progress=False)
+            run = Path(tmp) / label.replace(" ", "_")
+            run.mkdir()
+            import os
+
+            os.environ["KT_CACHE"] = str(Path(tmp) / "cache")
+            result = fit(cfg, run, data, progress=False)
+            rates[label] = pd.read_csv(run / "history.csv")["train_images_per_s"].iloc[1:].max()
+            assert (result["cached_rows"] > 0) == (label == "kt prepare cache")
+    print(f"\nkt train on {a.cache_source_size}px PNGs, {a.arch} @ {a.size}px")
+    for label, r in rates.items():
+        print(f"{label:<28}{r:>10.1f}")
+    print(f"ratio cached / uncached: {rates['kt prepare cache'] / rates['source PNGs']:.2f}x")
 
 
 if __name__ == "__main__":

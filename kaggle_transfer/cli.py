@@ -100,6 +100,7 @@ def _external_dirs(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--accum-steps", type=int, help="Gradient accumulation: an optimizer step every N batches.")
 @click.option("--freeze-epochs", type=int, help="Backbone frozen for the first N epochs.")
 @click.option("--lp-ft", is_flag=True, default=None, help="Linear probe, then full fine-tune.")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the model.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key (repeatable).")
 @click.option("--runs-root", type=click.Path(), help="Where run folders go (default: $KT_RUNS or runs/).")
 @click.option("--label", help="Run folder suffix (default: arch and size).")

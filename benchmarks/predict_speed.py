@@ -1,0 +1,100 @@
+"""kt predict's inference path: a K-model ensemble vs K separate single-model runs (each image decoded
+once and shared), and peak memory over 1,000 vs 10,000 test images (streamed, not held).
+
+    python benchmarks/predict_speed.py [--k 3] [--images 200] [--memory-images 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+MEMORY_PROBE = """
+import resource, sys, json
+from kaggle_transfer.inference.predict import predict_models
+from kaggle_transfer.inference.session import load_model
+paths = json.load(open(sys.argv[1]))
+model = load_model(sys.argv[2])
+predict_models([model], paths, batch_size=64, workers=2, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def tiny_model(tmp: Path, size: int) -> Path:
+    from kaggle_transfer import config
+    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.export import export
+    from kaggle_transfer.train import fit
+
+    data = synthetic.make("aptos", tmp / f"d{size}", n_train=40, n_test=4, image_size=64)
+    cfg = config.resolve(flags={"arch": "resnet18", "pretrained": False, "size": size, "epochs": 1, "workers": 0,
+                                "max_steps": 1})
+    fit(cfg, tmp / f"r{size}", data, progress=False)
+    return Path(export(tmp / f"r{size}")["path"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--k", type=int, default=3)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--source-size", type=int, default=1024)
+    p.add_argument("--memory-images", type=int, default=10000)
+    a = p.parse_args()
+    from kaggle_transfer.inference.predict import predict_models
+    from kaggle_transfer.inference.session import load_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = load_model(tiny_model(tmp, 64))
+        rng = np.random.default_rng(0)
+        (tmp / "big").mkdir()
+        base = cv2.resize(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), (a.source_size,) * 2)
+        paths = []
+        for i in range(a.images):
+            cv2.imwrite(str(tmp / "big" / f"{i}.jpg"), base)
+            paths.append((str(tmp / "big" / f"{i}.jpg"),))
+        t0 = time.perf_counter()
+        predict_models([model] * a.k, paths, progress=False)
+        shared = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(a.k):
+            predict_models([model], paths, progress=False)
+        separate = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        predict_models([model], paths, progress=False)
+        single = time.perf_counter() - t0
+        print(f"\n{a.images} JPEGs {a.source_size}px, resnet18 @ 64px, CPU")
+        print(f"one model: {single:.2f}s; {a.k} models as one ensemble: {shared:.2f}s "
+              f"({shared / single:.2f}x one model); {a.k} separate runs: {separate:.2f}s; "
+              f"ensemble / separate: {shared / separate:.2f}x")
+
+        (tmp / "small").mkdir()
+        small = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+        all_paths = []
+        for i in range(a.memory_images):
+            cv2.imwrite(str(tmp / "small" / f"{i}.png"), small)
+            all_paths.append([str(tmp / "small" / f"{i}.png")])
+        peaks = {}
+        for n in (a.memory_images // 10, a.memory_images):
+            (tmp / f"p{n}.json").write_text(json.dumps(all_paths[:n]))
+            out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp / f"p{n}.json"), str(model.path)],
+                                 capture_output=True, text=True, check=True)
+            peaks[n] = int(out.stdout.strip().splitlines()[-1]) / 1024
+        print(pd.DataFrame({"images": list(peaks), "peak RSS MiB": [round(v, 1) for v in peaks.values()]})
+              .to_string(index=False))
+        small_n, big_n = sorted(peaks)
+        print(f"peak memory {big_n} / {small_n} images: {peaks[big_n] / peaks[small_n]:.2f}x "
+              f"for {big_n // small_n}x the images")
+
+
+if __name__ == "__main__":
+    main()
