@@ -275,6 +275,85 @@ def prepare(competition, size, data_dir, external_dir, cache_dir, fundus_crop, w
         click.echo(f"  {error}")
 
 
+def _kaggle_slug(comp) -> str:
+    if not comp.slug:
+        raise KtError(f"{comp.name} is not a Kaggle competition: get it from LILA "
+                      "(https://lila.science/datasets/caltech-camera-traps) and pass --data-dir"
+                      if comp.name == "cct20" else f"{comp.name} has no Kaggle slug in its description")
+    return comp.slug
+
+
+@main.command()
+@click.argument("competition")
+@click.option("--dest", type=click.Path(), help="Default: $KT_DATA/<name> or data/<name>.")
+@click.option("--force", is_flag=True, help="Download and extract again.")
+def download(competition, dest, force) -> None:
+    """Download a competition's files, extract them safely, and place them where kt train finds them."""
+    import os
+
+    from . import competitions, kaggle_client
+
+    comp = competitions.get(competition)
+    slug = _kaggle_slug(comp)
+    if warning := kaggle_client.credentials_warning():
+        click.echo(warning, err=True)
+    target = Path(dest) if dest else Path(os.environ.get("KT_DATA") or "data") / comp.name
+    result = kaggle_client.download(slug, target, force)
+    if result["skipped"]:
+        click.echo(f"{target} already holds {slug}'s files (pass --force to download again)")
+    else:
+        click.echo(f"extracted {len(result['files'])} file(s) into {target}")
+
+
+@main.command()
+@click.argument("competition")
+@click.argument("target", type=click.Path())
+@click.option("-m", "--message", required=True, help="The submission's description on Kaggle.")
+@click.option("--data-dir", type=click.Path(), help="Competition files, to validate the CSV first.")
+@click.option("--wait", is_flag=True, help="Poll until Kaggle has scored it.")
+def submit(competition, target, message, data_dir, wait) -> None:
+    """Validate a submission locally, then upload it (CSV competitions) and record the result."""
+    import json
+
+    from . import competitions, kaggle_client, submission
+    from .fsutil import write_json
+
+    comp = competitions.get(competition)
+    slug = _kaggle_slug(comp)
+    target = Path(target)
+    csv = target / "submission.csv" if target.is_dir() else target
+    submission.validate(comp, csv, competitions.find_data_dir(comp, data_dir))  # before any network call
+    if comp.submit_via != "csv":
+        raise KtError(f"{comp.name} is a code competition: Kaggle scores a notebook's output, not an uploaded "
+                      "CSV; the offline notebook bundle (kt bundle) is not available yet")
+    if warning := kaggle_client.credentials_warning():
+        click.echo(warning, err=True)
+    result = kaggle_client.submit_csv(slug, csv, message, comp.daily_limit, wait)
+    click.echo(f"submitted {csv} to {slug}: ref {result['ref']}, {result['status']}"
+               + (f", public score {result.get('public')}" if result.get("public") not in (None, "") else "")
+               + (f", error: {result['error']}" if result.get("error") else ""))
+    manifest = csv.parent / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        data.setdefault("kaggle", []).append({**result, "message": message, "slug": slug})
+        write_json(manifest, data)
+
+
+@main.command()
+@click.argument("competition")
+def submissions(competition) -> None:
+    """Your past submissions to a competition: date, message, status and scores."""
+    from . import competitions, kaggle_client
+
+    comp = competitions.get(competition)
+    rows = kaggle_client.list_submissions(_kaggle_slug(comp))
+    if not rows:
+        click.echo("no submissions yet")
+    for r in rows:
+        click.echo(f"{r['date'][:19]:<20} {r['status']:<9} public {str(r['public'] or '-'):<8} "
+                   f"private {str(r['private'] or '-'):<8} {r['message']}")
+
+
 @main.command("report")
 @click.argument("target", type=click.Path())
 @click.option("-o", "--out", type=click.Path(), help="Folder for the PNGs and report.md.")

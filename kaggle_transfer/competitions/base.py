@@ -77,6 +77,7 @@ class Competition:
     channels: tuple[str, ...] = ("red", "green", "blue")
     external: dict[str, str] = field(default_factory=dict)  # source name -> one-line description
     default_split: str = "paper"     # used when the run does not choose one
+    daily_limit: int = 5             # submissions a day (Kaggle's usual limit; kt refuses past it)
 
     @property
     def in_chans(self) -> int:

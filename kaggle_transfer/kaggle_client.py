@@ -1,0 +1,172 @@
+"""The only module that talks to Kaggle, through the official `kaggle` client (imported lazily).
+
+Facts relied on (shared/KAGGLE_API.md, kaggle 2.2.5): `import kaggle` authenticates at import, so
+only `kaggle.api.kaggle_api_extended.KaggleApi` is imported, inside functions; `authenticate()` calls
+exit(1) without credentials; a failed upload makes `competition_submit` return ref 0 instead of
+raising; 429/5xx are retried here only where a retry cannot double an action (listing, polling).
+Credentials are never printed or logged, in errors included.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import KtError
+
+CREDENTIALS_HELP = ("put kaggle.json (from kaggle.com → Settings → API) in ~/.kaggle/ with chmod 600, or set "
+                    "KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN")
+SAFE_RETRIES = 4
+
+
+def credentials_warning() -> str | None:
+    """A warning when kaggle.json is readable by group or others (the key would leak on shared machines)."""
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle")
+    path = folder / "kaggle.json"
+    if path.is_file() and os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"warning: {path} is readable by other users; run: chmod 600 {path}"
+    return None
+
+
+def make_api():
+    """An authenticated KaggleApi, or a KtError that says where credentials go."""
+    import contextlib
+    import io
+
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError:
+        raise KtError("the kaggle package is not installed: pip install kaggle") from None
+    api = KaggleApi()
+    # the client prints its own messages (and a credentials-file warning) to stdout: keep them out
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            api.authenticate()
+        except SystemExit:
+            raise KtError(f"no Kaggle credentials found: {CREDENTIALS_HELP}") from None
+    return api
+
+
+def _explain(e: Exception, slug: str, what: str) -> KtError:
+    """One line for an HTTP or connection failure; never the request's headers or the key."""
+    import requests
+
+    if isinstance(e, requests.HTTPError) and e.response is not None:
+        code = e.response.status_code
+        if code == 401:
+            return KtError(f"Kaggle rejected the credentials while trying to {what} (401); {CREDENTIALS_HELP}")
+        if code == 403:
+            return KtError(f"Kaggle refused to {what} (403): accept the competition's rules at "
+                           f"https://www.kaggle.com/competitions/{slug}/rules, then try again")
+        if code == 404:
+            return KtError(f"Kaggle found no competition {slug!r} (404) while trying to {what}")
+        if code == 429:
+            return KtError(f"Kaggle is rate-limiting requests (429) while trying to {what}; wait a minute and retry")
+        return KtError(f"Kaggle answered HTTP {code} while trying to {what}; try again later")
+    if isinstance(e, requests.ConnectionError):
+        return KtError(f"cannot reach Kaggle to {what} (offline or blocked?)")
+    return KtError(f"the Kaggle client failed to {what}: {type(e).__name__}")
+
+
+def call(fn: Callable[[], Any], slug: str, what: str, retry: bool = False, sleep=time.sleep) -> Any:
+    """Run one client call; with `retry` (only for calls safe to repeat) back off on 429 and 5xx."""
+    import requests
+
+    for attempt in range(SAFE_RETRIES if retry else 1):
+        try:
+            return fn()
+        except requests.HTTPError as e:
+            code = e.response.status_code if e.response is not None else 0
+            if retry and (code == 429 or code >= 500) and attempt + 1 < SAFE_RETRIES:
+                sleep(min(30.0, 2.0 ** attempt))
+                continue
+            raise _explain(e, slug, what) from None
+        except (requests.ConnectionError, requests.Timeout, OSError) as e:
+            raise _explain(e, slug, what) from None
+
+
+def safe_extract(archive: Path, dest: Path) -> list[str]:
+    """Extract a zip, refusing any member that would land outside `dest` (../, absolute paths) or is a
+    symlink; checks every member before writing anything."""
+    dest = dest.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        for m in members:
+            target = (dest / m.filename).resolve()
+            if m.filename.startswith(("/", "\\")) or (target != dest and dest not in target.parents):
+                raise KtError(f"{archive.name}: member {m.filename!r} would be written outside {dest}; refused")
+            if stat.S_ISLNK(m.external_attr >> 16):
+                raise KtError(f"{archive.name}: member {m.filename!r} is a symbolic link; refused")
+        zf.extractall(dest)
+    return [m.filename for m in members]
+
+
+def download(slug: str, dest: Path, force: bool = False, api=None, quiet: bool = False) -> dict[str, Any]:
+    """Download a competition's files and extract them into `dest`; skipped when already done."""
+    marker = dest / ".kt-download"
+    if marker.is_file() and not force:
+        return {"dest": str(dest), "skipped": True, "files": []}
+    api = api or make_api()
+    partial = dest.parent / f".{dest.name}.download"
+    partial.mkdir(parents=True, exist_ok=True)
+    call(lambda: api.competition_download_files(slug, path=str(partial), force=True, quiet=quiet), slug,
+         "download the competition's files")
+    archives = sorted(partial.glob("*.zip"))
+    if not archives:
+        raise KtError(f"the download of {slug} produced no zip archive in {partial}")
+    dest.mkdir(parents=True, exist_ok=True)
+    files = [f for a in archives for f in safe_extract(a, dest)]
+    for a in archives:
+        a.unlink()
+    partial.rmdir()
+    marker.write_text(f"{slug}\n{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    return {"dest": str(dest), "skipped": False, "files": files}
+
+
+def _status(sub) -> str:
+    return str(getattr(sub, "status", "")).split(".")[-1].upper()
+
+
+def list_submissions(slug: str, api=None) -> list[dict[str, Any]]:
+    api = api or make_api()
+    subs = call(lambda: api.competition_submissions(slug), slug, "list submissions", retry=True) or []
+    return [{"ref": s.ref, "date": str(getattr(s, "date", "")), "file": getattr(s, "file_name", ""),
+             "message": getattr(s, "description", ""), "status": _status(s),
+             "public": getattr(s, "public_score", ""), "private": getattr(s, "private_score", ""),
+             "error": getattr(s, "error_description", "")} for s in subs if s is not None]
+
+
+def submitted_today(subs: list[dict[str, Any]], today: str | None = None) -> int:
+    today = today or time.strftime("%Y-%m-%d", time.gmtime())  # Kaggle's day is UTC
+    return sum(1 for s in subs if s["date"].startswith(today) and s["status"] != "ERROR")
+
+
+def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, wait: bool = False, api=None,
+               poll_s: float = 10.0, timeout_s: float = 3600.0, sleep=time.sleep) -> dict[str, Any]:
+    """Upload a validated CSV; with `wait`, poll until it is scored. Never resubmits on its own."""
+    api = api or make_api()
+    used = submitted_today(list_submissions(slug, api))
+    if used >= daily_limit:
+        raise KtError(f"{used} submission(s) to {slug} today already: the daily limit is {daily_limit}; "
+                      "try again after midnight UTC")
+    result = call(lambda: api.competition_submit(str(csv), message, slug, quiet=True), slug, "submit")
+    ref = getattr(result, "ref", 0)
+    if not ref:
+        raise KtError(f"the upload of {csv.name} to {slug} failed (Kaggle returned no submission): "
+                      f"{getattr(result, 'message', '') or 'no message'}; nothing was submitted, try again")
+    out = {"ref": ref, "message": getattr(result, "message", ""), "status": "PENDING"}
+    deadline = time.time() + timeout_s
+    while wait and time.time() < deadline:
+        match = next((s for s in list_submissions(slug, api) if str(s["ref"]) == str(ref)), None)
+        if match and match["status"] in ("COMPLETE", "ERROR"):
+            out.update(status=match["status"], public=match["public"], private=match["private"],
+                       error=match["error"])
+            break
+        sleep(poll_s)
+        poll_s = min(poll_s * 1.5, 120)
+    return out

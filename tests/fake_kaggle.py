@@ -1,0 +1,150 @@
+"""A fake Kaggle API on loopback for tests: the real `kaggle` client reaches it as an HTTP proxy
+(KAGGLE_API_ENVIRONMENT=LOCALHOST, shared/KAGGLE_API.md). Records every request; refuses CONNECT,
+which is what any attempt to reach the real https://api.kaggle.com would be."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+class FakeKaggle:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.uploads: dict[str, bytes] = {}
+        self.fail: dict[str, list[int]] = {}      # RPC or path → statuses to answer first, one per call
+        self.files: dict[str, bytes] = {}          # download name → zip bytes
+        self.submissions: list[dict] = []
+        self.score_after_polls = 1                 # ListSubmissions calls before a new submission is COMPLETE
+        self.broken_upload = False
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    @property
+    def rpcs(self) -> list[str]:
+        return [r["rpc"] for r in self.requests if r.get("rpc")]
+
+    def env(self, home: str) -> dict[str, str]:
+        proxy = f"http://127.0.0.1:{self.port}"
+        env = {"KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HOME": home, "KAGGLE_CONFIG_DIR": f"{home}/.kaggle",
+               "KAGGLE_USERNAME": "kt-tester", "KAGGLE_KEY": "s3cret-key-do-not-print", "NO_PROXY": "",
+               "no_proxy": ""}
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            env[name] = env[name.lower()] = proxy
+        return env
+
+    @staticmethod
+    def zip_of(files: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, data in files.items():
+                zf.writestr(name, data)
+        return buf.getvalue()
+
+    # -- answers ------------------------------------------------------------------------------------
+    def answer(self, rpc: str, body: dict) -> tuple[int, dict | None, dict]:
+        if rpc == "DownloadDataFiles":
+            name = f"{body.get('competitionName')}.zip"
+            return 302, None, {"Location": f"http://localhost/files/{name}"}
+        if rpc == "StartSubmissionUpload":
+            token = hashlib.sha1(body["fileName"].encode()).hexdigest()[:8]
+            return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}, {}
+        if rpc == "CreateSubmission":
+            ref = 1000 + len(self.submissions)
+            self.submissions.append({"ref": ref, "fileName": "submission.csv", "date": _now(),
+                                     "description": body.get("submissionDescription", ""), "status": "PENDING",
+                                     "polls": 0})
+            return 200, {"message": "Successfully submitted", "ref": ref}, {}
+        if rpc == "ListSubmissions":
+            for s in self.submissions:
+                s["polls"] += 1
+                if s["status"] == "PENDING" and s["polls"] > self.score_after_polls:
+                    s.update(status="COMPLETE", publicScore="0.91234", privateScore="")
+            subs = [{k: v for k, v in s.items() if k != "polls"} for s in reversed(self.submissions)]
+            return 200, {"submissions": subs, "nextPageToken": ""}, {}
+        return 404, {"code": 404, "message": f"no fake for {rpc}"}, {}
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _record(self, **extra) -> dict:
+                auth = self.headers.get("Authorization", "")
+                entry = {"method": self.command, "path": urlsplit(self.path).path,
+                         "auth": auth.split(" ")[0] if auth else None, **extra}
+                fake.requests.append(entry)
+                return entry
+
+            def _send(self, status: int, payload: dict | bytes | None = None, headers: dict | None = None):
+                data = payload if isinstance(payload, bytes) else json.dumps(payload or {}).encode()
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                if not isinstance(payload, bytes):
+                    self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _failure(self, key: str) -> bool:
+                queue = fake.fail.get(key)
+                if queue:
+                    status = queue.pop(0)
+                    self._send(status, {"code": status, "message": f"fake failure {status}"})
+                    return True
+                return False
+
+            def do_CONNECT(self):
+                self._record(rpc=None, refused=True)
+                self._send(403, {"code": 403, "message": "the fake refuses CONNECT"})
+
+            def do_POST(self):
+                path = urlsplit(self.path).path
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                rpc = path.rsplit("/", 1)[-1]
+                self._record(rpc=rpc, body=body)
+                if not self._failure(rpc):
+                    self._send(*fake.answer(rpc, body))
+
+            def do_PUT(self):
+                path = urlsplit(self.path).path
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._record(rpc=None, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+                if fake.broken_upload:
+                    self._send(500, {"code": 500, "message": "upload broke"})
+                    return
+                fake.uploads[path.rsplit("/", 1)[-1]] = data
+                self._send(200, {})
+
+            def do_GET(self):
+                path = urlsplit(self.path).path
+                self._record(rpc=None)
+                name = path.rsplit("/", 1)[-1]
+                if self._failure(name):
+                    return
+                if name not in fake.files:
+                    self._send(404, {"code": 404, "message": "no such file"})
+                    return
+                self._send(200, fake.files[name], {"Content-Type": "application/zip",
+                                                   "Last-Modified": "Sat, 28 Nov 2026 10:00:00 GMT"})
+
+        return Handler
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
