@@ -341,6 +341,25 @@ def submit(competition, target, message, data_dir, wait) -> None:
 
 @main.command()
 @click.argument("competition")
+@click.argument("models", nargs=-1)
+@click.option("-o", "--out", type=click.Path(), required=True, help="Bundle folder to write.")
+@click.option("--ensemble", "ensemble_spec", type=click.Path(), help="Bundle an ensemble spec from kt ensemble.")
+@click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True)
+@click.option("--wheels-from", type=click.Path(), help="Folder of extra wheels, e.g. onnxruntime-gpu for Kaggle.")
+@click.option("--user", help="Kaggle user owning the notebook and dataset (default: $KAGGLE_USERNAME).")
+@click.option("--overwrite", is_flag=True)
+def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, overwrite) -> None:
+    """The offline notebook bundle of a code competition: ONNX models, wheels, script, metadata."""
+    from .bundle import build
+    from .inference.session import expand
+
+    result = build(competition, expand(list(models)) if models else [], out, tta, ensemble_spec, wheels_from, user,
+                   overwrite)
+    click.echo(f"wrote {result['dir']}: {result['models']} model(s), wheels {', '.join(result['wheels'])}")
+
+
+@main.command()
+@click.argument("competition")
 def submissions(competition) -> None:
     """Your past submissions to a competition: date, message, status and scores."""
     from . import competitions, kaggle_client

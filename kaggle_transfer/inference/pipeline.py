@@ -22,12 +22,13 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                        overwrite: bool = False, refit: bool = False, provider: str = "auto",
                        batch_size: int = 32, workers: int = 4, progress: bool = True,
                        blend_method: str = "mean", ensemble: str | Path | None = None,
-                       cache: str | Path | None = None) -> dict[str, Any]:
+                       cache: str | Path | None = None, weights: list[float] | None = None,
+                       fitted: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest.
 
     With `ensemble` (a spec from kt ensemble) the models, weights, blend and fitted thresholds are the
     spec's: test predictions use exactly the blend that was scored on OOF."""
-    weights, fitted, spec = None, None, None
+    spec = None
     if ensemble:
         from ..ensemble import load_spec
 
@@ -54,8 +55,8 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                           crop=[crop and not c for c in test["cached"]])
     raw = blend(raws, weights, method=blend_method, task=comp.task)
     oof_score = spec["oof_score"] if spec else None
-    if spec:
-        pass  # thresholds were refitted on the blended OOF when the spec was built
+    if spec or fitted is not None:
+        pass  # thresholds were refitted on the blended OOF when the ensemble was built
     elif refit:
         fitted, oof_score = refit_from_oof(models, comp.task)
     else:
@@ -66,7 +67,8 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     manifest = {
         "competition": comp.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "label": label,
         "models": [describe(m) for m in models], "blend": blend_method, "tta": tta, "fitted": fitted,
-        "fitted_from": "ensemble spec" if spec else "blended OOF" if refit else "mean of members",
+        "fitted_from": "ensemble spec" if spec or fitted is not None else "blended OOF" if refit
+        else "mean of members",
         "oof_score": oof_score, "ensemble": str(ensemble) if ensemble else None,
         "weights": weights,
         "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(time.time() - started, 2),

@@ -1,0 +1,60 @@
+"""kt bundle: the offline notebook bundle runs its script where torch cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from kaggle_transfer import submission
+from kaggle_transfer.cli import main
+from kaggle_transfer.competitions import APTOS
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(onnx_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("b") / "bundle"
+    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--tta", "flip",
+                                       "--user", "kt-tester"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_bundle_layout_and_metadata(bundle_dir):
+    names = sorted(p.name for p in bundle_dir.iterdir())
+    assert [n for n in names if not n.endswith((".onnx", ".whl"))] == [
+        "bundle.json", "dataset-metadata.json", "kernel-metadata.json", "kt_predict.py"]
+    assert all(p.is_file() for p in bundle_dir.iterdir())  # flat: dataset uploads skip sub-folders
+    kernel = json.loads((bundle_dir / "kernel-metadata.json").read_text())
+    assert kernel["enable_internet"] is False and kernel["enable_gpu"] is True and kernel["is_private"] is True
+    assert kernel["competition_sources"] == ["aptos2019-blindness-detection"]
+    assert kernel["dataset_sources"] == ["kt-tester/kt-bundle-aptos"] and kernel["code_file"] == "kt_predict.py"
+    assert (bundle_dir / kernel["code_file"]).is_file() and len(kernel["id"].split("/")[1]) >= 5
+    dataset = json.loads((bundle_dir / "dataset-metadata.json").read_text())
+    assert dataset["id"] == "kt-tester/kt-bundle-aptos" and 6 <= len(dataset["title"]) <= 50
+    assert [p.name.split("-")[0] for p in bundle_dir.glob("*.whl")] == ["kaggle_transfer"]
+    assert len(list(bundle_dir.glob("*.onnx"))) == 1
+
+
+def test_bundle_script_predicts_offline_without_torch(bundle_dir, aptos_dir, tmp_path):
+    blocker = tmp_path / "blocker" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent), "KT_BUNDLE_DATA": str(aptos_dir),
+           "KT_BUNDLE_OUT": str(tmp_path / "working"), "KT_SITE": str(tmp_path / "site"), "PIP_NO_INDEX": "1"}
+    (tmp_path / "working").mkdir()
+    out = subprocess.run([sys.executable, str(bundle_dir / "kt_predict.py")], env=env, capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"from {tmp_path / 'site' / 'kaggle_transfer'}" in out.stdout  # the bundled wheel, not the checkout
+    csv = tmp_path / "working" / "submission.csv"
+    assert submission.problems(APTOS, csv, aptos_dir) == []
+
+
+def test_bundle_refuses_overwrite_and_non_kaggle(bundle_dir, onnx_model):
+    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(bundle_dir)])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    result = CliRunner().invoke(main, ["bundle", "cct20", str(onnx_model), "-o", str(bundle_dir) + "x"])
+    assert result.exit_code == 2 and "not a Kaggle competition" in result.output
