@@ -311,8 +311,11 @@ def download(competition, dest, force) -> None:
 @click.option("-m", "--message", required=True, help="The submission's description on Kaggle.")
 @click.option("--data-dir", type=click.Path(), help="Competition files, to validate the CSV first.")
 @click.option("--wait", is_flag=True, help="Poll until Kaggle has scored it.")
-def submit(competition, target, message, data_dir, wait) -> None:
-    """Validate a submission locally, then upload it (CSV competitions) and record the result."""
+@click.option("--bundle", "bundle_dir", type=click.Path(), help="Code competitions: the kt bundle folder to push "
+              "(default: built from the submission's manifest models).")
+def submit(competition, target, message, data_dir, wait, bundle_dir) -> None:
+    """Validate locally, then submit: upload the CSV, or for code competitions push the offline bundle as a
+    private dataset, push its notebook (internet off) and submit that notebook's output."""
     import json
 
     from . import competitions, kaggle_client, submission
@@ -323,12 +326,14 @@ def submit(competition, target, message, data_dir, wait) -> None:
     target = Path(target)
     csv = target / "submission.csv" if target.is_dir() else target
     submission.validate(comp, csv, competitions.find_data_dir(comp, data_dir))  # before any network call
-    if comp.submit_via != "csv":
-        raise KtError(f"{comp.name} is a code competition: Kaggle scores a notebook's output, not an uploaded "
-                      "CSV; the offline notebook bundle (kt bundle) is not available yet")
     if warning := kaggle_client.credentials_warning():
         click.echo(warning, err=True)
-    result = kaggle_client.submit_csv(slug, csv, message, comp.daily_limit, wait)
+    if comp.submit_via == "notebook":
+        bundle = Path(bundle_dir) if bundle_dir else _bundle_for(comp, csv)
+        result = kaggle_client.submit_code(slug, bundle, message, comp.daily_limit, wait)
+        click.echo(f"pushed dataset {result['dataset']} and notebook {result['kernel']} v{result['version']}")
+    else:
+        result = kaggle_client.submit_csv(slug, csv, message, comp.daily_limit, wait)
     click.echo(f"submitted {csv} to {slug}: ref {result['ref']}, {result['status']}"
                + (f", public score {result.get('public')}" if result.get("public") not in (None, "") else "")
                + (f", error: {result['error']}" if result.get("error") else ""))
@@ -356,6 +361,22 @@ def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, over
     result = build(competition, expand(list(models)) if models else [], out, tta, ensemble_spec, wheels_from, user,
                    overwrite)
     click.echo(f"wrote {result['dir']}: {result['models']} model(s), wheels {', '.join(result['wheels'])}")
+
+
+def _bundle_for(comp, csv: Path) -> Path:
+    """The bundle of the models that made this submission (from its manifest), built beside it."""
+    import json
+
+    from .bundle import build
+
+    manifest = csv.parent / "manifest.json"
+    if not manifest.is_file():
+        raise KtError(f"{csv.parent} has no manifest.json naming the models; pass --bundle DIR (kt bundle)")
+    data = json.loads(manifest.read_text())
+    out = csv.parent / "bundle"
+    if not (out / "bundle.json").is_file():
+        build(comp.name, [m["file"] for m in data["models"]], out, data.get("tta", "none"), data.get("ensemble"))
+    return out
 
 
 @main.command()

@@ -160,9 +160,75 @@ def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, wait: bool 
         raise KtError(f"the upload of {csv.name} to {slug} failed (Kaggle returned no submission): "
                       f"{getattr(result, 'message', '') or 'no message'}; nothing was submitted, try again")
     out = {"ref": ref, "message": getattr(result, "message", ""), "status": "PENDING"}
+    return _wait(slug, api, out, wait, poll_s, timeout_s, sleep)
+
+
+def _dataset_exists(api, ref: str) -> bool:
+    import requests
+
+    try:
+        api.dataset_status(ref)
+        return True
+    except requests.HTTPError as e:
+        if e.response is not None and e.response.status_code == 404:
+            return False
+        raise
+
+
+def push_bundle(bundle: Path, message: str, api=None) -> dict[str, Any]:
+    """Upload the bundle as a private dataset (new, or a new version), then push its notebook.
+    Problems the client reports in the response (not as exceptions) become KtError."""
+    import contextlib
+    import io
+    import json
+
+    api = api or make_api()
+    dataset = json.loads((bundle / "dataset-metadata.json").read_text())["id"]
+    kernel = json.loads((bundle / "kernel-metadata.json").read_text())["id"]
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the client prints upload chatter
+    with quiet:
+        exists = call(lambda: _dataset_exists(api, dataset), dataset, "look up the bundle dataset", retry=True)
+        if exists:
+            made = call(lambda: api.dataset_create_version(str(bundle), message, quiet=True), dataset,
+                        "upload a new version of the bundle dataset")
+        else:
+            made = call(lambda: api.dataset_create_new(str(bundle), public=False, quiet=True), dataset,
+                        "create the bundle dataset")
+    if getattr(made, "error", "") or str(getattr(made, "status", "ok")).lower() not in ("ok", ""):
+        problem = getattr(made, "error", "") or made.status
+        raise KtError(f"Kaggle did not accept the bundle dataset {dataset}: {problem}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        pushed = call(lambda: api.kernels_push(str(bundle)), kernel, "push the prediction notebook")
+    if getattr(pushed, "error", ""):
+        raise KtError(f"Kaggle did not accept the notebook {kernel}: {pushed.error}")
+    return {"dataset": dataset, "dataset_new": not exists, "kernel": kernel,
+            "version": getattr(pushed, "version_number", 0), "url": getattr(pushed, "url", "")}
+
+
+def submit_code(slug: str, bundle: Path, message: str, daily_limit: int, wait: bool = False, api=None,
+                poll_s: float = 10.0, timeout_s: float = 4 * 3600.0, sleep=time.sleep) -> dict[str, Any]:
+    """A code competition: push the bundle and its notebook, submit that notebook version's output."""
+    api = api or make_api()
+    used = submitted_today(list_submissions(slug, api))
+    if used >= daily_limit:
+        raise KtError(f"{used} submission(s) to {slug} today already: the daily limit is {daily_limit}; "
+                      "try again after midnight UTC")
+    pushed = push_bundle(bundle, message, api)
+    result = call(lambda: api.competition_submit_code("submission.csv", message, slug, pushed["kernel"],
+                                                      pushed["version"] or None, quiet=True), slug,
+                  "submit the notebook")
+    ref = getattr(result, "ref", 0)
+    if not ref:
+        raise KtError(f"Kaggle did not create a submission for {pushed['kernel']}: "
+                      f"{getattr(result, 'message', '') or 'no message'}")
+    out = {"ref": ref, "status": "PENDING", **pushed}
+    return _wait(slug, api, out, wait, poll_s, timeout_s, sleep)
+
+
+def _wait(slug: str, api, out: dict[str, Any], wait: bool, poll_s: float, timeout_s: float, sleep) -> dict[str, Any]:
     deadline = time.time() + timeout_s
     while wait and time.time() < deadline:
-        match = next((s for s in list_submissions(slug, api) if str(s["ref"]) == str(ref)), None)
+        match = next((s for s in list_submissions(slug, api) if str(s["ref"]) == str(out["ref"])), None)
         if match and match["status"] in ("COMPLETE", "ERROR"):
             out.update(status=match["status"], public=match["public"], private=match["private"],
                        error=match["error"])

@@ -22,6 +22,8 @@ class FakeKaggle:
         self.submissions: list[dict] = []
         self.score_after_polls = 1                 # ListSubmissions calls before a new submission is COMPLETE
         self.broken_upload = False
+        self.datasets: set[str] = set()
+        self.kernel_versions = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -62,6 +64,27 @@ class FakeKaggle:
         if rpc == "CreateSubmission":
             ref = 1000 + len(self.submissions)
             self.submissions.append({"ref": ref, "fileName": "submission.csv", "date": _now(),
+                                     "description": body.get("submissionDescription", ""), "status": "PENDING",
+                                     "polls": 0})
+            return 200, {"message": "Successfully submitted", "ref": ref}, {}
+        if rpc == "GetDatasetStatus":
+            ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
+            return (200, {"status": "ready"}, {}) if ref in self.datasets else (
+                404, {"code": 404, "message": "dataset not found"}, {})
+        if rpc == "StartBlobUpload":
+            token = hashlib.sha1(body.get("name", "").encode()).hexdigest()[:10]
+            return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}, {}
+        if rpc in ("CreateDataset", "CreateDatasetVersion"):
+            ref = f"{body.get('ownerSlug')}/{body.get('slug') or body.get('datasetSlug')}"
+            self.datasets.add(ref)
+            return 200, {"ref": ref, "url": f"http://localhost/datasets/{ref}", "status": "Ok", "error": ""}, {}
+        if rpc == "SaveKernel":
+            self.kernel_versions += 1
+            return 200, {"ref": f"/code/{body.get('slug')}", "url": "http://localhost/code",
+                         "versionNumber": self.kernel_versions, "error": ""}, {}
+        if rpc == "CreateCodeSubmission":
+            ref = 2000 + len(self.submissions)
+            self.submissions.append({"ref": ref, "fileName": body.get("fileName", ""), "date": _now(),
                                      "description": body.get("submissionDescription", ""), "status": "PENDING",
                                      "polls": 0})
             return 200, {"message": "Successfully submitted", "ref": ref}, {}

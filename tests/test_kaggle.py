@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -167,10 +168,51 @@ def test_listing_retries_429_and_the_daily_limit_is_respected(fake, home, siim):
     assert listing.stdout.count("COMPLETE") == 5
 
 
-def test_code_competitions_and_local_datasets_say_what_to_do(fake, home, tmp_path):
+def test_code_competition_without_models_and_local_datasets_say_what_to_do(fake, home, tmp_path):
     aptos = synthetic.make("aptos", tmp_path / "aptos", n_train=20, n_test=5, image_size=32)
     sample = aptos / "sample_submission.csv"
     out = kt(fake, home, "submit", "aptos", sample, "-m", "x", "--data-dir", aptos)
-    assert out.returncode == 2 and "code competition" in out.stderr and fake.requests == []
+    assert out.returncode == 2 and "no manifest.json naming the models" in out.stderr and fake.requests == []
     out = kt(fake, home, "download", "cct20")
     assert out.returncode == 2 and "lila.science" in out.stderr
+
+
+def test_training_makes_no_network_request(fake, home, tmp_path):
+    """Nothing in kt train may reach out (albumentations' update check would, unless switched off)."""
+    data = synthetic.make("aptos", tmp_path / "aptos", n_train=30, n_test=4, image_size=32)
+    out = kt(fake, home, "train", "aptos", "--data-dir", data, "--arch", "test_resnet", "--no-pretrained", "--size",
+             32, "--epochs", 1, "--workers", 0, "--no-progress", "--set", "max_steps=1")
+    assert out.returncode == 0, out.stderr
+    assert fake.requests == []
+
+
+@pytest.fixture
+def aptos_submission(onnx_model, aptos_dir, home):
+    from kaggle_transfer.inference.pipeline import predict_submission
+
+    manifest = predict_submission("aptos", [onnx_model], aptos_dir, home / "subs", "code", progress=False)
+    return Path(manifest["submission"]).parent
+
+
+def test_code_competition_pushes_bundle_and_notebook_then_submits(fake, home, aptos_dir, aptos_submission):
+    out = kt(fake, home, "submit", "aptos", aptos_submission, "-m", "kt code run", "--data-dir", aptos_dir, "--wait")
+    assert out.returncode == 0, out.stderr
+    assert [r for r in fake.rpcs if r != "ListSubmissions"][-3:] == ["CreateDataset", "SaveKernel",
+                                                                      "CreateCodeSubmission"]
+    uploads = [r["body"]["name"] for r in fake.requests if r.get("rpc") == "StartBlobUpload"]
+    assert {"bundle.json", "kt_predict.py"} <= set(uploads)
+    assert any(u.endswith(".onnx") for u in uploads) and any(u.endswith(".whl") for u in uploads)
+    kernel = next(r["body"] for r in fake.requests if r.get("rpc") == "SaveKernel")
+    assert kernel["enableInternet"] is False and kernel["isPrivate"] is True and kernel["enableGpu"] is True
+    assert kernel["competitionDataSources"] == ["aptos2019-blindness-detection"]
+    assert kernel["datasetDataSources"] == ["kt-tester/kt-bundle-aptos"]
+    assert "kaggle_transfer.inference.bundle_run" in kernel["text"]
+    code = next(r["body"] for r in fake.requests if r.get("rpc") == "CreateCodeSubmission")
+    assert code["kernelSlug"] == "kt-aptos-predict" and code["kernelVersion"] == 1
+    assert code["submissionDescription"] == "kt code run"
+    record = json.loads((aptos_submission / "manifest.json").read_text())["kaggle"][0]
+    assert record["status"] == "COMPLETE" and record["dataset"] == "kt-tester/kt-bundle-aptos"
+    # a second submission versions the same dataset instead of creating another
+    again = kt(fake, home, "submit", "aptos", aptos_submission, "-m", "again", "--data-dir", aptos_dir)
+    assert again.returncode == 0, again.stderr
+    assert "CreateDatasetVersion" in fake.rpcs and fake.rpcs.count("CreateDataset") == 1

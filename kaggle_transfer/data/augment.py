@@ -5,8 +5,14 @@ Evaluation never uses these: it is `images.resize`, shared with ONNX inference.
 
 from __future__ import annotations
 
-import albumentations as A
-import cv2
+import os
+
+# albumentations asks PyPI for a newer version at import: a network call (and a stall with the internet
+# off, as in Kaggle notebooks). kt never wants it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 
 from ..errors import KtError
 
