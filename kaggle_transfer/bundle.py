@@ -59,9 +59,25 @@ def _kt_wheel(dest: Path) -> Path:
     return next(dest.glob("kaggle_transfer-*.whl"))
 
 
+# What torch-free inference needs that a Kaggle notebook image may lack, fetched for its platform.
+NOTEBOOK_WHEELS = ("onnxruntime-gpu",)
+NOTEBOOK_PYTHON = "3.11"
+
+
+def fetch_wheels(dest: Path, packages: Sequence[str] = NOTEBOOK_WHEELS, python: str = NOTEBOOK_PYTHON) -> None:
+    """pip download of binary wheels for Kaggle's Linux x86_64 image (needs the internet, here not there)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--python-version", python, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+           "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "-d", str(dest), *packages]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise KtError(f"could not download {', '.join(packages)} for the notebook ({out.stderr.strip()[-200:]}); "
+                      "pass --no-fetch-wheels with --wheels-from DIR holding them")
+
+
 def build(competition: str, models: Sequence[str | Path], out: str | Path, tta: str = "none",
           ensemble: str | Path | None = None, wheels_from: str | Path | None = None, user: str | None = None,
-          overwrite: bool = False) -> dict[str, Any]:
+          overwrite: bool = False, fetch: bool = False) -> dict[str, Any]:
     import os
 
     from .inference.session import read_metadata
@@ -96,6 +112,8 @@ def build(competition: str, models: Sequence[str | Path], out: str | Path, tta: 
     _kt_wheel(out)
     for wheel in sorted(Path(wheels_from).glob("*.whl")) if wheels_from else []:
         shutil.copy(wheel, out / wheel.name)
+    if fetch:
+        fetch_wheels(out)
     user = user or os.environ.get("KAGGLE_USERNAME") or "YOUR_KAGGLE_USERNAME"
     dataset = f"kt-bundle-{comp.name.replace('_', '-')}"
     write_json(out / "bundle.json", {"competition": comp.name, "slug": comp.slug, "models": entries,

@@ -313,7 +313,9 @@ def download(competition, dest, force) -> None:
 @click.option("--wait", is_flag=True, help="Poll until Kaggle has scored it.")
 @click.option("--bundle", "bundle_dir", type=click.Path(), help="Code competitions: the kt bundle folder to push "
               "(default: built from the submission's manifest models).")
-def submit(competition, target, message, data_dir, wait, bundle_dir) -> None:
+@click.option("--fetch-wheels/--no-fetch-wheels", default=True, show_default=True,
+              help="Code competitions: put onnxruntime-gpu for the notebook into the bundle built here.")
+def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheels) -> None:
     """Validate locally, then submit: upload the CSV, or for code competitions push the offline bundle as a
     private dataset, push its notebook (internet off) and submit that notebook's output."""
     import json
@@ -329,7 +331,7 @@ def submit(competition, target, message, data_dir, wait, bundle_dir) -> None:
     if warning := kaggle_client.credentials_warning():
         click.echo(warning, err=True)
     if comp.submit_via == "notebook":
-        bundle = Path(bundle_dir) if bundle_dir else _bundle_for(comp, csv)
+        bundle = Path(bundle_dir) if bundle_dir else _bundle_for(comp, csv, fetch_wheels)
         result = kaggle_client.submit_code(slug, bundle, message, comp.daily_limit, wait)
         click.echo(f"pushed dataset {result['dataset']} and notebook {result['kernel']} v{result['version']}")
     else:
@@ -352,18 +354,20 @@ def submit(competition, target, message, data_dir, wait, bundle_dir) -> None:
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]), default="none", show_default=True)
 @click.option("--wheels-from", type=click.Path(), help="Folder of extra wheels, e.g. onnxruntime-gpu for Kaggle.")
 @click.option("--user", help="Kaggle user owning the notebook and dataset (default: $KAGGLE_USERNAME).")
+@click.option("--fetch-wheels/--no-fetch-wheels", default=True, show_default=True,
+              help="Download onnxruntime-gpu for the notebook's Python (needs the internet here).")
 @click.option("--overwrite", is_flag=True)
-def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, overwrite) -> None:
+def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, fetch_wheels, overwrite) -> None:
     """The offline notebook bundle of a code competition: ONNX models, wheels, script, metadata."""
     from .bundle import build
     from .inference.session import expand
 
     result = build(competition, expand(list(models)) if models else [], out, tta, ensemble_spec, wheels_from, user,
-                   overwrite)
+                   overwrite, fetch_wheels)
     click.echo(f"wrote {result['dir']}: {result['models']} model(s), wheels {', '.join(result['wheels'])}")
 
 
-def _bundle_for(comp, csv: Path) -> Path:
+def _bundle_for(comp, csv: Path, fetch: bool) -> Path:
     """The bundle of the models that made this submission (from its manifest), built beside it."""
     import json
 
@@ -375,7 +379,8 @@ def _bundle_for(comp, csv: Path) -> Path:
     data = json.loads(manifest.read_text())
     out = csv.parent / "bundle"
     if not (out / "bundle.json").is_file():
-        build(comp.name, [m["file"] for m in data["models"]], out, data.get("tta", "none"), data.get("ensemble"))
+        build(comp.name, [m["file"] for m in data["models"]], out, data.get("tta", "none"), data.get("ensemble"),
+              fetch=fetch)
     return out
 
 

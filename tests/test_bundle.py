@@ -17,7 +17,7 @@ from kaggle_transfer.competitions import APTOS
 def bundle_dir(onnx_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("b") / "bundle"
     result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--tta", "flip",
-                                       "--user", "kt-tester"])
+                                       "--user", "kt-tester", "--no-fetch-wheels"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -58,3 +58,21 @@ def test_bundle_refuses_overwrite_and_non_kaggle(bundle_dir, onnx_model):
     assert result.exit_code == 2 and "--overwrite" in result.output
     result = CliRunner().invoke(main, ["bundle", "cct20", str(onnx_model), "-o", str(bundle_dir) + "x"])
     assert result.exit_code == 2 and "not a Kaggle competition" in result.output
+
+
+def test_fetch_wheels_asks_pip_for_the_notebooks_platform(monkeypatch, tmp_path):
+    from kaggle_transfer import bundle
+    from kaggle_transfer.errors import KtError
+
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"] = cmd
+        return subprocess.CompletedProcess(cmd, 1, "", "No matching distribution")
+
+    monkeypatch.setattr(bundle.subprocess, "run", fake_run)
+    with pytest.raises(KtError, match="--no-fetch-wheels with --wheels-from"):
+        bundle.fetch_wheels(tmp_path)
+    cmd = seen["cmd"]
+    assert cmd[2:4] == ["pip", "download"] and "onnxruntime-gpu" in cmd and "--only-binary=:all:" in cmd
+    assert cmd[cmd.index("--python-version") + 1] == "3.11" and "manylinux_2_28_x86_64" in cmd

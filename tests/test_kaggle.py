@@ -195,7 +195,8 @@ def aptos_submission(onnx_model, aptos_dir, home):
 
 
 def test_code_competition_pushes_bundle_and_notebook_then_submits(fake, home, aptos_dir, aptos_submission):
-    out = kt(fake, home, "submit", "aptos", aptos_submission, "-m", "kt code run", "--data-dir", aptos_dir, "--wait")
+    out = kt(fake, home, "submit", "aptos", aptos_submission, "-m", "kt code run", "--data-dir", aptos_dir, "--wait",
+             "--no-fetch-wheels")
     assert out.returncode == 0, out.stderr
     assert [r for r in fake.rpcs if r != "ListSubmissions"][-3:] == ["CreateDataset", "SaveKernel",
                                                                       "CreateCodeSubmission"]
@@ -213,6 +214,7 @@ def test_code_competition_pushes_bundle_and_notebook_then_submits(fake, home, ap
     record = json.loads((aptos_submission / "manifest.json").read_text())["kaggle"][0]
     assert record["status"] == "COMPLETE" and record["dataset"] == "kt-tester/kt-bundle-aptos"
     # a second submission versions the same dataset instead of creating another
-    again = kt(fake, home, "submit", "aptos", aptos_submission, "-m", "again", "--data-dir", aptos_dir)
+    again = kt(fake, home, "submit", "aptos", aptos_submission, "-m", "again", "--data-dir", aptos_dir,
+               "--no-fetch-wheels")
     assert again.returncode == 0, again.stderr
     assert "CreateDatasetVersion" in fake.rpcs and fake.rpcs.count("CreateDataset") == 1
