@@ -1,0 +1,146 @@
+"""`kt study report`: the paper's figure and table from a study's storage and run folders.
+
+Normalised slope (stated in the report): both axes min-max scaled to [0, 1] over the models shown,
+then the least-squares slope of task score on ImageNet top-1. 1 means the task improves as fast as
+ImageNet across the range; near 0 means ImageNet progress does not transfer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import pearsonr, spearmanr
+
+from .. import competitions
+from ..errors import KtError
+from ..fsutil import atomic_path, write_text
+from .archs import imagenet_top1
+
+SLOPE_DEFINITION = ("normalised slope: ImageNet top-1 and task score each min-max scaled to [0, 1] over the "
+                    "models shown; least-squares slope of the scaled task score on the scaled top-1")
+
+
+def secondary_accuracy(run_dir: Path, comp) -> float | None:
+    """Accuracy beside the competition metric (the paper shows the metric can change the conclusion):
+    decoded grades/classes, 0.5 for binary, exact label-set match for multilabel."""
+    from sklearn.metrics import accuracy_score
+
+    path = Path(run_dir) / "oof.npz"
+    if not path.is_file():
+        return None
+    oof = np.load(path)
+    pred = comp.task.decode(oof["raw"], json.loads(str(oof["fitted"])))
+    if comp.task.kind == "binary":
+        pred = (pred >= 0.5).astype(int)
+    return float(accuracy_score(oof["targets"].astype(int), np.asarray(pred).astype(int)))
+
+
+def read_top1(path: str | Path | None) -> dict[str, tuple[float, str]]:
+    """A user's ImageNet numbers for archs outside the study's table: CSV arch,top1[,source]."""
+    if not path:
+        return {}
+    df = pd.read_csv(path)
+    if not {"arch", "top1"} <= set(df.columns):
+        raise KtError(f"--top1 {path} needs columns arch,top1 (and optionally source)")
+    return {r.arch: (float(r.top1), getattr(r, "source", f"--top1 {Path(path).name}")) for r in df.itertuples()}
+
+
+def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float, str]] | None = None
+                ) -> pd.DataFrame:
+    """One row per arch: best score, its hyperparameters, trials done, ImageNet top-1 and source."""
+    import optuna
+
+    comp = competitions.get(competition)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    summaries = [s for s in optuna.get_all_study_summaries(storage_url) if ":claim:" not in s.study_name
+                 and s.study_name.startswith(f"{comp.name}-")]
+    if not summaries:
+        raise KtError(f"no study of {comp.name} in {storage_url}; run kt study {comp.name} first")
+    rows = []
+    for summary in summaries:
+        study = optuna.load_study(study_name=summary.study_name, storage=storage_url)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        for arch in sorted({t.params["arch"] for t in done}):
+            trials = [t for t in done if t.params["arch"] == arch]
+            best = max(trials, key=lambda t: t.value)
+            value, source = (top1 or {}).get(arch) or imagenet_top1(arch)
+            rows.append({"study": summary.study_name, "arch": arch, "imagenet_top1": value, "top1_source": source,
+                         "score": best.value, "metric": comp.task.metric,
+                         "accuracy": secondary_accuracy(Path(best.user_attrs["run_dir"]), comp),
+                         "best_params": json.dumps({k: v for k, v in best.params.items() if k != "arch"}),
+                         "trials_done": len(trials), "run_dir": best.user_attrs["run_dir"]})
+    if not rows:
+        raise KtError(f"the {comp.name} study in {storage_url} has no finished trial yet")
+    return pd.DataFrame(rows).sort_values("imagenet_top1", na_position="first").reset_index(drop=True)
+
+
+def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    scale = lambda v: (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else v * 0  # noqa: E731
+    slope = float(np.polyfit(scale(x), scale(y), 1)[0]) if len(x) >= 2 and x.max() > x.min() else float("nan")
+    return {"pearson": float(pearsonr(x, y)[0]) if len(x) >= 3 else float("nan"),
+            "spearman": float(spearmanr(x, y)[0]) if len(x) >= 3 else float("nan"),
+            "normalised_slope": slope, "models": int(len(x))}
+
+
+def figure(table: pd.DataFrame, competition: str, path: Path) -> dict[str, float]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    known = table.dropna(subset=["imagenet_top1"])
+    x, y = known["imagenet_top1"].to_numpy(float), known["score"].to_numpy(float)
+    stats = correlations(x, y)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(x, y)
+    for _, row in known.iterrows():
+        ax.annotate(row["arch"].split(".")[0], (row["imagenet_top1"], row["score"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    if len(x) >= 2 and x.max() > x.min():
+        a, b = np.polyfit(x, y, 1)
+        xs = np.linspace(x.min(), x.max(), 50)
+        ax.plot(xs, a * xs + b, "r--", linewidth=1)
+    metric = table["metric"].iloc[0] if len(table) else ""
+    ax.set(xlabel="ImageNet top-1 (%)", ylabel=f"{competition} {metric} (best over the grid)",
+           title=f"{competition}: Pearson {stats['pearson']:.2f}, Spearman {stats['spearman']:.2f}, "
+                 f"normalised slope {stats['normalised_slope']:.2f}")
+    fig.text(0.01, 0.005, SLOPE_DEFINITION, fontsize=6)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return stats
+
+
+def report(competition: str, storage_url: str, out_dir: Path, top1_file: str | Path | None = None) -> dict[str, Any]:
+    table = study_table(competition, storage_url, read_top1(top1_file))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "study.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    stats = figure(table, competition, out_dir / "study.png")
+    shown = table.drop(columns=["run_dir"]).to_string(index=False)
+    write_text(out_dir / "study.md", f"# Study: {competition}\n\n```\n{shown}\n```\n\n"
+               f"Pearson {stats['pearson']:.3f}, Spearman {stats['spearman']:.3f}, normalised slope "
+               f"{stats['normalised_slope']:.3f} over {stats['models']} models.\n\n{SLOPE_DEFINITION}.\n\n"
+               "![study](study.png)\n")
+    return {"table": table, "stats": stats, "files": [str(out_dir / n) for n in ("study.csv", "study.png", "study.md")]}
+
+
+def report_all(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Across datasets: each one's Spearman with ImageNet top-1 and with the mean of the other datasets
+    (the paper's cross-dataset view), over the archs every study shares."""
+    scores = pd.DataFrame({name: t.set_index("arch")["score"] for name, t in tables.items()}).dropna()
+    first = next(iter(tables.values())).set_index("arch")["imagenet_top1"]
+    top1 = pd.Series({a: first.get(a) for a in scores.index}, dtype=float)
+    rows = []
+    for name in scores.columns:
+        others = scores.drop(columns=name)
+        rank = scores.rank()
+        rows.append({"dataset": name, "models": len(scores),
+                     "spearman_vs_imagenet": spearmanr(top1, scores[name])[0] if len(scores) >= 3 else np.nan,
+                     "spearman_vs_other_datasets": spearmanr(rank.drop(columns=name).mean(axis=1), scores[name])[0]
+                     if len(scores) >= 3 and len(others.columns) else np.nan})
+    return pd.DataFrame(rows)

@@ -1,0 +1,129 @@
+"""kt study: concurrent workers on one storage train every grid point once; a killed worker's point is
+re-run; the report's numbers agree with scipy and with the run folders."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import pearsonr, spearmanr
+
+from kaggle_transfer.data import synthetic
+from kaggle_transfer.study.archs import PAPER19, imagenet_top1, resolve_archs
+from kaggle_transfer.study.grid import GRIDS, load_grid, point_config
+from kaggle_transfer.study.report import correlations
+
+TINY = ["--set", "size=32", "--set", "workers=0", "--set", "pretrained=false", "--set", "batch_size=16"]
+ARCHS = "test_resnet,test_efficientnet"
+
+
+def study_cmd(data, root, *extra):
+    return [sys.executable, "-m", "kaggle_transfer", "study", "aptos", "--archs", ARCHS, "--grid", "small",
+            "--data-dir", str(data), "--runs-root", str(root), *TINY, *extra]
+
+
+def finished(root: Path) -> list[Path]:
+    return sorted(root.glob("aptos/study/*/*/*/metrics.json"))
+
+
+def claims(root: Path) -> list[str]:
+    import optuna
+
+    return sorted(s.study_name.split(":claim:")[1] for s in
+                  optuna.get_all_study_summaries(f"sqlite:///{root / 'aptos' / 'study.db'}") if ":claim:" in s.study_name)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return synthetic.make("aptos", tmp_path / "data", n_train=60, n_test=4, image_size=32)
+
+
+def test_two_workers_started_together_train_every_point_once(data, tmp_path):
+    root = tmp_path / "runs"
+    procs = [subprocess.Popen(study_cmd(data, root, "--set", "epochs=1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    trained = sum(int(o[0].split(" trained by")[0].rsplit(", ", 1)[1]) for o in outs)
+    assert trained == 4  # 2 archs x 2 learning rates, between the two workers
+    assert len(finished(root)) == 4
+    assert [c.rsplit(":", 1)[1] for c in claims(root)] == ["0"] * 4  # one claim per point, no retries
+    for metrics in finished(root):
+        assert len(pd.read_csv(metrics.parent / "history.csv")) == 1  # never trained twice into one folder
+    again = subprocess.run(study_cmd(data, root, "--set", "epochs=1"), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 trained by this command" in again.stdout  # a finished study stays done
+
+    top1 = tmp_path / "top1.csv"
+    pd.DataFrame({"arch": ["test_resnet", "test_efficientnet"], "top1": [60.0, 70.0]}).to_csv(top1, index=False)
+    report = subprocess.run([sys.executable, "-m", "kaggle_transfer", "study", "report", "aptos", "--runs-root",
+                             str(root), "--top1", str(top1)], capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    table = pd.read_csv(root / "aptos" / "study-report" / "study.csv")
+    assert (root / "aptos" / "study-report" / "study.png").stat().st_size > 5000
+    for row in table.itertuples():  # the report agrees with the run folders
+        runs = [json.loads(m.read_text())["score"] for m in finished(root) if f"/{row.arch}/" in str(m)]
+        assert row.score == pytest.approx(max(runs)) and row.trials_done == 2
+        assert Path(row.run_dir, "metrics.json").is_file() and 0 <= row.accuracy <= 1
+
+
+def test_a_killed_worker_is_rerun_without_duplicates(data, tmp_path):
+    root = tmp_path / "runs"
+    env = {**os.environ, "KT_STUDY_HEARTBEAT": "1", "KT_STUDY_GRACE": "3"}
+    victim = subprocess.Popen(study_cmd(data, root, "--set", "epochs=3"), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(root.glob("aptos/study/*/*/*/last.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)  # mid-trial: one epoch checkpointed, the trial still RUNNING
+    victim.wait()
+    time.sleep(4)  # past the grace period: the next worker fails the stale trial and re-queues it
+    out = subprocess.run(study_cmd(data, root, "--set", "epochs=3"), env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(finished(root)) == 4
+    for metrics in finished(root):
+        assert list(pd.read_csv(metrics.parent / "history.csv")["epoch"]) == [1, 2, 3]  # resumed, not restarted
+    keys = [c.rsplit(":", 1)[0] for c in claims(root)]
+    assert len(set(keys)) == 4 and any(c.endswith(":1") for c in claims(root))  # the killed point re-claimed
+
+
+def test_correlations_agree_with_scipy():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(55, 85, 12)
+    y = 0.3 * x + rng.normal(0, 2, 12)
+    stats = correlations(x, y)
+    assert stats["pearson"] == pytest.approx(pearsonr(x, y)[0])
+    assert stats["spearman"] == pytest.approx(spearmanr(x, y)[0])
+    line = correlations(np.array([60.0, 70.0, 80.0]), np.array([0.5, 0.6, 0.7]))
+    assert line["normalised_slope"] == pytest.approx(1.0) and line["pearson"] == pytest.approx(1.0)
+    flat = correlations(np.array([60.0, 70.0, 80.0]), np.array([0.7, 0.7, 0.7]))
+    assert flat["normalised_slope"] == pytest.approx(0.0)
+
+
+def test_paper19_table():
+    import timm
+
+    assert len(PAPER19) == 19
+    names = resolve_archs("paper19")
+    assert len(names) == 14 and all(timm.is_model(n.split(".")[0]) for n in names)
+    assert all(n in timm.list_pretrained(n.split(".")[0] + "*") for n in names)  # each tag has weights in timm
+    tops = [a.top1 for a in PAPER19]
+    assert tops[0] == pytest.approx(56.522) and all(a.source for a in PAPER19)
+    assert imagenet_top1("resnet50") == (76.130, imagenet_top1("resnet50.tv_in1k")[1])
+
+
+def test_paper_grid():
+    name, grid = load_grid("paper")
+    assert name == "paper" and grid is GRIDS["paper"]
+    adamw = point_config(grid, {"arch": "a", "optimizer": "adamw", "lr_index": 1, "weight_decay": 1e-4,
+                                "schedule": "step"})
+    assert adamw["lr"] == 1e-3 and adamw["weight_decay"] == pytest.approx(1e-4 / 1e-3)  # AdamW: decay / lr
+    sgd = point_config(grid, {"arch": "a", "optimizer": "sgd", "lr_index": 0, "weight_decay": 1e-4,
+                              "schedule": "cosine"})
+    assert sgd["lr"] == 0.1 and sgd["weight_decay"] == 1e-4 and sgd["epochs"] == 30 and sgd["batch_size"] == 128
