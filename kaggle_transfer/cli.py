@@ -112,9 +112,13 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
     """Train one model; writes a run folder with checkpoints, OOF, history and plots."""
     import json
 
-    from . import competitions, config, runs
+    from . import competitions, config, distributed, runs
     from .cv import fit_group, parse_folds
     from .train import fit, preflight
+
+    distributed.setup()  # under torchrun: join the process group before anything is decided
+    if not distributed.is_main():
+        progress = False
 
 
     if resume_dir:
@@ -144,8 +148,13 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
         cfg = config.resolve(recipe, {"competition": comp.name, **flags}, sets)
         data, ext = competitions.find_data_dir(comp, data_dir), _external_dirs(external_dir)
         preflight(cfg, data)
-        run_dir = runs.new_run_dir(runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}")
+        # one run folder for all ranks: rank 0 makes it, the others are told its name
+        made = (str(runs.new_run_dir(runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}"))
+                if distributed.is_main() else None)
+        run_dir = Path(distributed.broadcast(made))
     cv_folds = parse_folds(folds_arg, cfg.folds)
+    if (cv_folds is not None or seeds > 1) and distributed.active():
+        raise KtError("--folds/--seeds groups run one process per fold; under torchrun train one run at a time")
     if cv_folds is not None or seeds > 1:
         cv_folds = cv_folds if cv_folds is not None else list(range(cfg.folds))
         config.save(cfg, run_dir / "config.yaml")
@@ -156,9 +165,14 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
         click.echo(f"run group: {run_dir} ({len(cv_folds)} fold(s) x {seeds} seed(s))")
         _echo_group(fit_group(cfg, run_dir, data, cv_folds, seeds, ext, skip_bad_images, progress), run_dir)
         return
-    click.echo(f"run folder: {run_dir}")
+    if distributed.is_main():
+        click.echo(f"run folder: {run_dir}" + (f" ({distributed.world_size()} processes)"
+                                                if distributed.active() else ""))
     result = fit(cfg, run_dir, data, ext, resume=bool(resume_dir), skip_bad_images=skip_bad_images,
                  progress=progress)
+    distributed.cleanup()
+    if not distributed.is_main():
+        return
     extra = f" (rounded: {result['score_rounded']:.4f})" if "score_rounded" in result else ""
     click.echo(f"best {result['metric']} {result['score']:.4f}{extra} at epoch {result['best_epoch']}; "
                f"{result['train_images_per_s']:.1f} train images/s")

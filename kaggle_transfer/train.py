@@ -20,7 +20,7 @@ import torch.nn as nn  # noqa: F401 - type hints below
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import competitions, plots
+from . import competitions, distributed, plots
 from . import config as config_mod
 from .builders import (
     amp_dtype,
@@ -59,11 +59,11 @@ def _worker_init(worker_id: int) -> None:
         transform.set_random_seed(seed)
 
 
-def _loader(dataset: ImageDataset, batch_size: int, workers: int, train: bool, generator: torch.Generator | None,
-            pin: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train and len(dataset) > batch_size,
-                      num_workers=workers, pin_memory=pin, generator=generator, worker_init_fn=_worker_init,
-                      persistent_workers=workers > 0)
+def _loader(dataset, batch_size: int, workers: int, train: bool, generator: torch.Generator | None,
+            pin: bool, sampler=None) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+                      drop_last=train and len(dataset) > batch_size, num_workers=workers, pin_memory=pin,
+                      generator=generator, worker_init_fn=_worker_init, persistent_workers=workers > 0)
 
 
 def _shape(out: torch.Tensor, task: Task) -> torch.Tensor:
@@ -152,11 +152,16 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     channels = comp.select_channels(cfg.channels)
     loss_name = cfg.loss or task.default_loss
     task.check_loss(loss_name)
-    config_mod.save(cfg, run_dir / "config.yaml")
-    write_json(run_dir / "run.json", {"data_dir": str(data_dir), "external_dirs": external_dirs,
-                                      "skip_bad_images": skip_bad_images, "git_sha": git_sha()})
+    main = distributed.is_main()
+    if main:
+        config_mod.save(cfg, run_dir / "config.yaml")
+        write_json(run_dir / "run.json", {"data_dir": str(data_dir), "external_dirs": external_dirs,
+                                          "skip_bad_images": skip_bad_images, "git_sha": git_sha(),
+                                          "world_size": distributed.world_size()})
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
+    if device.type == "cuda" and distributed.active():
+        device = torch.device("cuda", distributed.local_rank())
     dtype = amp_dtype(cfg.amp, device)
     channels_last = cfg.channels_last and device.type == "cuda"
 
@@ -170,9 +175,16 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     transform = build_train_transform(cfg.augment, cfg.size, len(channels))
     train_ds = ImageDataset(train_rows, cfg.size, y_train, transform, channels, cfg.fundus_crop)
     pin = device.type == "cuda"
-    train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator, pin)
+    sampler = None
+    if distributed.active():  # each rank trains on its own shuffled share of the rows
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=True)
+    train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator, pin, sampler)
     val_ds = ImageDataset(val_rows, cfg.size, y_val, channels=channels, crop=cfg.fundus_crop)
-    val_loader = _loader(val_ds, cfg.batch_size, cfg.workers, False, None, pin)
+    val_shard = distributed.shard(len(val_ds))
+    val_loader = _loader(torch.utils.data.Subset(val_ds, val_shard.tolist()), cfg.batch_size, cfg.workers, False,
+                         None, pin)
 
     model = build_model(cfg.arch, task.num_outputs, cfg.pool, cfg.dropout, len(channels), cfg.pretrained,
                         cfg.weights).to(device)
@@ -186,7 +198,14 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
     criterion = build_loss(loss_name, task, cfg.label_smoothing)
-    forward = torch.compile(model) if cfg.compile else model
+    forward = model
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        # frozen epochs leave backbone parameters without gradients: DDP must be told to expect that
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=frozen_epochs(cfg) > 0)
+    forward = torch.compile(forward) if cfg.compile else forward
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema}
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0, "updates": 0}
     if resume:
@@ -195,6 +214,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     started, frozen = time.time(), frozen_epochs(cfg)
     for epoch in range(state["epoch"], cfg.epochs):
         generator.manual_seed(cfg.seed * 1000 + epoch)  # same shuffle and augmentations after a resume
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         if cfg.workers == 0 and transform is not None:  # workers reseed in _worker_init instead
             transform.set_random_seed(cfg.seed * 1000 + epoch)
         model.train()
@@ -232,29 +253,35 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
             scheduler.step(epoch + 1)
 
         eval_model = ema.module if ema is not None else model
-        raw = predict_raw(eval_model, val_loader, device, dtype, channels_last)
+        raw = distributed.gather_rows(val_shard, predict_raw(eval_model, val_loader, device, dtype, channels_last),
+                                      len(val_ds))
         val_loss = float(_step_loss(criterion, torch.from_numpy(raw), torch.from_numpy(y_val), task))
         fitted = task.fit(raw, y_val)
         score = task.score(y_val, raw, fitted)
         row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "score": score,
-               "lr": optimizer.param_groups[-1]["lr"], "train_images_per_s": seen / max(train_time, 1e-9),
+               "lr": optimizer.param_groups[-1]["lr"],
+               "train_images_per_s": seen * distributed.world_size() / max(train_time, 1e-9),
                "epoch_s": time.time() - t0, "frozen": epoch < frozen}
         state["history"].append(row)
-        if progress:
+        if progress and main:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
                        f"{task.metric} {score:.4f}  {row['train_images_per_s']:.1f} img/s")
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            with atomic_path(run_dir / "best.pt") as tmp:
-                torch.save(eval_model.state_dict(), tmp)
-            _save_oof(run_dir / "oof.npz", val_rows, raw, y_val, fitted)
+            if main:
+                with atomic_path(run_dir / "best.pt") as tmp:
+                    torch.save(eval_model.state_dict(), tmp)
+                _save_oof(run_dir / "oof.npz", val_rows, raw, y_val, fitted)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
-        _checkpoint(run_dir / "last.pt", parts, state)
+        if main:
+            pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
+            _checkpoint(run_dir / "last.pt", parts, state)
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             break
+    if not main:
+        return {"score": state["best_score"], "best_epoch": state["best_epoch"], "rank": distributed.rank()}
     return _finish(run_dir, comp, table, train_rows, val_rows, state, loss_name, device, dtype, started)
 
 
