@@ -32,12 +32,6 @@ class Aptos(Competition):
             table["target"] = parse_int_labels(df["diagnosis"], path, "diagnosis", len(GRADES))
         return check_files(table, skip_bad_images)
 
-    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self._table(data_dir, "train", skip_bad_images)
-
-    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self._table(data_dir, "test", skip_bad_images)
-
     def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
         """dr2015: trainLabels.csv (image,level) with train/{image}.jpeg, plus, when present, the later
         released retinopathy_solution.csv (image,level,Usage) with test/{image}.jpeg. Same 0-4 scale.

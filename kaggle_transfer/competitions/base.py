@@ -109,11 +109,15 @@ class Competition:
         """Submission cells → the array the metric takes (inverse of format_answers)."""
         return np.asarray([float(v) for v in values]).astype(int)
 
-    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    def _table(self, data_dir: Path, split: str, skip_bad_images: bool) -> pd.DataFrame:
+        """One reader for both splits, where a contest lays out train and test alike."""
         raise NotImplementedError
 
+    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+        return self._table(data_dir, "train", skip_bad_images)
+
     def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        raise NotImplementedError
+        return self._table(data_dir, "test", skip_bad_images)
 
     def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
         raise KtError(f"{self.name} has no external source {source!r}; "

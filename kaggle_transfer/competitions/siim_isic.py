@@ -51,12 +51,6 @@ class SiimIsic(Competition):
                 table["official_fold"] = pd.to_numeric(df["tfrecord"]).astype(int).to_numpy()
         return check_files(table, skip_bad_images)
 
-    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self._table(data_dir, "train", skip_bad_images)
-
-    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self._table(data_dir, "test", skip_bad_images)
-
     def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
         if source != "isic2019":
             return super().read_external(source, external_dir)

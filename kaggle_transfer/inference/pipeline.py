@@ -28,7 +28,7 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
 
     With `ensemble` (a spec from kt ensemble) the models, weights, blend and fitted thresholds are the
     spec's: test predictions use exactly the blend that was scored on OOF."""
-    spec = None
+    spec, given = None, fitted is not None  # thresholds handed in (bundle) rather than fitted here
     if ensemble:
         from ..ensemble import load_spec
 
@@ -55,7 +55,7 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                           crop=[crop and not c for c in test["cached"]])
     raw = blend(raws, weights, method=blend_method, task=comp.task)
     oof_score = spec["oof_score"] if spec else None
-    if spec or fitted is not None:
+    if spec or given:
         pass  # thresholds were refitted on the blended OOF when the ensemble was built
     elif refit:
         fitted, oof_score = refit_from_oof(models, comp.task)
@@ -67,8 +67,7 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     manifest = {
         "competition": comp.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "label": label,
         "models": [describe(m) for m in models], "blend": blend_method, "tta": tta, "fitted": fitted,
-        "fitted_from": "ensemble spec" if spec or fitted is not None else "blended OOF" if refit
-        else "mean of members",
+        "fitted_from": "ensemble spec" if spec or given else "blended OOF" if refit else "mean of members",
         "oof_score": oof_score, "ensemble": str(ensemble) if ensemble else None,
         "weights": weights,
         "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(time.time() - started, 2),
