@@ -31,6 +31,7 @@ from .builders import (
     pick_device,
     set_backbone_trainable,
 )
+from .checkpoints import checkpoint, restore, save_oof
 from .config import RunConfig
 from .data.augment import build_train_transform
 from .data.cache import cache_root, use_cache
@@ -127,22 +128,6 @@ def preflight(cfg: RunConfig, data_dir: Path) -> None:
     comp.read_train(data_dir, skip_bad_images=True)
 
 
-def _restore(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str, Any]:
-    """Load last.pt into the live objects (weights_only: a checkpoint cannot run code) and return the loop state."""
-    if not path.is_file():
-        raise KtError(f"--resume: {path} not found; the run never finished an epoch, start it again")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    for key, obj in parts.items():
-        if obj is not None and ckpt.get(key):
-            obj.load_state_dict(ckpt[key])
-    return ckpt["state"]
-
-
-def _checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({**{k: v.state_dict() for k, v in parts.items() if v is not None}, "state": state}, tmp)
-
-
 def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, str] | None = None,
         resume: bool = False, skip_bad_images: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train one model on one fold; keep the best epoch by the competition metric. Returns metrics.json."""
@@ -209,7 +194,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema}
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0, "updates": 0}
     if resume:
-        state = _restore(run_dir / "last.pt", device, parts)
+        state = restore(run_dir / "last.pt", device, parts)
 
     started, frozen = time.time(), frozen_epochs(cfg)
     for epoch in range(state["epoch"], cfg.epochs):
@@ -271,13 +256,13 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
             if main:
                 with atomic_path(run_dir / "best.pt") as tmp:
                     torch.save(eval_model.state_dict(), tmp)
-                _save_oof(run_dir / "oof.npz", val_rows, raw, y_val, fitted)
+                save_oof(run_dir / "oof.npz", val_rows, raw, y_val, fitted)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         if main:
             pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
-            _checkpoint(run_dir / "last.pt", parts, state)
+            checkpoint(run_dir / "last.pt", parts, state)
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             break
     if not main:
@@ -308,9 +293,3 @@ def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, 
         result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
     write_json(run_dir / "metrics.json", result)
     return result
-
-
-def _save_oof(path: Path, rows: pd.DataFrame, raw: np.ndarray, y: np.ndarray, fitted: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=np.asarray(rows["id"], dtype=str), raw=raw, targets=y, fitted=json.dumps(fitted))
