@@ -35,8 +35,8 @@ def finished(root: Path) -> list[Path]:
 def claims(root: Path) -> list[str]:
     import optuna
 
-    return sorted(s.study_name.split(":claim:")[1] for s in
-                  optuna.get_all_study_summaries(f"sqlite:///{root / 'aptos' / 'study.db'}") if ":claim:" in s.study_name)
+    summaries = optuna.get_all_study_summaries(f"sqlite:///{root / 'aptos' / 'study.db'}")
+    return sorted(s.study_name.split(":claim:")[1] for s in summaries if ":claim:" in s.study_name)
 
 
 @pytest.fixture
@@ -82,6 +82,8 @@ def test_a_killed_worker_is_rerun_without_duplicates(data, tmp_path):
         time.sleep(0.2)
     victim.send_signal(signal.SIGKILL)  # mid-trial: one epoch checkpointed, the trial still RUNNING
     victim.wait()
+    interrupted = [p.parent for p in root.glob("aptos/study/*/*/*/last.pt")
+                   if not (p.parent / "metrics.json").exists()]
     time.sleep(4)  # past the grace period: the next worker fails the stale trial and re-queues it
     out = subprocess.run(study_cmd(data, root, "--set", "epochs=3"), env=env, capture_output=True, text=True,
                          timeout=300)
@@ -90,7 +92,10 @@ def test_a_killed_worker_is_rerun_without_duplicates(data, tmp_path):
     for metrics in finished(root):
         assert list(pd.read_csv(metrics.parent / "history.csv")["epoch"]) == [1, 2, 3]  # resumed, not restarted
     keys = [c.rsplit(":", 1)[0] for c in claims(root)]
-    assert len(set(keys)) == 4 and any(c.endswith(":1") for c in claims(root))  # the killed point re-claimed
+    assert len(set(keys)) == 4
+    if interrupted:  # (almost always: the kill lands right after the first epoch's checkpoint)
+        assert any(c.endswith(":1") for c in claims(root))  # the killed point was re-claimed and resumed
+        assert list(pd.read_csv(interrupted[0] / "history.csv")["epoch"]) == [1, 2, 3]
 
 
 def test_correlations_agree_with_scipy():
