@@ -146,14 +146,19 @@ def submitted_today(subs: list[dict[str, Any]], today: str | None = None) -> int
     return sum(1 for s in subs if s["date"].startswith(today) and s["status"] != "ERROR")
 
 
-def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, wait: bool = False, api=None,
-               poll_s: float = 10.0, timeout_s: float = 3600.0, sleep=time.sleep) -> dict[str, Any]:
-    """Upload a validated CSV; with `wait`, poll until it is scored. Never resubmits on its own."""
-    api = api or make_api()
+def check_daily_limit(slug: str, daily_limit: int, api) -> None:
+    """Refuse before uploading anything when today's (UTC) submissions already reach the limit."""
     used = submitted_today(list_submissions(slug, api))
     if used >= daily_limit:
         raise KtError(f"{used} submission(s) to {slug} today already: the daily limit is {daily_limit}; "
                       "try again after midnight UTC")
+
+
+def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, wait: bool = False, api=None,
+               poll_s: float = 10.0, timeout_s: float = 3600.0, sleep=time.sleep) -> dict[str, Any]:
+    """Upload a validated CSV; with `wait`, poll until it is scored. Never resubmits on its own."""
+    api = api or make_api()
+    check_daily_limit(slug, daily_limit, api)
     result = call(lambda: api.competition_submit(str(csv), message, slug, quiet=True), slug, "submit")
     ref = getattr(result, "ref", 0)
     if not ref:
@@ -209,10 +214,7 @@ def submit_code(slug: str, bundle: Path, message: str, daily_limit: int, wait: b
                 poll_s: float = 10.0, timeout_s: float = 4 * 3600.0, sleep=time.sleep) -> dict[str, Any]:
     """A code competition: push the bundle and its notebook, submit that notebook version's output."""
     api = api or make_api()
-    used = submitted_today(list_submissions(slug, api))
-    if used >= daily_limit:
-        raise KtError(f"{used} submission(s) to {slug} today already: the daily limit is {daily_limit}; "
-                      "try again after midnight UTC")
+    check_daily_limit(slug, daily_limit, api)
     pushed = push_bundle(bundle, message, api)
     result = call(lambda: api.competition_submit_code("submission.csv", message, slug, pushed["kernel"],
                                                       pushed["version"] or None, quiet=True), slug,

@@ -51,8 +51,6 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "roc_auc": roc_auc,
     "log_loss": binary_log_loss,
 }
-# Metrics where lower is better; everything else is maximised.
-LOWER_IS_BETTER = {"log_loss"}
 
 
 def get_metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
