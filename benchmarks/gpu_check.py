@@ -64,23 +64,27 @@ def main() -> None:
             rows.append(("peak GPU memory GiB", f"{torch.cuda.max_memory_allocated() / 2**30:.2f}"))
         exported = export(run)
         rows.append(("onnx max|diff| vs torch (cpu, fp32)", f"{exported['max_abs_diff']:.2e}"))
-        onnx = load_model(exported["path"], "cuda" if cuda else "cpu")
-        rows.append(("onnxruntime provider", onnx.provider))
+        provider = "cuda" if cuda else "cpu"
+        sessions = {"fp32": load_model(exported["path"], provider, io_binding="off"),
+                    "fp32 + IO binding": load_model(exported["path"], provider, io_binding="on"),
+                    "fp16 + IO binding": load_model(exported["path"], provider, precision="fp16", io_binding="on")}
+        rows.append(("onnxruntime provider", sessions["fp32"].provider))
         x = np.random.default_rng(0).integers(0, 256, (a.batch, 3, a.size, a.size), dtype=np.uint8)
         model, _ = load_run_model(run)
-        device = torch.device("cuda" if cuda else "cpu")
+        device = torch.device(provider)
         model = model.to(device)
         with torch.inference_mode():
             ref = model(torch.from_numpy(x).to(device)).float().cpu().numpy()
-        rows.append(("onnx vs torch on device, max|diff|", f"{np.abs(onnx.run(x) - ref).max():.2e}"))
-        rows += _speed(model, onnx, x, device)
+        for name, onnx in sessions.items():
+            rows.append((f"onnx {name} vs torch fp32 on device, max|diff|", f"{np.abs(onnx.run(x) - ref).max():.2e}"))
+        rows += _speed(model, sessions, x, device)
     print("\n| check | value |\n|---|---|")
     for key, value in rows:
         print(f"| {key} | {value} |")
     print(json.dumps(dict(rows)))
 
 
-def _speed(model, onnx, x, device, iters: int = 10) -> list[tuple[str, str]]:
+def _speed(model, sessions, x, device, iters: int = 10) -> list[tuple[str, str]]:
     def timed(fn) -> float:
         fn()
         if device.type == "cuda":
@@ -95,9 +99,14 @@ def _speed(model, onnx, x, device, iters: int = 10) -> list[tuple[str, str]]:
     xt = torch.from_numpy(x).to(device)
     with torch.inference_mode():
         torch_rate = timed(lambda: model(xt))
-    onnx_rate = timed(lambda: onnx.run(x))  # includes host-to-device copies, as kt predict does
-    return [("torch eager images/s (fp32)", f"{torch_rate:.1f}"), ("onnxruntime images/s", f"{onnx_rate:.1f}"),
-            ("onnx / torch", f"{onnx_rate / torch_rate:.2f}x")]
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            amp_rate = timed(lambda: model(xt))
+    rows = [("torch eager images/s (fp32)", f"{torch_rate:.1f}"), ("torch eager images/s (AMP)", f"{amp_rate:.1f}")]
+    for name, onnx in sessions.items():  # from host memory each time, as kt predict does (upload + run)
+        rate = timed(lambda onnx=onnx: onnx.run(onnx.upload(x)))
+        rows += [(f"onnxruntime {name} images/s", f"{rate:.1f}"),
+                 (f"onnx {name} / torch fp32", f"{rate / torch_rate:.2f}x")]
+    return rows
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # One prepared GPU check for a lent H200 (see the device tool's README), in a single call:
 #   installs what the machine lacks from carried wheels (.whl/, git-ignored), trains a few hundred
 #   AMP steps of inception_resnet_v2 at 512 px on synthetic APTOS, exports ONNX, runs it with the
-#   CUDA provider when onnxruntime has one, and prints a short table.
+#   CUDA provider when onnxruntime has one (fp32, fp32 + IO binding, fp16 + IO binding vs torch fp32
+#   and AMP: parity and images/s), and prints a short table.
 #
 # Prepare the wheels here first (the device has torch, timm, onnx, onnxruntime (CPU), opencv, pandas,
 # scikit-learn; it lacks albumentations and its small dependencies):

@@ -1,6 +1,6 @@
 """`kt bundle`: everything a code competition's notebook needs to predict with the internet off.
 
-    DIR/bundle.json            competition, models (sha256), blend weights, TTA, fitted thresholds
+    DIR/bundle.json            competition, models (sha256), blend weights, TTA, fitted thresholds, precision
     DIR/*.onnx                 the ensemble
     DIR/*.whl                  a wheel of kaggle_transfer (+ any --wheels-from, e.g. onnxruntime-gpu)
     DIR/kt_predict.py          installs the wheels with no index, finds /kaggle/input/<slug>, predicts,
@@ -77,7 +77,7 @@ def fetch_wheels(dest: Path, packages: Sequence[str] = NOTEBOOK_WHEELS, python: 
 
 def build(competition: str, models: Sequence[str | Path], out: str | Path, tta: str = "none",
           ensemble: str | Path | None = None, wheels_from: str | Path | None = None, user: str | None = None,
-          overwrite: bool = False, fetch: bool = False) -> dict[str, Any]:
+          overwrite: bool = False, fetch: bool = False, precision: str = "fp32") -> dict[str, Any]:
     import os
 
     from .inference.session import read_metadata
@@ -117,7 +117,8 @@ def build(competition: str, models: Sequence[str | Path], out: str | Path, tta: 
     user = user or os.environ.get("KAGGLE_USERNAME") or "YOUR_KAGGLE_USERNAME"
     dataset = f"kt-bundle-{comp.name.replace('_', '-')}"
     write_json(out / "bundle.json", {"competition": comp.name, "slug": comp.slug, "models": entries,
-                                     "weights": weights, "blend": method, "fitted": fitted, "tta": tta})
+                                     "weights": weights, "blend": method, "fitted": fitted, "tta": tta,
+                                     "precision": precision})
     write_text(out / "kt_predict.py", SCRIPT.format(title=comp.title, dataset=dataset))
     write_json(out / "kernel-metadata.json", {
         "id": f"{user}/kt-{comp.name.replace('_', '-')}-predict", "title": f"kt {comp.name} predict",

@@ -99,11 +99,15 @@ def export(run_dir, out, opset) -> None:
 @click.option("--label", help="Submission folder suffix.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing submission folder.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
+@click.option("--fp16", is_flag=True, help="Run the models in float16 (GPU: tensor cores, half the memory; "
+              "GeM/reductions stay fp32). Slower on a CPU.")
+@click.option("--io-binding", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Copy each batch to the GPU once for all models and views (auto: on for CUDA/TensorRT).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=4, show_default=True, help="Image decoding threads.")
 @click.option("--progress/--no-progress", default=True)
 def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, refit, out_root, label, overwrite,
-            provider, batch_size, workers, progress) -> None:
+            provider, fp16, io_binding, batch_size, workers, progress) -> None:
     """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
     from .inference.pipeline import predict_submission
     from .inference.session import expand
@@ -112,10 +116,14 @@ def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, ref
         raise KtError("name the models (model.onnx files or globs) or pass --ensemble SPEC.json")
     manifest = predict_submission(competition, expand(list(models)) if models else [], data_dir, out_root, label,
                                   tta, overwrite, refit, provider, batch_size, workers, progress, blend_method,
-                                  ensemble_spec)
+                                  ensemble_spec, precision="fp16" if fp16 else "fp32", io_binding=io_binding)
     providers = sorted({m["provider"] for m in manifest["models"]})
-    click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)}; {manifest['rows']} rows, "
+    bound = " with IO binding" if any(m["io_binding"] for m in manifest["models"]) else ""
+    click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)} ({manifest['models'][0]['precision']}"
+               f"{bound}); {manifest['rows']} rows, "
                f"{manifest['images_per_s']} images/s")
+    if fp16 and "CPUExecutionProvider" in providers:
+        click.echo("warning: --fp16 is meant for GPUs; on a CPU it is slower than fp32", err=True)
     click.echo(f"wrote {manifest['submission']} (valid) and manifest.json")
 
 

@@ -91,14 +91,15 @@ def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheel
 @click.option("--user", help="Kaggle user owning the notebook and dataset (default: $KAGGLE_USERNAME).")
 @click.option("--fetch-wheels/--no-fetch-wheels", default=True, show_default=True,
               help="Download onnxruntime-gpu for the notebook's Python (needs the internet here).")
+@click.option("--fp16", is_flag=True, help="The notebook runs the models in float16 (its GPU's tensor cores).")
 @click.option("--overwrite", is_flag=True)
-def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, fetch_wheels, overwrite) -> None:
+def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, fetch_wheels, fp16, overwrite) -> None:
     """The offline notebook bundle of a code competition: ONNX models, wheels, script, metadata."""
     from .bundle import build
     from .inference.session import expand
 
     result = build(competition, expand(list(models)) if models else [], out, tta, ensemble_spec, wheels_from, user,
-                   overwrite, fetch_wheels)
+                   overwrite, fetch_wheels, "fp16" if fp16 else "fp32")
     click.echo(f"wrote {result['dir']}: {result['models']} model(s), wheels {', '.join(result['wheels'])}")
 
 
@@ -115,7 +116,7 @@ def _bundle_for(comp, csv: Path, fetch: bool) -> Path:
     out = csv.parent / "bundle"
     if not (out / "bundle.json").is_file():
         build(comp.name, [m["file"] for m in data["models"]], out, data.get("tta", "none"), data.get("ensemble"),
-              fetch=fetch)
+              fetch=fetch, precision=data["models"][0].get("precision", "fp32"))  # as validated here
     return out
 
 

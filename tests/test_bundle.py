@@ -17,7 +17,7 @@ from kaggle_transfer.competitions import APTOS
 def bundle_dir(onnx_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("b") / "bundle"
     result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--tta", "flip",
-                                       "--user", "kt-tester", "--no-fetch-wheels"])
+                                       "--user", "kt-tester", "--no-fetch-wheels", "--fp16"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -51,6 +51,8 @@ def test_bundle_script_predicts_offline_without_torch(bundle_dir, aptos_dir, tmp
     assert f"from {tmp_path / 'site' / 'kaggle_transfer'}" in out.stdout  # the bundled wheel, not the checkout
     csv = tmp_path / "working" / "submission.csv"
     assert submission.problems(APTOS, csv, aptos_dir) == []
+    manifest = json.loads(next((tmp_path / "working" / "kt-submissions").glob("aptos/*/manifest.json")).read_text())
+    assert manifest["models"][0]["precision"] == "fp16"  # bundle.json's precision, converted without torch
 
 
 def test_bundle_refuses_overwrite_and_non_kaggle(bundle_dir, onnx_model):

@@ -190,7 +190,8 @@ def test_training_makes_no_network_request(fake, home, tmp_path):
 def aptos_submission(onnx_model, aptos_dir, home):
     from kaggle_transfer.inference.pipeline import predict_submission
 
-    manifest = predict_submission("aptos", [onnx_model], aptos_dir, home / "subs", "code", progress=False)
+    manifest = predict_submission("aptos", [onnx_model], aptos_dir, home / "subs", "code", progress=False,
+                                  precision="fp16")
     return Path(manifest["submission"]).parent
 
 
@@ -208,6 +209,8 @@ def test_code_competition_pushes_bundle_and_notebook_then_submits(fake, home, ap
     assert kernel["competitionDataSources"] == ["aptos2019-blindness-detection"]
     assert kernel["datasetDataSources"] == ["kt-tester/kt-bundle-aptos"]
     assert "kaggle_transfer.inference.bundle_run" in kernel["text"]
+    # the notebook predicts as the validated submission did (fp16 here)
+    assert json.loads((aptos_submission / "bundle" / "bundle.json").read_text())["precision"] == "fp16"
     code = next(r["body"] for r in fake.requests if r.get("rpc") == "CreateCodeSubmission")
     assert code["kernelSlug"] == "kt-aptos-predict" and code["kernelVersion"] == 1
     assert code["submissionDescription"] == "kt code run"

@@ -21,5 +21,6 @@ def run(bundle: Path, data_dir: str | None, out_root: Path) -> Path:
         models.append(path)
     manifest = predict_submission(spec["competition"], models, data_dir, out_root, "bundle", spec["tta"],
                                   overwrite=True, progress=False, blend_method=spec["blend"],
-                                  weights=spec["weights"], fitted=spec["fitted"])
+                                  weights=spec["weights"], fitted=spec["fitted"],
+                                  precision=spec.get("precision", "fp32"))
     return Path(manifest["submission"])

@@ -23,7 +23,8 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                        batch_size: int = 32, workers: int = 4, progress: bool = True,
                        blend_method: str = "mean", ensemble: str | Path | None = None,
                        cache: str | Path | None = None, weights: list[float] | None = None,
-                       fitted: dict[str, Any] | None = None) -> dict[str, Any]:
+                       fitted: dict[str, Any] | None = None, precision: str = "fp32",
+                       io_binding: str = "auto") -> dict[str, Any]:
     """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest.
 
     With `ensemble` (a spec from kt ensemble) the models, weights, blend and fitted thresholds are the
@@ -40,7 +41,8 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     # "custom": the competition comes from the models' metadata (a YAML-described contest travels inside)
     name = None if competition == "custom" else (
         competitions.get(competition).name if competitions.is_yaml(competition) else competition)
-    models = load_ensemble(list(model_paths), name, provider)  # registers a YAML competition from metadata
+    # loading registers a YAML-described competition from the models' metadata
+    models = load_ensemble(list(model_paths), name, provider, precision, io_binding)
     comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": models[0].meta["competition"]})
     data_dir = competitions.find_data_dir(comp, data_dir)
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))

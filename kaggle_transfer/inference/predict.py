@@ -64,11 +64,29 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
         for i in tqdm(range(len(starts)), desc="predict", unit="batch", disable=not progress):
             decoded = [f.result() for f in ahead]
             ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
-            inputs = {key: _batch(decoded, *key) for key in set(keys)}
-            for out, model, key in zip(outputs, models, keys, strict=True):
-                x = inputs[key]
-                out.append(np.mean([model.run(view(x)) for view in views], axis=0))
+            for key in dict.fromkeys(keys):
+                _run_views(models, keys, key, _batch(decoded, *key), views, outputs)
     return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
+
+
+def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarray, views: list,
+               outputs: list[list[np.ndarray]]) -> None:
+    """Every model that takes input `key` sees every view of `x`; each view crosses to a device once
+    (IO binding) however many models share it. Appends the view-averaged output per model."""
+    members = [j for j, k in enumerate(keys) if k == key]
+    sums: dict[int, np.ndarray] = {}
+    for view in views:
+        xv = view(x)
+        placed: dict[tuple, object] = {}  # (device, bound) -> this view as that kind of model takes it
+        for j in members:
+            model = models[j]
+            where = (model.device, model.io_binding)
+            if where not in placed:
+                placed[where] = model.upload(xv)
+            y = model.run(placed[where]).astype(np.float64)
+            sums[j] = sums[j] + y if j in sums else y
+    for j in members:
+        outputs[j].append(sums[j] / len(views))
 
 
 BLENDS = ("mean", "rank")

@@ -9,32 +9,67 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import KtError
 from ..fsutil import sha256
+from .half import to_fp16
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+PRECISIONS = ("fp32", "fp16")
+IO_BINDING = ("auto", "on", "off")
 
 
 @dataclass
 class OnnxModel:
+    """One onnxruntime session with its kt metadata.
+
+    With `io_binding`, `upload` places a batch on the session's device once (an OrtValue) and `run`
+    binds it, so every model and TTA view that shares an input spec reuses one host-to-device copy."""
+
     path: Path
     session: Any
     meta: dict[str, Any]
+    precision: str = "fp32"
+    io_binding: bool = False
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
     @property
+    def device(self) -> str:
+        return "cuda" if self.provider in GPU_PROVIDERS else "cpu"
+
+    @property
     def size(self) -> int:
         return int(self.meta["size"])
 
-    def run(self, batch) -> Any:
-        return self.session.run(None, {self.session.get_inputs()[0].name: batch})[0]
+    def upload(self, batch: np.ndarray) -> Any:
+        """The batch on this model's device (an OrtValue) under IO binding; the array itself otherwise."""
+        if not self.io_binding:
+            return batch
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch), self.device, 0)
+
+    def run(self, batch: Any) -> np.ndarray:
+        name = self.session.get_inputs()[0].name
+        if not self.io_binding:
+            return self.session.run(None, {name: batch})[0]
+        binding = self.session.io_binding()
+        if isinstance(batch, np.ndarray):
+            binding.bind_cpu_input(name, np.ascontiguousarray(batch))
+        else:
+            binding.bind_ortvalue_input(name, batch)
+        binding.bind_output(self.session.get_outputs()[0].name, "cpu")  # (batch, outputs): small, copied once
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
 
 def _gpu_present() -> bool:
@@ -81,9 +116,16 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(props["kt"])
 
 
-def load_model(path: str | Path, provider: str = "auto", threads: int = 0) -> OnnxModel:
+def load_model(path: str | Path, provider: str = "auto", threads: int = 0, precision: str = "fp32",
+               io_binding: str = "auto") -> OnnxModel:
+    """A session on the best provider. `precision=fp16` converts the graph in memory (meant for CUDA:
+    tensor cores, half the memory; on a CPU it runs but is slower). `io_binding=auto` binds on GPUs."""
     import onnxruntime as ort
 
+    if precision not in PRECISIONS:
+        raise KtError(f"precision {precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+    if io_binding not in IO_BINDING:
+        raise KtError(f"--io-binding {io_binding!r} is not valid; choose one of: {', '.join(IO_BINDING)}")
     path = Path(path)
     meta = read_metadata(path)
     if meta.get("competition_spec"):
@@ -95,8 +137,11 @@ def load_model(path: str | Path, provider: str = "auto", threads: int = 0) -> On
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per physical core)
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=provider_list(provider))
-    return OnnxModel(path, session, meta)
+    graph = to_fp16(path) if precision == "fp16" else str(path)
+    session = ort.InferenceSession(graph, options, providers=provider_list(provider))
+    model = OnnxModel(path, session, meta, precision)
+    model.io_binding = io_binding == "on" or (io_binding == "auto" and model.device == "cuda")
+    return model
 
 
 def expand(patterns: list[str]) -> list[Path]:
@@ -110,11 +155,12 @@ def expand(patterns: list[str]) -> list[Path]:
     return out
 
 
-def load_ensemble(paths: list[str | Path], competition: str | None, provider: str = "auto") -> list[OnnxModel]:
+def load_ensemble(paths: list[str | Path], competition: str | None, provider: str = "auto",
+                  precision: str = "fp32", io_binding: str = "auto") -> list[OnnxModel]:
     """Load every model; all must belong to `competition` and share one task and class count."""
     if not paths:
         raise KtError("no models given; pass one or more model.onnx files (kt export RUN_DIR makes them)")
-    models = [load_model(p, provider) for p in paths]
+    models = [load_model(p, provider, precision=precision, io_binding=io_binding) for p in paths]
     first = models[0]
     for m in models:
         if competition and m.meta["competition"] != competition:
@@ -130,4 +176,4 @@ def load_ensemble(paths: list[str | Path], competition: str | None, provider: st
 def describe(model: OnnxModel) -> dict[str, Any]:
     return {"file": str(model.path), "sha256": sha256(model.path), "arch": model.meta["arch"],
             "size": model.size, "score": model.meta.get("score"), "provider": model.provider,
-            "run": model.meta.get("run")}
+            "precision": model.precision, "io_binding": model.io_binding, "run": model.meta.get("run")}
