@@ -27,6 +27,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/prepare_vs_pil.py
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/channels_last.py
 	$(BIN)/python benchmarks/onnx_vs_torch.py
 	$(BIN)/python benchmarks/predict_speed.py
 

@@ -40,7 +40,7 @@ class RunConfig:
     augment: str = "paper"              # none | paper (random-resized-crop 0.65-1 + flip) | heavy (+ colour, affine)
     external: list[str] = field(default_factory=list)  # external sources added to training rows only
     amp: str = "auto"                   # auto (bf16 or fp16 on CUDA, off on CPU) | bf16 | fp16 | off
-    channels_last: bool = True          # applied on CUDA only, where it speeds up convolutions
+    channels_last: bool = True          # CUDA and CPU (benchmarks/channels_last.py)
     compile: bool = False               # torch.compile the model
     label_smoothing: float = 0.0        # classification losses (ce, bce)
     layer_decay: float | None = None    # layer-wise lr decay (timm), e.g. 0.75; None = off

@@ -106,3 +106,28 @@ def test_intervention_flags_reach_the_config(aptos_dir, tmp_path):
     for line in ("lp_ft: true", "ema: true", "layer_decay: 0.8", "accum_steps: 2", "augment: randaugment",
                  "tta: d4"):
         assert line in cfg, line
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_channels_last_reaches_the_convolutions_and_keeps_the_outputs(aptos_dir, tmp_path, monkeypatch,
+                                                                      channels_last):
+    seen = []
+    original = train.build_model
+
+    def recording_model(*args, **kwargs):
+        model = original(*args, **kwargs)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_pre_hook(lambda module, inputs: seen.append(
+            (inputs[0].is_contiguous(memory_format=torch.channels_last),
+             module.weight.is_contiguous(memory_format=torch.channels_last))))
+        return model
+
+    monkeypatch.setattr(train, "build_model", recording_model)
+    cfg = tiny_config(epochs=1, channels_last=channels_last)
+    train.fit(cfg, tmp_path / "run", aptos_dir, progress=False)
+    assert seen and set(seen) == {(channels_last, channels_last)}
+    oof = np.load(tmp_path / "run" / "oof.npz")["raw"]
+    if channels_last:  # the same run in the default layout: same numbers up to float reassociation
+        monkeypatch.setattr(train, "build_model", original)
+        train.fit(tiny_config(epochs=1, channels_last=False), tmp_path / "plain", aptos_dir, progress=False)
+        np.testing.assert_allclose(oof, np.load(tmp_path / "plain" / "oof.npz")["raw"], atol=1e-3)
