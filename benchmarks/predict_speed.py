@@ -18,14 +18,19 @@ import cv2
 import numpy as np
 import pandas as pd
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries the parent's peak RSS across fork + exec into
+# ru_maxrss, so a child started by this (torch-heavy) process would report the parent's peak.
 MEMORY_PROBE = """
-import resource, sys, json
+import sys, json
 from kaggle_transfer.inference.predict import predict_models
 from kaggle_transfer.inference.session import load_model
+def hwm():
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
 paths = json.load(open(sys.argv[1]))
 model = load_model(sys.argv[2])
+before = hwm()
 predict_models([model], paths, batch_size=64, workers=2, progress=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(before, hwm())
 """
 
 
@@ -83,13 +88,15 @@ def main() -> None:
         for i in range(a.memory_images):
             cv2.imwrite(str(tmp / "small" / f"{i}.png"), small)
             all_paths.append([str(tmp / "small" / f"{i}.png")])
-        peaks = {}
+        peaks, loaded = {}, {}
         for n in (a.memory_images // 10, a.memory_images):
             (tmp / f"p{n}.json").write_text(json.dumps(all_paths[:n]))
             out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp / f"p{n}.json"), str(model.path)],
                                  capture_output=True, text=True, check=True)
-            peaks[n] = int(out.stdout.strip().splitlines()[-1]) / 1024
-        print(pd.DataFrame({"images": list(peaks), "peak RSS MiB": [round(v, 1) for v in peaks.values()]})
+            before, after = (int(v) / 1024 for v in out.stdout.strip().splitlines()[-1].split())
+            loaded[n], peaks[n] = before, after
+        print(pd.DataFrame({"images": list(peaks), "peak RSS MiB, model loaded": [round(v, 1) for v in loaded.values()],
+                            "peak RSS MiB, after predict": [round(v, 1) for v in peaks.values()]})
               .to_string(index=False))
         small_n, big_n = sorted(peaks)
         print(f"peak memory {big_n} / {small_n} images: {peaks[big_n] / peaks[small_n]:.2f}x "
