@@ -131,3 +131,15 @@ def test_channels_last_reaches_the_convolutions_and_keeps_the_outputs(aptos_dir,
         monkeypatch.setattr(train, "build_model", original)
         train.fit(tiny_config(epochs=1, channels_last=False), tmp_path / "plain", aptos_dir, progress=False)
         np.testing.assert_allclose(oof, np.load(tmp_path / "plain" / "oof.npz")["raw"], atol=1e-3)
+
+
+def test_compile_trains_like_eager_and_exports(aptos_dir, tmp_path):
+    """--compile (inductor on the CPU here): same outputs as eager up to kernel reassociation, and the
+    checkpoint keeps plain module keys, so export still loads it."""
+    from kaggle_transfer.export import export
+
+    train.fit(tiny_config(epochs=1, compile=True), tmp_path / "compiled", aptos_dir, progress=False)
+    train.fit(tiny_config(epochs=1), tmp_path / "eager", aptos_dir, progress=False)
+    compiled, eager = (np.load(tmp_path / name / "oof.npz")["raw"] for name in ("compiled", "eager"))
+    np.testing.assert_allclose(compiled, eager, atol=1e-2)
+    assert export(tmp_path / "compiled")["max_abs_diff"] <= 1e-4
