@@ -35,7 +35,7 @@ from .checkpoints import checkpoint, restore, save_oof
 from .config import RunConfig
 from .data.augment import build_train_transform
 from .data.cache import cache_root, use_cache
-from .data.dataset import ImageDataset
+from .data.dataset import EpochSampler, ImageDataset
 from .data.splits import HELD_OUT, TRAIN_ONLY, assign_folds, read_split_file
 from .errors import KtError
 from .fsutil import atomic_path, write_json
@@ -45,26 +45,20 @@ from .tasks import Task
 
 
 def _worker_init(worker_id: int) -> None:
-    # each worker and each epoch gets its own augmentation stream (torch reseeds per epoch from the loader)
-    import random
-
+    # OpenCV's own threads would oversubscribe the cores the workers already use; augmentation
+    # randomness is seeded per sample from (seed, epoch, row) in ImageDataset, not per worker
     import cv2
 
     cv2.setNumThreads(0)
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
 
 
 def _loader(dataset, batch_size: int, workers: int, train: bool, generator: torch.Generator | None,
             pin: bool, sampler=None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+    if train:  # (epoch, row) keys: augmentations independent of workers and of resumes
+        sampler = EpochSampler(sampler or torch.utils.data.RandomSampler(dataset, generator=generator))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                       drop_last=train and len(dataset) > batch_size, num_workers=workers, pin_memory=pin,
-                      generator=generator, worker_init_fn=_worker_init, persistent_workers=workers > 0)
+                      worker_init_fn=_worker_init, persistent_workers=workers > 0)
 
 
 def _shape(out: torch.Tensor, task: Task) -> torch.Tensor:
@@ -158,7 +152,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     y_train, y_val = task.targets(train_rows["target"]), task.targets(val_rows["target"])
     generator = torch.Generator().manual_seed(cfg.seed)
     transform = build_train_transform(cfg.augment, cfg.size, len(channels))
-    train_ds = ImageDataset(train_rows, cfg.size, y_train, transform, channels, cfg.fundus_crop)
+    train_ds = ImageDataset(train_rows, cfg.size, y_train, transform, channels, cfg.fundus_crop, cfg.seed)
     pin = device.type == "cuda"
     sampler = None
     if distributed.active():  # each rank trains on its own shuffled share of the rows
@@ -199,10 +193,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     started, frozen = time.time(), frozen_epochs(cfg)
     for epoch in range(state["epoch"], cfg.epochs):
         generator.manual_seed(cfg.seed * 1000 + epoch)  # same shuffle and augmentations after a resume
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if cfg.workers == 0 and transform is not None:  # workers reseed in _worker_init instead
-            transform.set_random_seed(cfg.seed * 1000 + epoch)
+        train_loader.sampler.set_epoch(epoch)  # (and the DistributedSampler's shuffle)
         model.train()
         set_backbone_trainable(model, epoch >= frozen)
         losses, seen, t0 = [], 0, time.time()

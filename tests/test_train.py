@@ -41,8 +41,11 @@ def test_oof_score_is_reproducible_from_the_saved_outputs(trained_run):
     assert task.score(oof["targets"], oof["raw"], json.loads(str(oof["fitted"]))) == pytest.approx(metrics["score"])
 
 
-def test_resume_after_interruption_finishes_the_run(aptos_dir, tmp_path, monkeypatch):
-    cfg = tiny_config(epochs=3)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_after_interruption_finishes_the_run(aptos_dir, tmp_path, monkeypatch, workers):
+    """With workers too: persistent workers are never re-initialised, yet the resumed run must see the
+    augmentations the uninterrupted one saw in epochs 2 and 3."""
+    cfg = tiny_config(epochs=3, workers=workers, augment="heavy")
     calls = {"n": 0}
     real = train.predict_raw
 
@@ -143,3 +146,28 @@ def test_ema_weights_are_what_gets_validated_and_saved(aptos_dir, tmp_path):
     assert set(ema) == set(best)
     assert all(torch.equal(best[k], v) for k, v in ema.items())
     assert any(not torch.equal(best[k], last["model"][k]) for k in best if best[k].is_floating_point())
+
+
+def test_augmentations_depend_on_seed_epoch_and_row_not_on_workers(aptos_dir):
+    from kaggle_transfer.competitions import APTOS
+    from kaggle_transfer.data.augment import build_train_transform
+    from kaggle_transfer.data.dataset import ImageDataset
+
+    table = APTOS.read_train(aptos_dir).head(24)
+
+    def epochs(workers: int, seed: int = 0, n: int = 2) -> list[dict[int, torch.Tensor]]:
+        dataset = ImageDataset(table, 32, np.zeros(len(table)), build_train_transform("heavy", 32), seed=seed)
+        loader = train._loader(dataset, 8, workers, True, torch.Generator().manual_seed(0), False)
+        out = []
+        for epoch in range(n):
+            loader.sampler.set_epoch(epoch)
+            out.append({int(i): x for xs, _, rows in loader for x, i in zip(xs, rows, strict=True)})
+        return out
+
+    inline, pooled = epochs(0), epochs(2)
+    for a, b in zip(inline, pooled, strict=True):  # same pixels whatever the number of workers
+        assert a.keys() == b.keys() and all(torch.equal(a[i], b[i]) for i in a)
+    first, second = inline
+    assert sum(not torch.equal(first[i], second[i]) for i in first) >= 0.9 * len(first)  # a new draw per epoch
+    other_seed = epochs(0, seed=1, n=1)[0]
+    assert sum(not torch.equal(first[i], other_seed[i]) for i in first) >= 0.9 * len(first)

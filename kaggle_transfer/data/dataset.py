@@ -1,19 +1,51 @@
 """The torch Dataset over the standard table. Yields uint8 CHW tensors; the model normalises,
-so only a quarter of the bytes cross to the GPU and evaluation pixels equal ONNX inference's."""
+so only a quarter of the bytes cross to the GPU and evaluation pixels equal ONNX inference's.
+
+Training augmentations are a function of (seed, epoch, row) alone: `EpochSampler` hands the dataset
+`(epoch, row)` keys and the dataset seeds the transform from them. So the same run augments the same
+way with 0 or 16 workers, and a resumed run sees exactly the images an uninterrupted one would, even
+though persistent workers are never re-initialised between epochs.
+"""
 
 from __future__ import annotations
+
+import random
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from . import images
 
 
+def sample_seed(seed: int, epoch: int, row: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, row]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """Wraps a sampler of row indices; yields (epoch, row). `set_epoch` runs in the main process, so it
+    reaches persistent workers through the keys rather than through their (stale) dataset copies."""
+
+    def __init__(self, base: Sampler):
+        self.base, self.epoch = base, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, int(i)) for i in self.base)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+
 class ImageDataset(Dataset):
     def __init__(self, table: pd.DataFrame, size: int, targets: np.ndarray | None = None, transform=None,
-                 channels: list[int] | None = None, crop: bool = False):
+                 channels: list[int] | None = None, crop: bool = False, seed: int = 0):
         self.paths = list(table["paths"])
         # rows read from kt prepare's cache were cropped when cached; the rest are cropped here
         cached = table["cached"].to_numpy() if "cached" in table.columns else np.zeros(len(table), bool)
@@ -22,11 +54,18 @@ class ImageDataset(Dataset):
         self.size = size
         self.targets = targets
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, i = key if isinstance(key, tuple) else (None, key)
+        if epoch is not None and self.transform is not None:
+            s = sample_seed(self.seed, epoch, i)
+            self.transform.set_random_seed(s)
+            random.seed(s)  # timm's RandAugment/AugMix draw from these
+            np.random.seed(s)
         img = images.read_image(self.paths[i], reduce_to=self.size)
         if self.crop[i]:
             img = images.fundus_crop(img)
