@@ -92,12 +92,10 @@ def build(competition: str, models: Sequence[str | Path], out: str | Path, tta: 
         shutil.rmtree(out)
     weights, fitted, method = None, None, "mean"
     if ensemble:
-        from .ensemble import load_spec
+        from .ensemble import load_blend
 
-        spec = load_spec(ensemble)
-        models = [m["path"] for member in spec["members"] for m in member["models"]]
-        weights = [member["weight"] / len(member["models"]) for member in spec["members"] for _ in member["models"]]
-        fitted, method = spec["fitted"], "rank" if spec["method"] == "rank" else "mean"
+        spec = load_blend(ensemble)
+        models, weights, fitted, method = spec.paths, spec.weights, spec.fitted, spec.method
     if not models:
         raise KtError("name the models to bundle (model.onnx files) or pass --ensemble SPEC.json")
     out.mkdir(parents=True, exist_ok=True)

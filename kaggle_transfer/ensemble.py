@@ -9,6 +9,7 @@ predicts with exactly the blend that was scored. Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -123,3 +124,25 @@ def load_spec(path: str | Path) -> dict[str, Any]:
                 raise KtError(f"{model['path']} changed since the ensemble was built (sha256 differs); "
                               "rebuild it with kt ensemble")
     return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Blend:
+    """What prediction needs from a spec: every member's ONNX files, one weight per file (a member's
+    weight shared by its fold models), the blend method and the thresholds fitted on blended OOF."""
+
+    paths: list[str]
+    weights: list[float]
+    method: str
+    fitted: dict[str, Any]
+    label: str
+    oof_score: float | None
+
+
+def load_blend(path: str | Path) -> Blend:
+    spec = load_spec(path)
+    members = spec["members"]
+    return Blend(paths=[m["path"] for member in members for m in member["models"]],
+                 weights=[member["weight"] / len(member["models"]) for member in members for _ in member["models"]],
+                 method="rank" if spec["method"] == "rank" else "mean", fitted=spec["fitted"],
+                 label=f"ensemble_{spec['method']}", oof_score=spec.get("oof_score"))

@@ -14,7 +14,25 @@ from ..errors import KtError
 from ..fsutil import write_json
 from ..runs import fresh_output_dir, git_sha, slug, stamp
 from .predict import blend, combine_fitted, predict_models, refit_from_oof
-from .session import describe, load_ensemble
+from .session import OnnxModel, describe, load_ensemble
+
+
+def _load(competition: str, model_paths: Sequence[str | Path], provider: str, precision: str,
+          io_binding: str) -> tuple[Any, list[OnnxModel]]:
+    """The competition and its models. `custom`: the competition comes from the models' metadata (a
+    YAML-described contest travels inside; loading registers it)."""
+    name = None if competition == "custom" else (
+        competitions.get(competition).name if competitions.is_yaml(competition) else competition)
+    models = load_ensemble(list(model_paths), name, provider, precision, io_binding)
+    comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": models[0].meta["competition"]})
+    return comp, models
+
+
+def _fundus_crop(models: Sequence[OnnxModel]) -> bool:
+    crops = {bool((m.meta.get("recipe") or {}).get("fundus_crop")) for m in models}
+    if len(crops) > 1:
+        raise KtError("the models disagree on fundus_crop; ensemble models trained with the same preprocessing")
+    return crops.pop()
 
 
 def predict_submission(competition: str, model_paths: Sequence[str | Path], data_dir: str | Path | None,
@@ -31,32 +49,22 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     spec's: test predictions use exactly the blend that was scored on OOF."""
     spec, given = None, fitted is not None  # thresholds handed in (bundle) rather than fitted here
     if ensemble:
-        from ..ensemble import load_spec
+        from ..ensemble import load_blend
 
-        spec = load_spec(ensemble)
-        model_paths = [m["path"] for member in spec["members"] for m in member["models"]]
-        weights = [member["weight"] / len(member["models"]) for member in spec["members"] for _ in member["models"]]
-        blend_method, fitted = ("rank" if spec["method"] == "rank" else "mean"), spec["fitted"]
-        label = label or f"ensemble_{spec['method']}"
-    # "custom": the competition comes from the models' metadata (a YAML-described contest travels inside)
-    name = None if competition == "custom" else (
-        competitions.get(competition).name if competitions.is_yaml(competition) else competition)
-    # loading registers a YAML-described competition from the models' metadata
-    models = load_ensemble(list(model_paths), name, provider, precision, io_binding)
-    comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": models[0].meta["competition"]})
+        spec = load_blend(ensemble)
+        model_paths, weights, blend_method, fitted = spec.paths, spec.weights, spec.method, spec.fitted
+        label = label or spec.label
+    comp, models = _load(competition, model_paths, provider, precision, io_binding)
     data_dir = competitions.find_data_dir(comp, data_dir)
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
     out_dir = fresh_output_dir(Path(out_root) / comp.name / f"{stamp()}_{slug(label)}", overwrite)
-    crops = {bool((m.meta.get("recipe") or {}).get("fundus_crop")) for m in models}
-    if len(crops) > 1:
-        raise KtError("the models disagree on fundus_crop; ensemble models trained with the same preprocessing")
-    crop = crops.pop()
+    crop = _fundus_crop(models)
     test = use_cache(comp.read_test(data_dir), cache_root(cache), comp.name, max(m.size for m in models), crop)
     started = time.time()
     raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress, comp.channels,
                           crop=[crop and not c for c in test["cached"]])
     raw = blend(raws, weights, method=blend_method, task=comp.task)
-    oof_score = spec["oof_score"] if spec else None
+    oof_score = spec.oof_score if spec else None
     if spec or given:
         pass  # thresholds were refitted on the blended OOF when the ensemble was built
     elif refit:
