@@ -139,13 +139,16 @@ def test_refit_uses_blended_oof(onnx_model, aptos_dir, tmp_path):
         predict_submission("aptos", [lonely], aptos_dir, tmp_path, "x", refit=True, progress=False)
 
 
-def test_prediction_runs_where_torch_cannot_be_imported(onnx_model, aptos_dir, tmp_path):
-    blocker = tmp_path / "blocker" / "torch"
-    blocker.mkdir(parents=True)
-    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
-    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
-    assert "torch is blocked" in probe.stderr  # the blocker works
+def test_prediction_runs_where_torch_and_onnx_cannot_be_imported(onnx_model, aptos_dir, tmp_path):
+    """A notebook image with onnxruntime alone: no torch, no onnx package."""
+    for name in ("torch", "onnx"):
+        blocker = tmp_path / "blocker" / name
+        blocker.mkdir(parents=True)
+        (blocker / "__init__.py").write_text(f"raise ImportError('{name} is blocked in this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "blocker")}
+    for name in ("torch", "onnx"):
+        probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True)
+        assert f"{name} is blocked" in probe.stderr  # the blocker works
     out = subprocess.run([sys.executable, "-m", "kaggle_transfer", "predict", "aptos", str(onnx_model),
                           "--data-dir", str(aptos_dir), "--out-root", str(tmp_path / "subs"), "--tta", "flip",
                           "--no-progress"], env=env, capture_output=True, text=True)
@@ -155,3 +158,7 @@ def test_prediction_runs_where_torch_cannot_be_imported(onnx_model, aptos_dir, t
                             *map(str, (tmp_path / "subs").glob("aptos/*/submission.csv")), "--data-dir",
                             str(aptos_dir)], env=env, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+    fp16 = subprocess.run([sys.executable, "-m", "kaggle_transfer", "predict", "aptos", str(onnx_model), "--data-dir",
+                           str(aptos_dir), "--out-root", str(tmp_path / "subs16"), "--fp16", "--no-progress"], env=env,
+                          capture_output=True, text=True)
+    assert fp16.returncode == 2 and "--fp16 converts the models with the onnx package" in fp16.stderr

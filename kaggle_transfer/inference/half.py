@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from ..errors import KtError
+
 # Kept in fp32, as torch autocast keeps them: GeM's x**p overflows fp16 (max 65504) once a feature
 # exceeds 40 at p=3, and reductions over a feature map lose digits in fp16.
 FP32_OPS = ["Pow", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "Exp", "Log"]
@@ -66,8 +68,12 @@ def _drop_round_trips(model, kept_fp32: list[str]) -> int:
 
 def to_fp16(path: str | Path) -> bytes:
     """The model at `path` in float16 (uint8 input, float32 output, FP32_OPS in fp32), serialised."""
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    try:
+        import onnx
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    except ImportError as e:
+        raise KtError(f"--fp16 converts the models with the onnx package, which this Python lacks ({e}); "
+                      "install onnx, or predict in fp32") from None
 
     blocked = DEFAULT_OP_BLOCK_LIST + FP32_OPS
     half = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, op_block_list=blocked)

@@ -99,18 +99,30 @@ def provider_list(provider: str) -> list[str]:
     return chosen
 
 
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The `kt` metadata of an ONNX file, without building a session."""
-    import onnx
+def _metadata_props(path: Path) -> dict[str, str]:
+    """The file's metadata_props: read with the onnx package (no session), or where a notebook image
+    lacks it, from an onnxruntime CPU session, so prediction needs onnxruntime alone."""
+    try:
+        import onnx
+    except ImportError:
+        import onnxruntime as ort
 
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return dict(session.get_modelmeta().custom_metadata_map)
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The `kt` metadata of an ONNX file."""
     path = Path(path)
     if not path.is_file():
         raise KtError(f"model {path} not found")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        props = _metadata_props(path)
     except Exception as e:  # noqa: BLE001
         raise KtError(f"{path} is not a readable ONNX file: {type(e).__name__}") from None
-    props = {p.key: p.value for p in proto.metadata_props}
     if "kt" not in props:
         raise KtError(f"{path} has no kt metadata; export it with `kt export RUN_DIR`")
     return json.loads(props["kt"])
