@@ -109,3 +109,17 @@ def test_cli_predict_fp16_with_io_binding_records_both(onnx_model, aptos_dir, tm
     assert manifest["models"][0]["precision"] == "fp16" and manifest["models"][0]["io_binding"] is True
     out = CliRunner().invoke(main, ["predict", "aptos", str(onnx_model), "--io-binding", "maybe"])
     assert out.exit_code == 2 and "maybe" in out.output
+
+
+def test_last_batch_padding_keeps_one_shape_and_the_results(onnx_model, aptos_dir, monkeypatch):
+    paths = list(APTOS.read_test(aptos_dir)["paths"])  # 30 rows: batches of 8, 8, 8, 6
+    model = load_model(onnx_model, "cpu")
+    plain = predict_models([model], paths, tta="flip", batch_size=8, progress=False)
+    assert model.device == "cpu"  # on a CPU the default is not to pad
+    shapes = []
+    original = OnnxModel.run
+    monkeypatch.setattr(OnnxModel, "run", lambda self, x: shapes.append(len(x)) or original(self, x))
+    padded = predict_models([model], paths, tta="flip", batch_size=8, progress=False, pad_last=True)
+    assert set(shapes) == {8} and len(shapes) == 4 * 2  # 4 batches x 2 views, all of 8 rows
+    assert padded.shape == plain.shape == (1, 30, 1)
+    np.testing.assert_allclose(padded, plain, rtol=0, atol=1e-6)

@@ -38,12 +38,17 @@ def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tu
 
 def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], tta: str = "none",
                    batch_size: int = 32, workers: int = 4, progress: bool = True,
-                   all_channels: Sequence[str] | None = None, crop: Sequence[bool] | None = None) -> np.ndarray:
+                   all_channels: Sequence[str] | None = None, crop: Sequence[bool] | None = None,
+                   pad_last: bool | None = None) -> np.ndarray:
     """Raw outputs of every model, shape (n_models, n_images, n_outputs); TTA views averaged.
 
     `all_channels` names the channels the decoded images hold (the competition's); each model takes
     the ones its metadata lists, so an RGB and an RGBY model of HPA share one decode. `crop` marks the
-    rows whose black fundus border is trimmed after decoding (models trained with fundus_crop)."""
+    rows whose black fundus border is trimmed after decoding (models trained with fundus_crop).
+    `pad_last` (default: when a model runs on a GPU) pads the last batch to `batch_size`, so the run
+    has one input shape: no cuDNN re-tuning or TensorRT engine rebuild for the tail."""
+    if pad_last is None:
+        pad_last = any(m.device == "cuda" for m in models)
     crop = list(crop) if crop is not None else [False] * len(paths)
     size_hint = max(m.size for m in models) if models else None
     views = tta_mod.views(tta)
@@ -65,15 +70,18 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
             decoded = [f.result() for f in ahead]
             ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
             for key in dict.fromkeys(keys):
-                _run_views(models, keys, key, _batch(decoded, *key), views, outputs)
+                _run_views(models, keys, key, _batch(decoded, *key), views, outputs, batch_size if pad_last else 0)
     return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
 
 
 def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarray, views: list,
-               outputs: list[list[np.ndarray]]) -> None:
+               outputs: list[list[np.ndarray]], pad_to: int = 0) -> None:
     """Every model that takes input `key` sees every view of `x`; each view crosses to a device once
     (IO binding) however many models share it. Appends the view-averaged output per model."""
     members = [j for j, k in enumerate(keys) if k == key]
+    n = len(x)
+    if n < pad_to:  # blank rows; every op is per image at inference, so the real rows are unchanged
+        x = np.concatenate([x, np.zeros((pad_to - n, *x.shape[1:]), x.dtype)])
     sums: dict[int, np.ndarray] = {}
     for view in views:
         xv = view(x)
@@ -86,7 +94,7 @@ def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarra
             y = model.run(placed[where]).astype(np.float64)
             sums[j] = sums[j] + y if j in sums else y
     for j in members:
-        outputs[j].append(sums[j] / len(views))
+        outputs[j].append(sums[j][:n] / len(views))
 
 
 BLENDS = ("mean", "rank")
