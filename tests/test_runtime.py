@@ -123,3 +123,29 @@ def test_last_batch_padding_keeps_one_shape_and_the_results(onnx_model, aptos_di
     assert set(shapes) == {8} and len(shapes) == 4 * 2  # 4 batches x 2 views, all of 8 rows
     assert padded.shape == plain.shape == (1, 30, 1)
     np.testing.assert_allclose(padded, plain, rtol=0, atol=1e-6)
+
+
+def test_provider_lists(monkeypatch, tmp_path):
+    import onnxruntime as ort
+
+    from kaggle_transfer.inference import session
+
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu_build)
+    monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: None, raising=False)
+    monkeypatch.setenv("KT_TRT_CACHE", str(tmp_path / "trt"))
+    trt = session.provider_list("tensorrt")  # TensorRT, then CUDA and CPU for the nodes it cannot take
+    assert trt[0] == ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
+                                                    "trt_engine_cache_path": str(tmp_path / "trt")})
+    assert trt[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"] and (tmp_path / "trt").is_dir()
+    assert session.provider_list("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session.provider_list("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(session, "_gpu_present", lambda: False)
+    assert session.provider_list("auto") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(session, "_gpu_present", lambda: True)
+    assert session.provider_list("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(KtError, match="--provider cuda: this onnxruntime has only CPUExecutionProvider"):
+        session.provider_list("cuda")
+    with pytest.raises(KtError, match="--provider 'gpu' is not valid"):
+        session.provider_list("gpu")

@@ -76,16 +76,18 @@ def _gpu_present() -> bool:
     return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0"))
 
 
-def provider_list(provider: str) -> list[str]:
+def provider_list(provider: str) -> list[Any]:
     """Providers to ask for, best first. `auto` asks for CUDA only where an NVIDIA device exists,
-    because onnxruntime-gpu on a CPU machine logs a load error for every session otherwise."""
+    because onnxruntime-gpu on a CPU machine logs a load error for every session otherwise.
+    TensorRT falls back to CUDA, then CPU, for the nodes it cannot take, and caches its engines
+    (`$KT_TRT_CACHE`, default cache/tensorrt): building one takes minutes for a large network."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     if provider == "auto":
         wanted = (["cuda"] if _gpu_present() else []) + ["cpu"]
     elif provider in PROVIDERS:
-        wanted = [provider] if provider == "cpu" else [provider, "cpu"]
+        wanted = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[provider]
     else:
         raise KtError(f"--provider {provider!r} is not valid; choose auto, {', '.join(PROVIDERS)}")
     chosen = [PROVIDERS[w] for w in wanted if PROVIDERS[w] in available]
@@ -96,6 +98,10 @@ def provider_list(provider: str) -> list[str]:
             ort.preload_dlls()
         except Exception:  # noqa: BLE001 - system CUDA may still work; the session reports what ran
             pass
+    if "TensorrtExecutionProvider" in chosen:
+        cache = os.environ.get("KT_TRT_CACHE") or os.path.join("cache", "tensorrt")
+        os.makedirs(cache, exist_ok=True)
+        chosen[0] = ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache})
     return chosen
 
 
