@@ -102,7 +102,8 @@ def export(run_dir, out, opset) -> None:
 @click.option("--fp16", is_flag=True, help="Run the models in float16 (GPU: tensor cores, half the memory; "
               "GeM/reductions stay fp32). Slower on a CPU.")
 @click.option("--io-binding", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Copy each batch to the GPU once for all models and views (auto: on for CUDA/TensorRT).")
+              help="Copy each batch view to the GPU once for every model of its input size "
+              "(auto: on for CUDA/TensorRT).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--workers", type=int, default=4, show_default=True, help="Image decoding threads.")
 @click.option("--progress/--no-progress", default=True)
