@@ -35,7 +35,7 @@ from .checkpoints import checkpoint, restore, save_oof
 from .config import RunConfig
 from .data.augment import build_train_transform
 from .data.cache import cache_root, use_cache
-from .data.dataset import EpochSampler, ImageDataset
+from .data.dataset import EpochSampler, ImageDataset, sample_seed
 from .data.splits import HELD_OUT, TRAIN_ONLY, assign_folds, read_split_file
 from .errors import KtError
 from .fsutil import atomic_path, write_json
@@ -56,9 +56,11 @@ def _loader(dataset, batch_size: int, workers: int, train: bool, generator: torc
             pin: bool, sampler=None) -> DataLoader:
     if train:  # (epoch, row) keys: augmentations independent of workers and of resumes
         sampler = EpochSampler(sampler or torch.utils.data.RandomSampler(dataset, generator=generator))
+    # the loader's own generator: its worker base seed must not be drawn from the global RNG (dropout
+    # masks) nor from the shuffle's generator, or a resumed epoch would draw differently
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                       drop_last=train and len(dataset) > batch_size, num_workers=workers, pin_memory=pin,
-                      worker_init_fn=_worker_init, persistent_workers=workers > 0)
+                      worker_init_fn=_worker_init, persistent_workers=workers > 0, generator=torch.Generator())
 
 
 def _shape(out: torch.Tensor, task: Task) -> torch.Tensor:
@@ -192,7 +194,10 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
 
     started, frozen = time.time(), frozen_epochs(cfg)
     for epoch in range(state["epoch"], cfg.epochs):
-        generator.manual_seed(cfg.seed * 1000 + epoch)  # same shuffle and augmentations after a resume
+        generator.manual_seed(cfg.seed * 1000 + epoch)  # same shuffle after a resume
+        # dropout / drop-path masks: a function of (seed, epoch, rank), so a resumed epoch draws the
+        # masks the uninterrupted run drew, and ranks do not share masks
+        torch.manual_seed(sample_seed(cfg.seed, epoch, distributed.rank()))
         train_loader.sampler.set_epoch(epoch)  # (and the DistributedSampler's shuffle)
         model.train()
         set_backbone_trainable(model, epoch >= frozen)
