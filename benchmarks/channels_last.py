@@ -8,9 +8,9 @@ kt train uses channels_last on CUDA and on the CPU (oneDNN); this is the measure
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import calls_per_s
 
 
 def steps_per_s(arch: str, size: int, batch: int, steps: int, channels_last: bool, device: torch.device) -> float:
@@ -29,16 +29,7 @@ def steps_per_s(arch: str, size: int, batch: int, steps: int, channels_last: boo
         loss.backward()
         opt.step()
 
-    for _ in range(2):  # warm-up: oneDNN/cuDNN pick their kernels
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - t0)
+    return calls_per_s(step, steps, cuda=device.type == "cuda", warmup=2)  # warm-up: oneDNN/cuDNN choose kernels
 
 
 def main() -> None:

@@ -99,16 +99,10 @@ def _check(a, rows: list[tuple[str, str]]) -> None:
 
 
 def _speed(model, sessions, x, device, iters: int = 10) -> list[tuple[str, str]]:
+    from timing import calls_per_s
+
     def timed(fn) -> float:
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return iters * len(x) / (time.perf_counter() - t0)
+        return len(x) * calls_per_s(fn, iters, cuda=device.type == "cuda")
 
     xt = torch.from_numpy(x).to(device)
     with torch.inference_mode():
