@@ -29,11 +29,8 @@ def test_label_smoothing_reaches_the_loss():
 
 @pytest.mark.parametrize("preset", ["randaugment", "augmix"])
 def test_timm_policies_augment(preset):
-    img = np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    """Size and variation are checked with every preset in test_data; here: timm's policy is the last step."""
     t = build_train_transform(preset, 32)
-    outs = [t(image=img)["image"] for _ in range(6)]
-    assert all(o.shape == (32, 32, 3) and o.dtype == np.uint8 for o in outs)
-    assert len({o.tobytes() for o in outs}) > 1
     names = [type(x).__name__ for x in t.transforms]
     assert names[-1] == "TimmPolicy" and t.transforms[-1].policy == preset
     with pytest.raises(KtError, match="defined for RGB"):
