@@ -18,10 +18,10 @@ import numpy as np
 
 def run(seed: int, epochs: int, root: Path, data_dir: Path) -> float:
     from kaggle_transfer import competitions, config
-    from kaggle_transfer.demo import test_score
-    from kaggle_transfer.export import export
     from kaggle_transfer.inference.pipeline import predict_submission
-    from kaggle_transfer.train import fit
+    from kaggle_transfer.training.demo import test_score
+    from kaggle_transfer.training.export import export
+    from kaggle_transfer.training.loop import fit
 
     comp = competitions.get(str(data_dir / "digits.yaml"))
     cfg = config.resolve(comp.spec["recipe"], {"competition": comp.name, "competition_file": comp.spec_file,
@@ -30,7 +30,8 @@ def run(seed: int, epochs: int, root: Path, data_dir: Path) -> float:
     run_dir.mkdir()
     fit(cfg, run_dir, data_dir, progress=False)
     onnx = export(run_dir)["path"]
-    manifest = predict_submission(comp.name, [onnx], data_dir, root / "subs", f"seed{seed}", progress=False)
+    manifest = predict_submission(comp.name, [onnx], data_dir, out_root=root / "subs", label=f"seed{seed}",
+                                  progress=False)
     return test_score(comp, data_dir, Path(manifest["submission"]))
 
 

@@ -45,9 +45,9 @@ def _check(a, rows: list[tuple[str, str]]) -> None:
 
     from kaggle_transfer import config
     from kaggle_transfer.data import synthetic
-    from kaggle_transfer.export import export, load_run_model
     from kaggle_transfer.inference.session import load_model
-    from kaggle_transfer.train import fit
+    from kaggle_transfer.training.export import export, load_run_model
+    from kaggle_transfer.training.loop import fit
 
     cuda = torch.cuda.is_available()
     rows.append(("device", torch.cuda.get_device_name(0) if cuda else "cpu"))
@@ -78,9 +78,10 @@ def _check(a, rows: list[tuple[str, str]]) -> None:
         rows.append(("onnx max|diff| vs torch (cpu, fp32)", f"{exported['max_abs_diff']:.2e}"))
         # the device image may carry a CPU-only onnxruntime: then ONNX runs on the CPU, torch on the GPU
         provider = "cuda" if cuda and "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
-        sessions = {"fp32": load_model(exported["path"], provider, io_binding="off"),
-                    "fp32 + IO binding": load_model(exported["path"], provider, io_binding="on"),
-                    "fp16 + IO binding": load_model(exported["path"], provider, precision="fp16", io_binding="on")}
+        sessions = {"fp32": load_model(exported["path"], provider=provider, io_binding="off"),
+                    "fp32 + IO binding": load_model(exported["path"], provider=provider, io_binding="on"),
+                    "fp16 + IO binding": load_model(exported["path"], provider=provider, precision="fp16",
+                                                    io_binding="on")}
         rows.append(("onnxruntime provider", sessions["fp32"].provider))
         # a CPU onnxruntime beside a GPU gets a small parity batch and no speed rows (minutes at 512 px)
         n = a.batch if provider == "cuda" or not cuda else min(a.batch, 4)

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# One prepared GPU check for a lent H200 (see the device tool's README), in a single call:
-#   installs what the machine lacks from carried wheels (.whl/, git-ignored), trains a few hundred
-#   AMP steps of inception_resnet_v2 at 512 px on synthetic APTOS, exports ONNX, runs it with the
-#   CUDA provider when onnxruntime has one (fp32, fp32 + IO binding, fp16 + IO binding vs torch fp32
+# The GPU check, for any Linux machine with an NVIDIA GPU and CUDA-enabled torch (docs/gpu.md):
+#   installs what the machine lacks from wheels in .whl/ (git-ignored) when that folder exists, trains a
+#   few hundred AMP steps of inception_resnet_v2 at 512 px on synthetic APTOS, exports ONNX, runs it with
+#   the CUDA provider when onnxruntime has one (fp32, fp32 + IO binding, fp16 + IO binding vs torch fp32
 #   and AMP: parity and images/s), and prints a short table.
 #
-# Prepare the wheels here first (the device has torch, timm, onnx, onnxruntime (CPU), opencv, pandas,
-# scikit-learn; it lacks albumentations and its small dependencies):
-#   benchmarks/gpu_check.sh --fetch-wheels
-# Then, through the device tool:  run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
-# onnxruntime-gpu (about 300 MB) is over the 64 MiB carry limit: where the image's onnxruntime has no
-# CUDA provider, the table says CPUExecutionProvider for the ONNX rows.
+#   bash benchmarks/gpu_check.sh                  # the check (extra flags go to gpu_check.py)
+#   bash benchmarks/gpu_check.sh --smoke          # the same code on a tiny CPU model, in seconds
+#   bash benchmarks/gpu_check.sh --fetch-wheels   # on a machine with internet: albumentations and its small
+#                                                 # dependencies for Python 3.12 into .whl/, for an offline GPU box
+# Where the installed onnxruntime has no CUDA provider, the ONNX rows say CPUExecutionProvider and
+# parity is checked on the CPU with a small batch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

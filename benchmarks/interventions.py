@@ -16,7 +16,7 @@ import numpy as np
 
 from kaggle_transfer import config
 from kaggle_transfer.data import synthetic
-from kaggle_transfer.train import fit
+from kaggle_transfer.training.loop import fit
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each runtime counts")
     a = p.parse_args()
 
-    from kaggle_transfer.export import _export_graph
     from kaggle_transfer.inference.session import OnnxModel, load_model
-    from kaggle_transfer.models import build_model
+    from kaggle_transfer.training.export import _export_graph
+    from kaggle_transfer.training.models import build_model
 
     model = build_model(a.arch, 5, pool="gem").eval()
     batch = np.random.default_rng(0).integers(0, 256, (a.batch, 3, a.size, a.size), dtype=np.uint8)
@@ -46,15 +46,15 @@ def main() -> None:
         proto = onnx.load(str(path))
         proto.metadata_props.add(key="kt", value=json.dumps({"size": a.size}))
         onnx.save(proto, str(path))
-        session: OnnxModel = load_model(path, "cpu")
+        session: OnnxModel = load_model(path, provider="cpu")
 
         def eager(x):
             with torch.inference_mode():
                 return model(torch.from_numpy(x)).numpy()
 
         # the GPU options on this CPU, for the record: IO binding should cost nothing, fp16 is not for CPUs
-        variants = {"IO binding": load_model(path, "cpu", io_binding="on"),
-                    "fp16": load_model(path, "cpu", precision="fp16")}
+        variants = {"IO binding": load_model(path, provider="cpu", io_binding="on"),
+                    "fp16": load_model(path, provider="cpu", precision="fp16")}
         runs = {"torch": eager, "onnx": session.run,
                 **{name: (lambda x, m=m: m.run(m.upload(x))) for name, m in variants.items()}}
         rates: dict[str, list[float]] = {name: [] for name in runs}

@@ -37,8 +37,8 @@ print(before, hwm())
 def tiny_model(tmp: Path, size: int) -> Path:
     from kaggle_transfer import config
     from kaggle_transfer.data import synthetic
-    from kaggle_transfer.export import export
-    from kaggle_transfer.train import fit
+    from kaggle_transfer.training.export import export
+    from kaggle_transfer.training.loop import fit
 
     data = synthetic.make("aptos", tmp / f"d{size}", n_train=40, n_test=4, image_size=64)
     cfg = config.resolve(flags={"arch": "resnet18", "pretrained": False, "size": size, "epochs": 1, "workers": 0,

@@ -18,7 +18,7 @@ import torch
 
 from kaggle_transfer import config
 from kaggle_transfer.data import synthetic
-from kaggle_transfer.train import fit
+from kaggle_transfer.training.loop import fit
 
 
 def plain_loop(data_dir: Path, arch: str, size: int, batch: int, workers: int, epochs: int) -> float:

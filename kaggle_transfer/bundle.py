@@ -75,16 +75,16 @@ def fetch_wheels(dest: Path, packages: Sequence[str] = NOTEBOOK_WHEELS, python: 
                       "pass --no-fetch-wheels with --wheels-from DIR holding them")
 
 
-def build(competition: str, models: Sequence[str | Path], out: str | Path, tta: str = "none",
+def build(competition: str, models: Sequence[str | Path], out: str | Path, *, tta: str | None = None,
           ensemble: str | Path | None = None, wheels_from: str | Path | None = None, user: str | None = None,
           overwrite: bool = False, fetch: bool = False, precision: str = "fp32") -> dict[str, Any]:
     import os
 
     from .inference.session import read_metadata
+    from .inference.tta import recorded_tta
 
     comp = competitions.get(competition)
-    if not comp.slug:
-        raise KtError(f"{comp.name} is not a Kaggle competition; there is nothing to bundle for")
+    comp.kaggle_slug()  # a local dataset has nothing to bundle for
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -99,14 +99,16 @@ def build(competition: str, models: Sequence[str | Path], out: str | Path, tta: 
     if not models:
         raise KtError("name the models to bundle (model.onnx files) or pass --ensemble SPEC.json")
     out.mkdir(parents=True, exist_ok=True)
-    entries = []
+    entries, metas = [], []
     for i, path in enumerate(map(Path, models)):
         meta = read_metadata(path)
+        metas.append(meta)
         if meta["competition"] != comp.name:
             raise KtError(f"{path} was trained for {meta['competition']!r}, not {comp.name!r}")
         name = f"{i:02d}_{meta['arch']}_{meta['size']}.onnx"
         shutil.copy(path, out / name)
         entries.append({"file": name, "sha256": sha256(out / name), "source": str(path)})
+    tta = tta or recorded_tta(metas)  # the views the models were trained for, unless --tta says otherwise
     _kt_wheel(out)
     for wheel in sorted(Path(wheels_from).glob("*.whl")) if wheels_from else []:
         shutil.copy(wheel, out / wheel.name)
@@ -127,3 +129,19 @@ def build(competition: str, models: Sequence[str | Path], out: str | Path, tta: 
                                                "licenses": [{"name": "CC0-1.0"}]})
     return {"dir": str(out), "models": len(entries), "wheels": sorted(p.name for p in out.glob("*.whl")),
             "kernel": f"{user}/kt-{comp.name.replace('_', '-')}-predict", "dataset": f"{user}/{dataset}"}
+
+
+def for_submission(comp, csv: Path, *, fetch: bool) -> Path:
+    """The bundle of the models that made this submission (from its manifest), built beside it once."""
+    import json
+
+    manifest = csv.parent / "manifest.json"
+    if not manifest.is_file():
+        raise KtError(f"{csv.parent} has no manifest.json naming the models; pass --bundle DIR (kt bundle)")
+    data = json.loads(manifest.read_text())
+    out = csv.parent / "bundle"
+    if not (out / "bundle.json").is_file():
+        build(comp.name, [m["file"] for m in data["models"]], out, tta=data.get("tta", "none"),
+              ensemble=data.get("ensemble"), fetch=fetch,
+              precision=data["models"][0].get("precision", "fp32"))  # as validated here
+    return out

@@ -22,7 +22,7 @@ from .errors import KtError
 @dataclass
 class RunConfig:
     competition: str = "aptos"          # adapter name (kt competitions)
-    competition_file: str | None = None  # the YAML of a custom competition (kt train custom -c FILE)
+    competition_file: str | None = None  # the YAML of a custom competition (kt train FILE.yaml)
     arch: str = "resnet50"              # any timm model name
     pretrained: bool = True             # ImageNet weights through timm / Hugging Face
     weights: str | None = None          # local backbone state dict (offline); overrides pretrained
@@ -139,13 +139,13 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(recipe: str | Path | dict | None = None, flags: dict[str, Any] | None = None,
+def resolve(recipe: str | Path | dict | list | None = None, flags: dict[str, Any] | None = None,
             sets: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Defaults → recipe (a YAML path or a mapping) → flags (None means 'not given') → `--set key=value`."""
+    """Defaults → recipes (YAML paths or mappings, in order) → flags (None means 'not given') → `--set key=value`."""
     values: dict[str, Any] = {}
-    if recipe:
-        for key, value in (recipe if isinstance(recipe, dict) else load_recipe(recipe)).items():
-            _check_key(key, f"recipe {recipe}")
+    for item in (recipe if isinstance(recipe, list) else [recipe] if recipe else []):
+        for key, value in (item if isinstance(item, dict) else load_recipe(item)).items():
+            _check_key(key, f"recipe {item}")
             values[key] = parse_value(key, value)
     for key, value in (flags or {}).items():
         if value is not None and value != ():

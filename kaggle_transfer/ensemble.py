@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from . import competitions
+from . import competitions, runs
 from .errors import KtError
 from .fsutil import sha256, write_json
 from .inference.predict import blend
@@ -27,24 +25,15 @@ from .inference.predict import blend
 METHODS = ("mean", "rank", "greedy")
 
 
-def member_models(run_dir: Path) -> list[Path]:
-    """A run's model.onnx, or every member's of a run group."""
-    group = run_dir / "group.json"
-    dirs = [run_dir / m["dir"] for m in json.loads(group.read_text())["members"]] if group.is_file() else [run_dir]
-    missing = [d for d in dirs if not (d / "model.onnx").is_file()]
-    if missing:
-        raise KtError(f"{missing[0]} has no model.onnx; run kt export {run_dir} first")
-    return [d / "model.onnx" for d in dirs]
-
-
 def load_oofs(run_dirs: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """(ids, raws (members, rows, outputs), targets, config of the first), aligned by id."""
-    oofs, cfg = [], None
+    oofs = []
     for d in run_dirs:
-        if not (d / "oof.npz").is_file():
-            raise KtError(f"{d} has no oof.npz; pass run folders or --folds run groups made by kt train")
-        oofs.append(np.load(d / "oof.npz"))
-        cfg = cfg or yaml.safe_load((d / "config.yaml").read_text())
+        oof = runs.load_oof(d)
+        if oof is None:
+            raise KtError(f"{d} has no {runs.OOF}; pass run folders or --folds run groups made by kt train")
+        oofs.append(oof)
+    cfg = runs.load_config(run_dirs[0]).to_dict()
     ids = np.sort(oofs[0]["ids"])
     raws, targets = [], None
     for d, oof in zip(run_dirs, oofs, strict=True):
@@ -57,7 +46,7 @@ def load_oofs(run_dirs: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndar
     return ids, np.stack(raws).astype(np.float64), targets, cfg
 
 
-def _score(task, raws, targets, weights, method) -> tuple[float, dict]:
+def _score(task, raws, targets, weights, *, method) -> tuple[float, dict]:
     raw = blend(raws, weights, "rank" if method == "rank" else "mean", task)
     fitted = task.fit(raw, targets)
     return task.score(targets, raw, fitted), fitted
@@ -72,7 +61,7 @@ def greedy_weights(task, raws: np.ndarray, targets: np.ndarray, rounds: int = 25
         for m in range(len(raws)):
             trial = counts.copy()
             trial[m] += 1
-            trials.append(_score(task, raws, targets, trial, "mean")[0])
+            trials.append(_score(task, raws, targets, trial, method="mean")[0])
         pick = int(np.argmax(trials))
         if trials[pick] <= best + 1e-12:
             break
@@ -92,19 +81,18 @@ def build(competition: str, run_dirs: Sequence[str | Path], method: str = "greed
     if comp.name != competitions.get(competition).name:
         raise KtError(f"{run_dirs[0]} is a {comp.name} run, not {competition}")
     task = comp.task
-    singles = [_score(task, raws[m:m + 1], targets, None, "mean")[0] for m in range(len(raws))]
+    singles = [_score(task, raws[m:m + 1], targets, None, method="mean")[0] for m in range(len(raws))]
     weights = (greedy_weights(task, raws, targets) if method == "greedy" else np.full(len(raws), 1 / len(raws)))
-    score, fitted = _score(task, raws, targets, weights, method)
+    score, fitted = _score(task, raws, targets, weights, method=method)
     spec = {
         "type": "ensemble", "competition": comp.name, "metric": task.metric, "method": method,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "oof_score": score, "oof_rows": len(ids),
+        "created": runs.timestamp(), "oof_score": score, "oof_rows": len(ids),
         "best_member_score": max(singles), "gain": score - max(singles), "fitted": fitted,
         "members": [{"run": str(d), "weight": float(w), "oof_score": s,
-                     "models": [{"path": str(p), "sha256": sha256(p)} for p in member_models(d)]}
+                     "models": [{"path": str(p), "sha256": sha256(p)} for p in runs.onnx_files(d)]}
                     for d, w, s in zip(run_dirs, weights, singles, strict=True)],
     }
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(out) if out else Path("runs") / comp.name / "ensembles" / f"{stamp}_{method}.json"
+    path = Path(out) if out else runs.ensemble_path(comp.name, method)
     write_json(path, spec)
     spec["path"] = str(path)
     return spec

@@ -1,6 +1,6 @@
 """The only module that talks to Kaggle, through the official `kaggle` client (imported lazily).
 
-Facts relied on (shared/KAGGLE_API.md, kaggle 2.2.5): `import kaggle` authenticates at import, so
+Facts relied on (docs/kaggle.md, kaggle 2.2.5): `import kaggle` authenticates at import, so
 only `kaggle.api.kaggle_api_extended.KaggleApi` is imported, inside functions; `authenticate()` calls
 exit(1) without credentials; a failed upload makes `competition_submit` return ref 0 instead of
 raising; 429/5xx are retried here only where a retry cannot double an action (listing, polling).
@@ -73,7 +73,7 @@ def _explain(e: Exception, slug: str, what: str) -> KtError:
     return KtError(f"the Kaggle client failed to {what}: {type(e).__name__}")
 
 
-def call(fn: Callable[[], Any], slug: str, what: str, retry: bool = False, sleep=time.sleep) -> Any:
+def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, sleep=time.sleep) -> Any:
     """Run one client call; with `retry` (only for calls safe to repeat) back off on 429 and 5xx."""
     import requests
 
@@ -106,7 +106,7 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
     return [m.filename for m in members]
 
 
-def download(slug: str, dest: Path, force: bool = False, api=None, quiet: bool = False) -> dict[str, Any]:
+def download(slug: str, dest: Path, *, force: bool = False, api=None, quiet: bool = False) -> dict[str, Any]:
     """Download a competition's files and extract them into `dest`; skipped when already done."""
     marker = dest / ".kt-download"
     if marker.is_file() and not force:
@@ -154,7 +154,7 @@ def check_daily_limit(slug: str, daily_limit: int, api) -> None:
                       "try again after midnight UTC")
 
 
-def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, wait: bool = False, api=None,
+def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, *, wait: bool = False, api=None,
                poll_s: float = 10.0, timeout_s: float = 3600.0, sleep=time.sleep) -> dict[str, Any]:
     """Upload a validated CSV; with `wait`, poll until it is scored. Never resubmits on its own."""
     api = api or make_api()
@@ -165,7 +165,7 @@ def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, wait: bool 
         raise KtError(f"the upload of {csv.name} to {slug} failed (Kaggle returned no submission): "
                       f"{getattr(result, 'message', '') or 'no message'}; nothing was submitted, try again")
     out = {"ref": ref, "message": getattr(result, "message", ""), "status": "PENDING"}
-    return _wait(slug, api, out, wait, poll_s, timeout_s, sleep)
+    return _wait(slug, api, out, wait, poll_s=poll_s, timeout_s=timeout_s, sleep=sleep)
 
 
 def _dataset_exists(api, ref: str) -> bool:
@@ -210,7 +210,7 @@ def push_bundle(bundle: Path, message: str, api=None) -> dict[str, Any]:
             "version": getattr(pushed, "version_number", 0), "url": getattr(pushed, "url", "")}
 
 
-def submit_code(slug: str, bundle: Path, message: str, daily_limit: int, wait: bool = False, api=None,
+def submit_code(slug: str, bundle: Path, message: str, daily_limit: int, *, wait: bool = False, api=None,
                 poll_s: float = 10.0, timeout_s: float = 4 * 3600.0, sleep=time.sleep) -> dict[str, Any]:
     """A code competition: push the bundle and its notebook, submit that notebook version's output."""
     api = api or make_api()
@@ -224,10 +224,10 @@ def submit_code(slug: str, bundle: Path, message: str, daily_limit: int, wait: b
         raise KtError(f"Kaggle did not create a submission for {pushed['kernel']}: "
                       f"{getattr(result, 'message', '') or 'no message'}")
     out = {"ref": ref, "status": "PENDING", **pushed}
-    return _wait(slug, api, out, wait, poll_s, timeout_s, sleep)
+    return _wait(slug, api, out, wait, poll_s=poll_s, timeout_s=timeout_s, sleep=sleep)
 
 
-def _wait(slug: str, api, out: dict[str, Any], wait: bool, poll_s: float, timeout_s: float, sleep) -> dict[str, Any]:
+def _wait(slug: str, api, out: dict[str, Any], wait: bool, *, poll_s: float, timeout_s: float, sleep) -> dict[str, Any]:
     deadline = time.time() + timeout_s
     while wait and time.time() < deadline:
         match = next((s for s in list_submissions(slug, api) if str(s["ref"]) == str(out["ref"])), None)
@@ -238,3 +238,27 @@ def _wait(slug: str, api, out: dict[str, Any], wait: bool, poll_s: float, timeou
         sleep(poll_s)
         poll_s = min(poll_s * 1.5, 120)
     return out
+
+
+def submit(comp, target: str | Path, *, message: str, data_dir: str | Path | None = None, wait: bool = False,
+           bundle_dir: str | Path | None = None, fetch_wheels: bool = True,
+           echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """`kt submit`: validate the CSV locally (no request for an invalid file), then upload it, or for a
+    code competition push the offline bundle and its notebook; the result goes into manifest.json."""
+    from . import competitions, submission
+
+    slug = comp.kaggle_slug()
+    target = Path(target)
+    csv = target / "submission.csv" if target.is_dir() else target
+    submission.validate(comp, csv, competitions.find_data_dir(comp, data_dir))  # before any network call
+    if warning := credentials_warning():
+        echo(warning)
+    if comp.submit_via == "notebook":
+        from .bundle import for_submission
+
+        bundle = Path(bundle_dir) if bundle_dir else for_submission(comp, csv, fetch=fetch_wheels)
+        result = submit_code(slug, bundle, message, comp.daily_limit, wait=wait)
+    else:
+        result = submit_csv(slug, csv, message, comp.daily_limit, wait=wait)
+    submission.record_kaggle(csv, {**result, "message": message, "slug": slug})
+    return {**result, "csv": str(csv), "slug": slug}

@@ -65,7 +65,7 @@ def apply_cutpoints(raw: np.ndarray, cuts: np.ndarray | list[float]) -> np.ndarr
     return np.digitize(np.asarray(raw, dtype=float).reshape(-1), np.asarray(cuts, dtype=float)).astype(int)
 
 
-def fit_cutpoints(raw: np.ndarray, y: np.ndarray, num_classes: int, passes: int = 3, grid: int = 60) -> list[float]:
+def fit_cutpoints(raw: np.ndarray, y: np.ndarray, num_classes: int, *, passes: int = 3, grid: int = 60) -> list[float]:
     """Cut points on a regression output that maximise QWK on (raw, y), by coordinate search.
 
     Starts from plain rounding (k - 0.5) and moves one cut at a time over candidate values

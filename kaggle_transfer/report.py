@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import competitions, metrics
+from . import competitions, metrics, runs
 from .errors import KtError
 from .fsutil import atomic_path, write_text
 from .tasks import sigmoid
@@ -66,7 +66,7 @@ def cut_shift(raw: np.ndarray, y: np.ndarray, cuts: list[float], path: Path) -> 
     return _save(fig, path)
 
 
-def per_class_f1(prob: np.ndarray, y: np.ndarray, thresholds: list[float], names: list[str], path: Path) -> Path:
+def per_class_f1(prob: np.ndarray, y: np.ndarray, thresholds: list[float], names: list[str], *, path: Path) -> Path:
     from sklearn.metrics import f1_score
 
     plt = _plt()
@@ -121,16 +121,14 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
         lines += ["", f"![weights]({png.name})"]
         write_text(out_dir / "report.md", "\n".join(lines) + "\n")
         return {"dir": str(out_dir), "pngs": [str(png)]}
-    if not (target / "oof.npz").is_file():
-        raise KtError(f"{target} is not a run, a run group or an ensemble spec (no oof.npz); "
+    oof = runs.load_oof(target)
+    if oof is None:
+        raise KtError(f"{target} is not a run, a run group or an ensemble spec (no {runs.OOF}); "
                       "pass runs/<competition>/<run> or an ensembles/*.json")
-    import yaml
-
-    cfg = yaml.safe_load((target / "config.yaml").read_text())
+    cfg = runs.load_config(target).to_dict()
     comp = competitions.for_config(cfg)
     task = comp.task
-    oof = np.load(target / "oof.npz")
-    raw, y, fitted = oof["raw"], oof["targets"], json.loads(str(oof["fitted"]))
+    raw, y, fitted = oof["raw"], oof["targets"], oof["fitted"]
     out_dir = Path(out) if out else target / "plots"
     pngs = []
     if task.kind in ("multiclass", "ordinal"):
@@ -138,7 +136,8 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     if task.kind == "ordinal":
         pngs.append(cut_shift(raw.reshape(-1), y, fitted["cutpoints"], out_dir / "cutpoints.png"))
     if task.kind == "multilabel":
-        pngs.append(per_class_f1(sigmoid(raw), y, fitted["thresholds"], comp.class_names, out_dir / "per_class.png"))
+        pngs.append(per_class_f1(sigmoid(raw), y, fitted["thresholds"], comp.class_names,
+                                 path=out_dir / "per_class.png"))
     if task.kind == "binary":
         pngs.append(roc(sigmoid(raw.reshape(-1)), y, out_dir / "roc.png"))
     histories = sorted(target.glob("*/history.csv")) or [target / "history.csv"]
@@ -155,25 +154,20 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     return {"dir": str(out_dir), "pngs": [str(p) for p in pngs], "score": score}
 
 
-def leaderboard(competition: str, root: str | Path = "runs") -> pd.DataFrame:
+def leaderboard(competition: str, root: str | Path | None = None) -> pd.DataFrame:
     """One row per run and run group of a competition, best first, with what differs from the best."""
-    import yaml
-
     comp = competitions.get(competition)
-    folder = Path(root) / comp.name
     rows = []
-    for d in sorted(folder.glob("*")) if folder.is_dir() else []:
-        if not (d / "metrics.json").is_file():
-            continue
-        m = json.loads((d / "metrics.json").read_text())
-        cfg = yaml.safe_load((d / "config.yaml").read_text())
+    for d in runs.competition_runs(comp.name, root):
+        m = runs.read_metrics(d)
+        cfg = runs.load_config(d).to_dict()
         group = m.get("type") == "group"
         rows.append({"run": d.name, "kind": "group" if group else "run", "score": m["score"],
                      "cv": f"{m['mean']:.4f} ± {m['std']:.4f}" if group else "",
                      "arch": cfg["arch"], "size": cfg["size"], "minutes": round(m.get("time_s", 0) / 60, 1),
                      "config": cfg})
     if not rows:
-        raise KtError(f"no finished runs in {folder}")
+        raise KtError(f"no finished runs in {runs.runs_root(root) / comp.name}")
     table = pd.DataFrame(rows).sort_values("score", ascending=False).reset_index(drop=True)
     best = table["config"][0]
     ignore = {"seed", "fold", "workers", "device", "max_steps"}

@@ -1,33 +1,69 @@
-"""Run folders, ids, seeding and provenance (git sha). Torch-free except `seed_everything`."""
+"""The one owner of the run folder: where runs live, what their files are called, how they are read.
+
+runs/<competition>/<stamp>_<label>/          one run, or a --folds run group whose members are run folders
+    config.yaml      the resolved RunConfig               save_config / load_config
+    run.json         data folder, external folders, ...   write_run_info / read_run_info
+    metrics.json     best score, epoch, fitted params     read_metrics
+    oof.npz          validation ids, raw outputs, targets save_oof / load_oof
+    group.json       (groups) members and their scores    write_group / member_dirs
+    model.onnx       written by kt export                 onnx_files
+runs/<competition>/ensembles/<stamp>_<method>.json        ensemble_path
+
+Every default root honours its environment variable ($KT_RUNS, $KT_CACHE, $KT_SUBMISSIONS).
+Torch-free: prediction, reports and the study read runs through this module too.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import random
 import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import KtError
+from .fsutil import atomic_path, write_json
 
+CONFIG, RUN_INFO, METRICS, OOF, GROUP, MODEL = \
+    "config.yaml", "run.json", "metrics.json", "oof.npz", "group.json", "model.onnx"
+
+
+# --- roots and names -------------------------------------------------------------------------
 
 def runs_root(given: str | Path | None = None) -> Path:
     return Path(given or os.environ.get("KT_RUNS") or "runs")
 
 
+def cache_root(given: str | Path | None = None) -> Path:
+    return Path(given or os.environ.get("KT_CACHE") or "cache")
+
+
+def submissions_root(given: str | Path | None = None) -> Path:
+    return Path(given or os.environ.get("KT_SUBMISSIONS") or "submissions")
+
+
 def stamp() -> str:
+    """Folder-name stamp, local time, sortable."""
     return time.strftime("%Y%m%d-%H%M%S")
+
+
+def timestamp() -> str:
+    """The `created` field of manifests, specs and ONNX metadata."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
+# --- folders ---------------------------------------------------------------------------------
+
 def new_run_dir(root: Path, competition: str, label: str) -> Path:
-    """runs/<competition>/<stamp>_<label>; never reuses an existing folder."""
+    """<root>/<competition>/<stamp>_<label>; never reuses an existing folder."""
     base = Path(root) / competition / f"{stamp()}_{slug(label)}"
     path, n = base, 1
     while path.exists():
@@ -45,6 +81,98 @@ def fresh_output_dir(path: Path, overwrite: bool) -> Path:
     return path
 
 
+def ensemble_path(competition: str, method: str, root: str | Path | None = None) -> Path:
+    """Default place of a new ensemble spec: <runs root>/<competition>/ensembles/<stamp>_<method>.json."""
+    return runs_root(root) / competition / "ensembles" / f"{stamp()}_{method}.json"
+
+
+# --- files of a run --------------------------------------------------------------------------
+
+def is_run(run_dir: Path) -> bool:
+    return (Path(run_dir) / CONFIG).is_file()
+
+
+def save_config(run_dir: Path, cfg) -> None:
+    from . import config
+
+    config.save(cfg, Path(run_dir) / CONFIG)
+
+
+def load_config(run_dir: Path, *, what: str = "a run folder"):
+    """The run's resolved RunConfig; a folder without one is named with the fix."""
+    from . import config
+
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise KtError(f"{run_dir} is not {what} (no {CONFIG}); pass runs/<competition>/<run-id>")
+    return config.load(path)
+
+
+def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / RUN_INFO, {**info, "git_sha": git_sha()})
+
+
+def read_run_info(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_INFO
+    if not path.is_file():
+        raise KtError(f"{run_dir} has no {RUN_INFO}; pass a run folder made by kt train")
+    return json.loads(path.read_text())
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / METRICS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_oof(run_dir: Path, ids, raw: np.ndarray, targets: np.ndarray, *, fitted: dict[str, Any]) -> None:
+    with atomic_path(Path(run_dir) / OOF) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, ids=np.asarray(ids, dtype=str), raw=raw, targets=targets, fitted=json.dumps(fitted))
+
+
+def load_oof(run_dir: Path) -> dict[str, Any] | None:
+    """{ids, raw, targets, fitted} of the run's best epoch (pooled for a group); None when absent."""
+    path = Path(run_dir) / OOF
+    if not path.is_file():
+        return None
+    with np.load(path) as oof:
+        return {"ids": oof["ids"], "raw": oof["raw"], "targets": oof["targets"],
+                "fitted": json.loads(str(oof["fitted"]))}
+
+
+# --- run groups ------------------------------------------------------------------------------
+
+def write_group(group_dir: Path, summary: dict[str, Any]) -> None:
+    write_json(Path(group_dir) / GROUP, summary)
+
+
+def read_group(group_dir: Path) -> dict[str, Any] | None:
+    path = Path(group_dir) / GROUP
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def member_dirs(run_dir: Path) -> list[Path]:
+    """A run folder itself, or each member folder of a --folds run group."""
+    run_dir = Path(run_dir)
+    group = read_group(run_dir)
+    return [run_dir / m["dir"] for m in group["members"]] if group else [run_dir]
+
+
+def onnx_files(run_dir: Path) -> list[Path]:
+    """The exported model of a run, or of every member of a group; missing ones name kt export."""
+    files = [d / MODEL for d in member_dirs(run_dir)]
+    missing = [f.parent for f in files if not f.is_file()]
+    if missing:
+        raise KtError(f"{missing[0]} has no {MODEL}; run kt export {run_dir} first")
+    return files
+
+
+def competition_runs(competition: str, root: str | Path | None = None) -> list[Path]:
+    """Every finished run and run group of a competition (those with metrics.json), by name."""
+    folder = runs_root(root) / competition
+    return [d for d in sorted(folder.glob("*")) if (d / METRICS).is_file()] if folder.is_dir() else []
+
+
 def git_sha() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -52,11 +180,3 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

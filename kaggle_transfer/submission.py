@@ -70,3 +70,16 @@ def validate(comp: Competition, csv_path: Path, data_dir: Path) -> dict[str, Any
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     return {"file": str(csv_path), "rows": len(df), "columns": list(df.columns),
             "value_counts": df.iloc[:, 1].value_counts().head(10).to_dict()}
+
+
+def record_kaggle(csv: Path, entry: dict[str, Any]) -> None:
+    """Append what Kaggle answered (ref, status, scores) to the submission's manifest.json, if it has one."""
+    import json
+
+    from .fsutil import write_json
+
+    manifest = Path(csv).parent / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        data.setdefault("kaggle", []).append(entry)
+        write_json(manifest, data)

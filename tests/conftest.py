@@ -37,7 +37,7 @@ def aptos_copy(aptos_dir, tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(aptos_dir, tmp_path_factory) -> Path:
-    from kaggle_transfer.train import fit
+    from kaggle_transfer.training.loop import fit
 
     run_dir = tmp_path_factory.mktemp("run")
     fit(tiny_config(), run_dir, aptos_dir, progress=False)
@@ -46,6 +46,6 @@ def trained_run(aptos_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def onnx_model(trained_run) -> Path:
-    from kaggle_transfer.export import export
+    from kaggle_transfer.training.export import export
 
     return Path(export(trained_run)["path"])

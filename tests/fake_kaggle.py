@@ -1,5 +1,5 @@
 """A fake Kaggle API on loopback for tests: the real `kaggle` client reaches it as an HTTP proxy
-(KAGGLE_API_ENVIRONMENT=LOCALHOST, shared/KAGGLE_API.md). Records every request; refuses CONNECT,
+(KAGGLE_API_ENVIRONMENT=LOCALHOST, docs/kaggle.md). Records every request; refuses CONNECT,
 which is what any attempt to reach the real https://api.kaggle.com would be."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 from kaggle_transfer.competitions import APTOS, HPA
 from kaggle_transfer.data import images, synthetic
 from kaggle_transfer.data.cache import load_manifest, prepare, use_cache
-from kaggle_transfer.data.dataset import ImageDataset
+from kaggle_transfer.training.dataset import ImageDataset
 
 
 def _digest(folder: Path) -> str:
@@ -98,9 +98,9 @@ def test_fundus_crop_trims_black_borders():
 
 def test_prediction_reads_the_cache(big_aptos, tmp_path, monkeypatch):
     from kaggle_transfer import config
-    from kaggle_transfer.export import export
     from kaggle_transfer.inference.pipeline import predict_submission
-    from kaggle_transfer.train import fit
+    from kaggle_transfer.training.export import export
+    from kaggle_transfer.training.loop import fit
 
     monkeypatch.setenv("KT_CACHE", str(tmp_path / "cache"))
     prepare([APTOS.read_train(big_aptos), APTOS.read_test(big_aptos)], tmp_path / "cache", "aptos", 64, crop=True,
@@ -109,11 +109,12 @@ def test_prediction_reads_the_cache(big_aptos, tmp_path, monkeypatch):
                                 "fundus_crop": True, "batch_size": 8})
     result = fit(cfg, tmp_path / "run", big_aptos, progress=False)
     assert result["cached_rows"] == 24
-    manifest = predict_submission("aptos", [export(tmp_path / "run")["path"]], big_aptos, tmp_path / "subs",
+    manifest = predict_submission("aptos", [export(tmp_path / "run")["path"]], big_aptos, out_root=tmp_path / "subs",
                                   progress=False)
     assert manifest["cached_rows"] == 6
     shutil.rmtree(tmp_path / "cache")  # without the cache, the crop is applied on the fly: same answers
-    again = predict_submission("aptos", [tmp_path / "run" / "model.onnx"], big_aptos, tmp_path / "subs", "x",
+    again = predict_submission("aptos", [tmp_path / "run" / "model.onnx"], big_aptos, out_root=tmp_path / "subs",
+                               label="x",
                                progress=False)
     assert again["cached_rows"] == 0
     assert os.path.getsize(again["submission"]) > 0

@@ -64,7 +64,7 @@ def _error(args):
     (["train", "aptos", "--arch", "resnet5O", "--data-dir", "."], "unknown --arch 'resnet5O'"),
     (["train", "aptos", "--set", "szie=64", "--data-dir", "."], "unknown config key 'szie'"),
     (["train", "aptos", "-c", "missing.yaml"], "recipe missing.yaml not found"),
-    (["train", "--resume", "/tmp"], "no config.yaml there"),
+    (["train", "--resume", "/tmp"], "not a run folder made by kt train (--resume) (no config.yaml)"),
     (["export", "/tmp"], "not a run folder"),
     (["validate", "aptos", "missing.csv", "--data-dir", "."], "missing.csv not found"),
     (["predict", "aptos", "nope.onnx", "--data-dir", "."], "model nope.onnx not found"),
@@ -102,7 +102,7 @@ def test_competitions_lists_the_registry():
 
 
 def test_demo_at_small_scale(tmp_path):
-    from kaggle_transfer.demo import run_demo
+    from kaggle_transfer.training.demo import run_demo
 
     lines = []
     result = run_demo("aptos", tmp_path, epochs=1, progress=False, echo=lines.append, n_train=80, n_test=20)

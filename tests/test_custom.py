@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from kaggle_transfer import competitions, submission
+from kaggle_transfer import competitions, config, submission
 from kaggle_transfer.cli import main
 from kaggle_transfer.errors import KtError
 
@@ -48,11 +48,14 @@ def unseen(tmp_path_factory):
 
 def test_yaml_competition_end_to_end_through_the_cli(unseen, tmp_path):
     runner = CliRunner()
-    out = runner.invoke(main, ["train", "custom", "-c", str(unseen / "forest.yaml"), "--data-dir", str(unseen),
-                               "--runs-root", str(tmp_path / "runs"), "--no-progress"])
+    (tmp_path / "recipe.yaml").write_text("dropout: 0.25\nfolds: 4\n")
+    out = runner.invoke(main, ["train", str(unseen / "forest.yaml"), "-c", str(tmp_path / "recipe.yaml"),
+                               "--data-dir", str(unseen), "--runs-root", str(tmp_path / "runs"), "--no-progress"])
     assert out.exit_code == 0, out.output
     run = next((tmp_path / "runs" / "forest").iterdir())
-    assert "split: kfold" in (run / "config.yaml").read_text()  # the YAML's recipe section applied
+    cfg = config.load(run / "config.yaml")
+    # the YAML's recipe section applied, then -c on top of it (its folds win, its dropout added)
+    assert (cfg.split, cfg.arch, cfg.folds, cfg.dropout) == ("kfold", "test_resnet", 4, 0.25)
     comp = competitions.get(str(unseen / "forest.yaml"))
     table = comp.read_train(unseen)
     from kaggle_transfer.data.splits import assign_folds
@@ -66,8 +69,7 @@ def test_yaml_competition_end_to_end_through_the_cli(unseen, tmp_path):
     csv = next((tmp_path / "subs" / "forest").glob("*/submission.csv"))
     sub = pd.read_csv(csv)
     assert list(sub.columns) == ["file", "species"] and set(sub["species"]) <= set(SPECIES)
-    out = runner.invoke(main, ["validate", "custom", str(csv), "-c", str(unseen / "forest.yaml"),
-                               "--data-dir", str(unseen)])
+    out = runner.invoke(main, ["validate", str(unseen / "forest.yaml"), str(csv), "--data-dir", str(unseen)])
     assert out.exit_code == 0, out.output
     bad = sub.assign(species="maple")
     bad.to_csv(tmp_path / "bad.csv", index=False)
@@ -79,8 +81,8 @@ def test_the_onnx_file_alone_carries_the_competition(unseen, tmp_path):
     import shutil
 
     from kaggle_transfer import config
-    from kaggle_transfer.export import export
-    from kaggle_transfer.train import fit
+    from kaggle_transfer.training.export import export
+    from kaggle_transfer.training.loop import fit
 
     comp = competitions.get(str(unseen / "forest.yaml"))
     cfg = config.resolve(comp.spec["recipe"], {"competition": "forest", "competition_file": comp.spec_file})
@@ -137,16 +139,20 @@ def test_malformed_yaml_names_the_key(unseen, tmp_path, change, message):
         competitions.get(str(tmp_path / "bad.yaml"))
 
 
-def test_custom_without_a_file_is_a_clear_error():
+def test_custom_without_a_file_is_a_clear_error(tmp_path):
     out = CliRunner().invoke(main, ["train", "custom"])
-    assert out.exit_code == 2 and "-c FILE.yaml" in out.output
+    assert out.exit_code == 2 and "kt train FILE.yaml" in out.output
+    # -c is a recipe everywhere: the old `custom -c COMPETITION.yaml` form is refused, not half-read
+    (tmp_path / "r.yaml").write_text("size: 32\n")
+    out = CliRunner().invoke(main, ["train", "custom", "-c", str(tmp_path / "r.yaml")])
+    assert out.exit_code == 2 and "-c names a recipe" in out.output
 
 
 def test_digits_real_signal(tmp_path):
     """Real handwritten digits through the whole path. Measured (benchmarks/digits_accuracy.py): 5 epochs give
     98.4-99.3% held-out accuracy over 5 seeds, 10 epochs 99.2 ± 0.5% over 3. Chance is 10%; 90% leaves a
     margin of 8 points below the worst seed measured, so a failure means learning broke, not noise."""
-    from kaggle_transfer.demo import run_demo
+    from kaggle_transfer.training.demo import run_demo
 
     result = run_demo("digits", tmp_path, epochs=5, progress=False, echo=lambda _: None, seed=0)
     single_test = result["rows"][0][2]

@@ -12,13 +12,13 @@ from click.testing import CliRunner
 from kaggle_transfer import submission
 from kaggle_transfer.cli import main
 from kaggle_transfer.competitions import APTOS
-from kaggle_transfer.cv import fit_group, parse_folds
 from kaggle_transfer.ensemble import build, load_spec
 from kaggle_transfer.errors import KtError
-from kaggle_transfer.export import export
 from kaggle_transfer.inference.pipeline import predict_submission
 from kaggle_transfer.report import leaderboard, report
-from kaggle_transfer.train import fit
+from kaggle_transfer.training.cv import fit_group, parse_folds
+from kaggle_transfer.training.export import export
+from kaggle_transfer.training.loop import fit
 
 from .conftest import tiny_config
 
@@ -93,9 +93,17 @@ def test_greedy_ensemble_scores_at_least_the_best_member(two_sizes, tmp_path):
         build("aptos", two_sizes, "rank", tmp_path / "rank.json")
 
 
+def test_default_spec_path_honours_kt_runs(two_sizes, tmp_path, monkeypatch):
+    monkeypatch.setenv("KT_RUNS", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(tmp_path)
+    spec = build("aptos", two_sizes, "mean")
+    assert Path(spec["path"]).parent == tmp_path / "elsewhere" / "aptos" / "ensembles"
+    assert not (tmp_path / "runs").exists()
+
+
 def test_predict_uses_the_spec_and_refuses_a_changed_member(two_sizes, aptos_dir, tmp_path):
     spec = build("aptos", two_sizes, "greedy", tmp_path / "spec.json")
-    manifest = predict_submission("aptos", [], aptos_dir, tmp_path / "subs", ensemble=tmp_path / "spec.json",
+    manifest = predict_submission("aptos", [], aptos_dir, out_root=tmp_path / "subs", ensemble=tmp_path / "spec.json",
                                   progress=False)
     assert manifest["fitted"] == spec["fitted"] and manifest["oof_score"] == spec["oof_score"]
     assert submission.problems(APTOS, Path(manifest["submission"]), aptos_dir) == []

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from kaggle_transfer.data import images
-from kaggle_transfer.data.augment import build_train_transform
 from kaggle_transfer.errors import KtError
+from kaggle_transfer.training.augment import build_train_transform
 
 
 def test_read_image_returns_rgb(tmp_path):
@@ -70,8 +70,8 @@ def test_heavy_on_four_channels_and_unknown_preset():
 
 def test_dataset_yields_uint8_chw(aptos_dir):
     from kaggle_transfer.competitions import APTOS
-    from kaggle_transfer.data.dataset import ImageDataset
+    from kaggle_transfer.training.dataset import ImageDataset
 
     table = APTOS.read_train(aptos_dir)
-    x, y, i = ImageDataset(table, 32, table["target"].to_numpy())[3]
+    x, y, i = ImageDataset(table, 32, targets=table["target"].to_numpy())[3]
     assert x.shape == (3, 32, 32) and str(x.dtype) == "torch.uint8" and i == 3 and int(y) == table["target"][3]

@@ -12,7 +12,7 @@ import pytest
 from kaggle_transfer.competitions import APTOS
 from kaggle_transfer.data import synthetic
 from kaggle_transfer.data.splits import assign_folds
-from kaggle_transfer.export import export
+from kaggle_transfer.training.export import export
 
 ARGS = ["train", "aptos", "--arch", "test_resnet", "--no-pretrained", "--size", "32", "--epochs", "2", "--workers",
         "0", "--no-progress", "--set", "batch_size=8"]

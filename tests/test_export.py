@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kaggle_transfer.errors import KtError
-from kaggle_transfer.export import export, load_run_model, parity
 from kaggle_transfer.inference.session import load_model, read_metadata
+from kaggle_transfer.training.export import export, load_run_model, parity
 
 
 def test_metadata_describes_the_model(onnx_model, trained_run):
@@ -36,7 +36,7 @@ def test_export_only_writes_model_onnx(onnx_model):
 
 
 def test_parity_failure_writes_nothing(trained_run, tmp_path, monkeypatch):
-    import kaggle_transfer.export as export_mod
+    import kaggle_transfer.training.export as export_mod
 
     monkeypatch.setattr(export_mod, "parity", lambda *a, **k: 0.5)
     with pytest.raises(KtError, match="differs from torch by 5.00e-01"):
@@ -53,7 +53,7 @@ def test_export_needs_a_run_folder(tmp_path):
 
 
 def test_vit_and_efficientnet_export(aptos_dir, tmp_path):
-    from kaggle_transfer.train import fit
+    from kaggle_transfer.training.loop import fit
 
     from .conftest import tiny_config
 

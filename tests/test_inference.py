@@ -27,14 +27,14 @@ def test_onnx_predictions_equal_torch_validation_outputs(onnx_model, trained_run
     """The same images through the training code's eval path (torch) and the ONNX path agree."""
     import torch
 
-    from kaggle_transfer.data.dataset import ImageDataset
-    from kaggle_transfer.export import load_run_model
-    from kaggle_transfer.train import predict_raw
+    from kaggle_transfer.training.dataset import ImageDataset
+    from kaggle_transfer.training.export import load_run_model
+    from kaggle_transfer.training.loop import predict_raw
 
     table = APTOS.read_test(aptos_dir)
     model, _ = load_run_model(trained_run)
     loader = torch.utils.data.DataLoader(ImageDataset(table, 32), batch_size=7)
-    expected = predict_raw(model, loader, torch.device("cpu"), None, False)
+    expected = predict_raw(model, loader, torch.device("cpu"), None, channels_last=False)
     got = predict_models([load_model(onnx_model)], list(table["paths"]), batch_size=4, workers=2, progress=False)
     assert got.shape == (1, 30, 1)
     assert np.abs(got[0] - expected).max() < 1e-4
@@ -110,7 +110,8 @@ def test_models_without_metadata_or_missing(tmp_path, onnx_model):
 
 
 def test_predict_writes_a_valid_submission_and_manifest(onnx_model, aptos_dir, tmp_path):
-    manifest = predict_submission("aptos", [onnx_model, onnx_model], aptos_dir, tmp_path, "two", tta="flip",
+    manifest = predict_submission("aptos", [onnx_model, onnx_model], aptos_dir, out_root=tmp_path, label="two",
+                                  tta="flip",
                                   progress=False)
     out = Path(manifest["submission"]).parent
     assert out.parent == tmp_path / "aptos" and out.name.endswith("_two")
@@ -128,7 +129,7 @@ def test_predict_writes_a_valid_submission_and_manifest(onnx_model, aptos_dir, t
 
 
 def test_refit_uses_blended_oof(onnx_model, aptos_dir, tmp_path):
-    manifest = predict_submission("aptos", [onnx_model], aptos_dir, tmp_path, refit=True, progress=False)
+    manifest = predict_submission("aptos", [onnx_model], aptos_dir, out_root=tmp_path, refit=True, progress=False)
     oof = np.load(onnx_model.parent / "oof.npz")
     assert manifest["fitted_from"] == "blended OOF"
     assert manifest["oof_score"] == pytest.approx(APTOS.task.score(oof["targets"], oof["raw"], manifest["fitted"]))
@@ -136,7 +137,7 @@ def test_refit_uses_blended_oof(onnx_model, aptos_dir, tmp_path):
     lonely.parent.mkdir()
     shutil.copy(onnx_model, lonely)
     with pytest.raises(KtError, match="--refit needs .*oof.npz"):
-        predict_submission("aptos", [lonely], aptos_dir, tmp_path, "x", refit=True, progress=False)
+        predict_submission("aptos", [lonely], aptos_dir, out_root=tmp_path, label="x", refit=True, progress=False)
 
 
 def test_prediction_runs_where_torch_and_onnx_cannot_be_imported(onnx_model, aptos_dir, tmp_path):
@@ -162,3 +163,16 @@ def test_prediction_runs_where_torch_and_onnx_cannot_be_imported(onnx_model, apt
                            str(aptos_dir), "--out-root", str(tmp_path / "subs16"), "--fp16", "--no-progress"], env=env,
                           capture_output=True, text=True)
     assert fp16.returncode == 2 and "--fp16 converts the models with the onnx package" in fp16.stderr
+
+
+def test_models_that_recorded_different_tta_need_the_flag():
+    from kaggle_transfer.errors import KtError
+    from kaggle_transfer.inference.tta import VIEWS, recorded_tta
+
+    assert recorded_tta([{"tta": "flip"}, {"recipe": {"tta": "flip"}}]) == "flip"
+    assert recorded_tta([{}]) == "none"
+    with pytest.raises(KtError, match="choose one with --tta"):
+        recorded_tta([{"tta": "flip"}, {"tta": "d4"}])
+    from kaggle_transfer.config import CHOICES
+
+    assert set(VIEWS) == set(CHOICES["tta"])  # the flag's choices are the views that exist

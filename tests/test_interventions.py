@@ -5,13 +5,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kaggle_transfer import builders, train
 from kaggle_transfer.cli import main
 from kaggle_transfer.data import synthetic
-from kaggle_transfer.data.augment import build_train_transform
 from kaggle_transfer.errors import KtError
-from kaggle_transfer.models import build_model
 from kaggle_transfer.tasks import Task
+from kaggle_transfer.training import builders
+from kaggle_transfer.training import loop as train
+from kaggle_transfer.training.augment import build_train_transform
+from kaggle_transfer.training.models import build_model
 
 from .conftest import tiny_config
 
@@ -85,7 +86,7 @@ def test_external_rows_train_but_never_validate(aptos_dir, tmp_path):
 
 
 def test_size_reaches_the_loader_and_the_export(aptos_dir, tmp_path):
-    from kaggle_transfer.export import export
+    from kaggle_transfer.training.export import export
 
     train.fit(tiny_config(epochs=1, size=40, max_steps=1), tmp_path, aptos_dir, progress=False)
     meta = export(tmp_path)["metadata"]
@@ -133,7 +134,7 @@ def test_channels_last_reaches_the_convolutions_and_keeps_the_outputs(aptos_dir,
 def test_compile_trains_like_eager_and_exports(aptos_dir, tmp_path):
     """--compile (inductor on the CPU here): same outputs as eager up to kernel reassociation, and the
     checkpoint keeps plain module keys, so export still loads it."""
-    from kaggle_transfer.export import export
+    from kaggle_transfer.training.export import export
 
     train.fit(tiny_config(epochs=1, compile=True), tmp_path / "compiled", aptos_dir, progress=False)
     train.fit(tiny_config(epochs=1), tmp_path / "eager", aptos_dir, progress=False)

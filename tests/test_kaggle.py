@@ -190,7 +190,8 @@ def test_training_makes_no_network_request(fake, home, tmp_path):
 def aptos_submission(onnx_model, aptos_dir, home):
     from kaggle_transfer.inference.pipeline import predict_submission
 
-    manifest = predict_submission("aptos", [onnx_model], aptos_dir, home / "subs", "code", progress=False,
+    manifest = predict_submission("aptos", [onnx_model], aptos_dir, out_root=home / "subs", label="code",
+                                  progress=False,
                                   precision="fp16")
     return Path(manifest["submission"]).parent
 

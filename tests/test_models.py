@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kaggle_transfer.errors import KtError
-from kaggle_transfer.models import GeM, build_model
+from kaggle_transfer.training.models import GeM, build_model
 
 
 def _images(n=2, c=3, s=32):

@@ -7,7 +7,7 @@ import pytest
 from kaggle_transfer import config
 from kaggle_transfer.competitions import COMPETITIONS
 from kaggle_transfer.data import synthetic
-from kaggle_transfer.train import fit
+from kaggle_transfer.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1] / "competitions"
 RECIPES = sorted(ROOT.glob("*/*.yaml"))
@@ -45,3 +45,13 @@ def test_aptos_recipes_train(aptos_dir, tmp_path, recipe):
     assert result["epochs_run"] == 1
     if recipe == "top":
         assert result["n_external"] == 16 and result["loss"] == "smooth_l1"
+    # the recipe's tta reaches prediction without repeating --tta: top.yaml says flip, paper.yaml nothing
+    from kaggle_transfer.inference.pipeline import predict_submission
+    from kaggle_transfer.training.export import export
+
+    onnx = export(tmp_path / "run")["path"]
+    manifest = predict_submission("aptos", [onnx], aptos_dir, out_root=tmp_path / "subs", progress=False)
+    assert manifest["tta"] == ("flip" if recipe == "top" else "none")
+    explicit = predict_submission("aptos", [onnx], aptos_dir, out_root=tmp_path / "subs", label="d4", tta="d4",
+                                  progress=False)
+    assert explicit["tta"] == "d4"  # the flag wins

@@ -23,8 +23,8 @@ def _images(n: int = 6, size: int = 32, seed: int = 0) -> np.ndarray:
 
 def test_io_binding_matches_plain_runs_and_copies_each_view_once(onnx_model, aptos_dir, monkeypatch):
     paths = list(APTOS.read_test(aptos_dir)["paths"])
-    plain = [load_model(onnx_model, "cpu", io_binding="off") for _ in range(2)]
-    bound = [load_model(onnx_model, "cpu", io_binding="on") for _ in range(2)]
+    plain = [load_model(onnx_model, provider="cpu", io_binding="off") for _ in range(2)]
+    bound = [load_model(onnx_model, provider="cpu", io_binding="on") for _ in range(2)]
     assert not plain[0].io_binding and bound[0].io_binding and bound[0].device == "cpu"
     uploads = []
     original = OnnxModel.upload
@@ -39,12 +39,13 @@ def test_io_binding_matches_plain_runs_and_copies_each_view_once(onnx_model, apt
 
 def test_io_binding_accepts_a_plain_array_too(onnx_model):
     x = _images()
-    bound, plain = load_model(onnx_model, "cpu", io_binding="on"), load_model(onnx_model, "cpu", io_binding="off")
+    bound, plain = load_model(onnx_model, provider="cpu", io_binding="on"), load_model(onnx_model, provider="cpu",
+                                                                                       io_binding="off")
     np.testing.assert_array_equal(bound.run(x[:, :, ::-1]), plain.run(np.ascontiguousarray(x[:, :, ::-1])))
 
 
 def test_fp16_keeps_the_interface_and_stays_close_to_fp32(onnx_model):
-    fp32, fp16 = load_model(onnx_model, "cpu"), load_model(onnx_model, "cpu", precision="fp16")
+    fp32, fp16 = load_model(onnx_model, provider="cpu"), load_model(onnx_model, provider="cpu", precision="fp16")
     assert fp16.precision == "fp16" and fp16.session.get_inputs()[0].type == "tensor(uint8)"
     assert fp16.session.get_outputs()[0].type == "tensor(float)"
     graph = onnx.load_from_string(half.to_fp16(onnx_model)).graph
@@ -62,7 +63,7 @@ def steep_gem_model(trained_run, tmp_path_factory):
     """The trained run with GeM's p set to 32: in fp16, x**p underflows below x ~ 0.6 and is inf above 1.41."""
     import torch
 
-    from kaggle_transfer.export import export
+    from kaggle_transfer.training.export import export
 
     run = tmp_path_factory.mktemp("steep") / "run"
     shutil.copytree(trained_run, run)
@@ -74,8 +75,8 @@ def steep_gem_model(trained_run, tmp_path_factory):
 
 def test_fp16_runs_the_gem_chain_in_fp32(steep_gem_model, monkeypatch):
     x = _images(8)
-    reference = load_model(steep_gem_model, "cpu").run(x)
-    got = load_model(steep_gem_model, "cpu", precision="fp16").run(x)
+    reference = load_model(steep_gem_model, provider="cpu").run(x)
+    got = load_model(steep_gem_model, provider="cpu", precision="fp16").run(x)
     assert np.isfinite(got).all()
     tolerance = 1e-2 * max(1.0, np.abs(reference).max())
     assert np.abs(got - reference).max() <= tolerance
@@ -88,7 +89,7 @@ def test_fp16_runs_the_gem_chain_in_fp32(steep_gem_model, monkeypatch):
     # without the round-trip pass the converter sends x**32 through fp16 between Pow and ReduceMean,
     # where it underflows (x < ~0.6) or overflows (x > 1.41): the pooled features, and outputs, go wrong
     monkeypatch.setattr(half, "_drop_round_trips", lambda model, kept: 0)
-    broken = load_model(steep_gem_model, "cpu", precision="fp16").run(x)
+    broken = load_model(steep_gem_model, provider="cpu", precision="fp16").run(x)
     error, broken_error = np.abs(got - reference).max(), np.abs(broken - reference).max()
     assert broken_error > max(10 * error, tolerance), (error, broken_error)
 
@@ -113,7 +114,7 @@ def test_cli_predict_fp16_with_io_binding_records_both(onnx_model, aptos_dir, tm
 
 def test_last_batch_padding_keeps_one_shape_and_the_results(onnx_model, aptos_dir, monkeypatch):
     paths = list(APTOS.read_test(aptos_dir)["paths"])  # 30 rows: batches of 8, 8, 8, 6
-    model = load_model(onnx_model, "cpu")
+    model = load_model(onnx_model, provider="cpu")
     plain = predict_models([model], paths, tta="flip", batch_size=8, progress=False)
     assert model.device == "cpu"  # on a CPU the default is not to pad
     shapes = []

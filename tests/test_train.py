@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_transfer import train
-from kaggle_transfer.builders import build_scheduler
 from kaggle_transfer.errors import KtError
 from kaggle_transfer.tasks import Task
+from kaggle_transfer.training import loop as train
+from kaggle_transfer.training.builders import build_scheduler
 
 from .conftest import tiny_config
 
@@ -150,14 +150,15 @@ def test_ema_weights_are_what_gets_validated_and_saved(aptos_dir, tmp_path):
 
 def test_augmentations_depend_on_seed_epoch_and_row_not_on_workers(aptos_dir):
     from kaggle_transfer.competitions import APTOS
-    from kaggle_transfer.data.augment import build_train_transform
-    from kaggle_transfer.data.dataset import ImageDataset
+    from kaggle_transfer.training.augment import build_train_transform
+    from kaggle_transfer.training.dataset import ImageDataset
 
     table = APTOS.read_train(aptos_dir).head(24)
 
     def epochs(workers: int, seed: int = 0, n: int = 2) -> list[dict[int, torch.Tensor]]:
-        dataset = ImageDataset(table, 32, np.zeros(len(table)), build_train_transform("heavy", 32), seed=seed)
-        loader = train._loader(dataset, 8, workers, True, torch.Generator().manual_seed(0), False)
+        dataset = ImageDataset(table, 32, targets=np.zeros(len(table)), transform=build_train_transform("heavy", 32),
+                               seed=seed)
+        loader = train._loader(dataset, 8, workers, True, generator=torch.Generator().manual_seed(0), pin=False)
         out = []
         for epoch in range(n):
             loader.sampler.set_epoch(epoch)
@@ -171,3 +172,20 @@ def test_augmentations_depend_on_seed_epoch_and_row_not_on_workers(aptos_dir):
     assert sum(not torch.equal(first[i], second[i]) for i in first) >= 0.9 * len(first)  # a new draw per epoch
     other_seed = epochs(0, seed=1, n=1)[0]
     assert sum(not torch.equal(first[i], other_seed[i]) for i in first) >= 0.9 * len(first)
+
+
+def test_kt_train_reads_the_training_csv_once(aptos_dir, tmp_path, monkeypatch):
+    """The preflight's table is the one the loop trains on: one read of train.csv per run."""
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+    from kaggle_transfer.competitions import aptos
+
+    reads = []
+    real = aptos.read_csv
+    monkeypatch.setattr(aptos, "read_csv", lambda path, *a, **k: reads.append(path.name) or real(path, *a, **k))
+    out = CliRunner().invoke(main, ["train", "aptos", "--data-dir", str(aptos_dir), "--arch", "test_resnet",
+                                    "--no-pretrained", "--size", "32", "--epochs", "1", "--workers", "0",
+                                    "--set", "max_steps=1", "--runs-root", str(tmp_path), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    assert reads.count("train.csv") == 1

@@ -46,8 +46,7 @@ def get(name: str) -> Competition:
     if name in CUSTOM:
         return CUSTOM[name]
     if name == "custom":
-        raise KtError("kt … custom needs the competition's YAML: pass -c FILE.yaml (or the YAML path instead of "
-                      "'custom')")
+        raise KtError("'custom' stands for a competition YAML: pass the YAML's path in its place (kt train FILE.yaml)")
     close = difflib.get_close_matches(name, list(COMPETITIONS) + list(CUSTOM), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise KtError(f"unknown competition {name!r}{hint}; valid: {', '.join(COMPETITIONS)}, or a competition "
@@ -63,6 +62,11 @@ def for_config(cfg) -> Competition:
     return get(name).configure(keep_empty=as_dict.get("keep_empty", False))
 
 
+def default_data_dir(comp: Competition) -> Path:
+    """Where `kt download` puts a competition's files: $KT_DATA/<name>, else data/<name>."""
+    return Path(os.environ.get("KT_DATA") or "data") / comp.name
+
+
 def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
     """--data-dir, else $KT_DATA/<name>, else data/<name>, else a Kaggle notebook's /kaggle/input/<slug>."""
     if given:
@@ -70,8 +74,7 @@ def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
         if not path.is_dir():
             raise KtError(f"--data-dir {path} does not exist; kt download {comp.name} fetches the files")
         return path
-    candidates = [Path(os.environ["KT_DATA"]) / comp.name] if os.environ.get("KT_DATA") else []
-    candidates.append(Path("data") / comp.name)
+    candidates = [default_data_dir(comp)] + ([Path("data") / comp.name] if os.environ.get("KT_DATA") else [])
     if getattr(comp, "spec_file", None):  # a competition YAML kept beside its data
         candidates.append(Path(comp.spec_file).parent)
     if comp.slug:

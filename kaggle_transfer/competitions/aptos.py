@@ -1,6 +1,6 @@
 """APTOS 2019 Blindness Detection: ordinal 0-4, quadratic weighted kappa, code competition.
 
-Layout (shared/COMPETITIONS.md): train.csv (id_code,diagnosis), test.csv (id_code),
+Layout (docs/competitions.md): train.csv (id_code,diagnosis), test.csv (id_code),
 sample_submission.csv (id_code,diagnosis), train_images/{id_code}.png, test_images/{id_code}.png.
 """
 
@@ -18,7 +18,7 @@ GRADES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
 
 
 class Aptos(Competition):
-    def _table(self, data_dir: Path, split: str, skip_bad_images: bool) -> pd.DataFrame:
+    def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
         data_dir = Path(data_dir)
         path = data_dir / f"{split}.csv"
         columns = ["id_code", "diagnosis"] if split == "train" else ["id_code"]
@@ -60,6 +60,7 @@ class Aptos(Competition):
 
 APTOS = Aptos(
     name="aptos",
+    synthetic="aptos",
     slug="aptos2019-blindness-detection",
     title="APTOS 2019 Blindness Detection",
     task=Task("ordinal", num_classes=len(GRADES), metric="qwk"),

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import KtError
 from ..tasks import Task
+from .answers import AnswerFormat
 
 
 def read_csv(path: Path, columns: list[str], what: str) -> pd.DataFrame:
@@ -64,7 +65,7 @@ def check_files(table: pd.DataFrame, skip_missing: bool) -> pd.DataFrame:
 
 @dataclass
 class Competition:
-    """Facts about one contest. Subclasses implement `read_train` and `read_test`."""
+    """Facts about one contest. A subclass implements one hook, `read(data_dir, split)`."""
 
     name: str
     slug: str | None                 # Kaggle slug; None for a local dataset
@@ -78,6 +79,11 @@ class Competition:
     external: dict[str, str] = field(default_factory=dict)  # source name -> one-line description
     default_split: str = "paper"     # used when the run does not choose one
     daily_limit: int = 5             # submissions a day (Kaggle's usual limit; kt refuses past it)
+    value_format: str = "index"      # answers as class indices or names (answers.py)
+    label_separator: str = " "       # multilabel answers: between labels
+    eval_splits: tuple[str, ...] = ()  # labelled test splits `kt evaluate` scores (local datasets)
+    download_hint: str | None = None   # where the files come from when not from Kaggle
+    synthetic: str | None = None       # the layout data/synthetic.py writes for `kt demo` and the tests
 
     @property
     def in_chans(self) -> int:
@@ -105,19 +111,37 @@ class Competition:
             return list(sample.iloc[:, 0])
         return list(self.read_test(data_dir, skip_bad_images=True)["id"])
 
+    @property
+    def answers(self) -> AnswerFormat:
+        return AnswerFormat(self.task.kind, tuple(self.class_names), self.value_format, self.label_separator)
+
     def parse_answers(self, values: list[str]) -> np.ndarray:
         """Submission cells → the array the metric takes (inverse of format_answers)."""
-        return np.asarray([float(v) for v in values]).astype(int)
+        return self.answers.parse(values)
 
-    def _table(self, data_dir: Path, split: str, skip_bad_images: bool) -> pd.DataFrame:
-        """One reader for both splits, where a contest lays out train and test alike."""
+    def format_answers(self, answers: np.ndarray) -> list[Any]:
+        return self.answers.format(answers)
+
+    def check_answer(self, value: str) -> bool:
+        """Whether one submission cell is in the value domain (e.g. an integer grade 0-4)."""
+        return self.answers.check(value)
+
+    def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
+        """The standard table of `split` ("train", "test", or one of `eval_splits`): the one hook."""
         raise NotImplementedError
 
     def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self._table(data_dir, "train", skip_bad_images)
+        return self.read(data_dir, "train", skip_bad_images)
 
     def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self._table(data_dir, "test", skip_bad_images)
+        return self.read(data_dir, "test", skip_bad_images)
+
+    def kaggle_slug(self) -> str:
+        """The Kaggle slug, or a one-line error saying where the files come from instead."""
+        if not self.slug:
+            raise KtError(f"{self.name} is not a Kaggle competition: {self.download_hint}" if self.download_hint
+                          else f"{self.name} has no Kaggle slug in its description (add `slug:` to its YAML)")
+        return self.slug
 
     def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
         raise KtError(f"{self.name} has no external source {source!r}; "
@@ -130,17 +154,6 @@ class Competition:
     def submission_frame(self, ids: list[str], answers: np.ndarray) -> pd.DataFrame:
         """Decoded answers → the competition's submission columns."""
         return pd.DataFrame({self.id_column: ids, self.target_column: self.format_answers(answers)})
-
-    def format_answers(self, answers: np.ndarray) -> list[Any]:
-        return [int(a) for a in answers]
-
-    def check_answer(self, value: str) -> bool:
-        """Whether one submission cell is in the value domain (e.g. an integer grade 0-4)."""
-        try:
-            number = float(value)
-        except ValueError:
-            return False
-        return number.is_integer() and 0 <= number < self.task.num_classes
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "slug": self.slug, "task": self.task.kind, "metric": self.task.metric,

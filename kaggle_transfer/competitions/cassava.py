@@ -1,6 +1,6 @@
 """Cassava Leaf Disease Classification: 5 classes, accuracy, code competition (notebook).
 
-Layout (shared/COMPETITIONS.md): train.csv (image_id WITH .jpg, label), train_images/, test_images/,
+Layout (docs/competitions.md): train.csv (image_id WITH .jpg, label), train_images/, test_images/,
 sample_submission.csv (image_id,label; lists only the one public test image), and
 label_num_to_disease_map.json for class names. The hidden test set replaces test_images/ when the
 notebook is scored, so the test ids are the files in test_images/, not the sample's rows.
@@ -32,7 +32,10 @@ def check_label_map(data_dir: Path) -> None:
 
 
 class Cassava(Competition):
-    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
+        return (self._train if split == "train" else self._test)(Path(data_dir), skip_bad_images)
+
+    def _train(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
         data_dir = Path(data_dir)
         check_label_map(data_dir)
         path = data_dir / "train.csv"
@@ -45,7 +48,7 @@ class Cassava(Competition):
         })
         return check_files(table, skip_bad_images)
 
-    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    def _test(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
         folder = Path(data_dir) / "test_images"
         if not folder.is_dir():
             raise KtError(f"Cassava test_images/ not found in {data_dir}; check --data-dir")
@@ -59,6 +62,7 @@ class Cassava(Competition):
 
 CASSAVA = Cassava(
     name="cassava",
+    synthetic="cassava",
     slug="cassava-leaf-disease-classification",
     title="Cassava Leaf Disease Classification",
     task=Task("multiclass", num_classes=len(DISEASES), metric="accuracy"),

@@ -58,7 +58,15 @@ class Cct20(Competition):
     def category_ids(self) -> list[int]:
         return list(CATEGORIES) + ([EMPTY_ID] if self.keep_empty else [])
 
-    def read_split(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
+    def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
+        """`train`: train + cis_val (the official split selects on cis_val); `test`: cis_test; or any
+        LILA split by name (cis_test, trans_test, ...)."""
+        if split in ("train", "test"):
+            names = ("train", "cis_val") if split == "train" else ("cis_test",)
+            return pd.concat([self._split(data_dir, s, skip_bad_images) for s in names], ignore_index=True)
+        return self._split(data_dir, split, skip_bad_images)
+
+    def _split(self, data_dir: Path, split: str, skip_bad_images: bool) -> pd.DataFrame:
         data_dir = Path(data_dir)
         path = _find(data_dir, ("eccv_18_annotation_files",), "annotations") / f"{split}_annotations.json"
         if not path.is_file():
@@ -94,12 +102,6 @@ class Cct20(Competition):
         return check_files(pd.DataFrame(rows, columns=["id", "paths", "source", "target", "group", "split"]),
                            skip_bad_images)
 
-    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return pd.concat([self.read_split(data_dir, s, skip_bad_images) for s in ("train", "cis_val")],
-                         ignore_index=True)
-
-    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self.read_split(data_dir, "cis_test", skip_bad_images)
 
 
 def _label(categories: list[int]) -> int | None:
@@ -114,6 +116,7 @@ def _label(categories: list[int]) -> int | None:
 
 CCT20 = Cct20(
     name="cct20",
+    synthetic="cct20",
     slug=None,
     title="Caltech Camera Traps 20 (ECCV 2018 split)",
     task=Task("multiclass", num_classes=len(CATEGORIES), metric="accuracy"),
@@ -122,4 +125,6 @@ CCT20 = Cct20(
     target_column="category",
     class_names=list(CATEGORIES.values()),
     default_split="official",
+    eval_splits=("cis_test", "trans_test"),
+    download_hint="get it from LILA (https://lila.science/datasets/caltech-camera-traps) and pass --data-dir",
 )

@@ -29,12 +29,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
 from ..errors import KtError
 from ..tasks import KINDS, Task
+from .answers import VALUE_FORMATS
 from .base import Competition, check_files, read_csv
 
 DEFAULT_METRIC = {"multiclass": "accuracy", "multilabel": "macro_f1", "binary": "roc_auc", "ordinal": "qwk"}
@@ -84,7 +84,7 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise KtError(f"{where}: key 'channels' is required when 'image_pattern' uses {{channel}}")
     if not spec.get("test_csv") and not spec.get("sample_submission"):
         raise KtError(f"{where}: key 'test_csv' or 'sample_submission' is required (the test ids)")
-    if spec.get("value_format", "index") not in ("index", "name"):
+    if spec.get("value_format", "index") not in VALUE_FORMATS:
         raise KtError(f"{where}: key 'value_format' must be index or name")
     if not isinstance(spec.get("recipe", {}), dict):
         raise KtError(f"{where}: key 'recipe' must be a mapping of config keys")
@@ -138,7 +138,10 @@ class CustomCompetition(Competition):
             return [tuple(str(data_dir / pattern.format(id=i, channel=c)) for c in channels) for i in ids]
         return [(str(data_dir / pattern.format(id=i)),) for i in ids]
 
-    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
+        return (self._train if split == "train" else self._test)(Path(data_dir), skip_bad_images)
+
+    def _train(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
         data_dir, spec = Path(data_dir), self.spec
         columns = [spec["id_column"]] + (spec.get("target_columns") or [spec["target_column"]])
         columns += [spec["group_column"]] if spec.get("group_column") else []
@@ -151,7 +154,7 @@ class CustomCompetition(Competition):
             table["group"] = df[spec["group_column"]].to_numpy()
         return check_files(table, skip_bad_images)
 
-    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    def _test(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
         data_dir, spec = Path(data_dir), self.spec
         key = "test_csv" if spec.get("test_csv") else "sample_submission"
         id_col = spec["id_column"] if key == "test_csv" else self.id_column
@@ -166,42 +169,6 @@ class CustomCompetition(Competition):
         path = Path(data_dir) / name if name else None
         return pd.read_csv(path, dtype=str, keep_default_na=False) if path and path.is_file() else None
 
-    def format_answers(self, answers: np.ndarray) -> list:
-        kind, by_name = self.task.kind, self.spec.get("value_format", "index") == "name"
-        if kind == "binary":
-            return [f"{float(p):.6f}" for p in answers]
-        if kind == "multilabel":
-            sep = self.spec.get("label_separator", " ")
-            return [sep.join(self.class_names[k] if by_name else str(k) for k in np.flatnonzero(row))
-                    for row in answers]
-        return [self.class_names[int(a)] if by_name else int(a) for a in answers]
-
-    def check_answer(self, value: str) -> bool:
-        kind = self.task.kind
-        try:
-            if kind == "binary":
-                return 0.0 <= float(value) <= 1.0
-            if kind == "multilabel":
-                sep = self.spec.get("label_separator", " ")
-                labels = [self._label_index(v, "") for v in value.split(sep) if v.strip()]
-                return len(set(labels)) == len(labels)
-            self._label_index(value, "")
-            return value in self.class_names if self.spec.get("value_format") == "name" else True
-        except (KtError, ValueError):
-            return False
-
-    def parse_answers(self, values: list[str]) -> np.ndarray:
-        kind = self.task.kind
-        if kind == "binary":
-            return np.asarray([float(v) for v in values])
-        if kind == "multilabel":
-            sep = self.spec.get("label_separator", " ")
-            out = np.zeros((len(values), self.task.num_classes), dtype=int)
-            for i, v in enumerate(values):
-                out[i, [self._label_index(t, "") for t in str(v).split(sep) if t.strip()]] = 1
-            return out
-        return np.asarray([self._label_index(str(v), "") for v in values])
-
 
 def from_spec(spec: dict[str, Any]) -> CustomCompetition:
     columns = spec.get("submission_columns") or [spec["id_column"], spec.get("target_column", "target")]
@@ -210,6 +177,7 @@ def from_spec(spec: dict[str, Any]) -> CustomCompetition:
         task=Task(spec["task"], len(spec["classes"]), spec.get("metric", DEFAULT_METRIC[spec["task"]])),
         submit_via=spec.get("submit_via", "csv"), id_column=columns[0], target_column=columns[1],
         class_names=spec["classes"], channels=tuple(spec.get("channels") or ("red", "green", "blue")),
+        value_format=spec.get("value_format", "index"), label_separator=spec.get("label_separator", " "),
     )
     comp.spec = spec
     return comp

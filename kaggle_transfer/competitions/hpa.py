@@ -1,6 +1,6 @@
 """Human Protein Atlas Image Classification (2018): 28-label multilabel, macro F1, CSV upload.
 
-Layout (shared/COMPETITIONS.md): train.csv (Id,Target with space-separated label ids in any order),
+Layout (docs/competitions.md): train.csv (Id,Target with space-separated label ids in any order),
 sample_submission.csv (Id,Predicted; the test ids), train/{Id}_{red,green,blue,yellow}.png and test/….
 Channel order is fixed and documented: red (microtubules), green (the protein of interest),
 blue (nucleus), yellow (ER). `--set channels=rgb` trains on the first three.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..errors import KtError
@@ -46,7 +45,10 @@ def channel_paths(folder: Path, sample_id: str, ext: str = ".png") -> tuple[str,
 
 
 class Hpa(Competition):
-    def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
+        return (self._train if split == "train" else self._test)(Path(data_dir), skip_bad_images)
+
+    def _train(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
         data_dir = Path(data_dir)
         path = data_dir / "train.csv"
         df = read_csv(path, ["Id", "Target"], "HPA train.csv")
@@ -58,7 +60,7 @@ class Hpa(Competition):
         })
         return check_files(table, skip_bad_images)
 
-    def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    def _test(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
         data_dir = Path(data_dir)
         df = read_csv(data_dir / "sample_submission.csv", ["Id", "Predicted"], "HPA sample_submission.csv")
         table = pd.DataFrame({"id": df["Id"].to_numpy(),
@@ -84,25 +86,10 @@ class Hpa(Competition):
         })
         return check_files(table, skip_missing=True)  # external sets have gaps; count, do not stop
 
-    def format_answers(self, answers: np.ndarray) -> list[str]:
-        return [" ".join(str(k) for k in np.flatnonzero(row)) for row in answers]
-
-    def check_answer(self, value: str) -> bool:
-        try:
-            labels = [int(t) for t in value.split()]
-        except ValueError:
-            return False
-        return len(set(labels)) == len(labels) and all(0 <= k < len(CLASSES) for k in labels)
-
-    def parse_answers(self, values: list[str]) -> np.ndarray:
-        out = np.zeros((len(values), len(CLASSES)), dtype=int)
-        for i, v in enumerate(values):
-            out[i, [int(t) for t in str(v).split()]] = 1
-        return out
-
 
 HPA = Hpa(
     name="hpa",
+    synthetic="hpa",
     slug="human-protein-atlas-image-classification",
     title="Human Protein Atlas Image Classification",
     task=Task("multilabel", num_classes=len(CLASSES), metric="macro_f1"),

@@ -1,6 +1,6 @@
 """SIIM-ISIC Melanoma Classification (2020): binary, ROC AUC, CSV upload.
 
-Layout (shared/COMPETITIONS.md): train.csv (image_name,patient_id,sex,age_approx,
+Layout (docs/competitions.md): train.csv (image_name,patient_id,sex,age_approx,
 anatom_site_general_challenge,diagnosis,benign_malignant,target), test.csv (the first five),
 sample_submission.csv (image_name,target), jpeg/train/{image_name}.jpg, jpeg/test/….
 The community's resized copies keep images in train/ and test/ and add `tfrecord` (a patient-grouped,
@@ -31,7 +31,7 @@ def image_folder(data_dir: Path, split: str) -> Path:
 
 
 class SiimIsic(Competition):
-    def _table(self, data_dir: Path, split: str, skip_bad_images: bool) -> pd.DataFrame:
+    def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
         data_dir = Path(data_dir)
         path = data_dir / f"{split}.csv"
         columns = TRAIN_COLUMNS + (["target"] if split == "train" else [])
@@ -74,22 +74,10 @@ class SiimIsic(Competition):
         })
         return check_files(table, skip_missing=True)
 
-    def format_answers(self, answers: np.ndarray) -> list[str]:
-        return [f"{float(p):.6f}" for p in answers]
-
-    def check_answer(self, value: str) -> bool:
-        try:
-            number = float(value)
-        except ValueError:
-            return False
-        return 0.0 <= number <= 1.0  # NaN fails both comparisons
-
-    def parse_answers(self, values: list[str]) -> np.ndarray:
-        return np.asarray([float(v) for v in values])
-
 
 SIIM_ISIC = SiimIsic(
     name="siim_isic",
+    synthetic="siim_isic",
     slug="siim-isic-melanoma-classification",
     title="SIIM-ISIC Melanoma Classification",
     task=Task("binary", num_classes=2, metric="roc_auc"),

@@ -26,10 +26,6 @@ from . import images
 SUFFIX = ".kt.png"
 
 
-def cache_root(given: str | Path | None = None) -> Path:
-    return Path(given or os.environ.get("KT_CACHE") or "cache")
-
-
 def cache_dir(root: Path, competition: str, size: int, crop: bool) -> Path:
     return Path(root) / competition / f"{size}{'-crop' if crop else ''}"
 
@@ -60,7 +56,7 @@ def load_manifest(folder: Path) -> dict[str, list]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: int, crop: bool = False,
+def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: int, *, crop: bool = False,
             workers: int = 0, progress: bool = True) -> dict[str, int]:
     """Cache every row of the tables; skip entries that are up to date. Resumable: the manifest is
     saved as work completes, so a killed run loses at most the last batch."""
@@ -91,6 +87,21 @@ def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: 
             "errors": bad[:5]}
 
 
+def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external_dirs: dict[str, str] | None = None,
+                        crop: bool = False, workers: int = 0, progress: bool = True) -> dict:
+    """`kt prepare`: cache a competition's train and test images and its external sources' images.
+
+    A folder with train files only is still cached; the result's `notes` says what was left out."""
+    tables, notes = [comp.read_train(data_dir, skip_bad_images=True)], []
+    try:
+        tables.append(comp.read_test(data_dir, skip_bad_images=True))
+    except KtError as e:
+        notes.append(f"test images not cached: {e}")
+    for name, path in (external_dirs or {}).items():
+        tables.append(comp.read_external(name, Path(path)))
+    return {**prepare(tables, root, comp.name, size, crop=crop, workers=workers, progress=progress), "notes": notes}
+
+
 class _Serial:
     def __enter__(self):
         return self
@@ -99,7 +110,7 @@ class _Serial:
         return False
 
 
-def use_cache(table: pd.DataFrame, root: Path, competition: str, size: int, crop: bool) -> pd.DataFrame:
+def use_cache(table: pd.DataFrame, root: Path, competition: str, size: int, *, crop: bool) -> pd.DataFrame:
     """Swap each row's paths for its cached file when the cache holds an up-to-date entry.
 
     Looks for the smallest prepared size >= `size` (same crop setting). Rows without an entry keep their

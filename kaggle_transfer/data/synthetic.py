@@ -41,7 +41,7 @@ def _fundus(rng: np.random.Generator, grade: int, size: int, lesions_only: bool 
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
-def make_aptos(out_dir: str | Path, n_train: int = 300, n_test: int = 80, image_size: int = 64,
+def make_aptos(out_dir: str | Path, *, n_train: int = 300, n_test: int = 80, image_size: int = 64,
                seed: int = 0, lesions_only: bool = False) -> Path:
     """Write an APTOS-shaped folder: train.csv, test.csv, sample_submission.csv, train_images/, test_images/."""
     out = Path(out_dir)
@@ -101,7 +101,7 @@ def _cells(rng: np.random.Generator, labels: tuple[int, ...], size: int) -> list
     return planes
 
 
-def make_hpa(out_dir: str | Path, n_train: int = 200, n_test: int = 50, image_size: int = 64,
+def make_hpa(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, image_size: int = 64,
              seed: int = 0) -> Path:
     """train.csv (Id,Target), sample_submission.csv (Id,Predicted), {train,test}/{Id}_{colour}.png."""
     out = Path(out_dir)
@@ -142,7 +142,7 @@ def _lesion(rng: np.random.Generator, malignant: bool, size: int) -> np.ndarray:
     return img
 
 
-def make_siim_isic(out_dir: str | Path, n_train: int = 200, n_test: int = 50, image_size: int = 64,
+def make_siim_isic(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, image_size: int = 64,
                    seed: int = 0, layout: str = "official") -> Path:
     """The official layout (jpeg/train, jpeg/test) or the resized copies' (train/, test/, tfrecord)."""
     out = Path(out_dir)
@@ -190,7 +190,7 @@ def _leaf(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
 
 
-def make_cassava(out_dir: str | Path, n_train: int = 200, n_test: int = 50, image_size: int = 64,
+def make_cassava(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, image_size: int = 64,
                  seed: int = 0) -> Path:
     """train.csv (image_id with .jpg, label), train_images/, test_images/, a one-row sample submission."""
     from ..competitions.cassava import DISEASES
@@ -229,7 +229,7 @@ def _camera_frame(rng: np.random.Generator, category: int, location: int, size: 
     return img
 
 
-def make_cct20(out_dir: str | Path, n_train: int = 200, n_test: int = 60, image_size: int = 64,
+def make_cct20(out_dir: str | Path, *, n_train: int = 200, n_test: int = 60, image_size: int = 64,
                seed: int = 0) -> Path:
     """eccv_18_annotation_files/{split}_annotations.json + eccv_18_all_images_sm/, cis = seen locations.
     `train` gets n_train images, each other split n_test."""
@@ -268,6 +268,7 @@ GENERATORS = {"aptos": make_aptos, "hpa": make_hpa, "siim_isic": make_siim_isic,
 
 
 def make(name: str, out_dir: str | Path, **kwargs) -> Path:
+    """Write the layout `name` (a competition adapter's `synthetic` attribute, or `dr2015`)."""
     try:
         generator = GENERATORS[name]
     except KeyError:

@@ -19,7 +19,8 @@ def run(bundle: Path, data_dir: str | None, out_root: Path) -> Path:
         if sha256(path) != m["sha256"]:
             raise KtError(f"{path} does not match the sha256 recorded in bundle.json")
         models.append(path)
-    manifest = predict_submission(spec["competition"], models, data_dir, out_root, "bundle", spec["tta"],
+    manifest = predict_submission(spec["competition"], models, data_dir, out_root=out_root, label="bundle",
+                                  tta=spec["tta"],
                                   overwrite=True, progress=False, blend_method=spec["blend"],
                                   weights=spec["weights"], fitted=spec["fitted"],
                                   precision=spec.get("precision", "fp32"))

@@ -11,45 +11,38 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import competitions
+from .. import competitions, runs
 from ..errors import KtError
 from ..fsutil import write_json
 from ..metrics import get_metric
 from .predict import blend, combine_fitted, predict_models
 from .session import load_ensemble
-
-EVAL_SPLITS = {"cct20": ("cis_test", "trans_test")}
+from .tta import recorded_tta
 
 
 def model_files(items: Sequence[str | Path]) -> list[Path]:
-    """Run folders become their model.onnx; files pass through."""
-    out = []
-    for item in map(Path, items):
-        if item.is_dir():
-            if not (item / "model.onnx").is_file():
-                raise KtError(f"{item} has no model.onnx; run kt export {item} first")
-            item = item / "model.onnx"
-        out.append(item)
-    return out
+    """Run folders (and run groups) become their model.onnx files; files pass through."""
+    return [f for item in map(Path, items) for f in (runs.onnx_files(item) if item.is_dir() else [item])]
 
 
-def evaluate(competition: str, items: Sequence[str | Path], data_dir: str | Path | None, tta: str = "none",
+def evaluate(competition: str, items: Sequence[str | Path], data_dir: str | Path | None, *, tta: str | None = None,
              out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     comp = competitions.get(competition)
-    splits = EVAL_SPLITS.get(comp.name) if hasattr(comp, "read_split") else None
+    splits = comp.eval_splits
     if not splits:
         raise KtError(f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit")
     data_dir = competitions.find_data_dir(comp, data_dir)
     models = load_ensemble(model_files(items), comp.name)
     comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": comp.name})
+    tta = tta or recorded_tta([m.meta for m in models])
     fitted = combine_fitted(models, comp.task)
     metric = get_metric(comp.task.metric)
     result: dict[str, Any] = {"competition": comp.name, "metric": comp.task.metric, "tta": tta,
                               "models": [str(m.path) for m in models], "splits": {}}
     per_class = []
     for split in splits:
-        table = comp.read_split(data_dir, split)
-        raw = blend(predict_models(models, list(table["paths"]), tta, progress=progress,
+        table = comp.read(data_dir, split)
+        raw = blend(predict_models(models, list(table["paths"]), tta=tta, progress=progress,
                                    all_channels=comp.channels))
         pred, truth = comp.task.decode(raw, fitted), table["target"].to_numpy()
         result["splits"][split] = {"score": metric(truth, pred), "images": len(table)}

@@ -8,22 +8,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import competitions, submission
-from ..data.cache import cache_root, use_cache
+from .. import competitions, runs, submission
+from ..data.cache import use_cache
 from ..errors import KtError
 from ..fsutil import write_json
-from ..runs import fresh_output_dir, git_sha, slug, stamp
 from .predict import blend, combine_fitted, predict_models, refit_from_oof
 from .session import OnnxModel, describe, load_ensemble
+from .tta import recorded_tta
 
 
 def _load(competition: str, model_paths: Sequence[str | Path], provider: str, precision: str,
-          io_binding: str) -> tuple[Any, list[OnnxModel]]:
+          *, io_binding: str) -> tuple[Any, list[OnnxModel]]:
     """The competition and its models. `custom`: the competition comes from the models' metadata (a
     YAML-described contest travels inside; loading registers it)."""
     name = None if competition == "custom" else (
         competitions.get(competition).name if competitions.is_yaml(competition) else competition)
-    models = load_ensemble(list(model_paths), name, provider, precision, io_binding)
+    models = load_ensemble(list(model_paths), name, provider=provider, precision=precision, io_binding=io_binding)
     comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": models[0].meta["competition"]})
     return comp, models
 
@@ -36,7 +36,7 @@ def _fundus_crop(models: Sequence[OnnxModel]) -> bool:
 
 
 def predict_submission(competition: str, model_paths: Sequence[str | Path], data_dir: str | Path | None,
-                       out_root: str | Path = "submissions", label: str | None = None, tta: str = "none",
+                       *, out_root: str | Path | None = None, label: str | None = None, tta: str | None = None,
                        overwrite: bool = False, refit: bool = False, provider: str = "auto",
                        batch_size: int = 32, workers: int = 4, progress: bool = True,
                        blend_method: str = "mean", ensemble: str | Path | None = None,
@@ -45,6 +45,7 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                        io_binding: str = "auto") -> dict[str, Any]:
     """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest.
 
+    `tta` None: the views the models recorded at training (RunConfig.tta, in their metadata).
     With `ensemble` (a spec from kt ensemble) the models, weights, blend and fitted thresholds are the
     spec's: test predictions use exactly the blend that was scored on OOF."""
     spec, given = None, fitted is not None  # thresholds handed in (bundle) rather than fitted here
@@ -54,14 +55,18 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
         spec = load_blend(ensemble)
         model_paths, weights, blend_method, fitted = spec.paths, spec.weights, spec.method, spec.fitted
         label = label or spec.label
-    comp, models = _load(competition, model_paths, provider, precision, io_binding)
+    comp, models = _load(competition, model_paths, provider, precision, io_binding=io_binding)
     data_dir = competitions.find_data_dir(comp, data_dir)
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
-    out_dir = fresh_output_dir(Path(out_root) / comp.name / f"{stamp()}_{slug(label)}", overwrite)
+    tta = tta or recorded_tta([m.meta for m in models])
+    out_dir = runs.fresh_output_dir(runs.submissions_root(out_root) / comp.name / f"{runs.stamp()}_{runs.slug(label)}",
+                                    overwrite)
     crop = _fundus_crop(models)
-    test = use_cache(comp.read_test(data_dir), cache_root(cache), comp.name, max(m.size for m in models), crop)
+    test = use_cache(comp.read_test(data_dir), runs.cache_root(cache), comp.name, max(m.size for m in models),
+                     crop=crop)
     started = time.time()
-    raws = predict_models(models, list(test["paths"]), tta, batch_size, workers, progress, comp.channels,
+    raws = predict_models(models, list(test["paths"]), tta=tta, batch_size=batch_size, workers=workers,
+                          progress=progress, all_channels=comp.channels,
                           crop=[crop and not c for c in test["cached"]])
     raw = blend(raws, weights, method=blend_method, task=comp.task)
     oof_score = spec.oof_score if spec else None
@@ -75,13 +80,13 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     csv = submission.write(comp, list(test["id"]), answers, out_dir / "submission.csv")
     check = submission.validate(comp, csv, data_dir)
     manifest = {
-        "competition": comp.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "label": label,
+        "competition": comp.name, "created": runs.timestamp(), "label": label,
         "models": [describe(m) for m in models], "blend": blend_method, "tta": tta, "fitted": fitted,
         "fitted_from": "ensemble spec" if spec or given else "blended OOF" if refit else "mean of members",
         "oof_score": oof_score, "ensemble": str(ensemble) if ensemble else None,
         "weights": weights,
         "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(time.time() - started, 2),
-        "images_per_s": round(len(test) / max(time.time() - started, 1e-9), 1), "git_sha": git_sha(),
+        "images_per_s": round(len(test) / max(time.time() - started, 1e-9), 1), "git_sha": runs.git_sha(),
         "data_dir": str(data_dir), "submission": str(csv),
     }
     write_json(out_dir / "manifest.json", manifest)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from .. import runs
 from ..data import images
 from ..errors import KtError
 from ..tasks import Task
@@ -36,7 +37,7 @@ def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tu
     return tuple(all_channels.index(n) for n in names)
 
 
-def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], tta: str = "none",
+def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], *, tta: str = "none",
                    batch_size: int = 32, workers: int = 4, progress: bool = True,
                    all_channels: Sequence[str] | None = None, crop: Sequence[bool] | None = None,
                    pad_last: bool | None = None) -> np.ndarray:
@@ -70,11 +71,12 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
             decoded = [f.result() for f in ahead]
             ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
             for key in dict.fromkeys(keys):
-                _run_views(models, keys, key, _batch(decoded, *key), views, outputs, batch_size if pad_last else 0)
+                _run_views(models, keys, key, _batch(decoded, *key), views=views, outputs=outputs,
+                           pad_to=batch_size if pad_last else 0)
     return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
 
 
-def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarray, views: list,
+def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarray, *, views: list,
                outputs: list[list[np.ndarray]], pad_to: int = 0) -> None:
     """Every model that takes input `key` sees every view of `x`; each view crosses to a device once
     (IO binding) however many models share it. Appends the view-averaged output per model."""
@@ -141,10 +143,10 @@ def refit_from_oof(models: Sequence[OnnxModel], task: Task, weights: Sequence[fl
     Needs every member's `oof.npz` in its run folder, all over the same validation ids."""
     oofs = []
     for m in models:
-        path = Path(m.path).parent / "oof.npz"
-        if not path.is_file():
-            raise KtError(f"--refit needs {path} (the run folder's OOF) next to {m.path}")
-        oofs.append(np.load(path))
+        oof = runs.load_oof(Path(m.path).parent)
+        if oof is None:
+            raise KtError(f"--refit needs {Path(m.path).parent / runs.OOF} (the run folder's OOF) next to {m.path}")
+        oofs.append(oof)
     ids = oofs[0]["ids"]
     for m, oof in zip(models, oofs, strict=True):
         if not np.array_equal(oof["ids"], ids):

@@ -134,7 +134,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(props["kt"])
 
 
-def load_model(path: str | Path, provider: str = "auto", threads: int = 0, precision: str = "fp32",
+def load_model(path: str | Path, *, provider: str = "auto", threads: int = 0, precision: str = "fp32",
                io_binding: str = "auto") -> OnnxModel:
     """A session on the best provider. `precision=fp16` converts the graph in memory (meant for CUDA:
     tensor cores, half the memory; on a CPU it runs but is slower). `io_binding=auto` binds on GPUs."""
@@ -173,12 +173,12 @@ def expand(patterns: list[str]) -> list[Path]:
     return out
 
 
-def load_ensemble(paths: list[str | Path], competition: str | None, provider: str = "auto",
+def load_ensemble(paths: list[str | Path], competition: str | None, *, provider: str = "auto",
                   precision: str = "fp32", io_binding: str = "auto") -> list[OnnxModel]:
     """Load every model; all must belong to `competition` and share one task and class count."""
     if not paths:
         raise KtError("no models given; pass one or more model.onnx files (kt export RUN_DIR makes them)")
-    models = [load_model(p, provider, precision=precision, io_binding=io_binding) for p in paths]
+    models = [load_model(p, provider=provider, precision=precision, io_binding=io_binding) for p in paths]
     first = models[0]
     for m in models:
         if competition and m.meta["competition"] != competition:

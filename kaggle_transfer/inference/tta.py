@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,3 +49,13 @@ def views(name: str) -> list[View]:
         return VIEWS[name]
     except KeyError:
         raise KtError(f"--tta {name!r} is not valid; choose one of: {', '.join(VIEWS)}") from None
+
+
+def recorded_tta(metadata: Sequence[dict]) -> str:
+    """The views the models were trained to be predicted with (`kt train --tta`, in their metadata).
+
+    An explicit --tta wins; models that recorded different views need one."""
+    recorded = {m.get("tta") or (m.get("recipe") or {}).get("tta") or "none" for m in metadata}
+    if len(recorded) > 1:
+        raise KtError(f"the models recorded different TTA views ({', '.join(sorted(recorded))}); choose one with --tta")
+    return recorded.pop() if recorded else "none"

@@ -1,4 +1,4 @@
-"""Hyperparameter grids. `paper` is the study's released grid (shared/COMPETITIONS.md): AdamW lr
+"""Hyperparameter grids. `paper` is the study's released grid (docs/competitions.md): AdamW lr
 {1e-2,1e-3,1e-4,1e-5} or Nesterov SGD lr {1e-1,1e-2,1e-3,1e-4}; weight decay {1e-3,1e-4,1e-5,1e-6,0},
 divided by the lr for AdamW; cosine or step schedule; 30 epochs, batch 128, 256 px."""
 

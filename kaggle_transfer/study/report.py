@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import pearsonr, spearmanr
 
-from .. import competitions
+from .. import competitions, runs
 from ..errors import KtError
 from ..fsutil import atomic_path, write_text
 from .archs import imagenet_top1
@@ -29,11 +29,10 @@ def secondary_accuracy(run_dir: Path, comp) -> float | None:
     decoded grades/classes, 0.5 for binary, exact label-set match for multilabel."""
     from sklearn.metrics import accuracy_score
 
-    path = Path(run_dir) / "oof.npz"
-    if not path.is_file():
+    oof = runs.load_oof(Path(run_dir))
+    if oof is None:
         return None
-    oof = np.load(path)
-    pred = comp.task.decode(oof["raw"], json.loads(str(oof["fitted"])))
+    pred = comp.task.decode(oof["raw"], oof["fitted"])
     if comp.task.kind == "binary":
         pred = (pred >= 0.5).astype(int)
     return float(accuracy_score(oof["targets"].astype(int), np.asarray(pred).astype(int)))
@@ -113,6 +112,22 @@ def figure(table: pd.DataFrame, competition: str, path: Path) -> dict[str, float
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return stats
+
+
+def report_studies(competition: str | None, *, every: bool = False, root: Path, storage_url: str | None = None,
+                   top1_file: str | Path | None = None) -> tuple[dict[str, dict[str, Any]], pd.DataFrame | None]:
+    """`kt study report`: one competition's report, or with `every` each competition that has a study
+    under `root` plus the cross-dataset table."""
+    from .runner import default_storage
+
+    names = ([p.parent.name for p in sorted(Path(root).glob("*/study.db"))] if every
+             else [competition] if competition else [])
+    if not names:
+        raise KtError("name a competition (kt study report NAME) or pass --all")
+    results = {name: report(name, storage_url or default_storage(root, name), Path(root) / name / "study-report",
+                            top1_file) for name in names}
+    across = report_all({n: r["table"] for n, r in results.items()}) if every and len(results) > 1 else None
+    return results, across
 
 
 def report(competition: str, storage_url: str, out_dir: Path, top1_file: str | Path | None = None) -> dict[str, Any]:

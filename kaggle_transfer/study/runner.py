@@ -82,14 +82,14 @@ def run_dir_for(root: Path, competition: str, name: str, p: dict[str, Any]) -> P
     return Path(root) / competition / "study" / name / slug(p["arch"]) / slug(_key(p).split("|", 1)[1])
 
 
-def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, root: str, storage_url: str,
+def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *, root: str, storage_url: str,
            sets: list[str], progress: bool = False) -> int:
     """One worker: train points until every grid point has a finished trial. Returns runs trained."""
     import optuna
     from optuna.storages import RetryFailedTrialCallback
 
     from .. import config
-    from ..train import fit
+    from ..training.loop import fit
 
     grid_name, grid = load_grid(grid_spec)
     name = study_name(competition, grid_name, archs)
@@ -137,23 +137,28 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, ro
         study.optimize(objective, n_trials=1, catch=())
 
 
-def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path, root: Path,
+def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path, *, root: Path,
               storage_url: str | None = None, workers: int = 1, sets: list[str] | tuple = (),
               progress: bool = True) -> dict[str, Any]:
     """Start `workers` processes on this machine (more machines: run the same command elsewhere)."""
+    from ..training.models import check_arch
+
+    for arch in archs:  # a typo fails here, not in the first trial
+        check_arch(arch.split(".")[0])
     grid_name, grid = load_grid(grid_spec)
     url = storage_url or default_storage(root, competition)
     points = _points(grid, archs)
     if not points:
         raise KtError("the grid is empty")
-    args = (competition, archs, grid_spec, str(data_dir), str(root), url, list(sets))
+    args = (competition, archs, grid_spec, str(data_dir))
+    kwargs = {"root": str(root), "storage_url": url, "sets": list(sets)}
     if workers <= 1:
-        trained = worker(*args, progress=progress)
+        trained = worker(*args, **kwargs, progress=progress)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            trained = sum(f.result() for f in [pool.submit(worker, *args) for _ in range(workers)])
+            trained = sum(f.result() for f in [pool.submit(worker, *args, **kwargs) for _ in range(workers)])
     return {"study": study_name(competition, grid_name, archs), "storage": url, "points": len(points),
             "trained_here": trained}

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import competitions, config, runs
-from .data import synthetic
+from .. import competitions, config, runs
+from ..data import synthetic
+from ..errors import KtError
+from ..inference.pipeline import predict_submission
+from ..metrics import get_metric
 from .export import export
-from .inference.pipeline import predict_submission
-from .metrics import get_metric
-from .train import fit
+from .loop import fit
 
 # Two input sizes of one tiny timm model: the study's multi-size ensemble, at CPU scale.
 DEMO_MODELS = (("test_resnet", 32), ("test_resnet", 48))
@@ -35,10 +36,10 @@ def test_score(comp, data_dir: Path, csv: Path) -> float:
     return get_metric(comp.task.metric)(y, comp.parse_answers(list(pred.loc[ids])))
 
 
-def _data(name: str, workdir: Path, n_train: int, n_test: int, echo: Callable[[str], None]):
+def _data(name: str, workdir: Path, n_train: int, n_test: int, *, echo: Callable[[str], None]):
     """(adapter, data folder, extra config): synthetic data, or the real digits described by a YAML."""
     if name == "digits":
-        from .data.digits import make_digits
+        from ..data.digits import make_digits
 
         data_dir = workdir / "data" / "digits"
         if not (data_dir / "digits.yaml").is_file():
@@ -47,17 +48,19 @@ def _data(name: str, workdir: Path, n_train: int, n_test: int, echo: Callable[[s
         echo(f"real data: scikit-learn digits as a Kaggle-shaped folder, described by {data_dir / 'digits.yaml'}")
         return comp, data_dir, {"competition_file": comp.spec_file, "augment": "none", "pool": "avg"}
     comp = competitions.get(name)
+    if not comp.synthetic:
+        raise KtError(f"{comp.name} has no synthetic layout for kt demo; try kt demo digits or a built-in name")
     data_dir = workdir / "data" / comp.name
     if not (data_dir / "train.csv").is_file():
-        synthetic.make(comp.name, data_dir, n_train=n_train, n_test=n_test)
+        synthetic.make(comp.synthetic, data_dir, n_train=n_train, n_test=n_test)
     echo(f"synthetic {comp.name} data: {data_dir}")
     return comp, data_dir, {}
 
 
-def run_demo(name: str, workdir: Path, epochs: int = 8, progress: bool = True,
+def run_demo(name: str, workdir: Path, *, epochs: int = 8, progress: bool = True,
              echo: Callable[[str], None] = print, n_train: int = 400, n_test: int = 100, seed: int = 414) -> dict:
     started = time.time()
-    comp, data_dir, extra = _data(name, workdir, n_train, n_test, echo)
+    comp, data_dir, extra = _data(name, workdir, n_train, n_test, echo=echo)
     rows, onnx_paths = [], []
     tta = "none" if name == "digits" else "flip"  # a mirrored digit is another digit (or none)
     for arch, size in DEMO_MODELS:
@@ -69,10 +72,11 @@ def run_demo(name: str, workdir: Path, epochs: int = 8, progress: bool = True,
         result = fit(cfg, run_dir, data_dir, progress=progress)
         onnx = export(run_dir)["path"]
         onnx_paths.append(onnx)
-        single = predict_submission(comp.name, [onnx], data_dir, workdir / "submissions", f"{arch}_{size}",
-                                    tta=tta, overwrite=True, progress=False)
+        single = predict_submission(comp.name, [onnx], data_dir, out_root=workdir / "submissions",
+                                    label=f"{arch}_{size}", tta=tta, overwrite=True, progress=False)
         rows.append((f"{arch}@{size}", result["score"], test_score(comp, data_dir, Path(single["submission"]))))
-    manifest = predict_submission(comp.name, onnx_paths, data_dir, workdir / "submissions", "ensemble", tta=tta,
+    manifest = predict_submission(comp.name, onnx_paths, data_dir, out_root=workdir / "submissions",
+                                  label="ensemble", tta=tta,
                                   overwrite=True, refit=True, progress=False)
     csv = Path(manifest["submission"])
     rows.append((f"ensemble (mean, {tta} TTA)", manifest["oof_score"], test_score(comp, data_dir, csv)))

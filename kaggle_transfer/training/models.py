@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import KtError
+from ..errors import KtError
 
 
 class GeM(nn.Module):
@@ -36,7 +36,7 @@ class GeM(nn.Module):
 
 class Net(nn.Module):
     def __init__(self, backbone: nn.Module, num_outputs: int, pool: str, dropout: float,
-                 mean: tuple[float, ...], std: tuple[float, ...], tokens: bool):
+                 *, mean: tuple[float, ...], std: tuple[float, ...], tokens: bool):
         super().__init__()
         self.backbone = backbone
         self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
@@ -63,7 +63,7 @@ def check_arch(arch: str) -> None:
         raise KtError(f"unknown --arch {arch!r}{hint} (timm.list_models() lists them all)")
 
 
-def build_model(arch: str, num_outputs: int, pool: str = "avg", dropout: float = 0.0, in_chans: int = 3,
+def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: float = 0.0, in_chans: int = 3,
                 pretrained: bool = False, weights: str | None = None) -> Net:
     """Build the network. `weights` (a local backbone state dict) wins over `pretrained` (timm's hub)."""
     import timm
@@ -90,7 +90,7 @@ def build_model(arch: str, num_outputs: int, pool: str = "avg", dropout: float =
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]
         std = (tuple(std) + (sum(std) / len(std),) * in_chans)[:in_chans]
-    return Net(backbone, num_outputs, pool, dropout, mean, std, tokens)
+    return Net(backbone, num_outputs, pool, dropout, mean=mean, std=std, tokens=tokens)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

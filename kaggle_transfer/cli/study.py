@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import click
 
-from .cli import main
-from .errors import KtError
-
 
 class StudyGroup(click.Group):
     """`kt study NAME …` runs a study; `kt study report NAME` reports it."""
@@ -17,7 +14,7 @@ class StudyGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-@main.group(cls=StudyGroup)
+@click.group(cls=StudyGroup)
 def study() -> None:
     """The paper's experiment: ImageNet models × a hyperparameter grid, then ImageNet top-1 vs task score."""
 
@@ -34,22 +31,22 @@ def study() -> None:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config for every trial, e.g. epochs=5.")
 def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_root, sets) -> None:
     """Train every (arch × grid point) once, resumably, across any number of workers."""
-    from . import competitions
-    from .runs import runs_root as default_root
-    from .study.archs import PAPER19, resolve_archs
-    from .study.runner import run_study
+    from .. import competitions
+    from ..runs import runs_root as default_root
+    from ..study.archs import PAPER19, resolve_archs
+    from ..study.runner import run_study
 
     comp = competitions.get(competition)
     names = resolve_archs(archs)
     if archs == "paper19":
         missing = [a.paper_name for a in PAPER19 if not a.timm]
         click.echo(f"paper19: {len(names)} models through timm; not available there: {', '.join(missing)}")
-    from .models import check_arch
+    from ..training.models import check_arch
 
     for name in names:
         check_arch(name.split(".")[0])
     result = run_study(comp.name, names, grid_spec, competitions.find_data_dir(comp, data_dir),
-                       default_root(runs_root), storage, workers, sets)
+                       root=default_root(runs_root), storage_url=storage, workers=workers, sets=sets)
     click.echo(f"study {result['study']}: {result['points']} grid points, {result['trained_here']} trained by "
                f"this command; storage {result['storage']}")
     click.echo(f"next: kt study report {comp.name}")
@@ -63,21 +60,17 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
 @click.option("--top1", "top1_file", type=click.Path(), help="CSV arch,top1[,source] for archs outside paper19.")
 def study_report(competition, storage, runs_root, all_, top1_file) -> None:
     """CSV and PNG like the paper's figure: ImageNet top-1 vs task score, correlations, normalised slope."""
-    from .runs import runs_root as default_root
-    from .study.report import report, report_all
-    from .study.runner import default_storage
+    from .. import runs
+    from ..study.report import report_studies
 
-    root = default_root(runs_root)
-    names = ([p.parent.name for p in sorted(root.glob("*/study.db"))] if all_ else [competition] if competition
-             else [])
-    if not names:
-        raise KtError("name a competition (kt study report NAME) or pass --all")
-    tables = {}
-    for name in names:
-        result = report(name, storage or default_storage(root, name), root / name / "study-report", top1_file)
-        tables[name] = result["table"]
+    results, across = report_studies(competition, every=all_, root=runs.runs_root(runs_root), storage_url=storage,
+                                     top1_file=top1_file)
+    for name, result in results.items():
         s = result["stats"]
         click.echo(f"{name}: {s['models']} models; Pearson {s['pearson']:.3f}, Spearman {s['spearman']:.3f}, "
                    f"normalised slope {s['normalised_slope']:.3f}; wrote {', '.join(result['files'])}")
-    if all_ and len(tables) > 1:
-        click.echo(report_all(tables).to_string(index=False))
+    if across is not None:
+        click.echo(across.to_string(index=False))
+
+
+COMMANDS = (study,)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .config import RunConfig
-from .errors import KtError
-from .tasks import Task
+from ..config import RunConfig
+from ..errors import KtError
+from ..tasks import Task
 
 
 def pick_device(name: str) -> torch.device:

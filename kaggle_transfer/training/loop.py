@@ -6,7 +6,6 @@ last.pt (for --resume) and plots/learning_curve.png.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
@@ -20,8 +19,15 @@ import torch.nn as nn  # noqa: F401 - type hints below
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from . import competitions, distributed, plots
-from . import config as config_mod
+from .. import competitions, plots, runs
+from ..config import RunConfig
+from ..data.cache import use_cache
+from ..data.splits import HELD_OUT, TRAIN_ONLY, assign_folds, read_split_file
+from ..errors import KtError
+from ..fsutil import atomic_path, write_json
+from ..tasks import Task
+from . import distributed
+from .augment import build_train_transform
 from .builders import (
     amp_dtype,
     build_loss,
@@ -31,17 +37,9 @@ from .builders import (
     pick_device,
     set_backbone_trainable,
 )
-from .checkpoints import checkpoint, restore, save_oof
-from .config import RunConfig
-from .data.augment import build_train_transform
-from .data.cache import cache_root, use_cache
-from .data.dataset import EpochSampler, ImageDataset, sample_seed
-from .data.splits import HELD_OUT, TRAIN_ONLY, assign_folds, read_split_file
-from .errors import KtError
-from .fsutil import atomic_path, write_json
+from .checkpoints import checkpoint, restore
+from .dataset import EpochSampler, ImageDataset, sample_seed, seed_everything
 from .models import build_model
-from .runs import git_sha, seed_everything
-from .tasks import Task
 
 
 def _worker_init(worker_id: int) -> None:
@@ -52,7 +50,7 @@ def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(0)
 
 
-def _loader(dataset, batch_size: int, workers: int, train: bool, generator: torch.Generator | None,
+def _loader(dataset, batch_size: int, workers: int, train: bool, *, generator: torch.Generator | None,
             pin: bool, sampler=None) -> DataLoader:
     if train:  # (epoch, row) keys: augmentations independent of workers and of resumes
         sampler = EpochSampler(sampler or torch.utils.data.RandomSampler(dataset, generator=generator))
@@ -73,7 +71,7 @@ def _step_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: T
 
 @torch.no_grad()
 def predict_raw(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None,
-                channels_last: bool) -> np.ndarray:
+                *, channels_last: bool) -> np.ndarray:
     """Raw outputs (N, num_outputs) in loader order."""
     model.eval()
     outs = []
@@ -86,12 +84,13 @@ def predict_raw(model: nn.Module, loader: DataLoader, device: torch.device, dtyp
     return torch.cat(outs).numpy()
 
 
-def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], skip_bad_images: bool,
-                cache: Path | None = None) -> pd.DataFrame:
+def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str], skip_bad_images: bool,
+                cache: Path | None = None, train_table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Competition rows plus external rows (training only), with a `fold` column; paths point into
-    kt prepare's cache where it holds an up-to-date copy."""
+    kt prepare's cache where it holds an up-to-date copy. `train_table`: the competition rows when
+    the caller has read them already (the CSV is read once per run)."""
     comp = competitions.for_config(cfg)
-    table = comp.read_train(data_dir, skip_bad_images)
+    table = comp.read_train(data_dir, skip_bad_images) if train_table is None else train_table.copy()
     if cfg.split_file:
         table = table.drop(columns=["split"], errors="ignore").merge(read_split_file(cfg.split_file), on="id",
                                                                      how="left")
@@ -108,24 +107,26 @@ def load_tables(cfg: RunConfig, data_dir: Path, external_dirs: dict[str, str], s
         table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
     table.attrs["skipped_images"] = skipped
     if cfg.cache:
-        table = use_cache(table, cache or cache_root(), comp.name, cfg.size, cfg.fundus_crop)
+        table = use_cache(table, runs.cache_root(cache), comp.name, cfg.size, crop=cfg.fundus_crop)
         table.attrs["skipped_images"] = skipped
     return table
 
 
-def preflight(cfg: RunConfig, data_dir: Path) -> None:
-    """Cheap checks before a run folder is made: arch, loss and the training table (files included)."""
+def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    """Cheap checks before a run folder is made: arch, loss and the training table (files included).
+    Returns the competition's rows, for fit() to reuse."""
     from .models import check_arch
 
     comp = competitions.for_config(cfg)
     check_arch(cfg.arch)
     comp.select_channels(cfg.channels)
     comp.task.check_loss(cfg.loss or comp.task.default_loss)
-    comp.read_train(data_dir, skip_bad_images=True)
+    return comp.read_train(data_dir, skip_bad_images)
 
 
-def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, str] | None = None,
-        resume: bool = False, skip_bad_images: bool = False, progress: bool = True) -> dict[str, Any]:
+def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[str, str] | None = None,
+        resume: bool = False, skip_bad_images: bool = False, progress: bool = True,
+        train_table: pd.DataFrame | None = None) -> dict[str, Any]:
     """Train one model on one fold; keep the best epoch by the competition metric. Returns metrics.json."""
     run_dir, external_dirs = Path(run_dir), dict(external_dirs or {})
     comp = competitions.for_config(cfg)
@@ -135,10 +136,10 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     task.check_loss(loss_name)
     main = distributed.is_main()
     if main:
-        config_mod.save(cfg, run_dir / "config.yaml")
-        write_json(run_dir / "run.json", {"data_dir": str(data_dir), "external_dirs": external_dirs,
-                                          "skip_bad_images": skip_bad_images, "git_sha": git_sha(),
-                                          "world_size": distributed.world_size()})
+        runs.save_config(run_dir, cfg)
+        runs.write_run_info(run_dir, {"data_dir": str(Path(data_dir).resolve()), "external_dirs": {
+            k: str(Path(v).resolve()) for k, v in external_dirs.items()}, "skip_bad_images": skip_bad_images,
+            "world_size": distributed.world_size()})
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     if device.type == "cuda" and distributed.active():
@@ -146,7 +147,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     dtype = amp_dtype(cfg.amp, device)
     channels_last = cfg.channels_last and device.type in ("cuda", "cpu")  # cuDNN and oneDNN both gain
 
-    table = load_tables(cfg, data_dir, external_dirs, skip_bad_images)
+    table = load_tables(cfg, data_dir, external_dirs=external_dirs, skip_bad_images=skip_bad_images,
+                        train_table=train_table)
     val_rows = table[table["fold"] == cfg.fold]
     train_rows = table[(table["fold"] != cfg.fold) & (table["fold"] != HELD_OUT)]
     if len(val_rows) == 0 or len(train_rows) == 0:
@@ -154,21 +156,23 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
     y_train, y_val = task.targets(train_rows["target"]), task.targets(val_rows["target"])
     generator = torch.Generator().manual_seed(cfg.seed)
     transform = build_train_transform(cfg.augment, cfg.size, len(channels))
-    train_ds = ImageDataset(train_rows, cfg.size, y_train, transform, channels, cfg.fundus_crop, cfg.seed)
+    train_ds = ImageDataset(train_rows, cfg.size, targets=y_train, transform=transform, channels=channels,
+                            crop=cfg.fundus_crop, seed=cfg.seed)
     pin = device.type == "cuda"
     sampler = None
     if distributed.active():  # each rank trains on its own shuffled share of the rows
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=True)
-    train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator, pin, sampler)
-    val_ds = ImageDataset(val_rows, cfg.size, y_val, channels=channels, crop=cfg.fundus_crop)
+    train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator=generator, pin=pin, sampler=sampler)
+    val_ds = ImageDataset(val_rows, cfg.size, targets=y_val, channels=channels, crop=cfg.fundus_crop)
     val_shard = distributed.shard(len(val_ds))
     val_loader = _loader(torch.utils.data.Subset(val_ds, val_shard.tolist()), cfg.batch_size, cfg.workers, False,
-                         None, pin)
+                         generator=None, pin=pin)
 
-    model = build_model(cfg.arch, task.num_outputs, cfg.pool, cfg.dropout, len(channels), cfg.pretrained,
-                        cfg.weights).to(device)
+    model = build_model(cfg.arch, task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=len(channels),
+                        pretrained=cfg.pretrained,
+                        weights=cfg.weights).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     from timm.utils import ModelEmaV3
@@ -234,7 +238,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
             scheduler.step(epoch + 1)
 
         eval_model = ema.module if ema is not None else model
-        raw = distributed.gather_rows(val_shard, predict_raw(eval_model, val_loader, device, dtype, channels_last),
+        raw = distributed.gather_rows(val_shard, predict_raw(eval_model, val_loader, device, dtype,
+                                                             channels_last=channels_last),
                                       len(val_ds))
         val_loss = float(_step_loss(criterion, torch.from_numpy(raw), torch.from_numpy(y_val), task))
         fitted = task.fit(raw, y_val)
@@ -252,7 +257,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
             if main:
                 with atomic_path(run_dir / "best.pt") as tmp:
                     torch.save(eval_model.state_dict(), tmp)
-                save_oof(run_dir / "oof.npz", val_rows, raw, y_val, fitted)
+                runs.save_oof(run_dir, val_rows["id"], raw, y_val, fitted=fitted)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
@@ -263,20 +268,21 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, 
             break
     if not main:
         return {"score": state["best_score"], "best_epoch": state["best_epoch"], "rank": distributed.rank()}
-    return _finish(run_dir, comp, table, train_rows, val_rows, state, loss_name, device, dtype, started)
+    return _finish(run_dir, comp, table, train_rows, val_rows=val_rows, state=state, loss_name=loss_name,
+                   device=device, dtype=dtype, started=started)
 
 
-def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
+def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *, val_rows: pd.DataFrame,
             state: dict[str, Any], loss_name: str, device: torch.device, dtype, started: float) -> dict[str, Any]:
     """metrics.json and the learning-curve plot, from the loop's state and the best epoch's OOF."""
     task = comp.task
     history = pd.DataFrame(state["history"])
     plots.learning_curve(history, task.metric, run_dir / "plots" / "learning_curve.png")
-    oof = np.load(run_dir / "oof.npz")
+    oof = runs.load_oof(run_dir)
     result = {
         "competition": comp.name, "metric": task.metric, "score": state["best_score"],
         "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "loss": loss_name,
-        "fitted": json.loads(str(oof["fitted"])), "n_train": len(train_rows), "n_val": len(val_rows),
+        "fitted": oof["fitted"], "n_train": len(train_rows), "n_val": len(val_rows),
         "skipped_images": table.attrs["skipped_images"]["competition"],
         "skipped_external_images": {k: v for k, v in table.attrs["skipped_images"].items() if k != "competition"},
         "n_external": int((table["source"] != "competition").sum()), "device": device.type,

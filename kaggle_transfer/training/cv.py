@@ -9,16 +9,15 @@ runs/<competition>/<stamp>_<label>/
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import competitions
-from .config import RunConfig
-from .errors import KtError
-from .fsutil import atomic_path, write_json
+from .. import competitions, runs
+from ..config import RunConfig
+from ..errors import KtError
+from ..fsutil import write_json
 
 
 def parse_folds(text: str | None, n_folds: int) -> list[int] | None:
@@ -36,11 +35,11 @@ def parse_folds(text: str | None, n_folds: int) -> list[int] | None:
     return folds
 
 
-def fit_group(cfg: RunConfig, group_dir: Path, data_dir: Path, folds: list[int], seeds: int = 1,
+def fit_group(cfg: RunConfig, group_dir: Path, data_dir: Path, folds: list[int], *, seeds: int = 1,
               external_dirs: dict[str, str] | None = None, skip_bad_images: bool = False,
               progress: bool = True) -> dict[str, Any]:
     """Train every (seed, fold); pool their OOF; a finished member is not trained again (resumable)."""
-    from .train import fit
+    from .loop import fit
 
     if (cfg.split or competitions.for_config(cfg).default_split) == "paper":
         cfg = dataclasses.replace(cfg, split="kfold")  # folds need a k-fold split
@@ -51,13 +50,13 @@ def fit_group(cfg: RunConfig, group_dir: Path, data_dir: Path, folds: list[int],
             run_dir = group_dir / name
             run_dir.mkdir(parents=True, exist_ok=True)
             member_cfg = dataclasses.replace(cfg, fold=k, seed=cfg.seed + s)
-            if (run_dir / "metrics.json").is_file():
-                result = json.loads((run_dir / "metrics.json").read_text())
-            else:
+            result = runs.read_metrics(run_dir)
+            if result is None:
                 resume = (run_dir / "last.pt").is_file()
                 if progress:
                     print(f"{'resuming' if resume else 'training'} {name}")
-                result = fit(member_cfg, run_dir, data_dir, external_dirs, resume, skip_bad_images, progress)
+                result = fit(member_cfg, run_dir, data_dir, external_dirs=external_dirs, resume=resume,
+                             skip_bad_images=skip_bad_images, progress=progress)
             members.append({"dir": name, "fold": k, "seed": cfg.seed + s, "score": result["score"]})
     return summarise(group_dir, cfg, members)
 
@@ -67,7 +66,7 @@ def pool_oof(group_dir: Path, members: list[dict[str, Any]]) -> tuple[np.ndarray
     raw_by_id: dict[str, list[np.ndarray]] = {}
     target_by_id: dict[str, np.ndarray] = {}
     for m in members:
-        oof = np.load(group_dir / m["dir"] / "oof.npz")
+        oof = runs.load_oof(group_dir / m["dir"])
         for i, r, t in zip(oof["ids"], oof["raw"], oof["targets"], strict=True):
             raw_by_id.setdefault(str(i), []).append(r)
             target_by_id[str(i)] = t
@@ -85,15 +84,10 @@ def summarise(group_dir: Path, cfg: RunConfig, members: list[dict[str, Any]]) ->
         "type": "group", "competition": comp.name, "metric": comp.task.metric, "members": members,
         "score": pooled, "pooled_score": pooled, "mean": float(np.mean(scores)), "std": float(np.std(scores)),
         "fitted": fitted, "rows": len(ids), "config": cfg.to_dict(),
-        "time_s": sum(json.loads((group_dir / m["dir"] / "metrics.json").read_text()).get("time_s", 0)
-                      for m in members),
+        "time_s": sum(runs.read_metrics(group_dir / m["dir"]).get("time_s", 0) for m in members),
     }
-    write_json(group_dir / "group.json", summary)
-    write_json(group_dir / "metrics.json", {k: v for k, v in summary.items() if k != "config"})
-    with atomic_path(group_dir / "oof.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=ids, raw=raw, targets=targets, fitted=json.dumps(fitted))
-    from . import config as config_mod
-
-    config_mod.save(cfg, group_dir / "config.yaml")
+    runs.write_group(group_dir, summary)
+    write_json(group_dir / runs.METRICS, {k: v for k, v in summary.items() if k != "config"})
+    runs.save_oof(group_dir, ids, raw, targets, fitted=fitted)
+    runs.save_config(group_dir, cfg)
     return summary

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 
-from .errors import KtError
-from .fsutil import atomic_path
+from ..errors import KtError
+from ..fsutil import atomic_path
 
 
 def restore(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str, Any]:
@@ -28,9 +25,3 @@ def restore(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str
 def checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save({**{k: v.state_dict() for k, v in parts.items() if v is not None}, "state": state}, tmp)
-
-
-def save_oof(path: Path, rows: pd.DataFrame, raw: np.ndarray, y: np.ndarray, fitted: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, ids=np.asarray(rows["id"], dtype=str), raw=raw, targets=y, fitted=json.dumps(fitted))

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from . import images
+from ..data import images
 
 
 def sample_seed(seed: int, epoch: int, row: int) -> int:
@@ -44,7 +44,7 @@ class EpochSampler(Sampler):
 
 
 class ImageDataset(Dataset):
-    def __init__(self, table: pd.DataFrame, size: int, targets: np.ndarray | None = None, transform=None,
+    def __init__(self, table: pd.DataFrame, size: int, *, targets: np.ndarray | None = None, transform=None,
                  channels: list[int] | None = None, crop: bool = False, seed: int = 0):
         self.paths = list(table["paths"])
         # rows read from kt prepare's cache were cropped when cached; the rest are cropped here
@@ -75,3 +75,10 @@ class ImageDataset(Dataset):
         x = torch.from_numpy(images.to_chw(img))
         y = torch.as_tensor(self.targets[i]) if self.targets is not None else torch.tensor(0)
         return x, y, i
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and torch's global generators (weights init); per-sample draws use sample_seed."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

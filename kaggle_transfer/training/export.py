@@ -8,7 +8,6 @@ fitted thresholds/cut points, CV score and the full recipe. An ONNX file alone i
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, competitions
-from . import config as config_mod
-from .errors import KtError
-from .fsutil import atomic_path
+from .. import __version__, competitions, runs
+from .. import config as config_mod
+from ..errors import KtError
+from ..fsutil import atomic_path
 from .models import build_model
 
 FORMAT_VERSION = 1
@@ -29,11 +28,10 @@ PARITY_TOL = 1e-4  # fp32 ONNX vs torch, max abs difference on raw outputs
 def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
     comp = competitions.for_config(cfg)
     channels = [comp.channels[i] for i in comp.select_channels(cfg.channels)]
-    metrics_path = run_dir / "metrics.json"
-    run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    run_metrics = runs.read_metrics(run_dir) or {}
+    run_info = runs.read_run_info(run_dir) if (run_dir / runs.RUN_INFO).is_file() else {}
     return {
-        "format_version": FORMAT_VERSION, "kt_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "format_version": FORMAT_VERSION, "kt_version": __version__, "created": runs.timestamp(),
         "competition": comp.name, "task": comp.task.kind, "num_classes": comp.task.num_classes,
         "metric": comp.task.metric, "arch": cfg.arch, "size": cfg.size, "channels": channels,
         "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "colour": "+".join(channels),
@@ -49,14 +47,13 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig]:
     """The run's network with its best weights, in eval mode on the CPU."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise KtError(f"{run_dir} is not a run folder (no config.yaml); pass runs/<competition>/<run-id>")
+    cfg = runs.load_config(run_dir)
     if not (run_dir / "best.pt").is_file():
         raise KtError(f"{run_dir}/best.pt not found; the run has not finished an epoch (kt train --resume {run_dir})")
-    cfg = config_mod.load(run_dir / "config.yaml")
     comp = competitions.for_config(cfg)
     in_chans = len(comp.select_channels(cfg.channels))
-    model = build_model(cfg.arch, comp.task.num_outputs, cfg.pool, cfg.dropout, in_chans, pretrained=False)
+    model = build_model(cfg.arch, comp.task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=in_chans,
+                        pretrained=False)
     model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
     return model.eval(), cfg
 
@@ -77,7 +74,7 @@ def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, ops
                               dynamo=False)
 
 
-def parity(model: torch.nn.Module, onnx_path: Path, in_chans: int, size: int, batch: int = 3,
+def parity(model: torch.nn.Module, onnx_path: Path, in_chans: int, size: int, *, batch: int = 3,
            seed: int = 0) -> float:
     """Max abs difference between torch and onnxruntime (CPU) on random uint8 images."""
     import onnxruntime as ort
@@ -90,14 +87,15 @@ def parity(model: torch.nn.Module, onnx_path: Path, in_chans: int, size: int, ba
     return float(np.abs(expected - got).max())
 
 
-def export(run_dir: str | Path, out: str | Path | None = None, opset: int = 18, check: bool = True) -> dict[str, Any]:
+def export(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 18, check: bool = True
+           ) -> dict[str, Any]:
     """Write `model.onnx` (or `out`) with metadata; fail if ONNX and torch disagree above 1e-4."""
     import onnx
 
     run_dir = Path(run_dir)
     model, cfg = load_run_model(run_dir)
     in_chans = len(competitions.for_config(cfg).select_channels(cfg.channels))
-    out = Path(out) if out else run_dir / "model.onnx"
+    out = Path(out) if out else run_dir / runs.MODEL
     meta = build_metadata(run_dir, cfg)
     example = torch.randint(0, 256, (2, in_chans, cfg.size, cfg.size), dtype=torch.uint8)
     with atomic_path(out) as tmp:
@@ -109,6 +107,14 @@ def export(run_dir: str | Path, out: str | Path | None = None, opset: int = 18, 
             proto.metadata_props.add(key=f"kt.{key}", value=str(meta[key]))
         onnx.save(proto, str(tmp))
         diff = parity(model, tmp, in_chans, cfg.size) if check else None
-        if diff is not None and diff > PARITY_TOL:
+        if diff is not None and not diff <= PARITY_TOL:  # NaN compares false: it must fail too
             raise KtError(f"ONNX output differs from torch by {diff:.2e} (> {PARITY_TOL:g}); the file was not written")
     return {"path": str(out), "max_abs_diff": diff, "metadata": meta}
+
+
+def export_runs(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 18) -> list[dict[str, Any]]:
+    """Export a run, or every member of a --folds run group into its own folder."""
+    dirs = runs.member_dirs(Path(run_dir))
+    if out and len(dirs) > 1:
+        raise KtError("-o/--out names one file; a run group exports model.onnx into each member folder")
+    return [export(d, out, opset=opset) for d in dirs]

@@ -1,0 +1,135 @@
+"""`kt predict`, `kt ensemble`, `kt evaluate`, `kt validate`, `kt prepare`: from models and images to answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import KtError
+from .common import data_dir_option, external_dir_option, external_dirs, progress_option, tta_option
+
+
+@click.command()
+@click.argument("competition")
+@click.argument("models", nargs=-1)
+@click.option("--ensemble", "ensemble_spec", type=click.Path(), help="An ensemble spec from kt ensemble.")
+@data_dir_option
+@tta_option
+@click.option("--blend", "blend_method", type=click.Choice(["mean", "rank"]), default="mean", show_default=True,
+              help="rank: average ranks (binary tasks; ROC AUC only sees the order).")
+@click.option("--refit", is_flag=True, help="Refit cut points/thresholds on the members' blended OOF.")
+@click.option("--out-root", type=click.Path(), help="Default: $KT_SUBMISSIONS or submissions/.")
+@click.option("--label", help="Submission folder suffix.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing submission folder.")
+@click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
+@click.option("--fp16", is_flag=True, help="Run the models in float16 (GPU: tensor cores, half the memory; "
+              "GeM/reductions stay fp32). Slower on a CPU.")
+@click.option("--io-binding", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Copy each batch view to the GPU once for every model of its input size "
+              "(auto: on for CUDA/TensorRT).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=4, show_default=True, help="Image decoding threads.")
+@progress_option
+def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, refit, out_root, label, overwrite,
+            provider, fp16, io_binding, batch_size, workers, progress) -> None:
+    """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
+    from ..inference.pipeline import predict_submission
+    from ..inference.session import expand
+
+    if not models and not ensemble_spec:
+        raise KtError("name the models (model.onnx files or globs) or pass --ensemble SPEC.json")
+    manifest = predict_submission(competition, expand(list(models)) if models else [], data_dir, out_root=out_root,
+                                  label=label, tta=tta, overwrite=overwrite, refit=refit, provider=provider,
+                                  batch_size=batch_size, workers=workers, progress=progress,
+                                  blend_method=blend_method, ensemble=ensemble_spec,
+                                  precision="fp16" if fp16 else "fp32", io_binding=io_binding)
+    providers = sorted({m["provider"] for m in manifest["models"]})
+    bound = " with IO binding" if any(m["io_binding"] for m in manifest["models"]) else ""
+    click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)} ({manifest['models'][0]['precision']}"
+               f"{bound}), TTA {manifest['tta']}; {manifest['rows']} rows, {manifest['images_per_s']} images/s")
+    if fp16 and "CPUExecutionProvider" in providers:
+        click.echo("warning: --fp16 is meant for GPUs; on a CPU it is slower than fp32", err=True)
+    click.echo(f"wrote {manifest['submission']} (valid) and manifest.json")
+
+
+@click.command()
+@click.argument("competition")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--method", type=click.Choice(["mean", "rank", "greedy"]), default="greedy", show_default=True)
+@click.option("-o", "--out", type=click.Path(), help="Spec path (default: $KT_RUNS/<competition>/ensembles/…json).")
+def ensemble(competition, runs, method, out) -> None:
+    """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""
+    from ..ensemble import build
+
+    spec = build(competition, runs, method, out)
+    click.echo(f"{'member':<60} {'weight':>7} {'OOF ' + spec['metric']:>12}")
+    for m in spec["members"]:
+        click.echo(f"{m['run'][-60:]:<60} {m['weight']:>7.3f} {m['oof_score']:>12.4f}")
+    click.echo(f"blend ({spec['method']}) OOF {spec['metric']} {spec['oof_score']:.4f}, "
+               f"{spec['gain']:+.4f} over the best member")
+    click.echo(f"wrote {spec['path']}; next: kt predict {competition} --ensemble {spec['path']}")
+
+
+@click.command()
+@click.argument("competition")
+@click.argument("models", nargs=-1, required=True)
+@data_dir_option
+@tta_option
+@click.option("--out", type=click.Path(), help="Folder for evaluation.json (default: the first model's).")
+@progress_option
+def evaluate(competition, models, data_dir, tta, out, progress) -> None:
+    """Score runs or ONNX files on labelled test splits (CCT-20: cis_test and trans_test side by side)."""
+    from ..inference.evaluate import evaluate as evaluate_models
+
+    result = evaluate_models(competition, models, data_dir, tta=tta, out=out, progress=progress)
+    click.echo(f"{'split':<12} {'images':>7} {result['metric']:>9}")
+    for split, row in result["splits"].items():
+        click.echo(f"{split:<12} {row['images']:>7} {row['score']:>9.4f}")
+    click.echo("")
+    click.echo(result["per_class"].to_string(float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"wrote {', '.join(result['files'])}")
+
+
+@click.command()
+@click.argument("competition")
+@click.argument("csv", type=click.Path())
+@data_dir_option
+def validate(competition, csv, data_dir) -> None:
+    """Check a submission CSV against the competition's format and test ids.
+
+    COMPETITION is a built-in name or a competition YAML's path."""
+    from .. import competitions, submission
+
+    comp = competitions.get(competition)
+    result = submission.validate(comp, Path(csv), competitions.find_data_dir(comp, data_dir))
+    click.echo(f"valid {comp.name} submission: {result['rows']} rows, columns {','.join(result['columns'])}")
+
+
+@click.command()
+@click.argument("competition")
+@click.option("--size", type=int, required=True, help="Cache side: the shorter side is resized to this.")
+@data_dir_option
+@external_dir_option
+@click.option("--cache-dir", type=click.Path(), help="Default: $KT_CACHE or cache/.")
+@click.option("--fundus-crop", is_flag=True, help="Trim black borders first (train with --set fundus_crop=true).")
+@click.option("--workers", type=int, default=0, help="Processes (default: one per core).")
+@progress_option
+def prepare(competition, size, data_dir, external_dir, cache_dir, fundus_crop, workers, progress) -> None:
+    """Resize every train, test and external image once; training and prediction then read the cache."""
+    from .. import competitions, runs
+    from ..data.cache import prepare_competition
+
+    comp = competitions.get(competition)
+    result = prepare_competition(comp, competitions.find_data_dir(comp, data_dir), runs.cache_root(cache_dir), size,
+                                 external_dirs=external_dirs(external_dir), crop=fundus_crop, workers=workers,
+                                 progress=progress)
+    for note in result["notes"]:
+        click.echo(note)
+    click.echo(f"{result['cached']} cached, {result['up_to_date']} already up to date, {result['failed']} failed "
+               f"→ {result['folder']}")
+    for error in result["errors"]:
+        click.echo(f"  {error}")
+
+
+COMMANDS = (predict, ensemble, evaluate, validate, prepare)

@@ -1,0 +1,44 @@
+"""`kt competitions`, `kt runs`, `kt report`: what kt knows and what the runs achieved."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("competitions")
+def competitions_cmd() -> None:
+    """List the competitions kt knows, with task, metric and how each is submitted."""
+    from ..competitions import COMPETITIONS, custom
+
+    click.echo(f"{'name':<10} {'task':<11} {'metric':<9} {'submit':<9} {'ch':>2}  {'external':<12} kaggle slug")
+    for c in COMPETITIONS.values():
+        s = c.summary()
+        click.echo(f"{s['name']:<10} {s['task']:<11} {s['metric']:<9} {s['submit_via']:<9} {s['channels']:>2}  "
+                   f"{','.join(s['external']) or '-':<12} {s['slug'] or '-'}")
+    click.echo("\nAny other image competition: describe it in a YAML and pass the YAML's path wherever a")
+    click.echo("competition name goes (kt train FILE.yaml, kt validate FILE.yaml CSV, ...). The keys:")
+    click.echo("\n".join("  " + line for line in custom.__doc__.split("\n\n")[1].splitlines()))
+
+
+@click.command("report")
+@click.argument("target", type=click.Path())
+@click.option("-o", "--out", type=click.Path(), help="Folder for the PNGs and report.md.")
+def report_cmd(target, out) -> None:
+    """PNG plots and a markdown summary of a run, a --folds group or an ensemble spec."""
+    from ..report import report
+
+    result = report(target, out)
+    click.echo(f"wrote {len(result['pngs'])} plot(s) and report.md to {result['dir']}")
+
+
+@click.command("runs")
+@click.argument("competition")
+@click.option("--runs-root", type=click.Path(), help="Default: $KT_RUNS or runs/.")
+def runs_cmd(competition, runs_root) -> None:
+    """Leaderboard of a competition's runs and run groups: score, CV mean ± std, what differs from the best."""
+    from ..report import leaderboard
+
+    click.echo(leaderboard(competition, runs_root).to_string(index=False))
+
+
+COMMANDS = (competitions_cmd, report_cmd, runs_cmd)

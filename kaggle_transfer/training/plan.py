@@ -1,0 +1,114 @@
+"""What `kt train` decides before the loop starts: the config, the data, the run folder, one run or a group.
+
+A `RunPlan` is made from a command line (`new_run`) or from a run folder (`resumed_run`), then
+`train(plan)` trains it. The CLI only parses flags and prints; everything it decides lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import competitions, config, runs
+from ..errors import KtError
+from ..fsutil import write_json
+from . import distributed
+
+GROUP_REQUEST = "group-request.json"  # what a --folds/--seeds group was asked to train, for --resume
+
+
+@dataclasses.dataclass
+class RunPlan:
+    cfg: config.RunConfig
+    run_dir: Path
+    data_dir: Path
+    external_dirs: dict[str, str]
+    skip_bad_images: bool = False
+    resume: bool = False
+    folds: list[int] | None = None      # a --folds group: these folds ...
+    seeds: int = 1                      # ... times this many training seeds
+    train_table: pd.DataFrame | None = None  # the competition rows read by the preflight (read once)
+
+    @property
+    def is_group(self) -> bool:
+        return self.folds is not None
+
+
+def _competition_and_recipes(competition: str, recipe: str | None) -> tuple[Any, list, dict[str, Any]]:
+    """The adapter, the recipes to apply in order, and flags implied by a YAML-described contest.
+
+    A competition YAML's `recipe:` section comes first, then `-c FILE`: both apply."""
+    if competition == "custom":
+        raise KtError("pass the competition's YAML in place of 'custom': kt train FILE.yaml (-c names a recipe)")
+    comp = competitions.get(competition)
+    spec_file = getattr(comp, "spec_file", None)
+    recipes = [comp.spec["recipe"]] if spec_file and comp.spec.get("recipe") else []
+    if recipe:
+        recipes.append(recipe)
+    return comp, recipes, ({"competition_file": spec_file} if spec_file else {})
+
+
+def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str | None = None,
+            external_dirs: dict[str, str] | None = None, sets: tuple[str, ...] = (),
+            runs_root: str | None = None, label: str | None = None, flags: dict[str, Any] | None = None,
+            folds: str | None = None, seeds: int = 1, skip_bad_images: bool = False) -> RunPlan:
+    """Resolve the config, check it and the data (before any folder exists), then make the run folder."""
+    distributed.setup()  # under torchrun: join the process group before anything is decided
+    if not competition:
+        raise KtError("name the competition: kt train COMPETITION (kt competitions lists them)")
+    comp, recipes, implied = _competition_and_recipes(competition, recipe)
+    cfg = config.resolve(recipes, {"competition": comp.name, **implied, **(flags or {})}, sets)
+    data = competitions.find_data_dir(comp, data_dir)
+    from .cv import parse_folds
+    from .loop import preflight
+
+    cv_folds = parse_folds(folds, cfg.folds)
+    if cv_folds is None and seeds > 1:
+        cv_folds = list(range(cfg.folds))
+    if cv_folds is not None and distributed.active():
+        raise KtError("--folds/--seeds groups run one process per fold; under torchrun train one run at a time")
+    table = preflight(cfg, data, skip_bad_images)
+    # one run folder for all ranks: rank 0 makes it, the others are told its name
+    made = (str(runs.new_run_dir(runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}"))
+            if distributed.is_main() else None)
+    plan = RunPlan(cfg, Path(distributed.broadcast(made)), data, dict(external_dirs or {}), skip_bad_images,
+                   folds=cv_folds, seeds=seeds, train_table=table)
+    if plan.is_group:
+        runs.save_config(plan.run_dir, cfg)
+        write_json(plan.run_dir / GROUP_REQUEST, {"data_dir": str(data.resolve()), "folds": cv_folds, "seeds": seeds,
+                                                  "external_dirs": plan.external_dirs,
+                                                  "skip_bad_images": skip_bad_images})
+    return plan
+
+
+def resumed_run(run_dir: str | Path) -> RunPlan:
+    """The plan of an interrupted run or run group, from what its folder recorded."""
+    distributed.setup()
+    run_dir = Path(run_dir)
+    cfg = runs.load_config(run_dir, what="a run folder made by kt train (--resume)")
+    request = run_dir / GROUP_REQUEST
+    if request.is_file():
+        info = json.loads(request.read_text())
+        return RunPlan(cfg, run_dir, Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"],
+                       resume=True, folds=info["folds"], seeds=info["seeds"])
+    info = runs.read_run_info(run_dir)
+    return RunPlan(cfg, run_dir, Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"], resume=True)
+
+
+def train(plan: RunPlan, *, progress: bool = True) -> dict[str, Any]:
+    """Train the plan: one run (its metrics.json) or a group (its group.json summary)."""
+    if plan.is_group:
+        from .cv import fit_group
+
+        return fit_group(plan.cfg, plan.run_dir, plan.data_dir, plan.folds, seeds=plan.seeds,
+                         external_dirs=plan.external_dirs, skip_bad_images=plan.skip_bad_images, progress=progress)
+    from .loop import fit
+
+    result = fit(plan.cfg, plan.run_dir, plan.data_dir, external_dirs=plan.external_dirs, resume=plan.resume,
+                 skip_bad_images=plan.skip_bad_images, progress=progress, train_table=plan.train_table)
+    distributed.cleanup()
+    return result

@@ -1,0 +1,148 @@
+"""The shape of the package: torch only under training/, no import cycles, nothing imports the CLI,
+the README's map matches the tree, and the repository speaks of itself only."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "kaggle_transfer"
+TORCH_FREE = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for p in PACKAGE.rglob("*.py") if "training" not in p.relative_to(PACKAGE).parts and p.name != "__main__.py")
+
+
+def _module(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _imports(path: Path, top_level_only: bool) -> set[str]:
+    """kaggle_transfer modules imported by a file (relative imports resolved)."""
+    tree = ast.parse(path.read_text())
+    name = _module(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if not base.startswith("kaggle_transfer"):
+                continue
+            for alias in node.names:  # `from . import x` may name a module
+                candidate = f"{base}.{alias.name}"
+                is_module = (ROOT / Path(*candidate.split("."))).with_suffix(".py").is_file() or \
+                    (ROOT / Path(*candidate.split("."))).is_dir()
+                out.add(candidate if is_module else base)
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("kaggle_transfer")}
+    return out - {name}
+
+
+def test_every_module_outside_training_imports_without_torch():
+    """A finder that refuses torch, timm and torchvision; every other module must import anyway."""
+    code = (
+        "import importlib, importlib.abc, json, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'timm', 'torchvision'):\n"
+        "            raise ImportError(f'blocked: {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"failed = {{}}\n"
+        f"for m in {TORCH_FREE!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(m)\n"
+        "    except Exception as e:\n"
+        "        failed[m] = repr(e)\n"
+        "print(json.dumps(failed))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {}
+    assert len(TORCH_FREE) > 30 and "kaggle_transfer.cli.train" in TORCH_FREE  # the list is the real tree
+
+
+def test_no_import_cycle_between_modules():
+    graph = {_module(p): _imports(p, top_level_only=True) for p in PACKAGE.rglob("*.py")}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue
+            # importing a package's submodule runs the package's __init__ first: not a cycle by itself
+            if node.startswith(nxt + "."):
+                continue
+            if state.get(nxt) == 1:
+                pytest.fail(f"import cycle: {' -> '.join(trail + [node, nxt])}")
+            if not state.get(nxt):
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if not state.get(module):
+            visit(module, [])
+
+
+def test_nothing_imports_the_cli_and_cli_modules_do_not_import_their_parent():
+    for path in PACKAGE.rglob("*.py"):
+        name, imported = _module(path), _imports(path, top_level_only=False)
+        if name == "kaggle_transfer.__main__":  # `python -m kaggle_transfer` is the CLI's other door
+            continue
+        if not name.startswith("kaggle_transfer.cli"):
+            assert not {m for m in imported if m.startswith("kaggle_transfer.cli")}, f"{name} imports the CLI"
+        elif name != "kaggle_transfer.cli":
+            assert "kaggle_transfer.cli" not in imported, f"{name} imports its parent package"
+
+
+def test_torch_is_imported_only_under_training():
+    pattern = re.compile(r"^\s*(import|from)\s+(torch|timm|torchvision)\b", re.M)
+    offenders = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+                 if "training" not in p.relative_to(PACKAGE).parts and pattern.search(p.read_text())]
+    assert offenders == []
+
+
+def test_readme_map_matches_the_tree():
+    """The package map in README.md names every module and folder of kaggle_transfer/, and nothing else."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- package map -->", 2)[1]
+    listed, folders = set(), []
+    for line in block.splitlines():
+        if not line.strip() or line.startswith("```"):
+            continue
+        depth = (len(line) - len(line.lstrip())) // 2
+        names = [w for w in line.strip().split("  ")[0].split() if w.endswith((".py", "/"))]
+        folders = folders[:depth]
+        for name in names:
+            if depth:  # depth 0 is kaggle_transfer/ itself
+                listed.add("".join(folders[1:]) + name)
+        if len(names) == 1 and names[0].endswith("/"):
+            folders.append(names[0])
+    actual = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    actual |= {str(p.relative_to(PACKAGE)) + "/" for p in PACKAGE.rglob("*") if p.is_dir()
+               and p.name != "__pycache__"}
+    assert listed == actual, f"missing from README: {sorted(actual - listed)}; not in tree: {sorted(listed - actual)}"
+
+
+# a folder beside the checkout, and words about who built the project or on what, have no place in it
+OUTSIDE = re.compile(r"\.\./" + "shared|" + "shared/[A-Z_]+\\.md|this 2-core machine|device tool|no device was lent")
+
+
+def test_repository_points_nowhere_outside_itself():
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    hits = [f"{f}: {m.group(0)}" for f in files
+            if (ROOT / f).is_file() and f != "tests/test_architecture.py"
+            and f.endswith((".py", ".md", ".yaml", ".sh", ".cfg", ".toml", "Makefile"))
+            for m in [OUTSIDE.search((ROOT / f).read_text(errors="ignore"))] if m]
+    assert hits == []
