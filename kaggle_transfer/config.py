@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise KtError(f"recipe {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    except UnicodeDecodeError:
+        raise KtError(f"recipe {path} is not a text file; pass a YAML recipe") from None
     if not isinstance(data, dict):
         raise KtError(f"recipe {path} must be a mapping of config keys to values")
     return data
@@ -164,21 +167,38 @@ def resolve(recipe: str | Path | dict | list | None = None, flags: dict[str, Any
     return cfg
 
 
+# numeric fields and the ranges they must lie in (lower, upper, whether the bounds are included)
+RANGES = {
+    "lr": (0, 10, False), "weight_decay": (0, 10, True), "dropout": (0, 1, "[)"), "label_smoothing": (0, 1, "[)"),
+    "ema_decay": (0, 1, False), "layer_decay": (0, 1, "(]"), "warmup_epochs": (0, 10_000, True),
+    "workers": (0, 256, True), "freeze_epochs": (0, 100_000, True), "patience": (0, 100_000, True),
+    "max_steps": (0, 10**9, True), "size": (8, 4096, True), "epochs": (1, 100_000, True),
+    "batch_size": (1, 65_536, True), "accum_steps": (1, 4096, True), "folds": (2, 1000, True), "fold": (0, 999, True),
+}
+
+
+def _in_range(value: float, low: float, high: float, bounds) -> bool:
+    lo_ok = value >= low if bounds in (True, "[)") else value > low
+    hi_ok = value <= high if bounds in (True, "(]") else value < high
+    return lo_ok and hi_ok
+
+
 def validate(cfg: RunConfig) -> None:
+    for key, (low, high, bounds) in RANGES.items():
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise KtError(f"{key}={value} is not a finite number; e.g. {key}={FIELDS[key].default}")
+        if not _in_range(value, low, high, bounds):
+            left = "[" if bounds in (True, "[)") else "("
+            right = "]" if bounds in (True, "(]") else ")"
+            raise KtError(f"{key}={value} is outside {left}{low}, {high}{right}")
     for key, choices in CHOICES.items():
         if getattr(cfg, key) is not None and getattr(cfg, key) not in choices:
             raise KtError(f"{key}={getattr(cfg, key)!r} is not valid; choose one of: {', '.join(choices)}")
-    for key in ("size", "epochs", "batch_size", "folds", "accum_steps"):
-        if getattr(cfg, key) < 1:
-            raise KtError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.split == "kfold" and not 0 <= cfg.fold < cfg.folds:
         raise KtError(f"fold={cfg.fold} is outside 0..{cfg.folds - 1} for folds={cfg.folds}")
-    if not 0 <= cfg.label_smoothing < 1:
-        raise KtError(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
-        raise KtError(f"layer_decay must be in (0, 1], got {cfg.layer_decay}")
-    if cfg.lr <= 0:
-        raise KtError(f"lr must be positive, got {cfg.lr}")
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:

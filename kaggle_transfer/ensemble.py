@@ -10,7 +10,6 @@ predicts with exactly the blend that was scored. Torch-free.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,8 +87,8 @@ def build(competition: str, run_dirs: Sequence[str | Path], method: str = "greed
         "type": "ensemble", "competition": comp.name, "metric": task.metric, "method": method,
         "created": runs.timestamp(), "oof_score": score, "oof_rows": len(ids),
         "best_member_score": max(singles), "gain": score - max(singles), "fitted": fitted,
-        "members": [{"run": str(d), "weight": float(w), "oof_score": s,
-                     "models": [{"path": str(p), "sha256": sha256(p)} for p in runs.onnx_files(d)]}
+        "members": [{"run": str(d.resolve()), "weight": float(w), "oof_score": s,
+                     "models": [{"path": str(p.resolve()), "sha256": sha256(p)} for p in runs.onnx_files(d)]}
                     for d, w, s in zip(run_dirs, weights, singles, strict=True)],
     }
     path = Path(out) if out else runs.ensemble_path(comp.name, method)
@@ -103,9 +102,19 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KtError(f"--ensemble {path} not found")
-    spec = json.loads(path.read_text())
-    for member in spec["members"]:
-        for model in member["models"]:
+    spec = runs.read_json(path, what="ensemble spec")
+    members = spec.get("members") if isinstance(spec, dict) else None
+    if not isinstance(members, list) or not members or not all(
+            isinstance(m, dict) and isinstance(m.get("models"), list) and isinstance(m.get("weight"), (int, float))
+            and all(isinstance(x, dict) and {"path", "sha256"} <= set(x) for x in m["models"]) for m in members):
+        raise KtError(f"--ensemble {path} is not an ensemble spec (members with models, weights and sha256); "
+                      "make one with kt ensemble")
+    if spec.get("method") not in METHODS:
+        raise KtError(f"--ensemble {path}: method {spec.get('method')!r} is not one of {', '.join(METHODS)}")
+    for member in members:
+        for model in member["models"]:  # paths are absolute; older specs' relative ones mean beside the spec
+            model["path"] = str(path.parent / model["path"]) if not Path(model["path"]).is_absolute() \
+                else model["path"]
             if not Path(model["path"]).is_file():
                 raise KtError(f"ensemble member {model['path']} not found")
             if sha256(model["path"]) != model["sha256"]:

@@ -60,3 +60,40 @@ def sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def inside(root: str | os.PathLike, *parts: str, what: str) -> Path:
+    """`root/parts...`, refused unless it stays inside `root` (no `..`, no absolute part, no escape).
+
+    Every path kt derives from a name, a YAML or ONNX metadata goes through here; `what` names the
+    key or flag the parts came from, for the error."""
+    from .errors import KtError
+
+    root = Path(root)
+    path = root.joinpath(*parts)
+    if any(Path(p).is_absolute() for p in parts) or not _within(root, path):
+        raise KtError(f"{what} {'/'.join(map(str, parts))!r} leads outside {root}; use a plain relative name")
+    return path
+
+
+def _within(root: Path, path: Path) -> bool:
+    root_n, path_n = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
+    return path_n == root_n or path_n.startswith(root_n.rstrip(os.sep) + os.sep)
+
+
+def outside(root: str | os.PathLike, paths) -> str | None:
+    """The first of `paths` that leads outside `root` (after normalising `..`), or None."""
+    root_n = os.path.normpath(os.path.abspath(root)).rstrip(os.sep) + os.sep
+    for p in paths:
+        if not os.path.normpath(os.path.abspath(p)).startswith(root_n):
+            return str(p)
+    return None
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> int:
+    """Remove temp files that a killed process left behind (atomic_path's `.NAME.XXXX.tmp`)."""
+    n = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        n += 1
+    return n

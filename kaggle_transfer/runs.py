@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import KtError
-from .fsutil import atomic_path, write_json
+from .fsutil import atomic_path, inside, write_json
 
 CONFIG, RUN_INFO, METRICS, OOF, GROUP, MODEL = \
     "config.yaml", "run.json", "metrics.json", "oof.npz", "group.json", "model.onnx"
@@ -63,21 +63,30 @@ def slug(text: str) -> str:
 # --- folders ---------------------------------------------------------------------------------
 
 def new_run_dir(root: Path, competition: str, label: str) -> Path:
-    """<root>/<competition>/<stamp>_<label>; never reuses an existing folder."""
-    base = Path(root) / competition / f"{stamp()}_{slug(label)}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    return path
+    """<root>/<competition>/<stamp>_<label>, created exclusively: two runs started in the same second
+    get distinct folders (-2, -3, ...), never one shared folder."""
+    parent = inside(root, competition, what="competition name")
+    parent.mkdir(parents=True, exist_ok=True)
+    base = f"{stamp()}_{slug(label)}"
+    for n in range(1, 1000):
+        path = parent / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise KtError(f"could not make a new run folder under {parent}; pass --label")
 
 
-def fresh_output_dir(path: Path, overwrite: bool) -> Path:
-    """An output folder that must not silently replace earlier results."""
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise KtError(f"output folder {path} already exists; choose another --label/--out or pass --overwrite")
-    path.mkdir(parents=True, exist_ok=True)
+def new_output_dir(root: Path, competition: str, name: str, *, overwrite: bool = False) -> Path:
+    """<root>/<competition>/<name> for a submission, made exclusively: an existing folder (another command
+    in the same second with the same label) is refused unless `overwrite`."""
+    path = inside(root, competition, name, what="competition name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(exist_ok=overwrite)
+    except FileExistsError:
+        raise KtError(f"output folder {path} already exists; choose another --label or pass --overwrite") from None
     return path
 
 
@@ -116,12 +125,24 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_INFO
     if not path.is_file():
         raise KtError(f"{run_dir} has no {RUN_INFO}; pass a run folder made by kt train")
-    return json.loads(path.read_text())
+    info = read_json(path, what="run record")
+    for key in ("data_dir", "external_dirs", "skip_bad_images"):
+        if key not in info:
+            raise KtError(f"{path} lacks {key!r}; the run record is damaged: start the run again")
+    return info
+
+
+def read_json(path: Path, *, what: str) -> Any:
+    """A JSON file kt wrote; a damaged one is one line naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KtError(f"{path} is not valid JSON; the {what} is damaged") from None
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / METRICS
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, what="run's metrics") if path.is_file() else None
 
 
 def save_oof(run_dir: Path, ids, raw: np.ndarray, targets: np.ndarray, *, fitted: dict[str, Any]) -> None:
@@ -148,7 +169,7 @@ def write_group(group_dir: Path, summary: dict[str, Any]) -> None:
 
 def read_group(group_dir: Path) -> dict[str, Any] | None:
     path = Path(group_dir) / GROUP
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, what="run group's record") if path.is_file() else None
 
 
 def member_dirs(run_dir: Path) -> list[Path]:

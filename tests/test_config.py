@@ -29,7 +29,7 @@ def test_unknown_key_lists_valid_keys_and_suggests(tmp_path):
     ("size=3.5", "wants int"),
     ("ema=maybe", "wants bool"),
     ("pool=max", "choose one of: avg, gem"),
-    ("epochs=0", "at least 1"),
+    ("epochs=0", r"epochs=0 is outside \[1, 100000\]"),
     ("size", "key=value"),
     ("weights=", None),
 ])

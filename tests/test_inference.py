@@ -20,7 +20,7 @@ from kaggle_transfer.inference import tta
 from kaggle_transfer.inference.pipeline import predict_submission
 from kaggle_transfer.inference.predict import blend, combine_fitted, predict_models
 from kaggle_transfer.inference.session import expand, load_ensemble, load_model
-from kaggle_transfer.runs import fresh_output_dir
+from kaggle_transfer.runs import new_output_dir
 
 
 def test_onnx_predictions_equal_torch_validation_outputs(onnx_model, trained_run, aptos_dir):
@@ -89,12 +89,17 @@ def _retag(src: Path, dst: Path, **changes) -> Path:
 
 
 def test_ensemble_refuses_a_model_from_another_competition(onnx_model, tmp_path):
-    other = _retag(onnx_model, tmp_path / "cassava.onnx", competition="cassava", task="multiclass")
+    other = _retag(onnx_model, tmp_path / "cassava.onnx", competition="cassava")
     with pytest.raises(KtError, match="cassava.onnx was trained for 'cassava', not 'aptos'"):
         load_ensemble([onnx_model, other], "aptos")
-    mixed = _retag(onnx_model, tmp_path / "x.onnx", task="multiclass")
-    with pytest.raises(KtError, match="has task='multiclass'"):
+    mixed = _retag(onnx_model, tmp_path / "x.onnx", task="binary", num_classes=2, class_names=["a", "b"],
+                   fitted={})
+    with pytest.raises(KtError, match="has task='binary'"):
         load_ensemble([onnx_model, mixed], None)
+    # metadata that disagrees with its own graph is refused when the file is loaded
+    liar = _retag(onnx_model, tmp_path / "liar.onnx", task="multiclass")
+    with pytest.raises(KtError, match="'num_classes'.*wants 5 output.*graph gives 1"):
+        load_ensemble([liar], None)
 
 
 def test_models_without_metadata_or_missing(tmp_path, onnx_model):
@@ -123,9 +128,10 @@ def test_predict_writes_a_valid_submission_and_manifest(onnx_model, aptos_dir, t
     assert saved["tta"] == "flip" and saved["rows"] == 30 and saved["models"][0]["provider"] == "CPUExecutionProvider"
     # an existing folder is never overwritten without --overwrite
     with pytest.raises(KtError, match="already exists.*--overwrite"):
-        fresh_output_dir(out, overwrite=False)
+        new_output_dir(tmp_path, "aptos", out.name, overwrite=False)
     before = (out / "submission.csv").read_bytes()
-    assert fresh_output_dir(out, overwrite=True) == out and (out / "submission.csv").read_bytes() == before
+    assert new_output_dir(tmp_path, "aptos", out.name, overwrite=True) == out
+    assert (out / "submission.csv").read_bytes() == before
 
 
 def test_refit_uses_blended_oof(onnx_model, aptos_dir, tmp_path):

@@ -6,6 +6,7 @@ a recipe key accept the same words.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -13,18 +14,43 @@ import click
 from ..config import CHOICES
 from ..errors import KtError
 
+# what to do about the operating system's refusals a user can cause (full disk, read-only folder, ...)
+OS_FIXES = {
+    errno.ENOSPC: "free some space or point the output elsewhere (--runs-root, --out-root, $KT_CACHE)",
+    errno.EDQUOT: "free some space or point the output elsewhere",
+    errno.EROFS: "choose a writable folder (--runs-root, --out-root, $KT_RUNS, $KT_CACHE)",
+    errno.EACCES: "choose a folder you may write to, or fix its permissions",
+    errno.EPERM: "choose a folder you may write to, or fix its permissions",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+    errno.EISDIR: "that path is a folder; name a file",
+    errno.ENOENT: "check the path",
+    errno.EEXIST: "it already exists; choose another name",
+}
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, KtError):
+        # errors raised inside DataLoader workers arrive wrapped with a traceback; keep the message
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        return lines[-1].split("KtError: ", 1)[-1] if lines else "unknown error"
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    return f"{e.strerror or type(e).__name__}{where}; {OS_FIXES.get(e.errno, 'check the path and try again')}"
+
 
 class KtGroup(click.Group):
-    """Turns KtError into one `error: …` line and exit code 2; tracebacks are for our own bugs."""
+    """Turns KtError, and the OS errors a user can cause, into one `error: …` line and exit code 2;
+    tracebacks are for our own bugs."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except KtError as e:
-            # errors raised inside DataLoader workers arrive wrapped with a traceback; keep the message
-            lines = [line for line in str(e).splitlines() if line.strip()]
-            message = lines[-1].split("KtError: ", 1)[-1] if lines else "unknown error"
-            click.echo(f"error: {message}", err=True)
+            click.echo(f"error: {_one_line(e)}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            if e.errno not in OS_FIXES:
+                raise
+            click.echo(f"error: {_one_line(e)}", err=True)
             sys.exit(2)
 
 

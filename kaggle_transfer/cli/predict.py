@@ -28,11 +28,13 @@ from .common import data_dir_option, external_dir_option, external_dirs, progres
 @click.option("--io-binding", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Copy each batch view to the GPU once for every model of its input size "
               "(auto: on for CUDA/TensorRT).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=4, show_default=True, help="Image decoding threads.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Image decoding threads.")
+@click.option("--skip-bad-images", is_flag=True, help="A missing or corrupt test image gets the test set's mean "
+              "output instead of stopping the run (listed in manifest.json).")
 @progress_option
 def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, refit, out_root, label, overwrite,
-            provider, fp16, io_binding, batch_size, workers, progress) -> None:
+            provider, fp16, io_binding, batch_size, workers, skip_bad_images, progress) -> None:
     """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
     from ..inference.pipeline import predict_submission
     from ..inference.session import expand
@@ -43,13 +45,17 @@ def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, ref
                                   label=label, tta=tta, overwrite=overwrite, refit=refit, provider=provider,
                                   batch_size=batch_size, workers=workers, progress=progress,
                                   blend_method=blend_method, ensemble=ensemble_spec,
-                                  precision="fp16" if fp16 else "fp32", io_binding=io_binding)
+                                  precision="fp16" if fp16 else "fp32", io_binding=io_binding,
+                                  skip_bad_images=skip_bad_images)
     providers = sorted({m["provider"] for m in manifest["models"]})
     bound = " with IO binding" if any(m["io_binding"] for m in manifest["models"]) else ""
     click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)} ({manifest['models'][0]['precision']}"
                f"{bound}), TTA {manifest['tta']}; {manifest['rows']} rows, {manifest['images_per_s']} images/s")
     if fp16 and "CPUExecutionProvider" in providers:
         click.echo("warning: --fp16 is meant for GPUs; on a CPU it is slower than fp32", err=True)
+    if manifest["bad_images"]:
+        click.echo(f"warning: {manifest['bad_images']['count']} test image(s) skipped as bad, answered with the "
+                   f"test set's mean output (listed in manifest.json)", err=True)
     click.echo(f"wrote {manifest['submission']} (valid) and manifest.json")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..errors import KtError
 from .common import choice, data_dir_option, external_dir_option, external_dirs, progress_option
 
 
@@ -59,7 +60,14 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
     from ..training import distributed, plan
 
     if resume_dir:
-        run = plan.resumed_run(resume_dir)
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v not in (None, ())]
+        given += [name for name, v in (("-c", recipe), ("--external-dir", external_dir), ("--set", sets),
+                                       ("--runs-root", runs_root), ("--label", label), ("--folds", folds_arg),
+                                       ("--seeds", seeds > 1), ("--skip-bad-images", skip_bad_images)) if v]
+        if given:
+            raise KtError(f"--resume continues the run exactly as recorded; drop {', '.join(given)} "
+                          "(only --data-dir may change: the data moved) or start a new run")
+        run = plan.resumed_run(resume_dir, data_dir=data_dir, competition=competition)
     else:
         run = plan.new_run(competition, recipe=recipe, data_dir=data_dir,
                            external_dirs=external_dirs(external_dir), sets=sets, runs_root=runs_root,
@@ -80,7 +88,7 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
         click.echo(f"best {result['metric']} {result['score']:.4f}{extra} at epoch {result['best_epoch']}; "
                    f"{result['train_images_per_s']:.1f} train images/s")
         if result["skipped_images"]:
-            click.echo(f"skipped {result['skipped_images']} rows with missing images")
+            click.echo(f"skipped {result['skipped_images']} rows with missing or unreadable images")
     click.echo(f"next: kt export {run.run_dir}")
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import KtError
+from ..fsutil import outside
 from ..tasks import Task
 from .answers import AnswerFormat
 
@@ -50,16 +51,32 @@ def parse_int_labels(values: pd.Series, path: Path, column: str, num_classes: in
 
 
 def check_files(table: pd.DataFrame, skip_missing: bool) -> pd.DataFrame:
-    """Every image file must exist; with skip_missing the rows are dropped and counted instead."""
-    exists = np.array([all(os.path.isfile(p) for p in paths) for paths in table["paths"]], dtype=bool)
-    if exists.all():
+    """Every image file must exist. With skip_missing (--skip-bad-images), rows whose file is missing,
+    unreadable or over the pixel budget are dropped and counted instead (headers only are read)."""
+    from ..data.images import probe
+
+    if skip_missing:
+        problems = [next((q for q in map(probe, paths) if q), None) for paths in table["paths"]]
+        good = np.array([q is None for q in problems], dtype=bool)
+        table = table[good].reset_index(drop=True)
+        table.attrs["skipped_images"] = int((~good).sum())
+        table.attrs["bad_images"] = [q for q in problems if q][:20]
         return table
-    if not skip_missing:
+    exists = np.array([all(os.path.isfile(p) for p in paths) for paths in table["paths"]], dtype=bool)
+    if not exists.all():
         first = next(p for paths in table.loc[~exists, "paths"] for p in paths if not os.path.isfile(p))
         raise KtError(f"{(~exists).sum()} image file(s) missing, e.g. {first}; "
                       "fix the data folder or pass --skip-bad-images to drop those rows")
-    table = table[exists].reset_index(drop=True)
-    table.attrs["skipped_images"] = int((~exists).sum())
+    return table
+
+
+def contained(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
+    """Every image path of a table must lie inside the folder it was read from: an id such as
+    `../../etc/x` in a CSV, or a pattern in a YAML, cannot make kt read elsewhere."""
+    escaped = outside(root, (p for paths in table["paths"] for p in paths))
+    if escaped:
+        raise KtError(f"{what}: image path {escaped} leads outside {root}; ids and patterns must stay inside "
+                      "the data folder")
     return table
 
 
@@ -131,10 +148,10 @@ class Competition:
         raise NotImplementedError
 
     def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self.read(data_dir, "train", skip_bad_images)
+        return contained(self.read(data_dir, "train", skip_bad_images), data_dir, f"{self.name} train")
 
     def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return self.read(data_dir, "test", skip_bad_images)
+        return contained(self.read(data_dir, "test", skip_bad_images), data_dir, f"{self.name} test")
 
     def kaggle_slug(self) -> str:
         """The Kaggle slug, or a one-line error saying where the files come from instead."""

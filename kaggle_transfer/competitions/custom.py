@@ -26,6 +26,7 @@ Paths are relative to the data folder. Every error names the key at fault.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ KEYS = {"name", "slug", "title", "submit_via", "task", "metric", "classes", "num
         "target_column", "target_columns", "label_separator", "image_pattern", "test_image_pattern", "channels",
         "test_csv", "sample_submission", "submission_columns", "value_format", "group_column", "recipe"}
 REQUIRED = ("name", "task", "train_csv", "id_column", "image_pattern")
+FILE_KEYS = ("train_csv", "test_csv", "sample_submission", "image_pattern", "test_image_pattern")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
 def _need(spec: dict, key: str, where: str) -> Any:
@@ -61,6 +64,15 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise KtError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(KEYS))}")
     for key in REQUIRED:
         _need(spec, key, where)
+    if not isinstance(spec["name"], str) or not NAME.fullmatch(spec["name"]):
+        raise KtError(f"{where}: key 'name' is {spec['name']!r}; use lower-case letters, digits, '_' and '-' "
+                      "(it names folders: runs/<name>/, submissions/<name>/)")
+    for key in FILE_KEYS:  # read from the data folder, never from elsewhere
+        value = spec.get(key)
+        if value is not None and (not isinstance(value, str) or Path(value).is_absolute()
+                                  or ".." in Path(value.replace("{id}", "x").replace("{channel}", "x")).parts):
+            raise KtError(f"{where}: key {key!r} is {value!r}; give a path relative to the data folder, "
+                          "without '..'")
     if spec["task"] not in KINDS:
         raise KtError(f"{where}: key 'task' is {spec['task']!r}; valid: {', '.join(KINDS)}")
     if spec.get("metric", DEFAULT_METRIC[spec["task"]]) not in METRICS:

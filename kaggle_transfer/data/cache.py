@@ -20,14 +20,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import KtError
-from ..fsutil import write_json
+from ..fsutil import clean_stale_tmp, inside, write_json
 from . import images
 
 SUFFIX = ".kt.png"
 
 
 def cache_dir(root: Path, competition: str, size: int, crop: bool) -> Path:
-    return Path(root) / competition / f"{size}{'-crop' if crop else ''}"
+    return inside(root, competition, f"{size}{'-crop' if crop else ''}", what="competition name")
 
 
 def _key(paths: Sequence[str]) -> str:
@@ -52,8 +52,29 @@ def _prepare_one(args: tuple[tuple[str, ...], str, int, bool]) -> tuple[str, lis
 
 
 def load_manifest(folder: Path) -> dict[str, list]:
+    """The cache's index; an unreadable one (a killed write, an edit) is treated as empty: kt prepare
+    then verifies and rebuilds every entry rather than trusting it."""
     path = folder / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
+
+
+def entry_intact(path: Path) -> bool:
+    """A cache file that begins and ends as a PNG does: catches truncated and overwritten entries
+    without decoding them."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(-8, os.SEEK_END)
+            return head == PNG_START and f.read(8) == PNG_END
+    except OSError:
+        return False
 
 
 def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: int, *, crop: bool = False,
@@ -62,12 +83,13 @@ def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: 
     saved as work completes, so a killed run loses at most the last batch."""
     folder = cache_dir(root, competition, size, crop)
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(folder)  # what a killed earlier run left half-written
     manifest = load_manifest(folder)
     todo, done, bad = [], 0, []
     for paths in (p for table in tables for p in table["paths"]):
         key = _key(paths)
         entry = manifest.get(key)
-        if entry and (folder / f"{key}{SUFFIX}").is_file() and entry == _stamp(paths):
+        if entry and entry == _stamp(paths) and entry_intact(folder / f"{key}{SUFFIX}"):
             done += 1
         else:
             todo.append((tuple(paths), str(folder / f"{key}{SUFFIX}"), size, crop))
@@ -92,13 +114,15 @@ def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external
     """`kt prepare`: cache a competition's train and test images and its external sources' images.
 
     A folder with train files only is still cached; the result's `notes` says what was left out."""
+    from ..competitions.base import contained
+
     tables, notes = [comp.read_train(data_dir, skip_bad_images=True)], []
     try:
         tables.append(comp.read_test(data_dir, skip_bad_images=True))
     except KtError as e:
         notes.append(f"test images not cached: {e}")
     for name, path in (external_dirs or {}).items():
-        tables.append(comp.read_external(name, Path(path)))
+        tables.append(contained(comp.read_external(name, Path(path)), Path(path), f"--external-dir {name}"))
     return {**prepare(tables, root, comp.name, size, crop=crop, workers=workers, progress=progress), "notes": notes}
 
 

@@ -4,6 +4,7 @@ so a model sees the same pixels at validation and at prediction time.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import cv2
@@ -11,19 +12,55 @@ import numpy as np
 
 from ..errors import KtError
 
+CACHE_SUFFIX = ".kt.png"  # kt prepare's files: channels stored in our order, read back untouched
+# Pixel budget per image ($KT_MAX_PIXELS): six times the largest real competition photos (SIIM-ISIC's
+# 6000x4000); a decompression bomb (a small file that decodes to gigabytes) is a bad image, not a crash.
+DEFAULT_MAX_PIXELS = 150_000_000
+
+
+def max_pixels() -> int:
+    try:
+        return int(os.environ.get("KT_MAX_PIXELS") or DEFAULT_MAX_PIXELS)
+    except ValueError:
+        raise KtError(f"KT_MAX_PIXELS={os.environ['KT_MAX_PIXELS']!r} is not a number of pixels") from None
+
+
+def probe(path: str) -> str | None:
+    """Why an image file cannot be used (missing, not an image, over the pixel budget), or None.
+
+    Reads the header only: cheap enough to check a whole training set with --skip-bad-images."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        return f"{path} is missing"
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Image.DecompressionBombError:
+        return f"{path} is over the pixel budget of {max_pixels():,} (KT_MAX_PIXELS)"
+    except (OSError, UnidentifiedImageError, ValueError):
+        return f"{path} is corrupt or not an image"
+    if w * h > max_pixels():
+        return f"{path} has {w}x{h} pixels, over the pixel budget of {max_pixels():,} (KT_MAX_PIXELS)"
+    return None
+
 
 def _decode(path: str, flags: int) -> np.ndarray:
+    if path.endswith(CACHE_SUFFIX):
+        fix = "run kt prepare again (it rebuilds bad cache entries)"
+    else:
+        fix = "replace it or pass --skip-bad-images"
+        problem = probe(path)  # before decoding: a bomb must never reach the decoder
+        if problem:
+            raise KtError(f"image {problem}; {fix}")
     try:
         data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode also handles non-ASCII paths
     except OSError as e:
         raise KtError(f"cannot read image {path}: {e.strerror}") from None
     img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
-        raise KtError(f"image {path} is corrupt or not an image; replace it or pass --skip-bad-images")
+        raise KtError(f"image {path} is corrupt or not an image; {fix}")
     return img
-
-
-CACHE_SUFFIX = ".kt.png"  # kt prepare's files: channels stored in our order, read back untouched
 
 
 def _decode_reduced(path: str, size: int) -> np.ndarray | None:
@@ -33,14 +70,14 @@ def _decode_reduced(path: str, size: int) -> np.ndarray | None:
 
     try:
         with Image.open(path) as im:
-            if im.format != "JPEG":
+            if im.format != "JPEG" or im.size[0] * im.size[1] > max_pixels():
                 return None
             w, h = im.size
             scale = min(w, h) / size
             if scale >= 2:
                 im.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
             return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError):
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None  # let the OpenCV path name the corrupt file
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import KtError
 from ..fsutil import sha256
 from .half import to_fp16
+from .metadata import check, check_graph
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -131,7 +132,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise KtError(f"{path} is not a readable ONNX file: {type(e).__name__}") from None
     if "kt" not in props:
         raise KtError(f"{path} has no kt metadata; export it with `kt export RUN_DIR`")
-    return json.loads(props["kt"])
+    try:
+        meta = json.loads(props["kt"])
+    except json.JSONDecodeError:
+        raise KtError(f"{path}: its kt metadata is not valid JSON; export the run again") from None
+    return check(meta, path)
 
 
 def load_model(path: str | Path, *, provider: str = "auto", threads: int = 0, precision: str = "fp32",
@@ -157,6 +162,7 @@ def load_model(path: str | Path, *, provider: str = "auto", threads: int = 0, pr
     options.log_severity_level = 3
     graph = to_fp16(path) if precision == "fp16" else str(path)
     session = ort.InferenceSession(graph, options, providers=provider_list(provider))
+    check_graph(meta, session, path)
     model = OnnxModel(path, session, meta, precision)
     model.io_binding = io_binding == "on" or (io_binding == "auto" and model.device == "cuda")
     return model

@@ -15,11 +15,26 @@ def restore(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str
     """Load last.pt into the live objects (weights_only: a checkpoint cannot run code) and return the loop state."""
     if not path.is_file():
         raise KtError(f"--resume: {path} not found; the run never finished an epoch, start it again")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    for key, obj in parts.items():
-        if obj is not None and ckpt.get(key):
-            obj.load_state_dict(ckpt[key])
-    return ckpt["state"]
+    ckpt = load(path, device)
+    try:
+        for key, obj in parts.items():
+            if obj is not None and ckpt.get(key):
+                obj.load_state_dict(ckpt[key])
+        return ckpt["state"]
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise KtError(f"{path} does not fit this run ({type(e).__name__}); it was damaged or comes from another "
+                      "run: delete it to start the run from scratch") from None
+
+
+def load(path: Path, device: torch.device | str = "cpu") -> Any:
+    """torch.load with weights_only (a checkpoint cannot run code); a damaged file is one line."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, foreign object: all mean "damaged"
+        raise KtError(f"{path} is damaged or not a kt checkpoint ({type(e).__name__}); train again "
+                      "(delete it to restart from scratch)") from None
 
 
 def checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None:

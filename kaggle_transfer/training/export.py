@@ -19,6 +19,7 @@ from .. import __version__, competitions, runs
 from .. import config as config_mod
 from ..errors import KtError
 from ..fsutil import atomic_path
+from . import checkpoints
 from .models import build_model
 
 FORMAT_VERSION = 1
@@ -54,7 +55,11 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     in_chans = len(comp.select_channels(cfg.channels))
     model = build_model(cfg.arch, comp.task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=in_chans,
                         pretrained=False)
-    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(checkpoints.load(run_dir / "best.pt"))
+    except RuntimeError as e:
+        raise KtError(f"{run_dir / 'best.pt'} does not fit the run's network ({str(e).splitlines()[0][:80]}); "
+                      "it was damaged or copied from another run") from None
     return model.eval(), cfg
 
 

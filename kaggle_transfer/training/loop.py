@@ -20,11 +20,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import competitions, plots, runs
+from ..competitions.base import contained
 from ..config import RunConfig
 from ..data.cache import use_cache
 from ..data.splits import HELD_OUT, TRAIN_ONLY, assign_folds, read_split_file
 from ..errors import KtError
-from ..fsutil import atomic_path, write_json
+from ..fsutil import atomic_path, clean_stale_tmp, write_json
 from ..tasks import Task
 from . import distributed
 from .augment import build_train_transform
@@ -102,7 +103,8 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
     for source in cfg.external:
         if source not in external_dirs:
             raise KtError(f"--external {source} needs --external-dir {source}=DIR")
-        extra = comp.read_external(source, Path(external_dirs[source]))
+        extra = contained(comp.read_external(source, Path(external_dirs[source])), Path(external_dirs[source]),
+                          f"--external-dir {source}")
         skipped[source] = int(extra.attrs.get("skipped_images", 0))
         table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
     table.attrs["skipped_images"] = skipped
@@ -136,6 +138,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     task.check_loss(loss_name)
     main = distributed.is_main()
     if main:
+        clean_stale_tmp(run_dir)  # temp files of a killed earlier attempt
         runs.save_config(run_dir, cfg)
         runs.write_run_info(run_dir, {"data_dir": str(Path(data_dir).resolve()), "external_dirs": {
             k: str(Path(v).resolve()) for k, v in external_dirs.items()}, "skip_bad_images": skip_bad_images,
@@ -241,6 +244,9 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         raw = distributed.gather_rows(val_shard, predict_raw(eval_model, val_loader, device, dtype,
                                                              channels_last=channels_last),
                                       len(val_ds))
+        if not np.isfinite(raw).all():  # a diverged model must not be kept as "best" with a score of 0
+            raise KtError(f"validation outputs became NaN or inf at epoch {epoch + 1}; lower --lr (or --amp off) "
+                          f"and start again")
         val_loss = float(_step_loss(criterion, torch.from_numpy(raw), torch.from_numpy(y_val), task))
         fitted = task.fit(raw, y_val)
         score = task.score(y_val, raw, fitted)

@@ -7,7 +7,7 @@ A `RunPlan` is made from a command line (`new_run`) or from a run folder (`resum
 from __future__ import annotations
 
 import dataclasses
-import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -85,22 +85,46 @@ def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str
     return plan
 
 
-def resumed_run(run_dir: str | Path) -> RunPlan:
-    """The plan of an interrupted run or run group, from what its folder recorded."""
+def resumed_run(run_dir: str | Path, *, data_dir: str | None = None, competition: str | None = None) -> RunPlan:
+    """The plan of an interrupted run or run group, from what its folder recorded. `data_dir` replaces
+    the recorded data folder (the data moved); it is recorded again when training restarts."""
     distributed.setup()
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir, what="a run folder made by kt train (--resume)")
+    if competition and competition != "custom" and competitions.get(competition).name != cfg.competition:
+        raise KtError(f"--resume {run_dir} is a {cfg.competition} run, not {competition}")
     request = run_dir / GROUP_REQUEST
     if request.is_file():
-        info = json.loads(request.read_text())
-        return RunPlan(cfg, run_dir, Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"],
+        info = runs.read_json(request, what="run group's request")
+        plan = RunPlan(cfg, run_dir, Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"],
                        resume=True, folds=info["folds"], seeds=info["seeds"])
-    info = runs.read_run_info(run_dir)
-    return RunPlan(cfg, run_dir, Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"], resume=True)
+    else:
+        info = runs.read_run_info(run_dir)
+        plan = RunPlan(cfg, run_dir, Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"],
+                       resume=True)
+    if data_dir:
+        plan.data_dir = competitions.find_data_dir(competitions.for_config(cfg), data_dir).resolve()
+        if plan.is_group:
+            write_json(request, {**info, "data_dir": str(plan.data_dir)})
+    elif not plan.data_dir.is_dir():
+        raise KtError(f"--resume: the recorded data folder {plan.data_dir} is gone; pass --data-dir DIR")
+    return plan
 
 
 def train(plan: RunPlan, *, progress: bool = True) -> dict[str, Any]:
-    """Train the plan: one run (its metrics.json) or a group (its group.json summary)."""
+    """Train the plan: one run (its metrics.json) or a group (its group.json summary).
+
+    A new run that fails before it produced anything (no checkpoint, no metrics) leaves no folder."""
+    try:
+        return _train(plan, progress=progress)
+    except BaseException:
+        produced = any(plan.run_dir.rglob("last.pt")) or any(plan.run_dir.rglob(runs.METRICS))
+        if not plan.resume and not produced and distributed.is_main():
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
+        raise
+
+
+def _train(plan: RunPlan, *, progress: bool) -> dict[str, Any]:
     if plan.is_group:
         from .cv import fit_group
 
