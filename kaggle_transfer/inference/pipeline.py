@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import competitions, runs, submission
 from ..data.cache import use_cache
+from ..ensemble import load_blend
 from ..errors import KtError
 from ..fsutil import write_json
 from .predict import blend, combine_fitted, predict_models, refit_from_oof
@@ -28,6 +29,11 @@ def _load(competition: str, model_paths: Sequence[str | Path], provider: str, pr
         competitions.get(competition).name if competitions.is_yaml(competition) else competition)
     models = load_ensemble(list(model_paths), name, provider=provider, precision=precision, io_binding=io_binding)
     comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": models[0].meta["competition"]})
+    for m in models:  # the metadata must describe the competition it claims, or decoding would be wrong
+        for key, want in (("task", comp.task.kind), ("num_classes", comp.task.num_classes)):
+            if m.meta[key] != want:
+                raise KtError(f"{m.path}: metadata {key!r} is {m.meta[key]!r} but {comp.name} has {want!r}; the file "
+                              "is damaged or not from kt export (export it again)")
     return comp, models
 
 
@@ -48,18 +54,13 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
                        io_binding: str = "auto", skip_bad_images: bool = False) -> dict[str, Any]:
     """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the manifest.
 
-    `tta` None: the views the models recorded at training (RunConfig.tta, in their metadata).
-    With `ensemble` (a spec from kt ensemble) the models, weights, blend and fitted thresholds are the
-    spec's: test predictions use exactly the blend that was scored on OOF. `skip_bad_images`: a test
-    image that is missing, corrupt or over the pixel budget gets the test set's mean output (its
-    prior) instead of stopping the run; the manifest lists them. Every id is still answered."""
-    spec, given = None, fitted is not None  # thresholds handed in (bundle) rather than fitted here
-    if ensemble:
-        from ..ensemble import load_blend
-
-        spec = load_blend(ensemble)
-        model_paths, weights, blend_method, fitted = spec.paths, spec.weights, spec.method, spec.fitted
-        label = label or spec.label
+    `tta` None: the views the models recorded (RunConfig.tta). `ensemble`: a kt ensemble spec's models,
+    weights, blend and thresholds, exactly as scored on OOF. `skip_bad_images`: see _fill_skipped."""
+    given = fitted is not None  # thresholds handed in (bundle) rather than fitted here
+    spec = load_blend(ensemble) if ensemble else None
+    if spec:
+        model_paths, weights, blend_method, fitted, label = spec.paths, spec.weights, spec.method, spec.fitted, \
+            label or spec.label
     comp, models = _load(competition, model_paths, provider, precision, io_binding=io_binding)
     data_dir = competitions.find_data_dir(comp, data_dir)
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
@@ -69,45 +70,47 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     existed = (root / comp.name / folder).exists()
     out_dir = runs.new_output_dir(root, comp.name, folder, overwrite=overwrite)  # reserved before the work
     try:
-        crop = _fundus_crop(models)
-        test = use_cache(comp.read_test(data_dir, skip_bad_images), runs.cache_root(cache), comp.name,
-                         max(m.size for m in models), crop=crop)
         started = time.time()
-        raws = predict_models(models, list(test["paths"]), tta=tta, batch_size=batch_size, workers=workers,
-                              progress=progress, all_channels=comp.channels,
-                              crop=[crop and not c for c in test["cached"]])
-        broken = [m.path for m, r in zip(models, raws, strict=True) if not np.isfinite(r).all()]
-        if broken:
-            raise KtError(f"{broken[0]} gives non-finite outputs (NaN or inf) on the test images; the model is "
-                          "broken: retrain it (a lower --lr) and export again")
-        raw = blend(raws, weights, method=blend_method, task=comp.task)
+        test, raw = _test_outputs(comp, models, data_dir, tta=tta, cache=cache, skip_bad_images=skip_bad_images,
+                                  batch_size=batch_size, workers=workers, progress=progress,
+                                  weights=weights, blend_method=blend_method)
         oof_score = spec.oof_score if spec else None
-        if spec or given:
-            pass  # thresholds were refitted on the blended OOF when the ensemble was built
-        elif refit:
-            fitted, oof_score = refit_from_oof(models, comp.task)
-        else:
-            fitted = combine_fitted(models, comp.task)
+        if not (spec or given):  # an ensemble spec or a bundle brings thresholds refitted on the blended OOF
+            fitted, oof_score = (refit_from_oof(models, comp.task) if refit
+                                 else (combine_fitted(models, comp.task), None))
         ids, raw, bad = _fill_skipped(comp, data_dir, list(test["id"]), raw, test.attrs.get("bad_images", []))
-        answers = comp.task.decode(raw, fitted)
-        csv = submission.write(comp, ids, answers, out_dir / "submission.csv")
+        csv = submission.write(comp, ids, comp.task.decode(raw, fitted), out_dir / "submission.csv")
         check = submission.validate(comp, csv, data_dir)
+        seconds = time.time() - started
         manifest = {
             "competition": comp.name, "created": runs.timestamp(), "label": label,
             "models": [describe(m) for m in models], "blend": blend_method, "tta": tta, "fitted": fitted,
             "fitted_from": "ensemble spec" if spec or given else "blended OOF" if refit else "mean of members",
-            "oof_score": oof_score, "ensemble": str(ensemble) if ensemble else None,
-            "weights": weights,
-            "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(time.time() - started, 2),
-            "images_per_s": round(len(test) / max(time.time() - started, 1e-9), 1), "git_sha": runs.git_sha(),
-            "data_dir": str(data_dir), "submission": str(csv), "bad_images": bad,
-        }
+            "oof_score": oof_score, "ensemble": str(ensemble) if ensemble else None, "weights": weights,
+            "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(seconds, 2),
+            "images_per_s": round(len(test) / max(seconds, 1e-9), 1), "git_sha": runs.git_sha(),
+            "data_dir": str(data_dir), "submission": str(csv), "bad_images": bad}
         write_json(out_dir / "manifest.json", manifest)
     except BaseException:
         if not existed:  # a failed command leaves no half-written submission folder behind
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return manifest
+
+
+def _test_outputs(comp, models: list[OnnxModel], data_dir: Path, *, tta: str, cache, skip_bad_images: bool,
+                  batch_size: int, workers: int, progress: bool, weights, blend_method: str):
+    """(test table, blended raw outputs): every image decoded once for every model and view."""
+    crop = _fundus_crop(models)
+    test = use_cache(comp.read_test(data_dir, skip_bad_images), runs.cache_root(cache), comp.name,
+                     max(m.size for m in models), crop=crop)
+    raws = predict_models(models, list(test["paths"]), tta=tta, batch_size=batch_size, workers=workers,
+                          progress=progress, all_channels=comp.channels, crop=[crop and not c for c in test["cached"]])
+    broken = [m.path for m, r in zip(models, raws, strict=True) if not np.isfinite(r).all()]
+    if broken:
+        raise KtError(f"{broken[0]} gives non-finite outputs (NaN or inf) on the test images; the model is "
+                      "broken: retrain it (a lower --lr) and export again")
+    return test, blend(raws, weights, method=blend_method, task=comp.task)
 
 
 

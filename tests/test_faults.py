@@ -1,0 +1,408 @@
+"""The fault catalogue: what a hostile or unlucky user can do to kt, one case each.
+
+Every case asserts exit code 2, one `error:` line naming the file, key or flag at fault, and the file
+tree before and after: nothing written outside its root, nothing half-written left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from kaggle_transfer.cli import main
+from kaggle_transfer.errors import KtError
+
+TINY = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "--epochs", "1", "--workers", "0",
+        "--set", "max_steps=1", "--set", "batch_size=16", "--no-progress"]
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in Path(root).rglob("*")} if Path(root).exists() else set()
+
+
+def error(args, env=None) -> str:
+    """Run kt in-process; it must fail with exit 2 and exactly one `error:` line. Returns that line."""
+    result = CliRunner(env=env).invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and "Traceback" not in result.output, lines
+    return errors[0]
+
+
+def ok(args, env=None):
+    result = CliRunner(env=env).invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def retag(src: Path, dst: Path, **changes) -> Path:
+    proto = onnx.load(str(src))
+    for prop in proto.metadata_props:
+        if prop.key == "kt":
+            prop.value = changes.pop("_raw") if "_raw" in changes else json.dumps({**json.loads(prop.value), **changes})
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def bomb_png(path: Path, side: int = 20000) -> Path:
+    """A 100-byte PNG whose header claims side x side RGB pixels (a decompression bomb's signature)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    idat = zlib.compress(b"\0" * 64)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def forest(tmp_path, aptos_dir):
+    """A YAML-described competition over the APTOS files; tests edit the spec to attack."""
+    def make(**changes) -> Path:
+        spec = {"name": "forest", "task": "multiclass", "num_classes": 5, "train_csv": "train.csv",
+                "id_column": "id_code", "target_column": "diagnosis", "image_pattern": "train_images/{id}.png",
+                "test_image_pattern": "test_images/{id}.png", "test_csv": "test.csv", **changes}
+        path = tmp_path / "forest.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+    return make
+
+
+# --- 1. nothing escapes its folder ------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes, key", [
+    ({"name": "../../x"}, "'name'"),
+    ({"name": "/abs"}, "'name'"),
+    ({"image_pattern": "../{id}.png"}, "'image_pattern'"),
+    ({"train_csv": "/etc/passwd"}, "'train_csv'"),
+    ({"test_image_pattern": "../../{id}"}, "'test_image_pattern'"),
+])
+def test_a_yaml_cannot_point_outside_the_data_or_runs_folder(forest, aptos_dir, tmp_path, changes, key):
+    spec = forest(**changes)
+    before = tree(tmp_path.parent)
+    line = error(["train", spec, "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", *TINY])
+    assert key in line
+    assert tree(tmp_path.parent) == before
+
+
+def test_an_id_in_a_csv_cannot_read_outside_the_data_folder(aptos_copy, tmp_path):
+    df = pd.read_csv(aptos_copy / "train.csv")
+    shutil.copy(aptos_copy / "train_images" / f"{df.loc[0, 'id_code']}.png", tmp_path / "secret.png")
+    df.loc[0, "id_code"] = "../../secret"  # an existing file beside the data folder
+    df.to_csv(aptos_copy / "train.csv", index=False)
+    line = error(["train", "aptos", "--data-dir", aptos_copy, "--runs-root", tmp_path / "runs", *TINY])
+    assert "leads outside" in line and "secret.png" in line
+    assert not (tmp_path / "runs").exists() or tree(tmp_path / "runs") <= {"aptos"}
+
+
+def test_a_model_cannot_name_a_folder_outside_the_submissions_root(onnx_model, aptos_dir, tmp_path):
+    hostile = retag(onnx_model, tmp_path / "hostile.onnx", competition="../../../tmp/owned")
+    before = tree(tmp_path)
+    line = error(["predict", "custom", hostile, "--data-dir", aptos_dir, "--out-root", tmp_path / "subs"])
+    assert "hostile.onnx" in line and "'competition'" in line
+    assert tree(tmp_path) == before and not Path("/tmp/owned").exists()
+
+
+# --- 2. nothing broken passes as valid ---------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, key", [
+    (["--set", "lr=inf"], "lr=inf is not a finite number"),
+    (["--lr", "nan"], "lr=nan is not a finite number"),
+    (["--set", "dropout=2"], "dropout=2.0 is outside [0, 1)"),
+    (["--set", "workers=-1"], "workers=-1 is outside [0, 256]"),
+    (["--folds", "all", "--set", "folds=1"], "folds=1 is outside [2, 1000]"),
+])
+def test_impossible_settings_are_refused_before_a_run_folder_exists(aptos_dir, tmp_path, flags, key):
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path, *TINY, *flags])
+    assert key in line
+    assert tree(tmp_path) == set()
+
+
+def test_a_diverging_run_stops_instead_of_keeping_a_nan_model(aptos_dir, tmp_path, monkeypatch):
+    """A model whose validation outputs turn NaN (a diverged run) is not kept as the best epoch."""
+    from kaggle_transfer.training import loop
+
+    real = loop.predict_raw
+    monkeypatch.setattr(loop, "predict_raw", lambda *a, **k: real(*a, **k) * np.nan)
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path, *TINY])
+    assert "validation outputs became NaN or inf at epoch 1" in line and "lower --lr" in line
+    assert not list(tmp_path.rglob("best.pt")) and tree(tmp_path) <= {"aptos"}
+
+
+def test_export_refuses_a_nan_model(trained_run, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    weights = torch.load(run / "best.pt", weights_only=True)
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in weights.items()},
+               run / "best.pt")
+    (run / "model.onnx").unlink(missing_ok=True)
+    line = error(["export", run])
+    assert "differs from torch by nan" in line and "not written" in line
+    assert not (run / "model.onnx").exists() and not list(run.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"fitted": {"cutpoints": [0.5, float("nan"), 2.5, 3.5]}}, "'fitted.cutpoints'"),
+    ({"fitted": {"cutpoints": [0.5, 1.5]}}, "'fitted.cutpoints'"),
+    ({"fitted": {"cutpoints": [3.5, 2.5, 1.5, 0.5]}}, "'fitted.cutpoints'"),
+    ({"class_names": ["a", "b"]}, "'class_names'"),
+    ({"num_classes": 3, "class_names": list("abc"), "fitted": {}}, "'num_classes'"),
+    ({"task": "multiclass"}, "'num_classes'"),
+    ({"size": 100000}, "'size'"),
+    ({"tta": "spin"}, "'tta'"),
+    ({"_raw": "{not json"}, "not valid JSON"),
+])
+def test_damaged_metadata_is_refused_with_its_key(onnx_model, aptos_dir, tmp_path, changes, key):
+    bad = retag(onnx_model, tmp_path / "bad.onnx", **changes)
+    line = error(["predict", "aptos", bad, "--data-dir", aptos_dir, "--out-root", tmp_path / "subs"])
+    assert "bad.onnx" in line and key in line
+    assert not (tmp_path / "subs").exists() or tree(tmp_path / "subs") <= {"aptos"}
+
+
+def test_validate_rejects_non_finite_answers(aptos_dir, tmp_path):
+    sample = pd.read_csv(aptos_dir / "sample_submission.csv")
+    for value in ("nan", "inf"):
+        sample.assign(diagnosis=value).to_csv(tmp_path / "sub.csv", index=False)
+        assert "diagnosis" in error(["validate", "aptos", tmp_path / "sub.csv", "--data-dir", aptos_dir])
+
+
+# --- 3. concurrent commands ---------------------------------------------------------------------------
+
+def test_two_predicts_in_the_same_second_never_share_a_folder(onnx_model, aptos_dir, tmp_path):
+    cmd = [sys.executable, "-m", "kaggle_transfer", "predict", "aptos", str(onnx_model), "--data-dir", str(aptos_dir),
+           "--out-root", str(tmp_path / "subs"), "--label", "same", "--no-progress", "--workers", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    folders = sorted((tmp_path / "subs" / "aptos").iterdir())
+    succeeded = [r for r in results if r[0] == 0]
+    assert len(folders) == len(succeeded) >= 1  # one folder per success: no result overwritten by another
+    for code, err in results:
+        assert code == 0 or (code == 2 and "already exists" in err), err
+    for folder in folders:
+        assert (folder / "submission.csv").is_file() and (folder / "manifest.json").is_file()
+
+
+# --- 4. bad images and archives -----------------------------------------------------------------------
+
+def test_a_decompression_bomb_is_a_bad_image(aptos_copy, tmp_path):
+    victim = pd.read_csv(aptos_copy / "train.csv")["id_code"][0]
+    bomb_png(aptos_copy / "train_images" / f"{victim}.png")
+    line = error(["train", "aptos", "--data-dir", aptos_copy, "--runs-root", tmp_path / "runs", *TINY,
+                  "--set", "cache=false", "--set", "max_steps=0"])
+    assert f"{victim}.png" in line and "pixel budget" in line
+    assert tree(tmp_path / "runs") <= {"aptos"}  # nothing produced, no folder kept
+    out = ok(["train", "aptos", "--data-dir", aptos_copy, "--runs-root", tmp_path / "runs", *TINY,
+              "--skip-bad-images"])
+    assert "skipped 1 rows with missing or unreadable images" in out.output
+
+
+def test_the_pixel_budget_is_configurable(aptos_dir, tmp_path):
+    from kaggle_transfer.data import images
+
+    path = str(next((aptos_dir / "train_images").iterdir()))
+    assert images.probe(path) is None
+    os.environ["KT_MAX_PIXELS"] = "100"
+    try:
+        assert "over the pixel budget of 100" in images.probe(path)
+        with pytest.raises(KtError, match="pixel budget"):
+            images.read_image([path])
+    finally:
+        del os.environ["KT_MAX_PIXELS"]
+
+
+def test_predict_skips_bad_test_images_but_answers_every_id(onnx_model, aptos_copy, tmp_path):
+    test_ids = pd.read_csv(aptos_copy / "test.csv")["id_code"]
+    (aptos_copy / "test_images" / f"{test_ids[0]}.png").write_bytes(b"not an image")
+    (aptos_copy / "test_images" / f"{test_ids[1]}.png").unlink()
+    line = error(["predict", "aptos", onnx_model, "--data-dir", aptos_copy, "--out-root", tmp_path / "subs",
+                  "--no-progress"])
+    assert "--skip-bad-images" in line
+    assert tree(tmp_path / "subs") <= {"aptos"}  # no empty submission folder left
+    result = ok(["predict", "aptos", onnx_model, "--data-dir", aptos_copy, "--out-root", tmp_path / "subs",
+                 "--no-progress", "--skip-bad-images"])
+    assert "2 test image(s) skipped" in result.output
+    csv = next((tmp_path / "subs" / "aptos").glob("*/submission.csv"))
+    assert set(pd.read_csv(csv)["id_code"]) == set(test_ids)
+    manifest = json.loads((csv.parent / "manifest.json").read_text())
+    assert manifest["bad_images"]["count"] == 2 and set(manifest["bad_images"]["ids"]) == set(test_ids[:2])
+
+
+def test_prepare_reports_bad_images_and_rebuilds_damaged_entries(aptos_copy, tmp_path):
+    ids = pd.read_csv(aptos_copy / "train.csv")["id_code"]
+    (aptos_copy / "train_images" / f"{ids[0]}.png").write_bytes(b"garbage")
+    cache = tmp_path / "cache"
+    first = ok(["prepare", "aptos", "--size", "32", "--data-dir", aptos_copy, "--cache-dir", cache, "--workers", "1",
+                "--no-progress"])
+    assert "0 failed" in first.output  # the corrupt image was left out by its header check, not crashed on
+    entry = next((cache / "aptos" / "32").glob("*.kt.png"))
+    entry.write_bytes(entry.read_bytes()[:40])  # a truncated entry, as a full disk or a kill leaves it
+    (cache / "aptos" / "32" / ".stale.kt.png.abc.tmp").write_bytes(b"half")
+    again = ok(["prepare", "aptos", "--size", "32", "--data-dir", aptos_copy, "--cache-dir", cache, "--workers",
+                "1", "--no-progress"])
+    assert again.output.startswith("test images") or "1 cached" in again.output
+    assert "1 cached" in again.output and not list((cache / "aptos" / "32").glob(".*.tmp"))
+    from kaggle_transfer.data.cache import entry_intact
+
+    assert entry_intact(entry)
+
+
+def _fake_api(archive_bytes: bytes):
+    class Api:
+        def competition_download_files(self, slug, path, force, quiet):
+            Path(path, f"{slug}.zip").write_bytes(archive_bytes)
+    return Api()
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("archive, message", [
+    (_zip({"train.csv": b"a,b\n", "big.bin": b"\0" * (8 << 20)}), "decompression bomb"),
+    (b"PK\x03\x04 truncated", "not a readable zip"),
+    (_zip({"../escape.txt": b"x"}), "outside"),
+])
+def test_download_refuses_bad_archives_and_leaves_nothing(tmp_path, archive, message):
+    from kaggle_transfer.kaggle_client import download
+
+    dest = tmp_path / "data" / "aptos"
+    with pytest.raises(KtError, match=message):
+        download("aptos2019-blindness-detection", dest, api=_fake_api(archive), quiet=True)
+    assert not dest.exists() and not (tmp_path / "escape.txt").exists()
+    assert not [p for p in tree(tmp_path / "data") if "extracting" in p]
+
+
+def test_download_checks_free_space_first(tmp_path, monkeypatch):
+    from kaggle_transfer import archives, kaggle_client
+
+    monkeypatch.setattr(archives.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 10))
+    dest = tmp_path / "data" / "aptos"
+    with pytest.raises(KtError, match="GiB free"):
+        kaggle_client.download("x-y", dest, api=_fake_api(_zip({"train.csv": b"a,b\n" * 100})), quiet=True)
+    assert not dest.exists()
+
+
+# --- 6. paths stored as typed ---------------------------------------------------------------------------
+
+def test_resume_and_ensembles_work_from_another_folder(aptos_dir, tmp_path, monkeypatch):
+    data = Path(shutil.copytree(aptos_dir, tmp_path / "work" / "data"))
+    monkeypatch.chdir(tmp_path / "work")
+    ok(["train", "aptos", "--data-dir", "data", "--runs-root", "runs", *TINY])
+    run = next(Path("runs/aptos").iterdir())
+    assert json.loads((run / "run.json").read_text())["data_dir"] == str(data.resolve())
+    ok(["export", run])
+    ok(["ensemble", "aptos", run, "-o", "spec.json", "--method", "mean"])
+    monkeypatch.chdir(tmp_path)  # elsewhere: the recorded paths still lead to the data and the models
+    ok(["train", "--resume", Path("work") / run])
+    ok(["predict", "aptos", "--ensemble", "work/spec.json", "--data-dir", data, "--out-root", "subs",
+        "--no-progress"])
+    assert "--epochs" in error(["train", "--resume", Path("work") / run, "--epochs", "5"])
+    moved = Path(shutil.move(str(data), tmp_path / "moved"))
+    assert "pass --data-dir" in error(["train", "--resume", Path("work") / run])
+    ok(["train", "--resume", Path("work") / run, "--data-dir", moved])  # honoured, and recorded
+    assert json.loads((Path("work") / run / "run.json").read_text())["data_dir"] == str(moved.resolve())
+
+
+# --- 7. one line, not a traceback ------------------------------------------------------------------------
+
+def test_damaged_run_files_are_one_line(trained_run, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / "last.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    assert "last.pt is damaged" in error(["train", "--resume", run])
+    (run / "run.json").write_text("{oops")
+    assert "run.json is not valid JSON" in error(["train", "--resume", run])
+    (run / "best.pt").write_bytes(b"\x00" * 10)
+    assert "best.pt is damaged" in error(["export", run])
+
+
+def test_malformed_inputs_are_one_line(onnx_model, aptos_dir, tmp_path):
+    (tmp_path / "spec.json").write_text(json.dumps({"members": "all of them"}))
+    assert "not an ensemble spec" in error(["predict", "aptos", "--ensemble", tmp_path / "spec.json",
+                                            "--data-dir", aptos_dir])
+    (tmp_path / "recipe.yaml").write_bytes(bytes(range(256)) * 4)
+    assert "recipe" in error(["train", "aptos", "-c", tmp_path / "recipe.yaml", "--data-dir", aptos_dir])
+    (tmp_path / "a-file").write_text("x")
+    line = error(["predict", "aptos", onnx_model, "--data-dir", aptos_dir, "--out-root", tmp_path / "a-file"])
+    assert "a-file" in line and "not a folder" in line
+    result = CliRunner().invoke(main, ["predict", "aptos", str(onnx_model), "--batch-size", "0"])
+    assert result.exit_code == 2 and "--batch-size" in result.output and "Traceback" not in result.output
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs (needs mount rights; root on these machines), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (no mount rights): the disk-full and read-only cases need one")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_submission(onnx_model, aptos_dir, small_disk):
+    (small_disk / "subs" / "aptos").mkdir(parents=True)
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk to the last byte
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    line = error(["predict", "aptos", onnx_model, "--data-dir", aptos_dir, "--out-root", small_disk / "subs",
+                  "--no-progress"])
+    assert "No space left on device" in line and "free some space" in line
+    assert tree(small_disk / "subs") == {"aptos"}
+
+
+def test_a_read_only_folder_is_one_line(aptos_dir, small_disk):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", small_disk / "runs", *TINY])
+    assert "Read-only file system" in line and "writable folder" in line
+
+
+# --- 8. leftovers --------------------------------------------------------------------------------------------
+
+def test_a_failed_run_leaves_no_folder(aptos_dir, tmp_path):
+    # fails after the preflight, inside fit (the external source's folder is missing)
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path, *TINY, "--external", "dr2015",
+                  "--external-dir", f"dr2015={tmp_path / 'nope'}"])
+    assert "dr2015" in line
+    assert tree(tmp_path) <= {"aptos"}
+
+
+def test_an_invalid_submission_is_not_left_behind(onnx_model, aptos_copy, tmp_path):
+    sample = pd.read_csv(aptos_copy / "sample_submission.csv")
+    sample.iloc[:-1].to_csv(aptos_copy / "sample_submission.csv", index=False)  # test.csv has one more id
+    line = error(["predict", "aptos", onnx_model, "--data-dir", aptos_copy, "--out-root", tmp_path / "subs",
+                  "--no-progress"])
+    assert "submission.csv" in line or "sample" in line
+    assert not list((tmp_path / "subs").rglob("submission.csv"))
+
+
+def test_stale_temp_files_are_cleaned_on_the_next_run(trained_run, aptos_dir, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # what a kill -9 mid-save leaves
+    ok(["train", "--resume", run, "--data-dir", aptos_dir])
+    assert not list(run.glob(".*.tmp"))
+    assert np.isfinite(json.loads((run / "metrics.json").read_text())["score"])
