@@ -73,4 +73,25 @@ def study_report(competition, storage, runs_root, all_, top1_file) -> None:
         click.echo(across.to_string(index=False))
 
 
+@study.command("status")
+@click.argument("competition")
+@click.option("--storage", help="Optuna storage URL (default: sqlite in $KT_RUNS/<name>/study.db).")
+@click.option("--runs-root", type=click.Path())
+def study_status(competition, storage, runs_root) -> None:
+    """Grid points done, running (where, since when), failed and left, with an ETA; from the storage alone."""
+    from .. import competitions, runs
+    from ..study.runner import default_storage
+    from ..study.status import study_status as read_status
+
+    name = competitions.get(competition).name
+    for s in read_status(name, storage or default_storage(runs.runs_root(runs_root), name)):
+        eta = f"; ETA {s['eta_minutes']} min ({s['mean_trial_minutes']} min a trial)" if s["eta_minutes"] is not None \
+            else ""
+        click.echo(f"{s['study']}: {s['points']} points: {s['done']} done, {len(s['running'])} running, "
+                   f"{s['failed']} failed, {s['left']} left{eta}")
+        for r in s["running"]:
+            click.echo(f"  running {r['point']} on {r['host']} since {r['since']:%Y-%m-%d %H:%M:%S} "
+                       f"({r['minutes']} min)")
+
+
 COMMANDS = (study,)

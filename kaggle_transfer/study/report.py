@@ -53,15 +53,17 @@ def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float,
     """One row per arch: best score, its hyperparameters, trials done, ImageNet top-1 and source."""
     import optuna
 
+    from .runner import _storage, masked
+
     comp = competitions.get(competition)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    summaries = [s for s in optuna.get_all_study_summaries(storage_url) if ":claim:" not in s.study_name
+    storage = _storage(storage_url)
+    summaries = [s for s in optuna.get_all_study_summaries(storage) if ":claim:" not in s.study_name
                  and s.study_name.startswith(f"{comp.name}-")]
     if not summaries:
-        raise KtError(f"no study of {comp.name} in {storage_url}; run kt study {comp.name} first")
+        raise KtError(f"no study of {comp.name} in {masked(storage_url)}; run kt study {comp.name} first")
     rows = []
     for summary in summaries:
-        study = optuna.load_study(study_name=summary.study_name, storage=storage_url)
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         for arch in sorted({t.params["arch"] for t in done}):
             trials = [t for t in done if t.params["arch"] == arch]
@@ -69,11 +71,13 @@ def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float,
             value, source = (top1 or {}).get(arch) or imagenet_top1(arch)
             rows.append({"study": summary.study_name, "arch": arch, "imagenet_top1": value, "top1_source": source,
                          "score": best.value, "metric": comp.task.metric,
-                         "accuracy": secondary_accuracy(Path(best.user_attrs["run_dir"]), comp),
+                         "accuracy": best.user_attrs["accuracy"] if "accuracy" in best.user_attrs
+                         else secondary_accuracy(Path(best.user_attrs["run_dir"]), comp),
+                         "host": best.user_attrs.get("host"),
                          "best_params": json.dumps({k: v for k, v in best.params.items() if k != "arch"}),
                          "trials_done": len(trials), "run_dir": best.user_attrs["run_dir"]})
     if not rows:
-        raise KtError(f"the {comp.name} study in {storage_url} has no finished trial yet")
+        raise KtError(f"the {comp.name} study in {masked(storage_url)} has no finished trial yet")
     return pd.DataFrame(rows).sort_values("imagenet_top1", na_position="first").reset_index(drop=True)
 
 

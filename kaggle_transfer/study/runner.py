@@ -4,7 +4,7 @@ shared storage (SQLite by default, any SQLAlchemy URL for several machines).
 Guards, because Optuna's documentation warns that GridSampler can hand one point to two concurrent
 workers: before training, a worker claims its point by *creating* a study named after it; names are
 unique in the storage, so exactly one worker wins and the other prunes its trial. A killed worker's
-trial is failed by Optuna's heartbeat and re-queued (RetryFailedTrialCallback); the retry claims under
+trial is failed by Optuna's heartbeat and re-queued (its retry callback); the retry claims under
 a new attempt number. A finished point is never trained again: its run folder already has metrics.json.
 """
 
@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
+from .. import runs
 from ..errors import KtError
 from ..runs import slug
 from .grid import load_grid, point_config, search_space
@@ -31,19 +33,49 @@ def default_storage(root: Path, competition: str) -> str:
     return f"sqlite:///{path}"
 
 
+def masked(url: str) -> str:
+    """The storage URL with its password hidden, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL sqlalchemy can parse: hide everything after the scheme
+        return url.split("://", 1)[0] + "://***"
+
+
 def _storage(url: str):
+    try:
+        return _open_storage(url)
+    except ImportError:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
+        raise KtError(f"--storage {masked(url)} needs a database driver that is not installed: pip install "
+                      "'kaggle_transfer[postgres]' for PostgreSQL (or the driver of your database)") from None
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends: the server said no
+        if type(e).__module__.startswith(("sqlalchemy", "psycopg")):
+            reason = str(getattr(e, "orig", e)).strip().splitlines()[0][:200]
+            raise KtError(f"cannot open the study storage {masked(url)}: {reason}; check that the server runs and "
+                          "the URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)") from None
+        raise
+
+
+def _open_storage(url: str):
     import warnings
 
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+    import inspect
+
+    # Optuna 4.9 renamed the argument (the old name warns); 4.0-4.8 know only the old one
+    argument = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
+                in inspect.signature(RDBStorage).parameters else "failed_trial_callback")
+
     def make():
         return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          failed_trial_callback=RetryFailedTrialCallback(max_retry=3))
+                          **{argument: _retry_callback()(max_retry=3)})
 
     # Workers started together would each create the schema of a new storage and all but one would fail:
     # on SQLite a file lock serialises that first contact; on a server database a short retry does.
@@ -53,13 +85,22 @@ def _storage(url: str):
         with open(url.removeprefix("sqlite:///") + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             return make()
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     for attempt in range(5):
         try:
             return make()
-        except Exception:  # noqa: BLE001 - sqlalchemy's IntegrityError/OperationalError while another initialises
+        except (IntegrityError, ProgrammingError):  # another worker is creating the same tables right now
             if attempt == 4:
                 raise
             time.sleep(1 + attempt)
+
+
+def _retry_callback():
+    """Optuna's re-queue-on-stale-heartbeat callback (renamed in Optuna 4.9; the old name warns)."""
+    from optuna import storages
+
+    return getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
 
 
 def study_name(competition: str, grid_name: str, archs: list[str]) -> str:
@@ -86,7 +127,6 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
            sets: list[str], progress: bool = False) -> int:
     """One worker: train points until every grid point has a finished trial. Returns runs trained."""
     import optuna
-    from optuna.storages import RetryFailedTrialCallback
 
     from .. import config
     from ..training.loop import fit
@@ -98,6 +138,9 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=optuna.samplers.GridSampler(space, seed=int(os.getpid())))
     points = {_key(p): p for p in _points(grid, archs)}
+    for key, value in (("competition", competition), ("grid", grid_name), ("archs", archs), ("points", len(points))):
+        if study.user_attrs.get(key) != value:  # what `kt study status` and the report read, on any machine
+            study.set_user_attr(key, value)
     trained = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -106,21 +149,25 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
         if point_config(grid, p) is None:
             raise optuna.TrialPruned("lr index past this optimizer's list")
         # a live Trial has no system attrs; its frozen record in the storage does (retry history)
-        attempt = len(RetryFailedTrialCallback.retry_history(storage.get_trial(trial._trial_id)))
+        attempt = len(_retry_callback().retry_history(storage.get_trial(trial._trial_id)))
         try:  # the atomic claim: study names are unique in the storage
             optuna.create_study(study_name=f"{name}:claim:{_key(p)}:{attempt}", storage=storage)
         except optuna.exceptions.DuplicatedStudyError:
             raise optuna.TrialPruned("another worker holds this grid point") from None
         run_dir = run_dir_for(Path(root), competition, name, p)
         trial.set_user_attr("run_dir", str(run_dir))
-        if (run_dir / "metrics.json").is_file():
-            import json
-
-            return json.loads((run_dir / "metrics.json").read_text())["score"]
-        run_dir.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("host", socket.gethostname())
         cfg = config.resolve(flags={"competition": competition, **point_config(grid, p)}, sets=sets)
-        result = fit(cfg, run_dir, Path(data_dir), resume=(run_dir / "last.pt").is_file(), progress=progress)
-        trained += 1
+        result = runs.read_metrics(run_dir)
+        if result is None:
+            # this machine's last.pt resumes the point; a point re-queued from a machine whose folders are
+            # out of reach starts from scratch here
+            resume = (run_dir / "last.pt").is_file()
+            trial.set_user_attr("trained_from", "resumed" if resume else "scratch")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            result = fit(cfg, run_dir, Path(data_dir), resume=resume, progress=progress)
+            trained += 1
+        _record(trial, run_dir, cfg, result)
         return result["score"]
 
     while True:
@@ -135,6 +182,16 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
             optuna.storages.fail_stale_trials(study)
             continue
         study.optimize(objective, n_trials=1, catch=())
+
+
+def _record(trial, run_dir: Path, cfg, result: dict[str, Any]) -> None:
+    """Everything the report needs, in the storage: it is read from machines without this run folder."""
+    from .. import competitions
+    from .report import secondary_accuracy
+
+    trial.set_user_attr("accuracy", secondary_accuracy(run_dir, competitions.for_config(cfg)))
+    trial.set_user_attr("best_epoch", result.get("best_epoch"))
+    trial.set_user_attr("seconds", result.get("time_s"))
 
 
 def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path, *, root: Path,

@@ -1,0 +1,52 @@
+"""`kt study status`: where a study stands, read from its storage alone (any machine can ask).
+
+Per study: grid points done, running (on which host, since when), failed and not yet re-run, left,
+and an ETA from the finished trials' durations and the number of hosts working.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from ..errors import KtError
+
+
+def study_status(competition: str, storage_url: str, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    import optuna
+
+    from .runner import _storage, masked
+
+    storage = _storage(storage_url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
+             if ":claim:" not in s.study_name and s.study_name.startswith(f"{competition}-")]
+    if not names:
+        raise KtError(f"no study of {competition} in {masked(storage_url)}; start one with kt study {competition}")
+    now = now or dt.datetime.now()
+    return [_one(optuna.load_study(study_name=name, storage=storage), now) for name in names]
+
+
+def _one(study, now: dt.datetime) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    from .runner import _key
+
+    trials = [t for t in study.get_trials(deepcopy=False) if "arch" in t.params]
+    done = {_key(t.params): t for t in trials if t.state == TrialState.COMPLETE}
+    running = {_key(t.params): t for t in trials if t.state == TrialState.RUNNING and _key(t.params) not in done}
+    waiting = {_key(t.params) for t in trials if t.state == TrialState.WAITING} - set(done) - set(running)
+    failed = {_key(t.params) for t in trials if t.state == TrialState.FAIL} - set(done) - set(running) - waiting
+    points = int(study.user_attrs.get("points") or len(done) + len(running) + len(failed) + len(waiting))
+    left = max(points - len(done) - len(running), 0)
+    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done.values()
+                 if t.datetime_complete and t.datetime_start and t.user_attrs.get("trained_from")]
+    hosts = {t.user_attrs.get("host") for t in running.values()} or {None}
+    eta = (sum(durations) / len(durations)) * (left + len(running) / 2) / len(hosts) if durations else None
+    return {
+        "study": study.study_name, "points": points, "done": len(done), "failed": len(failed), "left": left,
+        "running": [{"point": k, "host": t.user_attrs.get("host", "?"), "since": t.datetime_start,
+                     "minutes": round((now - t.datetime_start).total_seconds() / 60, 1) if t.datetime_start else None}
+                    for k, t in sorted(running.items())],
+        "eta_minutes": None if eta is None else round(eta / 60, 1),
+        "mean_trial_minutes": round(sum(durations) / len(durations) / 60, 1) if durations else None,
+    }
