@@ -97,3 +97,13 @@ def clean_stale_tmp(folder: str | os.PathLike) -> int:
         tmp.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def read_json(path: str | os.PathLike, *, what: str) -> Any:
+    """A JSON file kt wrote; a damaged one is one line naming it."""
+    from .errors import KtError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KtError(f"{path} is not valid JSON; the {what} is damaged") from None

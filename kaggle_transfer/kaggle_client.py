@@ -58,20 +58,33 @@ def _explain(e: Exception, slug: str, what: str) -> KtError:
     import requests
 
     if isinstance(e, requests.HTTPError) and e.response is not None:
-        code = e.response.status_code
+        code, said = e.response.status_code, _server_message(e.response)
         if code == 401:
             return KtError(f"Kaggle rejected the credentials while trying to {what} (401); {CREDENTIALS_HELP}")
+        if code == 403 and "/" in slug:  # a dataset or notebook: ownership, not competition rules
+            return KtError(f"Kaggle refused to {what} (403{': ' + said if said else ''}): {slug} must belong to the "
+                           "signed-in user (check the username in kaggle.json)")
         if code == 403:
-            return KtError(f"Kaggle refused to {what} (403): accept the competition's rules at "
-                           f"https://www.kaggle.com/competitions/{slug}/rules, then try again")
+            return KtError(f"Kaggle refused to {what} (403{': ' + said if said else ''}): accept the competition's "
+                           f"rules at https://www.kaggle.com/competitions/{slug}/rules, then try again")
         if code == 404:
-            return KtError(f"Kaggle found no competition {slug!r} (404) while trying to {what}")
+            return KtError(f"Kaggle found no {'competition ' if '/' not in slug else ''}{slug!r} (404) while trying "
+                           f"to {what}")
         if code == 429:
             return KtError(f"Kaggle is rate-limiting requests (429) while trying to {what}; wait a minute and retry")
-        return KtError(f"Kaggle answered HTTP {code} while trying to {what}; try again later")
+        return KtError(f"Kaggle answered HTTP {code} while trying to {what}"
+                       f"{': ' + said if said else '; try again later'}")
     if isinstance(e, requests.ConnectionError):
         return KtError(f"cannot reach Kaggle to {what} (offline or blocked?)")
     return KtError(f"the Kaggle client failed to {what}: {type(e).__name__}")
+
+
+def _server_message(response) -> str:
+    """The server's own words from an error body ({"code": N, "message": "..."}), one line."""
+    try:
+        return " ".join(str(response.json().get("message", "")).split())[:300]
+    except Exception:  # noqa: BLE001 - not JSON
+        return ""
 
 
 def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, sleep=time.sleep) -> Any:
@@ -89,6 +102,8 @@ def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, sl
             raise _explain(e, slug, what) from None
         except (requests.ConnectionError, requests.Timeout, OSError) as e:
             raise _explain(e, slug, what) from None
+        except ValueError as e:  # the client's own refusals: a failed blob upload, a slug it rejects, ...
+            raise KtError(f"the Kaggle client could not {what}: {' '.join(str(e).split())[:300]}") from None
 
 
 def download(slug: str, dest: Path, *, force: bool = False, api=None, quiet: bool = False) -> dict[str, Any]:
@@ -144,7 +159,21 @@ def submitted_today(subs: list[dict[str, Any]], today: str | None = None) -> int
 
 
 def check_daily_limit(slug: str, daily_limit: int, api) -> None:
-    """Refuse before uploading anything when today's (UTC) submissions already reach the limit."""
+    """Refuse before uploading anything when no submission is left today. The client's own count where it
+    offers one (competition_get_submission_limits); otherwise today's (UTC) submissions against the
+    competition's usual limit."""
+    limits = None
+    if hasattr(api, "competition_get_submission_limits"):
+        try:
+            limits = call(lambda: api.competition_get_submission_limits(slug), slug, "read the submission limits")
+        except KtError:
+            limits = None  # an older server: count ourselves
+    if limits is not None and (limits.num_today or limits.num_total or limits.num_allowed_now):
+        if limits.num_allowed_now <= 0:
+            raise KtError(f"Kaggle allows no more submissions to {slug} now ({limits.num_today} today"
+                          f"{', the total limit is reached' if limits.limited_by_total else ''}); "
+                          "try again after midnight UTC")
+        return
     used = submitted_today(list_submissions(slug, api))
     if used >= daily_limit:
         raise KtError(f"{used} submission(s) to {slug} today already: the daily limit is {daily_limit}; "
@@ -152,7 +181,8 @@ def check_daily_limit(slug: str, daily_limit: int, api) -> None:
 
 
 def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, *, wait: bool = False, api=None,
-               poll_s: float = 10.0, timeout_s: float = 3600.0, sleep=time.sleep) -> dict[str, Any]:
+               on_ref: Callable[[dict], None] = lambda r: None, poll_s: float | None = None, timeout_s: float = 3600.0,
+               sleep=time.sleep) -> dict[str, Any]:
     """Upload a validated CSV; with `wait`, poll until it is scored. Never resubmits on its own."""
     api = api or make_api()
     check_daily_limit(slug, daily_limit, api)
@@ -162,10 +192,12 @@ def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, *, wait: bo
         raise KtError(f"the upload of {csv.name} to {slug} failed (Kaggle returned no submission): "
                       f"{getattr(result, 'message', '') or 'no message'}; nothing was submitted, try again")
     out = {"ref": ref, "message": getattr(result, "message", ""), "status": "PENDING"}
-    return _wait(slug, api, out, wait, poll_s=poll_s, timeout_s=timeout_s, sleep=sleep)
+    on_ref(out)
+    return _wait(slug, api, out, wait, poll_s=poll_s or float(os.environ.get("KT_POLL_S") or 10), timeout_s=timeout_s,
+                 sleep=sleep)
 
 
-def _dataset_exists(api, ref: str) -> bool:
+def dataset_exists(api, ref: str) -> bool:
     import requests
 
     try:
@@ -177,57 +209,15 @@ def _dataset_exists(api, ref: str) -> bool:
         raise
 
 
-def push_bundle(bundle: Path, message: str, api=None) -> dict[str, Any]:
-    """Upload the bundle as a private dataset (new, or a new version), then push its notebook.
-    Problems the client reports in the response (not as exceptions) become KtError."""
-    import contextlib
-    import io
-    import json
-
-    api = api or make_api()
-    dataset = json.loads((bundle / "dataset-metadata.json").read_text())["id"]
-    kernel = json.loads((bundle / "kernel-metadata.json").read_text())["id"]
-    quiet = contextlib.redirect_stdout(io.StringIO())  # the client prints upload chatter
-    with quiet:
-        exists = call(lambda: _dataset_exists(api, dataset), dataset, "look up the bundle dataset", retry=True)
-        if exists:
-            made = call(lambda: api.dataset_create_version(str(bundle), message, quiet=True), dataset,
-                        "upload a new version of the bundle dataset")
-        else:
-            made = call(lambda: api.dataset_create_new(str(bundle), public=False, quiet=True), dataset,
-                        "create the bundle dataset")
-    if getattr(made, "error", "") or str(getattr(made, "status", "ok")).lower() not in ("ok", ""):
-        problem = getattr(made, "error", "") or made.status
-        raise KtError(f"Kaggle did not accept the bundle dataset {dataset}: {problem}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        pushed = call(lambda: api.kernels_push(str(bundle)), kernel, "push the prediction notebook")
-    if getattr(pushed, "error", ""):
-        raise KtError(f"Kaggle did not accept the notebook {kernel}: {pushed.error}")
-    return {"dataset": dataset, "dataset_new": not exists, "kernel": kernel,
-            "version": getattr(pushed, "version_number", 0), "url": getattr(pushed, "url", "")}
-
-
-def submit_code(slug: str, bundle: Path, message: str, daily_limit: int, *, wait: bool = False, api=None,
-                poll_s: float = 10.0, timeout_s: float = 4 * 3600.0, sleep=time.sleep) -> dict[str, Any]:
-    """A code competition: push the bundle and its notebook, submit that notebook version's output."""
-    api = api or make_api()
-    check_daily_limit(slug, daily_limit, api)
-    pushed = push_bundle(bundle, message, api)
-    result = call(lambda: api.competition_submit_code("submission.csv", message, slug, pushed["kernel"],
-                                                      pushed["version"] or None, quiet=True), slug,
-                  "submit the notebook")
-    ref = getattr(result, "ref", 0)
-    if not ref:
-        raise KtError(f"Kaggle did not create a submission for {pushed['kernel']}: "
-                      f"{getattr(result, 'message', '') or 'no message'}")
-    out = {"ref": ref, "status": "PENDING", **pushed}
-    return _wait(slug, api, out, wait, poll_s=poll_s, timeout_s=timeout_s, sleep=sleep)
-
-
 def _wait(slug: str, api, out: dict[str, Any], wait: bool, *, poll_s: float, timeout_s: float, sleep) -> dict[str, Any]:
     deadline = time.time() + timeout_s
     while wait and time.time() < deadline:
-        match = next((s for s in list_submissions(slug, api) if str(s["ref"]) == str(out["ref"])), None)
+        try:
+            listed = list_submissions(slug, api)
+        except KtError as e:
+            raise KtError(f"submission {out['ref']} was created, but following it failed ({e}); it is recorded "
+                          f"in manifest.json: follow it with kt submissions (do not submit it again)") from None
+        match = next((s for s in listed if str(s["ref"]) == str(out["ref"])), None)
         if match and match["status"] in ("COMPLETE", "ERROR"):
             out.update(status=match["status"], public=match["public"], private=match["private"],
                        error=match["error"])
@@ -237,25 +227,52 @@ def _wait(slug: str, api, out: dict[str, Any], wait: bool, *, poll_s: float, tim
     return out
 
 
-def submit(comp, target: str | Path, *, message: str, data_dir: str | Path | None = None, wait: bool = False,
-           bundle_dir: str | Path | None = None, fetch_wheels: bool = True,
-           echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """`kt submit`: validate the CSV locally (no request for an invalid file), then upload it, or for a
-    code competition push the offline bundle and its notebook; the result goes into manifest.json."""
-    from . import competitions, submission
+def _leaderboard_page(api, slug: str, token: str | None):
+    """One page of the public leaderboard and the next page's token (competition_leaderboard_view prints
+    the token instead of returning it, so the client's own request type is used)."""
+    from kagglesdk.competitions.types.competition_api_service import ApiGetLeaderboardRequest
 
+    request = ApiGetLeaderboardRequest()
+    request.competition_name = slug
+    request.page_size = 200
+    if token:
+        request.page_token = token
+    with api.build_kaggle_client() as kaggle:
+        response = kaggle.competitions.competition_api_client.get_leaderboard(request)
+    return list(response.submissions or []), response.next_page_token or None
+
+
+MEDALS = "https://www.kaggle.com/progression"  # medal rules by number of teams
+
+
+def medal_lines(teams: int) -> dict[str, int]:
+    """The last rank that still earns each medal (Kaggle's progression rules, by team count)."""
+    if teams < 250:
+        return {"gold": max(1, int(teams * 0.10)), "silver": int(teams * 0.20), "bronze": int(teams * 0.40)}
+    gold = 10 + int(teams * 0.002)
+    if teams < 1000:
+        return {"gold": gold, "silver": 50, "bronze": 100}
+    return {"gold": gold, "silver": int(teams * 0.05), "bronze": int(teams * 0.10)}
+
+
+def leaderboard(comp, *, api=None, higher_is_better: bool = True) -> dict[str, Any]:
+    """Where the user's best public score stands on the public leaderboard: rank, percentile, medal lines."""
     slug = comp.kaggle_slug()
-    target = Path(target)
-    csv = target / "submission.csv" if target.is_dir() else target
-    submission.validate(comp, csv, competitions.find_data_dir(comp, data_dir))  # before any network call
-    if warning := credentials_warning():
-        echo(warning)
-    if comp.submit_via == "notebook":
-        from .bundle import for_submission
-
-        bundle = Path(bundle_dir) if bundle_dir else for_submission(comp, csv, fetch=fetch_wheels)
-        result = submit_code(slug, bundle, message, comp.daily_limit, wait=wait)
-    else:
-        result = submit_csv(slug, csv, message, comp.daily_limit, wait=wait)
-    submission.record_kaggle(csv, {**result, "message": message, "slug": slug})
-    return {**result, "csv": str(csv), "slug": slug}
+    api = api or make_api()
+    rows, token = [], None
+    for _ in range(500):  # pages of 200: far more teams than any image competition had
+        page, token = call(lambda t=token: _leaderboard_page(api, slug, t), slug, "read the leaderboard", retry=True)
+        rows += [float(r.score) for r in page if r is not None and r.score not in (None, "")]
+        if not token:
+            break
+    rows.sort(reverse=higher_is_better)
+    scores = [float(s["public"]) for s in list_submissions(slug, api) if s["status"] == "COMPLETE"
+              and s["public"] not in (None, "")]
+    if not rows:
+        raise KtError(f"the public leaderboard of {slug} is empty or hidden")
+    best = (max if higher_is_better else min)(scores) if scores else None
+    better = (lambda x: x > best) if higher_is_better else (lambda x: x < best)
+    rank = 1 + sum(1 for x in rows if better(x)) if best is not None else None
+    return {"teams": len(rows), "best": best, "rank": rank,
+            "percentile": round(100 * rank / len(rows), 1) if rank else None, "medals": medal_lines(len(rows)),
+            "scores_at": {m: rows[min(r, len(rows)) - 1] for m, r in medal_lines(len(rows)).items() if r}}

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, log_loss, roc_auc_score
 
 from .errors import KtError
 
@@ -20,15 +19,21 @@ def qwk(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     y_pred = np.asarray(y_pred).astype(int)
     if len(np.unique(np.concatenate([y_true, y_pred]))) < 2:
         return 0.0  # sklearn returns nan when both sides hold one and the same label
+    from sklearn.metrics import cohen_kappa_score  # here, not at import: prediction and validation never score
+
     return float(cohen_kappa_score(y_true, y_pred, weights="quadratic"))
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    from sklearn.metrics import accuracy_score
+
     return float(accuracy_score(np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)))
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Macro F1 over classes of multi-hot arrays (HPA). A class absent on both sides scores 0."""
+    from sklearn.metrics import f1_score
+
     return float(f1_score(np.asarray(y_true), np.asarray(y_pred), average="macro", zero_division=0))
 
 
@@ -37,10 +42,14 @@ def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     if len(np.unique(y_true)) < 2:
         # AUC is undefined with one class; a silent nan would poison model selection
         raise KtError("roc_auc needs both classes in the validation rows; use a stratified split or more data")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y_true, np.asarray(y_score, dtype=float)))
 
 
 def binary_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
     return float(log_loss(np.asarray(y_true).astype(int), np.asarray(y_prob, dtype=float), labels=[0, 1]))
 
 
@@ -103,6 +112,8 @@ def fit_class_thresholds(prob: np.ndarray, y: np.ndarray, grid: int = 99) -> tup
     Returns (thresholds, classes_without_positives). A class with no positive in `y` cannot be
     fitted: it keeps 0.5 and is listed, so callers can report it rather than hide it.
     """
+    from sklearn.metrics import f1_score
+
     prob = np.asarray(prob, dtype=float)
     y = np.asarray(y).astype(int)
     candidates = np.linspace(0.01, 0.99, grid)

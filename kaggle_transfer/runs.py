@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .errors import KtError
-from .fsutil import atomic_path, inside, write_json
+from .fsutil import atomic_path, inside, read_json, write_json
 
 CONFIG, RUN_INFO, METRICS, OOF, GROUP, MODEL = \
     "config.yaml", "run.json", "metrics.json", "oof.npz", "group.json", "model.onnx"
@@ -131,13 +131,6 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
             raise KtError(f"{path} lacks {key!r}; the run record is damaged: start the run again")
     return info
 
-
-def read_json(path: Path, *, what: str) -> Any:
-    """A JSON file kt wrote; a damaged one is one line naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KtError(f"{path} is not valid JSON; the {what} is damaged") from None
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:

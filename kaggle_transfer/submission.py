@@ -73,13 +73,17 @@ def validate(comp: Competition, csv_path: Path, data_dir: Path) -> dict[str, Any
 
 
 def record_kaggle(csv: Path, entry: dict[str, Any]) -> None:
-    """Append what Kaggle answered (ref, status, scores) to the submission's manifest.json, if it has one."""
-    import json
-
-    from .fsutil import write_json
+    """Record what Kaggle answered (ref, status, scores) in the submission's manifest.json, if it has one:
+    a new ref is appended, a known one updated (the ref is written first, the score when it comes)."""
+    from .fsutil import read_json, write_json
 
     manifest = Path(csv).parent / "manifest.json"
     if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        data.setdefault("kaggle", []).append(entry)
+        data = read_json(manifest, what="submission manifest")
+        records = data.setdefault("kaggle", [])
+        known = next((r for r in records if entry.get("ref") and r.get("ref") == entry["ref"]), None)
+        if known is not None:
+            known.update(entry)
+        else:
+            records.append(entry)
         write_json(manifest, data)

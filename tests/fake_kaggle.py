@@ -24,6 +24,20 @@ class FakeKaggle:
         self.broken_upload = False
         self.datasets: set[str] = set()
         self.kernel_versions = 0
+        self.blob_names: dict[str, str] = {}       # upload token → file name (a dataset's files)
+        self.dataset_pending_polls = 0             # GetDatasetStatus answers "pending" this many times first
+        self.invalid_sources: dict[str, list] = {}  # SaveKernel answers these invalid…Sources
+        self.failure_message = ""
+        # the pushed notebook "runs" here, in a thread: the dataset's files {name: bytes} → (final status,
+        # output files {name: bytes}, log text). RUNNING is answered until it returns.
+        self.notebook = lambda files: ("COMPLETE", {}, "")
+        self.run: threading.Thread | None = None
+        self.kernel_status = "QUEUED"
+        self.output: dict[str, bytes] = {}
+        self.log = ""
+        self.leaderboard: list[float] = []
+        self.limits: dict | None = None            # GetSubmissionLimits answer (None: 404, an older server)
+        self.scored = {"status": "COMPLETE", "publicScore": "0.91234", "privateScore": ""}  # what scoring gives
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -69,10 +83,15 @@ class FakeKaggle:
             return 200, {"message": "Successfully submitted", "ref": ref}, {}
         if rpc == "GetDatasetStatus":
             ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
-            return (200, {"status": "ready"}, {}) if ref in self.datasets else (
-                404, {"code": 404, "message": "dataset not found"}, {})
+            if ref not in self.datasets:
+                return 404, {"code": 404, "message": "dataset not found"}, {}
+            if self.dataset_pending_polls > 0:
+                self.dataset_pending_polls -= 1
+                return 200, {"status": "BLOBS_RECEIVED"}, {}
+            return 200, {"status": "READY"}, {}
         if rpc == "StartBlobUpload":
-            token = hashlib.sha1(body.get("name", "").encode()).hexdigest()[:10]
+            token = hashlib.sha1((body.get("name", "") + str(len(self.blob_names))).encode()).hexdigest()[:10]
+            self.blob_names[token] = body.get("name", "")
             return 200, {"token": token, "createUrl": f"http://localhost/upload/{token}"}, {}
         if rpc in ("CreateDataset", "CreateDatasetVersion"):
             ref = f"{body.get('ownerSlug')}/{body.get('slug') or body.get('datasetSlug')}"
@@ -80,8 +99,35 @@ class FakeKaggle:
             return 200, {"ref": ref, "url": f"http://localhost/datasets/{ref}", "status": "Ok", "error": ""}, {}
         if rpc == "SaveKernel":
             self.kernel_versions += 1
+            files = {self.blob_names[t]: d for t, d in self.uploads.items() if t in self.blob_names}
+            self.kernel_status, self.output, self.log = "RUNNING", {}, ""
+
+            def run():
+                self.kernel_status, self.output, self.log = self.notebook(files)
+
+            self.run = threading.Thread(target=run, daemon=True)
+            self.run.start()
             return 200, {"ref": f"/code/{body.get('slug')}", "url": "http://localhost/code",
-                         "versionNumber": self.kernel_versions, "error": ""}, {}
+                         "versionNumber": self.kernel_versions, "error": "",
+                         **{f"invalid{k.title()}Sources": v for k, v in self.invalid_sources.items()}}, {}
+        if rpc == "GetKernelSessionStatus":
+            status = self.kernel_status
+            return 200, {"status": status, "failureMessage": self.failure_message if status == "ERROR" else ""}, {}
+        if rpc == "ListKernelSessionOutput":
+            files = [{"fileName": n, "url": f"http://localhost/files/out-{n}"} for n in self.output]
+            for n, data in self.output.items():
+                self.files[f"out-{n}"] = data
+            return 200, {"files": files, "log": self.log, "nextPageToken": ""}, {}
+        if rpc == "GetSubmissionLimits":
+            if self.limits is None:
+                return 404, {"code": 404, "message": "no such method"}, {}
+            return 200, self.limits, {}
+        if rpc == "GetLeaderboard":
+            page, size = int(body.get("pageToken") or 0), int(body.get("pageSize") or 20)
+            rows = [{"teamId": i, "teamName": f"team {i}", "score": f"{v:.5f}"}
+                    for i, v in enumerate(self.leaderboard[page * size:(page + 1) * size], start=page * size)]
+            more = (page + 1) * size < len(self.leaderboard)
+            return 200, {"submissions": rows, "nextPageToken": str(page + 1) if more else ""}, {}
         if rpc == "CreateCodeSubmission":
             ref = 2000 + len(self.submissions)
             self.submissions.append({"ref": ref, "fileName": body.get("fileName", ""), "date": _now(),
@@ -92,7 +138,7 @@ class FakeKaggle:
             for s in self.submissions:
                 s["polls"] += 1
                 if s["status"] == "PENDING" and s["polls"] > self.score_after_polls:
-                    s.update(status="COMPLETE", publicScore="0.91234", privateScore="")
+                    s.update(self.scored)
             subs = [{k: v for k, v in s.items() if k != "polls"} for s in reversed(self.submissions)]
             return 200, {"submissions": subs, "nextPageToken": ""}, {}
         return 404, {"code": 404, "message": f"no fake for {rpc}"}, {}

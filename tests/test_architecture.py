@@ -146,3 +146,20 @@ def test_repository_points_nowhere_outside_itself():
             and f.endswith((".py", ".md", ".yaml", ".sh", ".cfg", ".toml", "Makefile"))
             for m in [OUTSIDE.search((ROOT / f).read_text(errors="ignore"))] if m]
     assert hits == []
+
+
+def test_prediction_and_validation_import_no_heavy_libraries(onnx_model, aptos_dir, tmp_path):
+    """kt predict and kt validate (and so the notebook bundle) run without importing scikit-learn, SciPy,
+    matplotlib, Optuna or torch: each costs import time in every notebook run and none is needed."""
+    code = (
+        "import sys\nfrom kaggle_transfer.cli import main\n"
+        f"for argv in (['predict', 'aptos', {str(onnx_model)!r}, '--data-dir', {str(aptos_dir)!r}, '--out-root',"
+        f" {str(tmp_path)!r}, '--no-progress', '--label', 'x'],\n"
+        f"             ['validate', 'aptos', {str(aptos_dir / 'sample_submission.csv')!r}, '--data-dir',"
+        f" {str(aptos_dir)!r}]):\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert not e.code, e.code\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'matplotlib', 'optuna', 'torch',"
+        " 'timm'}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

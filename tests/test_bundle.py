@@ -17,7 +17,8 @@ from kaggle_transfer.competitions import APTOS
 def bundle_dir(onnx_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("b") / "bundle"
     result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--tta", "flip",
-                                       "--user", "kt-tester", "--no-fetch-wheels", "--fp16"])
+                                       "--user", "kt-tester", "--no-fetch-wheels", "--fp16", "--image-has-onnxruntime",
+                                       "--python", f"{sys.version_info[0]}.{sys.version_info[1]}"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -29,6 +30,7 @@ def test_bundle_layout_and_metadata(bundle_dir):
     assert all(p.is_file() for p in bundle_dir.iterdir())  # flat: dataset uploads skip sub-folders
     kernel = json.loads((bundle_dir / "kernel-metadata.json").read_text())
     assert kernel["enable_internet"] is False and kernel["enable_gpu"] is True and kernel["is_private"] is True
+    assert kernel["docker_image_pinning_type"] == "original"  # the image the wheels were built for
     assert kernel["competition_sources"] == ["aptos2019-blindness-detection"]
     assert kernel["dataset_sources"] == ["kt-tester/kt-bundle-aptos"] and kernel["code_file"] == "kt_predict.py"
     assert (bundle_dir / kernel["code_file"]).is_file() and len(kernel["id"].split("/")[1]) >= 5
@@ -51,7 +53,8 @@ def test_bundle_script_predicts_offline_without_torch(bundle_dir, aptos_dir, tmp
     assert f"from {tmp_path / 'site' / 'kaggle_transfer'}" in out.stdout  # the bundled wheel, not the checkout
     csv = tmp_path / "working" / "submission.csv"
     assert submission.problems(APTOS, csv, aptos_dir) == []
-    manifest = json.loads(next((tmp_path / "working" / "kt-submissions").glob("aptos/*/manifest.json")).read_text())
+    manifest = json.loads((tmp_path / "working" / "kt_manifest.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "working").iterdir()) == ["kt_manifest.json", "submission.csv"]
     assert manifest["models"][0]["precision"] == "fp16"  # bundle.json's precision, converted without torch
 
 
@@ -74,7 +77,8 @@ def test_fetch_wheels_asks_pip_for_the_notebooks_platform(monkeypatch, tmp_path)
 
     monkeypatch.setattr(bundle.subprocess, "run", fake_run)
     with pytest.raises(KtError, match="--no-fetch-wheels with --wheels-from"):
-        bundle.fetch_wheels(tmp_path)
+        bundle.fetch_wheels(tmp_path, ["onnxruntime-gpu"])
     cmd = seen["cmd"]
     assert cmd[2:4] == ["pip", "download"] and "onnxruntime-gpu" in cmd and "--only-binary=:all:" in cmd
-    assert cmd[cmd.index("--python-version") + 1] == "3.11" and "manylinux_2_28_x86_64" in cmd
+    # Kaggle's notebook image runs Python 3.12 (Kaggle/docker-python)
+    assert cmd[cmd.index("--python-version") + 1] == "3.12" and "manylinux_2_28_x86_64" in cmd

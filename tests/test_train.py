@@ -15,7 +15,7 @@ from kaggle_transfer.training.builders import build_scheduler
 from .conftest import tiny_config
 
 
-def test_run_folder_contract(trained_run):
+def test_run_folder_contract(aptos_dir, trained_run):
     for name in ("config.yaml", "run.json", "history.csv", "metrics.json", "oof.npz", "best.pt", "last.pt",
                  "plots/learning_curve.png"):
         assert (trained_run / name).is_file(), name
@@ -24,10 +24,12 @@ def test_run_folder_contract(trained_run):
     assert {"train_loss", "val_loss", "score", "lr", "train_images_per_s"} <= set(history.columns)
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["score"] == pytest.approx(history["score"].max())
-    assert metrics["n_val"] == 24 and metrics["n_train"] == 96  # the paper split: 20% of 120
+    # the paper split: 20% of each grade, rounded down per grade, of the 120 rows
+    n_val = sum(int(0.2 * n) for n in pd.read_csv(aptos_dir / "train.csv")["diagnosis"].value_counts())
+    assert metrics["n_val"] == n_val and metrics["n_train"] == 120 - n_val
     assert len(metrics["fitted"]["cutpoints"]) == 4
     oof = np.load(trained_run / "oof.npz")
-    assert oof["raw"].shape == (24, 1) and len(oof["ids"]) == 24 and oof["targets"].shape == (24,)
+    assert oof["raw"].shape == (n_val, 1) and len(oof["ids"]) == n_val and oof["targets"].shape == (n_val,)
     assert (trained_run / "plots/learning_curve.png").stat().st_size > 5000
     # best.pt is a plain state dict that loads with weights_only
     state = torch.load(trained_run / "best.pt", weights_only=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..bundle import ACCELERATORS, NOTEBOOK_PYTHON
 from .common import data_dir_option, tta_option
 
 
@@ -38,20 +39,34 @@ def download(competition, dest, force) -> None:
 @click.option("--bundle", "bundle_dir", type=click.Path(), help="Code competitions: the kt bundle folder to push "
               "(default: built from the submission's manifest models).")
 @click.option("--fetch-wheels/--no-fetch-wheels", default=True, show_default=True,
-              help="Code competitions: put onnxruntime-gpu for the notebook into the bundle built here.")
-def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheels) -> None:
+              help="Code competitions: put onnxruntime for the notebook's Python into the bundle built here.")
+@click.option("--accelerator", type=click.Choice(ACCELERATORS), help="Code competitions: the notebook's "
+              "accelerator (default: the competition's, gpu for APTOS and Cassava).")
+@click.option("--python", "python", default=NOTEBOOK_PYTHON, show_default=True,
+              help="Code competitions: the Python of Kaggle's notebook image, which the wheels are built for.")
+@click.option("--image-has-onnxruntime", is_flag=True, help="Code competitions: bundle no onnxruntime wheel, "
+              "the notebook image has one.")
+@click.option("--dry-run", is_flag=True, help="Everything up to the submission (for code competitions: the "
+              "notebook's run and its checked output), then stop.")
+def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheels, accelerator, python,
+           image_has_onnxruntime, dry_run) -> None:
     """Validate locally, then submit: upload the CSV, or for code competitions push the offline bundle as a
-    private dataset, push its notebook (internet off) and submit that notebook's output."""
-    from .. import competitions, kaggle_client
+    private dataset, run its notebook (internet off), check what it wrote, and submit that notebook."""
+    from .. import competitions
+    from ..kaggle_code import submit as submit_any
 
     comp = competitions.get(competition)
-    result = kaggle_client.submit(comp, target, message=message, data_dir=data_dir, wait=wait, bundle_dir=bundle_dir,
-                                  fetch_wheels=fetch_wheels, echo=lambda line: click.echo(line, err=True))
-    if "kernel" in result:
-        click.echo(f"pushed dataset {result['dataset']} and notebook {result['kernel']} v{result['version']}")
+    result = submit_any(comp, target, message=message, data_dir=data_dir, wait=wait, bundle_dir=bundle_dir,
+                        fetch_wheels=fetch_wheels, dry_run=dry_run, accelerator=accelerator, python=python,
+                        image_has_onnxruntime=image_has_onnxruntime, echo=lambda line: click.echo(line, err=True))
+    if dry_run:
+        click.echo(f"dry run: {result['csv']} is valid" + (f"; the notebook {result['kernel']} v{result['version']} "
+                   f"ran and its submission.csv is valid" if result.get("kernel") else "") + "; nothing submitted")
+        return
     click.echo(f"submitted {result['csv']} to {result['slug']}: ref {result['ref']}, {result['status']}"
-               + (f", public score {result.get('public')}" if result.get("public") not in (None, "") else "")
-               + (f", error: {result['error']}" if result.get("error") else ""))
+               + (f", public score {result.get('public')}" if result.get("public") not in (None, "") else ""))
+    if result["status"] == "PENDING" and wait:
+        click.echo(f"still being scored; follow it with kt submissions {comp.name}")
 
 
 @click.command()
@@ -61,19 +76,28 @@ def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheel
 @click.option("--ensemble", "ensemble_spec", type=click.Path(), help="Bundle an ensemble spec from kt ensemble.")
 @tta_option
 @click.option("--wheels-from", type=click.Path(), help="Folder of extra wheels, e.g. onnxruntime-gpu for Kaggle.")
-@click.option("--user", help="Kaggle user owning the notebook and dataset (default: $KAGGLE_USERNAME).")
+@click.option("--user", help="Write the notebook's and dataset's metadata for this Kaggle user (kt submit "
+              "writes them at push time for the signed-in user).")
 @click.option("--fetch-wheels/--no-fetch-wheels", default=True, show_default=True,
               help="Download onnxruntime-gpu for the notebook's Python (needs the internet here).")
 @click.option("--fp16", is_flag=True, help="The notebook runs the models in float16 (its GPU's tensor cores).")
+@click.option("--python", "python", default=NOTEBOOK_PYTHON, show_default=True,
+              help="The Python of the notebook image; every wheel must install on it.")
+@click.option("--accelerator", type=click.Choice(ACCELERATORS), default="gpu", show_default=True,
+              help="gpu: onnxruntime-gpu and a GPU notebook; none: onnxruntime on the CPU.")
+@click.option("--image-has-onnxruntime", is_flag=True, help="Build without an onnxruntime wheel: the notebook "
+              "image already has one.")
 @click.option("--overwrite", is_flag=True)
-def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, fetch_wheels, fp16, overwrite) -> None:
-    """The offline notebook bundle of a code competition: ONNX models, wheels, script, metadata."""
+def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, fetch_wheels, fp16, python, accelerator,
+           image_has_onnxruntime, overwrite) -> None:
+    """The offline notebook bundle of a code competition: ONNX models, wheels, script (metadata with --user)."""
     from ..bundle import build
     from ..inference.session import expand
 
     result = build(competition, expand(list(models)) if models else [], out, tta=tta, ensemble=ensemble_spec,
                    wheels_from=wheels_from, user=user, overwrite=overwrite, fetch=fetch_wheels,
-                   precision="fp16" if fp16 else "fp32")
+                   precision="fp16" if fp16 else "fp32", python=python, accelerator=accelerator,
+                   image_has_onnxruntime=image_has_onnxruntime)
     click.echo(f"wrote {result['dir']}: {result['models']} model(s), wheels {', '.join(result['wheels'])}")
 
 
@@ -92,4 +116,24 @@ def submissions(competition) -> None:
                    f"private {str(r['private'] or '-'):<8} {r['message']}")
 
 
-COMMANDS = (download, submit, bundle, submissions)
+@click.command()
+@click.argument("competition")
+def leaderboard(competition) -> None:
+    """Where your best public score stands: rank, percentile and the medal lines of the public leaderboard."""
+    from .. import competitions, kaggle_client
+
+    comp = competitions.get(competition)
+    board = kaggle_client.leaderboard(comp)
+    click.echo(f"{comp.kaggle_slug()}: {board['teams']} teams on the public leaderboard")
+    for medal in ("gold", "silver", "bronze"):
+        score = board["scores_at"].get(medal, float("nan"))
+        click.echo(f"  {medal:<6} top {board['medals'][medal]:>5}  (score {score:.5f})")
+    if board["rank"] is None:
+        click.echo("you have no scored submission yet")
+    else:
+        won = next((m for m in ("gold", "silver", "bronze") if board["rank"] <= board["medals"][m]), None)
+        click.echo(f"your best public score {board['best']:.5f}: rank {board['rank']} of {board['teams']} "
+                   f"(top {board['percentile']}%){', ' + won + ' zone' if won else ''}")
+
+
+COMMANDS = (download, submit, bundle, submissions, leaderboard)

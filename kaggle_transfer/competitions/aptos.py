@@ -62,6 +62,7 @@ APTOS = Aptos(
     name="aptos",
     synthetic="aptos",
     slug="aptos2019-blindness-detection",
+    hidden_test_images=13000,  # the private test set, about 13,000 images (docs/competitions.md)
     title="APTOS 2019 Blindness Detection",
     task=Task("ordinal", num_classes=len(GRADES), metric="qwk"),
     submit_via="notebook",

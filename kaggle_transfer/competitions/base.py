@@ -95,7 +95,9 @@ class Competition:
     channels: tuple[str, ...] = ("red", "green", "blue")
     external: dict[str, str] = field(default_factory=dict)  # source name -> one-line description
     default_split: str = "paper"     # used when the run does not choose one
-    daily_limit: int = 5             # submissions a day (Kaggle's usual limit; kt refuses past it)
+    daily_limit: int = 5             # submissions a day when the client cannot tell (Kaggle's usual limit)
+    accelerator: str = "gpu"         # code competitions: what the prediction notebook asks for (gpu | none)
+    hidden_test_images: int = 0      # code competitions: the hidden test set the notebook predicts (for estimates)
     value_format: str = "index"      # answers as class indices or names (answers.py)
     label_separator: str = " "       # multilabel answers: between labels
     eval_splits: tuple[str, ...] = ()  # labelled test splits `kt evaluate` scores (local datasets)

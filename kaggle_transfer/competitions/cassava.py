@@ -64,6 +64,7 @@ CASSAVA = Cassava(
     name="cassava",
     synthetic="cassava",
     slug="cassava-leaf-disease-classification",
+    hidden_test_images=15000,  # the hidden test set, about 15,000 images (docs/competitions.md)
     title="Cassava Leaf Disease Classification",
     task=Task("multiclass", num_classes=len(DISEASES), metric="accuracy"),
     submit_via="notebook",

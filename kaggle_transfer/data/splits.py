@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold, train_test_split
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from ..errors import KtError
 
@@ -24,8 +24,9 @@ TRAIN_WORDS = {"train", "training"}
 def assign_folds(table: pd.DataFrame, split: str, folds: int, seed: int) -> np.ndarray:
     """A fold id per row.
 
-    `paper`: 20% of competition rows to validation (fold 0), per class, seed 414 in the study; by
-    whole groups (patients, locations) when the table has a `group` column.
+    `paper`: the study's split: 20% of each class's competition rows to validation (fold 0), drawn as
+    the released code draws them (paper_split); by whole groups (patients, locations) when the table
+    has a `group` column.
     `kfold`: stratified k-fold (multilabel-stratified for label sets, grouped when there are groups);
     an `official_fold` column (SIIM-ISIC's tfrecord) is used instead when present.
     `official`: the table's `split` column (train / val; anything else is held out).
@@ -53,19 +54,31 @@ def assign_folds(table: pd.DataFrame, split: str, folds: int, seed: int) -> np.n
         raise KtError(f"the {split} split needs at least {n} competition rows, found {len(comp)}")
     target = rows["target"]
     if split == "paper" and groups is None and not _is_multilabel(target):
-        y = target.to_numpy()
-        stratify = y if _class_counts(y).min() >= 2 else None  # sklearn cannot stratify a class seen once
-        if stratify is None:
-            warnings.warn("a class has a single competition row: the paper split is not stratified", stacklevel=2)
-        _, val = train_test_split(np.arange(len(comp)), test_size=0.2, random_state=seed, stratify=stratify)
         out[comp] = 1
-        out[comp[val]] = 0
+        out[comp[paper_split(target.to_numpy(), seed)]] = 0
         return out
     for k, (_, val) in enumerate(_splitter(target, n, seed, groups).split(comp, _labels(target), groups=groups)):
         out[comp[val]] = k
     if split == "paper":  # one fold of five validates: 20%
         out[comp] = np.where(out[comp] == 0, 0, 1)
     return out
+
+
+def paper_split(labels: np.ndarray, seed: int = 414, fraction: float = 0.2) -> np.ndarray:
+    """Row positions of the study's validation set, exactly as its released code draws them
+    (mlfoundations/imagenet-applications-transfer, datasets/aptos.py and cassava.py, get_aptos/get_cassava:
+    `np.random.seed(414)`, then for each class 0, 1, ... in turn `np.random.choice` of int(0.2 * n) of that
+    class's row positions, in CSV order, without replacement, all from the one global stream;
+    datasets/eurosat.py does the same with seed 42 over ImageFolder's sorted files).
+
+    scikit-learn's train_test_split with the same seed draws a different set."""
+    y = np.asarray(labels).astype(int)
+    stream = np.random.RandomState(seed)  # the legacy generator np.random.seed seeds
+    chosen: list[int] = []
+    for k in range(int(y.max()) + 1 if len(y) else 0):
+        rows = np.flatnonzero(y == k).tolist()
+        chosen += stream.choice(rows, int(fraction * len(rows)), replace=False).tolist() if rows else []
+    return np.array(sorted(chosen), dtype=int)
 
 
 def _is_multilabel(target: pd.Series) -> bool:

@@ -1,0 +1,236 @@
+"""Code competitions end to end against the fake Kaggle: the real client, credentials from kaggle.json
+only, and a notebook that really runs the pushed bundle (torch blocked) where Kaggle would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .fake_kaggle import FakeKaggle, _now
+
+SECRET = "s3cret-key-do-not-print"
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"  # the fake notebook image is this interpreter
+
+
+@pytest.fixture
+def fake():
+    server = FakeKaggle()
+    yield server
+    server.close()
+    assert not any(r.get("refused") for r in server.requests), "a request tried to leave loopback"
+
+
+@pytest.fixture
+def home(tmp_path):
+    """A home whose only credentials are ~/.kaggle/kaggle.json, as most users have them."""
+    (tmp_path / "home" / ".kaggle").mkdir(parents=True)
+    path = tmp_path / "home" / ".kaggle" / "kaggle.json"
+    path.write_text(json.dumps({"username": "kt-tester", "key": SECRET}))
+    os.chmod(path, 0o600)
+    return tmp_path / "home"
+
+
+def kt(fake, home, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE") and k.lower() not in (
+        "http_proxy", "https_proxy", "all_proxy", "no_proxy")}
+    env.update({k: v for k, v in fake.env(str(home)).items() if k not in ("KAGGLE_USERNAME", "KAGGLE_KEY")})
+    env["KT_POLL_S"] = "0.2"
+    out = subprocess.run([sys.executable, "-m", "kaggle_transfer", *map(str, args)], env=env, capture_output=True,
+                         text=True, cwd=home, timeout=300)
+    assert SECRET not in out.stdout + out.stderr
+    return out
+
+
+def notebook(data_dir: Path, *, edit=None):
+    """What Kaggle does with a pushed notebook: its dataset mounted, the script run, /kaggle/working kept."""
+    def run(files: dict[str, bytes]):
+        root = Path(tempfile.mkdtemp(prefix="kaggle-notebook-"))
+        bundle, working, blocker = root / "input", root / "working", root / "blocker" / "torch"
+        for folder in (bundle, working, blocker):
+            folder.mkdir(parents=True)
+        for name, data in files.items():
+            (bundle / name).write_bytes(data)
+        (blocker / "__init__.py").write_text("raise ImportError('no torch in this notebook')\n")
+        env = {**os.environ, "PYTHONPATH": str(blocker.parent), "KT_BUNDLE_DIR": str(bundle),
+               "KT_BUNDLE_DATA": str(data_dir), "KT_BUNDLE_OUT": str(working), "PIP_NO_INDEX": "1"}
+        for key in [k for k in env if k.lower().endswith("_proxy")]:
+            env.pop(key)  # the notebook runs with the internet off
+        done = subprocess.run([sys.executable, str(bundle / "kt_predict.py")], env=env, capture_output=True,
+                              text=True, cwd=working, timeout=300)
+        if edit:
+            edit(working)
+        log = json.dumps([{"stream_name": "stdout", "time": 1.0, "data": done.stdout},
+                          {"stream_name": "stderr", "time": 2.0, "data": done.stderr}])
+        outputs = {p.name: p.read_bytes() for p in working.iterdir() if p.is_file()}
+        return ("COMPLETE" if done.returncode == 0 else "ERROR"), outputs, log
+    return run
+
+
+@pytest.fixture
+def submission_dir(onnx_model, aptos_dir, tmp_path):
+    from kaggle_transfer.inference.pipeline import predict_submission
+
+    manifest = predict_submission("aptos", [onnx_model], aptos_dir, out_root=tmp_path / "subs", label="code",
+                                  progress=False, precision="fp16")
+    return Path(manifest["submission"]).parent
+
+
+@pytest.fixture(scope="module")
+def bundle(onnx_model, tmp_path_factory):
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--no-fetch-wheels",
+                                       "--image-has-onnxruntime", "--python", PY])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def order(fake, *rpcs) -> list[int]:
+    return [fake.rpcs.index(r) for r in rpcs]
+
+
+def test_the_careful_flow_runs_checks_and_only_then_submits(fake, home, aptos_dir, submission_dir):
+    fake.notebook = notebook(aptos_dir)
+    fake.dataset_pending_polls = 1
+    out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "kt code run", "--data-dir", aptos_dir, "--wait",
+             "--no-fetch-wheels", "--image-has-onnxruntime", "--python", PY)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rpcs = fake.rpcs
+    # dataset → ready → notebook → its run finished → its output fetched → only then the submission
+    created, pushed = rpcs.index("CreateDataset"), rpcs.index("SaveKernel")
+    ready = max(i for i, r in enumerate(rpcs[:pushed]) if r == "GetDatasetStatus")
+    finished = max(i for i, r in enumerate(rpcs) if r == "GetKernelSessionStatus")
+    fetched, submitted = rpcs.index("ListKernelSessionOutput"), rpcs.index("CreateCodeSubmission")
+    assert created < ready < pushed < finished < fetched < submitted
+    assert "notebook kt-tester/kt-aptos-predict: running" in out.stderr  # progress while it runs
+    kernel = next(r["body"] for r in fake.requests if r.get("rpc") == "SaveKernel")
+    # the owner is the authenticated user from kaggle.json (no KAGGLE_USERNAME), never a placeholder
+    assert kernel["datasetDataSources"] == ["kt-tester/kt-bundle-aptos"] and "YOUR" not in json.dumps(kernel)
+    assert kernel["enableInternet"] is False and kernel["dockerImagePinningType"].lower().endswith("original")
+    assert kernel["competitionDataSources"] == ["aptos2019-blindness-detection"]
+    code = next(r["body"] for r in fake.requests if r.get("rpc") == "CreateCodeSubmission")
+    assert code["kernelSlug"] == "kt-aptos-predict" and code["submissionDescription"] == "kt code run"
+    record = json.loads((submission_dir / "manifest.json").read_text())["kaggle"]
+    assert len(record) == 1 and record[0]["status"] == "COMPLETE" and record[0]["public"] == "0.91234"
+    assert "public score 0.91234" in out.stdout
+    bundle_info = json.loads((submission_dir / "bundle" / "bundle.json").read_text())
+    assert bundle_info["python"] == PY and bundle_info["precision"] == "fp16"
+
+
+def test_a_failed_notebook_prints_its_log_and_spends_no_submission(fake, home, aptos_dir, submission_dir, bundle):
+    def crash(files):
+        return "ERROR", {}, json.dumps([{"stream_name": "stderr", "time": 1, "data": "Traceback\nMemoryError: CUDA\n"}])
+    fake.notebook, fake.failure_message = crash, "Your notebook hit an error"
+    out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--bundle", bundle)
+    assert out.returncode == 2 and "Traceback" not in out.stderr.split("error:")[0]
+    line = out.stderr.strip().splitlines()[-1]
+    assert "ended ERROR: Your notebook hit an error" in line and "MemoryError: CUDA" in line
+    assert "nothing was submitted" in line and "CreateCodeSubmission" not in fake.rpcs
+
+
+def test_a_notebook_writing_an_invalid_csv_spends_no_submission(fake, home, aptos_dir, submission_dir, bundle):
+    def break_csv(working: Path):
+        pd.read_csv(working / "submission.csv").assign(diagnosis=7).to_csv(working / "submission.csv", index=False)
+    fake.notebook = notebook(aptos_dir, edit=break_csv)
+    out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--bundle", bundle)
+    assert out.returncode == 2 and "not a valid aptos submission" in out.stderr
+    assert "CreateCodeSubmission" not in fake.rpcs
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda f: f.invalid_sources.update(competition=["aptos2019-blindness-detection"]), "competition source"),
+    (lambda f: f.fail.update(CreateCodeSubmission=[400]), "HTTP 400 while trying to submit the notebook: fake failure"),
+    (lambda f: setattr(f, "broken_upload", True), "could not create the bundle dataset"),
+    (lambda f: setattr(f, "limits", {"numToday": 2, "numTotal": 9, "numAllowedNow": 0}), "no more submissions"),
+])
+def test_faults_are_one_line_and_nothing_is_submitted_twice(fake, home, aptos_dir, submission_dir, bundle, setup,
+                                                            message):
+    fake.notebook = notebook(aptos_dir)
+    setup(fake)
+    out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--bundle", bundle)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and message in lines[-1] and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert len([r for r in fake.rpcs if r == "CreateCodeSubmission"]) <= 1
+    if "no more submissions" in message:
+        assert "StartBlobUpload" not in fake.rpcs  # refused before anything was uploaded
+
+
+def test_dry_run_stops_before_the_submission(fake, home, aptos_dir, submission_dir, bundle):
+    fake.notebook = notebook(aptos_dir)
+    out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--bundle", bundle,
+             "--dry-run")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ran and its submission.csv is valid; nothing submitted" in out.stdout
+    assert "SaveKernel" in fake.rpcs and "CreateCodeSubmission" not in fake.rpcs
+
+
+def test_a_submission_scored_error_exits_non_zero_and_is_recorded(fake, home, aptos_dir, submission_dir, bundle):
+    fake.notebook = notebook(aptos_dir)
+    fake.scored = {"status": "ERROR", "errorDescription": "Submission scoring error: wrong row count"}
+    out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--bundle", bundle,
+             "--wait")
+    assert out.returncode == 2 and "scored submission 2000 as ERROR: Submission scoring error" in out.stderr
+    record = json.loads((submission_dir / "manifest.json").read_text())["kaggle"]
+    assert [(r["ref"], r["status"]) for r in record] == [(2000, "ERROR")]
+
+
+def test_a_polling_failure_after_submitting_names_the_ref(fake, home, aptos_dir, submission_dir, bundle):
+    fake.notebook = notebook(aptos_dir)
+    fake.fail["ListSubmissions"] = [401]  # fallback daily check passes through limits; polling then fails
+    fake.limits = {"numToday": 0, "numTotal": 1, "numAllowedNow": 5}
+    out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--bundle", bundle,
+             "--wait")
+    line = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and "submission 2000 was created" in line and "kt submissions" in line
+    assert json.loads((submission_dir / "manifest.json").read_text())["kaggle"][0]["ref"] == 2000
+
+
+def test_bundles_are_built_for_the_notebooks_python(onnx_model, tmp_path):
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--no-fetch-wheels"])
+    assert result.exit_code == 2 and "no onnxruntime wheel for Python 3.12" in result.output and not out.exists()
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "onnxruntime_gpu-1.30.0-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"not used")
+    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--no-fetch-wheels",
+                                       "--wheels-from", str(wheels)])
+    assert result.exit_code == 2 and "onnxruntime_gpu-1.30.0-cp311" in result.output
+    assert "Python 3.12" in result.output
+    (wheels / "onnxruntime_gpu-1.30.0-cp311-cp311-manylinux_2_28_x86_64.whl").rename(
+        wheels / "onnxruntime_gpu-1.30.0-cp312-cp312-manylinux_2_28_x86_64.whl")
+    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--no-fetch-wheels",
+                                       "--wheels-from", str(wheels)])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "bundle.json").read_text())
+    assert info["python"] == "3.12" and not (out / "kernel-metadata.json").exists()  # the owner comes at push time
+    script = (out / "kt_predict.py").read_text()
+    assert "tempfile.mkdtemp" in script and "/kaggle/working/kt-site" not in script
+
+
+def test_leaderboard_places_the_best_public_score(fake, home):
+    fake.leaderboard = [0.95 - i * 0.001 for i in range(300)]  # 300 teams
+    fake.submissions = [{"ref": 1, "date": _now(), "description": "a", "status": "COMPLETE", "publicScore": "0.8905",
+                         "polls": 0},
+                        {"ref": 2, "date": _now(), "description": "b", "status": "COMPLETE", "publicScore": "0.7",
+                         "polls": 0}]
+    out = kt(fake, home, "leaderboard", "aptos")
+    assert out.returncode == 0, out.stderr
+    assert "300 teams" in out.stdout
+    # 0.8905 beats 0.950 - 0.060 = 0.8900 and below: 60 teams are better (0.950 ... 0.891) → rank 61
+    assert "rank 61 of 300 (top 20.3%)" in out.stdout and "bronze zone" in out.stdout
+    assert "gold   top    10" in out.stdout and "silver top    50" in out.stdout
+    assert fake.rpcs.count("GetLeaderboard") == 2  # two pages of 200
