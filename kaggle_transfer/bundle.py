@@ -25,6 +25,7 @@ from typing import Any
 from . import competitions
 from .errors import KtError
 from .fsutil import read_json, sha256, write_json, write_text
+from .runs import slug
 
 # Kaggle's notebook image runs Python 3.12: Kaggle/docker-python, Dockerfile.tmpl at 78aaa43 (2026-08-12),
 # PACKAGE_PATH=/usr/local/lib/python3.12/dist-packages; its kaggle_requirements.txt lists onnx, not onnxruntime.
@@ -196,7 +197,7 @@ def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[st
         if meta["competition"] != comp.name:
             raise KtError(f"{path} was trained for {meta['competition']!r}, not {comp.name!r}")
         metas.append(meta)
-        name = f"{i:02d}_{meta['arch']}_{meta['size']}.onnx"
+        name = f"{i:02d}_{slug(meta['arch'])}_{meta['size']}.onnx"  # tv:NAME: no ':' in a dataset file
         shutil.copy(path, out / name)
         entries.append({"file": name, "sha256": sha256(out / name), "source": str(path)})
     spec["tta"] = recorded_tta(metas)  # the views the models were trained for; build() may override

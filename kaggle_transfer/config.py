@@ -59,7 +59,7 @@ class RunConfig:
     folds: int = 5                      # number of folds for split=kfold
     fold: int = 0                       # which fold validates
     seed: int = 414                     # seeds training (weights, order, augmentation)
-    split_seed: int = 414               # seeds the split (the study's 414); fixed across --seeds repeats
+    split_seed: int | None = None       # seeds the split; None = the study's (414, EuroSAT 42); fixed across --seeds
     patience: int = 0                   # early stop after this many epochs without improvement; 0 = off
     tta: str = "none"                   # test-time views recorded for predict: none | flip
     workers: int = 2                    # DataLoader worker processes
@@ -80,6 +80,10 @@ CHOICES = {
     "tta": ("none", "flip", "d4"),
     "device": ("auto", "cpu", "cuda"),
 }
+# choices of prediction and ensembling options, shared by the library that validates them and the CLI
+BLENDS = ("mean", "rank")                      # kt predict --blend
+ENSEMBLE_METHODS = ("mean", "rank", "greedy")  # kt ensemble --method
+IO_BINDING = ("auto", "on", "off")             # kt predict --io-binding
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
 

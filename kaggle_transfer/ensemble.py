@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from . import competitions, runs
+from .config import ENSEMBLE_METHODS
 from .errors import KtError
 from .fsutil import sha256, write_json
 from .inference.predict import blend
 
-METHODS = ("mean", "rank", "greedy")
+METHODS = ENSEMBLE_METHODS
 
 
 def load_oofs(run_dirs: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:

@@ -49,3 +49,14 @@ def onnx_model(trained_run) -> Path:
     from kaggle_transfer.training.export import export
 
     return Path(export(trained_run)["path"])
+
+
+@pytest.fixture
+def fake():
+    """A fake Kaggle on loopback (tests/fake_kaggle.py); fails the test if anything tried to leave it."""
+    from .fake_kaggle import FakeKaggle
+
+    server = FakeKaggle()
+    yield server
+    server.close()
+    assert not any(r.get("refused") for r in server.requests), "a request tried to leave loopback"

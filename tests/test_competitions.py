@@ -18,7 +18,8 @@ from kaggle_transfer.inference.predict import blend
 from kaggle_transfer.tasks import Task
 
 SMALL = {"hpa": {"n_train": 60, "n_test": 12}, "siim_isic": {"n_train": 80, "n_test": 16},
-         "cassava": {"n_train": 60, "n_test": 12}, "cct20": {"n_train": 40, "n_test": 20}}
+         "cassava": {"n_train": 60, "n_test": 12}, "cct20": {"n_train": 40, "n_test": 20},
+         "eurosat": {"n_train": 100, "n_test": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,8 @@ def data(tmp_path_factory):
     return {name: synthetic.make(name, root / name, image_size=48, **kw) for name, kw in SMALL.items()}
 
 
-def test_registry_lists_all_five():
-    assert list(COMPETITIONS) == ["aptos", "hpa", "siim_isic", "cassava", "cct20"]
+def test_registry_lists_all_six():
+    assert list(COMPETITIONS) == ["aptos", "hpa", "siim_isic", "cassava", "cct20", "eurosat"]
     assert {c.submit_via for c in COMPETITIONS.values()} == {"notebook", "csv", "none"}
 
 
@@ -200,6 +201,7 @@ def test_hpav18_and_isic2019_readers(data, tmp_path):
     ("siim_isic", {}),
     ("cassava", {"augment": "heavy"}),
     ("cct20", {}),
+    ("eurosat", {}),
 ])
 def test_tiny_run_export_predict_validate(data, tmp_path, name, flags):
     from kaggle_transfer import config

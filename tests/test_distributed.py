@@ -25,7 +25,7 @@ def files(run: Path) -> set[str]:
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is installed with torch")
 def test_torchrun_two_processes(tmp_path):
-    data = synthetic.make("aptos", tmp_path / "d", n_train=81, n_test=4, image_size=32)
+    data = synthetic.make("aptos", tmp_path / "d", n_train=87, n_test=4, image_size=32)  # 15 validation rows
     torchrun = str(Path(sys.executable).parent / "torchrun")
     out = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "kaggle_transfer", *ARGS, "--data-dir", str(data),
                           "--runs-root", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=300)
@@ -40,5 +40,6 @@ def test_torchrun_two_processes(tmp_path):
     table = APTOS.read_train(data)
     val_ids = table["id"][assign_folds(table, "paper", 5, 414) == 0]
     oof = np.load(runs[0] / "oof.npz")
-    assert len(val_ids) == 17 and sorted(oof["ids"]) == sorted(val_ids)  # each row once, none padded in
+    # an odd count over two ranks: each row once, none padded in
+    assert len(val_ids) == 15 and sorted(oof["ids"]) == sorted(val_ids)
     assert export(runs[0])["max_abs_diff"] <= 1e-4  # rank 0 saved plain (unwrapped) weights

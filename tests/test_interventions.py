@@ -1,6 +1,7 @@
 """Each intervention flag changes what it should: the built model, loss, optimizer, transform or loop."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -78,7 +79,8 @@ def test_external_rows_train_but_never_validate(aptos_dir, tmp_path):
     dr = synthetic.make("dr2015", tmp_path / "dr", n=30, image_size=48)
     result = train.fit(tiny_config(epochs=1, external=["dr2015"]), tmp_path / "run", aptos_dir,
                        external_dirs={"dr2015": str(dr)}, progress=False)
-    assert result["n_external"] == 30 and result["n_train"] == 96 + 30 and result["n_val"] == 24
+    n_val = sum(int(0.2 * n) for n in pd.read_csv(aptos_dir / "train.csv")["diagnosis"].value_counts())
+    assert result["n_external"] == 30 and result["n_train"] == 120 - n_val + 30 and result["n_val"] == n_val
     ids = np.load(tmp_path / "run" / "oof.npz")["ids"]
     assert not any(i.startswith("dr2015:") for i in ids)
     with pytest.raises(KtError, match="needs --external-dir dr2015=DIR"):

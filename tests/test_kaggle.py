@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -19,14 +20,6 @@ SLUG = "siim-isic-melanoma-classification"
 
 
 @pytest.fixture
-def fake():
-    server = FakeKaggle()
-    yield server
-    server.close()
-    assert not any(r.get("refused") for r in server.requests), "a request tried to leave loopback"
-
-
-@pytest.fixture
 def home(tmp_path):
     (tmp_path / "home").mkdir()
     return tmp_path / "home"
@@ -37,6 +30,8 @@ def kt(fake, home, *args, cwd=None, env_extra=None, drop=()):
         "http_proxy", "https_proxy", "all_proxy", "no_proxy")}
     env.update(fake.env(str(home)))
     env["KT_POLL_S"] = "0.2"
+    (Path(home) / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(Path(home) / "tmp")  # the client's resumable-upload state: one per test
     env.update(env_extra or {})
     for key in drop:
         env.pop(key, None)

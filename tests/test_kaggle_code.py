@@ -13,18 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from .fake_kaggle import FakeKaggle, _now
+from .fake_kaggle import _now
 
 SECRET = "s3cret-key-do-not-print"
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"  # the fake notebook image is this interpreter
-
-
-@pytest.fixture
-def fake():
-    server = FakeKaggle()
-    yield server
-    server.close()
-    assert not any(r.get("refused") for r in server.requests), "a request tried to leave loopback"
 
 
 @pytest.fixture
@@ -42,6 +34,10 @@ def kt(fake, home, *args):
         "http_proxy", "https_proxy", "all_proxy", "no_proxy")}
     env.update({k: v for k, v in fake.env(str(home)).items() if k not in ("KAGGLE_USERNAME", "KAGGLE_KEY")})
     env["KT_POLL_S"] = "0.2"
+    # the client keeps resumable-upload state in TMPDIR (and keeps it after a failed push): one per test,
+    # or a later test's client would "resume" uploads this fake never saw
+    (home / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(home / "tmp")
     out = subprocess.run([sys.executable, "-m", "kaggle_transfer", *map(str, args)], env=env, capture_output=True,
                          text=True, cwd=home, timeout=300)
     assert SECRET not in out.stdout + out.stderr
@@ -152,6 +148,7 @@ def test_a_notebook_writing_an_invalid_csv_spends_no_submission(fake, home, apto
     (lambda f: f.fail.update(CreateCodeSubmission=[400]), "HTTP 400 while trying to submit the notebook: fake failure"),
     (lambda f: setattr(f, "broken_upload", True), "could not create the bundle dataset"),
     (lambda f: setattr(f, "limits", {"numToday": 2, "numTotal": 9, "numAllowedNow": 0}), "no more submissions"),
+    (lambda f: f.fail.update(CreateDataset=[403]), "kt-tester/kt-bundle-aptos must belong to the signed-in user"),
 ])
 def test_faults_are_one_line_and_nothing_is_submitted_twice(fake, home, aptos_dir, submission_dir, bundle, setup,
                                                             message):
@@ -234,3 +231,23 @@ def test_leaderboard_places_the_best_public_score(fake, home):
     assert "rank 61 of 300 (top 20.3%)" in out.stdout and "bronze zone" in out.stdout
     assert "gold   top    10" in out.stdout and "silver top    50" in out.stdout
     assert fake.rpcs.count("GetLeaderboard") == 2  # two pages of 200
+
+
+def test_slugs_are_normalised_and_length_checked():
+    from kaggle_transfer.bundle import names
+    from kaggle_transfer.errors import KtError
+
+    assert names("My_Forest 2026") == {"dataset": "kt-bundle-my-forest-2026", "kernel": "kt-my-forest-2026-predict"}
+    with pytest.raises(KtError, match="must have 6-50 characters"):
+        names("x" * 60)
+
+
+def test_run_time_estimate_warns_near_the_notebook_limit(tmp_path):
+    from kaggle_transfer.competitions import APTOS
+    from kaggle_transfer.kaggle_code import runtime_estimate
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"images_per_s": 2.0}))  # 13,000 images: 1.8 h
+    line = runtime_estimate(APTOS, tmp_path / "submission.csv")
+    assert line.startswith("estimated notebook run: 1.8 h for ~13,000 hidden test images")
+    (tmp_path / "manifest.json").write_text(json.dumps({"images_per_s": 0.4}))  # 9.0 h
+    assert runtime_estimate(APTOS, tmp_path / "submission.csv").startswith("warning:")

@@ -49,3 +49,23 @@ def test_paper_split_edge_cases():
     expected = sorted(np.random.choice([5, 6, 7, 8, 9], 1, replace=False).tolist()
                       + np.random.choice([0, 1, 2, 3, 4], 1, replace=False).tolist())
     assert paper_split(y, seed=7).tolist() == expected
+
+
+def test_the_eurosat_paper_split_is_the_released_one(tmp_path):
+    """datasets/eurosat.py: torchvision ImageFolder order (classes and files sorted), numpy seed 42."""
+    from kaggle_transfer.competitions import EUROSAT
+
+    data = synthetic.make("eurosat", tmp_path / "eurosat", n_train=230, image_size=16)
+    root = data / "2750"
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    files = [(f"{c}/{f.name}", k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir())]
+    np.random.seed(42)
+    released = []
+    for i in range(10):
+        label_idx = [idx for idx, (_, label) in enumerate(files) if label == i]
+        released.extend(np.random.choice(label_idx, int(0.2 * len(label_idx)), replace=False).tolist())
+    released_ids = {files[i][0] for i in released}
+    table = EUROSAT.read_train(data)
+    assert list(table["id"]) == [f for f, _ in files]  # ImageFolder's order
+    ours = set(table.loc[assign_folds(table, "paper", 5, EUROSAT.paper_seed) == 0, "id"])
+    assert ours == released_ids and set(EUROSAT.read_test(data)["id"]) == released_ids

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING
 from ..errors import KtError
 from .common import data_dir_option, external_dir_option, external_dirs, progress_option, tta_option
 
@@ -16,7 +17,7 @@ from .common import data_dir_option, external_dir_option, external_dirs, progres
 @click.option("--ensemble", "ensemble_spec", type=click.Path(), help="An ensemble spec from kt ensemble.")
 @data_dir_option
 @tta_option
-@click.option("--blend", "blend_method", type=click.Choice(["mean", "rank"]), default="mean", show_default=True,
+@click.option("--blend", "blend_method", type=click.Choice(BLENDS), default="mean", show_default=True,
               help="rank: average ranks (binary tasks; ROC AUC only sees the order).")
 @click.option("--refit", is_flag=True, help="Refit cut points/thresholds on the members' blended OOF.")
 @click.option("--out-root", type=click.Path(), help="Default: $KT_SUBMISSIONS or submissions/.")
@@ -25,7 +26,7 @@ from .common import data_dir_option, external_dir_option, external_dirs, progres
 @click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
 @click.option("--fp16", is_flag=True, help="Run the models in float16 (GPU: tensor cores, half the memory; "
               "GeM/reductions stay fp32). Slower on a CPU.")
-@click.option("--io-binding", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+@click.option("--io-binding", type=click.Choice(IO_BINDING), default="auto", show_default=True,
               help="Copy each batch view to the GPU once for every model of its input size "
               "(auto: on for CUDA/TensorRT).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -62,7 +63,7 @@ def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, ref
 @click.command()
 @click.argument("competition")
 @click.argument("runs", nargs=-1, required=True)
-@click.option("--method", type=click.Choice(["mean", "rank", "greedy"]), default="greedy", show_default=True)
+@click.option("--method", type=click.Choice(ENSEMBLE_METHODS), default="greedy", show_default=True)
 @click.option("-o", "--out", type=click.Path(), help="Spec path (default: $KT_RUNS/<competition>/ensembles/…json).")
 def ensemble(competition, runs, method, out) -> None:
     """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""

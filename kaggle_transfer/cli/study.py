@@ -21,7 +21,8 @@ def study() -> None:
 
 @study.command("run")
 @click.argument("competition")
-@click.option("--archs", default="paper19", show_default=True, help="paper19 or timm names, comma-separated.")
+@click.option("--archs", default="paper19", show_default=True,
+              help="paper19 (the study's 19 models) or timm / tv:torchvision names, comma-separated.")
 @click.option("--grid", "grid_spec", default="paper", show_default=True, help="paper, small or a YAML file.")
 @click.option("--data-dir", type=click.Path())
 @click.option("--storage", help="Optuna storage URL (default: sqlite in runs/<name>/study.db); PostgreSQL etc. "
@@ -39,8 +40,9 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
     comp = competitions.get(competition)
     names = resolve_archs(archs)
     if archs == "paper19":
-        missing = [a.paper_name for a in PAPER19 if not a.timm]
-        click.echo(f"paper19: {len(names)} models through timm; not available there: {', '.join(missing)}")
+        libraries = [a.library for a in PAPER19]
+        click.echo(f"paper19: {libraries.count('torchvision')} models from torchvision, {libraries.count('timm')} "
+                   "from timm, as the study took them")
     from ..training.models import check_arch
 
     for name in names:

@@ -11,10 +11,11 @@ from .aptos import APTOS
 from .base import Competition
 from .cassava import CASSAVA
 from .cct20 import CCT20
+from .eurosat import EUROSAT
 from .hpa import HPA
 from .siim_isic import SIIM_ISIC
 
-COMPETITIONS: dict[str, Competition] = {c.name: c for c in (APTOS, HPA, SIIM_ISIC, CASSAVA, CCT20)}
+COMPETITIONS: dict[str, Competition] = {c.name: c for c in (APTOS, HPA, SIIM_ISIC, CASSAVA, CCT20, EUROSAT)}
 CUSTOM: dict[str, Competition] = {}  # competitions described by a YAML, registered when first read
 
 

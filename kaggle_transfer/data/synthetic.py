@@ -241,7 +241,6 @@ def make_cct20(out_dir: str | Path, *, n_train: int = 200, n_test: int = 60, ima
     (out / "eccv_18_all_images_sm").mkdir(parents=True, exist_ok=True)
     categories = [{"id": c, "name": n} for c, n in {**CATEGORIES, EMPTY_ID: "empty"}.items()]
     ids = list(CATEGORIES)
-    labels = {}
     for split in SPLITS:
         locations = range(10, 14) if split.startswith("trans") else range(0, 10)
         images, annotations = [], []
@@ -256,15 +255,33 @@ def make_cct20(out_dir: str | Path, *, n_train: int = 200, n_test: int = 60, ima
             annotations.append({"id": _uuid(rng), "image_id": image_id, "category_id": category})
             if category != EMPTY_ID and rng.random() < 0.1:  # a second animal of the same kind
                 annotations.append({"id": _uuid(rng), "image_id": image_id, "category_id": category})
-            labels[image_id] = category
         path = out / "eccv_18_annotation_files" / f"{split}_annotations.json"
         path.write_text(json.dumps({"info": {"version": "synthetic"}, "images": images,
                                     "annotations": annotations, "categories": categories}))
     return out
 
 
+def make_eurosat(out_dir: str | Path, *, n_train: int = 200, n_test: int = 0, image_size: int = 64,
+                 seed: int = 0) -> Path:
+    """2750/<Class>/<Class>_<n>.jpg: patches whose colour and stripe spacing follow the class. EuroSAT has
+    no test split (the study reports its validation split), so n_test is not used."""
+    from ..competitions.eurosat import CLASSES
+
+    rng = np.random.default_rng(seed)
+    for i in range(n_train):
+        k, folder = i % len(CLASSES), Path(out_dir) / "2750" / CLASSES[i % len(CLASSES)]
+        folder.mkdir(parents=True, exist_ok=True)
+        img = np.empty((image_size, image_size, 3), np.uint8)
+        img[:] = ((k * 71) % 200 + 30, (k * 37) % 200 + 30, (k * 113) % 200 + 30)
+        for x in range(int(rng.integers(0, 4)), image_size, 4 + 2 * k):  # fields, rivers, roads: stripes
+            cv2.line(img, (x, 0), (x, image_size - 1), (255 - 20 * k, 20 * k, 128), 1)
+        img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{CLASSES[k]}_{i // len(CLASSES) + 1}.jpg"), img)
+    return Path(out_dir)
+
+
 GENERATORS = {"aptos": make_aptos, "hpa": make_hpa, "siim_isic": make_siim_isic, "cassava": make_cassava,
-              "cct20": make_cct20, "dr2015": make_dr2015}
+              "cct20": make_cct20, "eurosat": make_eurosat, "dr2015": make_dr2015}
 
 
 def make(name: str, out_dir: str | Path, **kwargs) -> Path:

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import runs
+from ..config import BLENDS  # the one list the CLI offers too
 from ..data import images
 from ..errors import KtError
 from ..tasks import Task
@@ -99,7 +100,6 @@ def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarra
         outputs[j].append(sums[j][:n] / len(views))
 
 
-BLENDS = ("mean", "rank")
 
 
 def blend(raws: np.ndarray, weights: Sequence[float] | None = None, method: str = "mean",

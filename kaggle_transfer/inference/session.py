@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import IO_BINDING  # the one list the CLI offers too
 from ..errors import KtError
 from ..fsutil import sha256
 from .half import to_fp16
@@ -23,7 +24,6 @@ PROVIDERS = {
 }
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 PRECISIONS = ("fp32", "fp16")
-IO_BINDING = ("auto", "on", "off")
 
 
 @dataclass

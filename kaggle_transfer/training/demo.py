@@ -51,7 +51,7 @@ def _data(name: str, workdir: Path, n_train: int, n_test: int, *, echo: Callable
     if not comp.synthetic:
         raise KtError(f"{comp.name} has no synthetic layout for kt demo; try kt demo digits or a built-in name")
     data_dir = workdir / "data" / comp.name
-    if not (data_dir / "train.csv").is_file():
+    if not data_dir.is_dir() or not any(data_dir.iterdir()):
         synthetic.make(comp.synthetic, data_dir, n_train=n_train, n_test=n_test)
     echo(f"synthetic {comp.name} data: {data_dir}")
     return comp, data_dir, {}

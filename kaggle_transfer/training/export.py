@@ -54,7 +54,7 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     comp = competitions.for_config(cfg)
     in_chans = len(comp.select_channels(cfg.channels))
     model = build_model(cfg.arch, comp.task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=in_chans,
-                        pretrained=False)
+                        pretrained=False, size=cfg.size)
     try:
         model.load_state_dict(checkpoints.load(run_dir / "best.pt"))
     except RuntimeError as e:

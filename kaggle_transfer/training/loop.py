@@ -98,7 +98,8 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
         if table["split"].isna().any():
             missing = table.loc[table["split"].isna(), "id"].iloc[0]
             raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
-    table["fold"] = assign_folds(table, cfg.split or comp.default_split, cfg.folds, cfg.split_seed)
+    seed = comp.paper_seed if cfg.split_seed is None else cfg.split_seed
+    table["fold"] = assign_folds(table, cfg.split or comp.default_split, cfg.folds, seed)
     skipped = {"competition": int(table.attrs.get("skipped_images", 0))}
     for source in cfg.external:
         if source not in external_dirs:
@@ -174,8 +175,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
                          generator=None, pin=pin)
 
     model = build_model(cfg.arch, task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=len(channels),
-                        pretrained=cfg.pretrained,
-                        weights=cfg.weights).to(device)
+                        pretrained=cfg.pretrained, weights=cfg.weights, size=cfg.size).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     from timm.utils import ModelEmaV3

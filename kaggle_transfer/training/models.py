@@ -1,4 +1,9 @@
-"""timm backbone + our head: normalisation inside the network, GeM or average pooling, dropout, linear.
+"""A timm or torchvision backbone + our head: normalisation inside the network, GeM or average pooling,
+dropout, linear.
+
+`--arch NAME` is any timm model; `--arch tv:NAME` a torchvision classification model (the study took
+twelve of its nineteen models from torchvision: mlfoundations/imagenet-applications-transfer,
+sample_train.py), whose own final layer is replaced by ours, as the study replaced it.
 
 The network takes uint8 (or 0-255 float) NCHW images and normalises them itself, so the ONNX file
 carries its own mean/std and inference code never has to know them.
@@ -42,7 +47,7 @@ class Net(nn.Module):
         self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
         self.pool = GeM() if pool == "gem" else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.num_features, num_outputs)
+        self.head = nn.Linear(backbone.num_features, num_outputs)  # num_features measured (feature_width)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
 
@@ -54,9 +59,22 @@ class Net(nn.Module):
         return self.head(self.dropout(features))
 
 
+TORCHVISION = "tv:"
+
+
 def check_arch(arch: str) -> None:
     import timm
 
+    if arch.startswith(TORCHVISION):
+        import torchvision
+
+        name = arch.removeprefix(TORCHVISION)
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+            raise KtError(f"unknown --arch {arch!r}: not a torchvision classification model"
+                          f"{'; close matches: ' + ', '.join(TORCHVISION + c for c in close) if close else ''}")
+        return
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.5)
         hint = f"; close matches: {', '.join(close)}" if close else ""
@@ -64,33 +82,80 @@ def check_arch(arch: str) -> None:
 
 
 def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: float = 0.0, in_chans: int = 3,
-                pretrained: bool = False, weights: str | None = None) -> Net:
-    """Build the network. `weights` (a local backbone state dict) wins over `pretrained` (timm's hub)."""
-    import timm
-
+                pretrained: bool = False, weights: str | None = None, size: int = 224) -> Net:
+    """Build the network for `size`-pixel inputs. `weights` (a local backbone state dict) wins over
+    `pretrained` (timm's or torchvision's weights, through each library's cache)."""
     check_arch(arch)
+    use_hub = pretrained and not weights
     try:
-        backbone = timm.create_model(arch, pretrained=pretrained and not weights, num_classes=0, in_chans=in_chans)
+        if arch.startswith(TORCHVISION):
+            backbone, tokens = _torchvision_backbone(arch.removeprefix(TORCHVISION), in_chans, use_hub), True
+        else:
+            backbone, tokens = _timm_backbone(arch, in_chans, use_hub, size)
     except (OSError, RuntimeError, ValueError) as e:
-        if pretrained and not weights:
+        if use_hub:
             raise KtError(f"could not load pretrained weights for {arch} ({type(e).__name__}: {str(e)[:160]}); "
                           "offline? pass --weights FILE or --no-pretrained") from None
         raise
-    # ViT-style models keep `global_pool` as a string ('token'/'avg') and pool their own tokens;
-    # CNNs hold a pooling module, which we replace by ours (avg or GeM)
-    tokens = isinstance(getattr(backbone, "global_pool", None), str)
     if tokens and pool == "gem":
-        raise KtError(f"--pool gem needs a convolutional feature map; {arch} pools tokens; use --pool avg")
-    if not tokens:
-        backbone.reset_classifier(0, global_pool="")
+        raise KtError(f"--pool gem needs a convolutional feature map; {arch} pools its own features; use --pool avg")
     if weights:
         load_backbone_weights(backbone, weights)
-    cfg = backbone.pretrained_cfg or {}
+    # the width the head sees, measured: a declared num_features can be the wrong one (timm's VGG and
+    # MobileNetV3 add a wider pre-logits layer after it)
+    backbone.num_features = feature_width(backbone, in_chans, size)
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
     mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]
         std = (tuple(std) + (sum(std) / len(std),) * in_chans)[:in_chans]
     return Net(backbone, num_outputs, pool, dropout, mean=mean, std=std, tokens=tokens)
+
+
+def _timm_backbone(arch: str, in_chans: int, pretrained: bool, size: int) -> tuple[nn.Module, bool]:
+    import timm
+
+    backbone = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    # ViT-style models keep `global_pool` as a string ('token'/'avg') and pool their own tokens;
+    # CNNs hold a pooling module, which we replace by ours (avg or GeM)
+    tokens = isinstance(getattr(backbone, "global_pool", None), str)
+    if not tokens:
+        backbone.reset_classifier(0, global_pool="")
+    elif tuple((backbone.pretrained_cfg or {}).get("input_size", (0, size, size))[1:]) != (size, size):
+        # a ViT is built for its input side (its position embedding is resized when weights load)
+        backbone = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_chans, img_size=size)
+    return backbone, tokens
+
+
+def _torchvision_backbone(name: str, in_chans: int, pretrained: bool) -> nn.Module:
+    """A torchvision model without its final layer, returning pooled features (B, C). Weights: the
+    ImageNet-1K V1 weights the study loaded (`pretrained=True` in its torchvision)."""
+    import torchvision
+
+    if in_chans != 3:
+        raise KtError(f"tv:{name} takes 3 channels; use a timm --arch or --set channels=rgb")
+    model = torchvision.models.get_model(name, weights="IMAGENET1K_V1" if pretrained else None)
+    if name.startswith("squeezenet"):  # its head is a 1x1 conv + ReLU + pool: keep the pooled 512 features
+        model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    elif isinstance(getattr(model, "fc", None), nn.Linear):
+        model.fc = nn.Identity()
+    elif isinstance(getattr(model, "classifier", None), nn.Linear):
+        model.classifier = nn.Identity()
+    elif isinstance(getattr(model, "classifier", None), nn.Sequential) and isinstance(model.classifier[-1], nn.Linear):
+        model.classifier[-1] = nn.Identity()  # VGG, AlexNet, MobileNetV3, MnasNet keep their hidden layers
+    else:
+        raise KtError(f"tv:{name}: kt does not know where its classifier is; use a timm --arch")
+    return model
+
+
+def feature_width(backbone: nn.Module, in_chans: int, size: int) -> int:
+    """Channels (or features) the backbone gives for one image of `size` pixels, by a dummy forward."""
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, in_chans, size, size))
+    backbone.train(was_training)
+    return int(out.shape[1])
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

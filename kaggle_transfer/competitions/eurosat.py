@@ -1,0 +1,67 @@
+"""EuroSAT (RGB): 10 land-use classes of 64x64 Sentinel-2 patches, accuracy, a local dataset.
+
+Layout: the RGB release's `EuroSAT.zip` unpacks to `2750/<Class>/<Class>_<n>.jpg` (27,000 images); the
+data folder may be `2750/` itself or hold it. Rows are in torchvision ImageFolder's order (classes
+sorted, files sorted within a class), as the study's released loader (datasets/eurosat.py) reads them.
+
+The study has no test split for EuroSAT: it draws 20 % of each class (numpy seed 42) as the
+validation set and reports accuracy on it, training at 224 px. kt does the same: its `paper` split
+uses seed 42 here, and `test` (what kt predict and kt evaluate read) is that validation set, labelled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import KtError
+from ..tasks import Task
+from .base import Competition, check_files
+
+CLASSES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
+           "Residential", "River", "SeaLake"]
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+PAPER_SEED = 42  # datasets/eurosat.py: np.random.seed(42)
+
+
+def _root(data_dir: Path) -> Path:
+    return data_dir / "2750" if (data_dir / "2750").is_dir() else data_dir
+
+
+class EuroSat(Competition):
+    def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
+        root = _root(Path(data_dir))
+        found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if found != CLASSES:
+            raise KtError(f"EuroSAT: {root} should hold the 10 class folders {', '.join(CLASSES)}; found "
+                          f"{', '.join(found) or 'none'} (unzip EuroSAT.zip, the RGB release, and pass its folder)")
+        rows = [(f"{c}/{f.name}", (str(f),), k) for k, c in enumerate(CLASSES)
+                for f in sorted((root / c).iterdir(), key=lambda p: p.name) if f.suffix.lower() in EXTENSIONS]
+        table = pd.DataFrame(rows, columns=["id", "paths", "target"]).assign(source="competition")
+        if split == "test":  # the study's reported split: its validation rows, with their labels
+            from ..data.splits import paper_split
+
+            table = table.iloc[paper_split(table["target"].to_numpy(), PAPER_SEED)].reset_index(drop=True)
+        elif split != "train":
+            raise KtError(f"EuroSAT has no split {split!r}; it has train (all images) and test (the study's 20 %)")
+        return check_files(table, skip_bad_images)
+
+    def test_ids(self, data_dir: Path) -> list[str]:
+        return list(self.read_test(data_dir)["id"])
+
+
+EUROSAT = EuroSat(
+    name="eurosat",
+    synthetic="eurosat",
+    slug=None,
+    title="EuroSAT (RGB), land use from Sentinel-2",
+    task=Task("multiclass", num_classes=len(CLASSES), metric="accuracy"),
+    submit_via="none",
+    id_column="id",
+    target_column="label",
+    class_names=CLASSES,
+    paper_seed=PAPER_SEED,
+    download_hint="get EuroSAT.zip (the RGB release) from https://github.com/phelber/EuroSAT, unzip it and pass "
+                  "--data-dir",
+)
