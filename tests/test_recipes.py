@@ -55,3 +55,18 @@ def test_aptos_recipes_train(aptos_dir, tmp_path, recipe):
     explicit = predict_submission("aptos", [onnx], aptos_dir, out_root=tmp_path / "subs", label="d4", tta="d4",
                                   progress=False)
     assert explicit["tta"] == "d4"  # the flag wins
+
+
+@pytest.mark.parametrize("recipe", sorted(ROOT.glob("*/paper.yaml")), ids=lambda p: p.parent.name)
+def test_every_paper_recipe_is_a_point_of_the_study_grid(recipe):
+    """paper.yaml is one point of the released grid: AdamW's decay is the grid value divided by the lr."""
+    from kaggle_transfer.study.grid import GRIDS
+
+    grid = GRIDS["paper"]
+    cfg = config.resolve(recipe, {"competition": recipe.parent.name})
+    assert cfg.optimizer in grid["optimizer"] and cfg.lr in grid["lr"][cfg.optimizer]
+    raw_decay = cfg.weight_decay * cfg.lr if cfg.optimizer == "adamw" else cfg.weight_decay
+    assert any(abs(raw_decay - wd) < 1e-12 for wd in grid["weight_decay"]), raw_decay
+    assert cfg.schedule in grid["schedule"] and cfg.epochs == grid["run"]["epochs"]
+    assert cfg.batch_size == grid["run"]["batch_size"]
+    assert cfg.size == (224 if recipe.parent.name == "eurosat" else grid["run"]["size"])  # the study's EuroSAT: 224

@@ -60,17 +60,17 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
 @click.option("--runs-root", type=click.Path())
 @click.option("--all", "all_", is_flag=True, help="Every competition with a study: the cross-dataset view.")
 @click.option("--top1", "top1_file", type=click.Path(), help="CSV arch,top1[,source] for archs outside paper19.")
-def study_report(competition, storage, runs_root, all_, top1_file) -> None:
+@click.option("--min-top1", type=float, help="Only models at or above this ImageNet top-1 (the paper's >70%% view).")
+def study_report(competition, storage, runs_root, all_, top1_file, min_top1) -> None:
     """CSV and PNG like the paper's figure: ImageNet top-1 vs task score, correlations, normalised slope."""
     from .. import runs
-    from ..study.report import report_studies
+    from ..study.report import report_studies, summary_line
 
     results, across = report_studies(competition, every=all_, root=runs.runs_root(runs_root), storage_url=storage,
-                                     top1_file=top1_file)
+                                     top1_file=top1_file, min_top1=min_top1)
     for name, result in results.items():
-        s = result["stats"]
-        click.echo(f"{name}: {s['models']} models; Pearson {s['pearson']:.3f}, Spearman {s['spearman']:.3f}, "
-                   f"normalised slope {s['normalised_slope']:.3f}; wrote {', '.join(result['files'])}")
+        click.echo(f"{name}: {result['stats']['models']} models; {summary_line(result['stats'])}; "
+                   f"wrote {', '.join(result['files'])}")
     if across is not None:
         click.echo(across.to_string(index=False))
 

@@ -20,7 +20,9 @@ from ..errors import KtError
 from ..fsutil import atomic_path, write_text
 from .archs import imagenet_top1
 
-SLOPE_DEFINITION = ("normalised slope: ImageNet top-1 and task score each min-max scaled to [0, 1] over the "
+SLOPE_DEFINITION = ("slope: points of the task metric per point of ImageNet top-1, both on a 0-1 scale (the "
+                    "paper's pairs, e.g. Melanoma r 0.44 with slope 0.05, fit this scale), least squares, 95% "
+                    "bootstrap interval over models; min-max slope: both axes min-max scaled to [0, 1] over the "
                     "models shown; least-squares slope of the scaled task score on the scaled top-1")
 
 
@@ -81,21 +83,36 @@ def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float,
     return pd.DataFrame(rows).sort_values("imagenet_top1", na_position="first").reset_index(drop=True)
 
 
-def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def _slope(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 and x.max() > x.min() else float("nan")
+
+
+def correlations(x: np.ndarray, y: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """ImageNet top-1 (%, x) against the task metric (0-1, y): Pearson and Spearman with p-values; the
+    slope with both on a 0-1 scale and its 95% bootstrap interval over models; the min-max slope."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    nan = float("nan")
     scale = lambda v: (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else v * 0  # noqa: E731
-    slope = float(np.polyfit(scale(x), scale(y), 1)[0]) if len(x) >= 2 and x.max() > x.min() else float("nan")
-    return {"pearson": float(pearsonr(x, y)[0]) if len(x) >= 3 else float("nan"),
-            "spearman": float(spearmanr(x, y)[0]) if len(x) >= 3 else float("nan"),
-            "normalised_slope": slope, "models": int(len(x))}
+    pearson, spearman = (pearsonr(x, y), spearmanr(x, y)) if len(x) >= 3 else ((nan, nan), (nan, nan))
+    slope, low, high = _slope(x / 100, y), nan, nan
+    if len(x) >= 3:
+        rng = np.random.default_rng(seed)
+        draws = [_slope(x[i] / 100, y[i]) for i in (rng.integers(0, len(x), len(x)) for _ in range(resamples))]
+        low, high = (float(v) for v in np.nanpercentile(draws, [2.5, 97.5]))
+    return {"pearson": float(pearson[0]), "pearson_p": float(pearson[1]), "spearman": float(spearman[0]),
+            "spearman_p": float(spearman[1]), "slope": slope, "slope_low": low, "slope_high": high,
+            "minmax_slope": _slope(scale(x), scale(y)) if len(x) >= 2 else nan, "models": int(len(x))}
 
 
-def figure(table: pd.DataFrame, competition: str, path: Path) -> dict[str, float]:
+def figure(table: pd.DataFrame, competition: str, path: Path, *, min_top1: float | None = None) -> dict[str, float]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     known = table.dropna(subset=["imagenet_top1"])
+    if min_top1 is not None:  # the paper's "above 70 % ImageNet" view
+        known = known[known["imagenet_top1"] >= min_top1]
     x, y = known["imagenet_top1"].to_numpy(float), known["score"].to_numpy(float)
     stats = correlations(x, y)
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -110,7 +127,8 @@ def figure(table: pd.DataFrame, competition: str, path: Path) -> dict[str, float
     metric = table["metric"].iloc[0] if len(table) else ""
     ax.set(xlabel="ImageNet top-1 (%)", ylabel=f"{competition} {metric} (best over the grid)",
            title=f"{competition}: Pearson {stats['pearson']:.2f}, Spearman {stats['spearman']:.2f}, "
-                 f"normalised slope {stats['normalised_slope']:.2f}")
+                 f"slope {stats['slope']:.2f} [{stats['slope_low']:.2f}, {stats['slope_high']:.2f}]"
+                 + (f" (top-1 >= {min_top1:g}%)" if min_top1 is not None else ""))
     fig.text(0.01, 0.005, SLOPE_DEFINITION, fontsize=6)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -119,7 +137,8 @@ def figure(table: pd.DataFrame, competition: str, path: Path) -> dict[str, float
 
 
 def report_studies(competition: str | None, *, every: bool = False, root: Path, storage_url: str | None = None,
-                   top1_file: str | Path | None = None) -> tuple[dict[str, dict[str, Any]], pd.DataFrame | None]:
+                   top1_file: str | Path | None = None, min_top1: float | None = None
+                   ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame | None]:
     """`kt study report`: one competition's report, or with `every` each competition that has a study
     under `root` plus the cross-dataset table."""
     from .runner import default_storage
@@ -129,37 +148,47 @@ def report_studies(competition: str | None, *, every: bool = False, root: Path, 
     if not names:
         raise KtError("name a competition (kt study report NAME) or pass --all")
     results = {name: report(name, storage_url or default_storage(root, name), Path(root) / name / "study-report",
-                            top1_file) for name in names}
+                            top1_file, min_top1=min_top1) for name in names}
     across = report_all({n: r["table"] for n, r in results.items()}) if every and len(results) > 1 else None
     return results, across
 
 
-def report(competition: str, storage_url: str, out_dir: Path, top1_file: str | Path | None = None) -> dict[str, Any]:
+def report(competition: str, storage_url: str, out_dir: Path, top1_file: str | Path | None = None, *,
+           min_top1: float | None = None) -> dict[str, Any]:
     table = study_table(competition, storage_url, read_top1(top1_file))
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "study.csv") as tmp:
         table.to_csv(tmp, index=False)
-    stats = figure(table, competition, out_dir / "study.png")
+    stats = figure(table, competition, out_dir / "study.png", min_top1=min_top1)
     shown = table.drop(columns=["run_dir"]).to_string(index=False)
-    write_text(out_dir / "study.md", f"# Study: {competition}\n\n```\n{shown}\n```\n\n"
-               f"Pearson {stats['pearson']:.3f}, Spearman {stats['spearman']:.3f}, normalised slope "
-               f"{stats['normalised_slope']:.3f} over {stats['models']} models.\n\n{SLOPE_DEFINITION}.\n\n"
-               "![study](study.png)\n")
+    write_text(out_dir / "study.md", f"# Study: {competition}\n\n```\n{shown}\n```\n\n{summary_line(stats)}"
+               f" over {stats['models']} models.\n\n{SLOPE_DEFINITION}.\n\n![study](study.png)\n")
     return {"table": table, "stats": stats, "files": [str(out_dir / n) for n in ("study.csv", "study.png", "study.md")]}
 
 
-def report_all(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Across datasets: each one's Spearman with ImageNet top-1 and with the mean of the other datasets
-    (the paper's cross-dataset view), over the archs every study shares."""
+def summary_line(stats: dict[str, float]) -> str:
+    return (f"Pearson {stats['pearson']:.3f} (p {stats['pearson_p']:.3g}), Spearman {stats['spearman']:.3f} "
+            f"(p {stats['spearman_p']:.3g}), slope {stats['slope']:.3f} [95% {stats['slope_low']:.3f}, "
+            f"{stats['slope_high']:.3f}], min-max slope {stats['minmax_slope']:.3f}")
+
+
+def report_all(tables: dict[str, pd.DataFrame], *, resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Across datasets (the paper's Appendix N.2 view): each dataset's Spearman correlation with ImageNet
+    top-1 and with the mean score of the other datasets, over the archs every study shares, with
+    p-values, and a bootstrap over models of how often ImageNet predicts the dataset at least as well
+    as the other datasets do (`p_imagenet_as_good`)."""
     scores = pd.DataFrame({name: t.set_index("arch")["score"] for name, t in tables.items()}).dropna()
     first = next(iter(tables.values())).set_index("arch")["imagenet_top1"]
-    top1 = pd.Series({a: first.get(a) for a in scores.index}, dtype=float)
-    rows = []
+    top1 = pd.Series({a: first.get(a) for a in scores.index}, dtype=float).to_numpy()
+    rng, rows = np.random.default_rng(seed), []
     for name in scores.columns:
-        others = scores.drop(columns=name)
-        rank = scores.rank()
-        rows.append({"dataset": name, "models": len(scores),
-                     "spearman_vs_imagenet": spearmanr(top1, scores[name])[0] if len(scores) >= 3 else np.nan,
-                     "spearman_vs_other_datasets": spearmanr(rank.drop(columns=name).mean(axis=1), scores[name])[0]
-                     if len(scores) >= 3 and len(others.columns) else np.nan})
+        mine, others = scores[name].to_numpy(), scores.drop(columns=name).mean(axis=1).to_numpy()
+        row = {"dataset": name, "models": len(scores)}
+        if len(scores) >= 3 and scores.shape[1] > 1:
+            (r_in, p_in), (r_out, p_out) = spearmanr(top1, mine), spearmanr(others, mine)
+            draws = (rng.integers(0, len(mine), len(mine)) for _ in range(resamples))
+            wins = [spearmanr(top1[i], mine[i])[0] >= spearmanr(others[i], mine[i])[0] for i in draws]
+            row.update(spearman_vs_imagenet=r_in, p_vs_imagenet=p_in, spearman_vs_other_datasets=r_out,
+                       p_vs_other_datasets=p_out, p_imagenet_as_good=float(np.nanmean(wins)))
+        rows.append(row)
     return pd.DataFrame(rows)
