@@ -20,10 +20,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .. import competitions, plots, runs
-from ..competitions.base import contained
 from ..config import RunConfig
-from ..data.cache import use_cache
-from ..data.splits import HELD_OUT, TRAIN_ONLY, assign_folds, read_split_file
+from ..data.splits import HELD_OUT
 from ..errors import KtError
 from ..fsutil import atomic_path, clean_stale_tmp, write_json
 from ..tasks import Task
@@ -41,6 +39,7 @@ from .builders import (
 from .checkpoints import checkpoint, restore
 from .dataset import EpochSampler, ImageDataset, sample_seed, seed_everything
 from .models import build_model
+from .tables import load_tables
 
 
 def _worker_init(worker_id: int) -> None:
@@ -60,6 +59,15 @@ def _loader(dataset, batch_size: int, workers: int, train: bool, *, generator: t
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                       drop_last=train and len(dataset) > batch_size, num_workers=workers, pin_memory=pin,
                       worker_init_fn=_worker_init, persistent_workers=workers > 0, generator=torch.Generator())
+
+
+SYNC_EVERY = 50  # training steps between two reads of the loss by the host (each read waits for the GPU)
+
+
+def _check_finite(nonfinite: torch.Tensor, epoch: int, step: int) -> None:
+    if int(nonfinite.item()):
+        raise KtError(f"the training loss became NaN or inf by epoch {epoch + 1} step {step + 1}; lower --lr "
+                      "or use --amp off")
 
 
 def _shape(out: torch.Tensor, task: Task) -> torch.Tensor:
@@ -83,48 +91,6 @@ def predict_raw(model: nn.Module, loader: DataLoader, device: torch.device, dtyp
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             outs.append(model(x).float().cpu())
     return torch.cat(outs).numpy()
-
-
-def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str], skip_bad_images: bool,
-                cache: Path | None = None, train_table: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Competition rows plus external rows (training only), with a `fold` column; paths point into
-    kt prepare's cache where it holds an up-to-date copy. `train_table`: the competition rows when
-    the caller has read them already (the CSV is read once per run)."""
-    comp = competitions.for_config(cfg)
-    table = comp.read_train(data_dir, skip_bad_images) if train_table is None else train_table.copy()
-    if cfg.split_file:
-        table = table.drop(columns=["split"], errors="ignore").merge(read_split_file(cfg.split_file), on="id",
-                                                                     how="left")
-        if table["split"].isna().any():
-            missing = table.loc[table["split"].isna(), "id"].iloc[0]
-            raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
-    seed = comp.paper_seed if cfg.split_seed is None else cfg.split_seed
-    table["fold"] = assign_folds(table, cfg.split or comp.default_split, cfg.folds, seed)
-    skipped = {"competition": int(table.attrs.get("skipped_images", 0))}
-    for source in cfg.external:
-        if source not in external_dirs:
-            raise KtError(f"--external {source} needs --external-dir {source}=DIR")
-        extra = contained(comp.read_external(source, Path(external_dirs[source])), Path(external_dirs[source]),
-                          f"--external-dir {source}")
-        skipped[source] = int(extra.attrs.get("skipped_images", 0))
-        table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
-    table.attrs["skipped_images"] = skipped
-    if cfg.cache:
-        table = use_cache(table, runs.cache_root(cache), comp.name, cfg.size, crop=cfg.fundus_crop)
-        table.attrs["skipped_images"] = skipped
-    return table
-
-
-def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-    """Cheap checks before a run folder is made: arch, loss and the training table (files included).
-    Returns the competition's rows, for fit() to reuse."""
-    from .models import check_arch
-
-    comp = competitions.for_config(cfg)
-    check_arch(cfg.arch)
-    comp.select_channels(cfg.channels)
-    comp.task.check_loss(cfg.loss or comp.task.default_loss)
-    return comp.read_train(data_dir, skip_bad_images)
 
 
 def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[str, str] | None = None,
@@ -208,7 +174,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         train_loader.sampler.set_epoch(epoch)  # (and the DistributedSampler's shuffle)
         model.train()
         set_backbone_trainable(model, epoch >= frozen)
-        losses, seen, t0 = [], 0, time.time()
+        seen, t0 = 0, time.time()
+        loss_sum, nonfinite = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64)
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False, dynamic_ncols=True)
         optimizer.zero_grad(set_to_none=True)
@@ -220,9 +187,6 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
                 loss = _step_loss(criterion, forward(x), y, task)
-            if not torch.isfinite(loss):
-                raise KtError(f"loss became {loss.item()} at epoch {epoch + 1} step {step}; "
-                              "lower --lr or use --amp off")
             scaler.scale(loss / cfg.accum_steps).backward()
             if (step + 1) % cfg.accum_steps == 0 or step + 1 == steps_per_epoch:
                 scaler.step(optimizer)
@@ -233,9 +197,13 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
                     scheduler.step_update(state["updates"])
                 if ema is not None:
                     ema.update(model)
-            losses.append(loss.item())
+            # summed on the device: the host reads the loss every SYNC_EVERY steps, never once a step
+            loss_sum, nonfinite = loss_sum + loss.detach().float(), nonfinite + (~torch.isfinite(loss.detach()))
             seen += len(x)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
+            if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps_per_epoch:
+                _check_finite(nonfinite, epoch, step)
+                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}",
+                                lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
         train_time = time.time() - t0
         if scheduler is not None:
             scheduler.step(epoch + 1)
@@ -250,7 +218,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         val_loss = float(_step_loss(criterion, torch.from_numpy(raw), torch.from_numpy(y_val), task))
         fitted = task.fit(raw, y_val)
         score = task.score(y_val, raw, fitted)
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "score": score,
+        row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(steps_per_epoch, 1),
+               "val_loss": val_loss, "score": score,
                "lr": optimizer.param_groups[-1]["lr"],
                "train_images_per_s": seen * distributed.world_size() / max(train_time, 1e-9),
                "epoch_s": time.time() - t0, "frozen": epoch < frozen}

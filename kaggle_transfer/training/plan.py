@@ -64,7 +64,7 @@ def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str
     cfg = config.resolve(recipes, {"competition": comp.name, **implied, **(flags or {})}, sets)
     data = competitions.find_data_dir(comp, data_dir)
     from .cv import parse_folds
-    from .loop import preflight
+    from .tables import preflight
 
     cv_folds = parse_folds(folds, cfg.folds)
     if cv_folds is None and seeds > 1:

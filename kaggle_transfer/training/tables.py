@@ -1,0 +1,57 @@
+"""The rows a run trains and validates on: the competition's table, its split into folds, external
+rows (training only), and kt prepare's cache where it holds a copy. Read once per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .. import competitions, runs
+from ..competitions.base import contained
+from ..config import RunConfig
+from ..data.cache import use_cache
+from ..data.splits import TRAIN_ONLY, assign_folds, read_split_file
+from ..errors import KtError
+
+
+def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str], skip_bad_images: bool,
+                cache: Path | None = None, train_table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Competition rows plus external rows (training only), with a `fold` column; paths point into
+    kt prepare's cache where it holds an up-to-date copy. `train_table`: the competition rows when
+    the caller has read them already (the CSV is read once per run)."""
+    comp = competitions.for_config(cfg)
+    table = comp.read_train(data_dir, skip_bad_images) if train_table is None else train_table.copy()
+    if cfg.split_file:
+        table = table.drop(columns=["split"], errors="ignore").merge(read_split_file(cfg.split_file), on="id",
+                                                                     how="left")
+        if table["split"].isna().any():
+            missing = table.loc[table["split"].isna(), "id"].iloc[0]
+            raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
+    seed = comp.paper_seed if cfg.split_seed is None else cfg.split_seed
+    table["fold"] = assign_folds(table, cfg.split or comp.default_split, cfg.folds, seed)
+    skipped = {"competition": int(table.attrs.get("skipped_images", 0))}
+    for source in cfg.external:
+        if source not in external_dirs:
+            raise KtError(f"--external {source} needs --external-dir {source}=DIR")
+        extra = contained(comp.read_external(source, Path(external_dirs[source])), Path(external_dirs[source]),
+                          f"--external-dir {source}")
+        skipped[source] = int(extra.attrs.get("skipped_images", 0))
+        table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
+    table.attrs["skipped_images"] = skipped
+    if cfg.cache:
+        table = use_cache(table, runs.cache_root(cache), comp.name, cfg.size, crop=cfg.fundus_crop)
+        table.attrs["skipped_images"] = skipped
+    return table
+
+
+def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
+    """Cheap checks before a run folder is made: arch, loss and the training table (files included).
+    Returns the competition's rows, for fit() to reuse."""
+    from .models import check_arch
+
+    comp = competitions.for_config(cfg)
+    check_arch(cfg.arch)
+    comp.select_channels(cfg.channels)
+    comp.task.check_loss(cfg.loss or comp.task.default_loss)
+    return comp.read_train(data_dir, skip_bad_images)
