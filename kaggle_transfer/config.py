@@ -48,6 +48,11 @@ class RunConfig:
     accum_steps: int = 1                # gradient accumulation: optimizer step every N batches
     freeze_epochs: int = 0              # backbone frozen for the first N epochs (head only)
     lp_ft: bool = False                 # linear probe, then full fine-tune (freeze_epochs or epochs // 4 frozen)
+    mix: str = "none"                   # none | mixup | cutmix | both: timm's Mixup/CutMix on training batches
+    mix_prob: float = 1.0               # share of batches mixed
+    mix_alpha: float = 1.0              # Beta(alpha, alpha) mixing strength
+    mix_off_epochs: int = 0             # the last N epochs train on unmixed images
+    init: str | None = None             # warm start: another run's folder (or best.pt) of the same arch and head
     ema: bool = False                   # keep a timm EMA of weights and validate with it
     ema_decay: float = 0.999
     fundus_crop: bool = False           # trim black borders (APTOS fundus photos); recorded for prediction
@@ -79,6 +84,7 @@ CHOICES = {
     "split": ("paper", "kfold", "official"),
     "tta": ("none", "flip", "d4"),
     "device": ("auto", "cpu", "cuda"),
+    "mix": ("none", "mixup", "cutmix", "both"),
 }
 # choices of prediction and ensembling options, shared by the library that validates them and the CLI
 BLENDS = ("mean", "rank")                      # kt predict --blend
@@ -178,6 +184,7 @@ RANGES = {
     "workers": (0, 256, True), "freeze_epochs": (0, 100_000, True), "patience": (0, 100_000, True),
     "max_steps": (0, 10**9, True), "size": (8, 4096, True), "epochs": (1, 100_000, True),
     "batch_size": (1, 65_536, True), "accum_steps": (1, 4096, True), "folds": (2, 1000, True), "fold": (0, 999, True),
+    "mix_prob": (0, 1, True), "mix_alpha": (0, 100, "(]"), "mix_off_epochs": (0, 100_000, True),
 }
 
 
@@ -201,6 +208,9 @@ def validate(cfg: RunConfig) -> None:
     for key, choices in CHOICES.items():
         if getattr(cfg, key) is not None and getattr(cfg, key) not in choices:
             raise KtError(f"{key}={getattr(cfg, key)!r} is not valid; choose one of: {', '.join(choices)}")
+    if cfg.mix != "none" and cfg.batch_size % 2:
+        raise KtError(f"--set mix={cfg.mix} pairs each image with another of its batch: batch_size must be even, "
+                      f"got {cfg.batch_size}")
     if cfg.split == "kfold" and not 0 <= cfg.fold < cfg.folds:
         raise KtError(f"fold={cfg.fold} is outside 0..{cfg.folds - 1} for folds={cfg.folds}")
 

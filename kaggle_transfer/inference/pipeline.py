@@ -65,8 +65,7 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
     data_dir = competitions.find_data_dir(comp, data_dir)
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
     tta = tta or recorded_tta([m.meta for m in models])
-    root = runs.submissions_root(out_root)
-    folder = f"{runs.stamp()}_{runs.slug(label)}"
+    root, folder = runs.submissions_root(out_root), f"{runs.stamp()}_{runs.slug(label)}"
     existed = (root / comp.name / folder).exists()
     out_dir = runs.new_output_dir(root, comp.name, folder, overwrite=overwrite)  # reserved before the work
     try:

@@ -129,7 +129,6 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
     import optuna
 
     from .. import config
-    from ..training.loop import fit
 
     grid_name, grid = load_grid(grid_spec)
     name = study_name(competition, grid_name, archs)
@@ -138,9 +137,7 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=optuna.samplers.GridSampler(space, seed=int(os.getpid())))
     points = {_key(p): p for p in _points(grid, archs)}
-    for key, value in (("competition", competition), ("grid", grid_name), ("archs", archs), ("points", len(points))):
-        if study.user_attrs.get(key) != value:  # what `kt study status` and the report read, on any machine
-            study.set_user_attr(key, value)
+    _describe(study, competition=competition, grid=grid_name, archs=archs, points=len(points))
     trained = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -154,20 +151,10 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
             optuna.create_study(study_name=f"{name}:claim:{_key(p)}:{attempt}", storage=storage)
         except optuna.exceptions.DuplicatedStudyError:
             raise optuna.TrialPruned("another worker holds this grid point") from None
-        run_dir = run_dir_for(Path(root), competition, name, p)
-        trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("host", socket.gethostname())
         cfg = config.resolve(flags={"competition": competition, **point_config(grid, p)}, sets=sets)
-        result = runs.read_metrics(run_dir)
-        if result is None:
-            # this machine's last.pt resumes the point; a point re-queued from a machine whose folders are
-            # out of reach starts from scratch here
-            resume = (run_dir / "last.pt").is_file()
-            trial.set_user_attr("trained_from", "resumed" if resume else "scratch")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            result = fit(cfg, run_dir, Path(data_dir), resume=resume, progress=progress)
-            trained += 1
-        _record(trial, run_dir, cfg, result)
+        result, fresh = _train_point(trial, cfg, run_dir_for(Path(root), competition, name, p), Path(data_dir),
+                                     progress=progress)
+        trained += fresh
         return result["score"]
 
     while True:
@@ -182,6 +169,31 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
             optuna.storages.fail_stale_trials(study)
             continue
         study.optimize(objective, n_trials=1, catch=())
+
+
+def _train_point(trial, cfg, run_dir: Path, data_dir: Path, *, progress: bool) -> tuple[dict[str, Any], int]:
+    """Train a claimed grid point (or read its finished run) and record it in the storage. Returns the run's
+    metrics and 1 when it trained here. This machine's last.pt resumes the point; a point re-queued from a
+    machine whose folders are out of reach starts from scratch here."""
+    from ..training.loop import fit
+
+    trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("host", socket.gethostname())
+    result, trained = runs.read_metrics(run_dir), 0
+    if result is None:
+        resume = (run_dir / "last.pt").is_file()
+        trial.set_user_attr("trained_from", "resumed" if resume else "scratch")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        result, trained = fit(cfg, run_dir, data_dir, resume=resume, progress=progress), 1
+    _record(trial, run_dir, cfg, result)
+    return result, trained
+
+
+def _describe(study, **facts: Any) -> None:
+    """What `kt study status` and the report read from the storage, on any machine."""
+    for key, value in facts.items():
+        if study.user_attrs.get(key) != value:
+            study.set_user_attr(key, value)
 
 
 def _record(trial, run_dir: Path, cfg, result: dict[str, Any]) -> None:

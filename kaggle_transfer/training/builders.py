@@ -58,6 +58,34 @@ def build_loss(name: str, task: Task, label_smoothing: float = 0.0) -> nn.Module
     raise KtError(f"unknown loss {name!r}")
 
 
+def build_mixer(mode: str, *, prob: float, alpha: float, task: Task, loss: str):
+    """MixUp / CutMix on a training batch (timm's Mixup, batch mode: each image with the batch flipped).
+
+    Targets mix as the task reads them: soft class probabilities for multiclass (timm's mixup_target),
+    mixed 0/1 targets for binary and multilabel, mixed grades for ordinal regression. Label smoothing
+    stays with the loss. Returns None for mode `none`."""
+    if mode == "none":
+        return None
+    if loss == "focal" and task.kind == "multiclass":
+        raise KtError("--set mix needs soft targets; --loss focal takes class indices: use ce with mix")
+    from timm.data import Mixup
+
+    mixup = Mixup(mixup_alpha=alpha if mode in ("mixup", "both") else 0.0,
+                  cutmix_alpha=alpha if mode in ("cutmix", "both") else 0.0, prob=prob,
+                  switch_prob=0.5 if mode == "both" else 0.0, mode="batch", label_smoothing=0.0,
+                  num_classes=task.num_classes)
+
+    def mix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.float()  # uint8 images cannot hold a blend
+        if task.kind == "multiclass":
+            return mixup(x, y)
+        lam = mixup._mix_batch(x)  # timm's own image mixing (in place); the target mix is the task's
+        y = y.float()
+        return x, lam * y + (1.0 - lam) * y.flip(0)
+
+    return mix
+
+
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """timm's AdamW or Nesterov SGD. With `layer_decay`, the backbone's layers get timm's layer-wise
     lr scales (deepest 1.0, earlier layers decayed) and our head keeps the full rate."""

@@ -40,3 +40,29 @@ def load(path: Path, device: torch.device | str = "cpu") -> Any:
 def checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save({**{k: v.state_dict() for k, v in parts.items() if v is not None}, "state": state}, tmp)
+
+
+def init_source(init: str | Path) -> Path:
+    """The best.pt a warm start (`--set init=RUN`) loads: a run folder's, or the file given."""
+    path = Path(init)
+    path = path / "best.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise KtError(f"--set init={init}: no best.pt there; pass a finished run folder (kt train made it)")
+    return path
+
+
+def warm_start(model: torch.nn.Module, init: str | Path, arch: str) -> Path:
+    """Load another run's best weights into `model` (same arch and head): e.g. 384 px, then 512 px."""
+    from .. import runs
+
+    path = init_source(init)
+    source_dir = path.parent
+    if runs.is_run(source_dir) and runs.load_config(source_dir).arch != arch:
+        raise KtError(f"--set init={init} is a {runs.load_config(source_dir).arch} run; this run is {arch}: "
+                      "a warm start needs the same --arch")
+    try:
+        model.load_state_dict(load(path))
+    except RuntimeError as e:
+        raise KtError(f"--set init={init}: its weights do not fit this network ({str(e).splitlines()[0][:120]}); "
+                      "the head must match too (same competition, channels and loss family)") from None
+    return path

@@ -23,20 +23,21 @@ from .. import competitions, plots, runs
 from ..config import RunConfig
 from ..data.splits import HELD_OUT
 from ..errors import KtError
-from ..fsutil import atomic_path, clean_stale_tmp, write_json
+from ..fsutil import atomic_path, clean_stale_tmp, sha256, write_json
 from ..tasks import Task
 from . import distributed
 from .augment import build_train_transform
 from .builders import (
     amp_dtype,
     build_loss,
+    build_mixer,
     build_optimizer,
     build_scheduler,
     frozen_epochs,
     pick_device,
     set_backbone_trainable,
 )
-from .checkpoints import checkpoint, restore
+from .checkpoints import checkpoint, init_source, restore, warm_start
 from .dataset import EpochSampler, ImageDataset, sample_seed, seed_everything
 from .models import build_model
 from .tables import load_tables
@@ -70,12 +71,50 @@ def _check_finite(nonfinite: torch.Tensor, epoch: int, step: int) -> None:
                       "or use --amp off")
 
 
+def _train_epoch(bar, epoch: int, parts: dict[str, Any], state: dict[str, Any], *, forward, criterion, mixer,
+                 task: Task, cfg: RunConfig, device: torch.device, dtype, channels_last: bool, steps: int
+                 ) -> tuple[torch.Tensor, int]:
+    """One epoch of optimizer steps. Returns (the loss summed on the device, images seen)."""
+    model, optimizer, scheduler, scaler, ema = (parts[k] for k in ("model", "optimizer", "scheduler", "scaler", "ema"))
+    seen = 0
+    loss_sum, nonfinite = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64)
+    optimizer.zero_grad(set_to_none=True)
+    for step, (x, y, _) in enumerate(bar):
+        if step >= steps:
+            break
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if mixer is not None and epoch < cfg.epochs - cfg.mix_off_epochs:
+            x, y = mixer(x, y)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            loss = _step_loss(criterion, forward(x), y, task)
+        scaler.scale(loss / cfg.accum_steps).backward()
+        if (step + 1) % cfg.accum_steps == 0 or step + 1 == steps:
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            state["updates"] += 1
+            if scheduler is not None:
+                scheduler.step_update(state["updates"])
+            if ema is not None:
+                ema.update(model)
+        # summed on the device: the host reads the loss every SYNC_EVERY steps, never once a step
+        loss_sum, nonfinite = loss_sum + loss.detach().float(), nonfinite + (~torch.isfinite(loss.detach()))
+        seen += len(x)
+        if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:
+            _check_finite(nonfinite, epoch, step)
+            bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
+    return loss_sum, seen
+
+
 def _shape(out: torch.Tensor, task: Task) -> torch.Tensor:
     return out.squeeze(1) if task.num_outputs == 1 else out
 
 
 def _step_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: Task) -> torch.Tensor:
-    return criterion(_shape(out, task).float(), y.long() if task.kind == "multiclass" else y.float())
+    hard = task.kind == "multiclass" and y.ndim == 1  # class indices; mixed batches bring probabilities
+    return criterion(_shape(out, task).float(), y.long() if hard else y.float())
 
 
 @torch.no_grad()
@@ -107,9 +146,11 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     if main:
         clean_stale_tmp(run_dir)  # temp files of a killed earlier attempt
         runs.save_config(run_dir, cfg)
+        init = init_source(cfg.init) if cfg.init else None  # provenance of a warm start: which weights
         runs.write_run_info(run_dir, {"data_dir": str(Path(data_dir).resolve()), "external_dirs": {
             k: str(Path(v).resolve()) for k, v in external_dirs.items()}, "skip_bad_images": skip_bad_images,
-            "world_size": distributed.world_size()})
+            "world_size": distributed.world_size(),
+            "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None})
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     if device.type == "cuda" and distributed.active():
@@ -142,6 +183,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
 
     model = build_model(cfg.arch, task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=len(channels),
                         pretrained=cfg.pretrained, weights=cfg.weights, size=cfg.size).to(device)
+    if cfg.init and not resume:  # a warm start (progressive resizing: 384 px, then 512 px)
+        warm_start(model, cfg.init, cfg.arch)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     from timm.utils import ModelEmaV3
@@ -152,6 +195,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
     criterion = build_loss(loss_name, task, cfg.label_smoothing)
+    mixer = build_mixer(cfg.mix, prob=cfg.mix_prob, alpha=cfg.mix_alpha, task=task, loss=loss_name)
     forward = model
     if distributed.active():
         from torch.nn.parallel import DistributedDataParallel
@@ -171,39 +215,16 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         # dropout / drop-path masks: a function of (seed, epoch, rank), so a resumed epoch draws the
         # masks the uninterrupted run drew, and ranks do not share masks
         torch.manual_seed(sample_seed(cfg.seed, epoch, distributed.rank()))
+        np.random.seed(sample_seed(cfg.seed, epoch, distributed.rank()) % 2**32)  # timm's Mixup draws here
         train_loader.sampler.set_epoch(epoch)  # (and the DistributedSampler's shuffle)
         model.train()
         set_backbone_trainable(model, epoch >= frozen)
-        seen, t0 = 0, time.time()
-        loss_sum, nonfinite = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64)
+        t0 = time.time()
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False, dynamic_ncols=True)
-        optimizer.zero_grad(set_to_none=True)
-        for step, (x, y, _) in enumerate(bar):
-            if step >= steps_per_epoch:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-                loss = _step_loss(criterion, forward(x), y, task)
-            scaler.scale(loss / cfg.accum_steps).backward()
-            if (step + 1) % cfg.accum_steps == 0 or step + 1 == steps_per_epoch:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                state["updates"] += 1
-                if scheduler is not None:
-                    scheduler.step_update(state["updates"])
-                if ema is not None:
-                    ema.update(model)
-            # summed on the device: the host reads the loss every SYNC_EVERY steps, never once a step
-            loss_sum, nonfinite = loss_sum + loss.detach().float(), nonfinite + (~torch.isfinite(loss.detach()))
-            seen += len(x)
-            if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps_per_epoch:
-                _check_finite(nonfinite, epoch, step)
-                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}",
-                                lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
+        loss_sum, seen = _train_epoch(bar, epoch, parts, state, forward=forward, criterion=criterion, mixer=mixer,
+                                      task=task, cfg=cfg, device=device, dtype=dtype, channels_last=channels_last,
+                                      steps=steps_per_epoch)
         train_time = time.time() - t0
         if scheduler is not None:
             scheduler.step(epoch + 1)
