@@ -27,8 +27,8 @@ def _batch(kind: str):
 @pytest.mark.parametrize("kind, classes", [("multiclass", 5), ("ordinal", 5), ("binary", 2), ("multilabel", 3)])
 def test_mixup_mixes_targets_as_the_task_reads_them(kind, classes):
     np.random.seed(0)
-    mix = build_mixer("mixup", prob=1.0, alpha=1.0, task=Task(kind, classes, "accuracy"), loss="ce" if kind == "multiclass"
-                      else "bce")
+    loss = "ce" if kind == "multiclass" else "bce"
+    mix = build_mixer("mixup", prob=1.0, alpha=1.0, task=Task(kind, classes, "accuracy"), loss=loss)
     x, y = _batch(kind)
     mixed_x, mixed_y = mix(x.clone(), y.clone())
     # images: lam * x + (1 - lam) * flipped batch; recover lam from the constant images
