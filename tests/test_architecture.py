@@ -134,7 +134,9 @@ def test_readme_map_matches_the_tree():
 
 
 # a folder beside the checkout, and words about who built the project or on what, have no place in it
-OUTSIDE = re.compile(r"\.\./" + "shared|" + "shared/[A-Z_]+\\.md|this 2-core machine|device tool|no device was lent")
+# (built from pieces, so that a grep of the repository for these words finds nothing, this file included)
+OUTSIDE = re.compile("|".join([r"\.\./" + "shared", "shared/[A-Z_]+" + r"\.md", "this 2-core " + "machine",
+                               "device " + "tool", "lent " + "to the", "no device " + "was lent"]))
 
 
 def test_repository_points_nowhere_outside_itself():
@@ -142,7 +144,7 @@ def test_repository_points_nowhere_outside_itself():
     if not files:
         pytest.skip("not a git checkout")
     hits = [f"{f}: {m.group(0)}" for f in files
-            if (ROOT / f).is_file() and f != "tests/test_architecture.py"
+            if (ROOT / f).is_file()
             and f.endswith((".py", ".md", ".yaml", ".sh", ".cfg", ".toml", "Makefile"))
             for m in [OUTSIDE.search((ROOT / f).read_text(errors="ignore"))] if m]
     assert hits == []
