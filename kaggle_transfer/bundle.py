@@ -23,14 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from . import competitions
+from .config import ACCELERATORS, NOTEBOOK_PYTHON  # noqa: F401 - part of this module's API
 from .errors import KtError
 from .fsutil import read_json, sha256, write_json, write_text
 from .runs import slug
 
-# Kaggle's notebook image runs Python 3.12: Kaggle/docker-python, Dockerfile.tmpl at 78aaa43 (2026-08-12),
-# PACKAGE_PATH=/usr/local/lib/python3.12/dist-packages; its kaggle_requirements.txt lists onnx, not onnxruntime.
-NOTEBOOK_PYTHON = "3.12"
-ACCELERATORS = ("gpu", "none")
 RUNTIME_WHEEL = {"gpu": "onnxruntime-gpu", "none": "onnxruntime"}
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 

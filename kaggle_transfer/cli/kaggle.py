@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..bundle import ACCELERATORS, NOTEBOOK_PYTHON
+from ..config import ACCELERATORS, NOTEBOOK_PYTHON
 from .common import data_dir_option, tta_option
 
 
