@@ -39,6 +39,8 @@ class RunConfig:
     epochs: int = 30                    # the study trains 30 epochs and keeps the best one
     batch_size: int = 32
     augment: str = "paper"              # none | paper (random-resized-crop 0.65-1 + flip) | heavy (+ colour, affine)
+    protocol: str = "kt"                # kt | paper: the study's channel order, flips, normalisation, eval resize,
+                                        # weight-decay set and per-epoch schedule, per dataset (protocol.py)
     external: list[str] = field(default_factory=list)  # external sources added to training rows only
     amp: str = "auto"                   # auto (bf16 or fp16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool = True          # CUDA and CPU (benchmarks/channels_last.py)
@@ -85,6 +87,7 @@ CHOICES = {
     "tta": ("none", "flip", "d4"),
     "device": ("auto", "cpu", "cuda"),
     "mix": ("none", "mixup", "cutmix", "both"),
+    "protocol": ("kt", "paper"),
 }
 # choices of prediction and ensembling options, shared by the library that validates them and the CLI
 BLENDS = ("mean", "rank")                      # kt predict --blend

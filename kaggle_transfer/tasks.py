@@ -3,11 +3,15 @@
 A task owns its head size, its default loss, `fit(raw, y)` (thresholds fitted on validation
 outputs) and `decode(raw, fitted)` (answers for a submission). Raw outputs are what the network
 emits: a regression value (ordinal), logits (multiclass, multilabel, binary).
+
+An ordinal task trained with `ce` (the study's APTOS baseline: cross-entropy over the five grades,
+as its released training script) has one logit per grade and is decoded by argmax; `fit` and
+`decode` tell the two heads apart by the width of the raw outputs, so a model file needs no flag.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +22,7 @@ from .errors import KtError
 KINDS = ("ordinal", "multilabel", "binary", "multiclass")
 DEFAULT_LOSS = {"ordinal": "smooth_l1", "multilabel": "bce", "binary": "bce", "multiclass": "ce"}
 LOSSES = {
-    "ordinal": ("l1", "smooth_l1", "mse"),
+    "ordinal": ("l1", "smooth_l1", "mse", "ce"),
     "multilabel": ("bce", "focal"),
     "binary": ("bce", "focal"),
     "multiclass": ("ce", "focal"),
@@ -34,6 +38,7 @@ class Task:
     kind: str
     num_classes: int
     metric: str
+    classes_head: bool = False  # ordinal trained as classification: one logit per grade (loss ce)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -41,7 +46,21 @@ class Task:
 
     @property
     def num_outputs(self) -> int:
-        return 1 if self.kind in ("ordinal", "binary") else self.num_classes
+        return 1 if self.kind in ("ordinal", "binary") and not self.classes_head else self.num_classes
+
+    @property
+    def classifies(self) -> bool:
+        """One logit per class and a class index as target: multiclass, or ordinal with `ce`."""
+        return self.kind == "multiclass" or self.classes_head
+
+    def trained_with(self, loss: str | None) -> Task:
+        """The task as a run with this loss trains it (ordinal + ce: a head of one logit per grade)."""
+        loss = loss or self.default_loss
+        self.check_loss(loss)
+        return replace(self, classes_head=self.kind == "ordinal" and loss == "ce")
+
+    def _as_classes(self, raw: np.ndarray) -> bool:
+        return self.kind == "ordinal" and raw.ndim == 2 and raw.shape[1] == self.num_classes > 1
 
     @property
     def default_loss(self) -> str:
@@ -59,13 +78,13 @@ class Task:
             for i, labels in enumerate(values):
                 out[i, list(labels)] = 1.0
             return out
-        if self.kind == "multiclass":
+        if self.classifies:
             return np.asarray(values, dtype=np.int64)
         return np.asarray(values, dtype=np.float32)
 
     def fit(self, raw: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         """Fit decoding parameters on validation outputs (never on test)."""
-        if self.kind == "ordinal":
+        if self.kind == "ordinal" and not self._as_classes(np.asarray(raw)):
             return {"cutpoints": metrics.fit_cutpoints(raw, y, self.num_classes)}
         if self.kind == "multilabel":
             thresholds, unfitted = metrics.fit_class_thresholds(sigmoid(raw), y)
@@ -76,6 +95,8 @@ class Task:
         """Raw outputs → answers: grades, class ids, probabilities or multi-hot rows."""
         fitted = fitted or {}
         raw = np.asarray(raw, dtype=np.float64)
+        if self._as_classes(raw):
+            return raw.argmax(axis=1)
         if self.kind == "ordinal":
             cuts = fitted.get("cutpoints") or list(np.arange(self.num_classes - 1) + 0.5)
             return metrics.apply_cutpoints(raw, cuts)

@@ -16,7 +16,7 @@ def test_heads_and_default_losses():
 
 def test_loss_must_fit_the_task():
     with pytest.raises(KtError, match="does not fit a ordinal task"):
-        Task("ordinal", 5, "qwk").check_loss("ce")
+        Task("ordinal", 5, "qwk").check_loss("bce")
     with pytest.raises(KtError, match="unknown task"):
         Task("regression", 1, "qwk")
 
@@ -44,3 +44,21 @@ def test_ordinal_fit_then_score_uses_fitted_cuts():
     task = Task("ordinal", 5, "qwk")
     fitted = task.fit(raw, y)
     assert task.score(y, raw, fitted) > task.score(y, raw, {}) + 0.1
+
+
+def test_ordinal_with_ce_has_a_logit_per_grade_and_decodes_by_argmax():
+    """The study's APTOS baseline: cross-entropy over the five grades; QWK still scores it."""
+    from sklearn.metrics import cohen_kappa_score
+
+    task = Task("ordinal", 5, "qwk").trained_with("ce")
+    assert task.num_outputs == 5 and task.classifies
+    assert task.targets([0, 4, 2]).dtype == np.int64
+    assert Task("ordinal", 5, "qwk").trained_with(None).num_outputs == 1
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 200)
+    logits = rng.normal(size=(200, 5))
+    logits[np.arange(200), y] += 1.5
+    plain = Task("ordinal", 5, "qwk")  # what prediction holds: the competition's task, told apart by width
+    assert plain.fit(logits, y) == {}
+    assert plain.decode(logits).tolist() == logits.argmax(1).tolist()
+    assert plain.score(y, logits) == pytest.approx(cohen_kappa_score(y, logits.argmax(1), weights="quadratic"))

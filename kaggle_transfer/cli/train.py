@@ -24,6 +24,8 @@ from .common import choice, data_dir_option, external_dir_option, external_dirs,
 @click.option("--lr", type=float)
 @click.option("--optimizer", type=choice("optimizer"))
 @click.option("--augment", type=choice("augment"))
+@click.option("--protocol", type=choice("protocol"), help="paper: the study's released preprocessing, channel order, "
+              "flips, normalisation, weight decay and per-epoch schedule for this dataset (default: kt).")
 @click.option("--external", multiple=True, help="External source added to training rows (repeatable).")
 @external_dir_option
 @click.option("--pretrained/--no-pretrained", default=None, help="Load ImageNet weights through timm.")

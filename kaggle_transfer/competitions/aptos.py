@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import KtError
+from ..protocol import PaperRecipe
 from ..tasks import Task
 from .base import Competition, check_files, parse_int_labels, read_csv
 
@@ -59,6 +60,7 @@ class Aptos(Competition):
 
 
 APTOS = Aptos(
+    paper=PaperRecipe(bgr=True, flips="h", loss="ce"),  # released aptos.py: BGR, h flip; sample_train.py: CE
     name="aptos",
     synthetic="aptos",
     slug="aptos2019-blindness-detection",

@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import KtError
 from ..fsutil import outside
+from ..protocol import PaperRecipe
 from ..tasks import Task
 from .answers import AnswerFormat
 
@@ -96,6 +97,7 @@ class Competition:
     external: dict[str, str] = field(default_factory=dict)  # source name -> one-line description
     default_split: str = "paper"     # used when the run does not choose one
     paper_seed: int = 414            # the seed of the study's split (its released loaders: 414; EuroSAT 42)
+    paper: PaperRecipe = PaperRecipe()  # what the study's released loader does (--protocol paper)
     daily_limit: int = 5             # submissions a day when the client cannot tell (Kaggle's usual limit)
     accelerator: str = "gpu"         # code competitions: what the prediction notebook asks for (gpu | none)
     hidden_test_images: int = 0      # code competitions: the hidden test set the notebook predicts (for estimates)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import KtError
+from ..protocol import PaperRecipe
 from ..tasks import Task
 from .base import Competition, check_files, parse_int_labels, read_csv
 
@@ -61,6 +62,7 @@ class Cassava(Competition):
 
 
 CASSAVA = Cassava(
+    paper=PaperRecipe(bgr=False, flips="hv"),  # datasets/cassava.py: converted to RGB, both flips
     name="cassava",
     synthetic="cassava",
     slug="cassava-leaf-disease-classification",

@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import KtError
+from ..protocol import PaperRecipe
 from ..tasks import Task
 from .base import Competition, check_files
 
@@ -115,6 +116,7 @@ def _label(categories: list[int]) -> int | None:
 
 
 CCT20 = Cct20(
+    paper=PaperRecipe(bgr=True, flips="h"),  # datasets/cct20.py: cv2 BGR, horizontal flip
     name="cct20",
     synthetic="cct20",
     slug=None,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import KtError
+from ..protocol import PaperRecipe
 from ..tasks import Task
 from .base import Competition, check_files
 
@@ -52,6 +53,7 @@ class EuroSat(Competition):
 
 
 EUROSAT = EuroSat(
+    paper=PaperRecipe(bgr=False, flips="", size=224),  # datasets/eurosat.py: ImageFolder RGB, no flips, 224 px
     name="eurosat",
     synthetic="eurosat",
     slug=None,

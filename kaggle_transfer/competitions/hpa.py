@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import KtError
+from ..protocol import PaperRecipe
 from ..tasks import Task
 from .base import Competition, check_files, read_csv
 
@@ -88,6 +89,7 @@ class Hpa(Competition):
 
 
 HPA = Hpa(
+    paper=PaperRecipe(bgr=True, flips="hv", channels="rgb"),  # datasets/hpa.py: cv2 drops yellow, BGR, both flips
     name="hpa",
     synthetic="hpa",
     slug="human-protein-atlas-image-classification",

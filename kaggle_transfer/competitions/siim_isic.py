@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import KtError
+from ..protocol import PaperRecipe
 from ..tasks import Task
 from .base import Competition, check_files, parse_int_labels, read_csv
 
@@ -76,6 +77,7 @@ class SiimIsic(Competition):
 
 
 SIIM_ISIC = SiimIsic(
+    paper=PaperRecipe(bgr=True, flips="hv"),  # datasets/melanoma.py: cv2 BGR, both flips
     name="siim_isic",
     synthetic="siim_isic",
     slug="siim-isic-melanoma-classification",

@@ -114,6 +114,29 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The shorter side to `size` (aspect kept), then the central size x size: torchvision's
+    Resize(size) + CenterCrop(size), the study's evaluation transform. The long side is truncated and
+    the crop offset rounded as torchvision does (transforms/functional.py: _compute_resized_output_size,
+    center_crop)."""
+    h, w = img.shape[:2]
+    if min(h, w) != size:
+        short, long = (h, w) if h <= w else (w, h)
+        new_long = int(size * long / short)
+        nh, nw = (size, new_long) if h <= w else (new_long, size)
+        shrinking = min(h, w) > size
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        img = img[..., None] if img.ndim == 2 else img
+        h, w = nh, nw
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return img[top:top + size, left:left + size]
+
+
+def fit_to(img: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
+    """The evaluation resize a model was trained with: `squash` (size x size) or `center_crop`."""
+    return center_crop(img, size) if mode == "center_crop" else resize(img, size)
+
+
 def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
     """Shrink so the shorter side is `size` (aspect kept); never enlarge. What the cache stores, so
     random crops at training time still see the whole field of view."""

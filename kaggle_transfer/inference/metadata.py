@@ -62,10 +62,25 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
     if meta.get("tta") not in (None, *VIEWS):
         raise _fail(path, "tta", f"is {meta.get('tta')!r}, not one of {', '.join(VIEWS)}")
     _check_fitted(meta.get("fitted") or {}, meta["task"], n, path)
+    _check_preprocess(meta.get("preprocess"), path)
     for key in ("recipe", "competition_spec"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise _fail(path, key, "is not a mapping")
     return meta
+
+
+def _check_preprocess(pre: Any, path: Path) -> None:
+    """The protocol record (absent in files from before protocols: kt's squash resize)."""
+    from ..protocol import PROTOCOLS, RESIZES
+
+    if pre is None:
+        return
+    if not isinstance(pre, dict):
+        raise _fail(path, "preprocess", "is not a mapping")
+    if pre.get("protocol") not in PROTOCOLS:
+        raise _fail(path, "preprocess.protocol", f"is {pre.get('protocol')!r}, not one of {', '.join(PROTOCOLS)}")
+    if pre.get("resize") not in RESIZES:
+        raise _fail(path, "preprocess.resize", f"is {pre.get('resize')!r}, not one of {', '.join(RESIZES)}")
 
 
 def _check_fitted(fitted: Any, kind: str, n: int, path: Path) -> None:
@@ -90,6 +105,8 @@ def check_graph(meta: dict[str, Any], session, path: Path) -> None:
         raise _fail(path, "channels", f"lists {len(meta['channels'])} channel(s) but the graph takes {shape[1]}")
     out = session.get_outputs()[0].shape
     want = num_outputs(meta["task"], meta["num_classes"])
-    if len(out) == 2 and isinstance(out[1], int) and out[1] != want:
+    # an ordinal task trained with ce has one logit per grade (tasks.py)
+    allowed = {want, meta["num_classes"]} if meta["task"] == "ordinal" else {want}
+    if len(out) == 2 and isinstance(out[1], int) and out[1] not in allowed:
         raise _fail(path, "num_classes", f"({meta['num_classes']}, task {meta['task']}) wants {want} output(s) "
                     f"but the graph gives {out[1]}")

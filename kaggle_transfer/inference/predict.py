@@ -1,6 +1,6 @@
 """Run an ensemble of ONNX models over a table of images, blend, decode. Torch-free.
 
-Each image is decoded once per batch and resized once per distinct input size; every model and
+Each image is decoded once per batch and resized once per distinct input size and resize mode; every model and
 TTA view reuses it. Outputs are streamed batch by batch, so memory stays flat over the test set.
 """
 
@@ -23,8 +23,8 @@ from . import tta as tta_mod
 from .session import OnnxModel
 
 
-def _batch(decoded: list[np.ndarray], size: int, channels: tuple[int, ...]) -> np.ndarray:
-    batch = np.stack([images.to_chw(images.resize(img, size)) for img in decoded])
+def _batch(decoded: list[np.ndarray], size: int, channels: tuple[int, ...], resize: str = "squash") -> np.ndarray:
+    batch = np.stack([images.to_chw(images.fit_to(img, size, resize)) for img in decoded])
     return batch if len(channels) == batch.shape[1] else np.ascontiguousarray(batch[:, list(channels)])
 
 
@@ -54,7 +54,7 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
     crop = list(crop) if crop is not None else [False] * len(paths)
     size_hint = max(m.size for m in models) if models else None
     views = tta_mod.views(tta)
-    keys = [(m.size, _channel_indices(m, all_channels)) for m in models]
+    keys = [(m.size, _channel_indices(m, all_channels), m.resize) for m in models]
     outputs: list[list[np.ndarray]] = [[] for _ in models]
     starts = list(range(0, len(paths), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV decodes without the GIL

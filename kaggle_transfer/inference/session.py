@@ -51,6 +51,13 @@ class OnnxModel:
     def size(self) -> int:
         return int(self.meta["size"])
 
+    @property
+    def resize(self) -> str:
+        """How images reach `size` (protocol.py): squash, or center_crop for --protocol paper runs."""
+        from ..protocol import resize_of
+
+        return resize_of(self.meta)
+
     def upload(self, batch: np.ndarray) -> Any:
         """The batch on this model's device (an OrtValue) under IO binding; the array itself otherwise."""
         if not self.io_binding:

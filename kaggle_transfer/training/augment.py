@@ -1,6 +1,6 @@
 """Training augmentation presets by name, built from albumentations.
 
-Evaluation never uses these: it is `images.resize`, shared with ONNX inference.
+Evaluation never uses these: it is `images.fit_to`, shared with ONNX inference.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ class TimmPolicy(A.ImageOnlyTransform):
         return ("policy",)
 
 
-def build_train_transform(preset: str, size: int, channels: int = 3) -> A.Compose | None:
-    """`paper`: the study's random-resized-crop (scale 0.65-1) and horizontal flip.
+def build_train_transform(preset: str, size: int, channels: int = 3, flips: str = "h") -> A.Compose | None:
+    """`paper`: the study's random-resized-crop (scale 0.65-1) and `flips` (horizontal by default; under
+    --protocol paper the released loader's per dataset: none, h or hv).
     `heavy`: plus vertical flip, rotation/scale/shift and colour jitter, as the APTOS winners used.
     `randaugment` / `augmix`: paper plus timm's RandAugment (m9) or AugMix (m5, width 3).
     `none`: no augmentation (plain resize)."""
@@ -50,7 +51,8 @@ def build_train_transform(preset: str, size: int, channels: int = 3) -> A.Compos
         return None
     crop = A.RandomResizedCrop(size=(size, size), scale=(0.65, 1.0), interpolation=cv2.INTER_AREA)
     if preset == "paper":
-        return A.Compose([crop, A.HorizontalFlip(p=0.5)])
+        return A.Compose([crop, *([A.HorizontalFlip(p=0.5)] if "h" in flips else []),
+                          *([A.VerticalFlip(p=0.5)] if "v" in flips else [])])
     if preset == "heavy":
         # Hue/saturation jitter is defined for RGB only; 4-channel inputs get brightness/contrast
         colour = (A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8) if channels == 3

@@ -41,7 +41,7 @@ class SmoothedBCE(nn.BCEWithLogitsLoss):
 
 
 def build_loss(name: str, task: Task, label_smoothing: float = 0.0) -> nn.Module:
-    if label_smoothing and task.kind == "ordinal":
+    if label_smoothing and task.kind == "ordinal" and not task.classifies:
         raise KtError("--set label_smoothing applies to classification losses, not to ordinal regression")
     if name in ("l1", "smooth_l1", "mse"):
         return {"l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss, "mse": nn.MSELoss}[name]()
@@ -66,7 +66,7 @@ def build_mixer(mode: str, *, prob: float, alpha: float, task: Task, loss: str):
     stays with the loss. Returns None for mode `none`."""
     if mode == "none":
         return None
-    if loss == "focal" and task.kind == "multiclass":
+    if loss == "focal" and task.classifies:
         raise KtError("--set mix needs soft targets; --loss focal takes class indices: use ce with mix")
     from timm.data import Mixup
 
@@ -77,7 +77,7 @@ def build_mixer(mode: str, *, prob: float, alpha: float, task: Task, loss: str):
 
     def mix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.float()  # uint8 images cannot hold a blend
-        if task.kind == "multiclass":
+        if task.classifies:
             return mixup(x, y)
         lam = mixup._mix_batch(x)  # timm's own image mixing (in place); the target mix is the task's
         y = y.float()
@@ -86,13 +86,16 @@ def build_mixer(mode: str, *, prob: float, alpha: float, task: Task, loss: str):
     return mix
 
 
-def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """timm's AdamW or Nesterov SGD. With `layer_decay`, the backbone's layers get timm's layer-wise
-    lr scales (deepest 1.0, earlier layers decayed) and our head keeps the full rate."""
+def build_optimizer(model: nn.Module, cfg: RunConfig, *, decay_all: bool = False) -> torch.optim.Optimizer:
+    """timm's AdamW or Nesterov SGD. Biases and norms are exempt from weight decay unless `decay_all`
+    (--protocol paper: the study's optimisers took net.parameters()). With `layer_decay`, the
+    backbone's layers get timm's layer-wise lr scales (deepest 1.0, earlier layers decayed) and our
+    head keeps the full rate."""
     from timm.optim import create_optimizer_v2
 
     if not cfg.layer_decay:
-        return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
+        return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9,
+                                   filter_bias_and_bn=not decay_all)
     from timm.optim import param_groups_layer_decay
 
     if not hasattr(model.backbone, "group_matcher"):
@@ -107,18 +110,26 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     return optimizer
 
 
-def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, *,
+                    per_epoch: bool = False):
+    """timm's cosine or multi-step schedule, updated every optimizer step (kt) or, with `per_epoch`
+    (--protocol paper), once per epoch exactly as torch's CosineAnnealingLR(T_max=epochs) and
+    MultiStepLR([15, 20, 25]) in the study's sample_train.py: cosine to 0, no warm-up."""
     if cfg.schedule == "none":
         return None
     from timm.scheduler import create_scheduler_v2
 
     # `step` follows the study: x0.1 at 1/2, 2/3 and 5/6 of training (15/20/25 of 30 epochs)
     milestones = sorted({max(1, round(cfg.epochs * f)) for f in (1 / 2, 2 / 3, 5 / 6)})
+    if per_epoch:
+        # timm's multistep decays one epoch before torch's MultiStepLR (it looks up t + 1: at epoch 14
+        # for milestone 15, measured in tests/test_protocol.py); shifting the milestones gives torch's
+        milestones = [m + 1 for m in milestones]
     scheduler, _ = create_scheduler_v2(
         optimizer, sched="cosine" if cfg.schedule == "cosine" else "multistep", num_epochs=cfg.epochs,
-        warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01, decay_milestones=milestones,
-        step_on_epochs=False, updates_per_epoch=steps_per_epoch,
-        min_lr=cfg.lr * 1e-3 if cfg.schedule == "cosine" else 0)
+        warmup_epochs=0 if per_epoch else cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01, decay_milestones=milestones,
+        step_on_epochs=per_epoch, updates_per_epoch=steps_per_epoch,
+        min_lr=0 if per_epoch or cfg.schedule != "cosine" else cfg.lr * 1e-3)
     return scheduler
 
 

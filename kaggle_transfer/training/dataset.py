@@ -45,13 +45,14 @@ class EpochSampler(Sampler):
 
 class ImageDataset(Dataset):
     def __init__(self, table: pd.DataFrame, size: int, *, targets: np.ndarray | None = None, transform=None,
-                 channels: list[int] | None = None, crop: bool = False, seed: int = 0):
+                 channels: list[int] | None = None, crop: bool = False, seed: int = 0, resize: str = "squash"):
         self.paths = list(table["paths"])
         # rows read from kt prepare's cache were cropped when cached; the rest are cropped here
         cached = table["cached"].to_numpy() if "cached" in table.columns else np.zeros(len(table), bool)
         self.crop = [crop and not c for c in cached]
         self.channels = channels  # indices into the decoded channels (e.g. rgb of HPA's rgby)
         self.size = size
+        self.resize = resize  # evaluation: squash | center_crop (protocol.py)
         self.targets = targets
         self.transform = transform
         self.seed = seed
@@ -71,7 +72,8 @@ class ImageDataset(Dataset):
             img = images.fundus_crop(img)
         if self.channels is not None and len(self.channels) != img.shape[2]:
             img = np.ascontiguousarray(img[..., self.channels])
-        img = self.transform(image=img)["image"] if self.transform is not None else images.resize(img, self.size)
+        img = (self.transform(image=img)["image"] if self.transform is not None
+               else images.fit_to(img, self.size, self.resize))
         x = torch.from_numpy(images.to_chw(img))
         y = torch.as_tensor(self.targets[i]) if self.targets is not None else torch.tensor(0)
         return x, y, i

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__, competitions, runs
+from .. import __version__, competitions, protocol, runs
 from .. import config as config_mod
 from ..errors import KtError
 from ..fsutil import atomic_path
@@ -28,7 +28,7 @@ PARITY_TOL = 1e-4  # fp32 ONNX vs torch, max abs difference on raw outputs
 
 def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
     comp = competitions.for_config(cfg)
-    channels = [comp.channels[i] for i in comp.select_channels(cfg.channels)]
+    channels = [comp.channels[i] for i in comp.select_channels(protocol.channels(cfg, comp))]
     run_metrics = runs.read_metrics(run_dir) or {}
     run_info = runs.read_run_info(run_dir) if (run_dir / runs.RUN_INFO).is_file() else {}
     return {
@@ -39,7 +39,8 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
                   "range": "0-255, normalised inside the graph"},
         "class_names": comp.class_names, "fitted": run_metrics.get("fitted", {}),
         "score": run_metrics.get("score"), "best_epoch": run_metrics.get("best_epoch"),
-        "tta": cfg.tta, "recipe": cfg.to_dict(), "run": run_dir.name, "git_sha": run_info.get("git_sha"),
+        "tta": cfg.tta, "preprocess": protocol.for_run(cfg, comp).describe(),
+        "recipe": cfg.to_dict(), "run": run_dir.name, "git_sha": run_info.get("git_sha"),
         # a YAML-described competition travels inside the model: the ONNX file alone still predicts
         "competition_spec": getattr(comp, "spec", None),
     }
@@ -52,9 +53,11 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     if not (run_dir / "best.pt").is_file():
         raise KtError(f"{run_dir}/best.pt not found; the run has not finished an epoch (kt train --resume {run_dir})")
     comp = competitions.for_config(cfg)
-    in_chans = len(comp.select_channels(cfg.channels))
-    model = build_model(cfg.arch, comp.task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=in_chans,
-                        pretrained=False, size=cfg.size)
+    in_chans = len(comp.select_channels(protocol.channels(cfg, comp)))
+    outputs = comp.task.trained_with(cfg.loss).num_outputs
+    proto = protocol.for_run(cfg, comp)
+    model = build_model(cfg.arch, outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=in_chans,
+                        pretrained=False, size=cfg.size, bgr=proto.bgr, imagenet_stats=proto.imagenet_stats)
     try:
         model.load_state_dict(checkpoints.load(run_dir / "best.pt"))
     except RuntimeError as e:
@@ -99,7 +102,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 1
 
     run_dir = Path(run_dir)
     model, cfg = load_run_model(run_dir)
-    in_chans = len(competitions.for_config(cfg).select_channels(cfg.channels))
+    comp = competitions.for_config(cfg)
+    in_chans = len(comp.select_channels(protocol.channels(cfg, comp)))
     out = Path(out) if out else run_dir / runs.MODEL
     meta = build_metadata(run_dir, cfg)
     example = torch.randint(0, 256, (2, in_chans, cfg.size, cfg.size), dtype=torch.uint8)

@@ -19,7 +19,7 @@ import torch.nn as nn  # noqa: F401 - type hints below
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .. import competitions, plots, runs
+from .. import competitions, plots, protocol, runs
 from ..config import RunConfig
 from ..data.splits import HELD_OUT
 from ..errors import KtError
@@ -113,7 +113,7 @@ def _shape(out: torch.Tensor, task: Task) -> torch.Tensor:
 
 
 def _step_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: Task) -> torch.Tensor:
-    hard = task.kind == "multiclass" and y.ndim == 1  # class indices; mixed batches bring probabilities
+    hard = task.classifies and y.ndim == 1  # class indices; mixed batches bring probabilities
     return criterion(_shape(out, task).float(), y.long() if hard else y.float())
 
 
@@ -138,10 +138,10 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     """Train one model on one fold; keep the best epoch by the competition metric. Returns metrics.json."""
     run_dir, external_dirs = Path(run_dir), dict(external_dirs or {})
     comp = competitions.for_config(cfg)
-    task = comp.task
-    channels = comp.select_channels(cfg.channels)
+    task = comp.task.trained_with(cfg.loss)  # ordinal + ce: one logit per grade
+    proto = protocol.for_run(cfg, comp)
+    channels = comp.select_channels(protocol.channels(cfg, comp))
     loss_name = cfg.loss or task.default_loss
-    task.check_loss(loss_name)
     main = distributed.is_main()
     if main:
         clean_stale_tmp(run_dir)  # temp files of a killed earlier attempt
@@ -149,7 +149,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         init = init_source(cfg.init) if cfg.init else None  # provenance of a warm start: which weights
         runs.write_run_info(run_dir, {"data_dir": str(Path(data_dir).resolve()), "external_dirs": {
             k: str(Path(v).resolve()) for k, v in external_dirs.items()}, "skip_bad_images": skip_bad_images,
-            "world_size": distributed.world_size(),
+            "world_size": distributed.world_size(), "preprocess": proto.describe(),
             "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None})
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -166,7 +166,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         raise KtError(f"fold {cfg.fold} leaves an empty train or validation set ({len(train_rows)}/{len(val_rows)})")
     y_train, y_val = task.targets(train_rows["target"]), task.targets(val_rows["target"])
     generator = torch.Generator().manual_seed(cfg.seed)
-    transform = build_train_transform(cfg.augment, cfg.size, len(channels))
+    transform = build_train_transform(cfg.augment, cfg.size, len(channels), flips=proto.flips)
     train_ds = ImageDataset(train_rows, cfg.size, targets=y_train, transform=transform, channels=channels,
                             crop=cfg.fundus_crop, seed=cfg.seed)
     pin = device.type == "cuda"
@@ -176,22 +176,24 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
 
         sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=True)
     train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator=generator, pin=pin, sampler=sampler)
-    val_ds = ImageDataset(val_rows, cfg.size, targets=y_val, channels=channels, crop=cfg.fundus_crop)
+    val_ds = ImageDataset(val_rows, cfg.size, targets=y_val, channels=channels, crop=cfg.fundus_crop,
+                          resize=proto.resize)
     val_shard = distributed.shard(len(val_ds))
     val_loader = _loader(torch.utils.data.Subset(val_ds, val_shard.tolist()), cfg.batch_size, cfg.workers, False,
                          generator=None, pin=pin)
 
     model = build_model(cfg.arch, task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=len(channels),
-                        pretrained=cfg.pretrained, weights=cfg.weights, size=cfg.size).to(device)
+                        pretrained=cfg.pretrained, weights=cfg.weights, size=cfg.size, bgr=proto.bgr,
+                        imagenet_stats=proto.imagenet_stats).to(device)
     if cfg.init and not resume:  # a warm start (progressive resizing: 384 px, then 512 px)
         warm_start(model, cfg.init, cfg.arch)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     from timm.utils import ModelEmaV3
 
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, decay_all=proto.decay_all)
     steps_per_epoch = min(len(train_loader), cfg.max_steps or len(train_loader))
-    scheduler = build_scheduler(cfg, optimizer, -(-steps_per_epoch // cfg.accum_steps))
+    scheduler = build_scheduler(cfg, optimizer, -(-steps_per_epoch // cfg.accum_steps), per_epoch=proto.per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
     criterion = build_loss(loss_name, task, cfg.label_smoothing)
@@ -287,7 +289,7 @@ def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, 
         "train_images_per_s": float(history["train_images_per_s"].mean()),
         "time_s": time.time() - started,
     }
-    if task.kind == "ordinal":  # what the fitted cut points bought over plain rounding
+    if task.kind == "ordinal" and oof["raw"].ndim == 1:  # what the fitted cut points bought over rounding
         result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
     write_json(run_dir / "metrics.json", result)
     return result

@@ -41,7 +41,7 @@ class GeM(nn.Module):
 
 class Net(nn.Module):
     def __init__(self, backbone: nn.Module, num_outputs: int, pool: str, dropout: float,
-                 *, mean: tuple[float, ...], std: tuple[float, ...], tokens: bool):
+                 *, mean: tuple[float, ...], std: tuple[float, ...], tokens: bool, bgr: bool = False):
         super().__init__()
         self.backbone = backbone
         self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
@@ -50,8 +50,14 @@ class Net(nn.Module):
         self.head = nn.Linear(backbone.num_features, num_outputs)  # num_features measured (feature_width)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
+        # --protocol paper: the study's loaders fed B, G, R (protocol.py); the input stays RGB and the
+        # graph reorders it, so every consumer of the ONNX file gets it right without knowing
+        self.bgr = bgr
+        self.register_buffer("order", torch.tensor([2, 1, 0]), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bgr:
+            x = x.index_select(1, self.order)
         x = (x.float() - self.mean) / self.std
         features = self.backbone(x)
         if not self.tokens:
@@ -82,9 +88,13 @@ def check_arch(arch: str) -> None:
 
 
 def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: float = 0.0, in_chans: int = 3,
-                pretrained: bool = False, weights: str | None = None, size: int = 224) -> Net:
+                pretrained: bool = False, weights: str | None = None, size: int = 224, bgr: bool = False,
+                imagenet_stats: bool = False) -> Net:
     """Build the network for `size`-pixel inputs. `weights` (a local backbone state dict) wins over
-    `pretrained` (timm's or torchvision's weights, through each library's cache)."""
+    `pretrained` (timm's or torchvision's weights, through each library's cache). `bgr` and
+    `imagenet_stats` are --protocol paper's channel order and normalisation (protocol.py)."""
+    if bgr and in_chans != 3:
+        raise KtError(f"a B, G, R input order needs 3 channels, not {in_chans}")
     check_arch(arch)
     use_hub = pretrained and not weights
     try:
@@ -106,10 +116,14 @@ def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: floa
     backbone.num_features = feature_width(backbone, in_chans, size)
     cfg = getattr(backbone, "pretrained_cfg", None) or {}
     mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    if imagenet_stats:  # every model of the study was normalised with ImageNet's statistics
+        from ..protocol import IMAGENET_MEAN, IMAGENET_STD
+
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]
         std = (tuple(std) + (sum(std) / len(std),) * in_chans)[:in_chans]
-    return Net(backbone, num_outputs, pool, dropout, mean=mean, std=std, tokens=tokens)
+    return Net(backbone, num_outputs, pool, dropout, mean=mean, std=std, tokens=tokens, bgr=bgr)
 
 
 def _timm_backbone(arch: str, in_chans: int, pretrained: bool, size: int) -> tuple[nn.Module, bool]:

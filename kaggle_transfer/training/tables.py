@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import competitions, runs
+from .. import competitions, protocol, runs
 from ..competitions.base import contained
 from ..config import RunConfig
 from ..data.cache import use_cache
@@ -52,6 +52,7 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
 
     comp = competitions.for_config(cfg)
     check_arch(cfg.arch)
-    comp.select_channels(cfg.channels)
+    protocol.for_run(cfg, comp)  # a channel choice the protocol cannot feed fails before any image is read
+    comp.select_channels(protocol.channels(cfg, comp))
     comp.task.check_loss(cfg.loss or comp.task.default_loss)
     return comp.read_train(data_dir, skip_bad_images)

@@ -1,0 +1,99 @@
+"""Preprocessing and optimisation protocols: `kt` (this package's defaults) and `paper` (the study's
+released code, per dataset). Torch-free: prediction reads the evaluation resize from the model file.
+
+What `paper` reproduces, from mlfoundations/imagenet-applications-transfer (datasets/*.py and
+sample_train.py at fc721b1 / 5210027):
+
+- channel order: the APTOS, CCT-20, HPA and Melanoma loaders read images with `cv2.imread` and never
+  convert, so the networks see B, G, R (aptos.py l.25, cct20.py l.46, hpa.py l.25, melanoma.py l.53);
+  Cassava converts to RGB (cassava.py l.26) and EuroSAT uses torchvision's ImageFolder (RGB). kt
+  reads RGB and, for those four, reverses the channels inside the network, so the ONNX file carries it.
+- HPA: `cv2.imread` of the 4-channel RGBY composite drops the fourth (yellow) plane: channels `rgb`.
+- normalisation: ImageNet mean/std for every model (each loader's `Normalize(mean, std)`), where kt
+  uses each pretrained model's own statistics.
+- evaluation: `Resize(size)` of the shorter side, then `CenterCrop(size)`; kt squashes to size x size.
+- training flips: horizontal for APTOS and CCT-20; horizontal and vertical for HPA, Melanoma and
+  Cassava; none for EuroSAT (eurosat.py l.33-34 commented out). The crop is RandomResizedCrop
+  (scale 0.65-1) everywhere, as kt's `augment: paper`.
+- optimiser: `optim.AdamW(net.parameters(), ...)` / `optim.SGD(net.parameters(), ...)` decay every
+  parameter (kt's default exempts biases and norms); the schedule steps once per epoch, cosine to 0
+  (`CosineAnnealingLR(T_max=epochs)`) or x0.1 after epochs 15, 20, 25 (`MultiStepLR`), no warm-up.
+- EuroSAT trains at 224 px (eurosat.py l.8); the others at 256. APTOS's loss is cross-entropy over the
+  five grades (sample_train.py: `nn.CrossEntropyLoss()` for every dataset).
+
+Not reproduced: the interpolation (OpenCV area/bilinear here, PIL's antialiased bilinear there) and
+the data-loading order; both change pixels and batches, not the protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import KtError
+
+PROTOCOLS = ("kt", "paper")
+RESIZES = ("squash", "center_crop")  # evaluation: size x size, or short side to size then the centre
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PaperRecipe:
+    """What the study's released loader does for one dataset (see the module docstring)."""
+
+    bgr: bool = False            # the network sees B, G, R (cv2.imread without conversion)
+    flips: str = "h"             # training flips: "" | "h" | "hv"
+    channels: str | None = None  # input channels when the loader drops some (HPA: rgb)
+    size: int = 256              # the input side the study trained at
+    loss: str | None = None      # the study's loss where it is not the task's default (APTOS: ce)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A run's resolved protocol: everything training, export and prediction must agree on."""
+
+    name: str
+    resize: str = "squash"
+    flips: str = "h"             # used by `augment: paper`
+    bgr: bool = False
+    imagenet_stats: bool = False  # ImageNet mean/std instead of the model's own
+    decay_all: bool = False       # weight decay on biases and norms too
+    per_epoch: bool = False       # the schedule steps once per epoch, to 0, no warm-up
+
+    def describe(self) -> dict[str, Any]:
+        """What the run folder and the ONNX metadata record."""
+        return {"protocol": self.name, "resize": self.resize, "bgr": self.bgr,
+                "mean": list(IMAGENET_MEAN) if self.imagenet_stats else None,
+                "std": list(IMAGENET_STD) if self.imagenet_stats else None}
+
+
+KT = Protocol("kt")
+
+
+def for_run(cfg, comp) -> Protocol:
+    """The protocol of a run config on a competition."""
+    if cfg.protocol == "kt":
+        return KT
+    if cfg.protocol != "paper":
+        raise KtError(f"protocol={cfg.protocol!r} is not valid; choose one of: {', '.join(PROTOCOLS)}")
+    recipe = comp.paper
+    spec = channels(cfg, comp)
+    n = len(comp.select_channels(spec))
+    if recipe.bgr and n != 3:
+        raise KtError(f"--protocol paper feeds {comp.name} as B, G, R like the study; --set channels={spec} "
+                      f"gives {n} channels: use channels=rgb")
+    return Protocol("paper", resize="center_crop", flips=recipe.flips, bgr=recipe.bgr, imagenet_stats=True,
+                    decay_all=True, per_epoch=True)
+
+
+def channels(cfg, comp) -> str | None:
+    """The run's input channels: `--set channels`, else the study's for protocol paper, else all."""
+    if cfg.channels:
+        return cfg.channels
+    return comp.paper.channels if cfg.protocol == "paper" else None
+
+
+def resize_of(meta: dict[str, Any]) -> str:
+    """The evaluation resize a model file records (files from before protocols: squash)."""
+    return (meta.get("preprocess") or {}).get("resize", "squash")
