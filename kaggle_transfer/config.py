@@ -61,6 +61,7 @@ class RunConfig:
     cache: bool = True                  # use kt prepare's resized cache when one is present
     channels: str | None = None         # input channels by first letter, e.g. rgb or rgby (HPA); None = all
     keep_empty: bool = False            # CCT-20: keep the `empty` class (the paper drops it)
+    per_annotation: bool = False        # CCT-20: one sample per annotation, as the study's loader (default: per image)
     split: str | None = None            # None = the competition's: paper (20% per class, seed 414) | kfold | official
     split_file: str | None = None       # CSV with id and Split columns (train/val/test); implies split=official
     folds: int = 5                      # number of folds for split=kfold

@@ -47,6 +47,7 @@ class PaperRecipe:
     channels: str | None = None  # input channels when the loader drops some (HPA: rgb)
     size: int = 256              # the input side the study trained at
     loss: str | None = None      # the study's loss where it is not the task's default (APTOS: ce)
+    options: tuple[tuple[str, object], ...] = ()  # other config the study's loader implies (CCT-20)
 
 
 @dataclass(frozen=True)

@@ -69,3 +69,95 @@ def test_the_eurosat_paper_split_is_the_released_one(tmp_path):
     assert list(table["id"]) == [f for f, _ in files]  # ImageFolder's order
     ours = set(table.loc[assign_folds(table, "paper", 5, EUROSAT.paper_seed) == 0, "id"])
     assert ours == released_ids and set(EUROSAT.read_test(data)["id"]) == released_ids
+
+
+def released_cct20_samples(annotation_file) -> list[tuple[str, int]]:
+    """datasets/cct20.py, CCTDataset.__init__: one (image_id, class index) per annotation that is not
+    empty (category 30), in the JSON's order, classes indexed in the released list's order."""
+    import json
+
+    classes = [1, 3, 5, 6, 7, 8, 9, 10, 11, 16, 21, 33, 34, 51, 99]
+    annotations = json.load(open(annotation_file))
+    data = [(anno["image_id"], anno["category_id"]) for anno in annotations["annotations"]
+            if anno["category_id"] != 30]
+    return [(str(i), classes.index(c)) for i, c in data]
+
+
+def test_cct20_per_annotation_samples_are_the_released_ones(tmp_path):
+    import json
+
+    from kaggle_transfer import competitions, config
+
+    data = synthetic.make("cct20", tmp_path / "cct20", n_train=40, n_test=20, image_size=16)
+    path = data / "eccv_18_annotation_files" / "train_annotations.json"
+    coco = json.loads(path.read_text())
+    first, second = coco["images"][0]["id"], coco["images"][1]["id"]
+    coco["annotations"] += [{"id": "x1", "image_id": first, "category_id": 34},   # a second animal
+                            {"id": "x2", "image_id": first, "category_id": 34},   # and a third, same class
+                            {"id": "x3", "image_id": second, "category_id": 30}]  # empty: dropped
+    path.write_text(json.dumps(coco))
+    comp = competitions.for_config(config.resolve(flags={"competition": "cct20"}, sets=["per_annotation=true"]))
+    table = comp.read(data, "train")
+    ours = table[table["split"] == "train"]
+    assert [(i.split("#")[0], t) for i, t in zip(ours["id"], ours["target"], strict=True)] == \
+        released_cct20_samples(path)
+    assert ours["id"].is_unique and (ours["id"].str.split("#").str[0] == str(first)).sum() >= 3
+    per_image = competitions.get("cct20").read(data, "train")
+    assert len(per_image[per_image["split"] == "train"]) == len(coco["images"])  # kt's default: one per image
+
+
+def released_melanoma_split(years: list[pd.DataFrame], seed: int = 23) -> tuple[set, set]:
+    """datasets/melanoma.py, MelanomaDataset.__init__ for train=True and train=False: numpy seed 23,
+    then per year (2020, then 2019) a set of the tfrecord ids >= 0 and np.random.choice of 80 % of them."""
+    sides = []
+    for train in (True, False):
+        np.random.seed(seed)
+        keys = []
+        for df in years:
+            folds = set(df["tfrecord"].values)
+            folds = [f for f in folds if f >= 0]
+            train_splits = np.random.choice(folds, size=int(0.8 * len(folds)), replace=False).tolist()
+            val_splits = [fold for fold in folds if fold not in train_splits]
+            part = df.loc[df["tfrecord"].isin(train_splits if train else val_splits)]
+            keys += part["image_name"].tolist()
+        sides.append(set(keys))
+    return sides[0], sides[1]
+
+
+def test_siim_isic_paper_split_is_the_released_shard_draw_over_2020_and_2019(tmp_path):
+    """The community resized layouts of both years; 2019 through --external isic2019."""
+    from kaggle_transfer import config
+    from kaggle_transfer.training.tables import load_tables
+
+    y2020 = synthetic.make("siim_isic", tmp_path / "2020", n_train=240, n_test=4, image_size=16, layout="resized")
+    y2019 = synthetic.make("siim_isic", tmp_path / "2019", n_train=300, n_test=4, image_size=16, layout="resized",
+                           seed=1)
+    csv = pd.read_csv(y2019 / "train.csv")
+    for name in csv["image_name"]:  # 2019 names of their own, shards 0..29 as the 2019 copy has
+        (y2019 / "train" / f"{name}.jpg").rename(y2019 / "train" / f"{name.replace('ISIC_', 'ISIC_19_')}.jpg")
+    csv["image_name"] = csv["image_name"].str.replace("ISIC_", "ISIC_19_")
+    csv["tfrecord"] = np.where(csv["tfrecord"] >= 0, np.arange(len(csv)) % 30, -1)
+    csv.to_csv(y2019 / "train.csv", index=False)
+    cfg = config.resolve(flags={"competition": "siim_isic", "external": ["isic2019"], "cache": False})
+    table = load_tables(cfg, y2020, external_dirs={"isic2019": str(y2019)}, skip_bad_images=False)
+    train, val = released_melanoma_split([pd.read_csv(y2020 / "train.csv"), pd.read_csv(y2019 / "train.csv")])
+    assert set(table.loc[table["fold"] == 0, "id"]) == val
+    assert set(table.loc[table["fold"] == 1, "id"]) == train
+    assert table.loc[table["fold"] == 0, "source"].nunique() == 2  # both years validate
+
+
+def test_hpa_paper_split_uses_the_split_file(tmp_path):
+    from kaggle_transfer import config
+    from kaggle_transfer.training.tables import load_tables
+
+    data = synthetic.make("hpa", tmp_path / "hpa", n_train=60, n_test=4, image_size=16)
+    train_csv = pd.read_csv(data / "train.csv")
+    words = np.array(["train"] * 44 + ["val"] * 11 + ["test_val"] * 5)
+    (data / "splits" / "hpa").mkdir(parents=True)
+    train_csv.assign(Split=words).to_csv(data / "splits" / "hpa" / "split.stratified.small.0.csv", index=False)
+    table = load_tables(config.resolve(flags={"competition": "hpa", "cache": False}), data, external_dirs={},
+                        skip_bad_images=False)
+    # datasets/hpa.py: split_df[split_df['Split'] == 'val'] validates, 'train' trains, test_val is kept out
+    assert list(table.loc[table["fold"] == 0, "id"]) == list(train_csv["Id"][words == "val"])
+    assert list(table.loc[table["fold"] == 1, "id"]) == list(train_csv["Id"][words == "train"])
+    assert (table.loc[train_csv.index[words == "test_val"], "fold"] < 0).all()

@@ -70,3 +70,15 @@ def test_every_paper_recipe_is_a_point_of_the_study_grid(recipe):
     assert cfg.schedule in grid["schedule"] and cfg.epochs == grid["run"]["epochs"]
     assert cfg.batch_size == grid["run"]["batch_size"]
     assert cfg.size == (224 if recipe.parent.name == "eurosat" else grid["run"]["size"])  # the study's EuroSAT: 224
+    # the study's protocol and what it implies for this dataset, as `kt study --grid paper` runs it
+    from kaggle_transfer import competitions
+    from kaggle_transfer.study.grid import trial_flags
+
+    comp = competitions.get(recipe.parent.name)
+    point = {"arch": cfg.arch, "optimizer": cfg.optimizer, "lr_index": grid["lr"][cfg.optimizer].index(cfg.lr),
+             "weight_decay": min(grid["weight_decay"], key=lambda wd: abs(wd - raw_decay)), "schedule": cfg.schedule}
+    study = config.resolve(flags=trial_flags(grid, point, comp))
+    assert (cfg.split or comp.default_split) == (study.split or comp.default_split)
+    for key in ("protocol", "loss", "size", "per_annotation", "augment", "weight_decay", "lr"):
+        assert getattr(cfg, key) == pytest.approx(getattr(study, key)) if key in ("weight_decay", "lr") \
+            else getattr(cfg, key) == getattr(study, key), key

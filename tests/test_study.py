@@ -155,6 +155,22 @@ def test_paper_grid():
     sgd = point_config(grid, {"arch": "a", "optimizer": "sgd", "lr_index": 0, "weight_decay": 1e-4,
                               "schedule": "cosine"})
     assert sgd["lr"] == 0.1 and sgd["weight_decay"] == 1e-4 and sgd["epochs"] == 30 and sgd["batch_size"] == 128
+    assert sgd["protocol"] == "paper"
+
+
+def test_paper_grid_trials_take_each_datasets_size_and_loss():
+    """The study's APTOS baseline is cross-entropy over the grades; its EuroSAT runs are at 224 px."""
+    from kaggle_transfer import competitions, config
+    from kaggle_transfer.study.grid import trial_flags
+
+    _, grid = load_grid("paper")
+    point = {"arch": "test_resnet", "optimizer": "adamw", "lr_index": 2, "weight_decay": 1e-5, "schedule": "cosine"}
+    aptos = config.resolve(flags=trial_flags(grid, point, competitions.get("aptos")))
+    assert (aptos.loss, aptos.size, aptos.protocol) == ("ce", 256, "paper")
+    assert config.resolve(flags=trial_flags(grid, point, competitions.get("eurosat"))).size == 224
+    assert config.resolve(flags=trial_flags(grid, point, competitions.get("cassava"))).loss is None
+    kt = trial_flags(grid, point, competitions.get("aptos"), sets=["protocol=kt"])
+    assert "loss" not in kt  # kt's protocol keeps the task's default (SmoothL1 regression)
 
 
 def test_cross_dataset_view_against_scipy():

@@ -29,8 +29,10 @@ def study() -> None:
               "for several machines.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes on this machine.")
 @click.option("--runs-root", type=click.Path())
+@click.option("--protocol", type=click.Choice(["kt", "paper"]), help="Override the grid's protocol (the paper grid: "
+              "paper, the released code's preprocessing; kt: this package's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config for every trial, e.g. epochs=5.")
-def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_root, sets) -> None:
+def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_root, protocol, sets) -> None:
     """Train every (arch × grid point) once, resumably, across any number of workers."""
     from .. import competitions
     from ..runs import runs_root as default_root
@@ -47,6 +49,8 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
 
     for name in names:
         check_arch(name.split(".")[0])
+    if protocol:
+        sets = (*sets, f"protocol={protocol}")
     result = run_study(comp.name, names, grid_spec, competitions.find_data_dir(comp, data_dir),
                        root=default_root(runs_root), storage_url=storage, workers=workers, sets=sets)
     click.echo(f"study {result['study']}: {result['points']} grid points, {result['trained_here']} trained by "

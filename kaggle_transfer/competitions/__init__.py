@@ -60,7 +60,8 @@ def for_config(cfg) -> Competition:
     name = as_dict["competition"]
     if name not in COMPETITIONS and name not in CUSTOM and as_dict.get("competition_file"):
         get(as_dict["competition_file"])
-    return get(name).configure(keep_empty=as_dict.get("keep_empty", False))
+    return get(name).configure(keep_empty=as_dict.get("keep_empty", False),
+                               per_annotation=as_dict.get("per_annotation", False))
 
 
 def default_data_dir(comp: Competition) -> Path:

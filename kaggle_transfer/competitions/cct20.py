@@ -8,7 +8,9 @@ annotations (image_id, category_id), categories (id, name).
 
 Choices, documented: the paper's 15 classes drop `empty` (id 30) everywhere; `--set keep_empty=true`
 keeps it as a 16th class. An image with several annotations takes its most frequent non-empty
-category (ties: the smaller id); it is `empty` only when all its annotations are. Model selection
+category (ties: the smaller id); it is `empty` only when all its annotations are. With
+`--set per_annotation=true` (the study's released loader, datasets/cct20.py l.32) every non-empty
+annotation is a sample of its own, in the JSON's order: an image with two annotations counts twice. Model selection
 uses cis_val (locations seen in training); `kt evaluate` reports cis_test and trans_test (unseen
 locations) side by side.
 """
@@ -45,14 +47,18 @@ def _find(data_dir: Path, names: tuple[str, ...], what: str) -> Path:
 
 class Cct20(Competition):
     keep_empty: bool = False
+    per_annotation: bool = False
 
     def configure(self, **options) -> Cct20:
-        if not options.get("keep_empty") or self.keep_empty:
+        keep, per = bool(options.get("keep_empty")), bool(options.get("per_annotation"))
+        if (keep, per) == (self.keep_empty, self.per_annotation):
             return self
-        ids = self.category_ids + [EMPTY_ID]
-        new = dataclasses.replace(self, task=Task("multiclass", len(ids), "accuracy"),
-                                  class_names=self.class_names + ["empty"])
-        new.keep_empty = True
+        new = dataclasses.replace(self)
+        if keep and not self.keep_empty:
+            ids = self.category_ids + [EMPTY_ID]
+            new = dataclasses.replace(self, task=Task("multiclass", len(ids), "accuracy"),
+                                      class_names=self.class_names + ["empty"])
+        new.keep_empty, new.per_annotation = keep or self.keep_empty, per
         return new
 
     @property
@@ -92,6 +98,10 @@ class Cct20(Competition):
             per_image.setdefault(str(a["image_id"]), []).append(cid)
         index = {cid: k for k, cid in enumerate(self.category_ids)}
         folder = _find(data_dir, ("eccv_18_all_images_sm", "images"), "images")
+        if self.per_annotation:
+            rows = _annotation_rows(coco, index, folder, SPLIT_WORD.get(split, split))
+            return check_files(pd.DataFrame(rows, columns=["id", "paths", "source", "target", "group", "split"]),
+                               skip_bad_images)
         rows = []
         for img in coco["images"]:
             label = _label(per_image.get(str(img["id"]), []))
@@ -103,6 +113,23 @@ class Cct20(Competition):
         return check_files(pd.DataFrame(rows, columns=["id", "paths", "source", "target", "group", "split"]),
                            skip_bad_images)
 
+def _annotation_rows(coco: dict, index: dict[int, int], folder: Path, split_word: str) -> list[dict]:
+    """One row per kept annotation, in the JSON's order (the released loader's list comprehension);
+    ids `<image id>#<n>` keep them unique. The image path comes from `images` (the loader's
+    `<image_id>.jpg` when the image is not listed)."""
+    images = {str(img["id"]): img for img in coco["images"]}
+    seen: Counter = Counter()
+    rows = []
+    for a in coco["annotations"]:
+        if a["category_id"] not in index:
+            continue  # empty, unless kept
+        image_id = str(a["image_id"])
+        img = images.get(image_id, {"file_name": f"{image_id}.jpg"})
+        seen[image_id] += 1
+        rows.append({"id": f"{image_id}#{seen[image_id]}", "paths": (str(folder / img["file_name"]),),
+                     "source": "competition", "target": index[a["category_id"]],
+                     "group": str(img.get("location", "")), "split": split_word})
+    return rows
 
 
 def _label(categories: list[int]) -> int | None:
@@ -116,7 +143,8 @@ def _label(categories: list[int]) -> int | None:
 
 
 CCT20 = Cct20(
-    paper=PaperRecipe(bgr=True, flips="h"),  # datasets/cct20.py: cv2 BGR, horizontal flip
+    # released datasets/cct20.py: cv2 BGR, horizontal flip, one sample per non-empty annotation (l.32)
+    paper=PaperRecipe(bgr=True, flips="h", options=(("per_annotation", True),)),
     name="cct20",
     synthetic="cct20",
     slug=None,

@@ -4,6 +4,10 @@ Layout (docs/competitions.md): train.csv (Id,Target with space-separated label i
 sample_submission.csv (Id,Predicted; the test ids), train/{Id}_{red,green,blue,yellow}.png and test/….
 Channel order is fixed and documented: red (microtubules), green (the protein of interest),
 blue (nucleus), yellow (ER). `--set channels=rgb` trains on the first three.
+The study's 73/18/9 split (train / val / test_val, from the 3rd-place team; datasets/hpa.py reads
+`splits/hpa/split.stratified.small.0.csv`, columns Id,...,Split): when that file is in the data folder
+(top level or splits/hpa/), `--split paper` uses it row for row and holds test_val out; without it
+the paper split is kt's multilabel-stratified 20 %.
 External `hpav18`: a folder with a CSV (Id,Target) and per-channel images in the same naming, PNG
 or JPEG (as competitors distributed the resized HPAv18 set).
 """
@@ -28,6 +32,14 @@ CLASSES = [
     "Rods & rings",
 ]
 CHANNELS = ("red", "green", "blue", "yellow")
+SPLIT_FILE = "split.stratified.small.0.csv"
+
+
+def paper_split_file(data_dir: Path) -> Path | None:
+    for path in (data_dir / SPLIT_FILE, data_dir / "splits" / "hpa" / SPLIT_FILE):
+        if path.is_file():
+            return path
+    return None
 
 
 def parse_labels(text: str, where: str) -> tuple[int, ...]:
@@ -59,6 +71,10 @@ class Hpa(Competition):
             "source": "competition",
             "target": [parse_labels(t, f"{path} row {n + 2}") for n, t in enumerate(df["Target"])],
         })
+        split_file = paper_split_file(data_dir)
+        if split_file is not None:  # the study's split: rows the file does not name neither train nor validate
+            words = read_csv(split_file, ["Id", "Split"], "HPA paper split file").set_index("Id")["Split"]
+            table["paper_split"] = table["id"].map(words).fillna("absent").to_numpy()
         return check_files(table, skip_bad_images)
 
     def _test(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:

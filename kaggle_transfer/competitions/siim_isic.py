@@ -7,7 +7,10 @@ The community's resized copies keep images in train/ and test/ and add `tfrecord
 stratified fold id; -1 marks duplicates, dropped), `width`, `height`; both layouts are read.
 Rows are grouped by patient: no patient is on both sides of a split.
 External `isic2019`: ISIC_2019_Training_GroundTruth.csv (image,MEL,NV,...; one-hot), the metadata CSV
-(lesion_id groups) and ISIC_2019_Training_Input/{image}.jpg; MEL → 1, everything else → 0.
+(lesion_id groups) and ISIC_2019_Training_Input/{image}.jpg; MEL → 1, everything else → 0. Or the
+community's resized 2019 copy, the layout the study used (melanoma-2019/): train.csv with
+image_name,...,target,tfrecord and train/{image_name}.jpg. Its tfrecord shards take part in the
+paper split (data/splits.py paper_shards): the study validated on 2020 and 2019 shards together.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class SiimIsic(Competition):
         if source != "isic2019":
             return super().read_external(source, external_dir)
         external_dir = Path(external_dir)
+        official = (external_dir / "ISIC_2019_Training_GroundTruth.csv").is_file()
+        if (external_dir / "train.csv").is_file() and not official:
+            return self._community_2019(external_dir)
         truth_path = external_dir / "ISIC_2019_Training_GroundTruth.csv"
         truth = read_csv(truth_path, ["image", "MEL"], "ISIC 2019 ground truth")
         meta_path = external_dir / "ISIC_2019_Training_Metadata.csv"
@@ -75,8 +81,23 @@ class SiimIsic(Competition):
         })
         return check_files(table, skip_missing=True)
 
+    def _community_2019(self, external_dir: Path) -> pd.DataFrame:
+        path = external_dir / "train.csv"
+        df = read_csv(path, ["image_name", "target", "tfrecord"], "ISIC 2019 community train.csv")
+        groups = df["patient_id"] if "patient_id" in df.columns else pd.Series([""] * len(df))
+        table = pd.DataFrame({
+            "id": df["image_name"].to_numpy(),
+            "paths": [(str(external_dir / "train" / f"{name}.jpg"),) for name in df["image_name"]],
+            "source": "isic2019",
+            "group": ("isic2019:" + groups.replace("", np.nan).fillna(df["image_name"])).to_numpy(),
+            "target": parse_int_labels(df["target"], path, "target", 2),
+            "official_fold": pd.to_numeric(df["tfrecord"], errors="coerce").fillna(-1).astype(int).to_numpy(),
+        })
+        return check_files(table, skip_missing=True)
+
 
 SIIM_ISIC = SiimIsic(
+    paper_seed=23,  # datasets/melanoma.py l.19: np.random.seed(23) before the shard draw
     paper=PaperRecipe(bgr=True, flips="hv"),  # datasets/melanoma.py: cv2 BGR, both flips
     name="siim_isic",
     synthetic="siim_isic",

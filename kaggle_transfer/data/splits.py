@@ -30,20 +30,22 @@ def assign_folds(table: pd.DataFrame, split: str, folds: int, seed: int) -> np.n
     `kfold`: stratified k-fold (multilabel-stratified for label sets, grouped when there are groups);
     an `official_fold` column (SIIM-ISIC's tfrecord) is used instead when present.
     `official`: the table's `split` column (train / val; anything else is held out).
+    `paper` with a `paper_split` column (HPA's 73/18/9 split file): that column, as `official`.
+    `paper` with `official_fold` (tfrecord shards, SIIM-ISIC's community layout): paper_shards.
     """
     out = np.full(len(table), TRAIN_ONLY, dtype=int)
     comp = np.flatnonzero((table["source"] == "competition").to_numpy())
     rows = table.iloc[comp]
     groups = rows["group"].to_numpy() if "group" in table.columns else None
+    if split == "paper" and "paper_split" in table.columns:
+        return _words(rows["paper_split"], comp, out)
+    if split == "paper" and "official_fold" in table.columns:
+        return paper_shards(table, seed, out)
     if split == "official":
         if "split" not in table.columns:
             raise KtError("--split official needs a split column: this competition has none; pass --split-file "
                           "FILE (id,Split) or use --split paper/kfold")
-        words = rows["split"].astype(str).str.lower()
-        out[comp] = np.where(words.isin(VAL_WORDS), 0, np.where(words.isin(TRAIN_WORDS), 1, HELD_OUT))
-        if not (out[comp] == 0).any():
-            raise KtError(f"the split column has no validation rows (one of {', '.join(sorted(VAL_WORDS))})")
-        return out
+        return _words(rows["split"], comp, out)
     if split == "kfold" and "official_fold" in table.columns:
         out[comp] = rows["official_fold"].astype(int).to_numpy() % folds
         return out
@@ -61,6 +63,36 @@ def assign_folds(table: pd.DataFrame, split: str, folds: int, seed: int) -> np.n
         out[comp[val]] = k
     if split == "paper":  # one fold of five validates: 20%
         out[comp] = np.where(out[comp] == 0, 0, 1)
+    return out
+
+
+def _words(column: pd.Series, comp: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """train / val words → folds 1 / 0; anything else (test_val, cis_test, blank) is held out."""
+    words = column.astype(str).str.lower()
+    out[comp] = np.where(words.isin(VAL_WORDS), 0, np.where(words.isin(TRAIN_WORDS), 1, HELD_OUT))
+    if not (out[comp] == 0).any():
+        raise KtError(f"the split column has no validation rows (one of {', '.join(sorted(VAL_WORDS))})")
+    return out
+
+
+def paper_shards(table: pd.DataFrame, seed: int, out: np.ndarray) -> np.ndarray:
+    """SIIM-ISIC's paper split, as datasets/melanoma.py draws it (MelanomaDataset.__init__, l.19-37):
+    `np.random.seed(23)`, then for each year in turn (2020, then 2019) the tfrecord ids >= 0 as a set
+    (a set of small non-negative ints iterates in ascending order), `np.random.choice(ids,
+    int(0.8 * len(ids)), replace=False)` → training shards, the others validate. Both years land on
+    both sides. Here the years are the competition rows, then each external source whose rows carry
+    a tfrecord id (the community 2019 layout), in the table's order; rows without one only train."""
+    stream = np.random.RandomState(seed)
+    shards = pd.to_numeric(table["official_fold"], errors="coerce")
+    sources = list(dict.fromkeys(["competition", *table["source"]]))
+    for source in sources:
+        mine = ((table["source"] == source) & shards.notna()).to_numpy()
+        ids = sorted(int(s) for s in set(shards[mine]) if s >= 0)
+        if not ids:
+            continue
+        train = set(stream.choice(ids, int(0.8 * len(ids)), replace=False).tolist())
+        values = shards[mine].astype(int)
+        out[mine] = np.where(values.isin(train), 1, np.where(values >= 0, 0, HELD_OUT))
     return out
 
 

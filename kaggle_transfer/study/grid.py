@@ -1,6 +1,7 @@
 """Hyperparameter grids. `paper` is the study's released grid (docs/competitions.md): AdamW lr
 {1e-2,1e-3,1e-4,1e-5} or Nesterov SGD lr {1e-1,1e-2,1e-3,1e-4}; weight decay {1e-3,1e-4,1e-5,1e-6,0},
-divided by the lr for AdamW; cosine or step schedule; 30 epochs, batch 128, 256 px."""
+divided by the lr for AdamW; cosine or step schedule; 30 epochs, batch 128, 256 px, under the study's
+protocol (protocol.py), which also brings each dataset's size (EuroSAT 224) and loss (APTOS ce)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ..errors import KtError
 GRIDS: dict[str, dict[str, Any]] = {
     "paper": {"optimizer": ["adamw", "sgd"], "lr": {"adamw": [1e-2, 1e-3, 1e-4, 1e-5], "sgd": [1e-1, 1e-2, 1e-3, 1e-4]},
               "weight_decay": [1e-3, 1e-4, 1e-5, 1e-6, 0.0], "schedule": ["cosine", "step"],
-              "run": {"epochs": 30, "batch_size": 128, "size": 256, "augment": "paper"}},
+              "run": {"epochs": 30, "batch_size": 128, "size": 256, "augment": "paper", "protocol": "paper"}},
     "small": {"optimizer": ["adamw"], "lr": {"adamw": [1e-3, 1e-4]}, "weight_decay": [1e-5],
               "schedule": ["cosine"], "run": {"epochs": 10, "batch_size": 64, "size": 256, "augment": "paper"}},
 }
@@ -45,6 +46,23 @@ def search_space(grid: dict[str, Any], archs: list[str]) -> dict[str, list]:
     width = max(len(v) for v in grid["lr"].values())
     return {"arch": archs, "optimizer": list(grid["optimizer"]), "lr_index": list(range(width)),
             "weight_decay": list(grid["weight_decay"]), "schedule": list(grid["schedule"])}
+
+
+def trial_flags(grid: dict[str, Any], params: dict[str, Any], comp, sets=()) -> dict[str, Any] | None:
+    """A grid point's run config for one competition: under the study's protocol, the study's input
+    side and loss for that dataset (EuroSAT 224 px; APTOS cross-entropy over the grades). `--set`
+    values still win over these (config.resolve applies them last)."""
+    flags = point_config(grid, params)
+    if flags is None:
+        return None
+    flags = {"competition": comp.name, **flags}
+    chosen = [s.split("=", 1)[1].strip() for s in sets if s.split("=", 1)[0].strip() == "protocol"]
+    if (chosen[-1] if chosen else flags.get("protocol")) == "paper":
+        flags["size"] = comp.paper.size
+        if comp.paper.loss:
+            flags["loss"] = comp.paper.loss
+        flags.update(dict(comp.paper.options))
+    return flags
 
 
 def point_config(grid: dict[str, Any], params: dict[str, Any]) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from typing import Any
 from .. import runs
 from ..errors import KtError
 from ..runs import slug
-from .grid import load_grid, point_config, search_space
+from .grid import load_grid, point_config, search_space, trial_flags
 
 # a killed worker's trial is failed and re-queued once its heartbeat is GRACE_S old (tests shorten these)
 HEARTBEAT_S = int(os.environ.get("KT_STUDY_HEARTBEAT", 5))
@@ -128,7 +128,7 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
     """One worker: train points until every grid point has a finished trial. Returns runs trained."""
     import optuna
 
-    from .. import config
+    from .. import competitions, config
 
     grid_name, grid = load_grid(grid_spec)
     name = study_name(competition, grid_name, archs)
@@ -151,7 +151,7 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
             optuna.create_study(study_name=f"{name}:claim:{_key(p)}:{attempt}", storage=storage)
         except optuna.exceptions.DuplicatedStudyError:
             raise optuna.TrialPruned("another worker holds this grid point") from None
-        cfg = config.resolve(flags={"competition": competition, **point_config(grid, p)}, sets=sets)
+        cfg = config.resolve(flags=trial_flags(grid, p, competitions.get(competition), sets), sets=sets)
         result, fresh = _train_point(trial, cfg, run_dir_for(Path(root), competition, name, p), Path(data_dir),
                                      progress=progress)
         trained += fresh
