@@ -65,7 +65,9 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
 @click.option("--all", "all_", is_flag=True, help="Every competition with a study: the cross-dataset view.")
 @click.option("--top1", "top1_file", type=click.Path(), help="CSV arch,top1[,source] for archs outside paper19.")
 @click.option("--min-top1", type=float, help="Only models at or above this ImageNet top-1 (the paper's >70%% view).")
-def study_report(competition, storage, runs_root, all_, top1_file, min_top1) -> None:
+@click.option("--compare-paper", is_flag=True, help="Print the paper's published figures beside the measured ones "
+              "(always written to compare.csv).")
+def study_report(competition, storage, runs_root, all_, top1_file, min_top1, compare_paper) -> None:
     """CSV and PNG like the paper's figure: ImageNet top-1 vs task score, correlations, normalised slope."""
     from .. import runs
     from ..study.report import report_studies, summary_line
@@ -75,6 +77,10 @@ def study_report(competition, storage, runs_root, all_, top1_file, min_top1) -> 
     for name, result in results.items():
         click.echo(f"{name}: {result['stats']['models']} models; {summary_line(result['stats'])}; "
                    f"wrote {', '.join(result['files'])}")
+        if compare_paper:
+            versus = result["compare"]
+            click.echo(versus.drop(columns=["source"]).to_string(index=False) if len(versus) else
+                       f"{name}: no figures of the paper to compare")
     if across is not None:
         click.echo(across.to_string(index=False))
 

@@ -104,6 +104,7 @@ class Competition:
     value_format: str = "index"      # answers as class indices or names (answers.py)
     label_separator: str = " "       # multilabel answers: between labels
     eval_splits: tuple[str, ...] = ()  # labelled test splits `kt evaluate` scores (local datasets)
+    reported_split: str | None = None  # the one of them the study reports (CCT-20: cis_test), else validation
     download_hint: str | None = None   # where the files come from when not from Kaggle
     synthetic: str | None = None       # the layout data/synthetic.py writes for `kt demo` and the tests
 

@@ -71,8 +71,12 @@ def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float,
             trials = [t for t in done if t.params["arch"] == arch]
             best = max(trials, key=lambda t: t.value)
             value, source = (top1 or {}).get(arch) or imagenet_top1(arch)
+            heldout = best.user_attrs.get("heldout") or {}
             rows.append({"study": summary.study_name, "arch": arch, "imagenet_top1": value, "top1_source": source,
                          "score": best.value, "metric": comp.task.metric,
+                         # what the paper plots: the held-out split it reports (CCT-20 cis_test), else validation
+                         "reported": heldout.get(comp.reported_split, best.value), **heldout,
+                         "parameters_m": (best.user_attrs.get("parameters") or float("nan")) / 1e6,
                          "accuracy": best.user_attrs["accuracy"] if "accuracy" in best.user_attrs
                          else secondary_accuracy(Path(best.user_attrs["run_dir"]), comp),
                          "host": best.user_attrs.get("host"),
@@ -113,12 +117,12 @@ def figure(table: pd.DataFrame, competition: str, path: Path, *, min_top1: float
     known = table.dropna(subset=["imagenet_top1"])
     if min_top1 is not None:  # the paper's "above 70 % ImageNet" view
         known = known[known["imagenet_top1"] >= min_top1]
-    x, y = known["imagenet_top1"].to_numpy(float), known["score"].to_numpy(float)
+    x, y = known["imagenet_top1"].to_numpy(float), known["reported"].to_numpy(float)
     stats = correlations(x, y)
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter(x, y)
     for _, row in known.iterrows():
-        ax.annotate(row["arch"].split(".")[0], (row["imagenet_top1"], row["score"]), fontsize=7,
+        ax.annotate(row["arch"].split(".")[0], (row["imagenet_top1"], row["reported"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")
     if len(x) >= 2 and x.max() > x.min():
         a, b = np.polyfit(x, y, 1)
@@ -155,15 +159,24 @@ def report_studies(competition: str | None, *, every: bool = False, root: Path, 
 
 def report(competition: str, storage_url: str, out_dir: Path, top1_file: str | Path | None = None, *,
            min_top1: float | None = None) -> dict[str, Any]:
+    """study.csv (one row per model), grid.csv (every trial), compare.csv (the paper's figures beside
+    the measured ones), study.png and study.md."""
+    from .appendix import compare, grid_table
+
     table = study_table(competition, storage_url, read_top1(top1_file))
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "study.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    grid, versus = grid_table(competition, storage_url), compare(competition, table)
+    for name, frame in (("study.csv", table), ("grid.csv", grid), ("compare.csv", versus)):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
     stats = figure(table, competition, out_dir / "study.png", min_top1=min_top1)
-    shown = table.drop(columns=["run_dir"]).to_string(index=False)
+    shown = table.drop(columns=["run_dir", "study"]).to_string(index=False)
     write_text(out_dir / "study.md", f"# Study: {competition}\n\n```\n{shown}\n```\n\n{summary_line(stats)}"
-               f" over {stats['models']} models.\n\n{SLOPE_DEFINITION}.\n\n![study](study.png)\n")
-    return {"table": table, "stats": stats, "files": [str(out_dir / n) for n in ("study.csv", "study.png", "study.md")]}
+               f" over {stats['models']} models.\n\n{SLOPE_DEFINITION}.\n\n![study](study.png)\n\n"
+               f"## The paper's figures beside these\n\n```\n{versus.to_string(index=False)}\n```\n\n"
+               f"## Every trial of the grid\n\n```\n{grid.to_string(index=False)}\n```\n")
+    files = [str(out_dir / n) for n in ("study.csv", "grid.csv", "compare.csv", "study.png", "study.md")]
+    return {"table": table, "stats": stats, "compare": versus, "files": files}
 
 
 def summary_line(stats: dict[str, float]) -> str:
@@ -177,7 +190,8 @@ def report_all(tables: dict[str, pd.DataFrame], *, resamples: int = 2000, seed: 
     top-1 and with the mean score of the other datasets, over the archs every study shares, with
     p-values, and a bootstrap over models of how often ImageNet predicts the dataset at least as well
     as the other datasets do (`p_imagenet_as_good`)."""
-    scores = pd.DataFrame({name: t.set_index("arch")["score"] for name, t in tables.items()}).dropna()
+    scores = pd.DataFrame({name: t.set_index("arch")["reported" if "reported" in t else "score"]
+                           for name, t in tables.items()}).dropna()
     first = next(iter(tables.values())).set_index("arch")["imagenet_top1"]
     top1 = pd.Series({a: first.get(a) for a in scores.index}, dtype=float).to_numpy()
     rng, rows = np.random.default_rng(seed), []

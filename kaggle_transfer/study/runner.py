@@ -137,7 +137,7 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=optuna.samplers.GridSampler(space, seed=int(os.getpid())))
     points = {_key(p): p for p in _points(grid, archs)}
-    _describe(study, competition=competition, grid=grid_name, archs=archs, points=len(points))
+    _describe(study, competition=competition, grid=grid_name, archs=archs, points=len(points), lr=grid["lr"])
     trained = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -185,7 +185,7 @@ def _train_point(trial, cfg, run_dir: Path, data_dir: Path, *, progress: bool) -
         trial.set_user_attr("trained_from", "resumed" if resume else "scratch")
         run_dir.mkdir(parents=True, exist_ok=True)
         result, trained = fit(cfg, run_dir, data_dir, resume=resume, progress=progress), 1
-    _record(trial, run_dir, cfg, result)
+    _record(trial, run_dir, cfg, result, data_dir)
     return result, trained
 
 
@@ -196,14 +196,18 @@ def _describe(study, **facts: Any) -> None:
             study.set_user_attr(key, value)
 
 
-def _record(trial, run_dir: Path, cfg, result: dict[str, Any]) -> None:
-    """Everything the report needs, in the storage: it is read from machines without this run folder."""
+def _record(trial, run_dir: Path, cfg, result: dict[str, Any], data_dir: Path) -> None:
+    """Everything the report needs, in the storage: it is read from machines without this run folder.
+    Competitions with labelled held-out splits (CCT-20) score them with the selected epoch's weights."""
     from .. import competitions
+    from ..training.heldout import score_splits
     from .report import secondary_accuracy
 
     trial.set_user_attr("accuracy", secondary_accuracy(run_dir, competitions.for_config(cfg)))
     trial.set_user_attr("best_epoch", result.get("best_epoch"))
     trial.set_user_attr("seconds", result.get("time_s"))
+    trial.set_user_attr("parameters", result.get("parameters"))
+    trial.set_user_attr("heldout", score_splits(run_dir, data_dir))
 
 
 def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path, *, root: Path,

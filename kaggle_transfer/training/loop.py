@@ -267,11 +267,12 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     if not main:
         return {"score": state["best_score"], "best_epoch": state["best_epoch"], "rank": distributed.rank()}
     return _finish(run_dir, comp, table, train_rows, val_rows=val_rows, state=state, loss_name=loss_name,
-                   device=device, dtype=dtype, started=started)
+                   device=device, dtype=dtype, started=started, parameters=sum(p.numel() for p in model.parameters()))
 
 
 def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *, val_rows: pd.DataFrame,
-            state: dict[str, Any], loss_name: str, device: torch.device, dtype, started: float) -> dict[str, Any]:
+            state: dict[str, Any], loss_name: str, device: torch.device, dtype, started: float,
+            parameters: int) -> dict[str, Any]:
     """metrics.json and the learning-curve plot, from the loop's state and the best epoch's OOF."""
     task = comp.task
     history = pd.DataFrame(state["history"])
@@ -287,7 +288,7 @@ def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, 
         "cached_rows": int(table["cached"].sum()) if "cached" in table.columns else 0,
         "amp": str(dtype).removeprefix("torch.") if dtype else "off",
         "train_images_per_s": float(history["train_images_per_s"].mean()),
-        "time_s": time.time() - started,
+        "time_s": time.time() - started, "parameters": parameters,
     }
     if task.kind == "ordinal" and oof["raw"].ndim == 1:  # what the fitted cut points bought over rounding
         result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
