@@ -79,3 +79,21 @@ def test_compare_paper_puts_the_papers_figures_beside_the_measured_ones():
 def test_report_prints_the_comparison(cct_study):
     _, _, out = cct_study
     assert "pearson" in out and "measured" in out
+
+
+def test_study_trials_take_external_data(tmp_path):
+    """SIIM-ISIC's paper split needs the 2019 set in every trial: --external-dir reaches each trial's fit."""
+    import json
+
+    data = synthetic.make("aptos", tmp_path / "data", n_train=40, n_test=4, image_size=32)
+    extra = synthetic.make("dr2015", tmp_path / "dr2015", n=20, image_size=32)
+    root = tmp_path / "runs"
+    run = subprocess.run([sys.executable, "-m", "kaggle_transfer", "study", "aptos", "--archs", "test_resnet",
+                          "--grid", "small", "--data-dir", str(data), "--runs-root", str(root), *TINY,
+                          "--set", "epochs=1", "--set", "external=dr2015", "--external-dir", f"dr2015={extra}"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    infos = [json.loads(p.read_text()) for p in root.glob("aptos/study/*/*/*/run.json")]
+    assert len(infos) == 2 and all(i["external_dirs"] == {"dr2015": str(extra.resolve())} for i in infos)
+    metrics = [json.loads(p.read_text()) for p in root.glob("aptos/study/*/*/*/metrics.json")]
+    assert all(m["n_external"] == 20 for m in metrics)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .common import external_dir_option, external_dirs
+
 
 class StudyGroup(click.Group):
     """`kt study NAME …` runs a study; `kt study report NAME` reports it."""
@@ -32,7 +34,9 @@ def study() -> None:
 @click.option("--protocol", type=click.Choice(["kt", "paper"]), help="Override the grid's protocol (the paper grid: "
               "paper, the released code's preprocessing; kt: this package's).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config for every trial, e.g. epochs=5.")
-def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_root, protocol, sets) -> None:
+@external_dir_option
+def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_root, protocol, sets,
+              external_dir) -> None:
     """Train every (arch × grid point) once, resumably, across any number of workers."""
     from .. import competitions
     from ..runs import runs_root as default_root
@@ -52,7 +56,8 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
     if protocol:
         sets = (*sets, f"protocol={protocol}")
     result = run_study(comp.name, names, grid_spec, competitions.find_data_dir(comp, data_dir),
-                       root=default_root(runs_root), storage_url=storage, workers=workers, sets=sets)
+                       root=default_root(runs_root), storage_url=storage, workers=workers, sets=sets,
+                       external_dirs=external_dirs(external_dir))
     click.echo(f"study {result['study']}: {result['points']} grid points, {result['trained_here']} trained by "
                f"this command; storage {result['storage']}")
     click.echo(f"next: kt study report {comp.name}")

@@ -124,7 +124,7 @@ def run_dir_for(root: Path, competition: str, name: str, p: dict[str, Any]) -> P
 
 
 def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *, root: str, storage_url: str,
-           sets: list[str], progress: bool = False) -> int:
+           sets: list[str], progress: bool = False, external_dirs: dict[str, str] | None = None) -> int:
     """One worker: train points until every grid point has a finished trial. Returns runs trained."""
     import optuna
 
@@ -153,7 +153,7 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
             raise optuna.TrialPruned("another worker holds this grid point") from None
         cfg = config.resolve(flags=trial_flags(grid, p, competitions.get(competition), sets), sets=sets)
         result, fresh = _train_point(trial, cfg, run_dir_for(Path(root), competition, name, p), Path(data_dir),
-                                     progress=progress)
+                                     progress=progress, external_dirs=external_dirs)
         trained += fresh
         return result["score"]
 
@@ -171,7 +171,8 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
         study.optimize(objective, n_trials=1, catch=())
 
 
-def _train_point(trial, cfg, run_dir: Path, data_dir: Path, *, progress: bool) -> tuple[dict[str, Any], int]:
+def _train_point(trial, cfg, run_dir: Path, data_dir: Path, *, progress: bool,
+                 external_dirs: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
     """Train a claimed grid point (or read its finished run) and record it in the storage. Returns the run's
     metrics and 1 when it trained here. This machine's last.pt resumes the point; a point re-queued from a
     machine whose folders are out of reach starts from scratch here."""
@@ -184,7 +185,8 @@ def _train_point(trial, cfg, run_dir: Path, data_dir: Path, *, progress: bool) -
         resume = (run_dir / "last.pt").is_file()
         trial.set_user_attr("trained_from", "resumed" if resume else "scratch")
         run_dir.mkdir(parents=True, exist_ok=True)
-        result, trained = fit(cfg, run_dir, data_dir, resume=resume, progress=progress), 1
+        result, trained = fit(cfg, run_dir, data_dir, resume=resume, progress=progress,
+                              external_dirs=external_dirs), 1
     _record(trial, run_dir, cfg, result, data_dir)
     return result, trained
 
@@ -212,7 +214,7 @@ def _record(trial, run_dir: Path, cfg, result: dict[str, Any], data_dir: Path) -
 
 def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path, *, root: Path,
               storage_url: str | None = None, workers: int = 1, sets: list[str] | tuple = (),
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, external_dirs: dict[str, str] | None = None) -> dict[str, Any]:
     """Start `workers` processes on this machine (more machines: run the same command elsewhere)."""
     from ..training.models import check_arch
 
@@ -224,7 +226,7 @@ def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path
     if not points:
         raise KtError("the grid is empty")
     args = (competition, archs, grid_spec, str(data_dir))
-    kwargs = {"root": str(root), "storage_url": url, "sets": list(sets)}
+    kwargs = {"root": str(root), "storage_url": url, "sets": list(sets), "external_dirs": dict(external_dirs or {})}
     if workers <= 1:
         trained = worker(*args, **kwargs, progress=progress)
     else:
