@@ -11,7 +11,7 @@ from .. import competitions, protocol, runs
 from ..competitions.base import contained
 from ..config import RunConfig
 from ..data.cache import use_cache
-from ..data.splits import assign_folds, read_split_file
+from ..data.splits import TRAIN_ONLY, assign_folds, paper_shards, read_split_file
 from ..errors import KtError
 
 
@@ -28,6 +28,10 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
         if table["split"].isna().any():
             missing = table.loc[table["split"].isna(), "id"].iloc[0]
             raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
+    seed = comp.paper_seed if cfg.split_seed is None else cfg.split_seed
+    split = cfg.split or comp.default_split
+    table["fold"] = assign_folds(table, split, cfg.folds, seed)  # on the competition rows alone
+    sharded = split == "paper" and "official_fold" in table.columns  # SIIM-ISIC's tfrecord layout
     skipped = {"competition": int(table.attrs.get("skipped_images", 0))}
     for source in cfg.external:
         if source not in external_dirs:
@@ -35,10 +39,11 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
         extra = contained(comp.read_external(source, Path(external_dirs[source])), Path(external_dirs[source]),
                           f"--external-dir {source}")
         skipped[source] = int(extra.attrs.get("skipped_images", 0))
-        table = pd.concat([table, extra], ignore_index=True)
-    # external rows only train, except where the study's split shards them too (SIIM-ISIC's 2019 set)
-    seed = comp.paper_seed if cfg.split_seed is None else cfg.split_seed
-    table["fold"] = assign_folds(table, cfg.split or comp.default_split, cfg.folds, seed)
+        table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
+    if sharded and cfg.external:
+        # the study's shard split covers the external year too (SIIM-ISIC's 2019 copy, when it has shards);
+        # otherwise external rows only ever train
+        table["fold"] = paper_shards(table, seed, table["fold"].to_numpy().copy())
     table.attrs["skipped_images"] = skipped
     if cfg.cache:
         table = use_cache(table, runs.cache_root(cache), comp.name, cfg.size, crop=cfg.fundus_crop)
