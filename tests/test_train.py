@@ -153,14 +153,14 @@ def test_ema_weights_are_what_gets_validated_and_saved(aptos_dir, tmp_path):
 def test_augmentations_depend_on_seed_epoch_and_row_not_on_workers(aptos_dir):
     from kaggle_transfer.competitions import APTOS
     from kaggle_transfer.training.augment import build_train_transform
-    from kaggle_transfer.training.dataset import ImageDataset
+    from kaggle_transfer.training.dataset import ImageDataset, make_loader
 
     table = APTOS.read_train(aptos_dir).head(24)
 
     def epochs(workers: int, seed: int = 0, n: int = 2) -> list[dict[int, torch.Tensor]]:
         dataset = ImageDataset(table, 32, targets=np.zeros(len(table)), transform=build_train_transform("heavy", 32),
                                seed=seed)
-        loader = train._loader(dataset, 8, workers, True, generator=torch.Generator().manual_seed(0), pin=False)
+        loader = make_loader(dataset, 8, workers, True, generator=torch.Generator().manual_seed(0), pin=False)
         out = []
         for epoch in range(n):
             loader.sampler.set_epoch(epoch)

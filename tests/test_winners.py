@@ -79,3 +79,83 @@ def test_a_warm_start_begins_from_the_other_runs_weights(trained_run, aptos_dir,
     with pytest.raises(KtError, match="needs the same --arch"):
         fit(tiny_config(epochs=1, max_steps=1, arch="test_efficientnet", init=str(trained_run)), tmp_path / "x",
             aptos_dir, progress=False)
+
+
+# --- weight averaging: SWA and kt average -------------------------------------------------------
+
+def test_mean_state_is_the_mean_of_the_inputs():
+    from kaggle_transfer.training.averaging import mean_state
+
+    states = [{"w": torch.full((2, 2), float(v)), "bn.num_batches_tracked": torch.tensor(v)} for v in (1, 2, 6)]
+    mean = mean_state(states)
+    assert torch.equal(mean["w"], torch.full((2, 2), 3.0)) and mean["bn.num_batches_tracked"].item() == 1
+    with pytest.raises(KtError, match="checkpoint 2 has other tensors"):
+        mean_state([states[0], {"v": torch.zeros(1)}])
+
+
+def test_swa_averages_the_last_epochs_and_recomputes_batchnorm():
+    from kaggle_transfer.training.averaging import Swa
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3))
+    swa = Swa(model, epochs=3, swa_epochs=2)
+    weights = []
+    for epoch in range(3):
+        with torch.no_grad():
+            model[0].weight.fill_(epoch + 1.0)
+        weights.append(model[0].weight.clone())
+        swa.update(model, epoch)
+    assert swa.epochs_averaged == 2  # epoch 0 is before the window
+    gen = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(4, 3, 5, 5, generator=gen) * 3 + 1, torch.zeros(4), torch.arange(4)) for _ in range(3)]
+    net = swa.finish(batches, torch.device("cpu"), steps=3)
+    assert torch.allclose(net[0].weight, (weights[1] + weights[2]) / 2)
+    with torch.no_grad():  # BatchNorm's running mean: the mean of the averaged conv's outputs over the batches
+        features = torch.cat([net[0](x) for x, _, _ in batches])
+    assert torch.allclose(net[1].running_mean, features.mean((0, 2, 3)), atol=1e-5)
+
+
+def test_swa_in_a_run_is_kept_when_it_validates_higher(aptos_dir, tmp_path):
+    result = fit(tiny_config(epochs=3, swa_epochs=2, max_steps=3), tmp_path, aptos_dir, progress=False)
+    swa = result["swa"]
+    assert swa["epochs_averaged"] == 2 and (tmp_path / "swa.pt").is_file()
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    averaged = torch.load(tmp_path / "swa.pt", weights_only=True)
+    same = all(torch.equal(best[k], averaged[k]) for k in best)
+    assert same == swa["selected"] == (result["weights"] == "swa")
+    history = json.loads((tmp_path / "metrics.json").read_text())
+    assert history["score"] == pytest.approx(max(swa["score"], max(
+        float(s) for s in __import__("pandas").read_csv(tmp_path / "history.csv")["score"])))
+    with pytest.raises(KtError, match="swa_epochs=4 averages more epochs"):
+        tiny_config(epochs=3, swa_epochs=4)
+
+
+def test_kt_average_makes_a_validated_exportable_run(aptos_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from kaggle_transfer import runs
+    from kaggle_transfer.cli import main
+    from kaggle_transfer.training.export import export
+
+    members = []
+    for seed in (1, 2):
+        fit(tiny_config(epochs=1, max_steps=3, seed=seed), tmp_path / f"s{seed}", aptos_dir, progress=False)
+        members.append(tmp_path / f"s{seed}")
+    result = CliRunner().invoke(main, ["average", *map(str, members), "--runs-root", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    out = next((tmp_path / "runs" / "aptos").iterdir())
+    states = [torch.load(m / "best.pt", weights_only=True) for m in members]
+    averaged = torch.load(out / "best.pt", weights_only=True)
+    assert torch.allclose(averaged["head.weight"], (states[0]["head.weight"] + states[1]["head.weight"]) / 2)
+    metrics, oof = runs.read_metrics(out), runs.load_oof(out)
+    comp_task = Task("ordinal", 5, "qwk")
+    assert metrics["score"] == pytest.approx(comp_task.score(oof["targets"], oof["raw"], oof["fitted"]))
+    assert set(oof["ids"]) == set(runs.load_oof(members[0])["ids"])  # the members' validation fold
+    info = json.loads((out / "run.json").read_text())
+    assert [s["run"] for s in info["averaged_from"]] == [str(m.resolve()) for m in members]
+    assert export(out)["max_abs_diff"] < 1e-4
+
+    fit(tiny_config(epochs=1, max_steps=1, size=48), tmp_path / "big", aptos_dir, progress=False)
+    refused = CliRunner().invoke(main, ["average", str(members[0]), str(tmp_path / "big"),
+                                        "--runs-root", str(tmp_path / "runs")])
+    assert refused.exit_code != 0 and "has size=48" in refused.output
+    assert len(list((tmp_path / "runs" / "aptos").iterdir())) == 1  # nothing half-made left behind

@@ -87,7 +87,9 @@ def train(competition, recipe, data_dir, external_dir, sets, runs_root, label, r
                    f"{len(result['members'])} run(s); pooled OOF {result['pooled_score']:.4f} on {result['rows']} rows")
     else:
         extra = f" (rounded: {result['score_rounded']:.4f})" if "score_rounded" in result else ""
-        click.echo(f"best {result['metric']} {result['score']:.4f}{extra} at epoch {result['best_epoch']}; "
+        at = (f"with SWA of the last {result['swa']['epochs_averaged']} epochs" if result.get("weights") == "swa"
+              else f"at epoch {result['best_epoch']}")
+        click.echo(f"best {result['metric']} {result['score']:.4f}{extra} {at}; "
                    f"{result['train_images_per_s']:.1f} train images/s")
         if result["skipped_images"]:
             click.echo(f"skipped {result['skipped_images']} rows with missing or unreadable images")
@@ -107,6 +109,25 @@ def export(run_dir, out, opset) -> None:
 
 
 @click.command()
+@click.argument("run_dirs", nargs=-1, required=True)
+@click.option("--data-dir", type=click.Path(), help="Competition files (default: where the first run read them).")
+@click.option("--runs-root", type=click.Path(), help="Where the new run folder goes (default: $KT_RUNS or runs/).")
+@click.option("--label", help="Run folder suffix (default: avgN_<arch>@<size>).")
+def average(run_dirs, data_dir, runs_root, label) -> None:
+    """Average the best weights of runs of one network and fold (other seeds, lrs: a model soup) into a new run.
+
+    The new run is validated on the runs' fold (oof.npz, metrics.json), so kt export, kt ensemble and
+    kt predict take it like any run."""
+    from ..training.averaging import average_runs
+
+    result = average_runs(run_dirs, data_dir=data_dir, runs_root=runs_root, label=label)
+    members = ", ".join(f"{s['score']:.4f}" if s["score"] is not None else "?" for s in result["averaged_from"])
+    click.echo(f"run folder: {result['run_dir']}")
+    click.echo(f"averaged {len(result['averaged_from'])} runs ({members}): {result['metric']} {result['score']:.4f}")
+    click.echo(f"next: kt export {result['run_dir']}")
+
+
+@click.command()
 @click.argument("competition", default="aptos")
 @click.option("--workdir", type=click.Path(), default="demo", show_default=True,
               help="Folder for the synthetic data, runs and submissions.")
@@ -119,4 +140,4 @@ def demo(competition, workdir, epochs, progress) -> None:
     run_demo(competition, Path(workdir), epochs=epochs, progress=progress, echo=click.echo)
 
 
-COMMANDS = (train, export, demo)
+COMMANDS = (train, export, average, demo)

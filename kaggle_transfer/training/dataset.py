@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data import images
 
@@ -84,3 +84,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _worker_init(worker_id: int) -> None:
+    # OpenCV's own threads would oversubscribe the cores the workers already use; augmentation
+    # randomness is seeded per sample from (seed, epoch, row) in ImageDataset, not per worker
+    import cv2
+
+    cv2.setNumThreads(0)
+
+
+def make_loader(dataset, batch_size: int, workers: int, train: bool, *, generator: torch.Generator | None,
+                pin: bool, sampler=None) -> DataLoader:
+    """Training: shuffled through EpochSampler (augmentations keyed by (seed, epoch, row)); evaluation: in order."""
+    if train:  # (epoch, row) keys: augmentations independent of workers and of resumes
+        sampler = EpochSampler(sampler or torch.utils.data.RandomSampler(dataset, generator=generator))
+    # the loader's own generator: its worker base seed must not be drawn from the global RNG (dropout
+    # masks) nor from the shuffle's generator, or a resumed epoch would draw differently
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                      drop_last=train and len(dataset) > batch_size, num_workers=workers, pin_memory=pin,
+                      worker_init_fn=_worker_init, persistent_workers=workers > 0, generator=torch.Generator())

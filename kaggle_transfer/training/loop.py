@@ -16,17 +16,17 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn  # noqa: F401 - type hints below
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .. import competitions, plots, protocol, runs
+from .. import competitions, protocol, runs
 from ..config import RunConfig
 from ..data.splits import HELD_OUT
 from ..errors import KtError
-from ..fsutil import atomic_path, clean_stale_tmp, sha256, write_json
+from ..fsutil import atomic_path, clean_stale_tmp, sha256
 from ..tasks import Task
 from . import distributed
 from .augment import build_train_transform
+from .averaging import SWA_FILE, Swa
 from .builders import (
     amp_dtype,
     build_loss,
@@ -38,29 +38,10 @@ from .builders import (
     set_backbone_trainable,
 )
 from .checkpoints import checkpoint, init_source, restore, warm_start
-from .dataset import EpochSampler, ImageDataset, sample_seed, seed_everything
+from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
 from .models import build_model
+from .summary import finish
 from .tables import load_tables
-
-
-def _worker_init(worker_id: int) -> None:
-    # OpenCV's own threads would oversubscribe the cores the workers already use; augmentation
-    # randomness is seeded per sample from (seed, epoch, row) in ImageDataset, not per worker
-    import cv2
-
-    cv2.setNumThreads(0)
-
-
-def _loader(dataset, batch_size: int, workers: int, train: bool, *, generator: torch.Generator | None,
-            pin: bool, sampler=None) -> DataLoader:
-    if train:  # (epoch, row) keys: augmentations independent of workers and of resumes
-        sampler = EpochSampler(sampler or torch.utils.data.RandomSampler(dataset, generator=generator))
-    # the loader's own generator: its worker base seed must not be drawn from the global RNG (dropout
-    # masks) nor from the shuffle's generator, or a resumed epoch would draw differently
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                      drop_last=train and len(dataset) > batch_size, num_workers=workers, pin_memory=pin,
-                      worker_init_fn=_worker_init, persistent_workers=workers > 0, generator=torch.Generator())
-
 
 SYNC_EVERY = 50  # training steps between two reads of the loss by the host (each read waits for the GPU)
 
@@ -118,7 +99,7 @@ def _step_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: T
 
 
 @torch.no_grad()
-def predict_raw(model: nn.Module, loader: DataLoader, device: torch.device, dtype: torch.dtype | None,
+def predict_raw(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None,
                 *, channels_last: bool) -> np.ndarray:
     """Raw outputs (N, num_outputs) in loader order."""
     model.eval()
@@ -130,6 +111,27 @@ def predict_raw(model: nn.Module, loader: DataLoader, device: torch.device, dtyp
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
             outs.append(model(x).float().cpu())
     return torch.cat(outs).numpy()
+
+
+def _loaders(cfg: RunConfig, train_rows: pd.DataFrame, val_rows: pd.DataFrame, targets, *, channels: list[int],
+             proto, generator: torch.Generator, pin: bool):
+    """(training loader, validation loader over this rank's shard, the shard's row indices)."""
+    transform = build_train_transform(cfg.augment, cfg.size, len(channels), flips=proto.flips)
+    train_ds = ImageDataset(train_rows, cfg.size, targets=targets[0], transform=transform, channels=channels,
+                            crop=cfg.fundus_crop, seed=cfg.seed)
+    sampler = None
+    if distributed.active():  # each rank trains on its own shuffled share of the rows
+        from torch.utils.data.distributed import DistributedSampler
+
+        sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=True)
+    train_loader = make_loader(train_ds, cfg.batch_size, cfg.workers, True, generator=generator, pin=pin,
+                               sampler=sampler)
+    val_ds = ImageDataset(val_rows, cfg.size, targets=targets[1], channels=channels, crop=cfg.fundus_crop,
+                          resize=proto.resize)
+    val_shard = distributed.shard(len(val_ds))
+    val_loader = make_loader(torch.utils.data.Subset(val_ds, val_shard.tolist()), cfg.batch_size, cfg.workers,
+                             False, generator=None, pin=pin)
+    return train_loader, val_loader, val_shard
 
 
 def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[str, str] | None = None,
@@ -166,21 +168,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         raise KtError(f"fold {cfg.fold} leaves an empty train or validation set ({len(train_rows)}/{len(val_rows)})")
     y_train, y_val = task.targets(train_rows["target"]), task.targets(val_rows["target"])
     generator = torch.Generator().manual_seed(cfg.seed)
-    transform = build_train_transform(cfg.augment, cfg.size, len(channels), flips=proto.flips)
-    train_ds = ImageDataset(train_rows, cfg.size, targets=y_train, transform=transform, channels=channels,
-                            crop=cfg.fundus_crop, seed=cfg.seed)
-    pin = device.type == "cuda"
-    sampler = None
-    if distributed.active():  # each rank trains on its own shuffled share of the rows
-        from torch.utils.data.distributed import DistributedSampler
-
-        sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=True)
-    train_loader = _loader(train_ds, cfg.batch_size, cfg.workers, True, generator=generator, pin=pin, sampler=sampler)
-    val_ds = ImageDataset(val_rows, cfg.size, targets=y_val, channels=channels, crop=cfg.fundus_crop,
-                          resize=proto.resize)
-    val_shard = distributed.shard(len(val_ds))
-    val_loader = _loader(torch.utils.data.Subset(val_ds, val_shard.tolist()), cfg.batch_size, cfg.workers, False,
-                         generator=None, pin=pin)
+    train_loader, val_loader, val_shard = _loaders(cfg, train_rows, val_rows, (y_train, y_val), channels=channels,
+                                                   proto=proto, generator=generator, pin=device.type == "cuda")
 
     model = build_model(cfg.arch, task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=len(channels),
                         pretrained=cfg.pretrained, weights=cfg.weights, size=cfg.size, bgr=proto.bgr,
@@ -206,7 +195,27 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=frozen_epochs(cfg) > 0)
     forward = torch.compile(forward) if cfg.compile else forward
-    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema}
+    swa = Swa(model, cfg.epochs, cfg.swa_epochs) if cfg.swa_epochs else None
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler, "ema": ema,
+             "swa": swa.averaged if swa else None}
+
+    def validate(net: nn.Module, when: str) -> tuple[np.ndarray, float, dict[str, Any], float]:
+        """(raw outputs, loss, fitted thresholds, score) on the validation rows, gathered over ranks."""
+        raw = distributed.gather_rows(val_shard, predict_raw(net, val_loader, device, dtype,
+                                                             channels_last=channels_last), len(val_rows))
+        if not np.isfinite(raw).all():  # a diverged model must not be kept as "best" with a score of 0
+            raise KtError(f"validation outputs became NaN or inf {when}; lower --lr (or --amp off) and start again")
+        fitted = task.fit(raw, y_val)
+        return (raw, float(_step_loss(criterion, torch.from_numpy(raw), torch.from_numpy(y_val), task)), fitted,
+                task.score(y_val, raw, fitted))
+
+    def keep(net: nn.Module, raw: np.ndarray, fitted: dict[str, Any]) -> None:
+        """The best weights so far and their validation outputs."""
+        if main:
+            with atomic_path(run_dir / "best.pt") as tmp:
+                torch.save(net.state_dict(), tmp)
+            runs.save_oof(run_dir, val_rows["id"], raw, y_val, fitted=fitted)
+
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0, "updates": 0}
     if resume:
         state = restore(run_dir / "last.pt", device, parts)
@@ -231,16 +240,10 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         if scheduler is not None:
             scheduler.step(epoch + 1)
 
+        if swa is not None:
+            swa.update(model, epoch)
         eval_model = ema.module if ema is not None else model
-        raw = distributed.gather_rows(val_shard, predict_raw(eval_model, val_loader, device, dtype,
-                                                             channels_last=channels_last),
-                                      len(val_ds))
-        if not np.isfinite(raw).all():  # a diverged model must not be kept as "best" with a score of 0
-            raise KtError(f"validation outputs became NaN or inf at epoch {epoch + 1}; lower --lr (or --amp off) "
-                          f"and start again")
-        val_loss = float(_step_loss(criterion, torch.from_numpy(raw), torch.from_numpy(y_val), task))
-        fitted = task.fit(raw, y_val)
-        score = task.score(y_val, raw, fitted)
+        raw, val_loss, fitted, score = validate(eval_model, f"at epoch {epoch + 1}")
         row = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(steps_per_epoch, 1),
                "val_loss": val_loss, "score": score,
                "lr": optimizer.param_groups[-1]["lr"],
@@ -252,10 +255,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
                        f"{task.metric} {score:.4f}  {row['train_images_per_s']:.1f} img/s")
         if score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            if main:
-                with atomic_path(run_dir / "best.pt") as tmp:
-                    torch.save(eval_model.state_dict(), tmp)
-                runs.save_oof(run_dir, val_rows["id"], raw, y_val, fitted=fitted)
+            keep(eval_model, raw, fitted)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
@@ -264,33 +264,16 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
             checkpoint(run_dir / "last.pt", parts, state)
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             break
+    if swa is not None and swa.epochs_averaged:  # SWA's weights, BatchNorm recomputed, kept when they score higher
+        net = swa.finish(train_loader, device, steps_per_epoch)
+        raw, _, fitted, score = validate(net, "for the SWA weights")
+        state["swa"] = {"epochs_averaged": swa.epochs_averaged, "score": score, "selected": score > state["best_score"]}
+        if main:
+            torch.save(net.state_dict(), run_dir / SWA_FILE)
+        if state["swa"]["selected"]:
+            state["best_score"] = score
+            keep(net, raw, fitted)
     if not main:
         return {"score": state["best_score"], "best_epoch": state["best_epoch"], "rank": distributed.rank()}
-    return _finish(run_dir, comp, table, train_rows, val_rows=val_rows, state=state, loss_name=loss_name,
+    return finish(run_dir, comp, table, train_rows, val_rows=val_rows, state=state, loss_name=loss_name,
                    device=device, dtype=dtype, started=started, parameters=sum(p.numel() for p in model.parameters()))
-
-
-def _finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *, val_rows: pd.DataFrame,
-            state: dict[str, Any], loss_name: str, device: torch.device, dtype, started: float,
-            parameters: int) -> dict[str, Any]:
-    """metrics.json and the learning-curve plot, from the loop's state and the best epoch's OOF."""
-    task = comp.task
-    history = pd.DataFrame(state["history"])
-    plots.learning_curve(history, task.metric, run_dir / "plots" / "learning_curve.png")
-    oof = runs.load_oof(run_dir)
-    result = {
-        "competition": comp.name, "metric": task.metric, "score": state["best_score"],
-        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "loss": loss_name,
-        "fitted": oof["fitted"], "n_train": len(train_rows), "n_val": len(val_rows),
-        "skipped_images": table.attrs["skipped_images"]["competition"],
-        "skipped_external_images": {k: v for k, v in table.attrs["skipped_images"].items() if k != "competition"},
-        "n_external": int((table["source"] != "competition").sum()), "device": device.type,
-        "cached_rows": int(table["cached"].sum()) if "cached" in table.columns else 0,
-        "amp": str(dtype).removeprefix("torch.") if dtype else "off",
-        "train_images_per_s": float(history["train_images_per_s"].mean()),
-        "time_s": time.time() - started, "parameters": parameters,
-    }
-    if task.kind == "ordinal" and oof["raw"].ndim == 1:  # what the fitted cut points bought over rounding
-        result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
-    write_json(run_dir / "metrics.json", result)
-    return result

@@ -1,0 +1,40 @@
+"""metrics.json and the learning-curve plot of a finished run, from the loop's state and its best OOF."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .. import plots, runs
+from ..fsutil import write_json
+
+
+def finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *, val_rows: pd.DataFrame,
+            state: dict[str, Any], loss_name: str, device: torch.device, dtype, started: float,
+            parameters: int) -> dict[str, Any]:
+    """metrics.json and the learning-curve plot, from the loop's state and the best epoch's OOF."""
+    task = comp.task
+    history = pd.DataFrame(state["history"])
+    plots.learning_curve(history, task.metric, run_dir / "plots" / "learning_curve.png")
+    oof = runs.load_oof(run_dir)
+    result = {
+        "competition": comp.name, "metric": task.metric, "score": state["best_score"],
+        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "loss": loss_name,
+        "fitted": oof["fitted"], "n_train": len(train_rows), "n_val": len(val_rows),
+        "skipped_images": table.attrs["skipped_images"]["competition"],
+        "skipped_external_images": {k: v for k, v in table.attrs["skipped_images"].items() if k != "competition"},
+        "n_external": int((table["source"] != "competition").sum()), "device": device.type,
+        "cached_rows": int(table["cached"].sum()) if "cached" in table.columns else 0,
+        "amp": str(dtype).removeprefix("torch.") if dtype else "off",
+        "train_images_per_s": float(history["train_images_per_s"].mean()),
+        "time_s": time.time() - started, "parameters": parameters,
+        "weights": "swa" if (state.get("swa") or {}).get("selected") else "best_epoch", "swa": state.get("swa"),
+    }
+    if task.kind == "ordinal" and oof["raw"].ndim == 1:  # what the fitted cut points bought over rounding
+        result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
+    write_json(run_dir / "metrics.json", result)
+    return result
