@@ -54,6 +54,9 @@ class RunConfig:
     mix_prob: float = 1.0               # share of batches mixed
     mix_alpha: float = 1.0              # Beta(alpha, alpha) mixing strength
     mix_off_epochs: int = 0             # the last N epochs train on unmixed images
+    teacher: str | None = None          # knowledge distillation from a kt ensemble spec (its members' OOF outputs)
+    distill_alpha: float = 0.5          # weight of the teacher's term (1 - alpha: the labels')
+    distill_temperature: float = 2.0    # softens class logits for the teacher's term (Hinton et al. 2015)
     init: str | None = None             # warm start: another run's folder (or best.pt) of the same arch and head
     ema: bool = False                   # keep a timm EMA of weights and validate with it
     ema_decay: float = 0.999
@@ -194,7 +197,7 @@ RANGES = {
     "max_steps": (0, 10**9, True), "size": (8, 4096, True), "epochs": (1, 100_000, True),
     "batch_size": (1, 65_536, True), "accum_steps": (1, 4096, True), "folds": (2, 1000, True), "fold": (0, 999, True),
     "mix_prob": (0, 1, True), "mix_alpha": (0, 100, "(]"), "mix_off_epochs": (0, 100_000, True),
-    "swa_epochs": (0, 100_000, True),
+    "swa_epochs": (0, 100_000, True), "distill_alpha": (0, 1, True), "distill_temperature": (0, 100, "(]"),
 }
 
 

@@ -62,6 +62,38 @@ def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, ref
 
 @click.command()
 @click.argument("competition")
+@click.argument("models", nargs=-1)
+@click.option("--ensemble", "ensemble_spec", type=click.Path(), help="An ensemble spec from kt ensemble.")
+@data_dir_option
+@click.option("--images", type=click.Path(), help="Label every image under this folder instead of the test set.")
+@click.option("--min-confidence", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Keep rows whose label the ensemble is at least this sure of (top probability; ordinal: "
+              "distance to the nearest cut point).")
+@click.option("--soft", is_flag=True, help="Train on the ensemble's probabilities (or grade) instead of hard labels.")
+@tta_option
+@click.option("-o", "--out", type=click.Path(), help="Table path (default: $KT_RUNS/<competition>/pseudo/<stamp>.csv).")
+@click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Image decoding threads.")
+@progress_option
+def pseudo(competition, models, ensemble_spec, data_dir, images, min_confidence, soft, tta, out, provider,
+           batch_size, workers, progress) -> None:
+    """Pseudo-label the test images (or --images DIR) with models or an ensemble; train on them with
+    kt train --external pseudo=FILE (training rows only). Torch-free."""
+    from ..inference.pseudo import pseudo_label
+    from ..inference.session import expand
+
+    record = pseudo_label(competition, expand(list(models)) if models else [], ensemble=ensemble_spec,
+                          data_dir=data_dir, images=images, min_confidence=min_confidence, soft=soft, out=out,
+                          tta=tta, provider=provider, batch_size=batch_size, workers=workers, progress=progress)
+    click.echo(f"kept {record['kept']} of {record['rows']} images (confidence >= {min_confidence:g})"
+               f"{', soft labels' if soft else ''}")
+    click.echo(f"wrote {record['path']} and {Path(record['path']).with_suffix('.json').name}")
+    click.echo(f"next: kt train {record['competition']} --external pseudo={record['path']} ...")
+
+
+@click.command()
+@click.argument("competition")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--method", type=click.Choice(ENSEMBLE_METHODS), default="greedy", show_default=True)
 @click.option("-o", "--out", type=click.Path(), help="Spec path (default: $KT_RUNS/<competition>/ensembles/…json).")
@@ -139,4 +171,4 @@ def prepare(competition, size, data_dir, external_dir, cache_dir, fundus_crop, w
         click.echo(f"  {error}")
 
 
-COMMANDS = (predict, ensemble, evaluate, validate, prepare)
+COMMANDS = (pseudo, predict, ensemble, evaluate, validate, prepare)

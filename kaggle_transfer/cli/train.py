@@ -28,6 +28,9 @@ from .common import choice, data_dir_option, external_dir_option, external_dirs,
               "flips, normalisation, weight decay and per-epoch schedule for this dataset (default: kt).")
 @click.option("--external", multiple=True, help="External source added to training rows (repeatable).")
 @external_dir_option
+@click.option("--teacher", type=click.Path(), help="Distil from a kt ensemble spec: its members' out-of-fold "
+              "outputs (and pseudo rows' recorded outputs) as soft targets.")
+@click.option("--distill-alpha", type=float, help="Weight of the teacher's term, 0-1 (default 0.5).")
 @click.option("--pretrained/--no-pretrained", default=None, help="Load ImageNet weights through timm.")
 @click.option("--weights", type=click.Path(), help="Local backbone state dict (offline).")
 @click.option("--split", type=choice("split"), help="Default: the competition's.")

@@ -77,10 +77,10 @@ def build_mixer(mode: str, *, prob: float, alpha: float, task: Task, loss: str):
 
     def mix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.float()  # uint8 images cannot hold a blend
-        if task.classifies:
+        if task.classifies and y.ndim == 1:  # class indices: timm's one-hot mix
             return mixup(x, y)
         lam = mixup._mix_batch(x)  # timm's own image mixing (in place); the target mix is the task's
-        y = y.float()
+        y = y.float()  # grades, 0/1 targets, or soft class probabilities (pseudo labels)
         return x, lam * y + (1.0 - lam) * y.flip(0)
 
     return mix

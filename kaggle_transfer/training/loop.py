@@ -42,6 +42,7 @@ from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
 from .models import build_model
 from .summary import finish
 from .tables import load_tables
+from .targets import describe_sources, training_targets
 
 SYNC_EVERY = 50  # training steps between two reads of the loss by the host (each read waits for the GPU)
 
@@ -152,7 +153,9 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         runs.write_run_info(run_dir, {"data_dir": str(Path(data_dir).resolve()), "external_dirs": {
             k: str(Path(v).resolve()) for k, v in external_dirs.items()}, "skip_bad_images": skip_bad_images,
             "world_size": distributed.world_size(), "preprocess": proto.describe(),
-            "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None})
+            "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
+            "pseudo": describe_sources(cfg.external), "teacher": {
+                "path": str(Path(cfg.teacher).resolve()), "sha256": sha256(cfg.teacher)} if cfg.teacher else None})
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     if device.type == "cuda" and distributed.active():
@@ -166,7 +169,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     train_rows = table[(table["fold"] != cfg.fold) & (table["fold"] != HELD_OUT)]
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise KtError(f"fold {cfg.fold} leaves an empty train or validation set ({len(train_rows)}/{len(val_rows)})")
-    y_train, y_val = task.targets(train_rows["target"]), task.targets(val_rows["target"])
+    y_val = task.targets(val_rows["target"])
+    y_train, distill = training_targets(cfg, comp, task, train_rows, loss_name)  # soft labels, teacher targets
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader, val_loader, val_shard = _loaders(cfg, train_rows, val_rows, (y_train, y_val), channels=channels,
                                                    proto=proto, generator=generator, pin=device.type == "cuda")
@@ -233,9 +237,9 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         t0 = time.time()
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False, dynamic_ncols=True)
-        loss_sum, seen = _train_epoch(bar, epoch, parts, state, forward=forward, criterion=criterion, mixer=mixer,
-                                      task=task, cfg=cfg, device=device, dtype=dtype, channels_last=channels_last,
-                                      steps=steps_per_epoch)
+        loss_sum, seen = _train_epoch(bar, epoch, parts, state, forward=forward, mixer=mixer, task=task,
+                                      criterion=criterion if distill is None else distill, cfg=cfg, device=device,
+                                      dtype=dtype, channels_last=channels_last, steps=steps_per_epoch)
         train_time = time.time() - t0
         if scheduler is not None:
             scheduler.step(epoch + 1)

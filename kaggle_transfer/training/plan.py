@@ -52,6 +52,17 @@ def _competition_and_recipes(competition: str, recipe: str | None) -> tuple[Any,
     return comp, recipes, ({"competition_file": spec_file} if spec_file else {})
 
 
+def absolute_sources(cfg) -> None:
+    """Files the config names (pseudo tables, teacher spec, warm start) as absolute paths, so a resumed or
+    grouped run finds them from any working folder."""
+    from .targets import pseudo_file
+
+    cfg.external = [f"pseudo={f.resolve()}" if (f := pseudo_file(s)) is not None else s for s in cfg.external]
+    for key in ("teacher", "init"):
+        if getattr(cfg, key):
+            setattr(cfg, key, str(Path(getattr(cfg, key)).resolve()))
+
+
 def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str | None = None,
             external_dirs: dict[str, str] | None = None, sets: tuple[str, ...] = (),
             runs_root: str | None = None, label: str | None = None, flags: dict[str, Any] | None = None,
@@ -62,6 +73,7 @@ def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str
         raise KtError("name the competition: kt train COMPETITION (kt competitions lists them)")
     comp, recipes, implied = _competition_and_recipes(competition, recipe)
     cfg = config.resolve(recipes, {"competition": comp.name, **implied, **(flags or {})}, sets)
+    absolute_sources(cfg)
     data = competitions.find_data_dir(comp, data_dir)
     from .cv import parse_folds
     from .tables import preflight

@@ -13,6 +13,7 @@ from ..config import RunConfig
 from ..data.cache import use_cache
 from ..data.splits import TRAIN_ONLY, assign_folds, paper_shards, read_split_file
 from ..errors import KtError
+from .targets import PSEUDO, add_pseudo, pseudo_file, read_pseudo
 
 
 def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str], skip_bad_images: bool,
@@ -33,7 +34,14 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
     table["fold"] = assign_folds(table, split, cfg.folds, seed)  # on the competition rows alone
     sharded = split == "paper" and "official_fold" in table.columns  # SIIM-ISIC's tfrecord layout
     skipped = {"competition": int(table.attrs.get("skipped_images", 0))}
+    dropped = 0
     for source in cfg.external:
+        pseudo = pseudo_file(source)
+        if pseudo is not None:  # kt pseudo's table: training rows only, never a labelled id
+            extra, overlap = add_pseudo(table, read_pseudo(pseudo, comp, root=external_dirs.get(PSEUDO)))
+            dropped += overlap
+            table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
+            continue
         if source not in external_dirs:
             raise KtError(f"--external {source} needs --external-dir {source}=DIR")
         extra = contained(comp.read_external(source, Path(external_dirs[source])), Path(external_dirs[source]),
@@ -44,10 +52,11 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
         # the study's shard split covers the external year too (SIIM-ISIC's 2019 copy, when it has shards);
         # otherwise external rows only ever train
         table["fold"] = paper_shards(table, seed, table["fold"].to_numpy().copy())
-    table.attrs["skipped_images"] = skipped
+    attrs = {"skipped_images": skipped, "pseudo_dropped": dropped}
+    table.attrs.update(attrs)
     if cfg.cache:
         table = use_cache(table, runs.cache_root(cache), comp.name, cfg.size, crop=cfg.fundus_crop)
-        table.attrs["skipped_images"] = skipped
+        table.attrs.update(attrs)
     return table
 
 
@@ -61,4 +70,11 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
     protocol.for_run(cfg, comp)  # a channel choice the protocol cannot feed fails before any image is read
     comp.select_channels(protocol.channels(cfg, comp))
     comp.task.check_loss(cfg.loss or comp.task.default_loss)
+    for source in cfg.external:  # a damaged pseudo table or teacher spec fails before the run folder exists
+        if pseudo_file(source) is not None:
+            read_pseudo(pseudo_file(source), comp)
+    if cfg.teacher:
+        from ..ensemble import load_spec
+
+        load_spec(cfg.teacher)
     return comp.read_train(data_dir, skip_bad_images)
