@@ -76,6 +76,8 @@ class RunConfig:
     tta: str = "none"                   # test-time views recorded for predict: none | flip
     workers: int = 2                    # DataLoader worker processes
     device: str = "auto"                # auto | cpu | cuda
+    track: str = "none"                 # none | mlflow: params, per-epoch metrics and files to MLflow (optional extra)
+    track_uri: str | None = None        # MLflow URI; None = $MLFLOW_TRACKING_URI or <runs root>/mlruns/mlflow.db
     max_steps: int = 0                  # stop each epoch after this many steps; 0 = full epoch (smoke tests)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +94,7 @@ CHOICES = {
     "tta": ("none", "flip", "d4"),
     "device": ("auto", "cpu", "cuda"),
     "mix": ("none", "mixup", "cutmix", "both"),
+    "track": ("none", "mlflow"),
     "protocol": ("kt", "paper"),
 }
 # choices of prediction and ensembling options, shared by the library that validates them and the CLI

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no test reaches beyond loopback
 
 from kaggle_transfer import config  # noqa: E402
 from kaggle_transfer.data import synthetic  # noqa: E402

@@ -51,6 +51,8 @@ from .common import choice, data_dir_option, external_dir_option, external_dirs,
 @click.option("--freeze-epochs", type=int, help="Backbone frozen for the first N epochs.")
 @click.option("--lp-ft", is_flag=True, default=None, help="Linear probe, then full fine-tune.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the model.")
+@click.option("--track", type=choice("track"), help="mlflow: log params, per-epoch metrics and files to MLflow "
+              "(--set track_uri=URI; default $MLFLOW_TRACKING_URI or <runs root>/mlruns/mlflow.db).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key (repeatable).")
 @click.option("--runs-root", type=click.Path(), help="Where run folders go (default: $KT_RUNS or runs/).")
 @click.option("--label", help="Run folder suffix (default: arch and size).")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn  # noqa: F401 - type hints below
 from tqdm.auto import tqdm
 
-from .. import competitions, protocol, runs
+from .. import competitions, protocol, runs, tracking
 from ..config import RunConfig
 from ..data.splits import HELD_OUT
 from ..errors import KtError
@@ -156,6 +156,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
             "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
             "pseudo": describe_sources(cfg.external), "teacher": {
                 "path": str(Path(cfg.teacher).resolve()), "sha256": sha256(cfg.teacher)} if cfg.teacher else None})
+    tracker = tracking.start(cfg, run_dir, resume=resume, main=main)  # --track mlflow; a no-op otherwise
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     if device.type == "cuda" and distributed.active():
@@ -254,6 +255,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
                "train_images_per_s": seen * distributed.world_size() / max(train_time, 1e-9),
                "epoch_s": time.time() - t0, "frozen": epoch < frozen}
         state["history"].append(row)
+        tracker.epoch(row, epoch + 1)
         if progress and main:
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
                        f"{task.metric} {score:.4f}  {row['train_images_per_s']:.1f} img/s")
@@ -279,5 +281,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
             keep(net, raw, fitted)
     if not main:
         return {"score": state["best_score"], "best_epoch": state["best_epoch"], "rank": distributed.rank()}
-    return finish(run_dir, comp, table, train_rows, val_rows=val_rows, state=state, loss_name=loss_name,
-                   device=device, dtype=dtype, started=started, parameters=sum(p.numel() for p in model.parameters()))
+    result = finish(run_dir, comp, table, train_rows, val_rows=val_rows, state=state, loss_name=loss_name,
+                    device=device, dtype=dtype, started=started, parameters=sum(p.numel() for p in model.parameters()))
+    tracker.finish(run_dir, result)
+    return result

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from .. import competitions, config, runs
+from .. import competitions, config, runs, tracking
 from ..errors import KtError
 from ..fsutil import write_json
 from . import distributed
@@ -84,6 +84,9 @@ def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str
     if cv_folds is not None and distributed.active():
         raise KtError("--folds/--seeds groups run one process per fold; under torchrun train one run at a time")
     table = preflight(cfg, data, skip_bad_images)
+    if cfg.track != "none":
+        tracking.check(cfg)
+        cfg.track_uri = cfg.track_uri or tracking.default_uri(runs.runs_root(runs_root))
     # one run folder for all ranks: rank 0 makes it, the others are told its name
     made = (str(runs.new_run_dir(runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}"))
             if distributed.is_main() else None)
@@ -130,6 +133,8 @@ def train(plan: RunPlan, *, progress: bool = True) -> dict[str, Any]:
     try:
         return _train(plan, progress=progress)
     except BaseException:
+        for record in plan.run_dir.rglob(tracking.TRACKING):  # its MLflow run ends FAILED, not RUNNING forever
+            tracking.fail(record.parent)
         produced = any(plan.run_dir.rglob("last.pt")) or any(plan.run_dir.rglob(runs.METRICS))
         if not plan.resume and not produced and distributed.is_main():
             shutil.rmtree(plan.run_dir, ignore_errors=True)
