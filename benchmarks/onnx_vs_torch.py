@@ -40,7 +40,7 @@ def main() -> None:
     batch = np.random.default_rng(0).integers(0, 256, (a.batch, 3, a.size, a.size), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
-        _export_graph(model, torch.from_numpy(batch[:2]), path, 18)
+        _export_graph(model, (torch.from_numpy(batch[:2]),), path, 18)
         import onnx
 
         proto = onnx.load(str(path))

@@ -57,6 +57,7 @@ class RunConfig:
     teacher: str | None = None          # knowledge distillation from a kt ensemble spec (its members' OOF outputs)
     distill_alpha: float = 0.5          # weight of the teacher's term (1 - alpha: the labels')
     distill_temperature: float = 2.0    # softens class logits for the teacher's term (Hinton et al. 2015)
+    meta: bool = False                  # image + the competition's metadata columns (SIIM-ISIC: age, sex, site)
     init: str | None = None             # warm start: another run's folder (or best.pt) of the same arch and head
     ema: bool = False                   # keep a timm EMA of weights and validate with it
     ema_decay: float = 0.999

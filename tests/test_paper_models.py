@@ -30,6 +30,6 @@ def test_one_model_per_family_exports_with_parity(arch, tmp_path):
     torch.manual_seed(0)
     model = build_model(arch, 1, size=256).eval()
     example = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
-    _export_graph(model, example, tmp_path / "m.onnx", 18)
+    _export_graph(model, (example,), tmp_path / "m.onnx", 18)
     diff = parity(model, tmp_path / "m.onnx", 3, 256)
     assert np.isfinite(diff) and diff < 1e-4

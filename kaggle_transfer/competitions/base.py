@@ -71,6 +71,13 @@ def check_files(table: pd.DataFrame, skip_missing: bool) -> pd.DataFrame:
     return table
 
 
+def with_meta(table: pd.DataFrame, df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """The declared metadata columns of the CSV rows, kept in the standard table under their own names."""
+    for name in columns:
+        table[name] = df[name].to_numpy() if name in df.columns else np.nan
+    return table
+
+
 def contained(table: pd.DataFrame, root: Path, what: str) -> pd.DataFrame:
     """Every image path of a table must lie inside the folder it was read from: an id such as
     `../../etc/x` in a CSV, or a pattern in a YAML, cannot make kt read elsewhere."""
@@ -98,6 +105,7 @@ class Competition:
     default_split: str = "paper"     # used when the run does not choose one
     paper_seed: int = 414            # the seed of the study's split (its released loaders: 414; EuroSAT 42)
     paper: PaperRecipe = PaperRecipe()  # what the study's released loader does (--protocol paper)
+    meta_columns: dict[str, str] = field(default_factory=dict)  # tabular columns beside the image (meta.py)
     daily_limit: int = 5             # submissions a day when the client cannot tell (Kaggle's usual limit)
     accelerator: str = "gpu"         # code competitions: what the prediction notebook asks for (gpu | none)
     hidden_test_images: int = 0      # code competitions: the hidden test set the notebook predicts (for estimates)

@@ -19,6 +19,8 @@
     submission_columns: [image, labels]   # default [id_column, target_column]
     value_format: name               # multiclass/multilabel answers as class names (name) or indices (index)
     group_column: patient            # optional: grouped splits
+    meta_columns: {age: numeric, site: category}  # optional: tabular inputs beside the image (--set meta=true);
+                                     # read from train_csv and test_csv
     recipe: {arch: resnet50, size: 384}   # optional RunConfig defaults
 
 Paths are relative to the data folder. Every error names the key at fault.
@@ -33,15 +35,17 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from .. import meta
 from ..errors import KtError
 from ..tasks import KINDS, Task
 from .answers import VALUE_FORMATS
-from .base import Competition, check_files, read_csv
+from .base import Competition, check_files, read_csv, with_meta
 
 DEFAULT_METRIC = {"multiclass": "accuracy", "multilabel": "macro_f1", "binary": "roc_auc", "ordinal": "qwk"}
 KEYS = {"name", "slug", "title", "submit_via", "task", "metric", "classes", "num_classes", "train_csv", "id_column",
         "target_column", "target_columns", "label_separator", "image_pattern", "test_image_pattern", "channels",
-        "test_csv", "sample_submission", "submission_columns", "value_format", "group_column", "recipe"}
+        "test_csv", "sample_submission", "submission_columns", "value_format", "group_column", "recipe",
+        "meta_columns"}
 REQUIRED = ("name", "task", "train_csv", "id_column", "image_pattern")
 FILE_KEYS = ("train_csv", "test_csv", "sample_submission", "image_pattern", "test_image_pattern")
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
@@ -98,6 +102,10 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise KtError(f"{where}: key 'test_csv' or 'sample_submission' is required (the test ids)")
     if spec.get("value_format", "index") not in VALUE_FORMATS:
         raise KtError(f"{where}: key 'value_format' must be index or name")
+    if spec.get("meta_columns") is not None:
+        meta.check_declared(spec["meta_columns"], f"{where} key 'meta_columns'")
+        if not spec.get("test_csv"):
+            raise KtError(f"{where}: key 'meta_columns' needs 'test_csv' (the test rows' metadata come from it)")
     if not isinstance(spec.get("recipe", {}), dict):
         raise KtError(f"{where}: key 'recipe' must be a mapping of config keys")
     out = dict(spec)
@@ -158,23 +166,24 @@ class CustomCompetition(Competition):
         columns = [spec["id_column"]] + (spec.get("target_columns") or [spec["target_column"]])
         columns += [spec["group_column"]] if spec.get("group_column") else []
         path = data_dir / spec["train_csv"]
-        df = read_csv(path, columns, f"{self.name} train_csv")
+        df = read_csv(path, columns + list(self.meta_columns), f"{self.name} train_csv")
         table = pd.DataFrame({"id": df[spec["id_column"]].to_numpy(),
                               "paths": self._paths(data_dir, spec["image_pattern"], df[spec["id_column"]]),
                               "source": "competition", "target": self._targets(df, path)})
         if spec.get("group_column"):
             table["group"] = df[spec["group_column"]].to_numpy()
-        return check_files(table, skip_bad_images)
+        return check_files(with_meta(table, df, self.meta_columns), skip_bad_images)
 
     def _test(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
         data_dir, spec = Path(data_dir), self.spec
         key = "test_csv" if spec.get("test_csv") else "sample_submission"
         id_col = spec["id_column"] if key == "test_csv" else self.id_column
-        df = read_csv(data_dir / spec[key], [id_col], f"{self.name} {key}")
+        df = read_csv(data_dir / spec[key], [id_col] + (list(self.meta_columns) if key == "test_csv" else []),
+                      f"{self.name} {key}")
         pattern = spec.get("test_image_pattern") or spec["image_pattern"]
         table = pd.DataFrame({"id": df[id_col].to_numpy(), "paths": self._paths(data_dir, pattern, df[id_col]),
                               "source": "competition"})
-        return check_files(table, skip_bad_images)
+        return check_files(with_meta(table, df, self.meta_columns), skip_bad_images)
 
     def sample_submission(self, data_dir: Path) -> pd.DataFrame | None:
         name = self.spec.get("sample_submission")
@@ -190,6 +199,7 @@ def from_spec(spec: dict[str, Any]) -> CustomCompetition:
         submit_via=spec.get("submit_via", "csv"), id_column=columns[0], target_column=columns[1],
         class_names=spec["classes"], channels=tuple(spec.get("channels") or ("red", "green", "blue")),
         value_format=spec.get("value_format", "index"), label_separator=spec.get("label_separator", " "),
+        meta_columns=dict(spec.get("meta_columns") or {}),
     )
     comp.spec = spec
     return comp

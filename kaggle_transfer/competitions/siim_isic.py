@@ -23,7 +23,7 @@ import pandas as pd
 from ..errors import KtError
 from ..protocol import PaperRecipe
 from ..tasks import Task
-from .base import Competition, check_files, parse_int_labels, read_csv
+from .base import Competition, check_files, parse_int_labels, read_csv, with_meta
 
 TRAIN_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge"]
 
@@ -49,6 +49,7 @@ class SiimIsic(Competition):
             "source": "competition",
             "group": df["patient_id"].replace("", np.nan).fillna(df["image_name"]).to_numpy(),
         })
+        with_meta(table, df, self.meta_columns)
         if split == "train":
             table["target"] = parse_int_labels(df["target"], path, "target", 2)
             if "tfrecord" in df.columns:
@@ -109,4 +110,7 @@ SIIM_ISIC = SiimIsic(
     target_column="target",
     class_names=["benign", "malignant"],
     external={"isic2019": "ISIC 2019 challenge training set (25,331 images); MEL → malignant"},
+    # train.csv and test.csv both carry them; sex and site may be blank (the 1st place fed them to a
+    # metadata branch, as --set meta=true does)
+    meta_columns={"age_approx": "numeric", "sex": "category", "anatom_site_general_challenge": "category"},
 )

@@ -43,7 +43,7 @@ def evaluate(competition: str, items: Sequence[str | Path], data_dir: str | Path
     for split in splits:
         table = comp.read(data_dir, split)
         raw = blend(predict_models(models, list(table["paths"]), tta=tta, progress=progress,
-                                   all_channels=comp.channels))
+                                   all_channels=comp.channels, meta_rows=table))
         pred, truth = comp.task.decode(raw, fitted), table["target"].to_numpy()
         result["splits"][split] = {"score": metric(truth, pred), "images": len(table)}
         for k, name in enumerate(comp.class_names):

@@ -66,6 +66,13 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
     for key in ("recipe", "competition_spec"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise _fail(path, key, "is not a mapping")
+    if meta.get("meta") is not None:
+        from .. import meta as meta_mod
+
+        try:
+            meta_mod.check_spec(meta["meta"], str(path))
+        except KtError:
+            raise _fail(path, "meta", "is not a metadata encoding (columns, kinds, levels, mean/std)") from None
     return meta
 
 
@@ -97,8 +104,15 @@ def _check_fitted(fitted: Any, kind: str, n: int, path: Path) -> None:
 
 
 def check_graph(meta: dict[str, Any], session, path: Path) -> None:
-    """The graph must agree with its metadata: input channels and side, output width."""
-    shape = session.get_inputs()[0].shape
+    """The graph must agree with its metadata: input channels and side, the metadata input, output width."""
+    inputs = session.get_inputs()
+    spec = meta.get("meta")
+    if [i.name for i in inputs[1:]] != (["meta"] if spec else []):
+        raise _fail(path, "meta", f"says the graph takes {'image and meta' if spec else 'an image only'}, but its "
+                    f"inputs are {', '.join(i.name for i in inputs)}")
+    if spec and isinstance(inputs[1].shape[1], int) and inputs[1].shape[1] != spec["width"]:
+        raise _fail(path, "meta.width", f"is {spec['width']} but the graph's meta input takes {inputs[1].shape[1]}")
+    shape = inputs[0].shape
     if len(shape) != 4:
         raise _fail(path, "graph input", f"has shape {shape}, not NCHW")
     if isinstance(shape[1], int) and shape[1] != len(meta["channels"]):

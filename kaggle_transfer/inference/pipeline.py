@@ -88,7 +88,8 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
             "oof_score": oof_score, "ensemble": str(ensemble) if ensemble else None, "weights": weights,
             "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(seconds, 2),
             "images_per_s": round(len(test) / max(seconds, 1e-9), 1), "git_sha": runs.git_sha(),
-            "data_dir": str(data_dir), "submission": str(csv), "bad_images": bad}
+            "data_dir": str(data_dir), "submission": str(csv), "bad_images": bad,
+            "meta_missing": _meta_missing(models, test)}
         write_json(out_dir / "manifest.json", manifest)
     except BaseException:
         if not existed:  # a failed command leaves no half-written submission folder behind
@@ -104,13 +105,22 @@ def _test_outputs(comp, models: list[OnnxModel], data_dir: Path, *, tta: str, ca
     test = use_cache(comp.read_test(data_dir, skip_bad_images), runs.cache_root(cache), comp.name,
                      max(m.size for m in models), crop=crop)
     raws = predict_models(models, list(test["paths"]), tta=tta, batch_size=batch_size, workers=workers,
-                          progress=progress, all_channels=comp.channels, crop=[crop and not c for c in test["cached"]])
+                          progress=progress, all_channels=comp.channels, crop=[crop and not c for c in test["cached"]],
+                          meta_rows=test)
     broken = [m.path for m, r in zip(models, raws, strict=True) if not np.isfinite(r).all()]
     if broken:
         raise KtError(f"{broken[0]} gives non-finite outputs (NaN or inf) on the test images; the model is "
                       "broken: retrain it (a lower --lr) and export again")
     return test, blend(raws, weights, method=blend_method, task=comp.task)
 
+
+
+def _meta_missing(models: list[OnnxModel], test) -> dict[str, int] | None:
+    """Test rows with a missing (or unseen) value per metadata column, for models that take metadata."""
+    from .. import meta
+
+    spec = next((m.meta_spec for m in models if m.meta_spec), None)
+    return meta.encode(spec, test)[1] if spec else None
 
 
 def _fill_skipped(comp, data_dir: Path, ids: list[str], raw, problems: list[str]):

@@ -41,20 +41,22 @@ def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tu
 def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], *, tta: str = "none",
                    batch_size: int = 32, workers: int = 4, progress: bool = True,
                    all_channels: Sequence[str] | None = None, crop: Sequence[bool] | None = None,
-                   pad_last: bool | None = None) -> np.ndarray:
+                   pad_last: bool | None = None, meta_rows=None) -> np.ndarray:
     """Raw outputs of every model, shape (n_models, n_images, n_outputs); TTA views averaged.
 
     `all_channels` names the channels the decoded images hold (the competition's); each model takes
     the ones its metadata lists, so an RGB and an RGBY model of HPA share one decode. `crop` marks the
     rows whose black fundus border is trimmed after decoding (models trained with fundus_crop).
     `pad_last` (default: when a model runs on a GPU) pads the last batch to `batch_size`, so the run
-    has one input shape: no cuDNN re-tuning or TensorRT engine rebuild for the tail."""
+    has one input shape: no cuDNN re-tuning or TensorRT engine rebuild for the tail. `meta_rows`: the
+    images' table (the test CSV's columns), encoded for each model that takes metadata."""
     if pad_last is None:
         pad_last = any(m.device == "cuda" for m in models)
     crop = list(crop) if crop is not None else [False] * len(paths)
     size_hint = max(m.size for m in models) if models else None
     views = tta_mod.views(tta)
     keys = [(m.size, _channel_indices(m, all_channels), m.resize) for m in models]
+    features = [metadata_features(m, meta_rows, len(paths)) for m in models]
     outputs: list[list[np.ndarray]] = [[] for _ in models]
     starts = list(range(0, len(paths), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV decodes without the GIL
@@ -73,18 +75,34 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
             ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
             for key in dict.fromkeys(keys):
                 _run_views(models, keys, key, _batch(decoded, *key), views=views, outputs=outputs,
-                           pad_to=batch_size if pad_last else 0)
+                           pad_to=batch_size if pad_last else 0, features=features, start=starts[i])
     return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
 
 
+def metadata_features(model: OnnxModel, rows, n: int) -> np.ndarray | None:
+    """The model's encoded metadata for every row (None for an image-only model)."""
+    if model.meta_spec is None:
+        return None
+    if rows is None or len(rows) != n:
+        raise KtError(f"{model.path} takes metadata beside the image; predict through kt predict/evaluate, which "
+                      "read the test CSV's columns")
+    from .. import meta
+
+    return meta.encode(model.meta_spec, rows)[0]
+
+
 def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarray, *, views: list,
-               outputs: list[list[np.ndarray]], pad_to: int = 0) -> None:
+               outputs: list[list[np.ndarray]], pad_to: int = 0, features: list | None = None,
+               start: int = 0) -> None:
     """Every model that takes input `key` sees every view of `x`; each view crosses to a device once
     (IO binding) however many models share it. Appends the view-averaged output per model."""
     members = [j for j, k in enumerate(keys) if k == key]
     n = len(x)
-    if n < pad_to:  # blank rows; every op is per image at inference, so the real rows are unchanged
-        x = np.concatenate([x, np.zeros((pad_to - n, *x.shape[1:]), x.dtype)])
+    pad = max(pad_to - n, 0)  # blank rows; every op is per image at inference, so the real rows are unchanged
+    if pad:
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    rows = {j: np.pad(features[j][start:start + n], ((0, pad), (0, 0))) for j in members
+            if features and features[j] is not None}
     sums: dict[int, np.ndarray] = {}
     for view in views:
         xv = view(x)
@@ -94,7 +112,7 @@ def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarra
             where = (model.device, model.io_binding)
             if where not in placed:
                 placed[where] = model.upload(xv)
-            y = model.run(placed[where]).astype(np.float64)
+            y = model.run(placed[where], rows.get(j)).astype(np.float64)
             sums[j] = sums[j] + y if j in sums else y
     for j in members:
         outputs[j].append(sums[j][:n] / len(views))

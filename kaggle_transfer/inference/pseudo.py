@@ -102,7 +102,7 @@ def pseudo_label(competition: str, model_paths: Sequence[str | Path], *, ensembl
     tta = tta or recorded_tta([m.meta for m in models])
     crop = _fundus_crop(models)
     raws = predict_models(models, list(table["paths"]), tta=tta, batch_size=batch_size, workers=workers,
-                          progress=progress, all_channels=comp.channels, crop=[crop] * len(table))
+                          progress=progress, all_channels=comp.channels, crop=[crop] * len(table), meta_rows=table)
     raw = blend(raws, weights, method=method, task=task)
     if not np.isfinite(raw).all():
         raise KtError("the models give non-finite outputs on these images; retrain and export again")

@@ -66,15 +66,24 @@ class OnnxModel:
 
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(batch), self.device, 0)
 
-    def run(self, batch: Any) -> np.ndarray:
+    @property
+    def meta_spec(self) -> dict[str, Any] | None:
+        """The metadata encoding of a model with a second input `meta` (meta.py); None for image-only models."""
+        return self.meta.get("meta")
+
+    def run(self, batch: Any, features: np.ndarray | None = None) -> np.ndarray:
+        """Raw outputs of one batch; `features`: the rows' encoded metadata, for a model that takes them."""
         name = self.session.get_inputs()[0].name
+        extra = {"meta": np.ascontiguousarray(features, dtype=np.float32)} if features is not None else {}
         if not self.io_binding:
-            return self.session.run(None, {name: batch})[0]
+            return self.session.run(None, {name: batch, **extra})[0]
         binding = self.session.io_binding()
         if isinstance(batch, np.ndarray):
             binding.bind_cpu_input(name, np.ascontiguousarray(batch))
         else:
             binding.bind_ortvalue_input(name, batch)
+        for key, value in extra.items():
+            binding.bind_cpu_input(key, value)
         binding.bind_output(self.session.get_outputs()[0].name, "cpu")  # (batch, outputs): small, copied once
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]

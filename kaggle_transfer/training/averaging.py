@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import competitions, protocol, runs
+from .. import competitions, meta, protocol, runs
 from ..errors import KtError
 from ..fsutil import atomic_path, sha256, write_json
 from . import checkpoints
@@ -26,7 +26,7 @@ from . import checkpoints
 SWA_FILE = "swa.pt"
 # what must agree between runs for their weights to be averaged and validated as one run
 SAME = ("competition", "competition_file", "arch", "size", "pool", "channels", "protocol", "fundus_crop",
-        "split", "split_file", "folds", "fold", "split_seed", "keep_empty", "per_annotation")
+        "split", "split_file", "folds", "fold", "split_seed", "keep_empty", "per_annotation", "meta")
 
 
 def mean_state(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -59,12 +59,31 @@ class Swa:
         if epoch >= self.start:
             self.averaged.update_parameters(model)
 
-    def finish(self, loader, device: torch.device, steps: int) -> torch.nn.Module:
+    def finish(self, loader, device: torch.device, steps: int, meta: torch.Tensor | None = None) -> torch.nn.Module:
         """The averaged network with BatchNorm statistics recomputed over `steps` training batches."""
-        from torch.optim.swa_utils import update_bn
+        net = self.averaged.module
+        recompute_batchnorm(net, itertools.islice(loader, steps), device, meta)
+        return net
 
-        update_bn(itertools.islice(loader, steps), self.averaged, device=device)
-        return self.averaged.module
+
+def recompute_batchnorm(net: torch.nn.Module, batches, device: torch.device, meta: torch.Tensor | None = None) -> None:
+    """BatchNorm running statistics as the cumulative mean over `batches` of (images, _, rows), the
+    algorithm of torch.optim.swa_utils.update_bn, which cannot pass a second input (the metadata)."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average
+    was_training = net.training
+    net.train()
+    with torch.no_grad():
+        for x, _, rows in batches:
+            net(x.to(device), *(() if meta is None else (meta[rows].to(device),)))
+    for m in norms:
+        m.momentum = momenta[m]
+    net.train(was_training)
 
 
 def _check_same(run_dirs: Sequence[Path]) -> list[Any]:
@@ -108,6 +127,8 @@ def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None 
                                   "preprocess": protocol.for_run(cfg, comp).describe(), "init": None})
         with atomic_path(out / "best.pt") as tmp:
             torch.save(state, tmp)
+        if (run_dirs[0] / meta.META_FILE).is_file():  # the first run's metadata encoding (same training rows)
+            shutil.copyfile(run_dirs[0] / meta.META_FILE, out / meta.META_FILE)
         score, fitted, n_val = _validate(out, cfg, data_dir, info, progress=progress)
         result = {"competition": comp.name, "metric": comp.task.metric, "score": score, "fitted": fitted,
                   "best_epoch": None, "averaged_from": sources, "n_val": n_val, "loss": cfg.loss
@@ -128,6 +149,7 @@ def _validate(run_dir: Path, cfg, data_dir: Path, info: dict[str, Any], *, progr
     from .builders import pick_device
     from .dataset import ImageDataset
     from .export import load_run_model
+    from .heldout import run_features
     from .loop import predict_raw
     from .tables import load_tables
 
@@ -142,7 +164,8 @@ def _validate(run_dir: Path, cfg, data_dir: Path, info: dict[str, Any], *, progr
     model, _ = load_run_model(run_dir)
     device = pick_device(cfg.device)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=min(cfg.workers, 4))
-    raw = predict_raw(model.to(device), loader, device, None, channels_last=False)
+    raw = predict_raw(model.to(device), loader, device, None, channels_last=False,
+                      meta=run_features(run_dir, rows))
     if not np.isfinite(raw).all():
         raise KtError("the averaged weights give NaN or inf outputs; the runs are too far apart to average")
     y = task.targets(rows["target"])

@@ -17,6 +17,7 @@ import torch
 
 from .. import __version__, competitions, protocol, runs
 from .. import config as config_mod
+from .. import meta as meta_mod
 from ..errors import KtError
 from ..fsutil import atomic_path
 from . import checkpoints
@@ -43,6 +44,8 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
         "recipe": cfg.to_dict(), "run": run_dir.name, "git_sha": run_info.get("git_sha"),
         # a YAML-described competition travels inside the model: the ONNX file alone still predicts
         "competition_spec": getattr(comp, "spec", None),
+        # image + metadata: the graph's second input `meta` takes these columns encoded this way (meta.py)
+        "meta": meta_mod.load(run_dir),
     }
 
 
@@ -56,8 +59,10 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     in_chans = len(comp.select_channels(protocol.channels(cfg, comp)))
     outputs = comp.task.trained_with(cfg.loss).num_outputs
     proto = protocol.for_run(cfg, comp)
+    spec = meta_mod.load(run_dir)
     model = build_model(cfg.arch, outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=in_chans,
-                        pretrained=False, size=cfg.size, bgr=proto.bgr, imagenet_stats=proto.imagenet_stats)
+                        pretrained=False, size=cfg.size, bgr=proto.bgr, imagenet_stats=proto.imagenet_stats,
+                        meta_dim=spec["width"] if spec else 0)
     try:
         model.load_state_dict(checkpoints.load(run_dir / "best.pt"))
     except RuntimeError as e:
@@ -66,32 +71,38 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     return model.eval(), cfg
 
 
-def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def _export_graph(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
+    names = ["image", "meta"][:len(example)]
     try:
+        batch = torch.export.Dim("batch", min=1, max=4096)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["raw"],
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+            torch.onnx.export(model, example, str(path), input_names=names, output_names=["raw"],
+                              dynamic_shapes=tuple({0: batch} for _ in example),
                               opset_version=opset, dynamo=True, external_data=False, verbose=False)
     except Exception as e:  # noqa: BLE001 - some timm models do not trace with torch.export yet
         warnings.warn(f"dynamo ONNX export failed ({type(e).__name__}); using the TorchScript exporter", stacklevel=2)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["raw"],
-                              dynamic_axes={"image": {0: "batch"}, "raw": {0: "batch"}}, opset_version=opset,
-                              dynamo=False)
+            torch.onnx.export(model, example, str(path), input_names=names, output_names=["raw"],
+                              dynamic_axes={**{n: {0: "batch"} for n in names}, "raw": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
 
 
 def parity(model: torch.nn.Module, onnx_path: Path, in_chans: int, size: int, *, batch: int = 3,
-           seed: int = 0) -> float:
-    """Max abs difference between torch and onnxruntime (CPU) on random uint8 images."""
+           seed: int = 0, meta_dim: int = 0) -> float:
+    """Max abs difference between torch and onnxruntime (CPU) on random uint8 images (and metadata)."""
     import onnxruntime as ort
 
-    x = np.random.default_rng(seed).integers(0, 256, (batch, in_chans, size, size), dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (batch, in_chans, size, size), dtype=np.uint8)
+    feeds = {"image": x}
+    if meta_dim:
+        feeds["meta"] = rng.normal(size=(batch, meta_dim)).astype(np.float32)
     with torch.no_grad():
-        expected = model(torch.from_numpy(x)).numpy()
+        expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"image": x})[0]
+    got = session.run(None, feeds)[0]
     return float(np.abs(expected - got).max())
 
 
@@ -106,7 +117,9 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 1
     in_chans = len(comp.select_channels(protocol.channels(cfg, comp)))
     out = Path(out) if out else run_dir / runs.MODEL
     meta = build_metadata(run_dir, cfg)
-    example = torch.randint(0, 256, (2, in_chans, cfg.size, cfg.size), dtype=torch.uint8)
+    meta_dim = model.meta_dim
+    example = (torch.randint(0, 256, (2, in_chans, cfg.size, cfg.size), dtype=torch.uint8),
+               *((torch.zeros(2, meta_dim),) if meta_dim else ()))
     with atomic_path(out) as tmp:
         _export_graph(model, example, tmp, opset)
         proto = onnx.load(str(tmp))
@@ -115,7 +128,7 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 1
         for key in ("competition", "task", "arch", "size"):
             proto.metadata_props.add(key=f"kt.{key}", value=str(meta[key]))
         onnx.save(proto, str(tmp))
-        diff = parity(model, tmp, in_chans, cfg.size) if check else None
+        diff = parity(model, tmp, in_chans, cfg.size, meta_dim=meta_dim) if check else None
         if diff is not None and not diff <= PARITY_TOL:  # NaN compares false: it must fail too
             raise KtError(f"ONNX output differs from torch by {diff:.2e} (> {PARITY_TOL:g}); the file was not written")
     return {"path": str(out), "max_abs_diff": diff, "metadata": meta}

@@ -16,6 +16,16 @@ from ..fsutil import read_json, write_json
 HELDOUT = "heldout.json"
 
 
+def run_features(run_dir: Path, table):
+    """The rows' metadata encoded with the run's fitted encoding (a tensor), or None for an image-only run."""
+    import torch
+
+    from .. import meta
+
+    spec = meta.load(run_dir)
+    return None if spec is None else torch.from_numpy(meta.encode(spec, table)[0])
+
+
 def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = False) -> dict[str, float]:
     """{split: score} over the competition's eval_splits (empty when it has none), written to
     heldout.json in the run folder and read back from there on a second call."""
@@ -46,8 +56,9 @@ def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = 
         table = contained(comp.read(data_dir, split), data_dir, f"{comp.name} {split}")
         dataset = ImageDataset(table, cfg.size, channels=channels, crop=cfg.fundus_crop, resize=proto.resize)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=min(cfg.workers, 4))
+        features = run_features(run_dir, table)
         with torch.inference_mode():
-            raw = predict_raw(model, loader, device, None, channels_last=False)
+            raw = predict_raw(model, loader, device, None, channels_last=False, meta=features)
         raw = raw.squeeze(1) if task.num_outputs == 1 else raw
         scores[split] = float(task.score(task.targets(table["target"]), raw, fitted))
     write_json(run_dir / HELDOUT, scores)

@@ -41,7 +41,7 @@ from .checkpoints import checkpoint, init_source, restore, warm_start
 from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
 from .models import build_model
 from .summary import finish
-from .tables import load_tables
+from .tables import load_tables, meta_inputs
 from .targets import describe_sources, training_targets
 
 SYNC_EVERY = 50  # training steps between two reads of the loss by the host (each read waits for the GPU)
@@ -54,23 +54,24 @@ def _check_finite(nonfinite: torch.Tensor, epoch: int, step: int) -> None:
 
 
 def _train_epoch(bar, epoch: int, parts: dict[str, Any], state: dict[str, Any], *, forward, criterion, mixer,
-                 task: Task, cfg: RunConfig, device: torch.device, dtype, channels_last: bool, steps: int
-                 ) -> tuple[torch.Tensor, int]:
+                 task: Task, cfg: RunConfig, device: torch.device, dtype, channels_last: bool, steps: int,
+                 meta: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """One epoch of optimizer steps. Returns (the loss summed on the device, images seen)."""
     model, optimizer, scheduler, scaler, ema = (parts[k] for k in ("model", "optimizer", "scheduler", "scaler", "ema"))
     seen = 0
     loss_sum, nonfinite = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64)
     optimizer.zero_grad(set_to_none=True)
-    for step, (x, y, _) in enumerate(bar):
+    for step, (x, y, rows) in enumerate(bar):
         if step >= steps:
             break
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        extra = () if meta is None else (meta[rows].to(device, non_blocking=True),)  # the rows' metadata
         if mixer is not None and epoch < cfg.epochs - cfg.mix_off_epochs:
             x, y = mixer(x, y)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            loss = _step_loss(criterion, forward(x), y, task)
+            loss = _step_loss(criterion, forward(x, *extra), y, task)
         scaler.scale(loss / cfg.accum_steps).backward()
         if (step + 1) % cfg.accum_steps == 0 or step + 1 == steps:
             scaler.step(optimizer)
@@ -101,16 +102,17 @@ def _step_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: T
 
 @torch.no_grad()
 def predict_raw(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None,
-                *, channels_last: bool) -> np.ndarray:
-    """Raw outputs (N, num_outputs) in loader order."""
+                *, channels_last: bool, meta: torch.Tensor | None = None) -> np.ndarray:
+    """Raw outputs (N, num_outputs) in loader order; `meta`: the encoded metadata of the dataset's rows."""
     model.eval()
     outs = []
-    for x, _, _ in loader:
+    for x, _, rows in loader:
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        extra = () if meta is None else (meta[rows].to(device),)
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            outs.append(model(x).float().cpu())
+            outs.append(model(x, *extra).float().cpu())
     return torch.cat(outs).numpy()
 
 
@@ -135,6 +137,21 @@ def _loaders(cfg: RunConfig, train_rows: pd.DataFrame, val_rows: pd.DataFrame, t
     return train_loader, val_loader, val_shard
 
 
+def _record(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, str], skip_bad_images: bool,
+            proto) -> None:
+    """config.yaml and run.json: what the run is and what it reads (warm start, pseudo tables, teacher: sha256)."""
+    clean_stale_tmp(run_dir)  # temp files of a killed earlier attempt
+    runs.save_config(run_dir, cfg)
+    init = init_source(cfg.init) if cfg.init else None
+    runs.write_run_info(run_dir, {
+        "data_dir": str(Path(data_dir).resolve()), "skip_bad_images": skip_bad_images,
+        "external_dirs": {k: str(Path(v).resolve()) for k, v in external_dirs.items()},
+        "world_size": distributed.world_size(), "preprocess": proto.describe(),
+        "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
+        "pseudo": describe_sources(cfg.external),
+        "teacher": {"path": str(Path(cfg.teacher).resolve()), "sha256": sha256(cfg.teacher)} if cfg.teacher else None})
+
+
 def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[str, str] | None = None,
         resume: bool = False, skip_bad_images: bool = False, progress: bool = True,
         train_table: pd.DataFrame | None = None) -> dict[str, Any]:
@@ -147,15 +164,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     loss_name = cfg.loss or task.default_loss
     main = distributed.is_main()
     if main:
-        clean_stale_tmp(run_dir)  # temp files of a killed earlier attempt
-        runs.save_config(run_dir, cfg)
-        init = init_source(cfg.init) if cfg.init else None  # provenance of a warm start: which weights
-        runs.write_run_info(run_dir, {"data_dir": str(Path(data_dir).resolve()), "external_dirs": {
-            k: str(Path(v).resolve()) for k, v in external_dirs.items()}, "skip_bad_images": skip_bad_images,
-            "world_size": distributed.world_size(), "preprocess": proto.describe(),
-            "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
-            "pseudo": describe_sources(cfg.external), "teacher": {
-                "path": str(Path(cfg.teacher).resolve()), "sha256": sha256(cfg.teacher)} if cfg.teacher else None})
+        _record(cfg, run_dir, data_dir, external_dirs, skip_bad_images, proto)
     tracker = tracking.start(cfg, run_dir, resume=resume, main=main)  # --track mlflow; a no-op otherwise
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -172,13 +181,14 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         raise KtError(f"fold {cfg.fold} leaves an empty train or validation set ({len(train_rows)}/{len(val_rows)})")
     y_val = task.targets(val_rows["target"])
     y_train, distill = training_targets(cfg, comp, task, train_rows, loss_name)  # soft labels, teacher targets
+    meta_dim, meta_train, meta_val = meta_inputs(cfg, comp, train_rows, val_rows, run_dir if main else None)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader, val_loader, val_shard = _loaders(cfg, train_rows, val_rows, (y_train, y_val), channels=channels,
                                                    proto=proto, generator=generator, pin=device.type == "cuda")
 
     model = build_model(cfg.arch, task.num_outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=len(channels),
                         pretrained=cfg.pretrained, weights=cfg.weights, size=cfg.size, bgr=proto.bgr,
-                        imagenet_stats=proto.imagenet_stats).to(device)
+                        imagenet_stats=proto.imagenet_stats, meta_dim=meta_dim).to(device)
     if cfg.init and not resume:  # a warm start (progressive resizing: 384 px, then 512 px)
         warm_start(model, cfg.init, cfg.arch)
     if channels_last:
@@ -206,7 +216,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
 
     def validate(net: nn.Module, when: str) -> tuple[np.ndarray, float, dict[str, Any], float]:
         """(raw outputs, loss, fitted thresholds, score) on the validation rows, gathered over ranks."""
-        raw = distributed.gather_rows(val_shard, predict_raw(net, val_loader, device, dtype,
+        raw = distributed.gather_rows(val_shard, predict_raw(net, val_loader, device, dtype, meta=meta_val,
                                                              channels_last=channels_last), len(val_rows))
         if not np.isfinite(raw).all():  # a diverged model must not be kept as "best" with a score of 0
             raise KtError(f"validation outputs became NaN or inf {when}; lower --lr (or --amp off) and start again")
@@ -240,7 +250,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
                    disable=not progress, leave=False, dynamic_ncols=True)
         loss_sum, seen = _train_epoch(bar, epoch, parts, state, forward=forward, mixer=mixer, task=task,
                                       criterion=criterion if distill is None else distill, cfg=cfg, device=device,
-                                      dtype=dtype, channels_last=channels_last, steps=steps_per_epoch)
+                                      dtype=dtype, channels_last=channels_last, steps=steps_per_epoch, meta=meta_train)
         train_time = time.time() - t0
         if scheduler is not None:
             scheduler.step(epoch + 1)
@@ -271,7 +281,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             break
     if swa is not None and swa.epochs_averaged:  # SWA's weights, BatchNorm recomputed, kept when they score higher
-        net = swa.finish(train_loader, device, steps_per_epoch)
+        net = swa.finish(train_loader, device, steps_per_epoch, meta=meta_train)
         raw, _, fitted, score = validate(net, "for the SWA weights")
         state["swa"] = {"epochs_averaged": swa.epochs_averaged, "score": score, "selected": score > state["best_score"]}
         if main:

@@ -39,15 +39,24 @@ class GeM(nn.Module):
         return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
+META_WIDTH = 64  # the metadata branch's embedding width
+
+
 class Net(nn.Module):
     def __init__(self, backbone: nn.Module, num_outputs: int, pool: str, dropout: float,
-                 *, mean: tuple[float, ...], std: tuple[float, ...], tokens: bool, bgr: bool = False):
+                 *, mean: tuple[float, ...], std: tuple[float, ...], tokens: bool, bgr: bool = False,
+                 meta_dim: int = 0):
         super().__init__()
         self.backbone = backbone
         self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
         self.pool = GeM() if pool == "gem" else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.num_features, num_outputs)  # num_features measured (feature_width)
+        # image + metadata: an embedding of the encoded columns (meta.py) joins the pooled image features
+        # before the head, as the SIIM-ISIC winners' metadata branch did
+        self.meta_dim = meta_dim
+        self.meta_branch = nn.Sequential(nn.Linear(meta_dim, META_WIDTH), nn.SiLU()) if meta_dim else None
+        width = backbone.num_features + (META_WIDTH if meta_dim else 0)
+        self.head = nn.Linear(width, num_outputs)  # num_features measured (feature_width)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
         # --protocol paper: the study's loaders fed B, G, R (protocol.py); the input stays RGB and the
@@ -55,13 +64,17 @@ class Net(nn.Module):
         self.bgr = bgr
         self.register_buffer("order", torch.tensor([2, 1, 0]), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, meta: torch.Tensor | None = None) -> torch.Tensor:
         if self.bgr:
             x = x.index_select(1, self.order)
         x = (x.float() - self.mean) / self.std
         features = self.backbone(x)
         if not self.tokens:
             features = self.pool(features).flatten(1)
+        if self.meta_branch is not None:
+            if meta is None:
+                raise KtError("this model has a metadata branch: it needs the encoded metadata beside the image")
+            features = torch.cat([features, self.meta_branch(meta.float())], dim=1)
         return self.head(self.dropout(features))
 
 
@@ -89,7 +102,7 @@ def check_arch(arch: str) -> None:
 
 def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: float = 0.0, in_chans: int = 3,
                 pretrained: bool = False, weights: str | None = None, size: int = 224, bgr: bool = False,
-                imagenet_stats: bool = False) -> Net:
+                imagenet_stats: bool = False, meta_dim: int = 0) -> Net:
     """Build the network for `size`-pixel inputs. `weights` (a local backbone state dict) wins over
     `pretrained` (timm's or torchvision's weights, through each library's cache). `bgr` and
     `imagenet_stats` are --protocol paper's channel order and normalisation (protocol.py)."""
@@ -123,7 +136,7 @@ def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: floa
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]
         std = (tuple(std) + (sum(std) / len(std),) * in_chans)[:in_chans]
-    return Net(backbone, num_outputs, pool, dropout, mean=mean, std=std, tokens=tokens, bgr=bgr)
+    return Net(backbone, num_outputs, pool, dropout, mean=mean, std=std, tokens=tokens, bgr=bgr, meta_dim=meta_dim)
 
 
 def _timm_backbone(arch: str, in_chans: int, pretrained: bool, size: int) -> tuple[nn.Module, bool]:

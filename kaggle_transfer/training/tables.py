@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import competitions, protocol, runs
+from .. import competitions, meta, protocol, runs
 from ..competitions.base import contained
 from ..config import RunConfig
 from ..data.cache import use_cache
 from ..data.splits import TRAIN_ONLY, assign_folds, paper_shards, read_split_file
 from ..errors import KtError
+from ..fsutil import write_json
 from .targets import PSEUDO, add_pseudo, pseudo_file, read_pseudo
 
 
@@ -70,6 +71,8 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
     protocol.for_run(cfg, comp)  # a channel choice the protocol cannot feed fails before any image is read
     comp.select_channels(protocol.channels(cfg, comp))
     comp.task.check_loss(cfg.loss or comp.task.default_loss)
+    if cfg.meta and not comp.meta_columns:
+        raise KtError(f"--set meta=true: {comp.name} declares no metadata columns (a competition YAML: meta_columns:)")
     for source in cfg.external:  # a damaged pseudo table or teacher spec fails before the run folder exists
         if pseudo_file(source) is not None:
             read_pseudo(pseudo_file(source), comp)
@@ -78,3 +81,18 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
 
         load_spec(cfg.teacher)
     return comp.read_train(data_dir, skip_bad_images)
+
+
+def meta_inputs(cfg: RunConfig, comp, train_rows: pd.DataFrame, val_rows: pd.DataFrame, run_dir: Path | None):
+    """(width, training rows' features, validation rows' features) of --set meta=true, as CPU tensors
+    indexed by a dataset's row positions; (0, None, None) when off. The encoding is fitted on the
+    training rows and written to run_dir/meta.json with the rows missing per column."""
+    import torch
+
+    if not cfg.meta:
+        return 0, None, None
+    spec = meta.fit(comp.meta_columns, train_rows)
+    (train, gaps), (val, val_gaps) = meta.encode(spec, train_rows), meta.encode(spec, val_rows)
+    if run_dir is not None:
+        write_json(Path(run_dir) / meta.META_FILE, {**spec, "missing": {"train": gaps, "validation": val_gaps}})
+    return spec["width"], torch.from_numpy(train), torch.from_numpy(val)
