@@ -31,10 +31,11 @@ bench: install
 	$(BIN)/python benchmarks/onnx_vs_torch.py
 	$(BIN)/python benchmarks/predict_speed.py
 
-# learning quality: interventions over seeds, real digits over seeds (several minutes)
+# learning quality: interventions over seeds, real digits over seeds, the winners' toolbox (about 20 minutes)
 measure: install
 	$(BIN)/python benchmarks/interventions.py
 	$(BIN)/python benchmarks/digits_accuracy.py
+	$(BIN)/python benchmarks/winners.py
 
 clean:
 	rm -rf demo .pytest_cache build *.egg-info

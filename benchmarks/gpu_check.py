@@ -74,6 +74,7 @@ def _check(a, rows: list[tuple[str, str]]) -> None:
                  ("fit wall s", f"{time.time() - t0:.1f}"), ("val qwk", f"{result['score']:.4f}")]
         if cuda:
             rows.append(("peak GPU memory GiB", f"{torch.cuda.max_memory_allocated() / 2**30:.2f}"))
+        rows += _bounds(cfg, run, data, a, device=torch.device("cuda" if cuda else "cpu"))
         exported = export(run)
         rows.append(("onnx max|diff| vs torch (cpu, fp32)", f"{exported['max_abs_diff']:.2e}"))
         # the device image may carry a CPU-only onnxruntime: then ONNX runs on the CPU, torch on the GPU
@@ -97,6 +98,71 @@ def _check(a, rows: list[tuple[str, str]]) -> None:
             rows += _speed(model, sessions, x, device)
         else:
             rows.append(("onnx speed", "skipped: this onnxruntime has no CUDA provider"))
+
+
+# dense bf16/fp16 tensor-core peak TFLOP/s from NVIDIA's datasheets (H100/H200 SXM: 989; A100: 312;
+# L4: 121; A10: 125; T4: 65; V100: 125), matched on the device name; unknown GPUs print "n/a"
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0, "T4": 65.0, "V100": 125.0}
+
+
+def _bounds(cfg, run, data, a, *, device) -> list[tuple[str, str]]:
+    """Loader-bound vs compute-bound images/s, and the share of the GPU's peak FLOP/s the training
+    step reaches: the loader alone (kt's training loader, heavy preset, `workers` processes), the
+    step alone (AMP forward + backward + AdamW on one batch kept on the device), and the FLOPs of a
+    step counted by torch.utils.flop_counter."""
+    from timing import calls_per_s
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kaggle_transfer import competitions
+    from kaggle_transfer.training.augment import build_train_transform
+    from kaggle_transfer.training.builders import amp_dtype
+    from kaggle_transfer.training.dataset import ImageDataset, make_loader
+    from kaggle_transfer.training.export import load_run_model
+
+    comp = competitions.for_config(cfg)
+    table = comp.read_train(data)
+    dataset = ImageDataset(table, a.size, targets=comp.task.targets(table["target"]),
+                           transform=build_train_transform("heavy", a.size))
+    loader = make_loader(dataset, a.batch, a.workers, True, generator=torch.Generator().manual_seed(0),
+                         pin=device.type == "cuda")
+    batches = max(2, min(len(loader), 20))
+    it = iter(loader)
+    next(it)  # workers started
+    t0 = time.perf_counter()
+    for _ in range(batches - 1):
+        next(it)
+    loader_rate = (batches - 1) * a.batch / (time.perf_counter() - t0)
+    del it
+
+    model, _ = load_run_model(run)
+    model = model.to(device).train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    dtype = amp_dtype("auto", device)
+    x = torch.randint(0, 256, (a.batch, 3, a.size, a.size), dtype=torch.uint8, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(a.batch, device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = torch.nn.functional.smooth_l1_loss(model(x).float().squeeze(1), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    steps_per_s = calls_per_s(step, 3 if a.smoke else 20, cuda=device.type == "cuda", warmup=2)
+    achieved = flops * steps_per_s / 1e12
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    rows = [("loader-bound images/s (heavy preset, originals)", f"{loader_rate:.1f} with {a.workers} workers"),
+            ("compute-bound images/s (AMP step, batch on device)", f"{steps_per_s * a.batch:.1f}"),
+            ("bound by", "loader" if loader_rate < steps_per_s * a.batch else "compute"),
+            ("GFLOP per training image (forward + backward)", f"{flops / a.batch / 1e9:.3g}"),
+            ("achieved TFLOP/s in the step", f"{achieved:.3g}"),
+            ("share of peak (dense bf16/fp16 datasheet)", f"{achieved / peak:.1%} of {peak:.0f}" if peak else "n/a")]
+    return rows
 
 
 def _speed(model, sessions, x, device, iters: int = 10) -> list[tuple[str, str]]:

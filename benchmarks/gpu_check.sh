@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, for any Linux machine with an NVIDIA GPU and CUDA-enabled torch (docs/gpu.md):
 #   installs what the machine lacks from wheels in .whl/ (git-ignored) when that folder exists, trains a
-#   few hundred AMP steps of inception_resnet_v2 at 512 px on synthetic APTOS, exports ONNX, runs it with
+#   few hundred AMP steps of inception_resnet_v2 at 512 px on synthetic APTOS, measures loader-bound vs
+#   compute-bound images/s and the share of the GPU's peak FLOP/s the step reaches, exports ONNX, runs it with
 #   the CUDA provider when onnxruntime has one (fp32, fp32 + IO binding, fp16 + IO binding vs torch fp32
 #   and AMP: parity and images/s), and prints a short table.
 #

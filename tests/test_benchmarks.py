@@ -14,3 +14,6 @@ def test_gpu_check_smoke_prints_its_table():
     assert "| onnxruntime provider | CPUExecutionProvider |" in out.stdout
     diff = next(line for line in out.stdout.splitlines() if line.startswith("| onnx max|diff|"))
     assert float(diff.split("|")[-2]) <= 1e-4
+    flops = next(line for line in out.stdout.splitlines() if line.startswith("| GFLOP per training image"))
+    assert float(flops.split("|")[-2]) > 0  # counted by torch's FlopCounterMode on the real step
+    assert "| bound by | loader |" in out.stdout or "| bound by | compute |" in out.stdout

@@ -28,6 +28,10 @@ from .common import choice, data_dir_option, external_dir_option, external_dirs,
               "flips, normalisation, weight decay and per-epoch schedule for this dataset (default: kt).")
 @click.option("--external", multiple=True, help="External source added to training rows (repeatable).")
 @external_dir_option
+@click.option("--mix", type=choice("mix"), help="timm's MixUp/CutMix on training batches (--set mix_off_epochs=N: "
+              "the last N epochs clean).")
+@click.option("--mix-prob", type=float, help="Share of batches mixed (default 1).")
+@click.option("--mix-alpha", type=float, help="Beta(alpha, alpha) mixing strength (default 1).")
 @click.option("--teacher", type=click.Path(), help="Distil from a kt ensemble spec: its members' out-of-fold "
               "outputs (and pseudo rows' recorded outputs) as soft targets.")
 @click.option("--distill-alpha", type=float, help="Weight of the teacher's term, 0-1 (default 0.5).")
