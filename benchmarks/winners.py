@@ -16,6 +16,8 @@ scratch on the CPU. Per seed:
   alone vs image + metadata (--set meta=true).
 
     python benchmarks/winners.py [--seeds 3] [--epochs 15] [--labelled 0.15]
+
+Batches of 16 (200 labelled images make 13 steps an epoch). The README's table is this script's output.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class Bench:
 
 
 def scarce_labels(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[str, float]:
-    from kaggle_transfer import ensemble
+    from kaggle_transfer import ensemble, runs
     from kaggle_transfer.inference.pseudo import pseudo_label
 
     data = _digits(tmp / f"digits{seed}", labelled, seed)
@@ -106,7 +108,11 @@ def scarce_labels(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[st
     baseline = b.train("baseline")
     out["baseline"], out["baseline_predict_s"] = b.test([baseline / "model.onnx"])
     for name, changes in (("+swa", {"swa_epochs": min(3, epochs)}), ("+mixup", {"mix": "mixup"})):
-        out[name] = b.test([b.train(name.strip("+"), **changes) / "model.onnx"])[0]
+        run = b.train(name.strip("+"), **changes)
+        out[name] = b.test([run / "model.onnx"])[0]
+    swa = runs.read_metrics(b.root / "swa")["swa"]  # the SWA weights on validation, kept or not
+    out["swa_val_gain"] = swa["score"] - runs.read_metrics(baseline)["score"]
+    out["swa_selected"] = float(swa["selected"])
     teachers = [b.group(f"teacher{k}", seed=seed * 10 + k) for k in range(3)]
     spec = Path(ensemble.build(b.comp.name, teachers, method="greedy", out=b.root / "teacher.json")["path"])
     out["teacher"], out["teacher_predict_s"] = b.test(spec=spec)
@@ -150,6 +156,9 @@ def main() -> None:
         d = frame[name] - frame["baseline"]
         print(f"{name:<18} {frame[name].mean():.4f} ± {frame[name].std(ddof=0):.4f} "
               f"{d.mean():+.4f} ± {d.std(ddof=0):.4f}")
+    print(f"SWA weights on validation vs the best epoch: {frame['swa_val_gain'].mean():+.4f} ± "
+          f"{frame['swa_val_gain'].std(ddof=0):.4f}; kept as best.pt in {int(frame['swa_selected'].sum())} of "
+          f"{len(frame)} runs")
     teacher_s, distill_s = frame["teacher_predict_s"].mean(), frame["distill_predict_s"].mean()
     print(f"pseudo rows kept: {frame['pseudo_rows'].mean():.0f}; predict time on 450 images: teacher "
           f"{teacher_s:.2f} s (9 ONNX files), distilled {distill_s:.2f} s (1 file): {teacher_s / distill_s:.1f}x")
