@@ -159,3 +159,18 @@ def test_kt_average_makes_a_validated_exportable_run(aptos_dir, tmp_path):
                                         "--runs-root", str(tmp_path / "runs")])
     assert refused.exit_code != 0 and "has size=48" in refused.output
     assert len(list((tmp_path / "runs" / "aptos").iterdir())) == 1  # nothing half-made left behind
+
+
+def test_progressive_resizing_through_the_cli(trained_run, aptos_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
+    result = CliRunner().invoke(main, ["train", "aptos", "--data-dir", str(aptos_dir), "--arch", "test_resnet",
+                                       "--no-pretrained", "--size", "48", "--pool", "gem", "--epochs", "1",
+                                       "--workers", "0", "--init", str(trained_run), "--runs-root", str(tmp_path),
+                                       "--no-progress", "--set", "max_steps=1", "--set", "batch_size=16"])
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "aptos").iterdir())
+    info = json.loads((run / "run.json").read_text())
+    assert info["init"]["path"] == str((trained_run / "best.pt").resolve())  # 32 px weights, now trained at 48 px

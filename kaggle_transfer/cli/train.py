@@ -32,6 +32,8 @@ from .common import choice, data_dir_option, external_dir_option, external_dirs,
               "the last N epochs clean).")
 @click.option("--mix-prob", type=float, help="Share of batches mixed (default 1).")
 @click.option("--mix-alpha", type=float, help="Beta(alpha, alpha) mixing strength (default 1).")
+@click.option("--init", type=click.Path(), help="Warm start from another run's best.pt (same arch and head), "
+              "e.g. 384 px then 512 px; recorded with its sha256.")
 @click.option("--teacher", type=click.Path(), help="Distil from a kt ensemble spec: its members' out-of-fold "
               "outputs (and pseudo rows' recorded outputs) as soft targets.")
 @click.option("--distill-alpha", type=float, help="Weight of the teacher's term, 0-1 (default 0.5).")

@@ -47,7 +47,7 @@ def init_source(init: str | Path) -> Path:
     path = Path(init)
     path = path / "best.pt" if path.is_dir() else path
     if not path.is_file():
-        raise KtError(f"--set init={init}: no best.pt there; pass a finished run folder (kt train made it)")
+        raise KtError(f"--init {init}: no best.pt there; pass a finished run folder (kt train made it)")
     return path
 
 
@@ -58,11 +58,11 @@ def warm_start(model: torch.nn.Module, init: str | Path, arch: str) -> Path:
     path = init_source(init)
     source_dir = path.parent
     if runs.is_run(source_dir) and runs.load_config(source_dir).arch != arch:
-        raise KtError(f"--set init={init} is a {runs.load_config(source_dir).arch} run; this run is {arch}: "
+        raise KtError(f"--init {init} is a {runs.load_config(source_dir).arch} run; this run is {arch}: "
                       "a warm start needs the same --arch")
     try:
         model.load_state_dict(load(path))
     except RuntimeError as e:
-        raise KtError(f"--set init={init}: its weights do not fit this network ({str(e).splitlines()[0][:120]}); "
+        raise KtError(f"--init {init}: its weights do not fit this network ({str(e).splitlines()[0][:120]}); "
                       "the head must match too (same competition, channels and loss family)") from None
     return path
