@@ -112,7 +112,7 @@ def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarra
             where = (model.device, model.io_binding)
             if where not in placed:
                 placed[where] = model.upload(xv)
-            y = model.run(placed[where], rows.get(j)).astype(np.float64)
+            y = (model.run(placed[where], rows[j]) if j in rows else model.run(placed[where])).astype(np.float64)
             sums[j] = sums[j] + y if j in sums else y
     for j in members:
         outputs[j].append(sums[j][:n] / len(views))
