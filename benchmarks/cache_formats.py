@@ -36,6 +36,22 @@ def _timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _heavy(size: int):
+    """kt's `heavy` training transform at `size` (what a loader applies to each cached image)."""
+    import random
+
+    from kaggle_transfer.training.augment import build_train_transform
+
+    transform = build_train_transform("heavy", size)
+
+    def apply(image, rng):
+        random.seed(int(rng.integers(1 << 31)))
+        np.random.seed(int(rng.integers(1 << 31)))
+        return transform(image=image)["image"]
+
+    return apply
+
+
 def measure(arrays: list[np.ndarray], folder: Path, ext: str, params) -> dict[str, float]:
     folder.mkdir()
     paths = [folder / f"{i}{ext}" for i in range(len(arrays))]
@@ -54,10 +70,14 @@ def measure(arrays: list[np.ndarray], folder: Path, ext: str, params) -> dict[st
     _, write_wall, write_cpu = _timed(write)
     read(), read()  # warm the page cache: a loader reads files the OS already holds after the first epoch
     back, read_wall, read_cpu = _timed(read)
+    augment = _heavy(arrays[0].shape[0])
+    rng = np.random.default_rng(0)
+    _, _, load_cpu = _timed(lambda: [augment(image=img, rng=rng) for img in read()])
     err = max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(arrays, back, strict=True))
     mse = np.mean([np.mean((a.astype(float) - b.astype(float)) ** 2) for a, b in zip(arrays, back, strict=True)])
     n = len(arrays)
-    return {"write_ms": 1000 * write_cpu / n, "read_ms": 1000 * read_cpu / n, "read_wall_ms": 1000 * read_wall / n,
+    return {"write_ms": 1000 * write_cpu / n, "loader_ms": 1000 * load_cpu / n, "loader_per_s_core": n / load_cpu,
+            "read_ms": 1000 * read_cpu / n, "read_wall_ms": 1000 * read_wall / n,
             "read_per_s_core": n / read_cpu, "kib": sum(p.stat().st_size for p in paths) / n / 1024,
             "max_err": err, "psnr": float("inf") if mse == 0 else 10 * np.log10(255**2 / mse),
             "write_wall_ms": 1000 * write_wall / n}
@@ -81,10 +101,11 @@ def main() -> None:
     h, w = arrays[0].shape[:2]
     print(f"\n{a.images} images cached at {w}x{h} (short side {a.size}) from 2000x1500 JPEGs; CPU ms per image, "
           "one process")
-    print(f"{'format':<18}{'write ms':>9}{'read ms':>9}{'read img/s/core':>16}{'KiB':>8}{'max err':>8}{'PSNR dB':>9}")
+    print(f"{'format':<18}{'write ms':>9}{'read ms':>9}{'read img/s/core':>16}{'+heavy aug ms':>14}"
+          f"{'loader img/s/core':>18}{'KiB':>7}{'max err':>8}{'PSNR dB':>8}")
     for name, r in rows.items():
-        print(f"{name:<18}{r['write_ms']:>9.2f}{r['read_ms']:>9.2f}{r['read_per_s_core']:>16.0f}{r['kib']:>8.0f}"
-              f"{r['max_err']:>8d}{r['psnr']:>9.1f}")
+        print(f"{name:<18}{r['write_ms']:>9.2f}{r['read_ms']:>9.2f}{r['read_per_s_core']:>16.0f}{r['loader_ms']:>14.2f}"
+              f"{r['loader_per_s_core']:>18.0f}{r['kib']:>7.0f}{r['max_err']:>8d}{r['psnr']:>8.1f}")
 
 
 if __name__ == "__main__":

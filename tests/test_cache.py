@@ -48,7 +48,7 @@ def test_training_table_uses_the_cache_and_a_changed_source_invalidates_it(big_a
     table = APTOS.read_train(big_aptos)
     prepare([table], tmp_path / "cache", "aptos", 64, workers=1, progress=False)
     used = use_cache(table, tmp_path / "cache", "aptos", 48, crop=False)
-    assert used["cached"].all() and all(p[0].endswith(".kt.png") for p in used["paths"])
+    assert used["cached"].all() and all(p[0].endswith(".kt.jpg") for p in used["paths"])
     assert not use_cache(table, tmp_path / "cache", "aptos", 96, crop=False)["cached"].any()  # too small a cache
     assert not use_cache(table, tmp_path / "cache", "aptos", 48, crop=True)["cached"].any()  # other preprocessing
     source = Path(table["paths"][0][0])
@@ -118,3 +118,40 @@ def test_prediction_reads_the_cache(big_aptos, tmp_path, monkeypatch):
                                progress=False)
     assert again["cached_rows"] == 0
     assert os.path.getsize(again["submission"]) > 0
+
+
+@pytest.mark.parametrize("fmt, suffix", [("jpeg", ".kt.jpg"), ("png", ".kt.png"), ("raw", ".kt.npy")])
+def test_each_cache_format_reads_back_what_was_cached(big_aptos, tmp_path, fmt, suffix):
+    table = APTOS.read_train(big_aptos).head(6)
+    prepare([table], tmp_path / "cache", "aptos", 64, workers=1, progress=False, fmt=fmt)
+    cached = use_cache(table, tmp_path / "cache", "aptos", 64, crop=False)
+    assert cached["cached"].all() and all(p[0].endswith(suffix) for p in cached["paths"])
+    for source, entry in zip(table["paths"], cached["paths"], strict=True):
+        want = images.resize_short_side(images.read_image(source, reduce_to=64), 64)
+        got = images.read_image(entry)
+        assert got.shape == want.shape and got.dtype == np.uint8
+        if fmt == "jpeg":  # quality 95, 4:4:4, in RGB order (a swapped channel order would be far off)
+            psnr = 10 * np.log10(255**2 / np.mean((got.astype(float) - want) ** 2))
+            assert psnr > 35
+        else:
+            assert np.array_equal(got, want)
+
+
+def test_another_format_replaces_the_entries_and_damage_is_detected(big_aptos, tmp_path):
+    from kaggle_transfer.data.cache import entry_file, entry_intact
+
+    table = APTOS.read_train(big_aptos).head(4)
+    prepare([table], tmp_path / "cache", "aptos", 64, workers=1, progress=False)
+    folder = tmp_path / "cache" / "aptos" / "64"
+    again = prepare([table], tmp_path / "cache", "aptos", 64, workers=1, progress=False, fmt="raw")
+    assert again["cached"] == 4 and not list(folder.glob("*.kt.jpg")) and len(list(folder.glob("*.kt.npy"))) == 4
+    entry = next(folder.glob("*.kt.npy"))
+    assert entry_intact(entry)
+    entry.write_bytes(entry.read_bytes()[:-10])  # truncated
+    assert not entry_intact(entry)
+    assert prepare([table], tmp_path / "cache", "aptos", 64, workers=1, progress=False, fmt="raw")["cached"] == 1
+    assert entry_file(folder, entry.name.split(".")[0]) == entry and entry_intact(entry)
+    from kaggle_transfer.errors import KtError
+
+    with pytest.raises(KtError, match="not a cache format"):
+        prepare([table], tmp_path / "cache", "aptos", 64, workers=1, progress=False, fmt="webp")

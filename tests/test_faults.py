@@ -248,7 +248,7 @@ def test_prepare_reports_bad_images_and_rebuilds_damaged_entries(aptos_copy, tmp
     first = ok(["prepare", "aptos", "--size", "32", "--data-dir", aptos_copy, "--cache-dir", cache, "--workers", "1",
                 "--no-progress"])
     assert "0 failed" in first.output  # the corrupt image was left out by its header check, not crashed on
-    entry = next((cache / "aptos" / "32").glob("*.kt.png"))
+    entry = next((cache / "aptos" / "32").glob("*.kt.jpg"))  # the default format
     entry.write_bytes(entry.read_bytes()[:40])  # a truncated entry, as a full disk or a kill leaves it
     (cache / "aptos" / "32" / ".stale.kt.png.abc.tmp").write_bytes(b"half")
     again = ok(["prepare", "aptos", "--size", "32", "--data-dir", aptos_copy, "--cache-dir", cache, "--workers",

@@ -1,8 +1,13 @@
 """`kt prepare`: a one-time resized copy of every image, used automatically by training and prediction.
 
-cache/<competition>/<size>[-crop]/<sha1 of source paths>.kt.png, plus manifest.json mapping each
-sample's source files to their (mtime_ns, size) when cached. An entry whose sources changed is stale
-and ignored (and redone by the next `kt prepare`). Multi-channel samples (HPA) become one PNG.
+cache/<competition>/<size>[-crop]/<sha1 of source paths>.kt.{jpg,png,npy}, plus manifest.json mapping
+each sample's source files to their (mtime_ns, size) when cached. An entry whose sources changed is
+stale and ignored (and redone by the next `kt prepare`). Multi-channel samples (HPA) become one file.
+
+Formats (`--format`, measured by benchmarks/cache_formats.py): `jpeg` (default: quality 95 without chroma
+subsampling, about 40 dB from the resized pixels; HPA's four channels fall back to png), `png` (lossless)
+and `raw` (uint8 .npy: lossless and the fastest to read, the largest on disk). One file per sample:
+preparing in another format replaces the old entry.
 Source data is only read, never written. Torch-free: prediction in a notebook uses it too.
 """
 
@@ -23,7 +28,7 @@ from ..errors import KtError
 from ..fsutil import clean_stale_tmp, inside, write_json
 from . import images
 
-SUFFIX = ".kt.png"
+SUFFIXES = images.CACHE_SUFFIXES
 
 
 def cache_dir(root: Path, competition: str, size: int, crop: bool) -> Path:
@@ -38,17 +43,26 @@ def _stamp(paths: Sequence[str]) -> list[list[int]]:
     return [[os.stat(p).st_mtime_ns, os.stat(p).st_size] for p in paths]
 
 
-def _prepare_one(args: tuple[tuple[str, ...], str, int, bool]) -> tuple[str, list[list[int]] | str]:
-    paths, out, size, crop = args
+def _prepare_one(args: tuple[tuple[str, ...], str, int, bool, str]) -> tuple[str, list[list[int]] | str]:
+    paths, stem, size, crop, fmt = args
     try:
         img = images.read_image(paths, reduce_to=size)
         if crop:
             img = images.fundus_crop(img)
         img = images.resize_short_side(img, size)
-        images.write_raw(out, img)
+        out = stem + images.cache_suffix(fmt, img.shape[-1])
+        images.write_cache(out, img)
+        for other in SUFFIXES:  # one entry per sample: an older entry in another format goes
+            if not out.endswith(other) and os.path.exists(stem + other):
+                os.remove(stem + other)
         return _key(paths), _stamp(paths)
     except KtError as e:
         return _key(paths), f"error: {e}"
+
+
+def entry_file(folder: Path, key: str) -> Path | None:
+    """The cache file of a sample, whatever its format, or None."""
+    return next((folder / f"{key}{s}" for s in SUFFIXES if (folder / f"{key}{s}").is_file()), None)
 
 
 def load_manifest(folder: Path) -> dict[str, list]:
@@ -66,21 +80,30 @@ PNG_START, PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 
 
 def entry_intact(path: Path) -> bool:
-    """A cache file that begins and ends as a PNG does: catches truncated and overwritten entries
-    without decoding them."""
+    """A cache file that begins and ends as its format does (the size its header declares, for raw):
+    catches truncated and overwritten entries without decoding them."""
     try:
         with open(path, "rb") as f:
+            if path.name.endswith(images.CACHE_FORMATS["raw"]):
+                fmt = np.lib.format
+                version = fmt.read_magic(f)
+                shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+                return dtype == np.uint8 and f.tell() + int(np.prod(shape)) == os.fstat(f.fileno()).st_size
             head = f.read(8)
             f.seek(-8, os.SEEK_END)
-            return head == PNG_START and f.read(8) == PNG_END
-    except OSError:
+            tail = f.read(8)
+        if path.name.endswith(images.CACHE_FORMATS["jpeg"]):
+            return head[:2] == b"\xff\xd8" and tail[-2:] == b"\xff\xd9"
+        return head == PNG_START and tail == PNG_END
+    except (OSError, ValueError):
         return False
 
 
 def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: int, *, crop: bool = False,
-            workers: int = 0, progress: bool = True) -> dict[str, int]:
-    """Cache every row of the tables; skip entries that are up to date. Resumable: the manifest is
-    saved as work completes, so a killed run loses at most the last batch."""
+            workers: int = 0, progress: bool = True, fmt: str = "jpeg") -> dict[str, int]:
+    """Cache every row of the tables in format `fmt`; skip entries that are up to date. Resumable: the
+    manifest is saved as work completes, so a killed run loses at most the last batch."""
+    images.cache_suffix(fmt, 3)  # an unknown format is one line before any work
     folder = cache_dir(root, competition, size, crop)
     folder.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(folder)  # what a killed earlier run left half-written
@@ -88,11 +111,14 @@ def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: 
     todo, done, bad = [], 0, []
     for paths in (p for table in tables for p in table["paths"]):
         key = _key(paths)
-        entry = manifest.get(key)
-        if entry and entry == _stamp(paths) and entry_intact(folder / f"{key}{SUFFIX}"):
+        entry, current = manifest.get(key), entry_file(folder, key)
+        # one file is a colour image (3 channels); several are one channel each (HPA)
+        wanted = images.cache_suffix(fmt, 3 if len(paths) == 1 else len(paths))
+        if (entry and current is not None and current.name.endswith(wanted) and entry == _stamp(paths)
+                and entry_intact(current)):
             done += 1
         else:
-            todo.append((tuple(paths), str(folder / f"{key}{SUFFIX}"), size, crop))
+            todo.append((tuple(paths), str(folder / key), size, crop, fmt))
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
         results = pool.map(_prepare_one, todo, chunksize=16) if workers > 1 else map(_prepare_one, todo)
@@ -106,11 +132,11 @@ def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: 
                 write_json(folder / "manifest.json", manifest)
     write_json(folder / "manifest.json", manifest)
     return {"cached": len(todo) - len(bad), "up_to_date": done, "failed": len(bad), "folder": str(folder),
-            "errors": bad[:5]}
+            "errors": bad[:5], "format": fmt}
 
 
 def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external_dirs: dict[str, str] | None = None,
-                        crop: bool = False, workers: int = 0, progress: bool = True) -> dict:
+                        crop: bool = False, workers: int = 0, progress: bool = True, fmt: str = "jpeg") -> dict:
     """`kt prepare`: cache a competition's train and test images and its external sources' images.
 
     A folder with train files only is still cached; the result's `notes` says what was left out."""
@@ -123,7 +149,8 @@ def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external
         notes.append(f"test images not cached: {e}")
     for name, path in (external_dirs or {}).items():
         tables.append(contained(comp.read_external(name, Path(path)), Path(path), f"--external-dir {name}"))
-    return {**prepare(tables, root, comp.name, size, crop=crop, workers=workers, progress=progress), "notes": notes}
+    return {**prepare(tables, root, comp.name, size, crop=crop, workers=workers, progress=progress, fmt=fmt),
+            "notes": notes}
 
 
 class _Serial:
@@ -152,8 +179,9 @@ def use_cache(table: pd.DataFrame, root: Path, competition: str, size: int, *, c
     new_paths, cached = [], []
     for paths in table["paths"]:
         key = _key(paths)
-        hit = key in manifest and (folder / f"{key}{SUFFIX}").is_file() and manifest[key] == _stamp(paths)
-        new_paths.append((str(folder / f"{key}{SUFFIX}"),) if hit else tuple(paths))
+        entry = entry_file(folder, key) if key in manifest else None
+        hit = entry is not None and manifest[key] == _stamp(paths)
+        new_paths.append((str(entry),) if hit else tuple(paths))
         cached.append(hit)
     table["paths"], table["cached"] = new_paths, np.array(cached)
     return table

@@ -12,7 +12,11 @@ import numpy as np
 
 from ..errors import KtError
 
-CACHE_SUFFIX = ".kt.png"  # kt prepare's files: channels stored in our order, read back untouched
+# kt prepare's files, by format (benchmarks/cache_formats.py chose the default, README "Speed"): channels
+# in our order; png and raw read back exactly, jpeg (quality 95, no chroma subsampling) within ~40 dB
+CACHE_FORMATS = {"jpeg": ".kt.jpg", "png": ".kt.png", "raw": ".kt.npy"}
+CACHE_SUFFIXES = tuple(CACHE_FORMATS.values())
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 # Pixel budget per image ($KT_MAX_PIXELS): six times the largest real competition photos (SIIM-ISIC's
 # 6000x4000); a decompression bomb (a small file that decodes to gigabytes) is a bad image, not a crash.
 DEFAULT_MAX_PIXELS = 150_000_000
@@ -45,8 +49,26 @@ def probe(path: str) -> str | None:
     return None
 
 
+def cache_suffix(fmt: str, channels: int) -> str:
+    """The file suffix of a cache entry: JPEG holds 1 or 3 channels, so other counts (HPA's 4) use PNG."""
+    if fmt not in CACHE_FORMATS:
+        raise KtError(f"--format {fmt!r} is not a cache format; choose one of: {', '.join(CACHE_FORMATS)}")
+    return CACHE_FORMATS["png"] if fmt == "jpeg" and channels not in (1, 3) else CACHE_FORMATS[fmt]
+
+
+def _read_raw(path: str) -> np.ndarray:
+    try:
+        img = np.load(path, allow_pickle=False)  # a plain uint8 array: no object can come out of it
+    except (OSError, ValueError, EOFError) as e:
+        raise KtError(f"cache entry {path} is damaged ({type(e).__name__}); run kt prepare again (it rebuilds "
+                      "bad cache entries)") from None
+    if img.dtype != np.uint8 or img.ndim != 3:
+        raise KtError(f"cache entry {path} is not an image array; run kt prepare again")
+    return img
+
+
 def _decode(path: str, flags: int) -> np.ndarray:
-    if path.endswith(CACHE_SUFFIX):
+    if path.endswith(CACHE_SUFFIXES):
         fix = "run kt prepare again (it rebuilds bad cache entries)"
     else:
         fix = "replace it or pass --skip-bad-images"
@@ -85,12 +107,16 @@ def read_image(paths: Sequence[str], reduce_to: int | None = None) -> np.ndarray
     """Read one sample as an HxWxC uint8 array.
 
     One path: a colour image, converted from OpenCV's BGR to RGB (timm models expect RGB); a cache file
-    of kt prepare as stored. Several paths: single-channel files stacked in the order given (HPA: red,
-    green, blue, yellow). `reduce_to`: JPEGs may be decoded at a reduced scale, keeping >= that side.
+    of kt prepare in the channels it was given. Several paths: single-channel files stacked in the order
+    given (HPA: red, green, blue, yellow). `reduce_to`: JPEGs may be decoded at a reduced scale, keeping >= that side.
     """
     if len(paths) == 1:
-        if paths[0].endswith(CACHE_SUFFIX):
+        if paths[0].endswith(CACHE_SUFFIXES):
+            if paths[0].endswith(CACHE_FORMATS["raw"]):
+                return _read_raw(paths[0])
             img = _decode(paths[0], cv2.IMREAD_UNCHANGED)
+            if paths[0].endswith(CACHE_FORMATS["jpeg"]) and img.ndim == 3:
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # written from BGR, as JPEG's colour model expects
             return img[..., None] if img.ndim == 2 else img
         if reduce_to and paths[0].lower().endswith((".jpg", ".jpeg")):
             fast = _decode_reduced(paths[0], reduce_to)
@@ -157,12 +183,20 @@ def fundus_crop(img: np.ndarray, threshold: int = 10) -> np.ndarray:
     return img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
-def write_raw(path: str, img: np.ndarray) -> None:
-    """Write channels in our order (no colour conversion) for read_image to return them untouched."""
+def write_cache(path: str, img: np.ndarray) -> None:
+    """Write a cache entry in the format its suffix names, for read_image to return the same channels."""
     from ..fsutil import atomic_path
 
     with atomic_path(path) as tmp:
-        ok, data = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if path.endswith(CACHE_FORMATS["raw"]):
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(img), allow_pickle=False)
+            return
+        jpeg = path.endswith(CACHE_FORMATS["jpeg"])
+        if jpeg and img.shape[-1] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+        ok, data = cv2.imencode(".jpg" if jpeg else ".png", img,
+                                JPEG_PARAMS if jpeg else [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise KtError(f"could not encode {path}")
         tmp.write_bytes(data.tobytes())
