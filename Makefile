@@ -23,13 +23,18 @@ test: install
 lint: install
 	$(BIN)/ruff check kaggle_transfer tests benchmarks
 
-# speed, each as a ratio against the usual alternative measured in the same run (a few minutes)
+# speed, each as a ratio against the usual alternative measured in the same run, wall and CPU time (under
+# 10 minutes on 2 cores). TIMM_TRAIN=path/to/pytorch-image-models/train.py adds kt train vs timm's train.py.
+TIMM_TRAIN ?=
 bench: install
-	$(BIN)/python benchmarks/prepare_vs_pil.py
-	$(BIN)/python benchmarks/train_speed.py
-	$(BIN)/python benchmarks/channels_last.py
-	$(BIN)/python benchmarks/onnx_vs_torch.py
-	$(BIN)/python benchmarks/predict_speed.py
+	cd benchmarks && ../$(BIN)/python prepare_vs_pil.py
+	cd benchmarks && ../$(BIN)/python cache_formats.py
+	cd benchmarks && ../$(BIN)/python loader_speed.py
+	@if [ -n "$(TIMM_TRAIN)" ]; then cd benchmarks && ../$(BIN)/python train_vs_timm.py --timm-train "$(abspath $(TIMM_TRAIN))"; \
+	else echo "kt train vs timm's train.py skipped: pass TIMM_TRAIN=path/to/pytorch-image-models/train.py"; fi
+	cd benchmarks && ../$(BIN)/python channels_last.py
+	cd benchmarks && ../$(BIN)/python onnx_vs_torch.py
+	cd benchmarks && ../$(BIN)/python predict_speed.py
 
 # learning quality: interventions over seeds, real digits over seeds, the winners' toolbox (about 20 minutes)
 measure: install
