@@ -36,6 +36,7 @@ from .builders import (
     frozen_epochs,
     pick_device,
     set_backbone_trainable,
+    trim_heap,
 )
 from .checkpoints import checkpoint, init_source, restore, warm_start
 from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
@@ -278,6 +279,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         if main:
             pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
             checkpoint(run_dir / "last.pt", parts, state)
+        trim_heap()  # freed activations back to the OS: the next epoch's peak does not creep up
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             break
     if swa is not None and swa.epochs_averaged:  # SWA's weights, BatchNorm recomputed, kept when they score higher
