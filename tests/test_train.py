@@ -216,9 +216,11 @@ def test_a_training_step_does_not_wait_for_the_host(aptos_dir, tmp_path, monkeyp
 
 def test_each_epoch_hands_freed_memory_back(aptos_dir, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(train, "trim_heap", lambda: calls.append(1))
+    monkeypatch.setattr(train, "trim_heap", lambda: calls.append("trim"))
+    monkeypatch.setattr(train, "steady_heap", lambda: calls.append("steady"))
     train.fit(tiny_config(epochs=2, max_steps=1), tmp_path, aptos_dir, progress=False)
-    assert len(calls) == 2
-    from kaggle_transfer.training.builders import trim_heap
+    assert calls == ["steady", "trim", "trim"]  # the heap set up once, trimmed after every epoch
+    from kaggle_transfer.training.builders import steady_heap, trim_heap
 
-    trim_heap()  # the real call works on this platform (or is a no-op where malloc_trim is missing)
+    steady_heap()  # the real calls work on this platform (or are no-ops where glibc's are missing)
+    trim_heap()

@@ -149,17 +149,36 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     model.backbone.train(trainable and model.training)
 
 
-def trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere). Called at the end
-    of each epoch: without it, fragmented free memory left by one epoch's activations makes the next
-    epoch's peak resident memory creep up (resnet18 @ 256 on CPU: +56 MiB by epoch 3; flat with it)."""
+def _libc():
     import ctypes
     import ctypes.util
     import sys
 
     if not sys.platform.startswith("linux"):
-        return
+        return None
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # musl and other libcs have no malloc_trim
-        pass
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def steady_heap(threshold: int = 1 << 20) -> None:
+    """Keep glibc from growing its heap with freed tensor buffers: allocations of `threshold` bytes or
+    more are mapped and unmapped directly. Setting the threshold also turns off glibc's dynamic
+    threshold, which rises to 32 MiB after the first large free; every batch-sized CPU tensor below
+    that then lands on the heap, where freed memory stays resident. resnet18 @ 256, batch 32 on a CPU:
+    the training process's peak resident memory 2,171 -> 1,924 MiB (timm's train.py: 2,041)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
+
+
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere). Called at the end
+    of each epoch, so memory freed by one epoch's small allocations does not stay resident."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):  # musl and other libcs have none
+        libc.malloc_trim(0)

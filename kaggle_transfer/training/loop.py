@@ -36,6 +36,7 @@ from .builders import (
     frozen_epochs,
     pick_device,
     set_backbone_trainable,
+    steady_heap,
     trim_heap,
 )
 from .checkpoints import checkpoint, init_source, restore, warm_start
@@ -167,6 +168,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     if main:
         _record(cfg, run_dir, data_dir, external_dirs, skip_bad_images, proto)
     tracker = tracking.start(cfg, run_dir, resume=resume, main=main)  # --track mlflow; a no-op otherwise
+    steady_heap()  # batch-sized CPU buffers mapped and unmapped, not left resident on the heap
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     if device.type == "cuda" and distributed.active():
