@@ -11,7 +11,8 @@ scratch on the CPU. Per seed:
   blended by kt ensemble (greedy);
 - +pseudo: the baseline plus the teacher's pseudo-labels of the unlabelled folder (kt pseudo);
 - +distill: the baseline distilled from the teacher (--teacher, alpha 0.5, T 2), with the pseudo rows;
-- +swa / +mixup: the baseline with --set swa_epochs=3 / --set mix=mixup;
+- +swa / +swa, lr held / +mixup: the baseline with --set swa_epochs=3, with swa_epochs=5 and swa_lr=1e-3
+  (SWA's constant schedule), or with --set mix=mixup;
 - metadata: a 10-class task whose CSV adds a noisy numeric column (label x 10 + N(0, 15)); image
   alone vs image + metadata (--set meta=true);
 - lesions: the synthetic SIIM-ISIC task (lesion images, patients, blank sexes and sites) with its age
@@ -101,6 +102,25 @@ class Bench:
         return test_score(self.comp, self.data, Path(manifest["submission"])), manifest["seconds"]
 
 
+SWA_HELD = {"swa_epochs": 5, "swa_lr": 1e-3}  # SWA's constant schedule over the last 5 epochs
+
+
+def swa_only(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[str, float]:
+    """The scarce-label baseline and its two SWA variants alone (`--parts swa`)."""
+    from kaggle_transfer import runs
+
+    b = Bench(_digits(tmp / f"swa_digits{seed}", labelled, seed), tmp / f"swa_runs{seed}", seed, epochs)
+    baseline = b.train("baseline")
+    out = {"baseline": b.test([baseline / "model.onnx"])[0]}
+    for name, changes in (("+swa", {"swa_epochs": min(3, epochs)}), ("+swa, lr held", SWA_HELD)):
+        run = b.train(name.strip("+").replace(", ", "_").replace(" ", "_"), **changes)
+        out[name] = b.test([run / "model.onnx"])[0]
+        swa = runs.read_metrics(run)["swa"]
+        out[f"{name} val gain"] = swa["score"] - runs.read_metrics(baseline)["score"]
+        out[f"{name} kept"] = float(swa["selected"])
+    return out
+
+
 def scarce_labels(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[str, float]:
     from kaggle_transfer import ensemble, runs
     from kaggle_transfer.inference.pseudo import pseudo_label
@@ -110,8 +130,9 @@ def scarce_labels(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[st
     out = {}
     baseline = b.train("baseline")
     out["baseline"], out["baseline_predict_s"] = b.test([baseline / "model.onnx"])
-    for name, changes in (("+swa", {"swa_epochs": min(3, epochs)}), ("+mixup", {"mix": "mixup"})):
-        run = b.train(name.strip("+"), **changes)
+    for name, changes in (("+swa", {"swa_epochs": min(3, epochs)}), ("+swa, lr held", SWA_HELD),
+                          ("+mixup", {"mix": "mixup"})):
+        run = b.train(name.strip("+").replace(", ", "_").replace(" ", "_"), **changes)
         out[name] = b.test([run / "model.onnx"])[0]
     swa = runs.read_metrics(b.root / "swa")["swa"]  # the SWA weights on validation, kept or not
     out["swa_val_gain"] = swa["score"] - runs.read_metrics(baseline)["score"]
@@ -162,12 +183,14 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--labelled", type=float, default=0.15, help="share of the training images that keep labels")
-    p.add_argument("--parts", default="digits,lesions", help="digits (scarce labels and metadata), lesions")
+    p.add_argument("--parts", default="digits,lesions",
+                   help="digits (scarce labels and metadata), lesions, swa (the SWA rows alone)")
     a = p.parse_args()
     parts = a.parts.split(",")
     rows: list[dict[str, float]] = []
     meta_rows: list[dict[str, float]] = []
     lesion_rows: list[dict[str, float]] = []
+    swa_rows: list[dict[str, float]] = []
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(a.seeds):
@@ -176,9 +199,17 @@ def main() -> None:
                 meta_rows.append(metadata(seed, a.epochs, Path(tmp)))
             if "lesions" in parts:
                 lesion_rows.append(lesions(seed, a.epochs, Path(tmp)))
+            if "swa" in parts:
+                swa_rows.append(swa_only(seed, a.epochs, a.labelled, Path(tmp)))
+                print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in swa_rows[-1].items()), flush=True)
             done = {**(rows[-1] if rows else {}), **(meta_rows[-1] if meta_rows else {}),
                     **(lesion_rows[-1] if lesion_rows else {})}
             print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in done.items()), flush=True)
+    if swa_rows:
+        swa_frame = pd.DataFrame(swa_rows)
+        print(f"\nSWA on scarce-label digits, held-out accuracy over {a.seeds} seeds (mean ± std)")
+        for name in swa_frame.columns:
+            print(f"{name:<26} {swa_frame[name].mean():+.4f} ± {swa_frame[name].std(ddof=0):.4f}")
     if lesion_rows:
         lesion_frame = pd.DataFrame(lesion_rows)
         print(f"\nsynthetic SIIM-ISIC lesions, 400 images, age depends on the label; validation ROC AUC over {a.seeds} "
@@ -192,7 +223,7 @@ def main() -> None:
     print(f"\ndigits, {a.labelled:.0%} of the 1,347 training labels kept, test_resnet @ 32 px from scratch, "
           f"{a.epochs} epochs, {a.seeds} seeds; held-out accuracy on 450 test images (mean ± std)")
     print(f"{'run':<18} {'accuracy':>17} {'vs baseline':>12}")
-    for name in ("baseline", "+swa", "+mixup", "+pseudo", "+distill", "teacher"):
+    for name in ("baseline", "+swa", "+swa, lr held", "+mixup", "+pseudo", "+distill", "teacher"):
         d = frame[name] - frame["baseline"]
         print(f"{name:<18} {frame[name].mean():.4f} ± {frame[name].std(ddof=0):.4f} "
               f"{d.mean():+.4f} ± {d.std(ddof=0):.4f}")

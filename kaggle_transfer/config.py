@@ -62,6 +62,7 @@ class RunConfig:
     ema: bool = False                   # keep a timm EMA of weights and validate with it
     ema_decay: float = 0.999
     swa_epochs: int = 0                 # SWA: average the weights of the last N epochs, BatchNorm recomputed; 0 = off
+    swa_lr: float | None = None         # SWA: a constant lr during those epochs (None: the schedule's own)
     fundus_crop: bool = False           # trim black borders (APTOS fundus photos); recorded for prediction
     cache: bool = True                  # use kt prepare's resized cache when one is present
     channels: str | None = None         # input channels by first letter, e.g. rgb or rgby (HPA); None = all
@@ -201,7 +202,8 @@ RANGES = {
     "max_steps": (0, 10**9, True), "size": (8, 4096, True), "epochs": (1, 100_000, True),
     "batch_size": (1, 65_536, True), "accum_steps": (1, 4096, True), "folds": (2, 1000, True), "fold": (0, 999, True),
     "mix_prob": (0, 1, True), "mix_alpha": (0, 100, "(]"), "mix_off_epochs": (0, 100_000, True),
-    "swa_epochs": (0, 100_000, True), "distill_alpha": (0, 1, True), "distill_temperature": (0, 100, "(]"),
+    "swa_epochs": (0, 100_000, True), "swa_lr": (0, 10, "(]"), "distill_alpha": (0, 1, True),
+    "distill_temperature": (0, 100, "(]"),
 }
 
 
@@ -228,6 +230,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.mix != "none" and cfg.batch_size % 2:
         raise KtError(f"--set mix={cfg.mix} pairs each image with another of its batch: batch_size must be even, "
                       f"got {cfg.batch_size}")
+    if cfg.swa_lr is not None and not cfg.swa_epochs:
+        raise KtError("--set swa_lr holds the rate during SWA's epochs; set swa_epochs=K too")
     if cfg.swa_epochs > cfg.epochs:
         raise KtError(f"--set swa_epochs={cfg.swa_epochs} averages more epochs than the run has "
                       f"(--epochs {cfg.epochs})")

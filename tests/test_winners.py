@@ -174,3 +174,13 @@ def test_progressive_resizing_through_the_cli(trained_run, aptos_dir, tmp_path):
     run = next((tmp_path / "aptos").iterdir())
     info = json.loads((run / "run.json").read_text())
     assert info["init"]["path"] == str((trained_run / "best.pt").resolve())  # 32 px weights, now trained at 48 px
+
+
+def test_swa_lr_holds_the_rate_in_the_averaging_window(aptos_dir, tmp_path):
+    import pandas as pd
+
+    fit(tiny_config(epochs=3, swa_epochs=2, swa_lr=5e-4, max_steps=2), tmp_path, aptos_dir, progress=False)
+    lrs = pd.read_csv(tmp_path / "history.csv")["lr"].tolist()
+    assert lrs[1:] == pytest.approx([5e-4, 5e-4]) and lrs[0] != pytest.approx(5e-4)  # cosine first, then held
+    with pytest.raises(KtError, match="set swa_epochs=K too"):
+        tiny_config(swa_lr=1e-3)

@@ -22,7 +22,7 @@ from .. import competitions, protocol, runs, tracking
 from ..config import RunConfig
 from ..data.splits import HELD_OUT
 from ..errors import KtError
-from ..fsutil import atomic_path, clean_stale_tmp, sha256
+from ..fsutil import atomic_path
 from ..tasks import Task
 from . import distributed
 from .augment import build_train_transform
@@ -39,12 +39,12 @@ from .builders import (
     steady_heap,
     trim_heap,
 )
-from .checkpoints import checkpoint, init_source, restore, warm_start
+from .checkpoints import checkpoint, restore, warm_start
 from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
 from .models import build_model
-from .summary import finish
+from .summary import finish, record_start
 from .tables import load_tables, meta_inputs
-from .targets import describe_sources, training_targets
+from .targets import training_targets
 
 SYNC_EVERY = 50  # training steps between two reads of the loss by the host (each read waits for the GPU)
 
@@ -57,10 +57,13 @@ def _check_finite(nonfinite: torch.Tensor, epoch: int, step: int) -> None:
 
 def _train_epoch(bar, epoch: int, parts: dict[str, Any], state: dict[str, Any], *, forward, criterion, mixer,
                  task: Task, cfg: RunConfig, device: torch.device, dtype, channels_last: bool, steps: int,
-                 meta: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                 meta: torch.Tensor | None = None, lr_hold: float | None = None) -> tuple[torch.Tensor, int]:
     """One epoch of optimizer steps. Returns (the loss summed on the device, images seen)."""
     model, optimizer, scheduler, scaler, ema = (parts[k] for k in ("model", "optimizer", "scheduler", "scaler", "ema"))
     seen = 0
+    hold = [] if lr_hold is None else optimizer.param_groups  # SWA's window with --set swa_lr: a constant rate
+    for group in hold:
+        group["lr"] = lr_hold * group.get("lr_scale", 1.0)
     loss_sum, nonfinite = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.int64)
     optimizer.zero_grad(set_to_none=True)
     for step, (x, y, rows) in enumerate(bar):
@@ -82,6 +85,8 @@ def _train_epoch(bar, epoch: int, parts: dict[str, Any], state: dict[str, Any], 
             state["updates"] += 1
             if scheduler is not None:
                 scheduler.step_update(state["updates"])
+            for group in hold:  # after the schedule's update: the held rate wins
+                group["lr"] = lr_hold * group.get("lr_scale", 1.0)
             if ema is not None:
                 ema.update(model)
         # summed on the device: the host reads the loss every SYNC_EVERY steps, never once a step
@@ -139,21 +144,6 @@ def _loaders(cfg: RunConfig, train_rows: pd.DataFrame, val_rows: pd.DataFrame, t
     return train_loader, val_loader, val_shard
 
 
-def _record(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, str], skip_bad_images: bool,
-            proto) -> None:
-    """config.yaml and run.json: what the run is and what it reads (warm start, pseudo tables, teacher: sha256)."""
-    clean_stale_tmp(run_dir)  # temp files of a killed earlier attempt
-    runs.save_config(run_dir, cfg)
-    init = init_source(cfg.init) if cfg.init else None
-    runs.write_run_info(run_dir, {
-        "data_dir": str(Path(data_dir).resolve()), "skip_bad_images": skip_bad_images,
-        "external_dirs": {k: str(Path(v).resolve()) for k, v in external_dirs.items()},
-        "world_size": distributed.world_size(), "preprocess": proto.describe(),
-        "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
-        "pseudo": describe_sources(cfg.external),
-        "teacher": {"path": str(Path(cfg.teacher).resolve()), "sha256": sha256(cfg.teacher)} if cfg.teacher else None})
-
-
 def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[str, str] | None = None,
         resume: bool = False, skip_bad_images: bool = False, progress: bool = True,
         train_table: pd.DataFrame | None = None) -> dict[str, Any]:
@@ -166,7 +156,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     loss_name = cfg.loss or task.default_loss
     main = distributed.is_main()
     if main:
-        _record(cfg, run_dir, data_dir, external_dirs, skip_bad_images, proto)
+        record_start(cfg, run_dir, data_dir, external_dirs, skip_bad_images, proto)
     tracker = tracking.start(cfg, run_dir, resume=resume, main=main)  # --track mlflow; a no-op otherwise
     steady_heap()  # batch-sized CPU buffers mapped and unmapped, not left resident on the heap
     seed_everything(cfg.seed)
@@ -253,7 +243,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
                    disable=not progress, leave=False, dynamic_ncols=True)
         loss_sum, seen = _train_epoch(bar, epoch, parts, state, forward=forward, mixer=mixer, task=task,
                                       criterion=criterion if distill is None else distill, cfg=cfg, device=device,
-                                      dtype=dtype, channels_last=channels_last, steps=steps_per_epoch, meta=meta_train)
+                                      dtype=dtype, channels_last=channels_last, steps=steps_per_epoch, meta=meta_train,
+                                      lr_hold=cfg.swa_lr if swa is not None and epoch >= swa.start else None)
         train_time = time.time() - t0
         if scheduler is not None:
             scheduler.step(epoch + 1)

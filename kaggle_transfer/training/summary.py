@@ -1,4 +1,5 @@
-"""metrics.json and the learning-curve plot of a finished run, from the loop's state and its best OOF."""
+"""What a run records: config.yaml and run.json when it starts; metrics.json and the learning-curve plot
+when it finishes, from the loop's state and its best OOF."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import pandas as pd
 import torch
 
 from .. import plots, runs
-from ..fsutil import write_json
+from ..config import RunConfig
+from ..fsutil import clean_stale_tmp, sha256, write_json
+from . import distributed
+from .checkpoints import init_source
+from .targets import describe_sources
 
 
 def finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *, val_rows: pd.DataFrame,
@@ -40,3 +45,18 @@ def finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *
         result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
     write_json(run_dir / "metrics.json", result)
     return result
+
+
+def record_start(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, str], skip_bad_images: bool,
+            proto) -> None:
+    """config.yaml and run.json: what the run is and what it reads (warm start, pseudo tables, teacher: sha256)."""
+    clean_stale_tmp(run_dir)  # temp files of a killed earlier attempt
+    runs.save_config(run_dir, cfg)
+    init = init_source(cfg.init) if cfg.init else None
+    runs.write_run_info(run_dir, {
+        "data_dir": str(Path(data_dir).resolve()), "skip_bad_images": skip_bad_images,
+        "external_dirs": {k: str(Path(v).resolve()) for k, v in external_dirs.items()},
+        "world_size": distributed.world_size(), "preprocess": proto.describe(),
+        "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
+        "pseudo": describe_sources(cfg.external),
+        "teacher": {"path": str(Path(cfg.teacher).resolve()), "sha256": sha256(cfg.teacher)} if cfg.teacher else None})
