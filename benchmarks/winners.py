@@ -118,7 +118,20 @@ def swa_only(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[str, fl
         swa = runs.read_metrics(run)["swa"]
         out[f"{name} val gain"] = swa["score"] - runs.read_metrics(baseline)["score"]
         out[f"{name} kept"] = float(swa["selected"])
+        out[f"{name} weights"] = b.test([_swa_model(run)])[0]  # the SWA weights themselves, kept or not
     return out
+
+
+def _swa_model(run: Path) -> Path:
+    """An exported copy of the run whose best.pt is its swa.pt."""
+    import shutil
+
+    from kaggle_transfer.training.export import export
+
+    copy = run.with_name(run.name + "_weights")
+    shutil.copytree(run, copy)
+    shutil.copyfile(copy / "swa.pt", copy / "best.pt")
+    return Path(export(copy)["path"])
 
 
 def scarce_labels(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[str, float]:
