@@ -63,6 +63,7 @@ class RunConfig:
     ema_decay: float = 0.999
     swa_epochs: int = 0                 # SWA: average the weights of the last N epochs, BatchNorm recomputed; 0 = off
     swa_lr: float | None = None         # SWA: a constant lr during those epochs (None: the schedule's own)
+    swa_keep: str = "better"            # better: SWA's weights become best.pt when they validate higher | always
     fundus_crop: bool = False           # trim black borders (APTOS fundus photos); recorded for prediction
     cache: bool = True                  # use kt prepare's resized cache when one is present
     channels: str | None = None         # input channels by first letter, e.g. rgb or rgby (HPA); None = all
@@ -97,6 +98,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "mix": ("none", "mixup", "cutmix", "both"),
     "track": ("none", "mlflow"),
+    "swa_keep": ("better", "always"),
     "protocol": ("kt", "paper"),
 }
 # choices of prediction and ensembling options, shared by the library that validates them and the CLI

@@ -184,3 +184,12 @@ def test_swa_lr_holds_the_rate_in_the_averaging_window(aptos_dir, tmp_path):
     assert lrs[1:] == pytest.approx([5e-4, 5e-4]) and lrs[0] != pytest.approx(5e-4)  # cosine first, then held
     with pytest.raises(KtError, match="set swa_epochs=K too"):
         tiny_config(swa_lr=1e-3)
+
+
+def test_swa_keep_always_makes_the_average_the_run_s_weights(aptos_dir, tmp_path):
+    result = fit(tiny_config(epochs=2, swa_epochs=2, swa_keep="always", max_steps=2), tmp_path, aptos_dir,
+                 progress=False)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    averaged = torch.load(tmp_path / "swa.pt", weights_only=True)
+    assert all(torch.equal(best[k], averaged[k]) for k in best)
+    assert result["weights"] == "swa" and result["score"] == pytest.approx(result["swa"]["score"])

@@ -278,7 +278,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     if swa is not None and swa.epochs_averaged:  # SWA's weights, BatchNorm recomputed, kept when they score higher
         net = swa.finish(train_loader, device, steps_per_epoch, meta=meta_train)
         raw, _, fitted, score = validate(net, "for the SWA weights")
-        state["swa"] = {"epochs_averaged": swa.epochs_averaged, "score": score, "selected": score > state["best_score"]}
+        state["swa"] = {"epochs_averaged": swa.epochs_averaged, "score": score,
+                        "selected": cfg.swa_keep == "always" or score > state["best_score"]}
         if main:
             torch.save(net.state_dict(), run_dir / SWA_FILE)
         if state["swa"]["selected"]:
