@@ -168,3 +168,22 @@ def test_teacher_targets_come_from_out_of_fold_outputs(trained_run, onnx_model, 
     assert info["teacher"]["sha256"] and info["teacher"]["path"] == str((tmp_path / "teacher.json").resolve())
     with pytest.raises(KtError, match="not supported"):
         fit(tiny_config(fold=1, teacher=spec["path"], mix="mixup"), tmp_path / "x", aptos_dir, progress=False)
+
+
+def test_soft_pseudo_rows_train_on_the_ensembles_outputs(onnx_model, aptos_dir, tmp_path):
+    from kaggle_transfer import competitions
+    from kaggle_transfer.training.tables import load_tables
+
+    out = tmp_path / "soft.csv"
+    result = CliRunner().invoke(main, ["pseudo", "aptos", str(onnx_model), "--data-dir", str(aptos_dir), "-o",
+                                       str(out), "--soft", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    table = load_tables(tiny_config(external=[f"pseudo={out}"]), aptos_dir, external_dirs={}, skip_bad_images=False)
+    rows = table[table["source"] == "pseudo"]
+    y = targets.train_targets(competitions.get("aptos").task, rows)
+    recorded = pd.read_csv(out, dtype={"id": str}).set_index("id").loc[rows["id"], "raw_0"].to_numpy()
+    assert np.allclose(y, recorded, atol=1e-5)  # an ordinal regression trains on the ensemble's grade
+    assert not np.allclose(y, np.round(y))  # not the hard labels
+    run = fit(tiny_config(epochs=1, max_steps=2, external=[f"pseudo={out}"]), tmp_path / "run", aptos_dir,
+              progress=False)
+    assert run["n_pseudo"] == len(rows) and np.isfinite(run["score"])
