@@ -25,18 +25,15 @@ from ..tasks import Task, sigmoid
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
-def softmax(raw: np.ndarray) -> np.ndarray:
-    z = np.exp(raw - raw.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
 def confidence(task: Task, raw: np.ndarray, fitted: dict[str, Any]) -> np.ndarray:
     """How sure the blend is of each hard label, in [0, 1]: the top class probability (classes), the
     probability of the chosen side (binary; the least sure label for multilabel), and for an ordinal
     regression the distance to the nearest cut point relative to half the gap between grades."""
     raw = np.asarray(raw, dtype=np.float64)
     if task.kind == "multiclass" or (task.kind == "ordinal" and raw.ndim == 2 and raw.shape[1] > 1):
-        return softmax(raw).max(axis=1)
+        from scipy.special import softmax
+
+        return softmax(raw, axis=1).max(axis=1)
     if task.kind == "binary":
         p = sigmoid(raw.reshape(-1))
         return np.maximum(p, 1 - p)
@@ -70,6 +67,16 @@ def folder_table(folder: Path, comp) -> pd.DataFrame:
         raise KtError(f"--images {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     return pd.DataFrame({"id": [str(p.relative_to(folder).with_suffix("")) for p in files],
                          "paths": [(str(p),) for p in files]})
+
+
+def _table(task: Task, table: pd.DataFrame, root: Path, raw: np.ndarray, fitted: dict[str, Any]) -> pd.DataFrame:
+    """Every image's row of the pseudo-label table (before the confidence cut)."""
+    raw2 = raw.reshape(len(table), -1)
+    return pd.DataFrame({
+        "id": table["id"].astype(str),
+        "paths": [";".join(str(Path(p).resolve().relative_to(root)) for p in paths) for paths in table["paths"]],
+        "target": encode(task, task.decode(raw, fitted)), "confidence": confidence(task, raw, fitted).round(6),
+        **{f"raw_{j}": raw2[:, j] for j in range(raw2.shape[1])}})
 
 
 def pseudo_label(competition: str, model_paths: Sequence[str | Path], *, ensemble: str | Path | None = None,
@@ -107,14 +114,9 @@ def pseudo_label(competition: str, model_paths: Sequence[str | Path], *, ensembl
     if not np.isfinite(raw).all():
         raise KtError("the models give non-finite outputs on these images; retrain and export again")
     fitted = fitted if fitted is not None else combine_fitted(models, task)
-    conf = confidence(task, raw, fitted)
-    keep = conf >= min_confidence
-    raw2 = raw.reshape(len(table), -1)
-    frame = pd.DataFrame({
-        "id": table["id"].astype(str),
-        "paths": [";".join(str(Path(p).resolve().relative_to(root)) for p in paths) for paths in table["paths"]],
-        "target": encode(task, task.decode(raw, fitted)), "confidence": conf.round(6),
-        **{f"raw_{j}": raw2[:, j] for j in range(raw2.shape[1])}})[keep]
+    frame = _table(task, table, root, raw, fitted)
+    keep = (frame["confidence"] >= min_confidence).to_numpy()
+    frame = frame[keep]
     out = Path(out) if out else runs.runs_root(runs_root) / comp.name / "pseudo" / f"{runs.stamp()}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

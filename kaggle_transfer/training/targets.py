@@ -35,8 +35,9 @@ def pseudo_file(source: str) -> Path | None:
 
 
 def _softmax(raw: np.ndarray) -> np.ndarray:
-    z = np.exp(raw - raw.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    from scipy.special import softmax
+
+    return softmax(raw, axis=1)
 
 
 def _parse_target(task: Task, value: Any, path: Path, row: int) -> Any:
