@@ -108,7 +108,9 @@ IO_BINDING = ("auto", "on", "off")             # kt predict --io-binding
 ACCELERATORS = ("gpu", "none")                 # kt bundle / kt submit --accelerator (code competitions)
 # Kaggle's notebook image runs Python 3.12: Kaggle/docker-python, Dockerfile.tmpl at 78aaa43 (2026-08-12),
 # PACKAGE_PATH=/usr/local/lib/python3.12/dist-packages; its kaggle_requirements.txt lists onnx, not onnxruntime.
-NOTEBOOK_PYTHON = "3.12"
+# Its Colab base moved to Python 3.13 on 2026-08-19 (googlecolab/backend-info), so Kaggle's next image will
+# likely follow: bundles carry wheels for both, and the notebook installs the one matching its interpreter.
+NOTEBOOK_PYTHON = "3.12,3.13"
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
 

@@ -112,6 +112,10 @@ def load_spec(path: str | Path) -> dict[str, Any]:
                       "make one with kt ensemble")
     if spec.get("method") not in METHODS:
         raise KtError(f"--ensemble {path}: method {spec.get('method')!r} is not one of {', '.join(METHODS)}")
+    weights = np.array([m["weight"] for m in members], dtype=float)
+    if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+        raise KtError(f"--ensemble {path}: member weights must be finite, at least 0 and sum to more than 0 "
+                      f"(they are {weights.tolist()}); rebuild it with kt ensemble")
     for member in members:
         for model in member["models"]:  # paths are absolute; older specs' relative ones mean beside the spec
             model["path"] = str(path.parent / model["path"]) if not Path(model["path"]).is_absolute() \
@@ -138,8 +142,9 @@ class Blend:
 
 
 def load_blend(path: str | Path) -> Blend:
+    """The spec's blend. Members a greedy blend gave weight 0 are left out: never bundled, never run."""
     spec = load_spec(path)
-    members = spec["members"]
+    members = [m for m in spec["members"] if m["weight"] > 0]
     return Blend(paths=[m["path"] for member in members for m in member["models"]],
                  weights=[member["weight"] / len(member["models"]) for member in members for _ in member["models"]],
                  method="rank" if spec["method"] == "rank" else "mean", fitted=spec["fitted"],

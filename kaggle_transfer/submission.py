@@ -87,3 +87,15 @@ def record_kaggle(csv: Path, entry: dict[str, Any]) -> None:
         else:
             records.append(entry)
         write_json(manifest, data)
+
+
+def record_notebook_run(csv: Path, entry: dict[str, Any]) -> None:
+    """Record the pushed notebook (datasets, kernel version, bundle id) in the submission's manifest.json
+    as soon as it exists, merged into what was recorded before: `kt submit --resume` follows it."""
+    from .fsutil import read_json, write_json
+
+    manifest = Path(csv).parent / "manifest.json"
+    if manifest.is_file():
+        data = read_json(manifest, what="submission manifest")
+        data["notebook_run"] = {**(data.get("notebook_run") or {}), **entry}
+        write_json(manifest, data)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -12,13 +13,15 @@ from kaggle_transfer import submission
 from kaggle_transfer.cli import main
 from kaggle_transfer.competitions import APTOS
 
+PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
+
 
 @pytest.fixture(scope="module")
 def bundle_dir(onnx_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("b") / "bundle"
     result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--tta", "flip",
                                        "--user", "kt-tester", "--no-fetch-wheels", "--fp16", "--image-has-onnxruntime",
-                                       "--python", f"{sys.version_info[0]}.{sys.version_info[1]}"])
+                                       "--cpu-fallback", "--python", PY])
     assert result.exit_code == 0, result.output
     return out
 
@@ -40,15 +43,19 @@ def test_bundle_layout_and_metadata(bundle_dir):
     assert len(list(bundle_dir.glob("*.onnx"))) == 1
 
 
-def test_bundle_script_predicts_offline_without_torch(bundle_dir, aptos_dir, tmp_path):
+def run_script(script, data, tmp_path):
     blocker = tmp_path / "blocker" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker.parent), "KT_BUNDLE_DATA": str(aptos_dir),
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent), "KT_BUNDLE_DATA": str(data),
            "KT_BUNDLE_OUT": str(tmp_path / "working"), "KT_SITE": str(tmp_path / "site"), "PIP_NO_INDEX": "1"}
     (tmp_path / "working").mkdir()
-    out = subprocess.run([sys.executable, str(bundle_dir / "kt_predict.py")], env=env, capture_output=True,
-                         text=True, cwd=tmp_path, timeout=300)
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300)
+
+
+def test_bundle_script_predicts_offline_without_torch(bundle_dir, aptos_dir, tmp_path):
+    out = run_script(bundle_dir / "kt_predict.py", aptos_dir, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"from {tmp_path / 'site' / 'kaggle_transfer'}" in out.stdout  # the bundled wheel, not the checkout
     csv = tmp_path / "working" / "submission.csv"
@@ -56,6 +63,25 @@ def test_bundle_script_predicts_offline_without_torch(bundle_dir, aptos_dir, tmp
     manifest = json.loads((tmp_path / "working" / "kt_manifest.json").read_text())
     assert sorted(p.name for p in (tmp_path / "working").iterdir()) == ["kt_manifest.json", "submission.csv"]
     assert manifest["models"][0]["precision"] == "fp16"  # bundle.json's precision, converted without torch
+    # this machine has no GPU: the GPU bundle says so, and --cpu-fallback let it predict on the CPU
+    assert "kt: warning:" in out.stdout and "predicting on the CPU (--cpu-fallback)" in out.stdout
+    info = json.loads((bundle_dir / "bundle.json").read_text())
+    assert manifest["bundle_id"] == info["bundle_id"] and manifest["providers"] == ["CPUExecutionProvider"]
+    assert manifest["seconds_per_image"] > 0 and manifest["rows"] == len(pd.read_csv(csv))
+
+
+def test_a_gpu_bundle_without_cuda_stops_before_predicting(onnx_model, aptos_dir, tmp_path):
+    """No CUDA provider (no GPU here, like a notebook whose CUDA the runtime does not link): the script
+    exits non-zero and writes no submission, so kt submit spends nothing on a run that would time out."""
+    out_dir = tmp_path / "gpu"
+    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out_dir), "--no-fetch-wheels",
+                                       "--image-has-onnxruntime", "--python", PY])
+    assert result.exit_code == 0, result.output
+    out = run_script(out_dir / "kt_predict.py", aptos_dir, tmp_path)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("kt: this GPU bundle got no CUDA provider") and "--cpu-fallback" in last
+    assert list((tmp_path / "working").iterdir()) == []
 
 
 def test_bundle_refuses_overwrite_and_non_kaggle(bundle_dir, onnx_model):
@@ -65,9 +91,9 @@ def test_bundle_refuses_overwrite_and_non_kaggle(bundle_dir, onnx_model):
     assert result.exit_code == 2 and "not a Kaggle competition" in result.output
 
 
-def test_fetch_wheels_asks_pip_for_the_notebooks_platform(monkeypatch, tmp_path):
-    from kaggle_transfer import bundle
+def test_fetch_asks_pip_for_the_pinned_runtime_on_the_notebooks_platform(monkeypatch, tmp_path):
     from kaggle_transfer.errors import KtError
+    from kaggle_transfer.kaggle import runtime
 
     seen = {}
 
@@ -75,10 +101,29 @@ def test_fetch_wheels_asks_pip_for_the_notebooks_platform(monkeypatch, tmp_path)
         seen["cmd"] = cmd
         return subprocess.CompletedProcess(cmd, 1, "", "No matching distribution")
 
-    monkeypatch.setattr(bundle.subprocess, "run", fake_run)
+    monkeypatch.setenv("KT_WHEEL_CACHE", str(tmp_path))
+    monkeypatch.setattr(runtime.subprocess, "run", fake_run)
     with pytest.raises(KtError, match="--no-fetch-wheels with --wheels-from"):
-        bundle.fetch_wheels(tmp_path, ["onnxruntime-gpu"])
+        runtime.fetch(runtime.RUNTIMES["gpu"], "3.13")
     cmd = seen["cmd"]
-    assert cmd[2:4] == ["pip", "download"] and "onnxruntime-gpu" in cmd and "--only-binary=:all:" in cmd
-    # Kaggle's notebook image runs Python 3.12 (Kaggle/docker-python)
-    assert cmd[cmd.index("--python-version") + 1] == "3.12" and "manylinux_2_28_x86_64" in cmd
+    assert cmd[cmd.index("--python-version") + 1] == "3.13" and "manylinux_2_28_x86_64" in cmd
+    assert cmd[-1] == "onnxruntime-gpu==1.26.0" and "--only-binary=:all:" in cmd
+
+
+def test_the_script_carries_no_user_text_as_code():
+    """Whatever the settings hold, kt_predict.py's code is the constant template: the settings are one
+    string literal that json.loads reads at run time."""
+    import ast
+
+    from kaggle_transfer.kaggle.notebook import SCRIPT, render
+
+    payload = '"""; import os; os.system("touch PWNED") # \\ ' + "'''{id}\n"
+
+    script = render({"dataset": payload, "runtime": payload, "cpu_fallback": False})
+    compile(script, "kt_predict.py", "exec")
+    code_lines = [line for line in script.splitlines() if not line.startswith("SETTINGS = ")]
+    assert code_lines == [line for line in SCRIPT.splitlines() if not line.startswith("SETTINGS = ")]
+    settings = next(n for n in ast.parse(script).body if isinstance(n, ast.Assign)
+                    and getattr(n.targets[0], "id", "") == "SETTINGS")
+    literal = settings.value.args[0]
+    assert isinstance(literal, ast.Constant) and json.loads(literal.value)["dataset"] == payload

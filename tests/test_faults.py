@@ -283,7 +283,7 @@ def _zip(members: dict[str, bytes]) -> bytes:
     (_zip({"../escape.txt": b"x"}), "outside"),
 ])
 def test_download_refuses_bad_archives_and_leaves_nothing(tmp_path, archive, message):
-    from kaggle_transfer.kaggle_client import download
+    from kaggle_transfer.kaggle.client import download
 
     dest = tmp_path / "data" / "aptos"
     with pytest.raises(KtError, match=message):
@@ -293,7 +293,8 @@ def test_download_refuses_bad_archives_and_leaves_nothing(tmp_path, archive, mes
 
 
 def test_download_checks_free_space_first(tmp_path, monkeypatch):
-    from kaggle_transfer import archives, kaggle_client
+    from kaggle_transfer.kaggle import archives
+    from kaggle_transfer.kaggle import client as kaggle_client
 
     monkeypatch.setattr(archives.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 10))
     dest = tmp_path / "data" / "aptos"

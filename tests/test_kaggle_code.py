@@ -86,7 +86,7 @@ def bundle(onnx_model, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bundle") / "b"
     result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--no-fetch-wheels",
-                                       "--image-has-onnxruntime", "--python", PY])
+                                       "--image-has-onnxruntime", "--python", PY, "--accelerator", "none"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -99,7 +99,7 @@ def test_the_careful_flow_runs_checks_and_only_then_submits(fake, home, aptos_di
     fake.notebook = notebook(aptos_dir)
     fake.dataset_pending_polls = 1
     out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "kt code run", "--data-dir", aptos_dir, "--wait",
-             "--no-fetch-wheels", "--image-has-onnxruntime", "--python", PY)
+             "--no-fetch-wheels", "--image-has-onnxruntime", "--python", PY, "--accelerator", "none")
     assert out.returncode == 0, out.stderr[-3000:]
     rpcs = fake.rpcs
     # dataset → ready → notebook → its run finished → its output fetched → only then the submission
@@ -146,7 +146,7 @@ def test_a_notebook_writing_an_invalid_csv_spends_no_submission(fake, home, apto
 @pytest.mark.parametrize("setup, message", [
     (lambda f: f.invalid_sources.update(competition=["aptos2019-blindness-detection"]), "competition source"),
     (lambda f: f.fail.update(CreateCodeSubmission=[400]), "HTTP 400 while trying to submit the notebook: fake failure"),
-    (lambda f: setattr(f, "broken_upload", True), "could not create the bundle dataset"),
+    (lambda f: setattr(f, "broken_upload", True), "could not create the dataset kt-tester/kt-bundle-aptos"),
     (lambda f: setattr(f, "limits", {"numToday": 2, "numTotal": 9, "numAllowedNow": 0}), "no more submissions"),
     (lambda f: f.fail.update(CreateDataset=[403]), "kt-tester/kt-bundle-aptos must belong to the signed-in user"),
 ])
@@ -192,7 +192,7 @@ def test_a_polling_failure_after_submitting_names_the_ref(fake, home, aptos_dir,
     assert json.loads((submission_dir / "manifest.json").read_text())["kaggle"][0]["ref"] == 2000
 
 
-def test_bundles_are_built_for_the_notebooks_python(onnx_model, tmp_path):
+def test_bundles_are_built_for_the_notebooks_pythons(onnx_model, tmp_path):
     from click.testing import CliRunner
 
     from kaggle_transfer.cli import main
@@ -202,18 +202,21 @@ def test_bundles_are_built_for_the_notebooks_python(onnx_model, tmp_path):
     assert result.exit_code == 2 and "no onnxruntime wheel for Python 3.12" in result.output and not out.exists()
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    (wheels / "onnxruntime_gpu-1.30.0-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"not used")
-    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--no-fetch-wheels",
-                                       "--wheels-from", str(wheels)])
-    assert result.exit_code == 2 and "onnxruntime_gpu-1.30.0-cp311" in result.output
-    assert "Python 3.12" in result.output
-    (wheels / "onnxruntime_gpu-1.30.0-cp311-cp311-manylinux_2_28_x86_64.whl").rename(
-        wheels / "onnxruntime_gpu-1.30.0-cp312-cp312-manylinux_2_28_x86_64.whl")
-    result = CliRunner().invoke(main, ["bundle", "aptos", str(onnx_model), "-o", str(out), "--no-fetch-wheels",
-                                       "--wheels-from", str(wheels)])
+    cp311 = wheels / "onnxruntime-1.26.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    cp311.write_bytes(b"not used")
+    args = ["bundle", "aptos", str(onnx_model), "-o", str(out), "--no-fetch-wheels", "--wheels-from", str(wheels),
+            "--accelerator", "none"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "onnxruntime-1.26.0-cp311" in result.output
+    assert "Python 3.12,3.13" in result.output
+    cp311.rename(wheels / "onnxruntime-1.26.0-cp312-cp312-manylinux_2_28_x86_64.whl")
+    result = CliRunner().invoke(main, args)  # the default carries 3.12 and 3.13: one is not enough
+    assert result.exit_code == 2 and "no onnxruntime wheel for Python 3.13" in result.output
+    (wheels / "onnxruntime-1.26.0-cp313-cp313-manylinux_2_28_x86_64.whl").write_bytes(b"not used")
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     info = json.loads((out / "bundle.json").read_text())
-    assert info["python"] == "3.12" and not (out / "kernel-metadata.json").exists()  # the owner comes at push time
+    assert info["pythons"] == ["3.12", "3.13"] and not (out / "kernel-metadata.json").exists()  # owner: at push
     script = (out / "kt_predict.py").read_text()
     assert "tempfile.mkdtemp" in script and "/kaggle/working/kt-site" not in script
 
@@ -234,8 +237,8 @@ def test_leaderboard_places_the_best_public_score(fake, home):
 
 
 def test_slugs_are_normalised_and_length_checked():
-    from kaggle_transfer.bundle import names
     from kaggle_transfer.errors import KtError
+    from kaggle_transfer.kaggle.bundle import names
 
     assert names("My_Forest 2026") == {"dataset": "kt-bundle-my-forest-2026", "kernel": "kt-my-forest-2026-predict"}
     with pytest.raises(KtError, match="must have 6-50 characters"):
@@ -244,7 +247,7 @@ def test_slugs_are_normalised_and_length_checked():
 
 def test_run_time_estimate_warns_near_the_notebook_limit(tmp_path):
     from kaggle_transfer.competitions import APTOS
-    from kaggle_transfer.kaggle_code import runtime_estimate
+    from kaggle_transfer.kaggle.submit import runtime_estimate
 
     (tmp_path / "manifest.json").write_text(json.dumps({"images_per_s": 2.0}))  # 13,000 images: 1.8 h
     line = runtime_estimate(APTOS, tmp_path / "submission.csv")

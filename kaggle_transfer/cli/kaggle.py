@@ -1,4 +1,4 @@
-"""`kt download / submit / submissions / bundle`: the commands that talk to Kaggle (through kaggle_client)."""
+"""`kt download / submit / submissions / bundle / leaderboard`: the commands that talk to Kaggle (kaggle/)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from .common import data_dir_option, tta_option
 @click.command()
 @click.argument("competition")
 @click.option("--dest", type=click.Path(), help="Default: $KT_DATA/<name> or data/<name>.")
-@click.option("--force", is_flag=True, help="Download and extract again.")
+@click.option("--force", is_flag=True, help="Download and extract again, from the first byte (an interrupted "
+              "download otherwise resumes where it stopped).")
 def download(competition, dest, force) -> None:
     """Download a competition's files, extract them safely, and place them where kt train finds them."""
-    from .. import competitions, kaggle_client
+    from .. import competitions
+    from ..kaggle import client as kaggle_client
 
     comp = competitions.get(competition)
     slug = comp.kaggle_slug()
@@ -43,25 +45,35 @@ def download(competition, dest, force) -> None:
 @click.option("--accelerator", type=click.Choice(ACCELERATORS), help="Code competitions: the notebook's "
               "accelerator (default: the competition's, gpu for APTOS and Cassava).")
 @click.option("--python", "python", default=NOTEBOOK_PYTHON, show_default=True,
-              help="Code competitions: the Python of Kaggle's notebook image, which the wheels are built for.")
+              help="Code competitions: the Python(s) of Kaggle's notebook image; a wheel for each is carried and "
+              "the notebook installs the one matching its interpreter.")
 @click.option("--image-has-onnxruntime", is_flag=True, help="Code competitions: bundle no onnxruntime wheel, "
               "the notebook image has one.")
-@click.option("--dry-run", is_flag=True, help="Everything up to the submission (for code competitions: the "
-              "notebook's run and its checked output), then stop.")
+@click.option("--cpu-fallback", is_flag=True, help="Code competitions: a GPU notebook that gets no CUDA provider "
+              "predicts on the CPU instead of stopping.")
+@click.option("--resume", is_flag=True, help="Code competitions: follow the notebook run this submission folder "
+              "recorded (after an interruption) instead of pushing and running again.")
+@click.option("--dry-run", is_flag=True, help="Everything up to the submission (sign-in and today's limit; for "
+              "code competitions the notebook's run and its checked output), then stop.")
 def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheels, accelerator, python,
-           image_has_onnxruntime, dry_run) -> None:
+           image_has_onnxruntime, cpu_fallback, resume, dry_run) -> None:
     """Validate locally, then submit: upload the CSV, or for code competitions push the offline bundle as a
     private dataset, run its notebook (internet off), check what it wrote, and submit that notebook."""
     from .. import competitions
-    from ..kaggle_code import submit as submit_any
+    from ..kaggle.bundle import NotebookTarget
+    from ..kaggle.submit import SubmitOptions, Waiting
+    from ..kaggle.submit import submit as submit_any
 
     comp = competitions.get(competition)
-    result = submit_any(comp, target, message=message, data_dir=data_dir, wait=wait, bundle_dir=bundle_dir,
-                        fetch_wheels=fetch_wheels, dry_run=dry_run, accelerator=accelerator, python=python,
-                        image_has_onnxruntime=image_has_onnxruntime, echo=lambda line: click.echo(line, err=True))
+    target_spec = NotebookTarget(python=python, accelerator=accelerator or comp.accelerator,
+                                 cpu_fallback=cpu_fallback, image_has_onnxruntime=image_has_onnxruntime)
+    options = SubmitOptions(message=message, data_dir=data_dir, wait=wait, dry_run=dry_run, resume=resume,
+                            bundle_dir=bundle_dir, fetch_wheels=fetch_wheels, target=target_spec)
+    result = submit_any(comp, target, options, waiting=Waiting(echo=lambda line: click.echo(line, err=True)))
     if dry_run:
-        click.echo(f"dry run: {result['csv']} is valid" + (f"; the notebook {result['kernel']} v{result['version']} "
-                   f"ran and its submission.csv is valid" if result.get("kernel") else "") + "; nothing submitted")
+        click.echo(f"dry run: {result['csv']} is valid, you are signed in and may submit today"
+                   + (f"; the notebook {result['kernel']} v{result['version']} ran and its submission.csv is "
+                      "valid" if result.get("kernel") else "") + "; nothing submitted")
         return
     click.echo(f"submitted {result['csv']} to {result['slug']}: ref {result['ref']}, {result['status']}"
                + (f", public score {result.get('public')}" if result.get("public") not in (None, "") else ""))
@@ -82,30 +94,34 @@ def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheel
               help="Download onnxruntime-gpu for the notebook's Python (needs the internet here).")
 @click.option("--fp16", is_flag=True, help="The notebook runs the models in float16 (its GPU's tensor cores).")
 @click.option("--python", "python", default=NOTEBOOK_PYTHON, show_default=True,
-              help="The Python of the notebook image; every wheel must install on it.")
+              help="The Python(s) of the notebook image (3.12 or 3.12,3.13); every wheel must install on one.")
 @click.option("--accelerator", type=click.Choice(ACCELERATORS), default="gpu", show_default=True,
-              help="gpu: onnxruntime-gpu and a GPU notebook; none: onnxruntime on the CPU.")
+              help="gpu: onnxruntime-gpu (built for the image's CUDA) and a GPU notebook; none: the CPU build.")
+@click.option("--cpu-fallback", is_flag=True, help="A GPU notebook that gets no CUDA provider predicts on the "
+              "CPU instead of stopping.")
 @click.option("--image-has-onnxruntime", is_flag=True, help="Build without an onnxruntime wheel: the notebook "
               "image already has one.")
 @click.option("--overwrite", is_flag=True)
 def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, fetch_wheels, fp16, python, accelerator,
-           image_has_onnxruntime, overwrite) -> None:
+           cpu_fallback, image_has_onnxruntime, overwrite) -> None:
     """The offline notebook bundle of a code competition: ONNX models, wheels, script (metadata with --user)."""
-    from ..bundle import build
     from ..inference.session import expand
+    from ..kaggle.bundle import NotebookTarget, Wheels, build
 
-    result = build(competition, expand(list(models)) if models else [], out, tta=tta, ensemble=ensemble_spec,
-                   wheels_from=wheels_from, user=user, overwrite=overwrite, fetch=fetch_wheels,
-                   precision="fp16" if fp16 else "fp32", python=python, accelerator=accelerator,
-                   image_has_onnxruntime=image_has_onnxruntime)
+    target = NotebookTarget(python=python, accelerator=accelerator, precision="fp16" if fp16 else "fp32",
+                            cpu_fallback=cpu_fallback, image_has_onnxruntime=image_has_onnxruntime)
+    result = build(competition, expand(list(models)) if models else [], out, target=target,
+                   wheels=Wheels(fetch=fetch_wheels, wheels_from=wheels_from), tta=tta, ensemble=ensemble_spec,
+                   user=user, overwrite=overwrite)
     click.echo(f"wrote {result['dir']}: {result['models']} model(s), wheels {', '.join(result['wheels'])}")
 
 
 @click.command()
 @click.argument("competition")
 def submissions(competition) -> None:
-    """Your past submissions to a competition: date, message, status and scores."""
-    from .. import competitions, kaggle_client
+    """Your past submissions to a competition (every page): date, message, status and scores."""
+    from .. import competitions
+    from ..kaggle import client as kaggle_client
 
     comp = competitions.get(competition)
     rows = kaggle_client.list_submissions(comp.kaggle_slug())
@@ -118,22 +134,26 @@ def submissions(competition) -> None:
 
 @click.command()
 @click.argument("competition")
-def leaderboard(competition) -> None:
-    """Where your best public score stands: rank, percentile and the medal lines of the public leaderboard."""
-    from .. import competitions, kaggle_client
+@click.option("--board", type=click.Choice(["public", "private"]), default="public", show_default=True,
+              help="Which leaderboard, compared with your scores on the same board.")
+def leaderboard(competition, board) -> None:
+    """Where your best score stands: rank, percentile and the medal lines, public with public (or private
+    with private)."""
+    from .. import competitions
+    from ..kaggle import client as kaggle_client
 
     comp = competitions.get(competition)
-    board = kaggle_client.leaderboard(comp)
-    click.echo(f"{comp.kaggle_slug()}: {board['teams']} teams on the public leaderboard")
+    result = kaggle_client.leaderboard(comp, board=board)
+    click.echo(f"{comp.kaggle_slug()}: {result['teams']} teams on the {board} leaderboard")
     for medal in ("gold", "silver", "bronze"):
-        score = board["scores_at"].get(medal, float("nan"))
-        click.echo(f"  {medal:<6} top {board['medals'][medal]:>5}  (score {score:.5f})")
-    if board["rank"] is None:
-        click.echo("you have no scored submission yet")
+        score = result["scores_at"].get(medal, float("nan"))
+        click.echo(f"  {medal:<6} top {result['medals'][medal]:>5}  (score {score:.5f})")
+    if result["rank"] is None:
+        click.echo(f"you have no submission with a {board} score yet")
     else:
-        won = next((m for m in ("gold", "silver", "bronze") if board["rank"] <= board["medals"][m]), None)
-        click.echo(f"your best public score {board['best']:.5f}: rank {board['rank']} of {board['teams']} "
-                   f"(top {board['percentile']}%){', ' + won + ' zone' if won else ''}")
+        won = next((m for m in ("gold", "silver", "bronze") if result["rank"] <= result["medals"][m]), None)
+        click.echo(f"your best {board} score {result['best']:.5f}: rank {result['rank']} of {result['teams']} "
+                   f"(top {result['percentile']}%){', ' + won + ' zone' if won else ''}")
 
 
 COMMANDS = (download, submit, bundle, submissions, leaderboard)

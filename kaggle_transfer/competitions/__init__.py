@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import KtError
+from . import kaggle_input
 from .aptos import APTOS
 from .base import Competition
 from .cassava import CASSAVA
@@ -70,7 +71,8 @@ def default_data_dir(comp: Competition) -> Path:
 
 
 def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
-    """--data-dir, else $KT_DATA/<name>, else data/<name>, else a Kaggle notebook's /kaggle/input/<slug>."""
+    """--data-dir, else $KT_DATA/<name>, else data/<name>, else a YAML's own folder, else the folder a
+    Kaggle notebook mounts under /kaggle/input (either layout, or found by its marker files)."""
     if given:
         path = Path(given)
         if not path.is_dir():
@@ -79,10 +81,11 @@ def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
     candidates = [default_data_dir(comp)] + ([Path("data") / comp.name] if os.environ.get("KT_DATA") else [])
     if getattr(comp, "spec_file", None):  # a competition YAML kept beside its data
         candidates.append(Path(comp.spec_file).parent)
-    if comp.slug:
-        candidates.append(Path("/kaggle/input") / comp.slug)
     for path in candidates:
         if path.is_dir():
             return path
-    raise KtError(f"no data for {comp.name}: looked in {', '.join(map(str, candidates))}; "
+    if comp.slug and (found := kaggle_input.find(comp.slug, kaggle_input.KAGGLE_INPUT)):
+        return found[0]
+    looked = candidates + (kaggle_input.known_paths(comp.slug) if comp.slug else [])
+    raise KtError(f"no data for {comp.name}: looked in {', '.join(map(str, looked))}; "
                   f"pass --data-dir DIR or run kt download {comp.name}")

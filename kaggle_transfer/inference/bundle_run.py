@@ -1,27 +1,78 @@
-"""What a bundle's kt_predict.py runs inside the notebook: torch-free prediction from bundle.json."""
+"""What a bundle's kt_predict.py runs inside the notebook: torch-free prediction from bundle.json.
+
+A GPU bundle must get onnxruntime's CUDA provider: a notebook that silently ran on the CPU would pass
+its quick public run and then time out on the hidden test set, so the run stops before predicting
+unless the bundle allows a CPU fallback. The manifest it leaves (kt_manifest.json in the notebook's
+output) says what ran, so kt submit can check it before spending a submission.
+"""
 
 from __future__ import annotations
 
-import json
+import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from .. import competitions
 from ..errors import KtError
-from ..fsutil import sha256
+from ..fsutil import read_json, sha256, write_json
+
+CUDA = "CUDAExecutionProvider"
 
 
-def run(bundle: Path, data_dir: str | None, out_root: Path) -> Path:
-    from .pipeline import predict_submission
-
-    spec = json.loads((Path(bundle) / "bundle.json").read_text())
+def _models(bundle: Path, spec: dict) -> list[Path]:
     models = []
     for m in spec["models"]:
         path = Path(bundle) / m["file"]
-        if sha256(path) != m["sha256"]:
-            raise KtError(f"{path} does not match the sha256 recorded in bundle.json")
+        if not path.is_file() or sha256(path) != m["sha256"]:
+            raise KtError(f"{path} is missing or does not match the sha256 recorded in bundle.json; push the "
+                          "bundle again with kt submit")
         models.append(path)
-    manifest = predict_submission(spec["competition"], models, data_dir, out_root=out_root, label="bundle",
-                                  tta=spec["tta"],
-                                  overwrite=True, progress=False, blend_method=spec["blend"],
-                                  weights=spec["weights"], fitted=spec["fitted"],
+    return models
+
+
+def _check_provider(model: Path, spec: dict, cpu_fallback: bool, echo: Callable[[str], None]) -> str:
+    """The provider this notebook gets; a GPU bundle without CUDA stops here (or warns, with fallback)."""
+    import onnxruntime as ort
+
+    from .session import load_model
+
+    if spec.get("accelerator") != "gpu":
+        return "cpu"
+    got = load_model(model, provider="cuda").provider
+    if got == CUDA:
+        return "cuda"
+    why = (f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())}) could not create its "
+           "CUDA provider: the notebook has no GPU, or its CUDA libraries are not the ones this build links")
+    if not cpu_fallback:
+        raise KtError(f"this GPU bundle got no CUDA provider: {why}; stopping so that no CPU-only run times out "
+                      "on the hidden test set (enable the GPU, or rebuild with --cpu-fallback)")
+    echo(f"warning: {why}; predicting on the CPU (--cpu-fallback)")
+    return "cpu"
+
+
+def run(bundle: Path, data_dir: str | None, out_root: Path, *, echo: Callable[[str], None] = print,
+        cpu_fallback: bool = False) -> Path:
+    """Predict the mounted test set with the bundle's models; returns the submission CSV's path."""
+    from .pipeline import predict_submission
+
+    spec = read_json(Path(bundle) / "bundle.json", what="bundle description")
+    models = _models(bundle, spec)
+    comp = competitions.get(spec["competition"])
+    data = competitions.find_data_dir(comp, data_dir)
+    echo(f"data: {data}")
+    provider = _check_provider(models[0], spec, cpu_fallback, echo)
+    echo(f"predicting with {len(models)} model(s) on {provider}")
+    started = time.time()
+    manifest = predict_submission(spec["competition"], models, data, out_root=out_root, label="bundle",
+                                  tta=spec["tta"], overwrite=True, progress=False, provider=provider,
+                                  blend_method=spec["blend"], weights=spec["weights"], fitted=spec["fitted"],
                                   precision=spec.get("precision", "fp32"))
+    seconds = time.time() - started
+    import onnxruntime as ort
+
+    manifest.update(bundle_id=spec.get("bundle_id"), python=platform.python_version(), onnxruntime=ort.__version__,
+                    providers=sorted({m["provider"] for m in manifest["models"]}),
+                    seconds_per_image=round(seconds / max(manifest["rows"], 1), 4))
+    write_json(Path(manifest["submission"]).parent / "manifest.json", manifest)
     return Path(manifest["submission"])

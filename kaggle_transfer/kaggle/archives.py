@@ -9,7 +9,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from .errors import KtError
+from ..errors import KtError
 
 # A zip whose members expand more than this many times their compressed size is refused as a bomb;
 # competition archives of images (already compressed) and CSVs stay far below it.

@@ -1,9 +1,10 @@
 """The only module that talks to Kaggle, through the official `kaggle` client (imported lazily).
 
-Facts relied on (docs/kaggle.md, kaggle 2.2.5): `import kaggle` authenticates at import, so
-only `kaggle.api.kaggle_api_extended.KaggleApi` is imported, inside functions; `authenticate()` calls
-exit(1) without credentials; a failed upload makes `competition_submit` return ref 0 instead of
-raising; 429/5xx are retried here only where a retry cannot double an action (listing, polling).
+Facts relied on (docs/kaggle.md, kaggle 2.2.5): `import kaggle` authenticates at import and prints an
+18-line sign-in banner when it finds no credentials, so the import happens with stdout captured;
+`authenticate()` calls exit(1) without credentials; a failed upload makes `competition_submit` return
+ref 0 instead of raising; 429/5xx and dropped connections are retried here only where a retry cannot
+double an action (listing, polling), and during a long wait for as long as the wait lasts.
 Credentials are never printed or logged, in errors included.
 """
 
@@ -17,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import KtError
 from . import archives as archives_mod
-from .errors import KtError
 
 CREDENTIALS_HELP = ("put kaggle.json (from kaggle.com → Settings → API) in ~/.kaggle/ with chmod 600, or set "
                     "KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN")
 SAFE_RETRIES = 4
+MIN_CLIENT = (2, 2, 4)  # the first client that swallows its import-time sign-in and has submission limits
+MAX_BACKOFF_S = 120.0
 
 
 def credentials_warning() -> str | None:
@@ -35,17 +38,23 @@ def credentials_warning() -> str | None:
 
 
 def make_api():
-    """An authenticated KaggleApi, or a KtError that says where credentials go."""
+    """An authenticated KaggleApi, or a KtError that says where credentials go. The client's own chatter
+    (its sign-in banner at import, a credentials-file warning) is kept off stdout."""
     import contextlib
     import io
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
-    except ImportError:
-        raise KtError("the kaggle package is not installed: pip install kaggle") from None
-    api = KaggleApi()
-    # the client prints its own messages (and a credentials-file warning) to stdout: keep them out
+        found = version("kaggle")
+    except PackageNotFoundError:
+        raise KtError("the kaggle package is not installed: pip install 'kaggle>=2.2.4,<3'") from None
+    numbers = tuple(int(p) for p in found.split(".")[:3] if p.isdigit())
+    if numbers < MIN_CLIENT:
+        raise KtError(f"kaggle {found} is older than kt supports: pip install 'kaggle>=2.2.4,<3'")
     with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+
+        api = KaggleApi()
         try:
             api.authenticate()
         except SystemExit:
@@ -74,8 +83,8 @@ def _explain(e: Exception, slug: str, what: str) -> KtError:
             return KtError(f"Kaggle is rate-limiting requests (429) while trying to {what}; wait a minute and retry")
         return KtError(f"Kaggle answered HTTP {code} while trying to {what}"
                        f"{': ' + said if said else '; try again later'}")
-    if isinstance(e, requests.ConnectionError):
-        return KtError(f"cannot reach Kaggle to {what} (offline or blocked?)")
+    if isinstance(e, (requests.ConnectionError, requests.Timeout)):
+        return KtError(f"cannot reach Kaggle to {what} (offline, blocked, or it timed out)")
     return KtError(f"the Kaggle client failed to {what}: {type(e).__name__}")
 
 
@@ -87,34 +96,75 @@ def _server_message(response) -> str:
         return ""
 
 
-def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, sleep=time.sleep) -> Any:
-    """Run one client call; with `retry` (only for calls safe to repeat) back off on 429 and 5xx."""
+def retry_after(e: Exception) -> float | None:
+    """Seconds a 429/503 answer asks to wait (Retry-After: seconds or an HTTP date), capped at 10 min."""
+    from email.utils import parsedate_to_datetime
+
+    response = getattr(e, "response", None)
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), 600.0)
+
+
+def _transient(e: Exception) -> bool:
+    """A failure that a later identical request may not meet: rate limits, server errors, the network."""
     import requests
 
-    for attempt in range(SAFE_RETRIES if retry else 1):
+    if isinstance(e, requests.HTTPError):
+        code = e.response.status_code if e.response is not None else 0
+        return code == 429 or code >= 500
+    return isinstance(e, (requests.ConnectionError, requests.Timeout))
+
+
+def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, until: float | None = None,
+         sleep=time.sleep, clock=time.time, echo: Callable[[str], None] | None = None) -> Any:
+    """Run one client call. With `retry` (only for calls safe to repeat) back off on 429, 5xx, dropped
+    connections and timeouts, honouring Retry-After: SAFE_RETRIES times, or until the clock passes
+    `until` (a long wait survives the network for as long as it lasts)."""
+    import requests
+
+    attempt = 0
+    while True:
         try:
             return fn()
-        except requests.HTTPError as e:
-            code = e.response.status_code if e.response is not None else 0
-            if retry and (code == 429 or code >= 500) and attempt + 1 < SAFE_RETRIES:
-                sleep(min(30.0, 2.0 ** attempt))
-                continue
-            raise _explain(e, slug, what) from None
-        except (requests.ConnectionError, requests.Timeout, OSError) as e:
+        except (requests.HTTPError, requests.ConnectionError, requests.Timeout) as e:
+            pause = retry_after(e) or min(MAX_BACKOFF_S, 2.0 ** attempt)
+            more = attempt + 1 < SAFE_RETRIES if until is None else clock() + pause < until
+            if not (retry and _transient(e) and more):
+                raise _explain(e, slug, what) from None
+            if echo:
+                echo(f"{_explain(e, slug, what)}; retrying in {pause:.0f} s")
+            sleep(pause)
+            attempt += 1
+        except OSError as e:
             raise _explain(e, slug, what) from None
         except ValueError as e:  # the client's own refusals: a failed blob upload, a slug it rejects, ...
             raise KtError(f"the Kaggle client could not {what}: {' '.join(str(e).split())[:300]}") from None
 
 
 def download(slug: str, dest: Path, *, force: bool = False, api=None, quiet: bool = False) -> dict[str, Any]:
-    """Download a competition's files and extract them into `dest`; skipped when already done."""
+    """Download a competition's files and extract them into `dest`; skipped when already done. An
+    interrupted download resumes where it stopped: the archive is kept in `.<dest>.download/` until it
+    is extracted, and the client continues it with a Range request; `force` starts over."""
     marker = dest / ".kt-download"
     if marker.is_file() and not force:
         return {"dest": str(dest), "skipped": True, "files": []}
     api = api or make_api()
     partial = dest.parent / f".{dest.name}.download"
+    if force:
+        shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True, exist_ok=True)
-    call(lambda: api.competition_download_files(slug, path=str(partial), force=True, quiet=quiet), slug,
+    # force=False lets the client resume a partial archive (its .kaggle-partial marker proves the bytes
+    # belong to the same remote file); force=True would ignore them and start from zero
+    call(lambda: api.competition_download_files(slug, path=str(partial), force=force, quiet=quiet), slug,
          "download the competition's files")
     archives = sorted(partial.glob("*.zip"))
     if not archives:
@@ -124,29 +174,53 @@ def download(slug: str, dest: Path, *, force: bool = False, api=None, quiet: boo
     try:
         files = [f for a in archives for f in archives_mod.safe_extract(a, staging)]
         (staging / ".kt-download").write_text(f"{slug}\n{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
-        if not dest.exists():
-            staging.rename(dest)
-        else:  # --force over an earlier download: the archive's entries replace theirs, other files stay
-            for entry in staging.iterdir():
-                target = dest / entry.name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-                entry.rename(target)
+        _move_into(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(partial, ignore_errors=True)
     return {"dest": str(dest), "skipped": False, "files": files}
 
 
+def _move_into(staging: Path, dest: Path) -> None:
+    """The extracted tree becomes `dest`; over an earlier download (--force) its entries replace theirs."""
+    if not dest.exists():
+        staging.rename(dest)
+        return
+    for entry in staging.iterdir():
+        target = dest / entry.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        entry.rename(target)
+
+
 def _status(sub) -> str:
     return str(getattr(sub, "status", "")).split(".")[-1].upper()
 
 
-def list_submissions(slug: str, api=None) -> list[dict[str, Any]]:
+def list_submissions(slug: str, api=None, **retrying) -> list[dict[str, Any]]:
+    """Every submission to the competition, newest first: all pages, not the client's first 20."""
+    from kagglesdk.competitions.types.competition_api_service import ApiListSubmissionsRequest
+
     api = api or make_api()
-    subs = call(lambda: api.competition_submissions(slug), slug, "list submissions", retry=True) or []
+
+    def page(token: str):
+        request = ApiListSubmissionsRequest()
+        request.competition_name = slug
+        request.page_size = 100
+        if token:
+            request.page_token = token
+        with api.build_kaggle_client() as kaggle:
+            response = kaggle.competitions.competition_api_client.list_submissions(request)
+        return list(response.submissions or []), response.next_page_token or ""
+
+    subs, token = [], ""
+    for _ in range(1000):  # 100 per page: far more than any daily limit allows
+        rows, token = call(lambda t=token: page(t), slug, "list submissions", retry=True, **retrying)
+        subs += rows
+        if not token:
+            break
     return [{"ref": s.ref, "date": str(getattr(s, "date", "")), "file": getattr(s, "file_name", ""),
              "message": getattr(s, "description", ""), "status": _status(s),
              "public": getattr(s, "public_score", ""), "private": getattr(s, "private_score", ""),
@@ -182,10 +256,11 @@ def check_daily_limit(slug: str, daily_limit: int, api) -> None:
 
 def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, *, wait: bool = False, api=None,
                on_ref: Callable[[dict], None] = lambda r: None, poll_s: float | None = None, timeout_s: float = 3600.0,
-               sleep=time.sleep) -> dict[str, Any]:
+               sleep=time.sleep, check_limit: bool = True) -> dict[str, Any]:
     """Upload a validated CSV; with `wait`, poll until it is scored. Never resubmits on its own."""
     api = api or make_api()
-    check_daily_limit(slug, daily_limit, api)
+    if check_limit:
+        check_daily_limit(slug, daily_limit, api)
     result = call(lambda: api.competition_submit(str(csv), message, slug, quiet=True), slug, "submit")
     ref = getattr(result, "ref", 0)
     if not ref:
@@ -209,11 +284,13 @@ def dataset_exists(api, ref: str) -> bool:
         raise
 
 
-def _wait(slug: str, api, out: dict[str, Any], wait: bool, *, poll_s: float, timeout_s: float, sleep) -> dict[str, Any]:
+def _wait(slug: str, api, out: dict[str, Any], wait: bool, *, poll_s: float, timeout_s: float, sleep,
+          echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Poll until Kaggle scores submission out['ref']; network trouble is retried until the deadline."""
     deadline = time.time() + timeout_s
     while wait and time.time() < deadline:
         try:
-            listed = list_submissions(slug, api)
+            listed = list_submissions(slug, api, until=deadline, sleep=sleep, echo=echo)
         except KtError as e:
             raise KtError(f"submission {out['ref']} was created, but following it failed ({e}); it is recorded "
                           f"in manifest.json: follow it with kt submissions (do not submit it again)") from None
@@ -223,18 +300,20 @@ def _wait(slug: str, api, out: dict[str, Any], wait: bool, *, poll_s: float, tim
                        error=match["error"])
             break
         sleep(poll_s)
-        poll_s = min(poll_s * 1.5, 120)
+        poll_s = min(poll_s * 1.5, MAX_BACKOFF_S)
     return out
 
 
-def _leaderboard_page(api, slug: str, token: str | None):
-    """One page of the public leaderboard and the next page's token (competition_leaderboard_view prints
-    the token instead of returning it, so the client's own request type is used)."""
+def _leaderboard_page(api, slug: str, token: str | None, public: bool):
+    """One page of a leaderboard and the next page's token. The client's own request type is used:
+    competition_leaderboard_view prints the token instead of returning it, and the server answers the
+    private board for a finished competition unless override_public asks for the public one."""
     from kagglesdk.competitions.types.competition_api_service import ApiGetLeaderboardRequest
 
     request = ApiGetLeaderboardRequest()
     request.competition_name = slug
     request.page_size = 200
+    request.override_public = public
     if token:
         request.page_token = token
     with api.build_kaggle_client() as kaggle:
@@ -255,24 +334,29 @@ def medal_lines(teams: int) -> dict[str, int]:
     return {"gold": gold, "silver": int(teams * 0.05), "bronze": int(teams * 0.10)}
 
 
-def leaderboard(comp, *, api=None, higher_is_better: bool = True) -> dict[str, Any]:
-    """Where the user's best public score stands on the public leaderboard: rank, percentile, medal lines."""
+def leaderboard(comp, *, api=None, higher_is_better: bool = True, board: str = "public") -> dict[str, Any]:
+    """Where the user's best score stands on one board, public with public or private with private:
+    rank, percentile, medal lines."""
+    if board not in ("public", "private"):
+        raise KtError(f"--board {board!r} is not valid; choose public or private")
     slug = comp.kaggle_slug()
     api = api or make_api()
     rows, token = [], None
     for _ in range(500):  # pages of 200: far more teams than any image competition had
-        page, token = call(lambda t=token: _leaderboard_page(api, slug, t), slug, "read the leaderboard", retry=True)
+        page, token = call(lambda t=token: _leaderboard_page(api, slug, t, board == "public"), slug,
+                           f"read the {board} leaderboard", retry=True)
         rows += [float(r.score) for r in page if r is not None and r.score not in (None, "")]
         if not token:
             break
     rows.sort(reverse=higher_is_better)
-    scores = [float(s["public"]) for s in list_submissions(slug, api) if s["status"] == "COMPLETE"
-              and s["public"] not in (None, "")]
+    scores = [float(s[board]) for s in list_submissions(slug, api) if s["status"] == "COMPLETE"
+              and s[board] not in (None, "")]
     if not rows:
-        raise KtError(f"the public leaderboard of {slug} is empty or hidden")
+        raise KtError(f"the {board} leaderboard of {slug} is empty or hidden"
+                      + ("; the private board appears when the competition ends" if board == "private" else ""))
     best = (max if higher_is_better else min)(scores) if scores else None
     better = (lambda x: x > best) if higher_is_better else (lambda x: x < best)
     rank = 1 + sum(1 for x in rows if better(x)) if best is not None else None
-    return {"teams": len(rows), "best": best, "rank": rank,
+    return {"board": board, "teams": len(rows), "best": best, "rank": rank,
             "percentile": round(100 * rank / len(rows), 1) if rank else None, "medals": medal_lines(len(rows)),
             "scores_at": {m: rows[min(r, len(rows)) - 1] for m, r in medal_lines(len(rows)).items() if r}}

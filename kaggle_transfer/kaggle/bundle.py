@@ -1,0 +1,274 @@
+"""`kt bundle`: everything a code competition's notebook needs to predict with the internet off.
+
+    DIR/bundle.json            competition, models (sha256), blend, TTA, thresholds, precision, the
+                               notebook's Pythons and accelerator, a fresh bundle_id, the runtime dataset
+    DIR/*.onnx                 the ensemble (members of weight 0 left out)
+    DIR/*.whl                  kaggle_transfer, and (kt bundle) onnxruntime for each notebook Python
+    DIR/kt_predict.py          constant code plus one JSON literal (kaggle/notebook.py)
+    DIR/kernel-metadata.json   the notebook (private, internet OFF, pinned image) }  written at push time
+    DIR/dataset-metadata.json  the private dataset that carries this folder      }  with the real owner
+
+`kt submit` keeps the pinned onnxruntime wheels out of the bundle, in a runtime dataset of their own
+(`runtime_folder`) named after what it holds, so a new bundle version does not upload 250 MB again.
+The folder is flat: Kaggle's dataset upload skips sub-folders unless they are zipped.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import competitions
+from ..config import ACCELERATORS, NOTEBOOK_PYTHON
+from ..errors import KtError
+from ..fsutil import read_json, sha256, write_json, write_text
+from ..runs import slug
+from . import notebook, runtime
+
+
+@dataclass(frozen=True)
+class NotebookTarget:
+    """Where the bundle runs: the notebook image's Python(s), its accelerator, and what it may fall back to."""
+
+    python: str = NOTEBOOK_PYTHON        # one version or a comma list: a wheel for each is carried
+    accelerator: str = "gpu"
+    precision: str = "fp32"
+    cpu_fallback: bool = False           # a GPU bundle without a CUDA provider predicts on the CPU
+    image_has_onnxruntime: bool = False  # carry no onnxruntime wheel
+
+    @property
+    def pythons(self) -> tuple[str, ...]:
+        return runtime.parse_pythons(self.python)
+
+    def check(self) -> None:
+        if self.accelerator not in ACCELERATORS:
+            raise KtError(f"--accelerator {self.accelerator!r} is not valid; choose one of: {', '.join(ACCELERATORS)}")
+        self.pythons  # noqa: B018 - validates --python
+
+
+@dataclass(frozen=True)
+class Wheels:
+    """Where the bundle's wheels come from: the pinned runtime fetched (into the bundle, or into a runtime
+    folder of its own), and any the user brings."""
+
+    fetch: bool = False
+    wheels_from: str | Path | None = None
+    runtime_dir: Path | None = None  # kt submit: the runtime dataset's folder (runtime_folder)
+
+
+def kaggle_slug(text: str, *, low: int, high: int, what: str) -> str:
+    """A Kaggle dataset/notebook slug: lower case, digits and dashes, within the client's length limits."""
+    out = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")
+    if not low <= len(out) <= high:
+        raise KtError(f"the {what} slug {out!r} (from {text!r}) must have {low}-{high} characters; "
+                      "choose a shorter competition name")
+    return out
+
+
+def names(competition: str) -> dict[str, str]:
+    """The bundle dataset's and the notebook's slugs (6-50 and 5-50 characters in the client)."""
+    return {"dataset": kaggle_slug(f"kt-bundle-{competition}", low=6, high=50, what="dataset"),
+            "kernel": kaggle_slug(f"kt-{competition}-predict", low=5, high=50, what="notebook")}
+
+
+def _kt_wheel(dest: Path) -> Path:
+    source = Path(__file__).resolve().parents[2]
+    if not (source / "setup.cfg").is_file():
+        raise KtError("kt bundle builds a wheel of kaggle_transfer from its source checkout; run it from a clone")
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                          "-w", str(dest), str(source)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise KtError(f"building the kaggle_transfer wheel failed: {out.stderr.strip().splitlines()[-1:]}")
+    return next(dest.glob("kaggle_transfer-*.whl"))
+
+
+def wheel_fits(wheel: Path, python: str) -> bool:
+    """Would pip install this wheel on `python`, Linux x86_64?"""
+    from packaging.utils import parse_wheel_filename
+
+    major, minor = (int(v) for v in python.split("."))
+    try:
+        tags = parse_wheel_filename(wheel.name)[3]
+    except Exception:  # noqa: BLE001 - packaging's InvalidWheelFilename
+        raise KtError(f"{wheel.name} is not a wheel file name; remove it from --wheels-from") from None
+
+    def fits(tag) -> bool:
+        cp = re.fullmatch(r"cp(\d)(\d+)", tag.interpreter)
+        python_ok = tag.interpreter in ("py3", f"py{major}{minor}") or (
+            cp is not None and int(cp[1]) == major and (
+                int(cp[2]) == minor or (tag.abi == "abi3" and int(cp[2]) <= minor)))
+        linux = tag.platform == "any" or (tag.platform.endswith("x86_64") and "linux" in tag.platform)
+        return python_ok and linux
+
+    return any(fits(t) for t in tags)
+
+
+def check_wheels(folder: Path, target: NotebookTarget) -> None:
+    """Every wheel installs on one of the notebook's Pythons; every Python has an onnxruntime (unless the
+    image brings one); a GPU runtime links the image's CUDA."""
+    wheels = sorted(folder.glob("*.whl"))
+    pythons = target.pythons
+    for wheel in wheels:
+        if not any(wheel_fits(wheel, p) for p in pythons):
+            raise KtError(f"{wheel.name} does not install on the notebook's Python {target.python} (Linux x86_64); "
+                          f"fetch it for that target (kt bundle --python {target.python}) or pass another "
+                          "--wheels-from")
+    runtimes = [w for w in wheels if w.name.startswith("onnxruntime")]
+    for python in [] if target.image_has_onnxruntime else pythons:
+        if not any(wheel_fits(w, python) for w in runtimes):
+            raise KtError(f"the bundle has no onnxruntime wheel for Python {python}, and Kaggle's image has none: "
+                          "drop --no-fetch-wheels, pass --wheels-from DIR holding one, or "
+                          "--image-has-onnxruntime if it has")
+    if target.accelerator == "gpu":
+        for wheel in [w for w in runtimes if w.name.startswith("onnxruntime_gpu")]:
+            runtime.check_cuda(wheel)
+
+
+def runtime_folder(target: NotebookTarget, root: Path | None = None) -> Path:
+    """The runtime dataset's folder: the pinned onnxruntime for each notebook Python and kt_runtime.json.
+    Its name says what it holds, so the dataset is created once and never needs a new version."""
+    pinned = runtime.RUNTIMES[target.accelerator]
+    tags = "-".join(runtime.cp_tag(p) for p in target.pythons)
+    name = kaggle_slug(f"kt-runtime-{target.accelerator}-{pinned.version}-{tags}", low=6, high=50, what="dataset")
+    folder = (root or runtime.cache_dir().parent / "runtime") / name
+    marker = folder / "kt_runtime.json"
+    if marker.is_file() and all((folder / w["file"]).is_file() for w in read_json(marker, what="runtime")["wheels"]):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    wheels = []
+    for python in target.pythons:
+        wheel = runtime.fetch(pinned, python)
+        shutil.copy(wheel, folder / wheel.name)
+        wheels.append({"file": wheel.name, "python": python, "sha256": sha256(folder / wheel.name)})
+    check_wheels(folder, target)
+    write_json(marker, {"dataset": name, "package": pinned.package, "version": pinned.version,
+                        "cuda": pinned.cuda, "wheels": wheels})
+    return folder
+
+
+def build(competition: str, models: Sequence[str | Path], out: str | Path, *,
+          target: NotebookTarget = NotebookTarget(), wheels: Wheels = Wheels(), tta: str | None = None,
+          ensemble: str | Path | None = None, user: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the bundle folder. Metadata naming an owner is written only for a given `user` (kt bundle
+    --user); kt submit always writes it at push time, with the owner the client authenticated."""
+    comp = competitions.get(competition)
+    comp.kaggle_slug()  # a local dataset has nothing to bundle for
+    target.check()
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise KtError(f"bundle folder {out} already exists; pass --overwrite or choose another -o")
+        shutil.rmtree(out)
+    try:
+        entries, spec = _copy_models(comp, models, ensemble, out)
+        runtime_info = _add_wheels(out, target, wheels)
+        info = {"competition": comp.name, "slug": comp.slug, "title": comp.title, **names(comp.name),
+                "python": target.python, "pythons": list(target.pythons), "accelerator": target.accelerator,
+                "precision": target.precision, "cpu_fallback": target.cpu_fallback, "models": entries,
+                **spec, "tta": tta or spec["tta"], "bundle_id": uuid.uuid4().hex, "runtime": runtime_info}
+        write_json(out / "bundle.json", info)
+        settings = {"dataset": info["dataset"], "runtime": (runtime_info or {}).get("dataset"),
+                    "cpu_fallback": target.cpu_fallback}
+        write_text(out / "kt_predict.py", notebook.render(settings))
+        result = {"dir": str(out), "models": len(entries), "wheels": sorted(p.name for p in out.glob("*.whl")),
+                  "runtime": runtime_info}
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a refused bundle leaves no half-built folder
+        raise
+    return {**result, **(write_metadata(out, user) if user else {})}
+
+
+def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, Any] | None:
+    """kaggle_transfer's wheel, the user's and the fetched runtime (here, or in the runtime folder)."""
+    for wheel in sorted(Path(wheels.wheels_from).glob("*.whl")) if wheels.wheels_from else []:
+        shutil.copy(wheel, out / wheel.name)
+    _kt_wheel(out)
+    if wheels.runtime_dir is not None:
+        check_wheels(out, NotebookTarget(**{**target.__dict__, "image_has_onnxruntime": True}))
+        return {k: v for k, v in read_json(wheels.runtime_dir / "kt_runtime.json", what="runtime").items()}
+    if wheels.fetch and not target.image_has_onnxruntime:
+        for python in target.pythons:
+            fetched = runtime.fetch(runtime.RUNTIMES[target.accelerator], python)
+            shutil.copy(fetched, out / fetched.name)
+    check_wheels(out, target)
+    return None
+
+
+def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[str, Any]]:
+    from ..ensemble import load_blend
+    from ..inference.session import read_metadata
+    from ..inference.tta import recorded_tta
+
+    spec: dict[str, Any] = {"weights": None, "blend": "mean", "fitted": None, "tta": None}
+    if ensemble:
+        blend = load_blend(ensemble)  # members of weight 0 are already left out
+        models = blend.paths
+        spec.update(weights=blend.weights, fitted=blend.fitted, blend=blend.method)
+    if not models:
+        raise KtError("name the models to bundle (model.onnx files) or pass --ensemble SPEC.json")
+    out.mkdir(parents=True, exist_ok=True)
+    entries, metas = [], []
+    for i, path in enumerate(map(Path, models)):
+        meta = read_metadata(path)
+        if meta["competition"] != comp.name:
+            raise KtError(f"{path} was trained for {meta['competition']!r}, not {comp.name!r}")
+        metas.append(meta)
+        name = f"{i:02d}_{slug(meta['arch'])}_{meta['size']}.onnx"  # tv:NAME: no ':' in a dataset file
+        shutil.copy(path, out / name)
+        entries.append({"file": name, "sha256": sha256(out / name), "source": str(path)})
+    spec["tta"] = recorded_tta(metas)  # the views the models were trained for; build() may override
+    return entries, spec
+
+
+def write_metadata(bundle: Path, owner: str) -> dict[str, str]:
+    """kernel-metadata.json and dataset-metadata.json for `owner` (the authenticated Kaggle user); the
+    runtime dataset, when the bundle has one, is a second source of the notebook."""
+    info = read_json(Path(bundle) / "bundle.json", what="bundle description")
+    dataset, kernel = f"{owner}/{info['dataset']}", f"{owner}/{info['kernel']}"
+    runtime_ref = f"{owner}/{info['runtime']['dataset']}" if info.get("runtime") else None
+    write_json(bundle / "kernel-metadata.json", {
+        "id": kernel, "title": f"kt {info['competition']} predict", "code_file": "kt_predict.py",
+        "language": "python", "kernel_type": "script", "is_private": True,
+        "enable_gpu": info["accelerator"] == "gpu",
+        "enable_internet": False,  # the client defaults internet ON; code competitions forbid it
+        "docker_image_pinning_type": "original",  # keep the image the bundle's wheels were built for
+        "dataset_sources": [dataset] + ([runtime_ref] if runtime_ref else []),
+        "competition_sources": [info["slug"]], "kernel_sources": []})
+    write_json(bundle / "dataset-metadata.json", {"title": f"kt bundle {info['competition']}"[:50], "id": dataset,
+                                                  "licenses": [{"name": "CC0-1.0"}]})
+    return {"dataset": dataset, "kernel": kernel, "runtime": runtime_ref}
+
+
+def write_runtime_metadata(folder: Path, owner: str) -> str:
+    """dataset-metadata.json of the runtime dataset for `owner`; returns its ref."""
+    info = read_json(folder / "kt_runtime.json", what="runtime description")
+    ref = f"{owner}/{info['dataset']}"
+    write_json(folder / "dataset-metadata.json", {"title": f"kt runtime {info['package']} {info['version']}"[:50],
+                                                  "id": ref, "licenses": [{"name": "other"}]})
+    return ref
+
+
+def for_submission(comp, csv: Path, *, target: NotebookTarget, fetch: bool) -> Path:
+    """The bundle of the models that made this submission (from its manifest), built beside it, with the
+    pinned runtime in a runtime folder of its own when it is fetched. Rebuilt when the target changed."""
+    manifest = csv.parent / "manifest.json"
+    if not manifest.is_file():
+        raise KtError(f"{csv.parent} has no manifest.json naming the models; pass --bundle DIR (kt bundle)")
+    data = read_json(manifest, what="submission manifest")
+    out = csv.parent / "bundle"
+    target = NotebookTarget(**{**target.__dict__, "precision": data["models"][0].get("precision", "fp32")})
+    current = read_json(out / "bundle.json", what="bundle") if (out / "bundle.json").is_file() else {}
+    wanted = (target.python, target.accelerator, target.cpu_fallback)
+    if (current.get("python"), current.get("accelerator"), current.get("cpu_fallback")) != wanted:
+        use_runtime = fetch and not target.image_has_onnxruntime
+        wheels = Wheels(runtime_dir=runtime_folder(target) if use_runtime else None)
+        build(comp.name, [m["file"] for m in data["models"]], out, target=target, wheels=wheels,
+              tta=data.get("tta", "none"), ensemble=data.get("ensemble"), overwrite=True)
+    return out

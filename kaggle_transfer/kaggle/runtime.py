@@ -1,0 +1,162 @@
+"""The onnxruntime a Kaggle notebook runs: pinned per accelerator, fetched once, checked against the image.
+
+Kaggle's notebook image (Kaggle/docker-python at 78aaa43, 2026-08-12) builds on a Colab base whose GPU
+variant carries CUDA 12.8 (`cuda-cudart-12-8`, `libcublas-12-8`, `libcudnn9-cuda-12`) and Python 3.12.
+onnxruntime-gpu 1.27.0 and later link CUDA 13 (their CUDA provider NEEDs `libcublasLt.so.13`, and their
+`[cuda]` extra resolves `nvidia-*-cu13`); 1.26.0 is the last release built for CUDA 12 (checked on
+2026-12-01 by reading the wheels' `libonnxruntime_providers_cuda.so`). A CUDA-13 build on that image
+cannot create its CUDA provider and silently runs on the CPU, so kt pins 1.26.0 and reads every GPU
+wheel's NEEDED entries before it ships one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import KtError
+
+IMAGE_CUDA_MAJOR = 12  # Kaggle's GPU image: CUDA 12.8 (see above)
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    package: str
+    version: str
+    cuda: int | None  # the CUDA major its GPU provider links; None for the CPU build
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+RUNTIMES = {"gpu": Runtime("onnxruntime-gpu", "1.26.0", IMAGE_CUDA_MAJOR),
+            "none": Runtime("onnxruntime", "1.26.0", None)}
+
+
+def parse_pythons(text: str) -> tuple[str, ...]:
+    """'3.12' or '3.12,3.13': the notebook interpreters a bundle carries wheels for."""
+    pythons = tuple(dict.fromkeys(p.strip() for p in str(text).split(",") if p.strip()))
+    bad = [p for p in pythons if not re.fullmatch(r"3\.\d{1,2}", p)]
+    if not pythons or bad:
+        raise KtError(f"--python {text!r} is not a Python version like 3.12 (or a list like 3.12,3.13)")
+    return pythons
+
+
+def cp_tag(python: str) -> str:
+    return "cp" + python.replace(".", "")
+
+
+def cache_dir() -> Path:
+    """Where fetched wheels are kept between bundles: $KT_WHEEL_CACHE, else the user's cache folder."""
+    base = os.environ.get("KT_WHEEL_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaggle_transfer" / "wheels"
+    return Path(base)
+
+
+def fetch(runtime: Runtime, python: str) -> Path:
+    """The pinned wheel for `python` on Linux x86_64, downloaded into the cache on first use."""
+    folder = cache_dir() / cp_tag(python)
+    name = runtime.package.replace("-", "_")
+    found = sorted(folder.glob(f"{name}-{runtime.version}-{cp_tag(python)}-*.whl"))
+    if found:
+        return found[-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--python-version", python, "--implementation", "cp", *platforms, "-d", str(folder),
+           runtime.requirement]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(folder.glob(f"{name}-{runtime.version}-{cp_tag(python)}-*.whl"))
+    if out.returncode != 0 or not found:
+        tail = " ".join(out.stderr.split())[-200:]
+        raise KtError(f"could not download {runtime.requirement} for Python {python} ({tail or 'no wheel'}); "
+                      "pass --no-fetch-wheels with --wheels-from DIR holding it")
+    return found[-1]
+
+
+# -- what a wheel's CUDA provider links ------------------------------------------------------------------
+def _stream_ranges(zf: zipfile.ZipFile, member: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """The byte ranges [start, end) of a (compressed) member, read in one pass that stops at the last."""
+    out = [bytearray() for _ in ranges]
+    end = max(e for _, e in ranges)
+    position = 0
+    with zf.open(member) as f:
+        while position < end:
+            chunk = f.read(1 << 22)
+            if not chunk:
+                break
+            for (start, stop), buf in zip(ranges, out, strict=True):
+                lo, hi = max(start, position), min(stop, position + len(chunk))
+                if lo < hi:
+                    buf += chunk[lo - position:hi - position]
+            position += len(chunk)
+    return [bytes(b) for b in out]
+
+
+def elf_needed(wheel: Path, member: str) -> list[str]:
+    """DT_NEEDED of a 64-bit little-endian ELF inside a wheel, read without extracting it."""
+    with zipfile.ZipFile(wheel) as zf:
+        (head,) = _stream_ranges(zf, member, [(0, 1 << 16)])
+        if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise KtError(f"{wheel.name}: {member} is not a 64-bit little-endian ELF library")
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        segments = [struct.unpack_from("<IIQQQQQQ", head, phoff + i * phentsize) for i in range(phnum)]
+        dynamic = next(((s[2], s[5]) for s in segments if s[0] == 2), None)  # PT_DYNAMIC: offset, size
+        if dynamic is None:
+            return []
+        (table,) = _stream_ranges(zf, member, [(dynamic[0], dynamic[0] + dynamic[1])])
+        entries = [struct.unpack_from("<qQ", table, i) for i in range(0, len(table) - 15, 16)]
+        tags = {tag: value for tag, value in entries if tag in (5, 10)}  # DT_STRTAB, DT_STRSZ
+        loads = [s for s in segments if s[0] == 1]  # PT_LOAD: a virtual address → its file offset
+        base = next(s[2] + tags[5] - s[3] for s in loads if s[3] <= tags[5] < s[3] + s[5])
+        (strings,) = _stream_ranges(zf, member, [(base, base + tags[10])])
+    return [strings[v:strings.index(b"\0", v)].decode() for tag, v in entries if tag == 1]
+
+
+def cuda_majors(wheel: Path) -> set[int]:
+    """The CUDA majors a wheel's CUDA provider links (libcudart.so.N, libcublasLt.so.N); empty for none."""
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            members = [n for n in zf.namelist() if re.search(r"providers_cuda[^/]*\.so$", n)]
+    except (OSError, zipfile.BadZipFile):
+        raise KtError(f"{wheel} is not a readable wheel (zip); fetch it again") from None
+    majors = set()
+    for member in members:
+        for lib in elf_needed(wheel, member):
+            if m := re.fullmatch(r"lib(?:cudart|cublasLt|cublas)\.so\.(\d+)", lib):
+                majors.add(int(m[1]))
+    return majors
+
+
+def check_cuda(wheel: Path, want: int = IMAGE_CUDA_MAJOR) -> None:
+    """Refuse a GPU wheel whose CUDA provider links another CUDA major than the notebook image has (the
+    check reads 400 MB of the provider: its verdict is remembered beside the wheel, by size and mtime)."""
+    stat = wheel.stat()
+    stamp = wheel.with_name(wheel.name + ".kt-cuda")
+    key = f"{stat.st_size} {stat.st_mtime_ns}"
+    lines = stamp.read_text().splitlines() if stamp.is_file() else []
+    if lines[:1] == [key]:
+        majors = {int(v) for v in lines[1].split()} if len(lines) > 1 else set()
+    else:
+        majors = cuda_majors(wheel)
+        try:
+            stamp.write_text(f"{key}\n{' '.join(map(str, sorted(majors)))}\n")
+        except OSError:
+            pass  # a read-only folder: check again next time
+    if not majors:
+        raise KtError(f"{wheel.name} has no CUDA provider; a GPU bundle needs onnxruntime-gpu built for CUDA "
+                      f"{want} (kt pins {RUNTIMES['gpu'].requirement})")
+    if majors != {want}:
+        raise KtError(f"{wheel.name} links CUDA {'/'.join(map(str, sorted(majors)))} but Kaggle's GPU image has "
+                      f"CUDA {want}: its CUDA provider would fail there and the notebook run on the CPU; use "
+                      f"{RUNTIMES['gpu'].requirement} (drop --wheels-from, or put that wheel in it)")
+
