@@ -35,7 +35,10 @@ class FakeKaggle:
         self.kernel_status = "QUEUED"
         self.output: dict[str, bytes] = {}
         self.log = ""
-        self.leaderboard: list[float] = []
+        self.leaderboard: list[float] = []         # the public board
+        self.private_leaderboard: list[float] = []  # answered unless the request asks for the public one
+        self.cut_download_after: int | None = None  # the first download sends this many bytes, then drops
+        self.hang = threading.Event()               # ...and stalls until this is set (a killed kt)
         self.limits: dict | None = None            # GetSubmissionLimits answer (None: 404, an older server)
         self.scored = {"status": "COMPLETE", "publicScore": "0.91234", "privateScore": ""}  # what scoring gives
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -123,10 +126,12 @@ class FakeKaggle:
                 return 404, {"code": 404, "message": "no such method"}, {}
             return 200, self.limits, {}
         if rpc == "GetLeaderboard":
+            # as Kaggle does for a finished competition: the private board unless overridePublic is set
+            board = self.leaderboard if body.get("overridePublic") else self.private_leaderboard
             page, size = int(body.get("pageToken") or 0), int(body.get("pageSize") or 20)
             rows = [{"teamId": i, "teamName": f"team {i}", "score": f"{v:.5f}"}
-                    for i, v in enumerate(self.leaderboard[page * size:(page + 1) * size], start=page * size)]
-            more = (page + 1) * size < len(self.leaderboard)
+                    for i, v in enumerate(board[page * size:(page + 1) * size], start=page * size)]
+            more = (page + 1) * size < len(board)
             return 200, {"submissions": rows, "nextPageToken": str(page + 1) if more else ""}, {}
         if rpc == "CreateCodeSubmission":
             ref = 2000 + len(self.submissions)
@@ -140,7 +145,10 @@ class FakeKaggle:
                 if s["status"] == "PENDING" and s["polls"] > self.score_after_polls:
                     s.update(self.scored)
             subs = [{k: v for k, v in s.items() if k != "polls"} for s in reversed(self.submissions)]
-            return 200, {"submissions": subs, "nextPageToken": ""}, {}
+            page, size = int(body.get("pageToken") or 0), int(body.get("pageSize") or 20)
+            more = (page + 1) * size < len(subs)
+            return 200, {"submissions": subs[page * size:(page + 1) * size],
+                         "nextPageToken": str(page + 1) if more else ""}, {}
         return 404, {"code": 404, "message": f"no fake for {rpc}"}, {}
 
     def _handler(self):
@@ -207,8 +215,31 @@ class FakeKaggle:
                 if name not in fake.files:
                     self._send(404, {"code": 404, "message": "no such file"})
                     return
-                self._send(200, fake.files[name], {"Content-Type": "application/zip",
-                                                   "Last-Modified": "Sat, 28 Nov 2026 10:00:00 GMT"})
+                data = fake.files[name]
+                headers = {"Content-Type": "application/zip", "Last-Modified": "Sat, 28 Nov 2026 10:00:00 GMT",
+                           "Accept-Ranges": "bytes", "ETag": '"' + hashlib.sha1(data).hexdigest() + '"'}
+                fake.requests[-1]["range"] = self.headers.get("Range")
+                ranged = self.headers.get("Range", "").removeprefix("bytes=").split("-")[0]
+                if ranged.isdigit():  # a resumed download: the rest, from that byte
+                    start = int(ranged)
+                    self.send_response(206)
+                    for k, v in {**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}",
+                                 "Content-Length": str(len(data) - start)}.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data[start:])
+                    return
+                if fake.cut_download_after is not None:  # send a part, then stall: the client is killed
+                    cut, fake.cut_download_after = fake.cut_download_after, None
+                    self.send_response(200)
+                    for k, v in {**headers, "Content-Length": str(len(data))}.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data[:cut])
+                    self.wfile.flush()
+                    fake.hang.wait(60)
+                    return
+                self._send(200, data, headers)
 
         return Handler
 

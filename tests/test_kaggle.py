@@ -180,3 +180,97 @@ def test_training_makes_no_network_request(fake, home, tmp_path):
              32, "--epochs", 1, "--workers", 0, "--no-progress", "--set", "max_steps=1")
     assert out.returncode == 0, out.stderr
     assert fake.requests == []
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(fake, home):
+    """kt download killed mid-archive: the next run continues with a Range request from the bytes on disk
+    (the client's resume), not from zero; --force starts over."""
+    import time
+
+    payload = {"train.csv": b"image_name,target\n", "blob.bin": os.urandom(3 << 20)}  # incompressible
+    archive = fake.zip_of(payload)
+    fake.files[f"{SLUG}.zip"] = archive
+    fake.cut_download_after = (1 << 20) + 1234
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE") and "proxy" not in k.lower()}
+    env.update(fake.env(str(home)))
+    (home / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(home / "tmp")
+    first = subprocess.Popen([sys.executable, "-m", "kaggle_transfer", "download", "siim_isic", "--dest",
+                              str(home / "data")], env=env, cwd=home, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    partial = home / ".data.download" / f"{SLUG}.zip"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (partial.is_file() and partial.stat().st_size >= 1 << 20):
+        time.sleep(0.1)
+    first.kill()
+    first.communicate()
+    fake.hang.set()
+    on_disk = partial.stat().st_size
+    assert on_disk >= 1 << 20 and not (home / "data").exists()
+    out = kt(fake, home, "download", "siim_isic", "--dest", home / "data")
+    assert out.returncode == 0, out.stderr
+    gets = [r for r in fake.requests if r["method"] == "GET"]
+    assert gets[-1]["range"] == f"bytes={on_disk}-"  # continued from the bytes the killed run left
+    assert (home / "data" / "blob.bin").read_bytes() == payload["blob.bin"]
+    assert not (home / ".data.download").exists()
+    out = kt(fake, home, "download", "siim_isic", "--dest", home / "data", "--force")
+    assert out.returncode == 0 and [r for r in fake.requests if r["method"] == "GET"][-1]["range"] is None
+
+
+def test_leaderboard_compares_public_with_public_and_private_with_private(fake, home):
+    from .fake_kaggle import _now
+
+    fake.leaderboard = [0.95 - i * 0.001 for i in range(300)]         # public
+    fake.private_leaderboard = [0.90 - i * 0.001 for i in range(300)]  # the server's default: private
+    fake.submissions = [{"ref": 1, "date": _now(), "description": "a", "status": "COMPLETE", "publicScore": "0.8905",
+                         "privateScore": "0.8805", "polls": 0}]
+    out = kt(fake, home, "leaderboard", "aptos")
+    assert out.returncode == 0, out.stderr
+    asked = [r["body"] for r in fake.requests if r.get("rpc") == "GetLeaderboard"]
+    assert asked and all(b.get("overridePublic") is True for b in asked)
+    assert "300 teams on the public leaderboard" in out.stdout and "rank 61 of 300" in out.stdout
+    out = kt(fake, home, "leaderboard", "aptos", "--board", "private")
+    assert out.returncode == 0, out.stderr
+    # the private score 0.8805 against the private board: 0.900 ... 0.881 are better, rank 21
+    assert "your best private score 0.88050: rank 21 of 300" in out.stdout
+
+
+def test_submissions_are_read_from_every_page(fake, home, siim):
+    from .fake_kaggle import _now
+
+    fake.submissions = [{"ref": i, "date": "2026-01-01T00:00:00.000Z", "description": f"s{i}", "status": "COMPLETE",
+                         "publicScore": "0.9", "polls": 0} for i in range(230)]
+    fake.submissions += [{"ref": 900 + i, "date": _now(), "description": "today", "status": "COMPLETE",
+                          "publicScore": "0.9", "polls": 0} for i in range(5)]
+    out = kt(fake, home, "submissions", "siim_isic")
+    assert out.returncode == 0 and out.stdout.count("COMPLETE") == 235
+    assert fake.rpcs.count("ListSubmissions") == 3  # pages of 100
+    data, folder = siim
+    out = kt(fake, home, "submit", "siim_isic", folder, "-m", "x", "--data-dir", data)
+    assert out.returncode == 2 and "daily limit is 5" in out.stderr
+
+
+def test_a_csv_dry_run_checks_sign_in_and_todays_limit(fake, home, siim):
+    data, folder = siim
+    out = kt(fake, home, "submit", "siim_isic", folder, "-m", "x", "--data-dir", data, "--dry-run",
+             drop=("KAGGLE_USERNAME", "KAGGLE_KEY"))
+    assert out.returncode == 2 and "no Kaggle credentials found" in out.stderr.strip().splitlines()[-1]
+    assert "Authentication required" not in out.stdout + out.stderr  # the client's banner stays out
+    fake.limits = {"numToday": 5, "numTotal": 9, "numAllowedNow": 0}
+    out = kt(fake, home, "submit", "siim_isic", folder, "-m", "x", "--data-dir", data, "--dry-run")
+    assert out.returncode == 2 and "no more submissions" in out.stderr
+    fake.limits = {"numToday": 1, "numTotal": 9, "numAllowedNow": 4}
+    out = kt(fake, home, "submit", "siim_isic", folder, "-m", "x", "--data-dir", data, "--dry-run")
+    assert out.returncode == 0 and "signed in and may submit today" in out.stdout
+    assert "StartSubmissionUpload" not in fake.rpcs
+
+
+def test_a_code_submission_checks_credentials_before_building_a_bundle(fake, home, tmp_path, onnx_model, aptos_dir):
+    from kaggle_transfer.inference.pipeline import predict_submission
+
+    manifest = predict_submission("aptos", [onnx_model], aptos_dir, out_root=tmp_path / "subs", label="c",
+                                  progress=False)
+    folder = Path(manifest["submission"]).parent
+    out = kt(fake, home, "submit", "aptos", folder, "-m", "x", "--data-dir", aptos_dir,
+             drop=("KAGGLE_USERNAME", "KAGGLE_KEY"))
+    assert out.returncode == 2 and "no Kaggle credentials found" in out.stderr
+    assert not (folder / "bundle").exists() and not list((home / "tmp").glob("pip-*"))

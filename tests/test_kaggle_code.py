@@ -29,7 +29,7 @@ def home(tmp_path):
     return tmp_path / "home"
 
 
-def kt(fake, home, *args):
+def kt_env(fake, home) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE") and k.lower() not in (
         "http_proxy", "https_proxy", "all_proxy", "no_proxy")}
     env.update({k: v for k, v in fake.env(str(home)).items() if k not in ("KAGGLE_USERNAME", "KAGGLE_KEY")})
@@ -38,8 +38,12 @@ def kt(fake, home, *args):
     # or a later test's client would "resume" uploads this fake never saw
     (home / "tmp").mkdir(exist_ok=True)
     env["TMPDIR"] = str(home / "tmp")
-    out = subprocess.run([sys.executable, "-m", "kaggle_transfer", *map(str, args)], env=env, capture_output=True,
-                         text=True, cwd=home, timeout=300)
+    return env
+
+
+def kt(fake, home, *args):
+    out = subprocess.run([sys.executable, "-m", "kaggle_transfer", *map(str, args)], env=kt_env(fake, home),
+                         capture_output=True, text=True, cwd=home, timeout=300)
     assert SECRET not in out.stdout + out.stderr
     return out
 
@@ -254,3 +258,146 @@ def test_run_time_estimate_warns_near_the_notebook_limit(tmp_path):
     assert line.startswith("estimated notebook run: 1.8 h for ~13,000 hidden test images")
     (tmp_path / "manifest.json").write_text(json.dumps({"images_per_s": 0.4}))  # 9.0 h
     assert runtime_estimate(APTOS, tmp_path / "submission.csv").startswith("warning:")
+
+
+def _http_error(code: int, retry_after: str | None = None):
+    import requests
+
+    response = requests.Response()
+    response.status_code = code
+    if retry_after:
+        response.headers["Retry-After"] = retry_after
+    return requests.HTTPError(f"{code}", response=response)
+
+
+def test_the_wait_survives_dropped_connections_timeouts_and_a_minute_of_503():
+    """A stub client on a fake clock: the connection drops, a read times out, then the server answers 503
+    (asking for 7 s each time) for a minute and 429 once; the wait goes on and sees the run finish."""
+    from types import SimpleNamespace
+
+    import requests
+
+    from kaggle_transfer.errors import KtError
+    from kaggle_transfer.kaggle.submit import Waiting, wait_for_run
+
+    now, sleeps, lines = [0.0], [], []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    class Api:
+        calls = 0
+
+        def kernels_status(self, kernel):
+            self.calls += 1
+            if self.calls == 1:
+                raise requests.ConnectionError("connection dropped")
+            if self.calls == 2:
+                raise requests.ReadTimeout("read timed out")
+            if now[0] < 62:
+                raise _http_error(503, "7")
+            if self.calls < 14:
+                raise _http_error(429)
+            return SimpleNamespace(status="COMPLETE", failure_message="")
+
+    api = Api()
+    waiting = Waiting(echo=lines.append, poll_s=1, timeout_s=3600, sleep=sleep, clock=lambda: now[0]).start()
+    assert wait_for_run(api, "kt-tester/kt-aptos-predict", waiting) == ("COMPLETE", "")
+    assert sleeps.count(7.0) >= 8 and now[0] > 60  # Retry-After honoured through a minute of 503
+    assert any("cannot reach Kaggle" in line and "retrying" in line for line in lines)
+    assert any("HTTP 503" in line for line in lines) and any("429" in line for line in lines)
+    # the patience has a bound: the wait's own deadline
+    now[0], api.calls = 0.0, 2
+    short = Waiting(echo=lines.append, poll_s=1, timeout_s=30, sleep=sleep, clock=lambda: now[0]).start()
+    with pytest.raises(KtError, match="HTTP 503"):
+        wait_for_run(api, "kt-tester/kt-aptos-predict", short)
+
+
+def test_resume_after_a_kill_follows_the_same_notebook_version(fake, home, aptos_dir, submission_dir):
+    """kt submit killed while the notebook runs: --resume follows the recorded kernel version (no new
+    upload, no new run) and submits it; a second --resume finds the ref and submits nothing."""
+    import threading
+    import time
+
+    gate, real = threading.Event(), notebook(aptos_dir)
+
+    def slow(files):
+        gate.wait(120)
+        return real(files)
+
+    fake.notebook = slow
+    args = ["submit", "aptos", str(submission_dir), "-m", "resumed", "--data-dir", str(aptos_dir), "--python", PY,
+            "--no-fetch-wheels", "--image-has-onnxruntime", "--accelerator", "none"]
+    first = subprocess.Popen([sys.executable, "-m", "kaggle_transfer", *args], env=kt_env(fake, home), cwd=home,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = submission_dir / "manifest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and "notebook_run" not in json.loads(manifest.read_text()):
+        time.sleep(0.2)
+    first.kill()
+    first.communicate()
+    recorded = json.loads(manifest.read_text())["notebook_run"]
+    assert recorded["kernel"] == "kt-tester/kt-aptos-predict" and recorded["kernel_version"] == 1
+    gate.set()
+    fake.run.join(300)
+    pushes = (fake.rpcs.count("SaveKernel"), fake.rpcs.count("StartBlobUpload"))
+    out = kt(fake, home, *args, "--resume", "--wait")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming notebook kt-tester/kt-aptos-predict v1" in out.stderr
+    assert (fake.rpcs.count("SaveKernel"), fake.rpcs.count("StartBlobUpload")) == pushes  # nothing pushed again
+    code = [r["body"] for r in fake.requests if r.get("rpc") == "CreateCodeSubmission"]
+    assert len(code) == 1 and code[0]["kernelVersion"] == 1
+    again = kt(fake, home, *args, "--resume")
+    assert again.returncode == 0 and "already submitted as ref 2000" in again.stderr
+    assert fake.rpcs.count("CreateCodeSubmission") == 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w: (w / "kt_manifest.json").unlink(), "kt_manifest.json (kt-tester/kt-aptos-predict v1) is missing"),
+    (lambda w: _edit_manifest(w, bundle_id="an-older-push"), "is from another bundle"),
+    (lambda w: _edit_manifest(w, rows=3), "rows were answered but its submission.csv has"),
+    (lambda w: _edit_manifest(w, models=[{"sha256": "0" * 64, "provider": "CPUExecutionProvider"}]),
+     "the models it ran are not the bundle's"),
+])
+def test_what_the_notebook_ran_is_checked_before_a_submission_is_spent(fake, home, aptos_dir, submission_dir,
+                                                                       bundle, edit, message):
+    fake.notebook = notebook(aptos_dir, edit=edit)
+    out = kt(fake, home, "submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--bundle", bundle)
+    line = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and message in line and "nothing was submitted" in line, out.stderr[-2000:]
+    assert "CreateCodeSubmission" not in fake.rpcs
+
+
+def _edit_manifest(working: Path, **changes) -> None:
+    path = working / "kt_manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_the_runtime_dataset_is_uploaded_once_and_the_notebook_uses_it(fake, home, aptos_dir, submission_dir,
+                                                                       monkeypatch):
+    """kt submit fetches the pinned onnxruntime (from the package index, once) into a runtime dataset of its
+    own; the notebook mounts it beside the bundle; a second submission uploads the bundle only."""
+    from kaggle_transfer.kaggle import runtime as runtime_mod
+
+    monkeypatch.setenv("KT_WHEEL_CACHE", os.path.expanduser("~/.cache/kt-tests/wheels"))
+    runtime_mod.fetch(runtime_mod.RUNTIMES["none"], PY)  # here, not through the fake (it refuses the index)
+    fake.notebook = notebook(aptos_dir)
+    args = ["submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--python", PY,
+            "--accelerator", "none", "--dry-run"]
+    out = kt(fake, home, *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runtime = f"kt-runtime-none-1-26-0-cp{PY.replace('.', '')}"
+    created = [r["body"] for r in fake.requests if r.get("rpc") == "CreateDataset"]
+    assert sorted(b.get("slug") for b in created) == ["kt-bundle-aptos", runtime]
+    kernel = next(r["body"] for r in fake.requests if r.get("rpc") == "SaveKernel")
+    assert kernel["datasetDataSources"] == ["kt-tester/kt-bundle-aptos", f"kt-tester/{runtime}"]
+    log = "".join(json.loads(fake.log)[i]["data"] for i in range(2))
+    assert "kt: runtime:" in log and "onnxruntime-1.26.0" in " ".join(fake.blob_names.values())
+    uploads = len(fake.blob_names)
+    out = kt(fake, home, *args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = list(fake.blob_names.values())[uploads:]
+    assert again and not [n for n in again if n.startswith("onnxruntime")]  # the runtime is not uploaded again
+    assert [r["body"].get("datasetSlug") for r in fake.requests if r.get("rpc") == "CreateDatasetVersion"] == [
+        "kt-bundle-aptos"]
