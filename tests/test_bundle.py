@@ -127,3 +127,33 @@ def test_the_script_carries_no_user_text_as_code():
                     and getattr(n.targets[0], "id", "") == "SETTINGS")
     literal = settings.value.args[0]
     assert isinstance(literal, ast.Constant) and json.loads(literal.value)["dataset"] == payload
+
+
+def test_members_of_weight_zero_are_neither_bundled_nor_run(onnx_model, aptos_dir, tmp_path):
+    """A greedy blend that gave a member weight 0: the bundle carries only the others, and kt predict
+    --ensemble runs only them."""
+    import shutil
+
+    from kaggle_transfer.fsutil import sha256
+    from kaggle_transfer.inference.pipeline import predict_submission
+
+    unused = tmp_path / "unused.onnx"
+    shutil.copy(onnx_model, unused)
+    members = [{"run": "a", "weight": 1.0, "models": [{"path": str(onnx_model), "sha256": sha256(onnx_model)}]},
+               {"run": "b", "weight": 0.0, "models": [{"path": str(unused), "sha256": sha256(unused)}]}]
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"type": "ensemble", "competition": "aptos", "method": "greedy", "members": members,
+                                "fitted": {"cutpoints": [0.5, 1.5, 2.5, 3.5]}, "oof_score": 0.5}))
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, ["bundle", "aptos", "--ensemble", str(spec), "-o", str(out), "--accelerator",
+                                       "none", "--no-fetch-wheels", "--image-has-onnxruntime", "--python", PY])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out / "bundle.json").read_text())
+    assert [m["source"] for m in info["models"]] == [str(onnx_model)] and info["weights"] == [1.0]
+    manifest = predict_submission("aptos", [], aptos_dir, ensemble=spec, out_root=tmp_path / "subs", progress=False)
+    assert [m["file"] for m in manifest["models"]] == [str(onnx_model)]
+    members[1]["weight"] = float("nan")
+    spec.write_text(json.dumps({"type": "ensemble", "competition": "aptos", "method": "greedy", "members": members,
+                                "fitted": {"cutpoints": [0.5, 1.5, 2.5, 3.5]}}))
+    result = CliRunner().invoke(main, ["bundle", "aptos", "--ensemble", str(spec), "-o", str(tmp_path / "c")])
+    assert result.exit_code == 2 and "weights must be finite" in result.output
