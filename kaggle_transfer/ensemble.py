@@ -112,6 +112,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
                       "make one with kt ensemble")
     if spec.get("method") not in METHODS:
         raise KtError(f"--ensemble {path}: method {spec.get('method')!r} is not one of {', '.join(METHODS)}")
+    _check_fitted(spec, path)
     weights = np.array([m["weight"] for m in members], dtype=float)
     if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
         raise KtError(f"--ensemble {path}: member weights must be finite, at least 0 and sum to more than 0 "
@@ -126,6 +127,25 @@ def load_spec(path: str | Path) -> dict[str, Any]:
                 raise KtError(f"{model['path']} changed since the ensemble was built (sha256 differs); "
                               "rebuild it with kt ensemble")
     return spec
+
+
+def _check_fitted(spec: dict[str, Any], path: Path) -> None:
+    """The spec's cut points or thresholds, held to the rules a model file's are (finite, increasing, the
+    task's count, in [0, 1]): a hand-edited spec must not give every row one answer, reported valid."""
+    from .inference.metadata import check_fitted
+
+    name, fitted = spec.get("competition"), spec.get("fitted") or {}
+    if isinstance(name, str) and (name in competitions.COMPETITIONS or name in competitions.CUSTOM):
+        n = competitions.get(name).task.num_classes
+    else:  # a YAML competition registers when its models load: its class count is checked there
+        lists = [v for v in (fitted.get("cutpoints"), fitted.get("thresholds")) if isinstance(v, list)] \
+            if isinstance(fitted, dict) else []
+        n = len(lists[0]) + (1 if isinstance(fitted.get("cutpoints"), list) else 0) if lists else 0
+
+    def fail(where, key, why) -> KtError:
+        return KtError(f"--ensemble {where}: {key!r} {why}; rebuild it with kt ensemble")
+
+    check_fitted(fitted, n, path, fail)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -407,3 +407,75 @@ def test_stale_temp_files_are_cleaned_on_the_next_run(trained_run, aptos_dir, tm
     ok(["train", "--resume", run, "--data-dir", aptos_dir])
     assert not list(run.glob(".*.tmp"))
     assert np.isfinite(json.loads((run / "metrics.json").read_text())["score"])
+
+
+# --- 7. hostile inputs, third round: no code from a file, one schema per file ---------------------------
+
+@pytest.mark.parametrize("changes, key", [
+    ({"image_pattern": "train_images/{id:>100000000}.png"}, "'image_pattern' has the field '{id:>100000000}'"),
+    ({"test_image_pattern": "test_images/{id!r}.png"}, "'test_image_pattern' has the field '{id!r}'"),
+    ({"image_pattern": "train_images/{id.__class__}.png"}, "'image_pattern' has the field '{id.__class__}'"),
+    ({"image_pattern": "train_images/{id[0]}.png"}, "'image_pattern'"),
+    ({"image_pattern": "train_images/{id}{.png"}, "'image_pattern'"),
+    ({"num_classes": "abc"}, "'num_classes' is 'abc'; it must be an integer"),
+    ({"num_classes": True}, "'num_classes'"),
+    ({"id_column": 5}, "'id_column' is '5'; it must be a string"),
+    ({"channels": 3}, "'channels'"),
+    ({"label_separator": 5}, "'label_separator'"),
+    ({"metric": ["qwk"]}, "'metric'"),
+    ({"slug": ["a", "b"]}, "'slug'"),
+    ({"title": {"a": 1}}, "'title'"),
+    ({"submission_columns": "id_code"}, "'submission_columns' is 'id_code'; it must be a list"),
+])
+def test_wrong_yaml_values_are_one_line_naming_the_key(forest, aptos_dir, tmp_path, changes, key):
+    spec = forest(**changes)
+    before = tree(tmp_path.parent)
+    line = error(["train", spec, "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", *TINY])
+    assert key in line and len(line) < 400
+    assert tree(tmp_path.parent) == before
+
+
+def test_a_binary_competition_file_is_one_line(tmp_path, aptos_dir):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    assert "is not a text file" in error(["train", path, "--data-dir", aptos_dir, *TINY])
+
+
+def test_a_pattern_in_a_models_metadata_is_parsed_like_a_yamls(onnx_model, aptos_dir, tmp_path):
+    """A model file carrying a YAML competition whose pattern has a format spec: refused before any row
+    is read (it would allocate rows x 100 MB), with the key named."""
+    spec = {"name": "forest", "task": "ordinal", "num_classes": 5, "train_csv": "train.csv", "id_column": "id_code",
+            "target_column": "diagnosis", "image_pattern": "train_images/{id}.png", "test_csv": "test.csv",
+            "test_image_pattern": "test_images/{id:>100000000}.png", "classes": list("01234")}
+    bad = retag(onnx_model, tmp_path / "bad.onnx", competition="forest", competition_spec=spec)
+    line = error(["predict", "forest", bad, "--data-dir", aptos_dir, "--out-root", tmp_path / "subs"])
+    assert "'test_image_pattern' has the field '{id:>100000000}'" in line and len(line) < 400
+    assert not (tmp_path / "subs").exists() or tree(tmp_path / "subs") <= {"forest"}
+
+
+def _spec(tmp_path, onnx_model, weight=1.0, fitted=None):
+    from kaggle_transfer.fsutil import sha256
+
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({
+        "type": "ensemble", "competition": "aptos", "method": "greedy",
+        "fitted": {"cutpoints": [0.5, 1.5, 2.5, 3.5]} if fitted is None else fitted,
+        "members": [{"run": "r", "weight": weight,
+                     "models": [{"path": str(onnx_model), "sha256": sha256(onnx_model)}]}]}, allow_nan=True))
+    return path
+
+
+@pytest.mark.parametrize("weight, fitted, key", [
+    (float("nan"), None, "weights must be finite"),
+    (-1.0, None, "weights must be finite, at least 0"),
+    (0.0, None, "sum to more than 0"),
+    (1.0, {"cutpoints": [3.5, 2.5, 1.5, 0.5]}, "'fitted.cutpoints' must be 4 finite increasing numbers"),
+    (1.0, {"cutpoints": [1.5]}, "'fitted.cutpoints' must be 4"),
+    (1.0, {"cutpoints": [0.5, float("nan"), 2.5, 3.5]}, "'fitted.cutpoints'"),
+    (1.0, "a", "'fitted' is not a mapping"),
+])
+def test_hand_edited_ensemble_specs_are_refused(onnx_model, aptos_dir, tmp_path, weight, fitted, key):
+    spec = _spec(tmp_path, onnx_model, weight, fitted)
+    line = error(["predict", "aptos", "--ensemble", spec, "--data-dir", aptos_dir, "--out-root", tmp_path / "subs"])
+    assert key in line and "spec.json" in line
+    assert not (tmp_path / "subs").exists()

@@ -49,6 +49,57 @@ KEYS = {"name", "slug", "title", "submit_via", "task", "metric", "classes", "num
 REQUIRED = ("name", "task", "train_csv", "id_column", "image_pattern")
 FILE_KEYS = ("train_csv", "test_csv", "sample_submission", "image_pattern", "test_image_pattern")
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# the type every key must have; a list's items are strings (class names, column names, channel names)
+TYPES: dict[str, type] = {
+    "name": str, "slug": str, "title": str, "submit_via": str, "task": str, "metric": str, "classes": list,
+    "num_classes": int, "train_csv": str, "id_column": str, "target_column": str, "target_columns": list,
+    "label_separator": str, "image_pattern": str, "test_image_pattern": str, "channels": list, "test_csv": str,
+    "sample_submission": str, "submission_columns": list, "value_format": str, "group_column": str,
+    "recipe": dict, "meta_columns": dict}
+TYPE_WORDS = {str: "a string", int: "an integer", list: "a list", dict: "a mapping"}
+PATTERN_FIELDS = ("id", "channel")
+
+
+def parse_pattern(pattern: str, where: str) -> list[tuple[str, str | None]]:
+    """A file pattern as (literal text, field) parts: fields are {id} and {channel} only, with no
+    conversion, format spec, index or attribute (a spec like {id:>100000000} would pad every path to
+    100 MB). Every pattern, from a YAML or from a model file's metadata, is parsed here once."""
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(pattern))
+    except ValueError as e:
+        raise KtError(f"{where} is {pattern!r}: {e}; write fields as {{id}} or {{channel}}") from None
+    out = []
+    for literal, field, spec, conversion in parts:
+        if field is not None and (field not in PATTERN_FIELDS or spec or conversion):
+            shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            raise KtError(f"{where} has the field {shown[:40]!r}; only {{id}} and {{channel}} are allowed, "
+                          "without format specs, conversions, indices or attributes")
+        out.append((literal, field))
+    return out
+
+
+def fill(parts: list[tuple[str, str | None]], **values: str) -> str:
+    """The path a parsed pattern names for these values: literal text and the values, joined."""
+    return "".join(literal + (str(values[field]) if field else "") for literal, field in parts)
+
+
+def _check_types(spec: dict, where: str) -> None:
+    for key, kind in TYPES.items():
+        value = spec.get(key)
+        if value is None:
+            continue
+        wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+        if kind is list and not wrong:
+            wrong = not value or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+        if wrong:
+            raise KtError(f"{where}: key {key!r} is {str(value)[:60]!r}; it must be {TYPE_WORDS[kind]}"
+                          + (" of names" if kind is list else ""))
+    if "num_classes" in spec and spec["num_classes"] is not None and not 2 <= spec["num_classes"] <= 100_000:
+        raise KtError(f"{where}: key 'num_classes' is {spec['num_classes']}; it must be between 2 and 100000")
+    if spec.get("label_separator") == "":
+        raise KtError(f"{where}: key 'label_separator' is empty; use ' ' or another separator")
 
 
 def _need(spec: dict, key: str, where: str) -> Any:
@@ -68,6 +119,10 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise KtError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(KEYS))}")
     for key in REQUIRED:
         _need(spec, key, where)
+    _check_types(spec, where)
+    for key in ("image_pattern", "test_image_pattern"):
+        if spec.get(key) is not None:
+            parse_pattern(spec[key], f"{where}: key {key!r}")
     if not isinstance(spec["name"], str) or not NAME.fullmatch(spec["name"]):
         raise KtError(f"{where}: key 'name' is {spec['name']!r}; use lower-case letters, digits, '_' and '-' "
                       "(it names folders: runs/<name>/, submissions/<name>/)")
@@ -118,7 +173,9 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise KtError(f"competition file {path} not found")
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise KtError(f"competition file {path} is not a text file (not UTF-8); give a YAML file") from None
     except yaml.YAMLError as e:
         raise KtError(f"competition file {path} is not valid YAML: {e}".replace("\n", " ")) from None
     return check_spec(spec, str(path))
@@ -153,10 +210,9 @@ class CustomCompetition(Competition):
         return [self._label_index(str(t), w) for t, w in zip(df[col], where, strict=True)]
 
     def _paths(self, data_dir: Path, pattern: str, ids: pd.Series) -> list[tuple[str, ...]]:
-        channels = self.spec.get("channels")
-        if channels:
-            return [tuple(str(data_dir / pattern.format(id=i, channel=c)) for c in channels) for i in ids]
-        return [(str(data_dir / pattern.format(id=i)),) for i in ids]
+        parts = parse_pattern(pattern, f"competition {self.name}: image pattern")
+        channels = self.spec.get("channels") or [None]
+        return [tuple(str(data_dir / fill(parts, id=i, channel=c)) for c in channels) for i in ids]
 
     def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
         return (self._train if split == "train" else self._test)(Path(data_dir), skip_bad_images)

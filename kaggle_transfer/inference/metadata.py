@@ -61,7 +61,7 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
         raise _fail(path, "arch", "is missing")
     if meta.get("tta") not in (None, *VIEWS):
         raise _fail(path, "tta", f"is {meta.get('tta')!r}, not one of {', '.join(VIEWS)}")
-    _check_fitted(meta.get("fitted") or {}, meta["task"], n, path)
+    check_fitted(meta.get("fitted") or {}, n, path)
     _check_preprocess(meta.get("preprocess"), path)
     for key in ("recipe", "competition_spec"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
@@ -90,17 +90,20 @@ def _check_preprocess(pre: Any, path: Path) -> None:
         raise _fail(path, "preprocess.resize", f"is {pre.get('resize')!r}, not one of {', '.join(RESIZES)}")
 
 
-def _check_fitted(fitted: Any, kind: str, n: int, path: Path) -> None:
+def check_fitted(fitted: Any, n: int, path: Path | str, fail=None) -> None:
+    """Fitted parameters as every file that carries them must hold them (ONNX metadata, ensemble specs):
+    n - 1 finite increasing cut points, n thresholds in [0, 1]."""
+    fail = fail or _fail
     if not isinstance(fitted, dict):
-        raise _fail(path, "fitted", "is not a mapping")
+        raise fail(path, "fitted", "is not a mapping")
     cuts = fitted.get("cutpoints")
     if cuts is not None:
         if not _finite_list(cuts) or len(cuts) != n - 1 or any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
-            raise _fail(path, "fitted.cutpoints", f"must be {n - 1} finite increasing numbers, got {cuts!r}")
+            raise fail(path, "fitted.cutpoints", f"must be {n - 1} finite increasing numbers, got {cuts!r}")
     thresholds = fitted.get("thresholds")
     if thresholds is not None:
         if not _finite_list(thresholds) or len(thresholds) != n or not all(0 <= t <= 1 for t in thresholds):
-            raise _fail(path, "fitted.thresholds", f"must be {n} numbers in [0, 1], got {thresholds!r}")
+            raise fail(path, "fitted.thresholds", f"must be {n} numbers in [0, 1], got {thresholds!r}")
 
 
 def check_graph(meta: dict[str, Any], session, path: Path) -> None:
