@@ -479,3 +479,18 @@ def test_hand_edited_ensemble_specs_are_refused(onnx_model, aptos_dir, tmp_path,
     line = error(["predict", "aptos", "--ensemble", spec, "--data-dir", aptos_dir, "--out-root", tmp_path / "subs"])
     assert key in line and "spec.json" in line
     assert not (tmp_path / "subs").exists()
+
+
+def test_a_split_file_listing_an_id_twice_is_refused(aptos_dir, tmp_path):
+    train = pd.read_csv(aptos_dir / "train.csv")
+    rows = pd.DataFrame({"id_code": train["id_code"], "Split": ["train"] * (len(train) - 20) + ["val"] * 20})
+    rows = pd.concat([rows, pd.DataFrame({"id_code": [train["id_code"][0] + ".png"], "Split": ["val"]})])
+    rows.to_csv(tmp_path / "split.csv", index=False)
+    before = tree(tmp_path)
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", "--split",
+                  "official", "--split-file", tmp_path / "split.csv", *TINY])
+    assert f"id {train['id_code'][0]!r} is listed 2 times (as 'train', 'val')" in line
+    assert tree(tmp_path) == before
+    rows.iloc[:-1].to_csv(tmp_path / "split.csv", index=False)  # once each: accepted, ids meet by join key
+    ok(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", "--split", "official",
+        "--split-file", tmp_path / "split.csv", *TINY])

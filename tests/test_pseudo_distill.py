@@ -5,6 +5,7 @@ distillation loss is the textbook one."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -187,3 +188,38 @@ def test_soft_pseudo_rows_train_on_the_ensembles_outputs(onnx_model, aptos_dir, 
     run = fit(tiny_config(epochs=1, max_steps=2, external=[f"pseudo={out}"]), tmp_path / "run", aptos_dir,
               progress=False)
     assert run["n_pseudo"] == len(rows) and np.isfinite(run["score"])
+
+
+@pytest.mark.parametrize("name, below", [
+    ("cassava", "train_images"),   # ids keep .jpg; the folder's ids do not
+    ("aptos", "."),                # --images at the data root: ids like train_images/<id>
+    ("siim_isic", "jpeg/train"),
+    ("eurosat", "."),
+])
+def test_no_labelled_image_keeps_its_pseudo_label_whatever_its_id_looks_like(name, below, tmp_path):
+    """Each competition's real id shapes: every pseudo row that is a labelled image is dropped, by id as
+    data/ids.py compares them or by the image file itself; unlabelled images stay."""
+    from kaggle_transfer import competitions
+    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.inference.pseudo import folder_table
+    from kaggle_transfer.training.targets import add_pseudo
+
+    comp = competitions.get(name)
+    data = synthetic.make(name, tmp_path / name, n_train=24, n_test=6, image_size=32)
+    table = comp.read_train(data).assign(source="competition")
+    folder = data / below
+    if not folder.is_dir():
+        pytest.skip(f"the synthetic {name} layout has no {below}/")
+    extra = folder_table(folder, comp).assign(source="pseudo")
+    kept, dropped = add_pseudo(table, extra)
+    labelled = {str(Path(p).resolve()) for paths in table["paths"] for p in paths}
+    assert dropped == sum(str(Path(p[0]).resolve()) in labelled for p in extra["paths"]) > 0
+    assert not {str(Path(p[0]).resolve()) for p in kept["paths"]} & labelled
+
+
+def test_join_keys_meet_across_suffixes_space_and_unicode_forms():
+    from kaggle_transfer.data.ids import join_key
+
+    assert join_key("1000015157.jpg") == join_key("1000015157") == join_key(" 1000015157.JPG ")
+    assert join_key("caf\u00e9") == join_key("cafe\u0301")  # NFC and NFD spell one id
+    assert join_key("ISIC_0015719") == "ISIC_0015719" and join_key("a.b.png") == "a.b"

@@ -13,6 +13,7 @@ import pandas as pd
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from ..errors import KtError
+from .ids import keys
 
 TRAIN_ONLY, HELD_OUT = -1, -2
 SPLITS = ("paper", "kfold", "official")
@@ -161,4 +162,10 @@ def read_split_file(path: str, id_column_candidates: tuple[str, ...] = ("Id", "i
     split_col = next((c for c in df.columns if c.lower() == "split"), None)
     if split_col is None:
         raise KtError(f"--split-file {file} needs a Split column; header is {','.join(df.columns)}")
-    return pd.DataFrame({"id": df[id_col], "split": df[split_col]})
+    out = pd.DataFrame({"id": df[id_col], "key": keys(df[id_col]), "split": df[split_col]})
+    twice = out[out["key"].duplicated(keep=False)]
+    if len(twice):  # one image on both sides of a split would validate on what it trained on
+        first = twice[twice["key"] == twice["key"].iloc[0]]
+        raise KtError(f"--split-file {file}: id {first['id'].iloc[0]!r} is listed {len(first)} times (as "
+                      f"{', '.join(map(repr, first['split']))}); list each id once")
+    return out

@@ -18,11 +18,12 @@ import numpy as np
 import pandas as pd
 
 from .. import competitions, runs
+from ..data.ids import SUFFIXES
 from ..errors import KtError
 from ..fsutil import atomic_path, sha256, write_json
 from ..tasks import Task, sigmoid
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_SUFFIXES = SUFFIXES
 
 
 def confidence(task: Task, raw: np.ndarray, fitted: dict[str, Any]) -> np.ndarray:

@@ -11,6 +11,7 @@ from .. import competitions, meta, protocol, runs
 from ..competitions.base import contained
 from ..config import RunConfig
 from ..data.cache import use_cache
+from ..data.ids import keys
 from ..data.splits import TRAIN_ONLY, assign_folds, paper_shards, read_split_file
 from ..errors import KtError
 from ..fsutil import write_json
@@ -25,8 +26,9 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
     comp = competitions.for_config(cfg)
     table = comp.read_train(data_dir, skip_bad_images) if train_table is None else train_table.copy()
     if cfg.split_file:
-        table = table.drop(columns=["split"], errors="ignore").merge(read_split_file(cfg.split_file), on="id",
-                                                                     how="left")
+        splits = read_split_file(cfg.split_file).set_index("key")["split"]
+        table = table.drop(columns=["split"], errors="ignore")
+        table["split"] = [splits.get(k) for k in keys(table["id"])]  # ids meet as data/ids.py compares them
         if table["split"].isna().any():
             missing = table.loc[table["split"].isna(), "id"].iloc[0]
             raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
@@ -80,6 +82,8 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
         from ..ensemble import load_spec
 
         load_spec(cfg.teacher)
+    if cfg.split_file:  # a duplicated or conflicting id, too
+        read_split_file(cfg.split_file)
     return comp.read_train(data_dir, skip_bad_images)
 
 

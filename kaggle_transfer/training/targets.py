@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import ids
 from ..errors import KtError
 from ..fsutil import read_json
 from ..tasks import Task, sigmoid
@@ -87,10 +88,14 @@ def read_pseudo(path: Path, comp, *, root: str | Path | None = None) -> pd.DataF
 
 
 def add_pseudo(table: pd.DataFrame, extra: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The pseudo rows whose id is not a labelled competition id (an image never pseudo-trains while it
-    validates), and how many were dropped for that."""
-    labelled = set(table.loc[table["source"] == "competition", "id"].astype(str))
-    overlap = extra["id"].astype(str).isin(labelled)
+    """The pseudo rows that are not a labelled competition image (an image never pseudo-trains while it
+    validates), and how many were dropped for that. A row is a labelled image when its id meets a
+    labelled id (data/ids.py: Cassava's `x.jpg` meets a folder's `x`) or any of its files is a labelled
+    row's file (an id like `train_images/x`, from --images at the data root, names the same image)."""
+    labelled = table[table["source"] == "competition"]
+    names, files = set(ids.keys(labelled["id"])), ids.image_keys(labelled["paths"])
+    overlap = np.array([k in names or bool(ids.image_keys([p]) & files)
+                        for k, p in zip(ids.keys(extra["id"]), extra["paths"], strict=True)], dtype=bool)
     return extra[~overlap], int(overlap.sum())
 
 
