@@ -29,6 +29,7 @@ def load_oofs(run_dirs: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndar
     """(ids, raws (members, rows, outputs), targets, config of the first), aligned by id."""
     oofs = []
     for d in run_dirs:
+        runs.require_finished(d)
         oof = runs.load_oof(d)
         if oof is None:
             raise KtError(f"{d} has no {runs.OOF}; pass run folders or --folds run groups made by kt train")

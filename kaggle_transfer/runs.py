@@ -101,6 +101,14 @@ def is_run(run_dir: Path) -> bool:
     return (Path(run_dir) / CONFIG).is_file()
 
 
+def require_finished(run_dir: Path) -> None:
+    """A run is trusted only once it finished: metrics.json is written last, atomically, after the fitted
+    parameters and the OOF outputs. A killed kt train or kt average has none."""
+    if not (Path(run_dir) / METRICS).is_file():
+        raise KtError(f"{run_dir} did not finish (it has no {METRICS}, which is written last): resume it with "
+                      f"kt train --resume {run_dir}, or rerun the kt average that made it")
+
+
 def save_config(run_dir: Path, cfg) -> None:
     from . import config
 

@@ -494,3 +494,29 @@ def test_a_split_file_listing_an_id_twice_is_refused(aptos_dir, tmp_path):
     rows.iloc[:-1].to_csv(tmp_path / "split.csv", index=False)  # once each: accepted, ids meet by join key
     ok(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", "--split", "official",
         "--split-file", tmp_path / "split.csv", *TINY])
+
+
+def test_an_unfinished_run_is_not_trusted(trained_run, tmp_path):
+    """A killed kt train (or kt average) has best.pt but no metrics.json: export, average and ensemble
+    refuse it with the --resume hint instead of writing default cut points."""
+    killed = Path(shutil.copytree(trained_run, tmp_path / "killed"))
+    (killed / "metrics.json").unlink()
+    (killed / "model.onnx").unlink(missing_ok=True)
+    before = tree(tmp_path)
+    for args in (["export", killed], ["average", killed, trained_run, "--runs-root", tmp_path / "runs"],
+                 ["ensemble", "aptos", killed, trained_run, "-o", tmp_path / "spec.json"]):
+        line = error(args)
+        assert "did not finish" in line and f"kt train --resume {killed}" in line
+    assert tree(tmp_path) == before
+
+
+def test_kt_average_compares_the_members_validation_rows(trained_run, tmp_path):
+    from kaggle_transfer import runs
+
+    other = Path(shutil.copytree(trained_run, tmp_path / "other"))
+    oof = runs.load_oof(other)
+    runs.save_oof(other, oof["ids"][1:], oof["raw"][1:], oof["targets"][1:], fitted=oof["fitted"])  # one skipped
+    before = tree(tmp_path)
+    line = error(["average", trained_run, other, "--runs-root", tmp_path / "runs"])
+    assert "validated on other rows" in line and "1 differ" in line
+    assert tree(tmp_path) == before

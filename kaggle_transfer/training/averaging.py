@@ -100,6 +100,23 @@ def _check_same(run_dirs: Sequence[Path]) -> list[Any]:
     return cfgs
 
 
+def _same_validation_rows(run_dirs: Sequence[Path]) -> set[str]:
+    """The members' validation ids, compared (not assumed from the config): a member trained with
+    --skip-bad-images or another split file validated on other rows, which another member trained on."""
+    sets = []
+    for d in run_dirs:
+        oof = runs.load_oof(d)
+        if oof is None:
+            raise KtError(f"{d} has no {runs.OOF}; pass finished run folders made by kt train")
+        sets.append(set(map(str, oof["ids"])))
+    for d, ids in zip(run_dirs[1:], sets[1:], strict=True):
+        if ids != sets[0]:
+            raise KtError(f"{d} validated on other rows than {run_dirs[0]} ({len(ids ^ sets[0])} differ); kt "
+                          "average needs runs validated on the same rows, or the soup is scored on its own "
+                          "training rows")
+    return sets[0]
+
+
 def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None = None,
                  runs_root: str | Path | None = None, label: str | None = None, progress: bool = False
                  ) -> dict[str, Any]:
@@ -109,9 +126,11 @@ def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None 
     if len(run_dirs) < 2:
         raise KtError("kt average needs two or more run folders")
     for d in run_dirs:
+        runs.require_finished(d)
         if not (d / "best.pt").is_file():
             raise KtError(f"{d}/best.pt not found; pass finished run folders made by kt train")
     cfgs = _check_same(run_dirs)
+    val_ids = _same_validation_rows(run_dirs)
     cfg = cfgs[0]
     comp = competitions.for_config(cfg)
     info = runs.read_run_info(run_dirs[0])
@@ -130,6 +149,11 @@ def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None 
         if (run_dirs[0] / meta.META_FILE).is_file():  # the first run's metadata encoding (same training rows)
             shutil.copyfile(run_dirs[0] / meta.META_FILE, out / meta.META_FILE)
         score, fitted, n_val = _validate(out, cfg, data_dir, info, progress=progress)
+        got = set(map(str, runs.load_oof(out)["ids"]))
+        if got != val_ids:  # the data changed since the runs trained (skipped images, a new split file)
+            raise KtError(f"the averaged run validates on {len(got)} rows but its members on {len(val_ids)} "
+                          f"({len(got ^ val_ids)} differ); the data folder changed since they trained: average "
+                          "runs trained on the same data")
         result = {"competition": comp.name, "metric": comp.task.metric, "score": score, "fitted": fitted,
                   "best_epoch": None, "averaged_from": sources, "n_val": n_val, "loss": cfg.loss
                   or comp.task.default_loss, "parameters": int(sum(v.numel() for v in state.values()
