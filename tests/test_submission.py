@@ -44,6 +44,10 @@ def _set(column, row, value):
     (_set("diagnosis", 1, "2.5"), "outside"),
     (_set("diagnosis", 1, ""), "outside"),
     (_set("diagnosis", 1, "nan"), "outside"),
+    (_set("diagnosis", 1, "2.0"), r"outside .*'2.0'"),  # the README says integer: Kaggle may not read 2.0
+    (_set("diagnosis", 1, "+2"), "outside"),
+    (_set("diagnosis", 1, " 2"), "outside"),
+    (_set("diagnosis", 1, "\u0662"), "outside"),  # an Arabic-Indic two is a digit to str.isdigit
 ])
 def test_validator_catches(good, aptos_dir, tmp_path, change, message):
     _, df = good

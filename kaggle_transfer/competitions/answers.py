@@ -29,13 +29,13 @@ class AnswerFormat:
     separator: str = " "            # multilabel: between labels
 
     def label(self, value: str) -> int:
-        """One label cell → class index; ValueError when it is neither a known name nor an index in range."""
+        """One label cell → class index; ValueError when it is neither a known name nor an index in range.
+        An index is written as plain digits: `2.0`, `+2` or ` 2` are what a scorer may read otherwise."""
         if self.value_format == "name" and value in self.class_names:
             return self.class_names.index(value)
-        number = float(value)
-        if not number.is_integer() or not 0 <= number < len(self.class_names):
+        if not (value.isascii() and value.isdigit()) or not 0 <= int(value) < len(self.class_names):
             raise ValueError(value)
-        return int(number)
+        return int(value)
 
     def format(self, answers: np.ndarray) -> list[Any]:
         """Decoded answers (grades, classes, 0/1 rows, probabilities) → submission cells."""
