@@ -520,3 +520,18 @@ def test_kt_average_compares_the_members_validation_rows(trained_run, tmp_path):
     line = error(["average", trained_run, other, "--runs-root", tmp_path / "runs"])
     assert "validated on other rows" in line and "1 differ" in line
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("name", ["aptos", "cassava", "hpa", "siim_isic", "cct20"])  # EuroSAT has no test set
+def test_skip_bad_images_drops_a_corrupt_test_image_for_every_competition(name, tmp_path):
+    """--skip-bad-images goes through one place (Competition.read_test) whatever the adapter reads."""
+    from kaggle_transfer import competitions
+    from kaggle_transfer.data import synthetic
+
+    comp = competitions.get(name)
+    data = synthetic.make(name, tmp_path / name, n_train=30, n_test=6, image_size=32)
+    table = comp.read_test(data)
+    Path(table["paths"].iloc[0][0]).write_bytes(b"not an image")
+    kept = comp.read_test(data, skip_bad_images=True)
+    assert len(kept) == len(table) - 1 and kept.attrs["skipped_images"] == 1
+    assert table["id"].iloc[0] not in set(kept["id"])

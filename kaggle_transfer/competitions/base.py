@@ -165,7 +165,12 @@ class Competition:
         return contained(self.read(data_dir, "train", skip_bad_images), data_dir, f"{self.name} train")
 
     def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return contained(self.read(data_dir, "test", skip_bad_images), data_dir, f"{self.name} test")
+        """The test rows. --skip-bad-images is applied here for every adapter (one that lists its test
+        folder rather than a CSV never checked its files itself)."""
+        table = contained(self.read(data_dir, "test", skip_bad_images), data_dir, f"{self.name} test")
+        if skip_bad_images and "skipped_images" not in table.attrs:
+            table = check_files(table, True)
+        return table
 
     def kaggle_slug(self) -> str:
         """The Kaggle slug, or a one-line error saying where the files come from instead."""
