@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import KtError
+from .fsutil import read_yaml
 
 
 @dataclass
@@ -162,12 +163,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KtError(f"recipe {path} not found; pass -c with an existing YAML file (see competitions/*/)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise KtError(f"recipe {path} is not valid YAML: {e}".replace("\n", " ")) from None
-    except UnicodeDecodeError:
-        raise KtError(f"recipe {path} is not a text file; pass a YAML recipe") from None
+    data = read_yaml(path, what="recipe") or {}
     if not isinstance(data, dict):
         raise KtError(f"recipe {path} must be a mapping of config keys to values")
     return data
@@ -207,7 +203,7 @@ RANGES = {
     "batch_size": (1, 65_536, True), "accum_steps": (1, 4096, True), "folds": (2, 1000, True), "fold": (0, 999, True),
     "mix_prob": (0, 1, True), "mix_alpha": (0, 100, "(]"), "mix_off_epochs": (0, 100_000, True),
     "swa_epochs": (0, 100_000, True), "swa_lr": (0, 10, "(]"), "distill_alpha": (0, 1, True),
-    "distill_temperature": (0, 100, "(]"),
+    "distill_temperature": (0, 100, "(]"), "seed": (0, 2**32 - 1, True), "split_seed": (0, 2**32 - 1, True),
 }
 
 

@@ -107,3 +107,23 @@ def read_json(path: str | os.PathLike, *, what: str) -> Any:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise KtError(f"{path} is not valid JSON; the {what} is damaged") from None
+
+
+def read_yaml(path: str | os.PathLike, *, what: str) -> Any:
+    """A YAML file a user wrote (recipe, competition, grid): missing, binary or malformed is one line
+    naming it; YAML's own message is folded onto that line and cut short."""
+    import yaml
+
+    from .errors import KtError
+
+    path = Path(path)
+    if not path.is_file():
+        raise KtError(f"{what} {path} not found")
+    try:
+        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise KtError(f"{what} {path} is not a text file (not UTF-8); give a YAML file") from None
+    except yaml.YAMLError as e:
+        raise KtError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
+    except OSError as e:
+        raise KtError(f"{what} {path} cannot be read: {e.strerror}") from None

@@ -535,3 +535,67 @@ def test_skip_bad_images_drops_a_corrupt_test_image_for_every_competition(name, 
     kept = comp.read_test(data, skip_bad_images=True)
     assert len(kept) == len(table) - 1 and kept.attrs["skipped_images"] == 1
     assert table["id"].iloc[0] not in set(kept["id"])
+
+
+@pytest.mark.parametrize("flags, key", [
+    (["--seed", "99999999999999999999"], "seed=99999999999999999999 is outside [0, 4294967295]"),
+    (["--seed", "-5"], "seed=-5 is outside"),
+    (["--set", "split_seed=-1"], "split_seed=-1 is outside"),
+])
+def test_seeds_outside_numpys_range_are_one_line(aptos_dir, tmp_path, flags, key):
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", *TINY, *flags])
+    assert key in line and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("content, key", [(b"\x89PNG\r\n\x1a\n\x00\xff", "is not a readable CSV"),
+                                          (b"", "is not a readable CSV: No columns")])
+def test_a_binary_or_empty_sample_submission_is_one_line(aptos_copy, tmp_path, content, key):
+    (aptos_copy / "sample_submission.csv").write_bytes(content)
+    line = error(["validate", "aptos", aptos_copy / "test.csv", "--data-dir", aptos_copy])
+    assert "sample_submission.csv" in line and key in line
+
+
+@pytest.mark.parametrize("content, key", [(b"a: [\n", "is not valid YAML"), (b"\x89\x00\xff", "not a text file"),
+                                          (b"- 1\n- 2\n", "keys must be")])
+def test_a_malformed_grid_is_one_line(aptos_dir, tmp_path, content, key):
+    (tmp_path / "grid.yaml").write_bytes(content)
+    line = error(["study", "run", "aptos", "--grid", tmp_path / "grid.yaml", "--data-dir", aptos_dir,
+                  "--storage", f"sqlite:///{tmp_path / 's.db'}"])
+    assert "--grid" in line and key in line and len(line) < 400
+
+
+def test_prepare_size_zero_is_one_line_and_makes_no_folder(aptos_dir, tmp_path):
+    line = error(["prepare", "aptos", "--data-dir", aptos_dir, "--size", "0", "--cache-dir", tmp_path / "cache"])
+    assert "--size 0 is outside 8..4096" in line and not (tmp_path / "cache").exists()
+
+
+def test_prepare_workers_die_with_their_parent(tmp_path):
+    """kill -9 of kt prepare: its pool workers end too instead of running on as orphans."""
+    import time
+
+    from kaggle_transfer.data import synthetic
+
+    data = synthetic.make("aptos", tmp_path / "aptos", n_train=400, n_test=4, image_size=384)
+    proc = subprocess.Popen([sys.executable, "-m", "kaggle_transfer", "prepare", "aptos", "--data-dir", str(data),
+                             "--size", "64", "--workers", "2", "--cache-dir", str(tmp_path / "cache"),
+                             "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, children = time.time() + 60, []
+    while time.time() < deadline and len(children) < 2:
+        time.sleep(0.2)
+        found = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+        children = [int(c) for c in found.read_text().split()] if found.exists() else []
+    assert len(children) >= 2, "the pool did not start"
+    proc.kill()
+    proc.wait()
+
+    def alive(pid: int) -> bool:
+        status = Path(f"/proc/{pid}/status")
+        return status.exists() and "State:\tZ" not in status.read_text()
+
+    deadline = time.time() + 10
+    while time.time() < deadline and any(map(alive, children)):
+        time.sleep(0.2)
+    orphans = [pid for pid in children if alive(pid)]
+    for pid in orphans:  # leave nothing running, whatever the verdict
+        os.kill(pid, 9)
+    assert not orphans

@@ -29,12 +29,12 @@ def read_csv(path: Path, columns: list[str], what: str) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise KtError(f"{path} is not a readable CSV: {e}".replace("\n", " ")) from None
+        raise KtError(f"{path} is not a readable CSV: {' '.join(str(e).split())[:200]}") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise KtError(f"{path} lacks column(s) {', '.join(missing)}; header is {','.join(df.columns)}; "
                       f"expected {','.join(columns)}")
-    duplicated = df[columns[0]][df[columns[0]].duplicated()]
+    duplicated = df[columns[0]][df[columns[0]].duplicated()] if columns else []
     if len(duplicated):
         raise KtError(f"{path} has duplicate {columns[0]} values, e.g. {duplicated.iloc[0]!r}; ids must be unique")
     return df
@@ -185,7 +185,7 @@ class Competition:
 
     def sample_submission(self, data_dir: Path) -> pd.DataFrame | None:
         path = Path(data_dir) / "sample_submission.csv"
-        return pd.read_csv(path, dtype=str, keep_default_na=False) if path.is_file() else None
+        return read_csv(path, [], f"{self.name} sample submission") if path.is_file() else None
 
     def submission_frame(self, ids: list[str], answers: np.ndarray) -> pd.DataFrame:
         """Decoded answers → the competition's submission columns."""

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from .. import meta
 from ..errors import KtError
+from ..fsutil import read_yaml
 from ..tasks import KINDS, Task
 from .answers import VALUE_FORMATS
 from .base import Competition, check_files, read_csv, with_meta
@@ -172,12 +172,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KtError(f"competition file {path} not found")
-    try:
-        spec = yaml.safe_load(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise KtError(f"competition file {path} is not a text file (not UTF-8); give a YAML file") from None
-    except yaml.YAMLError as e:
-        raise KtError(f"competition file {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    spec = read_yaml(path, what="competition file")
     return check_spec(spec, str(path))
 
 
@@ -244,7 +239,7 @@ class CustomCompetition(Competition):
     def sample_submission(self, data_dir: Path) -> pd.DataFrame | None:
         name = self.spec.get("sample_submission")
         path = Path(data_dir) / name if name else None
-        return pd.read_csv(path, dtype=str, keep_default_na=False) if path and path.is_file() else None
+        return read_csv(path, [], f"{self.name} sample submission") if path and path.is_file() else None
 
 
 def from_spec(spec: dict[str, Any]) -> CustomCompetition:

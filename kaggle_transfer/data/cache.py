@@ -120,7 +120,8 @@ def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: 
         else:
             todo.append((tuple(paths), str(folder / key), size, crop, fmt))
     workers = workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else _Serial() as pool:
+    pool_kind = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) if workers > 1 else _Serial()
+    with pool_kind as pool:
         results = pool.map(_prepare_one, todo, chunksize=16) if workers > 1 else map(_prepare_one, todo)
         for n, (key, stamp) in enumerate(tqdm(results, total=len(todo), desc=f"prepare {size}px", unit="img",
                                               disable=not progress), 1):
@@ -135,12 +136,27 @@ def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: 
             "errors": bad[:5], "format": fmt}
 
 
+def die_with_parent() -> None:
+    """A pool worker is killed when the process that started it dies (Linux PR_SET_PDEATHSIG): a kt prepare
+    killed with SIGKILL leaves no worker running on. Elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external_dirs: dict[str, str] | None = None,
                         crop: bool = False, workers: int = 0, progress: bool = True, fmt: str = "jpeg") -> dict:
     """`kt prepare`: cache a competition's train and test images and its external sources' images.
 
     A folder with train files only is still cached; the result's `notes` says what was left out."""
     from ..competitions.base import contained
+
+    if not 8 <= size <= 4096:
+        raise KtError(f"--size {size} is outside 8..4096 (the side of the cached images)")
 
     tables, notes = [comp.read_train(data_dir, skip_bad_images=True)], []
     try:

@@ -8,9 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..errors import KtError
+from ..fsutil import read_yaml
 
 GRIDS: dict[str, dict[str, Any]] = {
     "paper": {"optimizer": ["adamw", "sgd"], "lr": {"adamw": [1e-2, 1e-3, 1e-4, 1e-5], "sgd": [1e-1, 1e-2, 1e-3, 1e-4]},
@@ -29,7 +28,7 @@ def load_grid(spec: str) -> tuple[str, dict[str, Any]]:
     path = Path(spec)
     if not path.is_file():
         raise KtError(f"--grid {spec!r}: not one of {', '.join(GRIDS)} and no such file")
-    grid = yaml.safe_load(path.read_text())
+    grid = read_yaml(path, what="--grid")
     if not isinstance(grid, dict) or set(grid) - KEYS or not {"optimizer", "lr"} <= set(grid):
         raise KtError(f"--grid {path}: keys must be optimizer, lr (per optimizer), weight_decay, schedule, run")
     for opt in grid["optimizer"]:
