@@ -145,7 +145,14 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
 
     for h in histories:
         if h.is_file():
-            pngs.append(learning_curve(pd.read_csv(h), task.metric, out_dir / f"learning_curve_{h.parent.name}.png"))
+            try:
+                history = pd.read_csv(h)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+                raise KtError(f"{h} is not a readable history (one row per epoch); the run's files are damaged") \
+                    from None
+            if "epoch" not in history.columns:
+                raise KtError(f"{h} has no epoch column; the run's files are damaged")
+            pngs.append(learning_curve(history, task.metric, out_dir / f"learning_curve_{h.parent.name}.png"))
     score = task.score(y, raw, fitted)
     lines = [f"# {target.name}", "", f"{comp.name}, {task.metric} on {len(y)} OOF rows: **{score:.4f}**", "",
              f"arch {cfg['arch']}, size {cfg['size']}, pool {cfg['pool']}, loss {cfg.get('loss') or task.default_loss}"

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -134,16 +135,31 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise KtError(f"{run_dir} has no {RUN_INFO}; pass a run folder made by kt train")
     info = read_json(path, what="run record")
-    for key in ("data_dir", "external_dirs", "skip_bad_images"):
+    if not isinstance(info, dict):
+        raise KtError(f"{path} is not a run record (a JSON object); the run record is damaged: start the run again")
+    kinds = {"data_dir": str, "external_dirs": dict, "skip_bad_images": bool}
+    for key, kind in kinds.items():
         if key not in info:
             raise KtError(f"{path} lacks {key!r}; the run record is damaged: start the run again")
+        if not isinstance(info[key], kind):
+            raise KtError(f"{path}: {key!r} is {info[key]!r}, not a {kind.__name__}; the run record is damaged")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in info["external_dirs"].items()):
+        raise KtError(f"{path}: 'external_dirs' must map source names to folders; the run record is damaged")
     return info
 
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / METRICS
-    return read_json(path, what="run's metrics") if path.is_file() else None
+    if not path.is_file():
+        return None
+    metrics = read_json(path, what="run's metrics")
+    score = metrics.get("score") if isinstance(metrics, dict) else None
+    if not isinstance(metrics, dict) or (score is not None and (not isinstance(score, (int, float))
+                                                                or isinstance(score, bool))):
+        raise KtError(f"{path} is not a run's metrics (an object with a numeric score); the run's metrics is "
+                      "damaged: train the run again")
+    return metrics
 
 
 def save_oof(run_dir: Path, ids, raw: np.ndarray, targets: np.ndarray, *, fitted: dict[str, Any]) -> None:
@@ -157,9 +173,16 @@ def load_oof(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / OOF
     if not path.is_file():
         return None
-    with np.load(path) as oof:
-        return {"ids": oof["ids"], "raw": oof["raw"], "targets": oof["targets"],
-                "fitted": json.loads(str(oof["fitted"]))}
+    try:  # never unpickles: allow_pickle stays False, an object array is an error
+        with np.load(path) as oof:
+            out = {"ids": oof["ids"], "raw": oof["raw"], "targets": oof["targets"],
+                   "fitted": json.loads(str(oof["fitted"]))}
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
+        raise KtError(f"{path} is damaged (not the ids, raw outputs, targets and fitted parameters kt writes); "
+                      "train the run again") from None
+    if len(out["ids"]) != len(out["raw"]) or len(out["ids"]) != len(out["targets"]):
+        raise KtError(f"{path} is damaged: {len(out['ids'])} ids for {len(out['raw'])} outputs; train the run again")
+    return out
 
 
 # --- run groups ------------------------------------------------------------------------------

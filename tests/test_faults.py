@@ -599,3 +599,57 @@ def test_prepare_workers_die_with_their_parent(tmp_path):
     for pid in orphans:  # leave nothing running, whatever the verdict
         os.kill(pid, 9)
     assert not orphans
+
+
+def _graph_edit(src: Path, dst: Path, how: str) -> Path:
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(str(src))
+    graph = proto.graph
+    if how == "two outputs":
+        graph.node.append(helper.make_node("Identity", [graph.output[0].name], ["extra"]))
+        graph.output.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, None))
+    elif how == "unknown op":
+        graph.node.append(helper.make_node("KtNoSuchOp", [graph.output[0].name], ["unused"]))
+    elif how == "external data outside":
+        tensor = max(graph.initializer, key=lambda t: len(t.raw_data))
+        tensor.ClearField("raw_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "../../../../etc/passwd"), ("offset", "0"), ("length", "64")):
+            tensor.external_data.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(proto, str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("how, key", [
+    ("size", "metadata 'size' is 48 but the graph takes 32x32"),
+    ("two outputs", "'graph output' is 2 outputs"),
+    ("unknown op", "onnxruntime cannot load it"),
+    ("external data outside", "onnxruntime cannot load it"),
+])
+def test_a_graph_that_disagrees_or_cannot_load_is_one_line(onnx_model, aptos_dir, tmp_path, how, key):
+    bad = retag(onnx_model, tmp_path / "bad.onnx", size=48) if how == "size" else \
+        _graph_edit(onnx_model, tmp_path / "bad.onnx", how)
+    line = error(["predict", "aptos", bad, "--data-dir", aptos_dir, "--out-root", tmp_path / "subs"])
+    assert "bad.onnx" in line and key in line and len(line) < 500
+    assert not (tmp_path / "subs").exists() or tree(tmp_path / "subs") <= {"aptos"}
+
+
+@pytest.mark.parametrize("name, content, command, key", [
+    ("oof.npz", b"garbage\x00\xff", ["ensemble", "aptos", "{run}", "{run}", "-o", "{tmp}/s.json"],
+     "oof.npz is damaged"),
+    ("oof.npz", b"garbage\x00\xff", ["report", "{run}"], "oof.npz is damaged"),
+    ("history.csv", b"garbage\x00\xff", ["report", "{run}"], "history.csv is not a readable history"),
+    ("run.json", b'{"data_dir": 5, "skip_bad_images": false, "external_dirs": {}}',
+     ["average", "{run}", "{run}", "--runs-root", "{tmp}/runs"], "'data_dir' is 5, not a str"),
+    ("run.json", b"[1, 2]", ["train", "--resume", "{run}"], "is not a run record"),
+    ("metrics.json", b'{"score": "x"}', ["average", "{run}", "{run}", "--runs-root", "{tmp}/runs"],
+     "metrics.json is not a run's metrics"),
+])
+def test_damaged_run_files_are_one_line_whoever_reads_them(trained_run, tmp_path, name, content, command, key):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / name).write_bytes(content)
+    before = tree(tmp_path)
+    line = error([a.format(run=run, tmp=tmp_path) for a in command])
+    assert key in line and name in line
+    assert {p for p in tree(tmp_path) - before if not p.startswith("run/plots")} == set()

@@ -118,6 +118,11 @@ def check_graph(meta: dict[str, Any], session, path: Path) -> None:
     shape = inputs[0].shape
     if len(shape) != 4:
         raise _fail(path, "graph input", f"has shape {shape}, not NCHW")
+    sides = [s for s in shape[2:] if isinstance(s, int)]
+    if sides and sides != [meta["size"]] * len(sides):
+        raise _fail(path, "size", f"is {meta['size']} but the graph takes {shape[2]}x{shape[3]} images")
+    if len(session.get_outputs()) != 1:
+        raise _fail(path, "graph output", f"is {len(session.get_outputs())} outputs; a kt model has one")
     if isinstance(shape[1], int) and shape[1] != len(meta["channels"]):
         raise _fail(path, "channels", f"lists {len(meta['channels'])} channel(s) but the graph takes {shape[1]}")
     out = session.get_outputs()[0].shape

@@ -176,8 +176,15 @@ def load_model(path: str | Path, *, provider: str = "auto", threads: int = 0, pr
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per physical core)
     options.log_severity_level = 3
-    graph = to_fp16(path) if precision == "fp16" else str(path)
-    session = ort.InferenceSession(graph, options, providers=provider_list(provider))
+    providers = provider_list(provider)
+    try:
+        graph = to_fp16(path) if precision == "fp16" else str(path)
+        session = ort.InferenceSession(graph, options, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own kinds (InvalidGraph, Fail, NotImplemented...)
+        said = " ".join(str(e).split())[:200]
+        raise KtError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {said}); export the run again "
+                      "with kt export (an unknown operator, damaged weights or external data outside the "
+                      "file's folder)") from None
     check_graph(meta, session, path)
     model = OnnxModel(path, session, meta, precision)
     model.io_binding = io_binding == "on" or (io_binding == "auto" and model.device == "cuda")

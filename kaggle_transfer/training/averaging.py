@@ -136,12 +136,12 @@ def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None 
     info = runs.read_run_info(run_dirs[0])
     data_dir = Path(data_dir or info["data_dir"])
     state = mean_state([checkpoints.load(d / "best.pt") for d in run_dirs])
+    sources = [{"run": str(d.resolve()), "sha256": sha256(d / "best.pt"),
+                "score": (runs.read_metrics(d) or {}).get("score")} for d in run_dirs]
     out = runs.new_run_dir(runs.runs_root(runs_root), comp.name,
                            label or f"avg{len(run_dirs)}_{cfg.arch}@{cfg.size}")
     try:
         runs.save_config(out, cfg)
-        sources = [{"run": str(d.resolve()), "sha256": sha256(d / "best.pt"),
-                    "score": (runs.read_metrics(d) or {}).get("score")} for d in run_dirs]
         runs.write_run_info(out, {**info, "data_dir": str(data_dir.resolve()), "averaged_from": sources,
                                   "preprocess": protocol.for_run(cfg, comp).describe(), "init": None})
         with atomic_path(out / "best.pt") as tmp:
