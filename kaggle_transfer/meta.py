@@ -4,7 +4,9 @@ Torch-free: training and the ONNX predictor encode with the same fitted spec, wh
 folder (meta.json) and in the model file's metadata.
 
 Encoding, fitted on the training rows only:
-- numeric: (x - mean) / std, and a 0/1 "missing" flag (a missing value encodes as the mean, 0);
+- numeric: (x - mean) / std, and a 0/1 "missing" flag (a missing value encodes as the mean, 0); a value
+  outside the range seen in training (min..max; files from before ranges were recorded: mean ± 10 std)
+  is clipped to it and counted, so a CSV cell of 1e30 cannot saturate the network and pass as valid;
 - category: one-hot over the levels seen in training (sorted), and a "missing" flag; a level never
   seen in training encodes as all zeros with the flag, and is counted.
 """
@@ -50,7 +52,9 @@ def fit(declared: dict[str, str], rows: pd.DataFrame) -> dict[str, Any]:
                               "or clean the CSV")
             mean = float(numbers.mean()) if len(numbers) else 0.0
             std = float(numbers.std(ddof=0)) if len(numbers) > 1 else 1.0
-            columns.append({"name": name, "kind": kind, "mean": mean, "std": std if std > 0 else 1.0})
+            low, high = (float(numbers.min()), float(numbers.max())) if len(numbers) else (0.0, 0.0)
+            columns.append({"name": name, "kind": kind, "mean": mean, "std": std if std > 0 else 1.0,
+                            "min": low, "max": high})
         else:
             levels = sorted({str(v).strip() for v in values[~missing]})
             if len(levels) > MAX_LEVELS:
@@ -72,8 +76,9 @@ def encode(spec: dict[str, Any], rows: pd.DataFrame) -> tuple[np.ndarray, dict[s
         missing = _missing(values)
         if c["kind"] == "numeric":
             numbers = pd.to_numeric(values.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
-            missing = missing | ~np.isfinite(numbers)
-            z = np.where(missing, 0.0, (np.nan_to_num(numbers) - c["mean"]) / c["std"])
+            missing = missing | np.isnan(numbers)
+            numbers = np.clip(np.nan_to_num(numbers), *value_range(c))  # ±inf too: to the range's ends
+            z = np.where(missing, 0.0, (numbers - c["mean"]) / c["std"])
             parts += [z[:, None], missing[:, None].astype(np.float64)]
         else:
             index = {level: j for j, level in enumerate(c["levels"])}
@@ -88,12 +93,33 @@ def encode(spec: dict[str, Any], rows: pd.DataFrame) -> tuple[np.ndarray, dict[s
     return features.astype(np.float32), gaps
 
 
+def value_range(column: dict[str, Any]) -> tuple[float, float]:
+    """The range a numeric column's values are clipped to: the training rows' min..max when recorded."""
+    if "min" in column and "max" in column:
+        return float(column["min"]), float(column["max"])
+    return column["mean"] - 10 * column["std"], column["mean"] + 10 * column["std"]
+
+
+def out_of_range(spec: dict[str, Any], rows: pd.DataFrame) -> dict[str, int]:
+    """{numeric column: rows whose value lies outside the training range (and is clipped)}, non-zero only."""
+    out = {}
+    for c in (c for c in spec["columns"] if c["kind"] == "numeric" and c["name"] in rows.columns):
+        values = rows[c["name"]]
+        numbers = pd.to_numeric(values.where(~_missing(values)), errors="coerce").to_numpy(dtype=np.float64)
+        low, high = value_range(c)
+        count = int(((numbers < low) | (numbers > high)).sum())
+        if count:
+            out[c["name"]] = count
+    return out
+
+
 def check_spec(spec: Any, where: str) -> dict[str, Any]:
     """A spec read from a file kt trusts (meta.json, ONNX metadata): well-formed or one line."""
     try:
         ok = isinstance(spec, dict) and isinstance(spec["columns"], list) and all(
             isinstance(c["name"], str) and c["kind"] in KINDS and (
-                (c["kind"] == "numeric" and np.isfinite([c["mean"], c["std"]]).all() and c["std"] > 0)
+                (c["kind"] == "numeric" and np.isfinite([c["mean"], c["std"], *value_range(c)]).all()
+                 and c["std"] > 0 and value_range(c)[0] <= value_range(c)[1])
                 or (c["kind"] == "category" and isinstance(c["levels"], list)
                     and all(isinstance(v, str) for v in c["levels"])))
             for c in spec["columns"]) and spec["width"] == width(spec)

@@ -122,3 +122,34 @@ def test_meta_needs_declared_columns(aptos_dir, tmp_path):
         check_spec({**base, "meta_columns": {"age": "numeric"}}, "x.yaml")
     with pytest.raises(KtError, match="has type 'text'"):
         check_spec({**base, "test_csv": "test.csv", "meta_columns": {"age": "text"}}, "x.yaml")
+
+
+def test_values_outside_the_training_range_are_clipped_and_counted():
+    train = pd.DataFrame({"age": ["30", "50", "70"]})
+    spec = meta.fit({"age": "numeric"}, train)
+    assert (spec["columns"][0]["min"], spec["columns"][0]["max"]) == (30.0, 70.0)
+    test = pd.DataFrame({"age": ["1e30", "-1e30", "1e300", "inf", "-inf", "60", ""]})
+    x, gaps = meta.encode(spec, test)
+    top, bottom = meta.encode(spec, pd.DataFrame({"age": ["70", "30"]}))[0]
+    assert np.isfinite(x).all() and np.allclose(x[[0, 2, 3]], top) and np.allclose(x[[1, 4]], bottom)
+    assert gaps == {"age": 1} and meta.out_of_range(spec, test) == {"age": 5}
+    old = {**spec, "columns": [{k: v for k, v in spec["columns"][0].items() if k not in ("min", "max")}]}
+    z = meta.encode(old, pd.DataFrame({"age": ["1e30"]}))[0][0, 0]
+    assert z == pytest.approx(10.0)  # files from before ranges were recorded: mean + 10 std
+
+
+def test_kt_predict_reports_clipped_metadata(meta_run, tmp_path):
+    run_dir, data, exported = meta_run
+    hostile = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(data, hostile)
+    test_csv = pd.read_csv(hostile / "test.csv", dtype=str, keep_default_na=False)
+    test_csv.loc[0, "age_approx"], test_csv.loc[1, "age_approx"] = "1e30", "-1e300"
+    test_csv.to_csv(hostile / "test.csv", index=False)
+    result = CliRunner().invoke(main, ["predict", "siim_isic", exported["path"], "--data-dir", str(hostile),
+                                       "--out-root", str(tmp_path / "subs"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "were clipped to it (age_approx 2 rows" in result.output
+    manifest = json.loads(next((tmp_path / "subs").rglob("manifest.json")).read_text())
+    assert manifest["meta_clipped"] == {"age_approx": 2}

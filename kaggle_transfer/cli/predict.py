@@ -57,6 +57,10 @@ def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, ref
     if manifest["bad_images"]:
         click.echo(f"warning: {manifest['bad_images']['count']} test image(s) skipped as bad, answered with the "
                    f"test set's mean output (listed in manifest.json)", err=True)
+    if manifest.get("meta_clipped"):
+        clipped = ", ".join(f"{k} {v}" for k, v in manifest["meta_clipped"].items())
+        click.echo(f"warning: metadata values outside the training range were clipped to it ({clipped} rows; "
+                   "listed in manifest.json)", err=True)
     click.echo(f"wrote {manifest['submission']} (valid) and manifest.json")
 
 

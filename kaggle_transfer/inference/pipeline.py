@@ -89,7 +89,7 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
             "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(seconds, 2),
             "images_per_s": round(len(test) / max(seconds, 1e-9), 1), "git_sha": runs.git_sha(),
             "data_dir": str(data_dir), "submission": str(csv), "bad_images": bad,
-            "meta_missing": _meta_missing(models, test)}
+            "meta_missing": _meta_missing(models, test), "meta_clipped": _meta_clipped(models, test)}
         write_json(out_dir / "manifest.json", manifest)
     except BaseException:
         if not existed:  # a failed command leaves no half-written submission folder behind
@@ -121,6 +121,14 @@ def _meta_missing(models: list[OnnxModel], test) -> dict[str, int] | None:
 
     spec = next((m.meta_spec for m in models if m.meta_spec), None)
     return meta.encode(spec, test)[1] if spec else None
+
+
+def _meta_clipped(models: list[OnnxModel], test) -> dict[str, int] | None:
+    """Test rows per metadata column whose value lay outside the training range and was clipped."""
+    from .. import meta
+
+    spec = next((m.meta_spec for m in models if m.meta_spec), None)
+    return meta.out_of_range(spec, test) if spec else None
 
 
 def _fill_skipped(comp, data_dir: Path, ids: list[str], raw, problems: list[str]):
