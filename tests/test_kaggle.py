@@ -274,3 +274,19 @@ def test_a_code_submission_checks_credentials_before_building_a_bundle(fake, hom
              drop=("KAGGLE_USERNAME", "KAGGLE_KEY"))
     assert out.returncode == 2 and "no Kaggle credentials found" in out.stderr
     assert not (folder / "bundle").exists() and not list((home / "tmp").glob("pip-*"))
+
+
+def test_a_token_while_offline_is_one_line(home):
+    """KAGGLE_API_TOKEN is checked with a request at sign-in: offline, that is one line, not a traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = FakeKaggle()
+    dead.close()
+    dead.port = port
+    out = kt(dead, home, "submissions", "aptos", env_extra={"KAGGLE_API_TOKEN": "kt-test-token"},
+             drop=("KAGGLE_USERNAME", "KAGGLE_KEY"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == ("error: cannot reach Kaggle to check the Kaggle credentials "
+                                                   "(offline, blocked, or it timed out)")
+    assert "kt-test-token" not in out.stdout + out.stderr

@@ -56,9 +56,11 @@ def make_api():
 
         api = KaggleApi()
         try:
-            api.authenticate()
+            api.authenticate()  # a token (KAGGLE_API_TOKEN) is checked with a request: offline it fails here
         except SystemExit:
             raise KtError(f"no Kaggle credentials found: {CREDENTIALS_HELP}") from None
+        except (OSError, ValueError) as e:  # requests' errors are OSErrors; HTTPError among them
+            raise _explain(e, "", "check the Kaggle credentials") from None
     return api
 
 
