@@ -653,3 +653,19 @@ def test_damaged_run_files_are_one_line_whoever_reads_them(trained_run, tmp_path
     line = error([a.format(run=run, tmp=tmp_path) for a in command])
     assert key in line and name in line
     assert {p for p in tree(tmp_path) - before if not p.startswith("run/plots")} == set()
+
+
+def test_training_onto_a_full_disk_is_one_line(aptos_dir, small_disk):
+    """torch.save reports a full disk as a RuntimeError of its zip writer; it is one line like any ENOSPC."""
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # leave a few KiB: config and run.json fit, the checkpoint does not
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(small_disk / "filler", os.path.getsize(small_disk / "filler") - 64 * 1024)
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", small_disk / "runs", *TINY])
+    assert "No space left on device" in line and "free some space" in line
+    assert not list((small_disk / "runs").rglob("*.pt")) and not list((small_disk / "runs").rglob("*.tmp*"))

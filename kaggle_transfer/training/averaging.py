@@ -20,7 +20,7 @@ import torch
 
 from .. import competitions, meta, protocol, runs
 from ..errors import KtError
-from ..fsutil import atomic_path, sha256, write_json
+from ..fsutil import sha256, write_json
 from . import checkpoints
 
 SWA_FILE = "swa.pt"
@@ -144,8 +144,7 @@ def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None 
         runs.save_config(out, cfg)
         runs.write_run_info(out, {**info, "data_dir": str(data_dir.resolve()), "averaged_from": sources,
                                   "preprocess": protocol.for_run(cfg, comp).describe(), "init": None})
-        with atomic_path(out / "best.pt") as tmp:
-            torch.save(state, tmp)
+        checkpoints.save(state, out / "best.pt")
         if (run_dirs[0] / meta.META_FILE).is_file():  # the first run's metadata encoding (same training rows)
             shutil.copyfile(run_dirs[0] / meta.META_FILE, out / meta.META_FILE)
         score, fitted, n_val = _validate(out, cfg, data_dir, info, progress=progress)

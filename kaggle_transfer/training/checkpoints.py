@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,23 @@ def load(path: Path, device: torch.device | str = "cpu") -> Any:
                       "(delete it to restart from scratch)") from None
 
 
-def checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None:
+def save(obj: Any, path: Path) -> None:
+    """torch.save into a temp file renamed into place. torch reports a failed write (a full disk) as a
+    RuntimeError from its zip writer: it becomes the OS error it is, which the CLI explains in one line."""
+    import errno
+    import shutil
+
     with atomic_path(path) as tmp:
-        torch.save({**{k: v.state_dict() for k, v in parts.items() if v is not None}, "state": state}, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError:  # "file write failed", "unexpected pos ..." from torch's zip writer
+            if shutil.disk_usage(Path(path).parent).free >= (64 << 20):
+                raise  # not the disk: our own bug, a traceback
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} while writing {path}") from None
+
+
+def checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None:
+    save({**{k: v.state_dict() for k, v in parts.items() if v is not None}, "state": state}, path)
 
 
 def init_source(init: str | Path) -> Path:

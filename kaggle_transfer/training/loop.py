@@ -22,7 +22,6 @@ from .. import competitions, protocol, runs, tracking
 from ..config import RunConfig
 from ..data.splits import HELD_OUT
 from ..errors import KtError
-from ..fsutil import atomic_path
 from ..tasks import Task
 from . import distributed
 from .augment import build_train_transform
@@ -39,7 +38,7 @@ from .builders import (
     steady_heap,
     trim_heap,
 )
-from .checkpoints import checkpoint, restore, warm_start
+from .checkpoints import checkpoint, restore, save, warm_start
 from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
 from .models import build_model
 from .summary import finish, record_start
@@ -220,8 +219,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     def keep(net: nn.Module, raw: np.ndarray, fitted: dict[str, Any]) -> None:
         """The best weights so far and their validation outputs."""
         if main:
-            with atomic_path(run_dir / "best.pt") as tmp:
-                torch.save(net.state_dict(), tmp)
+            save(net.state_dict(), run_dir / "best.pt")
             runs.save_oof(run_dir, val_rows["id"], raw, y_val, fitted=fitted)
 
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0, "updates": 0}
@@ -281,7 +279,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         state["swa"] = {"epochs_averaged": swa.epochs_averaged, "score": score,
                         "selected": cfg.swa_keep == "always" or score > state["best_score"]}
         if main:
-            torch.save(net.state_dict(), run_dir / SWA_FILE)
+            save(net.state_dict(), run_dir / SWA_FILE)
         if state["swa"]["selected"]:
             state["best_score"] = score
             keep(net, raw, fitted)
