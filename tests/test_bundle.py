@@ -157,3 +157,43 @@ def test_members_of_weight_zero_are_neither_bundled_nor_run(onnx_model, aptos_di
                                 "fitted": {"cutpoints": [0.5, 1.5, 2.5, 3.5]}}))
     result = CliRunner().invoke(main, ["bundle", "aptos", "--ensemble", str(spec), "-o", str(tmp_path / "c")])
     assert result.exit_code == 2 and "weights must be finite" in result.output
+
+
+PAYLOAD = '"""\'\'\'; import os; os.system("touch PWNED"); x = """{id}\\n'
+
+
+def test_a_hostile_competition_yaml_never_becomes_code(onnx_model, aptos_dir, tmp_path):
+    """A YAML competition whose free-text fields (its title, every class name) are payloads: the bundle's
+    script is the constant template, and running it predicts without executing any of them."""
+    import onnx
+    import yaml
+
+    from kaggle_transfer.competitions.custom import check_spec
+    from kaggle_transfer.kaggle.notebook import SCRIPT
+
+    classes = [PAYLOAD + str(k) for k in range(5)]
+    spec = {"name": "forest", "slug": "forest-payload", "title": PAYLOAD, "submit_via": "notebook",
+            "task": "ordinal", "classes": classes, "train_csv": "train.csv", "id_column": "id_code",
+            "target_column": "diagnosis", "image_pattern": "train_images/{id}.png",
+            "test_image_pattern": "test_images/{id}.png", "test_csv": "test.csv"}
+    (tmp_path / "forest.yaml").write_text(yaml.safe_dump(spec))
+    model = tmp_path / "forest.onnx"
+    proto = onnx.load(str(onnx_model))
+    for prop in proto.metadata_props:
+        if prop.key == "kt":
+            prop.value = json.dumps({**json.loads(prop.value), "competition": "forest", "class_names": classes,
+                                     "competition_spec": check_spec(spec, "forest.yaml")})
+    onnx.save(proto, str(model))
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["bundle", str(tmp_path / "forest.yaml"), str(model), "-o", str(out),
+                                       "--accelerator", "none", "--no-fetch-wheels", "--image-has-onnxruntime",
+                                       "--python", PY])
+    assert result.exit_code == 0, result.output
+    script = (out / "kt_predict.py").read_text()
+    assert "PWNED" not in script and "forest-payload" not in script.split("SETTINGS = ")[0]
+    body = [line for line in script.splitlines() if not line.startswith("SETTINGS = ")]
+    assert body == [line for line in SCRIPT.splitlines() if not line.startswith("SETTINGS = ")]
+    ran = run_script(out / "kt_predict.py", aptos_dir, tmp_path)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert not list(tmp_path.rglob("PWNED")) and not (out / "PWNED").exists()
+    assert len(pd.read_csv(tmp_path / "working" / "submission.csv")) == len(pd.read_csv(aptos_dir / "test.csv"))

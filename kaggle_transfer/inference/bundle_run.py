@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import competitions
 from ..errors import KtError
 from ..fsutil import read_json, sha256, write_json
+from .session import read_metadata
 
 CUDA = "CUDAExecutionProvider"
 
@@ -58,6 +59,9 @@ def run(bundle: Path, data_dir: str | None, out_root: Path, *, echo: Callable[[s
 
     spec = read_json(Path(bundle) / "bundle.json", what="bundle description")
     models = _models(bundle, spec)
+    meta = read_metadata(models[0])  # a YAML-described competition travels in its models' metadata
+    if meta.get("competition_spec") and meta["competition"] not in competitions.CUSTOM:
+        competitions.register(meta["competition_spec"])
     comp = competitions.get(spec["competition"])
     data = competitions.find_data_dir(comp, data_dir)
     echo(f"data: {data}")
