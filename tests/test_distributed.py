@@ -43,3 +43,18 @@ def test_torchrun_two_processes(tmp_path):
     # an odd count over two ranks: each row once, none padded in
     assert len(val_ids) == 15 and sorted(oof["ids"]) == sorted(val_ids)
     assert export(runs[0])["max_abs_diff"] <= 1e-4  # rank 0 saved plain (unwrapped) weights
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is installed with torch")
+def test_torchrun_on_data_smaller_than_a_batch_per_process(tmp_path):
+    """24 training rows, batch 16, two processes: each rank sees 12 rows, fewer than a batch. The rank's
+    last partial batch trains instead of the run dying in timm's scheduler with zero steps."""
+    data = synthetic.make("aptos", tmp_path / "d", n_train=30, n_test=4, image_size=32)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    args = [a if a != "batch_size=8" else "batch_size=16" for a in ARGS]
+    out = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "kaggle_transfer", *args, "--data-dir", str(data),
+                          "--runs-root", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = next((tmp_path / "ddp" / "aptos").iterdir())
+    assert (run / "metrics.json").is_file() and "AssertionError" not in out.stderr

@@ -101,6 +101,9 @@ def make_loader(dataset, batch_size: int, workers: int, train: bool, *, generato
         sampler = EpochSampler(sampler or torch.utils.data.RandomSampler(dataset, generator=generator))
     # the loader's own generator: its worker base seed must not be drawn from the global RNG (dropout
     # masks) nor from the shuffle's generator, or a resumed epoch would draw differently
+    # the last partial batch is dropped only when this process sees more rows than one batch (under DDP
+    # a rank sees its share, not the dataset), so a small dataset still trains
+    rows = len(sampler) if sampler is not None else len(dataset)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                      drop_last=train and len(dataset) > batch_size, num_workers=workers, pin_memory=pin,
+                      drop_last=train and rows > batch_size, num_workers=workers, pin_memory=pin,
                       worker_init_fn=_worker_init, persistent_workers=workers > 0, generator=torch.Generator())

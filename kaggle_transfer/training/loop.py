@@ -188,6 +188,9 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     from timm.utils import ModelEmaV3
 
     optimizer = build_optimizer(model, cfg, decay_all=proto.decay_all)
+    if len(train_loader) == 0:
+        raise KtError(f"no training batch: {len(train_rows)} training rows over {distributed.world_size()} "
+                      "process(es); train on more rows or with fewer processes (torchrun --nproc_per_node)")
     steps_per_epoch = min(len(train_loader), cfg.max_steps or len(train_loader))
     scheduler = build_scheduler(cfg, optimizer, -(-steps_per_epoch // cfg.accum_steps), per_epoch=proto.per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
