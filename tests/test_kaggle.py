@@ -83,13 +83,19 @@ def test_http_errors_are_one_line(fake, home, status, message):
     assert out.returncode == 2 and message in lines[-1] and "Traceback" not in out.stderr
 
 
-def test_server_down(home):
+@pytest.fixture
+def dead():
+    """A fake whose port nobody listens on: Kaggle unreachable."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    dead = FakeKaggle()
-    dead.close()
-    dead.port = port
+    server = FakeKaggle()
+    server.close()
+    server.port = port
+    return server
+
+
+def test_server_down(home, dead):
     out = kt(dead, home, "download", "siim_isic", "--dest", home / "data")
     assert out.returncode == 2 and "cannot reach Kaggle" in out.stderr
 
@@ -276,14 +282,8 @@ def test_a_code_submission_checks_credentials_before_building_a_bundle(fake, hom
     assert not (folder / "bundle").exists() and not list((home / "tmp").glob("pip-*"))
 
 
-def test_a_token_while_offline_is_one_line(home):
+def test_a_token_while_offline_is_one_line(home, dead):
     """KAGGLE_API_TOKEN is checked with a request at sign-in: offline, that is one line, not a traceback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    dead = FakeKaggle()
-    dead.close()
-    dead.port = port
     out = kt(dead, home, "submissions", "aptos", env_extra={"KAGGLE_API_TOKEN": "kt-test-token"},
              drop=("KAGGLE_USERNAME", "KAGGLE_KEY"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
