@@ -197,3 +197,16 @@ def test_a_hostile_competition_yaml_never_becomes_code(onnx_model, aptos_dir, tm
     assert ran.returncode == 0, ran.stderr[-2000:]
     assert not list(tmp_path.rglob("PWNED")) and not (out / "PWNED").exists()
     assert len(pd.read_csv(tmp_path / "working" / "submission.csv")) == len(pd.read_csv(aptos_dir / "test.csv"))
+
+
+def test_a_relative_model_path_is_recorded_absolute(onnx_model, aptos_dir, tmp_path, monkeypatch):
+    """kt predict runs/…/model.onnx from one folder, kt submit from another: the manifest names the file."""
+    import os
+
+    from kaggle_transfer.inference.pipeline import predict_submission
+
+    monkeypatch.chdir(onnx_model.parent)
+    manifest = predict_submission("aptos", [onnx_model.name], aptos_dir, out_root=tmp_path / "subs",
+                                  progress=False)
+    assert [m["file"] for m in manifest["models"]] == [str(onnx_model.resolve())]
+    assert os.path.isabs(manifest["models"][0]["file"])

@@ -194,6 +194,11 @@ def test_a_polling_failure_after_submitting_names_the_ref(fake, home, aptos_dir,
     line = out.stderr.strip().splitlines()[-1]
     assert out.returncode == 2 and "submission 2000 was created" in line and "kt submissions" in line
     assert json.loads((submission_dir / "manifest.json").read_text())["kaggle"][0]["ref"] == 2000
+    # --resume after that failure follows ref 2000: the ref was recorded before the wait began
+    again = kt(fake, home, "submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--resume")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already submitted as ref 2000" in again.stderr and "was already submitted" in again.stdout
+    assert fake.rpcs.count("CreateCodeSubmission") == 1
 
 
 def test_bundles_are_built_for_the_notebooks_pythons(onnx_model, tmp_path):
@@ -295,6 +300,8 @@ def test_the_wait_survives_dropped_connections_timeouts_and_a_minute_of_503():
                 raise requests.ConnectionError("connection dropped")
             if self.calls == 2:
                 raise requests.ReadTimeout("read timed out")
+            if self.calls == 3:
+                raise requests.exceptions.ChunkedEncodingError("the body was cut short")
             if now[0] < 62:
                 raise _http_error(503, "7")
             if self.calls < 14:
@@ -359,6 +366,10 @@ def test_resume_after_a_kill_follows_the_same_notebook_version(fake, home, aptos
     (lambda w: _edit_manifest(w, rows=3), "rows were answered but its submission.csv has"),
     (lambda w: _edit_manifest(w, models=[{"sha256": "0" * 64, "provider": "CPUExecutionProvider"}]),
      "the models it ran are not the bundle's"),
+    (lambda w: _edit_manifest(w, models=["a"]), "is not a kt manifest"),
+    (lambda w: _edit_manifest(w, models=[None]), "is not a kt manifest"),
+    (lambda w: _edit_manifest(w, rows="8"), "is not a kt manifest"),
+    (lambda w: (w / "kt_manifest.json").write_bytes(b"\x00garbage"), "is not a kt manifest"),
 ])
 def test_what_the_notebook_ran_is_checked_before_a_submission_is_spent(fake, home, aptos_dir, submission_dir,
                                                                        bundle, edit, message):

@@ -20,7 +20,7 @@ def competition_files(folder, test="test_images"):
     ("competitions/aptos2019-blindness-detection", "the 2026 layout"),
     ("aptos2019-blindness-detection", "the older layout"),
     ("some-owner/aptos2019-blindness-detection", "its marker files"),
-    ("datasets/me/aptos-copy", "its marker files"),
+    ("mounts/2027/competitions/aptos2019-blindness-detection", "its marker files"),
 ])
 def test_each_layout_is_found(tmp_path, where, how):
     folder = competition_files(tmp_path / where)
@@ -41,15 +41,24 @@ def test_the_known_paths_win_and_a_bundle_is_never_taken_for_data(tmp_path):
 def test_hpa_test_folder_and_a_test_csv_are_markers(tmp_path):
     hpa = competition_files(tmp_path / "competitions" / HPA.slug, test="test")
     assert kaggle_input.find(HPA.slug, tmp_path)[0] == hpa
-    other = competition_files(tmp_path / "x" / "y", test="test.csv")
-    assert kaggle_input.find("unknown-slug", tmp_path / "x")[0] == other
+    other = competition_files(tmp_path / "x" / "datasets" / "me" / "some-slug", test="test.csv")
+    assert kaggle_input.find("some-slug", tmp_path / "x")[0] == other
 
 
-def test_two_unnamed_candidates_are_refused_not_guessed(tmp_path):
-    competition_files(tmp_path / "datasets" / "a" / "one")
-    competition_files(tmp_path / "datasets" / "b" / "two")
-    with pytest.raises(KtError, match="2 folders under .* look like competition data.*--data-dir"):
+@pytest.mark.parametrize("copies", [["datasets/me/aptos-resized"], ["datasets/a/one", "datasets/b/two"]])
+def test_a_look_alike_under_another_name_is_never_taken_for_the_competition(tmp_path, copies):
+    """A user's copy of the data (a resized dataset) would answer the public test ids in the hidden rerun."""
+    for copy in copies:
+        competition_files(tmp_path / copy)
+    with pytest.raises(KtError, match="the competition aptos2019-blindness-detection is not attached.*look like "
+                                      "competition data under other names.*KT_BUNDLE_DATA"):
         kaggle_input.find(APTOS.slug, tmp_path)
+
+
+def test_the_competitions_folder_wins_among_folders_of_the_slugs_name(tmp_path):
+    competition_files(tmp_path / "datasets" / "other" / APTOS.slug)
+    mounted = competition_files(tmp_path / "mounts" / "competitions" / APTOS.slug)
+    assert kaggle_input.find(APTOS.slug, tmp_path)[0] == mounted
 
 
 def test_find_data_dir_uses_the_kaggle_mounts_last(tmp_path, monkeypatch):
@@ -63,5 +72,6 @@ def test_find_data_dir_uses_the_kaggle_mounts_last(tmp_path, monkeypatch):
     assert competitions.find_data_dir(APTOS, None).resolve() == local  # a local download comes first
     local.rmdir()
     mounted.rename(tmp_path / "gone")
-    with pytest.raises(KtError, match="competitions/aptos2019-blindness-detection"):
+    with pytest.raises(KtError, match="the competition aptos2019-blindness-detection is not attached.*add it to "
+                                      "the notebook's inputs"):
         competitions.find_data_dir(APTOS, None)

@@ -240,3 +240,29 @@ def test_a_gpu_runtime_built_for_another_cuda_is_refused(onnx_model, tmp_path):
     assert result.exit_code == 2 and not (tmp_path / "b").exists()
     assert "links CUDA 13 but Kaggle's GPU image has CUDA 12" in result.output
     assert "onnxruntime-gpu==1.26.0" in result.output
+
+
+def test_the_notebook_runs_its_own_build_when_an_older_one_is_attached(bundle, onnx_model, aptos_dir, tmp_path):
+    """Two builds of the bundle dataset attached (an older version kept as an input): the script runs the
+    build it was pushed with, by bundle_id, wherever the other sorts; with only the other, one line."""
+    from kaggle_transfer.kaggle.bundle import NotebookTarget, Wheels, build
+
+    image = image_python("3.12")
+    old = tmp_path / "old"
+    build("aptos", [onnx_model], old, target=NotebookTarget(python="3.12,3.13", accelerator="none"),
+          wheels=Wheels(runtime_dir=bundle["runtime"]))
+    kaggle = tmp_path / "kaggle"
+    lay_out(kaggle, "2026", bundle, aptos_dir)
+    shutil.copytree(old, kaggle / "input" / "datasets" / "kt-tester" / "a-kt-bundle-aptos-old")  # searched first
+    out = play_notebook(kaggle, image, tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "kt: bundle: /kaggle/input/datasets/kt-tester/kt-bundle-aptos\n" in out.stdout
+    ran = json.loads((kaggle / "working" / "kt_manifest.json").read_text())
+    assert ran["bundle_id"] == json.loads((bundle["bundle"] / "bundle.json").read_text())["bundle_id"]
+    shutil.rmtree(kaggle / "input" / "datasets" / "kt-tester" / "kt-bundle-aptos")
+    for name in ("submission.csv", "kt_manifest.json"):
+        (kaggle / "working" / name).unlink()
+    (tmp_path / "root").rmdir()
+    out = play_notebook(kaggle, image, tmp_path)
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and "a-kt-bundle-aptos-old holds another build of it" in last

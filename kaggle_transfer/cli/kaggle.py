@@ -75,7 +75,8 @@ def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheel
                    + (f"; the notebook {result['kernel']} v{result['version']} ran and its submission.csv is "
                       "valid" if result.get("kernel") else "") + "; nothing submitted")
         return
-    click.echo(f"submitted {result['csv']} to {result['slug']}: ref {result['ref']}, {result['status']}"
+    done = "was already submitted" if result.get("already") else "submitted"
+    click.echo(f"{result['csv']} {done} to {result['slug']}: ref {result['ref']}, {result['status']}"
                + (f", public score {result.get('public')}" if result.get("public") not in (None, "") else ""))
     if result["status"] == "PENDING" and wait:
         click.echo(f"still being scored; follow it with kt submissions {comp.name}")

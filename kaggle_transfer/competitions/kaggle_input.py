@@ -3,8 +3,10 @@
 Kaggle has mounted inputs in two layouts (docs/kaggle.md): notebooks made in 2026 see a competition at
 `/kaggle/input/competitions/<slug>/` and a dataset at `/kaggle/input/datasets/<owner>/<dataset>/`;
 older notebooks see `/kaggle/input/<slug>/` and `/kaggle/input/<dataset>/`. Both known paths are tried
-first; failing them, the folder is found by its marker files: `sample_submission.csv` beside
-`test_images/`, `test/` or `test.csv`.
+first; failing them, a folder named after the competition's slug anywhere a few levels down, found by
+its marker files: `sample_submission.csv` beside `test_images/`, `test/` or `test.csv`. A look-alike
+under another name (a user's copy of the data, a resized dataset) is never taken for the competition:
+in the hidden rerun it would answer the public test ids.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..errors import KtError
 
 KAGGLE_INPUT = Path("/kaggle/input")
 TEST_MARKERS = ("test_images", "test", "test.csv")
-DEPTH = 3          # /kaggle/input/competitions/<slug> is two levels down; one more for good measure
+DEPTH = 4          # /kaggle/input/competitions/<slug> is two levels down; datasets three: room for another
 WIDE = 200         # a folder with more sub-folders than this holds data, not mounts: not searched
 
 
@@ -51,18 +53,19 @@ def folders(root: Path, depth: int = DEPTH) -> list[Path]:
 
 def find(slug: str, root: Path = KAGGLE_INPUT) -> tuple[Path, str] | None:
     """(folder, how it was found) for a competition mounted under `root`, or None when nothing is there.
-    Several unnamed candidates are an error: guessing could score another competition's files."""
+    Look-alikes under other names are an error naming them: guessing could score a copy's files."""
     if not root.is_dir():
         return None
     for path, layout in zip(known_paths(slug, root), ("the 2026 layout", "the older layout"), strict=True):
         if is_competition_folder(path):
             return path, layout
     candidates = [p for p in folders(root) if is_competition_folder(p)]
-    named = [p for p in candidates if p.name == slug]
-    if named or len(candidates) == 1:
-        return (named or candidates)[0], "its marker files"
+    named = sorted((p for p in candidates if p.name == slug), key=lambda p: ("competitions" not in p.parts,
+                                                                             len(p.parts), str(p)))
+    if named:
+        return named[0], "its marker files"
     if candidates:
-        raise KtError(f"{len(candidates)} folders under {root} look like competition data "
-                      f"({', '.join(map(str, candidates[:4]))}); none is named {slug}: pass the right one with "
-                      "--data-dir")
+        raise KtError(f"the competition {slug} is not attached under {root}; {len(candidates)} folder(s) look like "
+                      f"competition data under other names ({', '.join(map(str, candidates[:3]))}): add the "
+                      "competition to the notebook's inputs, or name the folder with KT_BUNDLE_DATA (--data-dir)")
     return None

@@ -60,7 +60,7 @@ def run(bundle: Path, data_dir: str | None, out_root: Path, *, echo: Callable[[s
     spec = read_json(Path(bundle) / "bundle.json", what="bundle description")
     models = _models(bundle, spec)
     meta = read_metadata(models[0])  # a YAML-described competition travels in its models' metadata
-    if meta.get("competition_spec") and meta["competition"] not in competitions.CUSTOM:
+    if meta.get("competition_spec"):
         competitions.register(meta["competition_spec"])
     comp = competitions.get(spec["competition"])
     data = competitions.find_data_dir(comp, data_dir)

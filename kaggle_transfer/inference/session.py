@@ -167,11 +167,10 @@ def load_model(path: str | Path, *, provider: str = "auto", threads: int = 0, pr
         raise KtError(f"--io-binding {io_binding!r} is not valid; choose one of: {', '.join(IO_BINDING)}")
     path = Path(path)
     meta = read_metadata(path)
-    if meta.get("competition_spec"):
+    if meta.get("competition_spec"):  # checked every time: never trusted because the name is known
         from .. import competitions
 
-        if meta["competition"] not in competitions.CUSTOM:
-            competitions.register(meta["competition_spec"])
+        competitions.register(meta["competition_spec"])
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per physical core)
@@ -221,6 +220,6 @@ def load_ensemble(paths: list[str | Path], competition: str | None, *, provider:
 
 
 def describe(model: OnnxModel) -> dict[str, Any]:
-    return {"file": str(model.path), "sha256": sha256(model.path), "arch": model.meta["arch"],
+    return {"file": str(Path(model.path).resolve()), "sha256": sha256(model.path), "arch": model.meta["arch"],
             "size": model.size, "score": model.meta.get("score"), "provider": model.provider,
             "precision": model.precision, "io_binding": model.io_binding, "run": model.meta.get("run")}

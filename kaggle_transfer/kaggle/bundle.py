@@ -174,15 +174,22 @@ def build(competition: str, models: Sequence[str | Path], out: str | Path, *,
                 "precision": target.precision, "cpu_fallback": target.cpu_fallback, "models": entries,
                 **spec, "tta": tta or spec["tta"], "bundle_id": uuid.uuid4().hex, "runtime": runtime_info}
         write_json(out / "bundle.json", info)
-        settings = {"dataset": info["dataset"], "runtime": (runtime_info or {}).get("dataset"),
-                    "cpu_fallback": target.cpu_fallback}
-        write_text(out / "kt_predict.py", notebook.render(settings))
+        write_script(out, info)
         result = {"dir": str(out), "models": len(entries), "wheels": sorted(p.name for p in out.glob("*.whl")),
                   "runtime": runtime_info}
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # a refused bundle leaves no half-built folder
         raise
     return {**result, **(write_metadata(out, user) if user else {})}
+
+
+def write_script(out: Path, info: dict[str, Any]) -> None:
+    """kt_predict.py for this build of the bundle: it looks for the bundle.json carrying this bundle_id,
+    so an older build attached beside it is never run in its place."""
+    settings = {"dataset": info["dataset"], "bundle_id": info["bundle_id"],
+                "cpu_fallback": bool(info.get("cpu_fallback")),
+                "runtime": (info.get("runtime") or {}).get("dataset")}
+    write_text(out / "kt_predict.py", notebook.render(settings))
 
 
 def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, Any] | None:
@@ -222,7 +229,7 @@ def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[st
         metas.append(meta)
         name = f"{i:02d}_{slug(meta['arch'])}_{meta['size']}.onnx"  # tv:NAME: no ':' in a dataset file
         shutil.copy(path, out / name)
-        entries.append({"file": name, "sha256": sha256(out / name), "source": str(path)})
+        entries.append({"file": name, "sha256": sha256(out / name), "source": str(path.resolve())})
     spec["tta"] = recorded_tta(metas)  # the views the models were trained for; build() may override
     return entries, spec
 
@@ -257,18 +264,16 @@ def write_runtime_metadata(folder: Path, owner: str) -> str:
 
 def for_submission(comp, csv: Path, *, target: NotebookTarget, fetch: bool) -> Path:
     """The bundle of the models that made this submission (from its manifest), built beside it, with the
-    pinned runtime in a runtime folder of its own when it is fetched. Rebuilt when the target changed."""
+    pinned runtime in a runtime folder of its own when it is fetched. Built anew for every push (seconds:
+    the wheels are cached), so a changed target, runtime choice or kt source never ships a stale bundle."""
     manifest = csv.parent / "manifest.json"
     if not manifest.is_file():
         raise KtError(f"{csv.parent} has no manifest.json naming the models; pass --bundle DIR (kt bundle)")
     data = read_json(manifest, what="submission manifest")
     out = csv.parent / "bundle"
     target = NotebookTarget(**{**target.__dict__, "precision": data["models"][0].get("precision", "fp32")})
-    current = read_json(out / "bundle.json", what="bundle") if (out / "bundle.json").is_file() else {}
-    wanted = (target.python, target.accelerator, target.cpu_fallback)
-    if (current.get("python"), current.get("accelerator"), current.get("cpu_fallback")) != wanted:
-        use_runtime = fetch and not target.image_has_onnxruntime
-        wheels = Wheels(runtime_dir=runtime_folder(target) if use_runtime else None)
-        build(comp.name, [m["file"] for m in data["models"]], out, target=target, wheels=wheels,
-              tta=data.get("tta", "none"), ensemble=data.get("ensemble"), overwrite=True)
+    use_runtime = fetch and not target.image_has_onnxruntime
+    wheels = Wheels(runtime_dir=runtime_folder(target) if use_runtime else None)
+    build(comp.name, [m["file"] for m in data["models"]], out, target=target, wheels=wheels,
+          tta=data.get("tta", "none"), ensemble=data.get("ensemble"), overwrite=True)
     return out

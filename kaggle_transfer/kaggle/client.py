@@ -87,6 +87,10 @@ def _explain(e: Exception, slug: str, what: str) -> KtError:
                        f"{': ' + said if said else '; try again later'}")
     if isinstance(e, (requests.ConnectionError, requests.Timeout)):
         return KtError(f"cannot reach Kaggle to {what} (offline, blocked, or it timed out)")
+    if isinstance(e, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
+                      requests.exceptions.JSONDecodeError)):
+        return KtError(f"Kaggle's answer was cut short or garbled while trying to {what} ({type(e).__name__}); "
+                       "try again")
     return KtError(f"the Kaggle client failed to {what}: {type(e).__name__}")
 
 
@@ -117,13 +121,15 @@ def retry_after(e: Exception) -> float | None:
 
 
 def _transient(e: Exception) -> bool:
-    """A failure that a later identical request may not meet: rate limits, server errors, the network."""
+    """A failure that a later identical request may not meet: rate limits, server errors, the network
+    (a dropped connection, a timeout, a body cut short or garbled on the way)."""
     import requests
 
     if isinstance(e, requests.HTTPError):
         code = e.response.status_code if e.response is not None else 0
         return code == 429 or code >= 500
-    return isinstance(e, (requests.ConnectionError, requests.Timeout))
+    return isinstance(e, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                          requests.exceptions.ContentDecodingError, requests.exceptions.JSONDecodeError))
 
 
 def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, until: float | None = None,
@@ -137,7 +143,7 @@ def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, un
     while True:
         try:
             return fn()
-        except (requests.HTTPError, requests.ConnectionError, requests.Timeout) as e:
+        except requests.RequestException as e:  # requests.JSONDecodeError is one too (before ValueError)
             pause = retry_after(e) or min(MAX_BACKOFF_S, 2.0 ** attempt)
             more = attempt + 1 < SAFE_RETRIES if until is None else clock() + pause < until
             if not (retry and _transient(e) and more):

@@ -29,17 +29,31 @@ def stop(line):
     sys.exit("kt: " + line)
 
 
-def search(marker, dataset, depth=4):
-    """Folders under /kaggle/input, breadth first, holding `marker` whose "dataset" is `dataset`."""
+def describes(folder, marker, dataset, build):
+    """Does folder/marker name `dataset` (and, when given, this build of it)? None: another build."""
+    try:
+        record = json.loads((Path(folder) / marker).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("dataset") != dataset:
+        return False
+    return True if not build or record.get("bundle_id") == build else None
+
+
+OTHERS = []  # folders holding another build of the bundle: named in the error when this build is absent
+
+
+def search(marker, dataset, build, depth=4):
+    """The folder under /kaggle/input, breadth first, whose `marker` names `dataset` (this build)."""
     level = [INPUT]
     for _ in range(depth + 1):
         below = []
         for folder in level:
-            try:
-                if json.loads((folder / marker).read_text()).get("dataset") == dataset:
-                    return folder
-            except (OSError, ValueError, AttributeError):
-                pass
+            found = describes(folder, marker, dataset, build)
+            if found:
+                return folder
+            if found is None:
+                OTHERS.append(folder)
             try:
                 with os.scandir(folder) as entries:
                     subs = sorted(Path(e.path) for e in entries if e.is_dir())
@@ -50,12 +64,12 @@ def search(marker, dataset, depth=4):
     return None
 
 
-def locate(marker, dataset, override=None):
+def locate(marker, dataset, override=None, build=None):
     here = Path(globals().get("__file__") or ".").resolve().parent
     for folder in (override, here):
-        if folder and (Path(folder) / marker).is_file():
+        if folder and describes(folder, marker, dataset, build):
             return Path(folder)
-    return search(marker, dataset)
+    return search(marker, dataset, build)
 
 
 def fits(wheel):
@@ -69,10 +83,12 @@ def fits(wheel):
     return False
 
 
-BUNDLE = locate("bundle.json", SETTINGS["dataset"], os.environ.get("KT_BUNDLE_DIR"))
+BUNDLE = locate("bundle.json", SETTINGS["dataset"], os.environ.get("KT_BUNDLE_DIR"), SETTINGS.get("bundle_id"))
 if BUNDLE is None:
-    stop(f"the bundle dataset {SETTINGS['dataset']} is not attached (no bundle.json naming it under {INPUT}): "
-         "add it to the notebook's inputs, or push it again with kt submit")
+    other = f"; {OTHERS[0]} holds another build of it: attach the version pushed with this notebook" if OTHERS \
+        else ""
+    stop(f"the bundle dataset {SETTINGS['dataset']} is not attached (no bundle.json of this build within four "
+         f"levels under {INPUT}){other}: add it to the notebook's inputs, or push it again with kt submit")
 say(f"bundle: {BUNDLE}")
 folders = [BUNDLE]
 if SETTINGS.get("runtime"):

@@ -138,20 +138,19 @@ def cuda_majors(wheel: Path) -> set[int]:
 
 
 def check_cuda(wheel: Path, want: int = IMAGE_CUDA_MAJOR) -> None:
-    """Refuse a GPU wheel whose CUDA provider links another CUDA major than the notebook image has (the
-    check reads 400 MB of the provider: its verdict is remembered beside the wheel, by size and mtime)."""
-    stat = wheel.stat()
-    stamp = wheel.with_name(wheel.name + ".kt-cuda")
-    key = f"{stat.st_size} {stat.st_mtime_ns}"
-    lines = stamp.read_text().splitlines() if stamp.is_file() else []
-    if lines[:1] == [key]:
-        majors = {int(v) for v in lines[1].split()} if len(lines) > 1 else set()
+    """Refuse a GPU wheel whose CUDA provider links another CUDA major than the notebook image has. The
+    check reads 400 MB of the provider: its verdict is remembered in the wheel cache (never beside the
+    wheel, which may sit in a bundle about to be uploaded), keyed by the wheel's name and size."""
+    stamp = cache_dir() / "cuda-checks" / f"{wheel.name}.{wheel.stat().st_size}"
+    if stamp.is_file():
+        majors = {int(v) for v in stamp.read_text().split()}
     else:
         majors = cuda_majors(wheel)
         try:
-            stamp.write_text(f"{key}\n{' '.join(map(str, sorted(majors)))}\n")
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(" ".join(map(str, sorted(majors))) + "\n")
         except OSError:
-            pass  # a read-only folder: check again next time
+            pass  # a read-only cache: check again next time
     if not majors:
         raise KtError(f"{wheel.name} has no CUDA provider; a GPU bundle needs onnxruntime-gpu built for CUDA "
                       f"{want} (kt pins {RUNTIMES['gpu'].requirement})")

@@ -129,8 +129,11 @@ def wait_for_run(api, kernel: str, waiting: Waiting) -> tuple[str, str]:
     Dropped connections, timeouts, 429 and 5xx are retried until the wait's deadline."""
     started, last, shown, poll_s = waiting.clock(), None, 0.0, waiting.poll_s
     while waiting.clock() < waiting.deadline:
-        answer = call(lambda: api.kernels_status(kernel), kernel, "check the notebook's run", retry=True,
-                      until=waiting.deadline, sleep=waiting.sleep, clock=waiting.clock, echo=waiting.echo)
+        try:
+            answer = call(lambda: api.kernels_status(kernel), kernel, "check the notebook's run", retry=True,
+                          until=waiting.deadline, sleep=waiting.sleep, clock=waiting.clock, echo=waiting.echo)
+        except KtError as e:
+            raise KtError(f"{e}; nothing was submitted: follow the run with kt submit --resume") from None
         status = _enum(getattr(answer, "status", ""))
         if status != last or waiting.clock() - shown > 600:
             waiting.echo(f"notebook {kernel}: {status.lower() or 'unknown'} "
@@ -173,9 +176,16 @@ def check_notebook_manifest(comp, output: Path, pushed: dict[str, Any], rows: in
     path = output / "kt_manifest.json"
     if not path.is_file():
         raise KtError(f"{where} is missing: the notebook did not run kt's bundle script (nothing was submitted)")
-    ran = read_json(path, what="notebook manifest")
-    if not isinstance(ran, dict) or not isinstance(ran.get("models"), list):
-        raise KtError(f"{where} is not a kt manifest (nothing was submitted)")
+    try:
+        ran = read_json(path, what="notebook manifest")
+    except KtError:
+        ran = None
+    well_formed = isinstance(ran, dict) and isinstance(ran.get("models"), list) and all(
+        isinstance(m, dict) for m in ran["models"]) and isinstance(ran.get("rows"), int) \
+        and not isinstance(ran.get("rows"), bool)
+    if not well_formed:
+        raise KtError(f"{where} is not a kt manifest (models, rows, bundle_id); the notebook's output is damaged "
+                      "(nothing was submitted)")
     if ran.get("bundle_id") != pushed["bundle_id"]:
         raise KtError(f"{where} is from another bundle (id {ran.get('bundle_id')!r}, pushed {pushed['bundle_id']!r}):"
                       " the notebook did not run the version just pushed; push again (nothing was submitted)")
@@ -208,8 +218,9 @@ def push(comp, bundle: Path, message: str, *, api, waiting: Waiting, record: Cal
     """Push the runtime dataset (only when new), the bundle dataset and its notebook; record the push."""
     info_path = bundle / "bundle.json"
     info = read_json(info_path, what="bundle description")
-    info["bundle_id"] = uuid.uuid4().hex  # this push's id: the notebook's manifest must echo it
+    info["bundle_id"] = uuid.uuid4().hex  # this push's id: the notebook runs it and its manifest echoes it
     write_json(info_path, info)
+    bundle_mod.write_script(bundle, info)
     refs = bundle_mod.write_metadata(bundle, owner(api))  # at push time: the real owner, never a cached one
     if refs["runtime"]:
         folder = bundle_mod.runtime_folder(bundle_mod.NotebookTarget(
@@ -310,9 +321,11 @@ def _submit_code(comp, csv: Path, options: SubmitOptions, *, api, data: Path, re
         submission.record_notebook_run(csv, pushed)
 
     if recorded and recorded.get("ref"):  # already submitted: follow it, never submit twice
-        waiting.echo(f"{csv.parent} was already submitted as ref {recorded['ref']}; following it")
-        return _wait(slug, api, {"ref": recorded["ref"], "status": "PENDING"}, options.wait,
-                     poll_s=waiting.poll_s, timeout_s=waiting.timeout_s, sleep=waiting.sleep, echo=waiting.echo)
+        waiting.echo(f"{csv.parent} was already submitted as ref {recorded['ref']}; following it (nothing is "
+                     "submitted again)")
+        followed = _wait(slug, api, {"ref": recorded["ref"], "status": "PENDING"}, options.wait,
+                         poll_s=waiting.poll_s, timeout_s=waiting.timeout_s, sleep=waiting.sleep, echo=waiting.echo)
+        return {**followed, "already": True}
     if recorded:
         waiting.echo(f"resuming notebook {recorded['kernel']} v{recorded['kernel_version']} (pushed "
                      f"{recorded.get('pushed', '?')})")
@@ -329,10 +342,12 @@ def _submit_code(comp, csv: Path, options: SubmitOptions, *, api, data: Path, re
     remember({**pushed, "ran": ran["notebook"]})
     if options.dry_run:
         return {"ref": None, "status": "DRY-RUN", **ran, "version": ran["kernel_version"]}
-    out = submit_notebook(comp, pushed, options.message, api=api, record=record, wait=options.wait,
-                          waiting=waiting)
-    remember({**pushed, "ref": out["ref"]})
-    return out
+    def record_ref(entry: dict) -> None:  # both records, before any wait: --resume must see the ref
+        record(entry)
+        remember({"ref": entry["ref"]})
+
+    return submit_notebook(comp, pushed, options.message, api=api, record=record_ref, wait=options.wait,
+                           waiting=waiting)
 
 
 def _check_locally(comp, csv: Path, options: SubmitOptions) -> None:

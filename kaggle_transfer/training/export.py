@@ -112,8 +112,8 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 1
     import onnx
 
     run_dir = Path(run_dir)
-    runs.require_finished(run_dir)  # an unfinished run's fitted cut points are not yet written
     model, cfg = load_run_model(run_dir)
+    runs.require_finished(run_dir)  # an unfinished run's fitted cut points are not yet written
     comp = competitions.for_config(cfg)
     in_chans = len(comp.select_channels(protocol.channels(cfg, comp)))
     out = Path(out) if out else run_dir / runs.MODEL
