@@ -107,15 +107,17 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     spec = runs.read_json(path, what="ensemble spec")
     members = spec.get("members") if isinstance(spec, dict) else None
     if not isinstance(members, list) or not members or not all(
-            isinstance(m, dict) and isinstance(m.get("models"), list) and isinstance(m.get("weight"), (int, float))
-            and all(isinstance(x, dict) and {"path", "sha256"} <= set(x) for x in m["models"]) for m in members):
+            isinstance(m, dict) and isinstance(m.get("models"), list) and m["models"]
+            and isinstance(m.get("weight"), (int, float)) and not isinstance(m.get("weight"), bool)
+            and all(isinstance(x, dict) and isinstance(x.get("path"), str) and isinstance(x.get("sha256"), str)
+                    for x in m["models"]) for m in members):
         raise KtError(f"--ensemble {path} is not an ensemble spec (members with models, weights and sha256); "
                       "make one with kt ensemble")
     if spec.get("method") not in METHODS:
         raise KtError(f"--ensemble {path}: method {spec.get('method')!r} is not one of {', '.join(METHODS)}")
     _check_fitted(spec, path)
     weights = np.array([m["weight"] for m in members], dtype=float)
-    if not np.isfinite(weights).all() or (weights < 0).any() or weights.sum() <= 0:
+    if not np.isfinite(weights).all() or (weights < 0).any() or not 0 < weights.sum() < np.inf:
         raise KtError(f"--ensemble {path}: member weights must be finite, at least 0 and sum to more than 0 "
                       f"(they are {weights.tolist()}); rebuild it with kt ensemble")
     for member in members:
@@ -160,6 +162,13 @@ class Blend:
     fitted: dict[str, Any]
     label: str
     oof_score: float | None
+    competition: str | None = None
+
+    def require(self, competition: str, source: str | Path) -> None:
+        """Its cut points were fitted for the competition it names: it must be the one predicted."""
+        if self.competition != competition:
+            raise KtError(f"--ensemble {source} says competition {self.competition!r} but its models are "
+                          f"{competition} models; rebuild it with kt ensemble {competition}")
 
 
 def load_blend(path: str | Path) -> Blend:
@@ -169,4 +178,5 @@ def load_blend(path: str | Path) -> Blend:
     return Blend(paths=[m["path"] for member in members for m in member["models"]],
                  weights=[member["weight"] / len(member["models"]) for member in members for _ in member["models"]],
                  method="rank" if spec["method"] == "rank" else "mean", fitted=spec["fitted"],
-                 label=f"ensemble_{spec['method']}", oof_score=spec.get("oof_score"))
+                 label=f"ensemble_{spec['method']}", oof_score=spec.get("oof_score"),
+                 competition=spec.get("competition"))

@@ -23,6 +23,7 @@ from .errors import KtError
 KINDS = ("numeric", "category")
 META_FILE = "meta.json"  # a run's fitted encoding
 MAX_LEVELS = 256  # a "category" column with more distinct values is most likely an id
+MAX_ABS = 1e12    # a training value beyond this is a data error, not a measurement
 
 
 def check_declared(declared: dict[str, str], where: str) -> dict[str, str]:
@@ -50,6 +51,11 @@ def fit(declared: dict[str, str], rows: pd.DataFrame) -> dict[str, Any]:
                 bad = values[~missing][numbers.isna()].iloc[0]
                 raise KtError(f"meta column {name!r} is declared numeric but holds {bad!r}; declare it category "
                               "or clean the CSV")
+            huge = ~np.isfinite(numbers.to_numpy(dtype=np.float64)) | (numbers.abs().to_numpy() > MAX_ABS)
+            if huge.any():  # its mean and std would overflow, and the loss become NaN with the wrong culprit
+                row = numbers.index[np.flatnonzero(huge)[0]]
+                raise KtError(f"meta column {name!r} holds {values.loc[row]!r} (training row {row}); values must be "
+                              f"finite and within ±{MAX_ABS:g}: clean the CSV")
             mean = float(numbers.mean()) if len(numbers) else 0.0
             std = float(numbers.std(ddof=0)) if len(numbers) > 1 else 1.0
             low, high = (float(numbers.min()), float(numbers.max())) if len(numbers) else (0.0, 0.0)

@@ -7,7 +7,6 @@ Ensembles: members' weights and OOF scores against the blend's.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from . import competitions, metrics, runs
+from .ensemble import load_spec
 from .errors import KtError
 from .fsutil import atomic_path, write_text
 from .tasks import sigmoid
@@ -111,7 +111,14 @@ def ensemble_weights(spec: dict[str, Any], path: Path) -> Path:
 def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     target = Path(target)
     if target.suffix == ".json" and target.is_file():
-        spec = json.loads(target.read_text())
+        spec = load_spec(target)  # the one schema every reader of a spec goes through
+        for key in ("metric", "oof_score", "gain"):
+            if not isinstance(spec.get(key), (str if key == "metric" else (int, float))):
+                raise KtError(f"{target}: {key!r} is missing or mistyped; the spec is damaged: rebuild it with "
+                              "kt ensemble")
+        if not all(isinstance(m.get("oof_score"), (int, float)) and isinstance(m.get("run"), str)
+                   for m in spec["members"]):
+            raise KtError(f"{target}: a member lacks its run or OOF score; rebuild the spec with kt ensemble")
         out_dir = Path(out) if out else target.with_suffix("")
         png = ensemble_weights(spec, out_dir / "ensemble.png")
         lines = [f"# Ensemble {target.name}", "", f"blend ({spec['method']}) OOF {spec['metric']} "
@@ -150,8 +157,10 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
                 raise KtError(f"{h} is not a readable history (one row per epoch); the run's files are damaged") \
                     from None
-            if "epoch" not in history.columns:
-                raise KtError(f"{h} has no epoch column; the run's files are damaged")
+            needed = {"epoch", "train_loss", "val_loss", "score"}
+            if not needed <= set(history.columns) or not all(
+                    pd.api.types.is_numeric_dtype(history[c]) for c in needed):
+                raise KtError(f"{h} lacks numeric {', '.join(sorted(needed))} columns; the run's files are damaged")
             pngs.append(learning_curve(history, task.metric, out_dir / f"learning_curve_{h.parent.name}.png"))
     score = task.score(y, raw, fitted)
     lines = [f"# {target.name}", "", f"{comp.name}, {task.metric} on {len(y)} OOF rows: **{score:.4f}**", "",

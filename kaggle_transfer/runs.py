@@ -156,7 +156,7 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     metrics = read_json(path, what="run's metrics")
     score = metrics.get("score") if isinstance(metrics, dict) else None
     if not isinstance(metrics, dict) or (score is not None and (not isinstance(score, (int, float))
-                                                                or isinstance(score, bool))):
+                                                                or isinstance(score, bool) or score != score)):
         raise KtError(f"{path} is not a run's metrics (an object with a numeric score); the run's metrics is "
                       "damaged: train the run again")
     return metrics
@@ -182,6 +182,8 @@ def load_oof(run_dir: Path) -> dict[str, Any] | None:
                       "train the run again") from None
     if len(out["ids"]) != len(out["raw"]) or len(out["ids"]) != len(out["targets"]):
         raise KtError(f"{path} is damaged: {len(out['ids'])} ids for {len(out['raw'])} outputs; train the run again")
+    if not np.issubdtype(out["raw"].dtype, np.number) or not np.isfinite(out["raw"]).all():
+        raise KtError(f"{path} is damaged: its raw outputs are not all finite numbers; train the run again")
     return out
 
 

@@ -94,6 +94,7 @@ class Task:
     def decode(self, raw: np.ndarray, fitted: dict[str, Any] | None = None) -> np.ndarray:
         """Raw outputs → answers: grades, class ids, probabilities or multi-hot rows."""
         fitted = fitted or {}
+        self.check_fitted(fitted)
         raw = np.asarray(raw, dtype=np.float64)
         if self._as_classes(raw):
             return raw.argmax(axis=1)
@@ -106,6 +107,21 @@ class Task:
             return raw.argmax(axis=1)
         thresholds = np.asarray(fitted.get("thresholds") or [0.5] * self.num_classes)
         return (sigmoid(raw) >= thresholds).astype(int)
+
+    def check_fitted(self, fitted: dict[str, Any]) -> None:
+        """The last guard before answers are decoded, whatever file the parameters came from: as many
+        finite increasing cut points as the task has grades - 1, thresholds in [0, 1], one per class."""
+        cuts, thresholds = fitted.get("cutpoints"), fitted.get("thresholds")
+        if cuts is not None:
+            c = np.asarray(cuts, dtype=np.float64).reshape(-1)
+            if len(c) != self.num_classes - 1 or not np.isfinite(c).all() or (np.diff(c) <= 0).any():
+                raise KtError(f"the fitted cut points {list(cuts)[:6]} are not {self.num_classes - 1} finite "
+                              "increasing numbers; the file they came from is damaged (fit them again)")
+        if thresholds is not None:
+            t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+            if len(t) != self.num_classes or not np.isfinite(t).all() or (t < 0).any() or (t > 1).any():
+                raise KtError(f"the fitted thresholds are not {self.num_classes} numbers in [0, 1]; the file "
+                              "they came from is damaged (fit them again)")
 
     def score(self, y: np.ndarray, raw: np.ndarray, fitted: dict[str, Any] | None = None) -> float:
         return metrics.get_metric(self.metric)(y, self.decode(raw, fitted))

@@ -181,7 +181,9 @@ def test_a_hostile_competition_yaml_never_becomes_code(onnx_model, aptos_dir, tm
     proto = onnx.load(str(onnx_model))
     for prop in proto.metadata_props:
         if prop.key == "kt":
-            prop.value = json.dumps({**json.loads(prop.value), "competition": "forest", "class_names": classes,
+            meta = json.loads(prop.value)
+            prop.value = json.dumps({**meta, "competition": "forest", "class_names": classes,
+                                     "recipe": {**meta["recipe"], "competition": "forest"},
                                      "competition_spec": check_spec(spec, "forest.yaml")})
     onnx.save(proto, str(model))
     out = tmp_path / "bundle"

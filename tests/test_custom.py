@@ -123,7 +123,7 @@ def test_multilabel_yaml_with_label_columns_and_channel_files(tmp_path):
     ({"task": "regression"}, "key 'task' is 'regression'"),
     ({"colour": "red"}, "unknown key.*colour"),
     ({"image_pattern": "photos/x.jpg"}, "'image_pattern' must contain {id}"),
-    ({"image_pattern": "photos/{id}_{channel}.png"}, "key 'channels' is required"),
+    ({"image_pattern": "photos/{id}_{channel}.png"}, "and key 'channels' go together"),
     ({"sample_submission": None}, "'test_csv' or 'sample_submission' is required"),
     ({"metric": "f2"}, "key 'metric' is 'f2'"),
     ({"classes": None}, "'classes'.*or 'num_classes' is required"),

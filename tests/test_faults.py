@@ -55,7 +55,10 @@ def retag(src: Path, dst: Path, **changes) -> Path:
     proto = onnx.load(str(src))
     for prop in proto.metadata_props:
         if prop.key == "kt":
-            prop.value = changes.pop("_raw") if "_raw" in changes else json.dumps({**json.loads(prop.value), **changes})
+            meta = json.loads(prop.value)
+            if "competition" in changes and "recipe" not in changes:  # a consistent file for another contest
+                changes["recipe"] = {**meta["recipe"], "competition": changes["competition"]}
+            prop.value = changes.pop("_raw") if "_raw" in changes else json.dumps({**meta, **changes})
     onnx.save(proto, str(dst))
     return dst
 
@@ -669,3 +672,142 @@ def test_training_onto_a_full_disk_is_one_line(aptos_dir, small_disk):
     line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", small_disk / "runs", *TINY])
     assert "No space left on device" in line and "free some space" in line
     assert not list((small_disk / "runs").rglob("*.pt")) and not list((small_disk / "runs").rglob("*.tmp*"))
+
+
+# --- 8. hostile inputs, found by a fresh review of the third round -----------------------------------
+
+@pytest.mark.parametrize("changes, key", [
+    ({"submission_columns": ["id_code"]}, "'submission_columns' must name two columns"),
+    ({"meta_columns": {5: "numeric"}}, "'meta_columns' must map column names"),
+    ({"test_image_pattern": "test_images/734970d3dc26.png"}, "'test_image_pattern' must contain {id}"),
+    ({"image_pattern": "train_images/{{id}}.png"}, "'image_pattern' must contain {id}"),
+    ({"test_image_pattern": "test_images/{channel}.png"}, "'test_image_pattern' must contain {id}"),
+    ({"channels": ["red", "green", "blue"]}, "and key 'channels' go together"),
+    ({"meta_columns": {"diagnosis": "numeric"}}, "declares 'diagnosis', a label, id or group column"),
+    ({"classes": ["a", "a", "b", "c", "d"], "num_classes": None}, "lists a name twice"),
+    ({"task": "binary", "classes": ["a", "b", "c"], "num_classes": None}, "a binary task has two"),
+    ({"slug": "../../../rh/aptos"}, "'slug' is '../../../rh/aptos'"),
+    ({"recipe": {"competition_file": "/tmp/x.yaml"}}, "may not set competition or competition_file"),
+])
+def test_yaml_values_that_would_mislead_are_refused(forest, aptos_dir, tmp_path, changes, key):
+    spec = forest(**{k: v for k, v in changes.items() if v is not None})
+    if any(v is None for v in changes.values()):  # drop a key of the fixture
+        data = yaml.safe_load(spec.read_text())
+        spec.write_text(yaml.safe_dump({k: v for k, v in data.items() if changes.get(k, 0) is not None}))
+    line = error(["train", spec, "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", *TINY])
+    assert key in line and len(line) < 400
+
+
+def test_a_models_recipe_never_chooses_the_competition(onnx_model, aptos_dir, tmp_path):
+    """recipe.competition_file in a model's metadata would make kt read a YAML from anywhere."""
+    bad = retag(onnx_model, tmp_path / "bad.onnx",
+                recipe={**json.loads(next(p.value for p in onnx.load(str(onnx_model)).metadata_props
+                                          if p.key == "kt"))["recipe"],
+                        "competition": "mycomp", "competition_file": str(tmp_path / "mycomp.yaml")})
+    line = error(["predict", "aptos", bad, "--data-dir", aptos_dir, "--out-root", tmp_path / "subs"])
+    assert "'recipe.competition' is 'mycomp' but the file is for 'aptos'" in line
+    assert not (tmp_path / "subs").exists() or tree(tmp_path / "subs") <= {"aptos"}
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda s: s.update(competition="siim_isic", fitted={"cutpoints": [-1.0]}), "says competition 'siim_isic'"),
+    (lambda s: s["members"][0].update(weight=1e308) or s["members"].append(
+        {**s["members"][0], "weight": 1e308}), "weights must be finite"),
+    (lambda s: s["members"][0]["models"][0].update(path=5), "not an ensemble spec"),
+])
+def test_an_ensemble_spec_cannot_bypass_the_cut_point_count(onnx_model, aptos_dir, tmp_path, edit, key):
+    spec_path = _spec(tmp_path, onnx_model)
+    spec = json.loads(spec_path.read_text())
+    edit(spec)
+    spec_path.write_text(json.dumps(spec))
+    for command in (["predict", "aptos", "--ensemble", spec_path, "--data-dir", aptos_dir, "--out-root",
+                     tmp_path / "subs"],
+                    ["bundle", "aptos", "--ensemble", spec_path, "-o", tmp_path / "b", "--no-fetch-wheels"]):
+        assert key in error(command)
+    assert not (tmp_path / "subs").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda b: b.update(fitted={"cutpoints": [9.0, 1.0, 2.0, 3.0]}), "are not 4 finite increasing numbers"),
+    (lambda b: b.update(weights=[float("inf")]), "'weights' must be 1 finite numbers"),
+    (lambda b: b.update(models=[]), "'models' must list the bundle's model files"),
+    (lambda b: b["models"][0].update(file="../../etc/passwd"), "'models' must list the bundle's model files"),
+])
+def test_bundle_json_is_checked_when_the_notebook_runs(onnx_model, aptos_dir, tmp_path, edit, key):
+    from kaggle_transfer.inference.bundle_run import run
+
+    ok(["bundle", "aptos", onnx_model, "-o", tmp_path / "b", "--accelerator", "none", "--no-fetch-wheels",
+        "--image-has-onnxruntime", "--python", f"{sys.version_info[0]}.{sys.version_info[1]}"])
+    info = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    edit(info)
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(info))
+    with pytest.raises(KtError, match=key.replace("(", r"\(").replace("[", r"\[")):
+        run(tmp_path / "b", str(aptos_dir), tmp_path / "out", echo=lambda line: None)
+
+
+def test_run_files_that_lose_the_fitted_parameters_are_refused(trained_run, tmp_path):
+    from kaggle_transfer import runs
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / "model.onnx").unlink(missing_ok=True)
+    (run / "metrics.json").write_text("{}")
+    assert "lacks the fitted cut points" in error(["export", run])
+    (run / "metrics.json").write_text(json.dumps({"score": 0.5, "fitted": {"cutpoints": [3.0, 2.0, 1.0, 0.0]}}))
+    assert "are not 4 finite increasing numbers" in error(["export", run])
+    (run / "metrics.json").write_text(json.dumps({"score": float("nan"), "fitted": {}}))
+    assert "is not a run's metrics" in error(["export", run])
+    shutil.copy(trained_run / "metrics.json", run / "metrics.json")
+    oof = runs.load_oof(run)
+    runs.save_oof(run, oof["ids"], np.full_like(oof["raw"], np.nan), oof["targets"], fitted=oof["fitted"])
+    assert "raw outputs are not all finite" in error(["ensemble", "aptos", run, run, "-o", tmp_path / "s.json"])
+    assert not (run / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("content, key", [(b"", "is not a readable CSV"), (b"\x89\x00\xff\xfe", "not a readable"),
+                                          (b"a:b:c\nroot:x:0:0::/root:/bin/bash\n", "needs a Split column")])
+def test_a_damaged_split_file_is_one_line(aptos_dir, tmp_path, content, key):
+    (tmp_path / "split.csv").write_bytes(content)
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", "--split-file",
+                  tmp_path / "split.csv", *TINY])
+    assert "--split-file" in line and key in line and not (tmp_path / "runs").exists()
+
+
+def test_split_words_are_read_as_a_spreadsheet_writes_them(aptos_dir, tmp_path):
+    from kaggle_transfer import config
+    from kaggle_transfer.training.tables import load_tables
+
+    train = pd.read_csv(aptos_dir / "train.csv")
+    words = ["train "] * (len(train) - 20) + ["Val"] * 20
+    pd.DataFrame({"id_code": train["id_code"], "Split": words}).to_csv(tmp_path / "split.csv", index=False)
+    cfg = config.resolve(flags={"competition": "aptos", "split_file": str(tmp_path / "split.csv"), "cache": False})
+    table = load_tables(cfg, aptos_dir, external_dirs={}, skip_bad_images=False)
+    assert (table["fold"] == 1).sum() == len(train) - 20 and (table["fold"] == 0).sum() == 20
+
+
+def test_huge_training_metadata_names_the_column(tmp_path):
+    from kaggle_transfer import meta
+
+    with pytest.raises(KtError, match="meta column 'age' holds '1e308' .*finite and within"):
+        meta.fit({"age": "numeric"}, pd.DataFrame({"age": ["30", "1e308", "40"]}))
+    with pytest.raises(KtError, match="meta column 'age' holds 'inf'"):
+        meta.fit({"age": "numeric"}, pd.DataFrame({"age": ["30", "inf"]}))
+
+
+def test_a_hard_linked_copy_of_a_training_image_keeps_no_pseudo_label(aptos_copy, tmp_path):
+    from kaggle_transfer.competitions import APTOS
+    from kaggle_transfer.inference.pseudo import folder_table
+    from kaggle_transfer.training.targets import add_pseudo
+
+    table = APTOS.read_train(aptos_copy).assign(source="competition")
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for i, paths in enumerate(table["paths"][:5]):
+        os.link(paths[0], copies / f"other_name_{i}.png")
+    kept, dropped = add_pseudo(table, folder_table(copies, APTOS).assign(source="pseudo"))
+    assert dropped == 5 and kept.empty
+
+
+def test_prepare_workers_out_of_range_are_one_line(aptos_dir, tmp_path):
+    for n in ("-3", "100000"):
+        assert "--workers" in error(["prepare", "aptos", "--data-dir", aptos_dir, "--size", "32", "--workers", n,
+                                     "--cache-dir", tmp_path / "cache"])

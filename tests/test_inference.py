@@ -89,7 +89,9 @@ def _retag(src: Path, dst: Path, **changes) -> Path:
 
 
 def test_ensemble_refuses_a_model_from_another_competition(onnx_model, tmp_path):
-    other = _retag(onnx_model, tmp_path / "cassava.onnx", competition="cassava")
+    recipe = json.loads(next(p.value for p in onnx.load(str(onnx_model)).metadata_props if p.key == "kt"))["recipe"]
+    other = _retag(onnx_model, tmp_path / "cassava.onnx", competition="cassava",
+                   recipe={**recipe, "competition": "cassava"})
     with pytest.raises(KtError, match="cassava.onnx was trained for 'cassava', not 'aptos'"):
         load_ensemble([onnx_model, other], "aptos")
     mixed = _retag(onnx_model, tmp_path / "x.onnx", task="binary", num_classes=2, class_names=["a", "b"],

@@ -65,6 +65,15 @@ def for_config(cfg) -> Competition:
                                per_annotation=as_dict.get("per_annotation", False))
 
 
+def for_model(meta: dict) -> Competition:
+    """The adapter a model file's metadata means: its `competition` (a YAML one is registered from its
+    competition_spec when the model loads) with the recipe's reading options. A path in the metadata
+    (recipe.competition_file) is never followed: a model file must not make kt read a YAML elsewhere."""
+    recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
+    return get(meta["competition"]).configure(keep_empty=bool(recipe.get("keep_empty", False)),
+                                              per_annotation=bool(recipe.get("per_annotation", False)))
+
+
 def default_data_dir(comp: Competition) -> Path:
     """Where `kt download` puts a competition's files: $KT_DATA/<name>, else data/<name>."""
     return Path(os.environ.get("KT_DATA") or "data") / comp.name

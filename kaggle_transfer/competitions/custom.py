@@ -85,6 +85,50 @@ def fill(parts: list[tuple[str, str | None]], **values: str) -> str:
     return "".join(literal + (str(values[field]) if field else "") for literal, field in parts)
 
 
+def _check_patterns(spec: dict, where: str) -> None:
+    """Both patterns name each image by {id} (a test pattern without it would answer every id from one
+    file), and use {channel} exactly when the competition lists channels."""
+    for key in ("image_pattern", "test_image_pattern"):
+        if spec.get(key) is None:
+            continue
+        fields = {field for _, field in parse_pattern(spec[key], f"{where}: key {key!r}") if field}
+        if "id" not in fields:
+            raise KtError(f"{where}: key {key!r} must contain {{id}}, e.g. {key.split('_')[0]}_images/{{id}}.jpg")
+        if ("channel" in fields) != bool(spec.get("channels")):
+            raise KtError(f"{where}: key {key!r} and key 'channels' go together: {{channel}} in the pattern "
+                          "needs a channels list, and a channels list needs {channel} in the pattern")
+
+
+def _check_columns(spec: dict, where: str) -> None:
+    """Class and channel names distinct and non-empty; metadata never a label, id or group column."""
+    for key in ("classes", "channels", "target_columns", "submission_columns"):
+        names = [str(v) for v in spec.get(key) or []]
+        if len(set(names)) != len(names) or any(not n.strip() for n in names):
+            raise KtError(f"{where}: key {key!r} lists a name twice or an empty one: {names[:8]}")
+    sep = spec.get("label_separator", " ")
+    if spec["task"] == "multilabel" and any(sep in str(c) for c in spec.get("classes") or []):
+        raise KtError(f"{where}: a class name contains the label separator {sep!r}; rename it or change "
+                      "'label_separator'")
+    if spec["task"] == "binary" and len(spec.get("classes") or ["0", "1"]) != 2:
+        raise KtError(f"{where}: key 'classes' lists {len(spec['classes'])} names; a binary task has two")
+    if spec.get("submission_columns") is not None and len(spec["submission_columns"]) != 2:
+        raise KtError(f"{where}: key 'submission_columns' must name two columns: the id and the answer")
+    declared = spec.get("meta_columns") or {}
+    if not all(isinstance(k, str) for k in declared):
+        raise KtError(f"{where}: key 'meta_columns' must map column names (strings) to numeric or category")
+    labels = {spec.get("target_column"), spec.get("id_column"), spec.get("group_column"),
+              *(spec.get("target_columns") or [])} - {None}
+    if set(declared) & labels:
+        raise KtError(f"{where}: key 'meta_columns' declares {sorted(set(declared) & labels)[0]!r}, a label, id or "
+                      "group column: as an input it would leak the answer; remove it")
+    if spec.get("slug") is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,98}", spec["slug"]):
+        raise KtError(f"{where}: key 'slug' is {spec['slug']!r}; a Kaggle slug has lower-case letters, digits "
+                      "and dashes")
+    if isinstance(spec.get("recipe"), dict) and {"competition", "competition_file"} & set(spec["recipe"]):
+        raise KtError(f"{where}: key 'recipe' may not set competition or competition_file (the YAML is the "
+                      "competition)")
+
+
 def _check_types(spec: dict, where: str) -> None:
     for key, kind in TYPES.items():
         value = spec.get(key)
@@ -120,9 +164,8 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
     for key in REQUIRED:
         _need(spec, key, where)
     _check_types(spec, where)
-    for key in ("image_pattern", "test_image_pattern"):
-        if spec.get(key) is not None:
-            parse_pattern(spec[key], f"{where}: key {key!r}")
+    _check_patterns(spec, where)
+    _check_columns(spec, where)
     if not isinstance(spec["name"], str) or not NAME.fullmatch(spec["name"]):
         raise KtError(f"{where}: key 'name' is {spec['name']!r}; use lower-case letters, digits, '_' and '-' "
                       "(it names folders: runs/<name>/, submissions/<name>/)")
@@ -149,10 +192,6 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise KtError(f"{where}: key 'classes' (a list of names) or 'num_classes' is required")
     if classes is not None and not isinstance(classes, list):
         raise KtError(f"{where}: key 'classes' must be a list")
-    if "{id}" not in str(spec["image_pattern"]):
-        raise KtError(f"{where}: key 'image_pattern' must contain {{id}}, e.g. train_images/{{id}}.jpg")
-    if "{channel}" in str(spec["image_pattern"]) and not spec.get("channels"):
-        raise KtError(f"{where}: key 'channels' is required when 'image_pattern' uses {{channel}}")
     if not spec.get("test_csv") and not spec.get("sample_submission"):
         raise KtError(f"{where}: key 'test_csv' or 'sample_submission' is required (the test ids)")
     if spec.get("value_format", "index") not in VALUE_FORMATS:

@@ -157,6 +157,8 @@ def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external
 
     if not 8 <= size <= 4096:
         raise KtError(f"--size {size} is outside 8..4096 (the side of the cached images)")
+    if not 0 <= workers <= 256:
+        raise KtError(f"--workers {workers} is outside 0..256 (0: one per CPU core)")
 
     tables, notes = [comp.read_train(data_dir, skip_bad_images=True)], []
     try:

@@ -24,6 +24,16 @@ def keys(values: Iterable[object]) -> list[str]:
     return [join_key(v) for v in values]
 
 
-def image_keys(paths: Iterable[tuple[str, ...] | list[str]]) -> set[str]:
-    """Every image file of these rows, as resolved paths: a row is the same image whatever its id says."""
-    return {os.path.realpath(p) for row in paths for p in row}
+def image_keys(paths: Iterable[tuple[str, ...] | list[str]]) -> set:
+    """Every image file of these rows by its identity on disk (device and inode: a symlink or a hard link
+    is the same image), or its resolved path where it cannot be read: a row is the same image whatever
+    its id or file name says."""
+    out: set = set()
+    for row in paths:
+        for p in row:
+            try:
+                st = os.stat(p)
+                out.add((st.st_dev, st.st_ino))
+            except OSError:
+                out.add(os.path.realpath(p))
+    return out

@@ -157,12 +157,16 @@ def read_split_file(path: str, id_column_candidates: tuple[str, ...] = ("Id", "i
     file = Path(path)
     if not file.is_file():
         raise KtError(f"--split-file {file} not found")
-    df = pd.read_csv(file, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(file, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise KtError(f"--split-file {file} is not a readable CSV: {' '.join(str(e).split())[:200]}") from None
     id_col = next((c for c in df.columns if c in id_column_candidates or c.lower() == "id"), df.columns[0])
     split_col = next((c for c in df.columns if c.lower() == "split"), None)
     if split_col is None:
         raise KtError(f"--split-file {file} needs a Split column; header is {','.join(df.columns)}")
-    out = pd.DataFrame({"id": df[id_col], "key": keys(df[id_col]), "split": df[split_col]})
+    # split words compared stripped and in lower case: 'train ' or 'Val' are what a spreadsheet writes
+    out = pd.DataFrame({"id": df[id_col], "key": keys(df[id_col]), "split": df[split_col].str.strip().str.lower()})
     twice = out[out["key"].duplicated(keep=False)]
     if len(twice):  # one image on both sides of a split would validate on what it trained on
         first = twice[twice["key"] == twice["key"].iloc[0]]

@@ -21,6 +21,39 @@ from .session import read_metadata
 CUDA = "CUDAExecutionProvider"
 
 
+def check_bundle(spec, path: Path) -> dict:
+    """bundle.json as kt bundle writes it: models named by plain file names inside the bundle with their
+    sha256, weights finite and at least 0 with a positive sum, one per model, known blend, views and
+    precision. (The fitted parameters are checked where answers are decoded.)"""
+    import math
+
+    from .session import PRECISIONS
+    from .tta import VIEWS
+
+    def fail(why: str) -> KtError:
+        return KtError(f"{path}: {why}; the bundle is damaged: build it again with kt bundle or kt submit")
+
+    if not isinstance(spec, dict) or not isinstance(spec.get("competition"), str):
+        raise fail("not a bundle description")
+    models = spec.get("models")
+    if not isinstance(models, list) or not models or not all(
+            isinstance(m, dict) and isinstance(m.get("file"), str) and isinstance(m.get("sha256"), str)
+            and m["file"] == Path(m["file"]).name and m["file"] not in ("", ".", "..") for m in models):
+        raise fail("'models' must list the bundle's model files (plain names) with their sha256")
+    weights = spec.get("weights")
+    if weights is not None and not (isinstance(weights, list) and len(weights) == len(models) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+            for w in weights) and 0 < sum(weights) < math.inf):
+        raise fail(f"'weights' must be {len(models)} finite numbers, at least 0, with a positive sum")
+    for key, allowed in (("blend", ("mean", "rank")), ("tta", VIEWS), ("precision", PRECISIONS)):
+        value = spec.get(key, "fp32" if key == "precision" else None)
+        if value not in allowed:
+            raise fail(f"{key!r} is {value!r}, not one of {', '.join(allowed)}")
+    if spec.get("fitted") is not None and not isinstance(spec["fitted"], dict):
+        raise fail("'fitted' is not a mapping")
+    return spec
+
+
 def _models(bundle: Path, spec: dict) -> list[Path]:
     models = []
     for m in spec["models"]:
@@ -57,7 +90,8 @@ def run(bundle: Path, data_dir: str | None, out_root: Path, *, echo: Callable[[s
     """Predict the mounted test set with the bundle's models; returns the submission CSV's path."""
     from .pipeline import predict_submission
 
-    spec = read_json(Path(bundle) / "bundle.json", what="bundle description")
+    spec = check_bundle(read_json(Path(bundle) / "bundle.json", what="bundle description"),
+                        Path(bundle) / "bundle.json")
     models = _models(bundle, spec)
     meta = read_metadata(models[0])  # a YAML-described competition travels in its models' metadata
     if meta.get("competition_spec"):

@@ -33,7 +33,7 @@ def evaluate(competition: str, items: Sequence[str | Path], data_dir: str | Path
         raise KtError(f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit")
     data_dir = competitions.find_data_dir(comp, data_dir)
     models = load_ensemble(model_files(items), comp.name)
-    comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": comp.name})
+    comp = competitions.for_model(models[0].meta)
     tta = tta or recorded_tta([m.meta for m in models])
     fitted = combine_fitted(models, comp.task)
     metric = get_metric(comp.task.metric)

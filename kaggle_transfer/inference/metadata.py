@@ -66,6 +66,9 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
     for key in ("recipe", "competition_spec"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise _fail(path, key, "is not a mapping")
+    recipe = meta.get("recipe") or {}
+    if recipe.get("competition", name) != name:
+        raise _fail(path, "recipe.competition", f"is {recipe.get('competition')!r} but the file is for {name!r}")
     if meta.get("meta") is not None:
         from .. import meta as meta_mod
 

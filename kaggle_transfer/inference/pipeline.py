@@ -28,7 +28,7 @@ def _load(competition: str, model_paths: Sequence[str | Path], provider: str, pr
     name = None if competition == "custom" else (
         competitions.get(competition).name if competitions.is_yaml(competition) else competition)
     models = load_ensemble(list(model_paths), name, provider=provider, precision=precision, io_binding=io_binding)
-    comp = competitions.for_config(models[0].meta.get("recipe") or {"competition": models[0].meta["competition"]})
+    comp = competitions.for_model(models[0].meta)
     for m in models:  # the metadata must describe the competition it claims, or decoding would be wrong
         for key, want in (("task", comp.task.kind), ("num_classes", comp.task.num_classes)):
             if m.meta[key] != want:
@@ -62,6 +62,8 @@ def predict_submission(competition: str, model_paths: Sequence[str | Path], data
         model_paths, weights, blend_method, fitted, label = spec.paths, spec.weights, spec.method, spec.fitted, \
             label or spec.label
     comp, models = _load(competition, model_paths, provider, precision, io_binding=io_binding)
+    if spec:
+        spec.require(comp.name, ensemble)
     data_dir = competitions.find_data_dir(comp, data_dir)
     label = label or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
     tta = tta or recorded_tta([m.meta for m in models])

@@ -100,6 +100,8 @@ def pseudo_label(competition: str, model_paths: Sequence[str | Path], *, ensembl
     if not model_paths:
         raise KtError("name the models (model.onnx files) or pass --ensemble SPEC.json")
     comp, models = _load(competition, model_paths, provider, "fp32", io_binding="auto")
+    if spec:
+        spec.require(comp.name, ensemble)
     task = comp.task
     if images:
         root = Path(images).resolve()

@@ -15,7 +15,7 @@ from ..config import IO_BINDING  # the one list the CLI offers too
 from ..errors import KtError
 from ..fsutil import sha256
 from .half import to_fp16
-from .metadata import check, check_graph
+from .metadata import check, check_graph, num_outputs
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -72,7 +72,17 @@ class OnnxModel:
         return self.meta.get("meta")
 
     def run(self, batch: Any, features: np.ndarray | None = None) -> np.ndarray:
-        """Raw outputs of one batch; `features`: the rows' encoded metadata, for a model that takes them."""
+        """Raw outputs of one batch; `features`: the rows' encoded metadata, for a model that takes them.
+        A graph with symbolic dimensions is held to its metadata here: one row per image, the task's width."""
+        out = self._run(batch, features)
+        rows = batch.shape()[0] if callable(getattr(batch, "shape", None)) else len(batch)
+        widths = {num_outputs(self.meta["task"], self.meta["num_classes"]), self.meta["num_classes"]}
+        if out.ndim not in (1, 2) or len(out) != rows or (out.ndim == 2 and out.shape[1] not in widths):
+            raise KtError(f"{self.path}: the graph answered {rows} images with outputs of shape {out.shape}; its "
+                          "metadata promises one row of the task's width per image (export it again)")
+        return out
+
+    def _run(self, batch: Any, features: np.ndarray | None) -> np.ndarray:
         name = self.session.get_inputs()[0].name
         extra = {"meta": np.ascontiguousarray(features, dtype=np.float32)} if features is not None else {}
         if not self.io_binding:

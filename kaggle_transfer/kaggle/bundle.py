@@ -216,6 +216,7 @@ def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[st
     spec: dict[str, Any] = {"weights": None, "blend": "mean", "fitted": None, "tta": None}
     if ensemble:
         blend = load_blend(ensemble)  # members of weight 0 are already left out
+        blend.require(comp.name, ensemble)
         models = blend.paths
         spec.update(weights=blend.weights, fitted=blend.fitted, blend=blend.method)
     if not models:

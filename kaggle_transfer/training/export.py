@@ -31,6 +31,10 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
     comp = competitions.for_config(cfg)
     channels = [comp.channels[i] for i in comp.select_channels(protocol.channels(cfg, comp))]
     run_metrics = runs.read_metrics(run_dir) or {}
+    if "fitted" not in run_metrics or not isinstance(run_metrics["fitted"], dict):
+        raise KtError(f"{run_dir / runs.METRICS} lacks the fitted cut points or thresholds; the run's metrics "
+                      f"are damaged: resume or train the run again (kt train --resume {run_dir})")
+    comp.task.check_fitted(run_metrics["fitted"])  # an ONNX file kt predict would refuse is not written
     run_info = runs.read_run_info(run_dir) if (run_dir / runs.RUN_INFO).is_file() else {}
     return {
         "format_version": FORMAT_VERSION, "kt_version": __version__, "created": runs.timestamp(),
