@@ -246,5 +246,11 @@ def save(cfg: RunConfig, path: str | Path) -> None:
 
 
 def load(path: str | Path) -> RunConfig:
+    """A run's config.yaml, held to the rules a new run's config is (ranges, finite numbers, choices)."""
     data = load_recipe(path)
-    return RunConfig(**{k: parse_value(k, v) for k, v in data.items() if k in FIELDS})
+    cfg = RunConfig(**{k: parse_value(k, v) for k, v in data.items() if k in FIELDS})
+    try:
+        validate(cfg)
+    except KtError as e:
+        raise KtError(f"{path}: {e}; the run's config is damaged") from None
+    return cfg

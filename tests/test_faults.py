@@ -811,3 +811,15 @@ def test_prepare_workers_out_of_range_are_one_line(aptos_dir, tmp_path):
     for n in ("-3", "100000"):
         assert "--workers" in error(["prepare", "aptos", "--data-dir", aptos_dir, "--size", "32", "--workers", n,
                                      "--cache-dir", tmp_path / "cache"])
+
+
+def test_a_damaged_config_yaml_is_refused_on_read_back(trained_run, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    with open(run / "config.yaml", "a") as f:
+        f.write("lr: .inf\n")
+    before = tree(tmp_path)
+    for args in (["export", run, "-o", tmp_path / "x.onnx"], ["average", run, trained_run, "--runs-root",
+                                                              tmp_path / "runs"]):
+        line = error(args)
+        assert "config.yaml" in line and "lr=inf is not a finite number" in line
+    assert tree(tmp_path) == before

@@ -129,7 +129,7 @@ def blend(raws: np.ndarray, weights: Sequence[float] | None = None, method: str 
     order, so models with differently calibrated outputs blend fairly."""
     w = np.ones(len(raws)) if weights is None else np.asarray(weights, dtype=float)
     if len(w) != len(raws) or w.sum() <= 0 or (w < 0).any():
-        raise KtError(f"need {len(raws)} non-negative weights with a positive sum, got {list(w)}")
+        raise KtError(f"need {len(raws)} non-negative weights with a positive sum, got {[float(v) for v in w]}")
     if method == "mean":
         return np.tensordot(w / w.sum(), raws, axes=1)
     if method != "rank":
