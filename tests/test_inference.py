@@ -184,3 +184,19 @@ def test_models_that_recorded_different_tta_need_the_flag():
     from kaggle_transfer.config import CHOICES
 
     assert set(VIEWS) == set(CHOICES["tta"])  # the flag's choices are the views that exist
+
+
+def test_kt_predict_takes_a_run_folder_as_the_other_commands_do(onnx_model, trained_run, aptos_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
+    result = CliRunner().invoke(main, ["predict", "aptos", str(trained_run), "--data-dir", str(aptos_dir),
+                                       "--out-root", str(tmp_path / "subs"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(next((tmp_path / "subs").rglob("manifest.json")).read_text())
+    assert [m["file"] for m in manifest["models"]] == [str((trained_run / "model.onnx").resolve())]
+    empty = tmp_path / "unexported"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["predict", "aptos", str(empty), "--data-dir", str(aptos_dir)])
+    assert result.exit_code == 2 and "has no model.onnx; run kt export" in result.output

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import runs
 from ..config import IO_BINDING  # the one list the CLI offers too
 from ..errors import KtError
 from ..fsutil import sha256
@@ -201,13 +202,16 @@ def load_model(path: str | Path, *, provider: str = "auto", threads: int = 0, pr
 
 
 def expand(patterns: list[str]) -> list[Path]:
-    """Model arguments may be globs (quoted or not); the order is kept, duplicates dropped."""
+    """Model arguments may be globs (quoted or not), ONNX files, or run folders and run groups (their
+    exported model.onnx files, as kt export, kt ensemble and kt evaluate take them); the order is kept,
+    duplicates dropped."""
     out: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
         if not matches:
             raise KtError(f"no model matches {pattern!r}")
-        out += [Path(m) for m in matches if Path(m) not in out]
+        files = [f for m in map(Path, matches) for f in (runs.onnx_files(m) if m.is_dir() else [m])]
+        out += [f for f in files if f not in out]
     return out
 
 
