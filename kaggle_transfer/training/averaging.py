@@ -22,6 +22,7 @@ from .. import competitions, meta, protocol, runs
 from ..errors import KtError
 from ..fsutil import sha256, write_json
 from . import checkpoints
+from .evaluate import predict_raw
 
 SWA_FILE = "swa.pt"
 # what must agree between runs for their weights to be averaged and validated as one run
@@ -173,7 +174,6 @@ def _validate(run_dir: Path, cfg, data_dir: Path, info: dict[str, Any], *, progr
     from .dataset import ImageDataset
     from .export import load_run_model
     from .heldout import run_features
-    from .loop import predict_raw
     from .tables import load_tables
 
     comp = competitions.for_config(cfg)

@@ -12,6 +12,7 @@ from pathlib import Path
 from .. import competitions, protocol, runs
 from ..competitions.base import contained
 from ..fsutil import read_json, write_json
+from .evaluate import predict_raw
 
 HELDOUT = "heldout.json"
 
@@ -35,7 +36,6 @@ def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = 
     from .builders import pick_device
     from .dataset import ImageDataset
     from .export import load_run_model
-    from .loop import predict_raw
 
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     if (run_dir / HELDOUT).is_file():

@@ -40,6 +40,7 @@ from .builders import (
 )
 from .checkpoints import checkpoint, restore, save, warm_start
 from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
+from .evaluate import predict_raw  # noqa: F401 - also this module's API
 from .models import build_model
 from .summary import finish, record_start
 from .tables import load_tables, meta_inputs
@@ -104,22 +105,6 @@ def _shape(out: torch.Tensor, task: Task) -> torch.Tensor:
 def _step_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: Task) -> torch.Tensor:
     hard = task.classifies and y.ndim == 1  # class indices; mixed batches bring probabilities
     return criterion(_shape(out, task).float(), y.long() if hard else y.float())
-
-
-@torch.no_grad()
-def predict_raw(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None,
-                *, channels_last: bool, meta: torch.Tensor | None = None) -> np.ndarray:
-    """Raw outputs (N, num_outputs) in loader order; `meta`: the encoded metadata of the dataset's rows."""
-    model.eval()
-    outs = []
-    for x, _, rows in loader:
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        extra = () if meta is None else (meta[rows].to(device),)
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            outs.append(model(x, *extra).float().cpu())
-    return torch.cat(outs).numpy()
 
 
 def _loaders(cfg: RunConfig, train_rows: pd.DataFrame, val_rows: pd.DataFrame, targets, *, channels: list[int],
