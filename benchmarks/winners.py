@@ -135,7 +135,8 @@ def _swa_model(run: Path) -> Path:
 
 
 def scarce_labels(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[str, float]:
-    from kaggle_transfer import ensemble, runs
+    from kaggle_transfer import runs
+    from kaggle_transfer.inference import ensemble
     from kaggle_transfer.inference.pseudo import pseudo_label
 
     data = _digits(tmp / f"digits{seed}", labelled, seed)

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import KtError
-from .fsutil import read_yaml
+from .files import read_yaml
 
 
 @dataclass
@@ -240,7 +240,7 @@ def validate(cfg: RunConfig) -> None:
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:
-    from .fsutil import write_text
+    from .files import write_text
 
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

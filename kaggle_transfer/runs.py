@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import KtError
-from .fsutil import atomic_path, inside, read_json, write_json
+from .files import atomic_path, inside, read_json, write_json
 
 CONFIG, RUN_INFO, METRICS, OOF, GROUP, MODEL = \
     "config.yaml", "run.json", "metrics.json", "oof.npz", "group.json", "model.onnx"

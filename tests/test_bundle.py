@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kaggle_transfer import submission
 from kaggle_transfer.cli import main
-from kaggle_transfer.competitions import APTOS
+from kaggle_transfer.competitions import APTOS, submission
 
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -134,7 +133,7 @@ def test_members_of_weight_zero_are_neither_bundled_nor_run(onnx_model, aptos_di
     --ensemble runs only them."""
     import shutil
 
-    from kaggle_transfer.fsutil import sha256
+    from kaggle_transfer.files import sha256
     from kaggle_transfer.inference.pipeline import predict_submission
 
     unused = tmp_path / "unused.onnx"

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from kaggle_transfer import submission
-from kaggle_transfer.competitions import APTOS, CASSAVA, CCT20, COMPETITIONS, HPA, SIIM_ISIC
+from kaggle_transfer.competitions import APTOS, CASSAVA, CCT20, COMPETITIONS, HPA, SIIM_ISIC, submission
 from kaggle_transfer.data import synthetic
 from kaggle_transfer.data.splits import assign_folds
 from kaggle_transfer.errors import KtError

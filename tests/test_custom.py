@@ -11,8 +11,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from kaggle_transfer import competitions, config, submission
+from kaggle_transfer import competitions, config
 from kaggle_transfer.cli import main
+from kaggle_transfer.competitions import submission
 from kaggle_transfer.errors import KtError
 
 SPECIES = ["oak", "pine", "birch"]

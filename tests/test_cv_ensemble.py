@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kaggle_transfer import submission
 from kaggle_transfer.cli import main
-from kaggle_transfer.competitions import APTOS
-from kaggle_transfer.ensemble import build, load_spec
+from kaggle_transfer.competitions import APTOS, submission
 from kaggle_transfer.errors import KtError
+from kaggle_transfer.inference.ensemble import build, load_spec
 from kaggle_transfer.inference.pipeline import predict_submission
-from kaggle_transfer.report import leaderboard, report
+from kaggle_transfer.reports.run import report
+from kaggle_transfer.reports.table import runs_table
 from kaggle_transfer.training.cv import fit_group, parse_folds
 from kaggle_transfer.training.export import export
 from kaggle_transfer.training.loop import fit
@@ -155,7 +155,7 @@ def test_leaderboard(two_sizes, tmp_path):
     root = tmp_path / "runs" / "aptos"
     for run in two_sizes:
         shutil.copytree(run, root / run.name)
-    table = leaderboard("aptos", tmp_path / "runs")
+    table = runs_table("aptos", tmp_path / "runs")
     assert list(table["score"]) == sorted(table["score"], reverse=True)
     assert set(table["run"]) == {"s32", "s48"}
     assert table["differs from best"].iloc[1] in ("size=32", "size=48")

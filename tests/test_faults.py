@@ -457,7 +457,7 @@ def test_a_pattern_in_a_models_metadata_is_parsed_like_a_yamls(onnx_model, aptos
 
 
 def _spec(tmp_path, onnx_model, weight=1.0, fitted=None):
-    from kaggle_transfer.fsutil import sha256
+    from kaggle_transfer.files import sha256
 
     path = tmp_path / "spec.json"
     path.write_text(json.dumps({
@@ -785,7 +785,7 @@ def test_split_words_are_read_as_a_spreadsheet_writes_them(aptos_dir, tmp_path):
 
 
 def test_huge_training_metadata_names_the_column(tmp_path):
-    from kaggle_transfer import meta
+    from kaggle_transfer.data import tabular as meta
 
     with pytest.raises(KtError, match="meta column 'age' holds '1e308' .*finite and within"):
         meta.fit({"age": "numeric"}, pd.DataFrame({"age": ["30", "1e308", "40"]}))

@@ -15,7 +15,7 @@ import pytest
 from kaggle_transfer.competitions import APTOS
 from kaggle_transfer.data import images
 from kaggle_transfer.errors import KtError
-from kaggle_transfer.fsutil import sha256
+from kaggle_transfer.files import sha256
 from kaggle_transfer.inference import tta
 from kaggle_transfer.inference.pipeline import predict_submission
 from kaggle_transfer.inference.predict import blend, combine_fitted, predict_models

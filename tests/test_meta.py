@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kaggle_transfer import meta
 from kaggle_transfer.cli import main
+from kaggle_transfer.data import tabular as meta
 from kaggle_transfer.errors import KtError
 
 from .conftest import TINY

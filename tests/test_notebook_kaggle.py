@@ -22,8 +22,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kaggle_transfer import submission
-from kaggle_transfer.competitions import APTOS
+from kaggle_transfer.competitions import APTOS, submission
 
 IMAGE_PACKAGES = ["numpy", "pandas", "pillow", "opencv-python-headless", "pyyaml", "tqdm", "scipy", "scikit-learn",
                   "onnx"]

@@ -139,8 +139,9 @@ def test_distill_loss_is_ce_plus_t2_kl():
 
 
 def test_teacher_targets_come_from_out_of_fold_outputs(trained_run, onnx_model, aptos_dir, pseudo_csv, tmp_path):
-    from kaggle_transfer import competitions, ensemble
+    from kaggle_transfer import competitions
     from kaggle_transfer.data.splits import HELD_OUT
+    from kaggle_transfer.inference import ensemble
     from kaggle_transfer.training.tables import load_tables
 
     spec = ensemble.build("aptos", [trained_run], method="mean", out=tmp_path / "teacher.json")

@@ -59,7 +59,7 @@ def test_compare_paper_puts_the_papers_figures_beside_the_measured_ones():
     import numpy as np
 
     from kaggle_transfer.study.appendix import compare, paper_figures
-    from kaggle_transfer.study.report import correlations
+    from kaggle_transfer.study.stats import correlations
 
     figures = paper_figures()
     assert {"dataset", "view", "statistic", "value", "source"} <= set(figures.columns)

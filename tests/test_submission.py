@@ -4,8 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_transfer import submission
-from kaggle_transfer.competitions import APTOS
+from kaggle_transfer.competitions import APTOS, submission
 from kaggle_transfer.errors import KtError
 
 

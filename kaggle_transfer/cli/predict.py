@@ -103,7 +103,7 @@ def pseudo(competition, models, ensemble_spec, data_dir, images, min_confidence,
 @click.option("-o", "--out", type=click.Path(), help="Spec path (default: $KT_RUNS/<competition>/ensembles/…json).")
 def ensemble(competition, runs, method, out) -> None:
     """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""
-    from ..ensemble import build
+    from ..inference.ensemble import build
 
     spec = build(competition, runs, method, out)
     click.echo(f"{'member':<60} {'weight':>7} {'OOF ' + spec['metric']:>12}")
@@ -142,7 +142,8 @@ def validate(competition, csv, data_dir) -> None:
     """Check a submission CSV against the competition's format and test ids.
 
     COMPETITION is a built-in name or a competition YAML's path."""
-    from .. import competitions, submission
+    from .. import competitions
+    from ..competitions import submission
 
     comp = competitions.get(competition)
     result = submission.validate(comp, Path(csv), competitions.find_data_dir(comp, data_dir))

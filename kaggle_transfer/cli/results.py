@@ -25,7 +25,7 @@ def competitions_cmd() -> None:
 @click.option("-o", "--out", type=click.Path(), help="Folder for the PNGs and report.md.")
 def report_cmd(target, out) -> None:
     """PNG plots and a markdown summary of a run, a --folds group or an ensemble spec."""
-    from ..report import report
+    from ..reports.run import report
 
     result = report(target, out)
     click.echo(f"wrote {len(result['pngs'])} plot(s) and report.md to {result['dir']}")
@@ -36,9 +36,9 @@ def report_cmd(target, out) -> None:
 @click.option("--runs-root", type=click.Path(), help="Default: $KT_RUNS or runs/.")
 def runs_cmd(competition, runs_root) -> None:
     """Leaderboard of a competition's runs and run groups: score, CV mean ± std, what differs from the best."""
-    from ..report import leaderboard
+    from ..reports.table import runs_table
 
-    click.echo(leaderboard(competition, runs_root).to_string(index=False))
+    click.echo(runs_table(competition, runs_root).to_string(index=False))
 
 
 COMMANDS = (competitions_cmd, report_cmd, runs_cmd)

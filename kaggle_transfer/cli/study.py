@@ -97,8 +97,8 @@ def study_report(competition, storage, runs_root, all_, top1_file, min_top1, com
 def study_status(competition, storage, runs_root) -> None:
     """Grid points done, running (where, since when), failed and left, with an ETA; from the storage alone."""
     from .. import competitions, runs
-    from ..study.runner import default_storage
     from ..study.status import study_status as read_status
+    from ..study.storage import default_storage
 
     name = competitions.get(competition).name
     for s in read_status(name, storage or default_storage(runs.runs_root(runs_root), name)):

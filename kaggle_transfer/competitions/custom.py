@@ -34,9 +34,9 @@ from typing import Any
 
 import pandas as pd
 
-from .. import meta
+from ..data import tabular
 from ..errors import KtError
-from ..fsutil import read_yaml
+from ..files import read_yaml
 from ..tasks import KINDS, Task
 from .answers import VALUE_FORMATS
 from .base import Competition, check_files, read_csv, with_meta
@@ -197,7 +197,7 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
     if spec.get("value_format", "index") not in VALUE_FORMATS:
         raise KtError(f"{where}: key 'value_format' must be index or name")
     if spec.get("meta_columns") is not None:
-        meta.check_declared(spec["meta_columns"], f"{where} key 'meta_columns'")
+        tabular.check_declared(spec["meta_columns"], f"{where} key 'meta_columns'")
         if not spec.get("test_csv"):
             raise KtError(f"{where}: key 'meta_columns' needs 'test_csv' (the test rows' metadata come from it)")
     if not isinstance(spec.get("recipe", {}), dict):

@@ -185,7 +185,7 @@ def fundus_crop(img: np.ndarray, threshold: int = 10) -> np.ndarray:
 
 def write_cache(path: str, img: np.ndarray) -> None:
     """Write a cache entry in the format its suffix names, for read_image to return the same channels."""
-    from ..fsutil import atomic_path
+    from ..files import atomic_path
 
     with atomic_path(path) as tmp:
         if path.endswith(CACHE_FORMATS["raw"]):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import competitions
 from ..errors import KtError
-from ..fsutil import read_json, sha256, write_json
+from ..files import read_json, sha256, write_json
 from .session import read_metadata
 
 CUDA = "CUDAExecutionProvider"

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import competitions, runs
 from ..errors import KtError
-from ..fsutil import write_json
+from ..files import write_json
 from ..metrics import get_metric
 from .predict import blend, combine_fitted, predict_models
 from .session import load_ensemble

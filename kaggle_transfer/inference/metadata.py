@@ -70,10 +70,10 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
     if recipe.get("competition", name) != name:
         raise _fail(path, "recipe.competition", f"is {recipe.get('competition')!r} but the file is for {name!r}")
     if meta.get("meta") is not None:
-        from .. import meta as meta_mod
+        from ..data import tabular
 
         try:
-            meta_mod.check_spec(meta["meta"], str(path))
+            tabular.check_spec(meta["meta"], str(path))
         except KtError:
             raise _fail(path, "meta", "is not a metadata encoding (columns, kinds, levels, mean/std)") from None
     return meta

@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import competitions, runs, submission
+from .. import competitions, runs
+from ..competitions import submission
 from ..data.cache import use_cache
-from ..ensemble import load_blend
 from ..errors import KtError
-from ..fsutil import write_json
+from ..files import write_json
+from .ensemble import load_blend
 from .predict import blend, combine_fitted, predict_models, refit_from_oof
 from .session import OnnxModel, describe, load_ensemble
 from .tta import recorded_tta
@@ -119,18 +120,18 @@ def _test_outputs(comp, models: list[OnnxModel], data_dir: Path, *, tta: str, ca
 
 def _meta_missing(models: list[OnnxModel], test) -> dict[str, int] | None:
     """Test rows with a missing (or unseen) value per metadata column, for models that take metadata."""
-    from .. import meta
+    from ..data import tabular
 
     spec = next((m.meta_spec for m in models if m.meta_spec), None)
-    return meta.encode(spec, test)[1] if spec else None
+    return tabular.encode(spec, test)[1] if spec else None
 
 
 def _meta_clipped(models: list[OnnxModel], test) -> dict[str, int] | None:
     """Test rows per metadata column whose value lay outside the training range and was clipped."""
-    from .. import meta
+    from ..data import tabular
 
     spec = next((m.meta_spec for m in models if m.meta_spec), None)
-    return meta.out_of_range(spec, test) if spec else None
+    return tabular.out_of_range(spec, test) if spec else None
 
 
 def _fill_skipped(comp, data_dir: Path, ids: list[str], raw, problems: list[str]):

@@ -86,9 +86,9 @@ def metadata_features(model: OnnxModel, rows, n: int) -> np.ndarray | None:
     if rows is None or len(rows) != n:
         raise KtError(f"{model.path} takes metadata beside the image; predict through kt predict/evaluate, which "
                       "read the test CSV's columns")
-    from .. import meta
+    from ..data import tabular
 
-    return meta.encode(model.meta_spec, rows)[0]
+    return tabular.encode(model.meta_spec, rows)[0]
 
 
 def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarray, *, views: list,

@@ -20,7 +20,7 @@ import pandas as pd
 from .. import competitions, runs
 from ..data.ids import SUFFIXES
 from ..errors import KtError
-from ..fsutil import atomic_path, sha256, write_json
+from ..files import atomic_path, sha256, write_json
 from ..tasks import Task, sigmoid
 
 IMAGE_SUFFIXES = SUFFIXES
@@ -86,7 +86,7 @@ def pseudo_label(competition: str, model_paths: Sequence[str | Path], *, ensembl
                  batch_size: int = 32, workers: int = 4, progress: bool = True,
                  runs_root: str | Path | None = None) -> dict[str, Any]:
     """Write the pseudo-label table and its JSON; returns the JSON's record."""
-    from ..ensemble import load_blend
+    from .ensemble import load_blend
     from .pipeline import _fundus_crop, _load
     from .predict import blend, combine_fitted, predict_models
     from .tta import recorded_tta

@@ -14,7 +14,7 @@ import numpy as np
 from .. import runs
 from ..config import IO_BINDING  # the one list the CLI offers too
 from ..errors import KtError
-from ..fsutil import sha256
+from ..files import sha256
 from .half import to_fp16
 from .metadata import check, check_graph, num_outputs
 

@@ -28,7 +28,7 @@ from typing import Any
 from .. import competitions
 from ..config import ACCELERATORS, NOTEBOOK_PYTHON
 from ..errors import KtError
-from ..fsutil import read_json, sha256, write_json, write_text
+from ..files import read_json, sha256, write_json, write_text
 from ..runs import slug
 from . import notebook, runtime
 
@@ -209,7 +209,7 @@ def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, 
 
 
 def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[str, Any]]:
-    from ..ensemble import load_blend
+    from ..inference.ensemble import load_blend
     from ..inference.session import read_metadata
     from ..inference.tta import recorded_tta
 

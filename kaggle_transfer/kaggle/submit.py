@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import competitions, submission
+from .. import competitions
+from ..competitions import submission
 from ..errors import KtError
-from ..fsutil import read_json, write_json
+from ..files import read_json, write_json
 from . import bundle as bundle_mod
 from .client import _wait, call, check_daily_limit, credentials_warning, dataset_exists, make_api, submit_csv
 

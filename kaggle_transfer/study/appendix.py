@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import competitions
-from .report import correlations
+from .stats import correlations
 
 PAPER_CSV = Path(__file__).with_name("paper.csv")
 VIEWS = {"all": None, "top1>=70": 70.0}
@@ -25,10 +25,10 @@ def grid_table(competition: str, storage_url: str) -> pd.DataFrame:
     import optuna
 
     from .grid import GRIDS
-    from .runner import _storage
+    from .storage import open_storage
 
     comp = competitions.get(competition)
-    storage = _storage(storage_url)
+    storage = open_storage(storage_url)
     rows = []
     for summary in optuna.get_all_study_summaries(storage):
         if ":claim:" in summary.study_name or not summary.study_name.startswith(f"{comp.name}-"):

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KtError
-from ..fsutil import read_yaml
+from ..files import read_yaml
 
 GRIDS: dict[str, dict[str, Any]] = {
     "paper": {"optimizer": ["adamw", "sgd"], "lr": {"adamw": [1e-2, 1e-3, 1e-4, 1e-5], "sgd": [1e-1, 1e-2, 1e-3, 1e-4]},
@@ -73,3 +73,7 @@ def point_config(grid: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     wd = params["weight_decay"] / lr if params["optimizer"] == "adamw" else params["weight_decay"]
     return {"arch": params["arch"], "optimizer": params["optimizer"], "lr": lr, "weight_decay": wd,
             "schedule": params["schedule"], **grid.get("run", {})}
+
+
+def point_key(p: dict[str, Any]) -> str:
+    return f"{p['arch']}|{p['optimizer']}|{p['lr_index']}|{p['weight_decay']}|{p['schedule']}"

@@ -13,31 +13,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import spearmanr
 
-from .. import competitions, runs
+from .. import competitions
 from ..errors import KtError
-from ..fsutil import atomic_path, write_text
+from ..files import atomic_path, write_text
+from ..reports import plots
 from .archs import imagenet_top1
-
-SLOPE_DEFINITION = ("slope: points of the task metric per point of ImageNet top-1, both on a 0-1 scale (the "
-                    "paper's pairs, e.g. Melanoma r 0.44 with slope 0.05, fit this scale), least squares, 95% "
-                    "bootstrap interval over models; min-max slope: both axes min-max scaled to [0, 1] over the "
-                    "models shown; least-squares slope of the scaled task score on the scaled top-1")
-
-
-def secondary_accuracy(run_dir: Path, comp) -> float | None:
-    """Accuracy beside the competition metric (the paper shows the metric can change the conclusion):
-    decoded grades/classes, 0.5 for binary, exact label-set match for multilabel."""
-    from sklearn.metrics import accuracy_score
-
-    oof = runs.load_oof(Path(run_dir))
-    if oof is None:
-        return None
-    pred = comp.task.decode(oof["raw"], oof["fitted"])
-    if comp.task.kind == "binary":
-        pred = (pred >= 0.5).astype(int)
-    return float(accuracy_score(oof["targets"].astype(int), np.asarray(pred).astype(int)))
+from .stats import SLOPE_DEFINITION, correlations, secondary_accuracy
 
 
 def read_top1(path: str | Path | None) -> dict[str, tuple[float, str]]:
@@ -55,10 +38,10 @@ def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float,
     """One row per arch: best score, its hyperparameters, trials done, ImageNet top-1 and source."""
     import optuna
 
-    from .runner import _storage, masked
+    from .storage import masked, open_storage
 
     comp = competitions.get(competition)
-    storage = _storage(storage_url)
+    storage = open_storage(storage_url)
     summaries = [s for s in optuna.get_all_study_summaries(storage) if ":claim:" not in s.study_name
                  and s.study_name.startswith(f"{comp.name}-")]
     if not summaries:
@@ -87,56 +70,17 @@ def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float,
     return pd.DataFrame(rows).sort_values("imagenet_top1", na_position="first").reset_index(drop=True)
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> float:
-    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 and x.max() > x.min() else float("nan")
-
-
-def correlations(x: np.ndarray, y: np.ndarray, *, resamples: int = 2000, seed: int = 0) -> dict[str, float]:
-    """ImageNet top-1 (%, x) against the task metric (0-1, y): Pearson and Spearman with p-values; the
-    slope with both on a 0-1 scale and its 95% bootstrap interval over models; the min-max slope."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    nan = float("nan")
-    scale = lambda v: (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else v * 0  # noqa: E731
-    pearson, spearman = (pearsonr(x, y), spearmanr(x, y)) if len(x) >= 3 else ((nan, nan), (nan, nan))
-    slope, low, high = _slope(x / 100, y), nan, nan
-    if len(x) >= 3:
-        rng = np.random.default_rng(seed)
-        draws = [_slope(x[i] / 100, y[i]) for i in (rng.integers(0, len(x), len(x)) for _ in range(resamples))]
-        low, high = (float(v) for v in np.nanpercentile(draws, [2.5, 97.5]))
-    return {"pearson": float(pearson[0]), "pearson_p": float(pearson[1]), "spearman": float(spearman[0]),
-            "spearman_p": float(spearman[1]), "slope": slope, "slope_low": low, "slope_high": high,
-            "minmax_slope": _slope(scale(x), scale(y)) if len(x) >= 2 else nan, "models": int(len(x))}
-
-
 def figure(table: pd.DataFrame, competition: str, path: Path, *, min_top1: float | None = None) -> dict[str, float]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     known = table.dropna(subset=["imagenet_top1"])
     if min_top1 is not None:  # the paper's "above 70 % ImageNet" view
         known = known[known["imagenet_top1"] >= min_top1]
-    x, y = known["imagenet_top1"].to_numpy(float), known["reported"].to_numpy(float)
-    stats = correlations(x, y)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    ax.scatter(x, y)
-    for _, row in known.iterrows():
-        ax.annotate(row["arch"].split(".")[0], (row["imagenet_top1"], row["reported"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
-    if len(x) >= 2 and x.max() > x.min():
-        a, b = np.polyfit(x, y, 1)
-        xs = np.linspace(x.min(), x.max(), 50)
-        ax.plot(xs, a * xs + b, "r--", linewidth=1)
+    stats = correlations(known["imagenet_top1"].to_numpy(float), known["reported"].to_numpy(float))
     metric = table["metric"].iloc[0] if len(table) else ""
-    ax.set(xlabel="ImageNet top-1 (%)", ylabel=f"{competition} {metric} (best over the grid)",
-           title=f"{competition}: Pearson {stats['pearson']:.2f}, Spearman {stats['spearman']:.2f}, "
-                 f"slope {stats['slope']:.2f} [{stats['slope_low']:.2f}, {stats['slope_high']:.2f}]"
-                 + (f" (top-1 >= {min_top1:g}%)" if min_top1 is not None else ""))
-    fig.text(0.01, 0.005, SLOPE_DEFINITION, fontsize=6)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    title = (f"{competition}: Pearson {stats['pearson']:.2f}, Spearman {stats['spearman']:.2f}, "
+             f"slope {stats['slope']:.2f} [{stats['slope_low']:.2f}, {stats['slope_high']:.2f}]"
+             + (f" (top-1 >= {min_top1:g}%)" if min_top1 is not None else ""))
+    plots.transfer_scatter(known, ylabel=f"{competition} {metric} (best over the grid)", title=title,
+                           footnote=SLOPE_DEFINITION, path=path)
     return stats
 
 
@@ -145,7 +89,7 @@ def report_studies(competition: str | None, *, every: bool = False, root: Path, 
                    ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame | None]:
     """`kt study report`: one competition's report, or with `every` each competition that has a study
     under `root` plus the cross-dataset table."""
-    from .runner import default_storage
+    from .storage import default_storage
 
     names = ([p.parent.name for p in sorted(Path(root).glob("*/study.db"))] if every
              else [competition] if competition else [])

@@ -20,87 +20,9 @@ from typing import Any
 from .. import runs
 from ..errors import KtError
 from ..runs import slug
-from .grid import load_grid, point_config, search_space, trial_flags
-
-# a killed worker's trial is failed and re-queued once its heartbeat is GRACE_S old (tests shorten these)
-HEARTBEAT_S = int(os.environ.get("KT_STUDY_HEARTBEAT", 5))
-GRACE_S = int(os.environ.get("KT_STUDY_GRACE", 20))
-
-
-def default_storage(root: Path, competition: str) -> str:
-    path = (Path(root) / competition / "study.db").resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
-
-
-def masked(url: str) -> str:
-    """The storage URL with its password hidden, for messages and logs."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL sqlalchemy can parse: hide everything after the scheme
-        return url.split("://", 1)[0] + "://***"
-
-
-def _storage(url: str):
-    try:
-        return _open_storage(url)
-    except ImportError:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
-        raise KtError(f"--storage {masked(url)} needs a database driver that is not installed: pip install "
-                      "'kaggle_transfer[postgres]' for PostgreSQL (or the driver of your database)") from None
-    except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends: the server said no
-        if type(e).__module__.startswith(("sqlalchemy", "psycopg")):
-            reason = str(getattr(e, "orig", e)).strip().splitlines()[0][:200]
-            raise KtError(f"cannot open the study storage {masked(url)}: {reason}; check that the server runs and "
-                          "the URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)") from None
-        raise
-
-
-def _open_storage(url: str):
-    import warnings
-
-    import optuna
-    from optuna.storages import RDBStorage
-
-    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-    import inspect
-
-    # Optuna 4.9 renamed the argument (the old name warns); 4.0-4.8 know only the old one
-    argument = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
-                in inspect.signature(RDBStorage).parameters else "failed_trial_callback")
-
-    def make():
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          **{argument: _retry_callback()(max_retry=3)})
-
-    # Workers started together would each create the schema of a new storage and all but one would fail:
-    # on SQLite a file lock serialises that first contact; on a server database a short retry does.
-    if url.startswith("sqlite:///"):
-        import fcntl
-
-        with open(url.removeprefix("sqlite:///") + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            return make()
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(5):
-        try:
-            return make()
-        except (IntegrityError, ProgrammingError):  # another worker is creating the same tables right now
-            if attempt == 4:
-                raise
-            time.sleep(1 + attempt)
-
-
-def _retry_callback():
-    """Optuna's re-queue-on-stale-heartbeat callback (renamed in Optuna 4.9; the old name warns)."""
-    from optuna import storages
-
-    return getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+from .grid import load_grid, point_config, point_key, search_space, trial_flags
+from .stats import secondary_accuracy
+from .storage import HEARTBEAT_S, default_storage, open_storage, retry_callback
 
 
 def study_name(competition: str, grid_name: str, archs: list[str]) -> str:
@@ -115,12 +37,8 @@ def _points(grid: dict[str, Any], archs: list[str]) -> list[dict[str, Any]]:
     return [p for p in points if point_config(grid, p) is not None]
 
 
-def _key(p: dict[str, Any]) -> str:
-    return f"{p['arch']}|{p['optimizer']}|{p['lr_index']}|{p['weight_decay']}|{p['schedule']}"
-
-
 def run_dir_for(root: Path, competition: str, name: str, p: dict[str, Any]) -> Path:
-    return Path(root) / competition / "study" / name / slug(p["arch"]) / slug(_key(p).split("|", 1)[1])
+    return Path(root) / competition / "study" / name / slug(p["arch"]) / slug(point_key(p).split("|", 1)[1])
 
 
 def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *, root: str, storage_url: str,
@@ -132,11 +50,11 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
 
     grid_name, grid = load_grid(grid_spec)
     name = study_name(competition, grid_name, archs)
-    storage = _storage(storage_url)
+    storage = open_storage(storage_url)
     space = search_space(grid, archs)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=optuna.samplers.GridSampler(space, seed=int(os.getpid())))
-    points = {_key(p): p for p in _points(grid, archs)}
+    points = {point_key(p): p for p in _points(grid, archs)}
     _describe(study, competition=competition, grid=grid_name, archs=archs, points=len(points), lr=grid["lr"])
     trained = 0
 
@@ -146,9 +64,9 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
         if point_config(grid, p) is None:
             raise optuna.TrialPruned("lr index past this optimizer's list")
         # a live Trial has no system attrs; its frozen record in the storage does (retry history)
-        attempt = len(_retry_callback().retry_history(storage.get_trial(trial._trial_id)))
+        attempt = len(retry_callback().retry_history(storage.get_trial(trial._trial_id)))
         try:  # the atomic claim: study names are unique in the storage
-            optuna.create_study(study_name=f"{name}:claim:{_key(p)}:{attempt}", storage=storage)
+            optuna.create_study(study_name=f"{name}:claim:{point_key(p)}:{attempt}", storage=storage)
         except optuna.exceptions.DuplicatedStudyError:
             raise optuna.TrialPruned("another worker holds this grid point") from None
         cfg = config.resolve(flags=trial_flags(grid, p, competitions.get(competition), sets), sets=sets)
@@ -158,11 +76,11 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
         return result["score"]
 
     while True:
-        done = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+        done = {point_key(t.params) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
         todo = [k for k in points if k not in done]
         if not todo:
             return trained
-        running = {_key(t.params) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        running = {point_key(t.params) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                    if set(space) <= set(t.params)}
         if all(k in running for k in todo):
             time.sleep(HEARTBEAT_S)  # others hold the rest; a dead one is failed after the grace period
@@ -203,7 +121,6 @@ def _record(trial, run_dir: Path, cfg, result: dict[str, Any], data_dir: Path) -
     Competitions with labelled held-out splits (CCT-20) score them with the selected epoch's weights."""
     from .. import competitions
     from ..training.heldout import score_splits
-    from .report import secondary_accuracy
 
     trial.set_user_attr("accuracy", secondary_accuracy(run_dir, competitions.for_config(cfg)))
     trial.set_user_attr("best_epoch", result.get("best_epoch"))

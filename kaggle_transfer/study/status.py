@@ -10,14 +10,14 @@ import datetime as dt
 from typing import Any
 
 from ..errors import KtError
+from .grid import point_key
+from .storage import masked, open_storage
 
 
 def study_status(competition: str, storage_url: str, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     import optuna
 
-    from .runner import _storage, masked
-
-    storage = _storage(storage_url)
+    storage = open_storage(storage_url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)
              if ":claim:" not in s.study_name and s.study_name.startswith(f"{competition}-")]
     if not names:
@@ -29,13 +29,11 @@ def study_status(competition: str, storage_url: str, *, now: dt.datetime | None 
 def _one(study, now: dt.datetime) -> dict[str, Any]:
     from optuna.trial import TrialState
 
-    from .runner import _key
-
     trials = [t for t in study.get_trials(deepcopy=False) if "arch" in t.params]
-    done = {_key(t.params): t for t in trials if t.state == TrialState.COMPLETE}
-    running = {_key(t.params): t for t in trials if t.state == TrialState.RUNNING and _key(t.params) not in done}
-    waiting = {_key(t.params) for t in trials if t.state == TrialState.WAITING} - set(done) - set(running)
-    failed = {_key(t.params) for t in trials if t.state == TrialState.FAIL} - set(done) - set(running) - waiting
+    done = {point_key(t.params): t for t in trials if t.state == TrialState.COMPLETE}
+    running = {point_key(t.params): t for t in trials if t.state == TrialState.RUNNING and point_key(t.params) not in done}
+    waiting = {point_key(t.params) for t in trials if t.state == TrialState.WAITING} - set(done) - set(running)
+    failed = {point_key(t.params) for t in trials if t.state == TrialState.FAIL} - set(done) - set(running) - waiting
     points = int(study.user_attrs.get("points") or len(done) + len(running) + len(failed) + len(waiting))
     left = max(points - len(done) - len(running), 0)
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done.values()

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import competitions, meta, protocol, runs
+from .. import competitions, protocol, runs
+from ..data import tabular
 from ..errors import KtError
-from ..fsutil import sha256, write_json
+from ..files import sha256, write_json
 from . import checkpoints
 from .evaluate import predict_raw
 
@@ -146,8 +147,8 @@ def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None 
         runs.write_run_info(out, {**info, "data_dir": str(data_dir.resolve()), "averaged_from": sources,
                                   "preprocess": protocol.for_run(cfg, comp).describe(), "init": None})
         checkpoints.save(state, out / "best.pt")
-        if (run_dirs[0] / meta.META_FILE).is_file():  # the first run's metadata encoding (same training rows)
-            shutil.copyfile(run_dirs[0] / meta.META_FILE, out / meta.META_FILE)
+        if (run_dirs[0] / tabular.META_FILE).is_file():  # the first run's metadata encoding (same training rows)
+            shutil.copyfile(run_dirs[0] / tabular.META_FILE, out / tabular.META_FILE)
         score, fitted, n_val = _validate(out, cfg, data_dir, info, progress=progress)
         got = set(map(str, runs.load_oof(out)["ids"]))
         if got != val_ids:  # the data changed since the runs trained (skipped images, a new split file)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..errors import KtError
-from ..fsutil import atomic_path
+from ..files import atomic_path
 
 
 def restore(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str, Any]:

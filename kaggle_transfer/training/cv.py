@@ -17,7 +17,7 @@ import numpy as np
 from .. import competitions, runs
 from ..config import RunConfig
 from ..errors import KtError
-from ..fsutil import write_json
+from ..files import write_json
 
 
 def parse_folds(text: str | None, n_folds: int) -> list[int] | None:

@@ -17,9 +17,9 @@ import torch
 
 from .. import __version__, competitions, protocol, runs
 from .. import config as config_mod
-from .. import meta as meta_mod
+from ..data import tabular
 from ..errors import KtError
-from ..fsutil import atomic_path
+from ..files import atomic_path
 from . import checkpoints
 from .models import build_model
 
@@ -49,7 +49,7 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
         # a YAML-described competition travels inside the model: the ONNX file alone still predicts
         "competition_spec": getattr(comp, "spec", None),
         # image + metadata: the graph's second input `meta` takes these columns encoded this way (meta.py)
-        "meta": meta_mod.load(run_dir),
+        "meta": tabular.load(run_dir),
     }
 
 
@@ -63,7 +63,7 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     in_chans = len(comp.select_channels(protocol.channels(cfg, comp)))
     outputs = comp.task.trained_with(cfg.loss).num_outputs
     proto = protocol.for_run(cfg, comp)
-    spec = meta_mod.load(run_dir)
+    spec = tabular.load(run_dir)
     model = build_model(cfg.arch, outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=in_chans,
                         pretrained=False, size=cfg.size, bgr=proto.bgr, imagenet_stats=proto.imagenet_stats,
                         meta_dim=spec["width"] if spec else 0)

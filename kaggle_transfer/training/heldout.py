@@ -10,8 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import competitions, protocol, runs
-from ..competitions.base import contained
-from ..fsutil import read_json, write_json
+from ..files import contained, read_json, write_json
 from .evaluate import predict_raw
 
 HELDOUT = "heldout.json"
@@ -21,10 +20,10 @@ def run_features(run_dir: Path, table):
     """The rows' metadata encoded with the run's fitted encoding (a tensor), or None for an image-only run."""
     import torch
 
-    from .. import meta
+    from ..data import tabular
 
-    spec = meta.load(run_dir)
-    return None if spec is None else torch.from_numpy(meta.encode(spec, table)[0])
+    spec = tabular.load(run_dir)
+    return None if spec is None else torch.from_numpy(tabular.encode(spec, table)[0])
 
 
 def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = False) -> dict[str, float]:

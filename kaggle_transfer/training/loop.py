@@ -18,12 +18,12 @@ import torch
 import torch.nn as nn  # noqa: F401 - type hints below
 from tqdm.auto import tqdm
 
-from .. import competitions, protocol, runs, tracking
+from .. import competitions, protocol, runs
 from ..config import RunConfig
 from ..data.splits import HELD_OUT
 from ..errors import KtError
 from ..tasks import Task
-from . import distributed
+from . import distributed, tracking
 from .augment import build_train_transform
 from .averaging import SWA_FILE, Swa
 from .builders import (

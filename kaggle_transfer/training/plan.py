@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from .. import competitions, config, runs, tracking
+from .. import competitions, config, runs
 from ..errors import KtError
-from ..fsutil import write_json
-from . import distributed
+from ..files import write_json
+from . import distributed, tracking
 
 GROUP_REQUEST = "group-request.json"  # what a --folds/--seeds group was asked to train, for --resume
 

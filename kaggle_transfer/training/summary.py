@@ -10,9 +10,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .. import plots, runs
+from .. import runs
 from ..config import RunConfig
-from ..fsutil import clean_stale_tmp, sha256, write_json
+from ..files import clean_stale_tmp, sha256, write_json
+from ..reports import plots
 from . import distributed
 from .checkpoints import init_source
 from .targets import describe_sources

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import competitions, meta, protocol, runs
-from ..competitions.base import contained
+from .. import competitions, protocol, runs
 from ..config import RunConfig
+from ..data import tabular
 from ..data.cache import use_cache
 from ..data.ids import keys
 from ..data.splits import TRAIN_ONLY, assign_folds, paper_shards, read_split_file
 from ..errors import KtError
-from ..fsutil import write_json
+from ..files import contained, write_json
 from .targets import PSEUDO, add_pseudo, pseudo_file, read_pseudo
 
 
@@ -79,7 +79,7 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
         if pseudo_file(source) is not None:
             read_pseudo(pseudo_file(source), comp)
     if cfg.teacher:
-        from ..ensemble import load_spec
+        from ..inference.ensemble import load_spec
 
         load_spec(cfg.teacher)
     if cfg.split_file:  # a duplicated or conflicting id, too
@@ -95,8 +95,8 @@ def meta_inputs(cfg: RunConfig, comp, train_rows: pd.DataFrame, val_rows: pd.Dat
 
     if not cfg.meta:
         return 0, None, None
-    spec = meta.fit(comp.meta_columns, train_rows)
-    (train, gaps), (val, val_gaps) = meta.encode(spec, train_rows), meta.encode(spec, val_rows)
+    spec = tabular.fit(comp.meta_columns, train_rows)
+    (train, gaps), (val, val_gaps) = tabular.encode(spec, train_rows), tabular.encode(spec, val_rows)
     if run_dir is not None:
-        write_json(Path(run_dir) / meta.META_FILE, {**spec, "missing": {"train": gaps, "validation": val_gaps}})
+        write_json(Path(run_dir) / tabular.META_FILE, {**spec, "missing": {"train": gaps, "validation": val_gaps}})
     return spec["width"], torch.from_numpy(train), torch.from_numpy(val)

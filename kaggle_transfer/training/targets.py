@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..data import ids
 from ..errors import KtError
-from ..fsutil import read_json
+from ..files import read_json
 from ..tasks import Task, sigmoid
 
 PSEUDO = "pseudo"
@@ -60,7 +60,7 @@ def _parse_target(task: Task, value: Any, path: Path, row: int) -> Any:
 def read_pseudo(path: Path, comp, *, root: str | Path | None = None) -> pd.DataFrame:
     """kt pseudo's table as standard training rows (source `pseudo`), with the raw outputs in `raw`
     and `soft` marking rows that train on soft labels. `root` replaces the recorded image root."""
-    from ..competitions.base import contained
+    from ..files import contained
 
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
@@ -136,7 +136,7 @@ def train_targets(task: Task, rows: pd.DataFrame) -> np.ndarray:
 def teacher_outputs(spec_path: str | Path, comp, task: Task, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(teacher raw outputs per training row, mask of rows that have one): the blended out-of-fold
     outputs of the spec's member runs for labelled rows, the recorded raw outputs for pseudo rows."""
-    from .. import ensemble
+    from ..inference import ensemble
     from ..inference.predict import blend
 
     spec = ensemble.load_spec(spec_path)
@@ -226,7 +226,7 @@ def training_targets(cfg, comp, task: Task, rows: pd.DataFrame, loss: str) -> tu
 
 def describe_sources(external: list[str]) -> dict[str, Any]:
     """Provenance of the pseudo tables a run trains on (path and sha256), for run.json."""
-    from ..fsutil import sha256
+    from ..files import sha256
 
     files = [pseudo_file(s) for s in external]
     return {str(f.resolve()): sha256(f) for f in files if f is not None and f.is_file()}

@@ -90,6 +90,18 @@ def outside(root: str | os.PathLike, paths) -> str | None:
     return None
 
 
+def contained(table, root: Path, what: str):
+    """Every image path of a table must lie inside the folder it was read from: an id such as
+    `../../etc/x` in a CSV, or a pattern in a YAML, cannot make kt read elsewhere."""
+    from .errors import KtError
+
+    escaped = outside(root, (p for paths in table["paths"] for p in paths))
+    if escaped:
+        raise KtError(f"{what}: image path {escaped} leads outside {root}; ids and patterns must stay inside "
+                      "the data folder")
+    return table
+
+
 def clean_stale_tmp(folder: str | os.PathLike) -> int:
     """Remove temp files that a killed process left behind (atomic_path's `.NAME.XXXX.tmp`)."""
     n = 0

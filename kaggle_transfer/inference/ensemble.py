@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from . import competitions, runs
-from .config import ENSEMBLE_METHODS
-from .errors import KtError
-from .fsutil import sha256, write_json
-from .inference.predict import blend
+from .. import competitions, runs
+from ..config import ENSEMBLE_METHODS
+from ..errors import KtError
+from ..files import sha256, write_json
+from .predict import blend
 
 METHODS = ENSEMBLE_METHODS
 
@@ -135,7 +135,7 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 def _check_fitted(spec: dict[str, Any], path: Path) -> None:
     """The spec's cut points or thresholds, held to the rules a model file's are (finite, increasing, the
     task's count, in [0, 1]): a hand-edited spec must not give every row one answer, reported valid."""
-    from .inference.metadata import check_fitted
+    from .metadata import check_fitted
 
     name, fitted = spec.get("competition"), spec.get("fitted") or {}
     if isinstance(name, str) and (name in competitions.COMPETITIONS or name in competitions.CUSTOM):

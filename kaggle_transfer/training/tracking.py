@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import KtError
-from .fsutil import read_json, write_json
+from ..errors import KtError
+from ..files import read_json, write_json
 
 TRACKING = "tracking.json"
 MODES = ("none", "mlflow")

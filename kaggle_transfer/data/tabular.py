@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import KtError
+from ..errors import KtError
 
 KINDS = ("numeric", "category")
 META_FILE = "meta.json"  # a run's fitted encoding
@@ -140,7 +140,7 @@ def load(run_dir) -> dict[str, Any] | None:
     """A run's fitted encoding (meta.json), or None when it trained on images alone."""
     from pathlib import Path
 
-    from .fsutil import read_json
+    from ..files import read_json
 
     path = Path(run_dir) / META_FILE
     return check_spec(read_json(path, what="metadata encoding"), str(path)) if path.is_file() else None

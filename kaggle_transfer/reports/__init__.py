@@ -1,0 +1,1 @@
+"""LOOK: the plots and summaries of runs, groups, ensembles and studies."""

@@ -1,0 +1,136 @@
+"""The PNGs people would rather look at than read: one matplotlib setup (Agg, no display; atomic
+writes) for the plots of a run, a group, an ensemble and a study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import metrics
+from ..files import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, dpi: int = 100) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, names: list[str], path: Path) -> Path:
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    cm = confusion_matrix(y, pred, labels=range(len(names)))
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(names), 1 + 0.5 * len(names)))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
+           title="Confusion matrix (OOF)")
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    return _save(fig, path)
+
+
+def cut_shift(raw: np.ndarray, y: np.ndarray, cuts: list[float], path: Path) -> Path:
+    """QWK as every cut point moves by the same offset: how sharp the fitted optimum is."""
+    plt = _plt()
+    offsets = np.linspace(-1, 1, 81)
+    fitted = [metrics.qwk(y, metrics.apply_cutpoints(raw, np.asarray(cuts) + o)) for o in offsets]
+    rounding = metrics.qwk(y, metrics.apply_cutpoints(raw, np.arange(len(cuts)) + 0.5))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(offsets, fitted, label="fitted cut points + offset")
+    ax.axhline(rounding, color="grey", linestyle="--", label=f"plain rounding {rounding:.4f}")
+    ax.set(xlabel="offset added to every cut point", ylabel="QWK", title="QWK vs cut points (OOF)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def per_class_f1(prob: np.ndarray, y: np.ndarray, thresholds: list[float], names: list[str], *, path: Path) -> Path:
+    from sklearn.metrics import f1_score
+
+    plt = _plt()
+    f1 = f1_score(y, prob >= np.asarray(thresholds), average=None, zero_division=0)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    x = np.arange(len(names))
+    ax.bar(x, f1, label="F1")
+    ax.plot(x, thresholds, "r.", label="threshold")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90)
+    ax.set(ylim=(0, 1), title=f"Per-class F1 (macro {f1.mean():.4f}) and fitted thresholds")
+    ax.legend()
+    return _save(fig, path)
+
+
+def roc(prob: np.ndarray, y: np.ndarray, path: Path) -> Path:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    fpr, tpr, _ = roc_curve(y, prob)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, prob):.4f}")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (OOF)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def ensemble_weights(spec: dict[str, Any], path: Path) -> Path:
+    plt = _plt()
+    members = spec["members"]
+    labels = [Path(m["run"]).name for m in members]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 0.5 * len(members) + 2))
+    a.barh(labels, [m["weight"] for m in members])
+    a.set(title=f"weights ({spec['method']})")
+    b.barh(labels + ["blend"], [m["oof_score"] for m in members] + [spec["oof_score"]],
+           color=["tab:blue"] * len(members) + ["tab:green"])
+    b.set(title=f"OOF {spec['metric']} (gain {spec['gain']:+.4f})")
+    return _save(fig, path)
+
+
+def learning_curve(history: pd.DataFrame, metric: str, path: Path) -> Path:
+    plt = _plt()
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(history["epoch"], history["train_loss"], marker="o", label="train")
+    ax_loss.plot(history["epoch"], history["val_loss"], marker="o", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_score.plot(history["epoch"], history["score"], marker="o", color="tab:green")
+    best = history["score"].idxmax()
+    ax_score.scatter([history["epoch"][best]], [history["score"][best]], s=120, facecolors="none",
+                     edgecolors="red", label=f"best {history['score'][best]:.4f}")
+    ax_score.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric}")
+    ax_score.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def transfer_scatter(known: pd.DataFrame, *, ylabel: str, title: str, footnote: str, path: Path) -> Path:
+    """A study's models: ImageNet top-1 against the reported task score, with the least-squares line."""
+    plt = _plt()
+    x, y = known["imagenet_top1"].to_numpy(float), known["reported"].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.scatter(x, y)
+    for _, row in known.iterrows():
+        ax.annotate(row["arch"].split(".")[0], (row["imagenet_top1"], row["reported"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    if len(x) >= 2 and x.max() > x.min():
+        a, b = np.polyfit(x, y, 1)
+        xs = np.linspace(x.min(), x.max(), 50)
+        ax.plot(xs, a * xs + b, "r--", linewidth=1)
+    ax.set(xlabel="ImageNet top-1 (%)", ylabel=ylabel, title=title)
+    fig.text(0.01, 0.005, footnote, fontsize=6)
+    return _save(fig, path, dpi=110)
