@@ -44,7 +44,7 @@ def _check(a, rows: list[tuple[str, str]]) -> None:
     import onnxruntime as ort
 
     from kaggle_transfer import config
-    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.competitions import synthetic
     from kaggle_transfer.inference.session import load_model
     from kaggle_transfer.training.export import export, load_run_model
     from kaggle_transfer.training.loop import fit

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from kaggle_transfer import config
-from kaggle_transfer.data import synthetic
+from kaggle_transfer.competitions import synthetic
 from kaggle_transfer.training.loop import fit
 
 

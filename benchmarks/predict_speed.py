@@ -36,7 +36,7 @@ print(before, hwm())
 
 def tiny_model(tmp: Path, size: int) -> Path:
     from kaggle_transfer import config
-    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.competitions import synthetic
     from kaggle_transfer.training.export import export
     from kaggle_transfer.training.loop import fit
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kaggle_transfer import config
-from kaggle_transfer.data import synthetic
+from kaggle_transfer.competitions import synthetic
 from kaggle_transfer.training.loop import fit
 
 

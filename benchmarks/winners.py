@@ -173,7 +173,7 @@ def metadata(seed: int, epochs: int, tmp: Path) -> dict[str, float]:
 
 def lesions(seed: int, epochs: int, tmp: Path) -> dict[str, float]:
     from kaggle_transfer import config
-    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.competitions import synthetic
     from kaggle_transfer.training.loop import fit
 
     data = synthetic.make("siim_isic", tmp / f"siim{seed}", n_train=400, n_test=8, image_size=64, seed=seed)

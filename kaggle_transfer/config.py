@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import KtError
-from .files import read_yaml
+from .files import read_yaml, write_text
 
 
 @dataclass
@@ -240,8 +240,6 @@ def validate(cfg: RunConfig) -> None:
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:
-    from .files import write_text
-
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import KtError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -67,8 +69,6 @@ def inside(root: str | os.PathLike, *parts: str, what: str) -> Path:
 
     Every path kt derives from a name, a YAML or ONNX metadata goes through here; `what` names the
     key or flag the parts came from, for the error."""
-    from .errors import KtError
-
     root = Path(root)
     path = root.joinpath(*parts)
     if any(Path(p).is_absolute() for p in parts) or not _within(root, path):
@@ -93,8 +93,6 @@ def outside(root: str | os.PathLike, paths) -> str | None:
 def contained(table, root: Path, what: str):
     """Every image path of a table must lie inside the folder it was read from: an id such as
     `../../etc/x` in a CSV, or a pattern in a YAML, cannot make kt read elsewhere."""
-    from .errors import KtError
-
     escaped = outside(root, (p for paths in table["paths"] for p in paths))
     if escaped:
         raise KtError(f"{what}: image path {escaped} leads outside {root}; ids and patterns must stay inside "
@@ -113,8 +111,6 @@ def clean_stale_tmp(folder: str | os.PathLike) -> int:
 
 def read_json(path: str | os.PathLike, *, what: str) -> Any:
     """A JSON file kt wrote; a damaged one is one line naming it."""
-    from .errors import KtError
-
     try:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -125,8 +121,6 @@ def read_yaml(path: str | os.PathLike, *, what: str) -> Any:
     """A YAML file a user wrote (recipe, competition, grid): missing, binary or malformed is one line
     naming it; YAML's own message is folded onto that line and cut short."""
     import yaml
-
-    from .errors import KtError
 
     path = Path(path)
     if not path.is_file():

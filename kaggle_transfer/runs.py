@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from . import config
 from .errors import KtError
 from .files import atomic_path, inside, read_json, write_json
 
@@ -111,15 +112,11 @@ def require_finished(run_dir: Path) -> None:
 
 
 def save_config(run_dir: Path, cfg) -> None:
-    from . import config
-
     config.save(cfg, Path(run_dir) / CONFIG)
 
 
 def load_config(run_dir: Path, *, what: str = "a run folder"):
     """The run's resolved RunConfig; a folder without one is named with the fix."""
-    from . import config
-
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise KtError(f"{run_dir} is not {what} (no {CONFIG}); pass runs/<competition>/<run-id>")

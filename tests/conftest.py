@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no test reaches beyond loopback
 
 from kaggle_transfer import config  # noqa: E402
-from kaggle_transfer.data import synthetic  # noqa: E402
+from kaggle_transfer.competitions import synthetic  # noqa: E402
 
 TINY = {"arch": "test_resnet", "pretrained": False, "size": 32, "epochs": 2, "batch_size": 16, "lr": 3e-3,
         "workers": 0, "pool": "gem"}

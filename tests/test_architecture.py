@@ -70,8 +70,8 @@ def test_every_module_outside_training_imports_without_torch():
     assert len(TORCH_FREE) > 30 and "kaggle_transfer.cli.train" in TORCH_FREE  # the list is the real tree
 
 
-def test_no_import_cycle_between_modules():
-    graph = {_module(p): _imports(p, top_level_only=True) for p in PACKAGE.rglob("*.py")}
+def test_no_import_cycle_between_modules_counting_function_level_imports():
+    graph = {_module(p): _imports(p, top_level_only=False) for p in PACKAGE.rglob("*.py")}
     state: dict[str, int] = {}
 
     def visit(node: str, trail: list[str]) -> None:
@@ -91,6 +91,57 @@ def test_no_import_cycle_between_modules():
     for module in sorted(graph):
         if not state.get(module):
             visit(module, [])
+
+
+# third-party packages whose import a fast path (kt --help, kt predict in a notebook) should not pay for
+HEAVY = {"torch", "timm", "torchvision", "sklearn", "scipy", "matplotlib", "optuna", "pandas", "onnxruntime",
+         "onnx", "kaggle", "mlflow", "cv2", "albumentations", "sqlalchemy"}
+
+
+def _heavy_at_import(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """The heavy packages that importing each module loads (its top level, its packages' and, transitively,
+    those of the kaggle_transfer modules it imports at top level)."""
+    direct = {}
+    for name, path in modules.items():
+        ext = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                ext |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                ext.add((node.module or "").split(".")[0])
+        parents = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        direct[name] = (ext & HEAVY, (_imports(path, top_level_only=True) | parents) & modules.keys())
+    done: dict[str, set[str]] = {}
+
+    def heavy(name: str, trail: frozenset) -> set[str]:
+        if name not in done:
+            own, deps = direct[name]
+            done[name] = own | set().union(*(heavy(d, trail | {name}) for d in deps if d not in trail))
+        return done[name]
+
+    return {name: heavy(name, frozenset()) for name in modules}
+
+
+def test_a_function_level_import_of_our_own_module_defers_a_heavy_package():
+    """The house rule: a cycle is cut by a leaf module, never by a lazy import; a lazy import of one of
+    our modules is allowed only where it keeps a heavy third-party package out of the importer's own load."""
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    heavy = _heavy_at_import(modules)
+    offenders = []
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for func in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                if not isinstance(node, ast.ImportFrom) or not node.level:
+                    continue
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+                targets = {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+                if not any(heavy.get(t, set()) - heavy[name] for t in targets):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {sorted(targets)} lazily")
+    assert offenders == []
 
 
 def test_nothing_imports_the_cli_and_cli_modules_do_not_import_their_parent():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from kaggle_transfer.competitions import APTOS, HPA
-from kaggle_transfer.data import images, synthetic
+from kaggle_transfer.competitions import synthetic
+from kaggle_transfer.data import images
 from kaggle_transfer.data.cache import load_manifest, prepare, use_cache
 from kaggle_transfer.training.dataset import ImageDataset
 

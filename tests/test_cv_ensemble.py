@@ -139,7 +139,7 @@ def test_reports_render_pngs(two_sizes, group, tmp_path):
                                        ("cassava", "confusion.png")])
 def test_task_specific_report_plots(tmp_path, name, png):
     from kaggle_transfer import config
-    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.competitions import synthetic
 
     data = synthetic.make(name, tmp_path / "data", n_train=60, n_test=8, image_size=32)
     cfg = config.resolve(flags={"competition": name, "arch": "test_resnet", "pretrained": False, "size": 32,

@@ -529,7 +529,7 @@ def test_kt_average_compares_the_members_validation_rows(trained_run, tmp_path):
 def test_skip_bad_images_drops_a_corrupt_test_image_for_every_competition(name, tmp_path):
     """--skip-bad-images goes through one place (Competition.read_test) whatever the adapter reads."""
     from kaggle_transfer import competitions
-    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.competitions import synthetic
 
     comp = competitions.get(name)
     data = synthetic.make(name, tmp_path / name, n_train=30, n_test=6, image_size=32)
@@ -576,7 +576,7 @@ def test_prepare_workers_die_with_their_parent(tmp_path):
     """kill -9 of kt prepare: its pool workers end too instead of running on as orphans."""
     import time
 
-    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.competitions import synthetic
 
     data = synthetic.make("aptos", tmp_path / "aptos", n_train=400, n_test=4, image_size=384)
     proc = subprocess.Popen([sys.executable, "-m", "kaggle_transfer", "prepare", "aptos", "--data-dir", str(data),

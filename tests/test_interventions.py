@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from kaggle_transfer.cli import main
-from kaggle_transfer.data import synthetic
+from kaggle_transfer.competitions import synthetic
 from kaggle_transfer.errors import KtError
 from kaggle_transfer.tasks import Task
 from kaggle_transfer.training import builders

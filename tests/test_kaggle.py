@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kaggle_transfer.data import synthetic
+from kaggle_transfer.competitions import synthetic
 
 from .fake_kaggle import FakeKaggle
 

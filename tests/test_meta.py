@@ -39,7 +39,7 @@ def test_encoding_is_fitted_on_training_rows_and_handles_gaps():
 @pytest.fixture(scope="module")
 def meta_run(tmp_path_factory):
     from kaggle_transfer import config
-    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.competitions import synthetic
     from kaggle_transfer.training.export import export
     from kaggle_transfer.training.loop import fit
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kaggle_transfer.competitions import APTOS, CASSAVA
-from kaggle_transfer.data import synthetic
+from kaggle_transfer.competitions import synthetic
 from kaggle_transfer.data.splits import assign_folds, paper_split
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from kaggle_transfer import competitions, config, protocol
-from kaggle_transfer.data import images, synthetic
+from kaggle_transfer.competitions import synthetic
+from kaggle_transfer.data import images
 from kaggle_transfer.errors import KtError
 
 from .conftest import tiny_config

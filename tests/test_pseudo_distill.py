@@ -201,7 +201,7 @@ def test_no_labelled_image_keeps_its_pseudo_label_whatever_its_id_looks_like(nam
     """Each competition's real id shapes: every pseudo row that is a labelled image is dropped, by id as
     data/ids.py compares them or by the image file itself; unlabelled images stay."""
     from kaggle_transfer import competitions
-    from kaggle_transfer.data import synthetic
+    from kaggle_transfer.competitions import synthetic
     from kaggle_transfer.inference.pseudo import folder_table
     from kaggle_transfer.training.targets import add_pseudo
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy.stats import pearsonr, spearmanr
 
-from kaggle_transfer.data import synthetic
+from kaggle_transfer.competitions import synthetic
 from kaggle_transfer.study.archs import PAPER19, imagenet_top1, resolve_archs
 from kaggle_transfer.study.grid import GRIDS, load_grid, point_config
 from kaggle_transfer.study.stats import correlations

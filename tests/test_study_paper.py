@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from kaggle_transfer.data import synthetic
+from kaggle_transfer.competitions import synthetic
 
 TINY = ["--set", "size=32", "--set", "workers=0", "--set", "pretrained=false", "--set", "batch_size=16",
         "--set", "epochs=2"]

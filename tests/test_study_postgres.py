@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kaggle_transfer.data import synthetic
+from kaggle_transfer.competitions import synthetic
 
 from . import postgres
 

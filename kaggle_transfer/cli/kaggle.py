@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from ..config import ACCELERATORS, NOTEBOOK_PYTHON
+from ..inference.session import expand
+from ..kaggle import client as kaggle_client
 from .common import data_dir_option, tta_option
 
 
@@ -18,8 +20,6 @@ from .common import data_dir_option, tta_option
 def download(competition, dest, force) -> None:
     """Download a competition's files, extract them safely, and place them where kt train finds them."""
     from .. import competitions
-    from ..kaggle import client as kaggle_client
-
     comp = competitions.get(competition)
     slug = comp.kaggle_slug()
     if warning := kaggle_client.credentials_warning():
@@ -106,7 +106,6 @@ def submit(competition, target, message, data_dir, wait, bundle_dir, fetch_wheel
 def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, fetch_wheels, fp16, python, accelerator,
            cpu_fallback, image_has_onnxruntime, overwrite) -> None:
     """The offline notebook bundle of a code competition: ONNX models, wheels, script (metadata with --user)."""
-    from ..inference.session import expand
     from ..kaggle.bundle import NotebookTarget, Wheels, build
 
     target = NotebookTarget(python=python, accelerator=accelerator, precision="fp16" if fp16 else "fp32",
@@ -122,8 +121,6 @@ def bundle(competition, models, out, ensemble_spec, tta, wheels_from, user, fetc
 def submissions(competition) -> None:
     """Your past submissions to a competition (every page): date, message, status and scores."""
     from .. import competitions
-    from ..kaggle import client as kaggle_client
-
     comp = competitions.get(competition)
     rows = kaggle_client.list_submissions(comp.kaggle_slug())
     if not rows:
@@ -141,8 +138,6 @@ def leaderboard(competition, board) -> None:
     """Where your best score stands: rank, percentile and the medal lines, public with public (or private
     with private)."""
     from .. import competitions
-    from ..kaggle import client as kaggle_client
-
     comp = competitions.get(competition)
     result = kaggle_client.leaderboard(comp, board=board)
     click.echo(f"{comp.kaggle_slug()}: {result['teams']} teams on the {board} leaderboard")

@@ -8,6 +8,7 @@ import click
 
 from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING
 from ..errors import KtError
+from ..inference.session import expand
 from .common import data_dir_option, external_dir_option, external_dirs, progress_option, tta_option
 
 
@@ -38,8 +39,6 @@ def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, ref
             provider, fp16, io_binding, batch_size, workers, skip_bad_images, progress) -> None:
     """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
     from ..inference.pipeline import predict_submission
-    from ..inference.session import expand
-
     if not models and not ensemble_spec:
         raise KtError("name the models (model.onnx files or globs) or pass --ensemble SPEC.json")
     manifest = predict_submission(competition, expand(list(models)) if models else [], data_dir, out_root=out_root,
@@ -85,8 +84,6 @@ def pseudo(competition, models, ensemble_spec, data_dir, images, min_confidence,
     """Pseudo-label the test images (or --images DIR) with models or an ensemble; train on them with
     kt train --external pseudo=FILE (training rows only). Torch-free."""
     from ..inference.pseudo import pseudo_label
-    from ..inference.session import expand
-
     record = pseudo_label(competition, expand(list(models)) if models else [], ensemble=ensemble_spec,
                           data_dir=data_dir, images=images, min_confidence=min_confidence, soft=soft, out=out,
                           tta=tta, provider=provider, batch_size=batch_size, workers=workers, progress=progress)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import click
 
+from .. import runs
+from ..runs import runs_root as default_root
+from ..study.archs import PAPER19, resolve_archs
+from ..study.status import study_status as read_status
+from ..study.storage import default_storage
 from .common import external_dir_option, external_dirs
 
 
@@ -39,8 +44,6 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
               external_dir) -> None:
     """Train every (arch × grid point) once, resumably, across any number of workers."""
     from .. import competitions
-    from ..runs import runs_root as default_root
-    from ..study.archs import PAPER19, resolve_archs
     from ..study.runner import run_study
 
     comp = competitions.get(competition)
@@ -74,7 +77,6 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
               "(always written to compare.csv).")
 def study_report(competition, storage, runs_root, all_, top1_file, min_top1, compare_paper) -> None:
     """CSV and PNG like the paper's figure: ImageNet top-1 vs task score, correlations, normalised slope."""
-    from .. import runs
     from ..study.report import report_studies, summary_line
 
     results, across = report_studies(competition, every=all_, root=runs.runs_root(runs_root), storage_url=storage,
@@ -97,9 +99,6 @@ def study_report(competition, storage, runs_root, all_, top1_file, min_top1, com
 def study_status(competition, storage, runs_root) -> None:
     """Grid points done, running (where, since when), failed and left, with an ETA; from the storage alone."""
     from .. import competitions, runs
-    from ..study.status import study_status as read_status
-    from ..study.storage import default_storage
-
     name = competitions.get(competition).name
     for s in read_status(name, storage or default_storage(runs.runs_root(runs_root), name)):
         eta = f"; ETA {s['eta_minutes']} min ({s['mean_trial_minutes']} min a trial)" if s["eta_minutes"] is not None \

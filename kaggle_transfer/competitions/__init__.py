@@ -12,6 +12,7 @@ from .aptos import APTOS
 from .base import Competition
 from .cassava import CASSAVA
 from .cct20 import CCT20
+from .custom import check_spec, from_spec, load_spec
 from .eurosat import EUROSAT
 from .hpa import HPA
 from .siim_isic import SIIM_ISIC
@@ -26,8 +27,6 @@ def is_yaml(name: str) -> bool:
 
 def register(spec: dict) -> Competition:
     """Register a YAML-described competition (from its file or from an ONNX file's metadata)."""
-    from .custom import check_spec, from_spec
-
     spec = check_spec(spec, f"competition {spec.get('name', '?')}")
     if spec["name"] in COMPETITIONS:
         raise KtError(f"competition file: name {spec['name']!r} is a built-in competition; choose another name")
@@ -38,8 +37,6 @@ def register(spec: dict) -> Competition:
 def get(name: str) -> Competition:
     """A built-in by name, a registered custom one, or a competition YAML by path."""
     if is_yaml(name):
-        from .custom import load_spec
-
         comp = register(load_spec(name))
         comp.spec_file = str(Path(name).resolve())
         return comp

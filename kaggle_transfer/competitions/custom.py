@@ -37,6 +37,7 @@ import pandas as pd
 from ..data import tabular
 from ..errors import KtError
 from ..files import read_yaml
+from ..metrics import METRICS
 from ..tasks import KINDS, Task
 from .answers import VALUE_FORMATS
 from .base import Competition, check_files, read_csv, with_meta
@@ -154,8 +155,6 @@ def _need(spec: dict, key: str, where: str) -> Any:
 
 def check_spec(spec: Any, where: str) -> dict[str, Any]:
     """Validate a competition YAML; every problem names its key."""
-    from ..metrics import METRICS
-
     if not isinstance(spec, dict):
         raise KtError(f"{where} must be a mapping of keys (name, task, train_csv, ...)")
     unknown = sorted(set(spec) - KEYS)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import KtError
-from ..files import atomic_path
+from ..files import atomic_path, read_json, write_json
 from .base import Competition
 
 MAX_LISTED = 5
@@ -75,8 +75,6 @@ def validate(comp: Competition, csv_path: Path, data_dir: Path) -> dict[str, Any
 def record_kaggle(csv: Path, entry: dict[str, Any]) -> None:
     """Record what Kaggle answered (ref, status, scores) in the submission's manifest.json, if it has one:
     a new ref is appended, a known one updated (the ref is written first, the score when it comes)."""
-    from ..files import read_json, write_json
-
     manifest = Path(csv).parent / "manifest.json"
     if manifest.is_file():
         data = read_json(manifest, what="submission manifest")
@@ -92,8 +90,6 @@ def record_kaggle(csv: Path, entry: dict[str, Any]) -> None:
 def record_notebook_run(csv: Path, entry: dict[str, Any]) -> None:
     """Record the pushed notebook (datasets, kernel version, bundle id) in the submission's manifest.json
     as soon as it exists, merged into what was recorded before: `kt submit --resume` follows it."""
-    from ..files import read_json, write_json
-
     manifest = Path(csv).parent / "manifest.json"
     if manifest.is_file():
         data = read_json(manifest, what="submission manifest")

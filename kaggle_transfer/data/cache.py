@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import KtError
-from ..files import clean_stale_tmp, inside, write_json
+from ..files import clean_stale_tmp, contained, inside, write_json
 from . import images
 
 SUFFIXES = images.CACHE_SUFFIXES
@@ -153,8 +153,6 @@ def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external
     """`kt prepare`: cache a competition's train and test images and its external sources' images.
 
     A folder with train files only is still cached; the result's `notes` says what was left out."""
-    from ..files import contained
-
     if not 8 <= size <= 4096:
         raise KtError(f"--size {size} is outside 8..4096 (the side of the cached images)")
     if not 0 <= workers <= 256:

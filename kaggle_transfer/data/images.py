@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from ..errors import KtError
+from ..files import atomic_path
 
 # kt prepare's files, by format (benchmarks/cache_formats.py chose the default, README "Speed"): channels
 # in our order; png and raw read back exactly, jpeg (quality 95, no chroma subsampling) within ~40 dB
@@ -185,8 +186,6 @@ def fundus_crop(img: np.ndarray, threshold: int = 10) -> np.ndarray:
 
 def write_cache(path: str, img: np.ndarray) -> None:
     """Write a cache entry in the format its suffix names, for read_image to return the same channels."""
-    from ..files import atomic_path
-
     with atomic_path(path) as tmp:
         if path.endswith(CACHE_FORMATS["raw"]):
             with open(tmp, "wb") as f:

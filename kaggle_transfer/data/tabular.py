@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import KtError
+from ..files import read_json
 
 KINDS = ("numeric", "category")
 META_FILE = "meta.json"  # a run's fitted encoding
@@ -139,8 +140,6 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
 def load(run_dir) -> dict[str, Any] | None:
     """A run's fitted encoding (meta.json), or None when it trained on images alone."""
     from pathlib import Path
-
-    from ..files import read_json
 
     path = Path(run_dir) / META_FILE
     return check_spec(read_json(path, what="metadata encoding"), str(path)) if path.is_file() else None

@@ -16,7 +16,8 @@ from pathlib import Path
 from .. import competitions
 from ..errors import KtError
 from ..files import read_json, sha256, write_json
-from .session import read_metadata
+from .session import PRECISIONS, load_model, read_metadata
+from .tta import VIEWS
 
 CUDA = "CUDAExecutionProvider"
 
@@ -26,9 +27,6 @@ def check_bundle(spec, path: Path) -> dict:
     sha256, weights finite and at least 0 with a positive sum, one per model, known blend, views and
     precision. (The fitted parameters are checked where answers are decoded.)"""
     import math
-
-    from .session import PRECISIONS
-    from .tta import VIEWS
 
     def fail(why: str) -> KtError:
         return KtError(f"{path}: {why}; the bundle is damaged: build it again with kt bundle or kt submit")
@@ -68,8 +66,6 @@ def _models(bundle: Path, spec: dict) -> list[Path]:
 def _check_provider(model: Path, spec: dict, cpu_fallback: bool, echo: Callable[[str], None]) -> str:
     """The provider this notebook gets; a GPU bundle without CUDA stops here (or warns, with fallback)."""
     import onnxruntime as ort
-
-    from .session import load_model
 
     if spec.get("accelerator") != "gpu":
         return "cpu"

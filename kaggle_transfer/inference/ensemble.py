@@ -20,6 +20,7 @@ from .. import competitions, runs
 from ..config import ENSEMBLE_METHODS
 from ..errors import KtError
 from ..files import sha256, write_json
+from .metadata import check_fitted
 from .predict import blend
 
 METHODS = ENSEMBLE_METHODS
@@ -135,8 +136,6 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 def _check_fitted(spec: dict[str, Any], path: Path) -> None:
     """The spec's cut points or thresholds, held to the rules a model file's are (finite, increasing, the
     task's count, in [0, 1]): a hand-edited spec must not give every row one answer, reported valid."""
-    from .metadata import check_fitted
-
     name, fitted = spec.get("competition"), spec.get("fitted") or {}
     if isinstance(name, str) and (name in competitions.COMPETITIONS or name in competitions.CUSTOM):
         n = competitions.get(name).task.num_classes

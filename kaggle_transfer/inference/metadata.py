@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KtError
+from ..protocol import PROTOCOLS, RESIZES
+from .tta import VIEWS
 
 MAX_SIZE = 4096          # input side: well above any competition model (the largest runs use 1024)
 MAX_CLASSES = 100_000
@@ -35,8 +37,6 @@ def num_outputs(kind: str, num_classes: int) -> int:
 def check(meta: Any, path: Path) -> dict[str, Any]:
     """The metadata, or a KtError naming the first key that is missing, mistyped or out of range."""
     from ..competitions.custom import NAME
-    from .tta import VIEWS
-
     if not isinstance(meta, dict):
         raise _fail(path, "kt", "is not a JSON object")
     name = meta.get("competition")
@@ -81,8 +81,6 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
 
 def _check_preprocess(pre: Any, path: Path) -> None:
     """The protocol record (absent in files from before protocols: kt's squash resize)."""
-    from ..protocol import PROTOCOLS, RESIZES
-
     if pre is None:
         return
     if not isinstance(pre, dict):

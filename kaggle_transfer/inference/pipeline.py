@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import competitions, runs
 from ..competitions import submission
+from ..data import tabular
 from ..data.cache import use_cache
 from ..errors import KtError
 from ..files import write_json
@@ -120,16 +121,12 @@ def _test_outputs(comp, models: list[OnnxModel], data_dir: Path, *, tta: str, ca
 
 def _meta_missing(models: list[OnnxModel], test) -> dict[str, int] | None:
     """Test rows with a missing (or unseen) value per metadata column, for models that take metadata."""
-    from ..data import tabular
-
     spec = next((m.meta_spec for m in models if m.meta_spec), None)
     return tabular.encode(spec, test)[1] if spec else None
 
 
 def _meta_clipped(models: list[OnnxModel], test) -> dict[str, int] | None:
     """Test rows per metadata column whose value lay outside the training range and was clipped."""
-    from ..data import tabular
-
     spec = next((m.meta_spec for m in models if m.meta_spec), None)
     return tabular.out_of_range(spec, test) if spec else None
 

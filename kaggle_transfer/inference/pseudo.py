@@ -22,6 +22,7 @@ from ..data.ids import SUFFIXES
 from ..errors import KtError
 from ..files import atomic_path, sha256, write_json
 from ..tasks import Task, sigmoid
+from .tta import recorded_tta
 
 IMAGE_SUFFIXES = SUFFIXES
 
@@ -89,8 +90,6 @@ def pseudo_label(competition: str, model_paths: Sequence[str | Path], *, ensembl
     from .ensemble import load_blend
     from .pipeline import _fundus_crop, _load
     from .predict import blend, combine_fitted, predict_models
-    from .tta import recorded_tta
-
     if not 0.0 <= min_confidence < 1.0:
         raise KtError(f"--min-confidence {min_confidence} must lie in [0, 1)")
     spec = load_blend(ensemble) if ensemble else None

@@ -15,6 +15,7 @@ from .. import runs
 from ..config import IO_BINDING  # the one list the CLI offers too
 from ..errors import KtError
 from ..files import sha256
+from ..protocol import resize_of
 from .half import to_fp16
 from .metadata import check, check_graph, num_outputs
 
@@ -55,8 +56,6 @@ class OnnxModel:
     @property
     def resize(self) -> str:
         """How images reach `size` (protocol.py): squash, or center_crop for --protocol paper runs."""
-        from ..protocol import resize_of
-
         return resize_of(self.meta)
 
     def upload(self, batch: np.ndarray) -> Any:

@@ -29,6 +29,8 @@ from .. import competitions
 from ..config import ACCELERATORS, NOTEBOOK_PYTHON
 from ..errors import KtError
 from ..files import read_json, sha256, write_json, write_text
+from ..inference.session import read_metadata
+from ..inference.tta import recorded_tta
 from ..runs import slug
 from . import notebook, runtime
 
@@ -210,9 +212,6 @@ def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, 
 
 def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[str, Any]]:
     from ..inference.ensemble import load_blend
-    from ..inference.session import read_metadata
-    from ..inference.tta import recorded_tta
-
     spec: dict[str, Any] = {"weights": None, "blend": "mean", "fitted": None, "tta": None}
     if ensemble:
         blend = load_blend(ensemble)  # members of weight 0 are already left out

@@ -13,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from .. import competitions
+from .grid import GRIDS
 from .stats import correlations
+from .storage import open_storage
 
 PAPER_CSV = Path(__file__).with_name("paper.csv")
 VIEWS = {"all": None, "top1>=70": 70.0}
@@ -23,9 +25,6 @@ def grid_table(competition: str, storage_url: str) -> pd.DataFrame:
     """Every finished trial: arch, optimizer, lr, weight decay (the grid's value), schedule, the
     validation score and the reported one (CCT-20: cis_test), best epoch, parameters."""
     import optuna
-
-    from .grid import GRIDS
-    from .storage import open_storage
 
     comp = competitions.get(competition)
     storage = open_storage(storage_url)

@@ -19,8 +19,10 @@ from .. import competitions
 from ..errors import KtError
 from ..files import atomic_path, write_text
 from ..reports import plots
+from .appendix import compare, grid_table
 from .archs import imagenet_top1
 from .stats import SLOPE_DEFINITION, correlations, secondary_accuracy
+from .storage import default_storage, masked, open_storage
 
 
 def read_top1(path: str | Path | None) -> dict[str, tuple[float, str]]:
@@ -37,8 +39,6 @@ def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float,
                 ) -> pd.DataFrame:
     """One row per arch: best score, its hyperparameters, trials done, ImageNet top-1 and source."""
     import optuna
-
-    from .storage import masked, open_storage
 
     comp = competitions.get(competition)
     storage = open_storage(storage_url)
@@ -89,8 +89,6 @@ def report_studies(competition: str | None, *, every: bool = False, root: Path, 
                    ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame | None]:
     """`kt study report`: one competition's report, or with `every` each competition that has a study
     under `root` plus the cross-dataset table."""
-    from .storage import default_storage
-
     names = ([p.parent.name for p in sorted(Path(root).glob("*/study.db"))] if every
              else [competition] if competition else [])
     if not names:
@@ -105,8 +103,6 @@ def report(competition: str, storage_url: str, out_dir: Path, top1_file: str | P
            min_top1: float | None = None) -> dict[str, Any]:
     """study.csv (one row per model), grid.csv (every trial), compare.csv (the paper's figures beside
     the measured ones), study.png and study.md."""
-    from .appendix import compare, grid_table
-
     table = study_table(competition, storage_url, read_top1(top1_file))
     out_dir.mkdir(parents=True, exist_ok=True)
     grid, versus = grid_table(competition, storage_url), compare(competition, table)

@@ -23,7 +23,10 @@ from ..data import tabular
 from ..errors import KtError
 from ..files import sha256, write_json
 from . import checkpoints
+from .builders import pick_device
 from .evaluate import predict_raw
+from .export import load_run_model
+from .heldout import run_features
 
 SWA_FILE = "swa.pt"
 # what must agree between runs for their weights to be averaged and validated as one run
@@ -171,10 +174,7 @@ def _validate(run_dir: Path, cfg, data_dir: Path, info: dict[str, Any], *, progr
     """Score run_dir's best.pt on the validation rows of its fold; write oof.npz."""
     from torch.utils.data import DataLoader
 
-    from .builders import pick_device
     from .dataset import ImageDataset
-    from .export import load_run_model
-    from .heldout import run_features
     from .tables import load_tables
 
     comp = competitions.for_config(cfg)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .. import runs
 from ..errors import KtError
 from ..files import atomic_path
 
@@ -68,8 +69,6 @@ def init_source(init: str | Path) -> Path:
 
 def warm_start(model: torch.nn.Module, init: str | Path, arch: str) -> Path:
     """Load another run's best weights into `model` (same arch and head): e.g. 384 px, then 512 px."""
-    from .. import runs
-
     path = init_source(init)
     source_dir = path.parent
     if runs.is_run(source_dir) and runs.load_config(source_dir).arch != arch:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from .. import competitions, config, runs
-from ..data import synthetic
+from ..competitions import synthetic
+from ..data.digits import make_digits
 from ..errors import KtError
 from ..inference.pipeline import predict_submission
 from ..metrics import get_metric
@@ -39,8 +40,6 @@ def test_score(comp, data_dir: Path, csv: Path) -> float:
 def _data(name: str, workdir: Path, n_train: int, n_test: int, *, echo: Callable[[str], None]):
     """(adapter, data folder, extra config): synthetic data, or the real digits described by a YAML."""
     if name == "digits":
-        from ..data.digits import make_digits
-
         data_dir = workdir / "data" / "digits"
         if not (data_dir / "digits.yaml").is_file():
             make_digits(data_dir)

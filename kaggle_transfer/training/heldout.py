@@ -10,8 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import competitions, protocol, runs
+from ..data import tabular
 from ..files import contained, read_json, write_json
+from .builders import pick_device
 from .evaluate import predict_raw
+from .export import load_run_model
 
 HELDOUT = "heldout.json"
 
@@ -19,8 +22,6 @@ HELDOUT = "heldout.json"
 def run_features(run_dir: Path, table):
     """The rows' metadata encoded with the run's fitted encoding (a tensor), or None for an image-only run."""
     import torch
-
-    from ..data import tabular
 
     spec = tabular.load(run_dir)
     return None if spec is None else torch.from_numpy(tabular.encode(spec, table)[0])
@@ -32,10 +33,7 @@ def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = 
     import torch
     from torch.utils.data import DataLoader
 
-    from .builders import pick_device
     from .dataset import ImageDataset
-    from .export import load_run_model
-
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     if (run_dir / HELDOUT).is_file():
         return read_json(run_dir / HELDOUT, what="held-out scores")

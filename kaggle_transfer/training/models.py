@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import KtError
+from ..protocol import IMAGENET_MEAN, IMAGENET_STD
 
 
 class GeM(nn.Module):
@@ -130,8 +131,6 @@ def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: floa
     cfg = getattr(backbone, "pretrained_cfg", None) or {}
     mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     if imagenet_stats:  # every model of the study was normalised with ImageNet's statistics
-        from ..protocol import IMAGENET_MEAN, IMAGENET_STD
-
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]

@@ -17,6 +17,7 @@ from .. import competitions, config, runs
 from ..errors import KtError
 from ..files import write_json
 from . import distributed, tracking
+from .cv import fit_group, parse_folds
 
 GROUP_REQUEST = "group-request.json"  # what a --folds/--seeds group was asked to train, for --resume
 
@@ -75,7 +76,6 @@ def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str
     cfg = config.resolve(recipes, {"competition": comp.name, **implied, **(flags or {})}, sets)
     absolute_sources(cfg)
     data = competitions.find_data_dir(comp, data_dir)
-    from .cv import parse_folds
     from .tables import preflight
 
     cv_folds = parse_folds(folds, cfg.folds)
@@ -143,8 +143,6 @@ def train(plan: RunPlan, *, progress: bool = True) -> dict[str, Any]:
 
 def _train(plan: RunPlan, *, progress: bool) -> dict[str, Any]:
     if plan.is_group:
-        from .cv import fit_group
-
         return fit_group(plan.cfg, plan.run_dir, plan.data_dir, plan.folds, seeds=plan.seeds,
                          external_dirs=plan.external_dirs, skip_bad_images=plan.skip_bad_images, progress=progress)
     from .loop import fit

@@ -15,6 +15,8 @@ from ..data.ids import keys
 from ..data.splits import TRAIN_ONLY, assign_folds, paper_shards, read_split_file
 from ..errors import KtError
 from ..files import contained, write_json
+from ..inference.ensemble import load_spec
+from .models import check_arch
 from .targets import PSEUDO, add_pseudo, pseudo_file, read_pseudo
 
 
@@ -66,8 +68,6 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
 def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
     """Cheap checks before a run folder is made: arch, loss and the training table (files included).
     Returns the competition's rows, for fit() to reuse."""
-    from .models import check_arch
-
     comp = competitions.for_config(cfg)
     check_arch(cfg.arch)
     protocol.for_run(cfg, comp)  # a channel choice the protocol cannot feed fails before any image is read
@@ -79,8 +79,6 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
         if pseudo_file(source) is not None:
             read_pseudo(pseudo_file(source), comp)
     if cfg.teacher:
-        from ..inference.ensemble import load_spec
-
         load_spec(cfg.teacher)
     if cfg.split_file:  # a duplicated or conflicting id, too
         read_split_file(cfg.split_file)

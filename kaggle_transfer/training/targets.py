@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..data import ids
 from ..errors import KtError
-from ..files import read_json
+from ..files import contained, read_json, sha256
 from ..tasks import Task, sigmoid
 
 PSEUDO = "pseudo"
@@ -60,8 +60,6 @@ def _parse_target(task: Task, value: Any, path: Path, row: int) -> Any:
 def read_pseudo(path: Path, comp, *, root: str | Path | None = None) -> pd.DataFrame:
     """kt pseudo's table as standard training rows (source `pseudo`), with the raw outputs in `raw`
     and `soft` marking rows that train on soft labels. `root` replaces the recorded image root."""
-    from ..files import contained
-
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise KtError(f"--external pseudo={path}: the table or its {meta_path.name} is missing; make them with "
@@ -226,7 +224,5 @@ def training_targets(cfg, comp, task: Task, rows: pd.DataFrame, loss: str) -> tu
 
 def describe_sources(external: list[str]) -> dict[str, Any]:
     """Provenance of the pseudo tables a run trains on (path and sha256), for run.json."""
-    from ..files import sha256
-
     files = [pseudo_file(s) for s in external]
     return {str(f.resolve()): sha256(f) for f in files if f is not None and f.is_file()}

@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import KtError
+from .cassava import DISEASES
+from .cct20 import CATEGORIES, EMPTY_ID, SPLITS
+from .eurosat import CLASSES
 
 # Class shares of the real APTOS train set (about 1805/370/999/193/295 of 3662).
 APTOS_SHARES = np.array([1805, 370, 999, 193, 295]) / 3662
@@ -193,8 +196,6 @@ def _leaf(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
 def make_cassava(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, image_size: int = 64,
                  seed: int = 0) -> Path:
     """train.csv (image_id with .jpg, label), train_images/, test_images/, a one-row sample submission."""
-    from ..competitions.cassava import DISEASES
-
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     shares = np.array([1087, 2189, 2386, 13158, 2577]) / 21397  # the real class counts
@@ -220,8 +221,6 @@ def _camera_frame(rng: np.random.Generator, category: int, location: int, size: 
     if rng.random() < 0.3:
         img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)  # night frame
     if category != 30:
-        from ..competitions.cct20 import CATEGORIES
-
         k = list(CATEGORIES).index(category)
         colour = tuple(int(v) for v in ((k * 53) % 255, (k * 97) % 255, (k * 151) % 255))
         centre = tuple(int(v) for v in rng.integers(size // 4, 3 * size // 4, 2))
@@ -233,8 +232,6 @@ def make_cct20(out_dir: str | Path, *, n_train: int = 200, n_test: int = 60, ima
                seed: int = 0) -> Path:
     """eccv_18_annotation_files/{split}_annotations.json + eccv_18_all_images_sm/, cis = seen locations.
     `train` gets n_train images, each other split n_test."""
-    from ..competitions.cct20 import CATEGORIES, EMPTY_ID, SPLITS
-
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     (out / "eccv_18_annotation_files").mkdir(parents=True, exist_ok=True)
@@ -265,8 +262,6 @@ def make_eurosat(out_dir: str | Path, *, n_train: int = 200, n_test: int = 0, im
                  seed: int = 0) -> Path:
     """2750/<Class>/<Class>_<n>.jpg: patches whose colour and stripe spacing follow the class. EuroSAT has
     no test split (the study reports its validation split), so n_test is not used."""
-    from ..competitions.eurosat import CLASSES
-
     rng = np.random.default_rng(seed)
     for i in range(n_train):
         k, folder = i % len(CLASSES), Path(out_dir) / "2750" / CLASSES[i % len(CLASSES)]
