@@ -100,6 +100,23 @@ def contained(table, root: Path, what: str):
     return table
 
 
+def write_csv(path: str | os.PathLike, frame, **kwargs: Any) -> Path:
+    """A pandas frame as CSV, atomically (no index unless asked)."""
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, **kwargs)
+    return Path(path)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """A copy that appears whole or not at all."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
 def clean_stale_tmp(folder: str | os.PathLike) -> int:
     """Remove temp files that a killed process left behind (atomic_path's `.NAME.XXXX.tmp`)."""
     n = 0

@@ -28,10 +28,23 @@ import numpy as np
 
 from . import config
 from .errors import KtError
-from .files import atomic_path, inside, read_json, write_json
+from .files import atomic_path, inside, read_json, write_csv, write_json
 
-CONFIG, RUN_INFO, METRICS, OOF, GROUP, MODEL = \
-    "config.yaml", "run.json", "metrics.json", "oof.npz", "group.json", "model.onnx"
+# every file name of a run folder; no other module spells one
+CONFIG = "config.yaml"      # the resolved RunConfig
+RUN_INFO = "run.json"       # absolute data and external folders, git sha, host
+METRICS = "metrics.json"    # the completion marker, written last: best score, epoch, fitted parameters
+HISTORY = "history.csv"     # one row per epoch
+OOF = "oof.npz"             # validation ids, raw outputs, targets, fitted parameters
+GROUP = "group.json"        # a --folds/--seeds group's members and scores
+MODEL = "model.onnx"        # written by kt export
+BEST = "best.pt"            # the best epoch's weights (weights only)
+LAST = "last.pt"            # the last epoch's full state, for --resume
+SWA = "swa.pt"              # the SWA average's weights
+TABULAR = "meta.json"       # the fitted encoding of metadata columns (--set meta=true)
+HELDOUT = "heldout.json"    # scores on labelled held-out splits (CCT-20's cis_test, trans_test)
+TRACKING = "tracking.json"  # the MLflow run id of --track mlflow
+PLOTS = "plots"             # the run's PNGs and report.md
 
 
 # --- roots and names -------------------------------------------------------------------------
@@ -144,6 +157,16 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         raise KtError(f"{path}: 'external_dirs' must map source names to folders; the run record is damaged")
     return info
 
+
+
+def write_metrics(run_dir: Path, result: dict[str, Any]) -> None:
+    """The completion marker: written last, atomically; a run without it is not trusted."""
+    write_json(Path(run_dir) / METRICS, result)
+
+
+def write_history(run_dir: Path, history) -> None:
+    """One row per epoch (a DataFrame), replaced atomically after every epoch."""
+    write_csv(Path(run_dir) / HISTORY, history)
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:

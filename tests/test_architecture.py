@@ -216,3 +216,17 @@ def test_prediction_and_validation_import_no_heavy_libraries(onnx_model, aptos_d
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_run_folder_file_names_are_spelled_only_in_runs_py():
+    """runs.py owns the run folder: a file name spelled anywhere else would drift from it."""
+    names = {node.value.value for node in ast.parse((PACKAGE / "runs.py").read_text()).body
+             if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+             and isinstance(node.value.value, str) and node.targets[0].id.isupper()}
+    assert {"best.pt", "last.pt", "history.csv", "metrics.json", "plots", "model.onnx"} <= names
+    offenders = [f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}"
+                 for path in PACKAGE.rglob("*.py") if path.name != "runs.py"
+                 for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Constant) and isinstance(node.value, str)
+                 and (node.value in names or node.value.rsplit("/", 1)[-1] in names - {"plots"})]
+    assert offenders == []

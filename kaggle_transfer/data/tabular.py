@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .. import runs
 from ..errors import KtError
 from ..files import read_json
 
 KINDS = ("numeric", "category")
-META_FILE = "meta.json"  # a run's fitted encoding
 MAX_LEVELS = 256  # a "category" column with more distinct values is most likely an id
 MAX_ABS = 1e12    # a training value beyond this is a data error, not a measurement
 
@@ -141,5 +141,5 @@ def load(run_dir) -> dict[str, Any] | None:
     """A run's fitted encoding (meta.json), or None when it trained on images alone."""
     from pathlib import Path
 
-    path = Path(run_dir) / META_FILE
+    path = Path(run_dir) / runs.TABULAR
     return check_spec(read_json(path, what="metadata encoding"), str(path)) if path.is_file() else None

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .. import competitions, runs
 from ..errors import KtError
-from ..files import write_json
+from ..files import write_csv, write_json
 from ..metrics import get_metric
 from .predict import blend, combine_fitted, predict_models
 from .session import load_ensemble
@@ -53,7 +53,7 @@ def evaluate(competition: str, items: Sequence[str | Path], data_dir: str | Path
     table = pd.DataFrame(per_class).pivot(index="class", columns="split", values=["accuracy", "images"])
     out_dir = Path(out) if out else Path(models[0].path).parent
     write_json(out_dir / "evaluation.json", result)
-    table.to_csv(out_dir / "evaluation_per_class.csv")
+    write_csv(out_dir / "evaluation_per_class.csv", table, index=True)
     result["per_class"] = table
     result["files"] = [str(out_dir / "evaluation.json"), str(out_dir / "evaluation_per_class.csv")]
     return result

@@ -48,7 +48,7 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     comp = competitions.for_config(cfg)
     task = comp.task
     raw, y, fitted = oof["raw"], oof["targets"], oof["fitted"]
-    out_dir = Path(out) if out else target / "plots"
+    out_dir = Path(out) if out else target / runs.PLOTS
     pngs = []
     if task.kind in ("multiclass", "ordinal"):
         pngs.append(confusion(y.astype(int), task.decode(raw, fitted), comp.class_names, out_dir / "confusion.png"))
@@ -59,7 +59,7 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
                                  path=out_dir / "per_class.png"))
     if task.kind == "binary":
         pngs.append(roc(sigmoid(raw.reshape(-1)), y, out_dir / "roc.png"))
-    histories = sorted(target.glob("*/history.csv")) or [target / "history.csv"]
+    histories = sorted(target.glob(f"*/{runs.HISTORY}")) or [target / runs.HISTORY]
     for h in histories:
         if h.is_file():
             try:

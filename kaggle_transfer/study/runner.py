@@ -100,7 +100,7 @@ def _train_point(trial, cfg, run_dir: Path, data_dir: Path, *, progress: bool,
     trial.set_user_attr("host", socket.gethostname())
     result, trained = runs.read_metrics(run_dir), 0
     if result is None:
-        resume = (run_dir / "last.pt").is_file()
+        resume = (run_dir / runs.LAST).is_file()
         trial.set_user_attr("trained_from", "resumed" if resume else "scratch")
         run_dir.mkdir(parents=True, exist_ok=True)
         result, trained = fit(cfg, run_dir, data_dir, resume=resume, progress=progress,

@@ -19,16 +19,14 @@ import numpy as np
 import torch
 
 from .. import competitions, protocol, runs
-from ..data import tabular
 from ..errors import KtError
-from ..files import sha256, write_json
+from ..files import copy_file, sha256, write_json
 from . import checkpoints
 from .builders import pick_device
 from .evaluate import predict_raw
 from .export import load_run_model
 from .heldout import run_features
 
-SWA_FILE = "swa.pt"
 # what must agree between runs for their weights to be averaged and validated as one run
 SAME = ("competition", "competition_file", "arch", "size", "pool", "channels", "protocol", "fundus_crop",
         "split", "split_file", "folds", "fold", "split_seed", "keep_empty", "per_annotation", "meta")
@@ -132,16 +130,16 @@ def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None 
         raise KtError("kt average needs two or more run folders")
     for d in run_dirs:
         runs.require_finished(d)
-        if not (d / "best.pt").is_file():
-            raise KtError(f"{d}/best.pt not found; pass finished run folders made by kt train")
+        if not (d / runs.BEST).is_file():
+            raise KtError(f"{d / runs.BEST} not found; pass finished run folders made by kt train")
     cfgs = _check_same(run_dirs)
     val_ids = _same_validation_rows(run_dirs)
     cfg = cfgs[0]
     comp = competitions.for_config(cfg)
     info = runs.read_run_info(run_dirs[0])
     data_dir = Path(data_dir or info["data_dir"])
-    state = mean_state([checkpoints.load(d / "best.pt") for d in run_dirs])
-    sources = [{"run": str(d.resolve()), "sha256": sha256(d / "best.pt"),
+    state = mean_state([checkpoints.load(d / runs.BEST) for d in run_dirs])
+    sources = [{"run": str(d.resolve()), "sha256": sha256(d / runs.BEST),
                 "score": (runs.read_metrics(d) or {}).get("score")} for d in run_dirs]
     out = runs.new_run_dir(runs.runs_root(runs_root), comp.name,
                            label or f"avg{len(run_dirs)}_{cfg.arch}@{cfg.size}")
@@ -149,9 +147,9 @@ def average_runs(run_dirs: Sequence[str | Path], *, data_dir: str | Path | None 
         runs.save_config(out, cfg)
         runs.write_run_info(out, {**info, "data_dir": str(data_dir.resolve()), "averaged_from": sources,
                                   "preprocess": protocol.for_run(cfg, comp).describe(), "init": None})
-        checkpoints.save(state, out / "best.pt")
-        if (run_dirs[0] / tabular.META_FILE).is_file():  # the first run's metadata encoding (same training rows)
-            shutil.copyfile(run_dirs[0] / tabular.META_FILE, out / tabular.META_FILE)
+        checkpoints.save(state, out / runs.BEST)
+        if (run_dirs[0] / runs.TABULAR).is_file():  # the first run's metadata encoding (same training rows)
+            copy_file(run_dirs[0] / runs.TABULAR, out / runs.TABULAR)
         score, fitted, n_val = _validate(out, cfg, data_dir, info, progress=progress)
         got = set(map(str, runs.load_oof(out)["ids"]))
         if got != val_ids:  # the data changed since the runs trained (skipped images, a new split file)

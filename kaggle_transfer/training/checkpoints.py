@@ -61,7 +61,7 @@ def checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None
 def init_source(init: str | Path) -> Path:
     """The best.pt a warm start (`--set init=RUN`) loads: a run folder's, or the file given."""
     path = Path(init)
-    path = path / "best.pt" if path.is_dir() else path
+    path = path / runs.BEST if path.is_dir() else path
     if not path.is_file():
         raise KtError(f"--init {init}: no best.pt there; pass a finished run folder (kt train made it)")
     return path

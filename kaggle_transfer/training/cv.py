@@ -52,7 +52,7 @@ def fit_group(cfg: RunConfig, group_dir: Path, data_dir: Path, folds: list[int],
             member_cfg = dataclasses.replace(cfg, fold=k, seed=cfg.seed + s)
             result = runs.read_metrics(run_dir)
             if result is None:
-                resume = (run_dir / "last.pt").is_file()
+                resume = (run_dir / runs.LAST).is_file()
                 if progress:
                     print(f"{'resuming' if resume else 'training'} {name}")
                 result = fit(member_cfg, run_dir, data_dir, external_dirs=external_dirs, resume=resume,

@@ -57,8 +57,8 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     """The run's network with its best weights, in eval mode on the CPU."""
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
-    if not (run_dir / "best.pt").is_file():
-        raise KtError(f"{run_dir}/best.pt not found; the run has not finished an epoch (kt train --resume {run_dir})")
+    if not (run_dir / runs.BEST).is_file():
+        raise KtError(f"{run_dir / runs.BEST} not found; the run has not finished an epoch (kt train --resume {run_dir})")
     comp = competitions.for_config(cfg)
     in_chans = len(comp.select_channels(protocol.channels(cfg, comp)))
     outputs = comp.task.trained_with(cfg.loss).num_outputs
@@ -68,9 +68,9 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
                         pretrained=False, size=cfg.size, bgr=proto.bgr, imagenet_stats=proto.imagenet_stats,
                         meta_dim=spec["width"] if spec else 0)
     try:
-        model.load_state_dict(checkpoints.load(run_dir / "best.pt"))
+        model.load_state_dict(checkpoints.load(run_dir / runs.BEST))
     except RuntimeError as e:
-        raise KtError(f"{run_dir / 'best.pt'} does not fit the run's network ({str(e).splitlines()[0][:80]}); "
+        raise KtError(f"{run_dir / runs.BEST} does not fit the run's network ({str(e).splitlines()[0][:80]}); "
                       "it was damaged or copied from another run") from None
     return model.eval(), cfg
 

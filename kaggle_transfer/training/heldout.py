@@ -16,8 +16,6 @@ from .builders import pick_device
 from .evaluate import predict_raw
 from .export import load_run_model
 
-HELDOUT = "heldout.json"
-
 
 def run_features(run_dir: Path, table):
     """The rows' metadata encoded with the run's fitted encoding (a tensor), or None for an image-only run."""
@@ -35,8 +33,8 @@ def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = 
 
     from .dataset import ImageDataset
     run_dir, data_dir = Path(run_dir), Path(data_dir)
-    if (run_dir / HELDOUT).is_file():
-        return read_json(run_dir / HELDOUT, what="held-out scores")
+    if (run_dir / runs.HELDOUT).is_file():
+        return read_json(run_dir / runs.HELDOUT, what="held-out scores")
     cfg = runs.load_config(run_dir)
     comp = competitions.for_config(cfg)
     if not comp.eval_splits:
@@ -58,5 +56,5 @@ def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = 
             raw = predict_raw(model, loader, device, None, channels_last=False, meta=features)
         raw = raw.squeeze(1) if task.num_outputs == 1 else raw
         scores[split] = float(task.score(task.targets(table["target"]), raw, fitted))
-    write_json(run_dir / HELDOUT, scores)
+    write_json(run_dir / runs.HELDOUT, scores)
     return scores

@@ -25,7 +25,7 @@ from ..errors import KtError
 from ..tasks import Task
 from . import distributed, tracking
 from .augment import build_train_transform
-from .averaging import SWA_FILE, Swa
+from .averaging import Swa
 from .builders import (
     amp_dtype,
     build_loss,
@@ -207,12 +207,12 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
     def keep(net: nn.Module, raw: np.ndarray, fitted: dict[str, Any]) -> None:
         """The best weights so far and their validation outputs."""
         if main:
-            save(net.state_dict(), run_dir / "best.pt")
+            save(net.state_dict(), run_dir / runs.BEST)
             runs.save_oof(run_dir, val_rows["id"], raw, y_val, fitted=fitted)
 
     state = {"epoch": 0, "best_score": -math.inf, "best_epoch": -1, "history": [], "bad_epochs": 0, "updates": 0}
     if resume:
-        state = restore(run_dir / "last.pt", device, parts)
+        state = restore(run_dir / runs.LAST, device, parts)
 
     started, frozen = time.time(), frozen_epochs(cfg)
     for epoch in range(state["epoch"], cfg.epochs):
@@ -256,8 +256,8 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
         if main:
-            pd.DataFrame(state["history"]).to_csv(run_dir / "history.csv", index=False)
-            checkpoint(run_dir / "last.pt", parts, state)
+            runs.write_history(run_dir, pd.DataFrame(state["history"]))
+            checkpoint(run_dir / runs.LAST, parts, state)
         trim_heap()  # freed activations back to the OS: the next epoch's peak does not creep up
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             break
@@ -267,7 +267,7 @@ def fit(cfg: RunConfig, run_dir: Path, data_dir: Path, *, external_dirs: dict[st
         state["swa"] = {"epochs_averaged": swa.epochs_averaged, "score": score,
                         "selected": cfg.swa_keep == "always" or score > state["best_score"]}
         if main:
-            save(net.state_dict(), run_dir / SWA_FILE)
+            save(net.state_dict(), run_dir / runs.SWA)
         if state["swa"]["selected"]:
             state["best_score"] = score
             keep(net, raw, fitted)

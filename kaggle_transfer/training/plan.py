@@ -133,9 +133,9 @@ def train(plan: RunPlan, *, progress: bool = True) -> dict[str, Any]:
     try:
         return _train(plan, progress=progress)
     except BaseException:
-        for record in plan.run_dir.rglob(tracking.TRACKING):  # its MLflow run ends FAILED, not RUNNING forever
+        for record in plan.run_dir.rglob(runs.TRACKING):  # its MLflow run ends FAILED, not RUNNING forever
             tracking.fail(record.parent)
-        produced = any(plan.run_dir.rglob("last.pt")) or any(plan.run_dir.rglob(runs.METRICS))
+        produced = any(plan.run_dir.rglob(runs.LAST)) or any(plan.run_dir.rglob(runs.METRICS))
         if not plan.resume and not produced and distributed.is_main():
             shutil.rmtree(plan.run_dir, ignore_errors=True)
         raise

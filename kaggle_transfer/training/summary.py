@@ -12,7 +12,7 @@ import torch
 
 from .. import runs
 from ..config import RunConfig
-from ..files import clean_stale_tmp, sha256, write_json
+from ..files import clean_stale_tmp, sha256
 from ..reports import plots
 from . import distributed
 from .checkpoints import init_source
@@ -25,7 +25,7 @@ def finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *
     """metrics.json and the learning-curve plot, from the loop's state and the best epoch's OOF."""
     task = comp.task
     history = pd.DataFrame(state["history"])
-    plots.learning_curve(history, task.metric, run_dir / "plots" / "learning_curve.png")
+    plots.learning_curve(history, task.metric, run_dir / runs.PLOTS / "learning_curve.png")
     oof = runs.load_oof(run_dir)
     result = {
         "competition": comp.name, "metric": task.metric, "score": state["best_score"],
@@ -44,7 +44,7 @@ def finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *
     }
     if task.kind == "ordinal" and oof["raw"].ndim == 1:  # what the fitted cut points bought over rounding
         result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
-    write_json(run_dir / "metrics.json", result)
+    runs.write_metrics(run_dir, result)
     return result
 
 

@@ -96,5 +96,5 @@ def meta_inputs(cfg: RunConfig, comp, train_rows: pd.DataFrame, val_rows: pd.Dat
     spec = tabular.fit(comp.meta_columns, train_rows)
     (train, gaps), (val, val_gaps) = tabular.encode(spec, train_rows), tabular.encode(spec, val_rows)
     if run_dir is not None:
-        write_json(Path(run_dir) / tabular.META_FILE, {**spec, "missing": {"train": gaps, "validation": val_gaps}})
+        write_json(Path(run_dir) / runs.TABULAR, {**spec, "missing": {"train": gaps, "validation": val_gaps}})
     return spec["width"], torch.from_numpy(train), torch.from_numpy(val)

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import runs
 from ..errors import KtError
 from ..files import read_json, write_json
 
-TRACKING = "tracking.json"
 MODES = ("none", "mlflow")
 # files of a run folder copied to MLflow at the end (the checkpoints stay in the run folder)
-ARTEFACTS = ("config.yaml", "run.json", "metrics.json", "history.csv", "heldout.json")
+ARTEFACTS = (runs.CONFIG, runs.RUN_INFO, runs.METRICS, runs.HISTORY, runs.HELDOUT)
 
 
 def _mlflow():
@@ -93,8 +93,8 @@ class Tracker:
         for name in ARTEFACTS:
             if (run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run_dir / name))
-        for png in sorted((run_dir / "plots").glob("*.png")):
-            self.client.log_artifact(self.run_id, str(png), "plots")
+        for png in sorted((run_dir / runs.PLOTS).glob("*.png")):
+            self.client.log_artifact(self.run_id, str(png), runs.PLOTS)
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
@@ -104,7 +104,7 @@ def start(cfg, run_dir: Path, *, resume: bool, main: bool) -> Tracker:
         return Tracker()
     uri = cfg.track_uri or default_uri(run_dir.parent.parent)
     client = _client(uri)
-    record = run_dir / TRACKING
+    record = run_dir / runs.TRACKING
     if resume and record.is_file():
         run_id = read_json(record, what="tracking record")["run_id"]
         client.update_run(run_id, status="RUNNING")
@@ -122,7 +122,7 @@ def start(cfg, run_dir: Path, *, resume: bool, main: bool) -> Tracker:
 
 def fail(run_dir: Path) -> None:
     """Mark the run's MLflow run FAILED (a killed or failed kt run); silent when it has none."""
-    record = Path(run_dir) / TRACKING
+    record = Path(run_dir) / runs.TRACKING
     if not record.is_file():
         return
     try:
