@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kaggle_transfer.competitions import APTOS, HPA
-from kaggle_transfer.competitions import synthetic
+from kaggle_transfer.competitions import APTOS, HPA, synthetic
 from kaggle_transfer.data import images
 from kaggle_transfer.data.cache import load_manifest, prepare, use_cache
 from kaggle_transfer.training.dataset import ImageDataset

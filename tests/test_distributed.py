@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kaggle_transfer.competitions import APTOS
-from kaggle_transfer.competitions import synthetic
+from kaggle_transfer.competitions import APTOS, synthetic
 from kaggle_transfer.data.splits import assign_folds
 from kaggle_transfer.training.export import export
 

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_transfer.competitions import APTOS, CASSAVA
-from kaggle_transfer.competitions import synthetic
+from kaggle_transfer.competitions import APTOS, CASSAVA, synthetic
 from kaggle_transfer.data.splits import assign_folds, paper_split
 
 

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from kaggle_transfer import config
-from kaggle_transfer.competitions import COMPETITIONS
-from kaggle_transfer.competitions import synthetic
+from kaggle_transfer.competitions import COMPETITIONS, synthetic
 from kaggle_transfer.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1] / "competitions"
