@@ -19,6 +19,7 @@ import numpy as np
 def run(seed: int, epochs: int, root: Path, data_dir: Path) -> float:
     from kaggle_transfer import competitions, config
     from kaggle_transfer.inference.pipeline import predict_submission
+    from kaggle_transfer.inference.predictor import Choice, RunOptions, load_predictor
     from kaggle_transfer.training.demo import test_score
     from kaggle_transfer.training.export import export
     from kaggle_transfer.training.loop import fit
@@ -30,8 +31,8 @@ def run(seed: int, epochs: int, root: Path, data_dir: Path) -> float:
     run_dir.mkdir()
     fit(cfg, run_dir, data_dir, progress=False)
     onnx = export(run_dir)["path"]
-    manifest = predict_submission(comp.name, [onnx], data_dir, out_root=root / "subs", label=f"seed{seed}",
-                                  progress=False)
+    predictor = load_predictor(comp.name, Choice(models=[onnx]), RunOptions(progress=False))
+    manifest = predict_submission(predictor, data_dir, out_root=root / "subs", label=f"seed{seed}")
     return test_score(comp, data_dir, Path(manifest["submission"]))
 
 

@@ -94,11 +94,12 @@ class Bench:
     def test(self, models: list[Path] | None = None, spec: Path | None = None) -> tuple[float, float]:
         """(held-out accuracy, predict seconds) of kt predict on the 450 test images."""
         from kaggle_transfer.inference.pipeline import predict_submission
+        from kaggle_transfer.inference.predictor import Choice, RunOptions, load_predictor
         from kaggle_transfer.training.demo import test_score
 
-        manifest = predict_submission(self.comp.name, [str(m) for m in models or []], self.data,
-                                      out_root=self.root / "subs", ensemble=spec, progress=False,
-                                      label=f"t{time.time_ns()}", workers=2)
+        choice = Choice(models=[str(m) for m in models or []], ensemble=spec)
+        predictor = load_predictor(self.comp.name, choice, RunOptions(progress=False, threads=2))
+        manifest = predict_submission(predictor, self.data, out_root=self.root / "subs", label=f"t{time.time_ns()}")
         return test_score(self.comp, self.data, Path(manifest["submission"])), manifest["seconds"]
 
 
@@ -137,6 +138,7 @@ def _swa_model(run: Path) -> Path:
 def scarce_labels(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[str, float]:
     from kaggle_transfer import runs
     from kaggle_transfer.inference import ensemble
+    from kaggle_transfer.inference.predictor import Choice, RunOptions, load_predictor
     from kaggle_transfer.inference.pseudo import pseudo_label
 
     data = _digits(tmp / f"digits{seed}", labelled, seed)
@@ -154,8 +156,8 @@ def scarce_labels(seed: int, epochs: int, labelled: float, tmp: Path) -> dict[st
     teachers = [b.group(f"teacher{k}", seed=seed * 10 + k) for k in range(3)]
     spec = Path(ensemble.build(b.comp.name, teachers, method="greedy", out=b.root / "teacher.json")["path"])
     out["teacher"], out["teacher_predict_s"] = b.test(spec=spec)
-    table = pseudo_label(str(data / "digits.yaml"), [], ensemble=spec, images=data / "unlabelled",
-                         out=b.root / "pseudo.csv", progress=False, workers=2)
+    teacher = load_predictor(str(data / "digits.yaml"), Choice(ensemble=spec), RunOptions(progress=False, threads=2))
+    table = pseudo_label(teacher, images=data / "unlabelled", out=b.root / "pseudo.csv")
     out["pseudo_rows"] = table["kept"]
     pseudo = [f"pseudo={table['path']}"]
     out["+pseudo"] = b.test([b.train("pseudo", external=pseudo) / "model.onnx"])[0]

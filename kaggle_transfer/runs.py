@@ -209,6 +209,35 @@ def load_oof(run_dir: Path) -> dict[str, Any] | None:
 
 # --- run groups ------------------------------------------------------------------------------
 
+def load_oofs(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    """The one OOF loader of blends: (ids, raws (runs, rows, outputs), targets, config of the first),
+    aligned by id. Runs and run groups (their pooled OOF) mix; all must cover the same rows."""
+    oofs = []
+    for d in run_dirs:
+        require_finished(d)
+        oof = load_oof(d)
+        if oof is None:
+            raise KtError(f"{d} has no {OOF}; pass run folders or --folds run groups made by kt train")
+        oofs.append(oof)
+    ids = np.sort(oofs[0]["ids"])
+    raws, targets = [], None
+    for d, oof in zip(run_dirs, oofs, strict=True):
+        if set(oof["ids"]) != set(ids):
+            raise KtError(f"{d} was validated on other rows than {run_dirs[0]}; blend runs of one split "
+                          "(the same --split and --folds)")
+        order = np.argsort(oof["ids"])
+        raws.append(oof["raw"][order])
+        targets = oof["targets"][order]
+    return ids, np.stack(raws).astype(np.float64), targets, load_config(run_dirs[0])
+
+
+def oof_owner(model: Path) -> Path:
+    """The run folder whose OOF scores a model file: its own run, or the group whose member it is
+    (a fold's own OOF covers only its fold; the group's pooled OOF covers every row)."""
+    run = Path(model).resolve().parent
+    return run.parent if (run.parent / GROUP).is_file() else run
+
+
 def write_group(group_dir: Path, summary: dict[str, Any]) -> None:
     write_json(Path(group_dir) / GROUP, summary)
 

@@ -1,5 +1,5 @@
 """The shape of the package: torch only under training/, no import cycles, nothing imports the CLI,
-the README's map matches the tree, and the repository speaks of itself only."""
+docs/architecture.md's map matches the tree, and the repository speaks of itself only."""
 
 from __future__ import annotations
 
@@ -163,8 +163,9 @@ def test_torch_is_imported_only_under_training():
 
 
 def test_readme_map_matches_the_tree():
-    """The package map in README.md names every module and folder of kaggle_transfer/, and nothing else."""
-    text = (ROOT / "README.md").read_text()
+    """The package map in docs/architecture.md names every module and folder of kaggle_transfer/, and
+    nothing else."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
     block = text.split("<!-- package map -->", 2)[1]
     listed, folders = set(), []
     for line in block.splitlines():
@@ -181,7 +182,7 @@ def test_readme_map_matches_the_tree():
     actual = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
     actual |= {str(p.relative_to(PACKAGE)) + "/" for p in PACKAGE.rglob("*") if p.is_dir()
                and p.name != "__pycache__"}
-    assert listed == actual, f"missing from README: {sorted(actual - listed)}; not in tree: {sorted(listed - actual)}"
+    assert listed == actual, f"missing from docs/architecture.md: {sorted(actual - listed)}; not in tree: {sorted(listed - actual)}"
 
 
 # a folder beside the checkout, and words about who built the project or on what, have no place in it

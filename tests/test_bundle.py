@@ -134,7 +134,7 @@ def test_members_of_weight_zero_are_neither_bundled_nor_run(onnx_model, aptos_di
     import shutil
 
     from kaggle_transfer.files import sha256
-    from kaggle_transfer.inference.pipeline import predict_submission
+    from tests.helpers import predict
 
     unused = tmp_path / "unused.onnx"
     shutil.copy(onnx_model, unused)
@@ -149,7 +149,7 @@ def test_members_of_weight_zero_are_neither_bundled_nor_run(onnx_model, aptos_di
     assert result.exit_code == 0, result.output
     info = json.loads((out / "bundle.json").read_text())
     assert [m["source"] for m in info["models"]] == [str(onnx_model)] and info["weights"] == [1.0]
-    manifest = predict_submission("aptos", [], aptos_dir, ensemble=spec, out_root=tmp_path / "subs", progress=False)
+    manifest = predict("aptos", [], aptos_dir, ensemble=spec, out_root=tmp_path / "subs", progress=False)
     assert [m["file"] for m in manifest["models"]] == [str(onnx_model)]
     members[1]["weight"] = float("nan")
     spec.write_text(json.dumps({"type": "ensemble", "competition": "aptos", "method": "greedy", "members": members,
@@ -204,10 +204,10 @@ def test_a_relative_model_path_is_recorded_absolute(onnx_model, aptos_dir, tmp_p
     """kt predict runs/…/model.onnx from one folder, kt submit from another: the manifest names the file."""
     import os
 
-    from kaggle_transfer.inference.pipeline import predict_submission
+    from tests.helpers import predict
 
     monkeypatch.chdir(onnx_model.parent)
-    manifest = predict_submission("aptos", [onnx_model.name], aptos_dir, out_root=tmp_path / "subs",
+    manifest = predict("aptos", [onnx_model.name], aptos_dir, out_root=tmp_path / "subs",
                                   progress=False)
     assert [m["file"] for m in manifest["models"]] == [str(onnx_model.resolve())]
     assert os.path.isabs(manifest["models"][0]["file"])

@@ -98,9 +98,9 @@ def test_fundus_crop_trims_black_borders():
 
 def test_prediction_reads_the_cache(big_aptos, tmp_path, monkeypatch):
     from kaggle_transfer import config
-    from kaggle_transfer.inference.pipeline import predict_submission
     from kaggle_transfer.training.export import export
     from kaggle_transfer.training.loop import fit
+    from tests.helpers import predict
 
     monkeypatch.setenv("KT_CACHE", str(tmp_path / "cache"))
     prepare([APTOS.read_train(big_aptos), APTOS.read_test(big_aptos)], tmp_path / "cache", "aptos", 64, crop=True,
@@ -109,11 +109,11 @@ def test_prediction_reads_the_cache(big_aptos, tmp_path, monkeypatch):
                                 "fundus_crop": True, "batch_size": 8})
     result = fit(cfg, tmp_path / "run", big_aptos, progress=False)
     assert result["cached_rows"] == 24
-    manifest = predict_submission("aptos", [export(tmp_path / "run")["path"]], big_aptos, out_root=tmp_path / "subs",
+    manifest = predict("aptos", [export(tmp_path / "run")["path"]], big_aptos, out_root=tmp_path / "subs",
                                   progress=False)
     assert manifest["cached_rows"] == 6
     shutil.rmtree(tmp_path / "cache")  # without the cache, the crop is applied on the fly: same answers
-    again = predict_submission("aptos", [tmp_path / "run" / "model.onnx"], big_aptos, out_root=tmp_path / "subs",
+    again = predict("aptos", [tmp_path / "run" / "model.onnx"], big_aptos, out_root=tmp_path / "subs",
                                label="x",
                                progress=False)
     assert again["cached_rows"] == 0

@@ -203,9 +203,9 @@ def test_hpav18_and_isic2019_readers(data, tmp_path):
 ])
 def test_tiny_run_export_predict_validate(data, tmp_path, name, flags):
     from kaggle_transfer import config
-    from kaggle_transfer.inference.pipeline import predict_submission
     from kaggle_transfer.training.export import export
     from kaggle_transfer.training.loop import fit
+    from tests.helpers import predict
 
     cfg = config.resolve(flags={"competition": name, "arch": "test_resnet", "pretrained": False, "size": 32,
                                 "epochs": 1, "batch_size": 16, "workers": 0, **flags})
@@ -214,7 +214,7 @@ def test_tiny_run_export_predict_validate(data, tmp_path, name, flags):
     onnx = export(tmp_path / "run")
     assert onnx["metadata"]["channels"] == ([c for c in HPA.channels[:3]] if flags.get("channels") else
                                             list(COMPETITIONS[name].channels))
-    manifest = predict_submission(name, [onnx["path"]], data[name], out_root=tmp_path / "subs", progress=False,
+    manifest = predict(name, [onnx["path"]], data[name], out_root=tmp_path / "subs", progress=False,
                                   blend_method="rank" if name == "siim_isic" else "mean")
     assert submission.problems(COMPETITIONS[name], Path(manifest["submission"]), data[name]) == []
 

@@ -13,12 +13,12 @@ from kaggle_transfer.cli import main
 from kaggle_transfer.competitions import APTOS, submission
 from kaggle_transfer.errors import KtError
 from kaggle_transfer.inference.ensemble import build, load_spec
-from kaggle_transfer.inference.pipeline import predict_submission
 from kaggle_transfer.reports.run import report
 from kaggle_transfer.reports.table import runs_table
 from kaggle_transfer.training.cv import fit_group, parse_folds
 from kaggle_transfer.training.export import export
 from kaggle_transfer.training.loop import fit
+from tests.helpers import predict
 
 from .conftest import tiny_config
 
@@ -103,7 +103,7 @@ def test_default_spec_path_honours_kt_runs(two_sizes, tmp_path, monkeypatch):
 
 def test_predict_uses_the_spec_and_refuses_a_changed_member(two_sizes, aptos_dir, tmp_path):
     spec = build("aptos", two_sizes, "greedy", tmp_path / "spec.json")
-    manifest = predict_submission("aptos", [], aptos_dir, out_root=tmp_path / "subs", ensemble=tmp_path / "spec.json",
+    manifest = predict("aptos", [], aptos_dir, out_root=tmp_path / "subs", ensemble=tmp_path / "spec.json",
                                   progress=False)
     assert manifest["fitted"] == spec["fitted"] and manifest["oof_score"] == spec["oof_score"]
     assert submission.problems(APTOS, Path(manifest["submission"]), aptos_dir) == []

@@ -17,10 +17,10 @@ from kaggle_transfer.data import images
 from kaggle_transfer.errors import KtError
 from kaggle_transfer.files import sha256
 from kaggle_transfer.inference import tta
-from kaggle_transfer.inference.pipeline import predict_submission
 from kaggle_transfer.inference.predict import blend, combine_fitted, predict_models
 from kaggle_transfer.inference.session import expand, load_ensemble, load_model
 from kaggle_transfer.runs import new_output_dir
+from tests.helpers import predict
 
 
 def test_onnx_predictions_equal_torch_validation_outputs(onnx_model, trained_run, aptos_dir):
@@ -117,7 +117,7 @@ def test_models_without_metadata_or_missing(tmp_path, onnx_model):
 
 
 def test_predict_writes_a_valid_submission_and_manifest(onnx_model, aptos_dir, tmp_path):
-    manifest = predict_submission("aptos", [onnx_model, onnx_model], aptos_dir, out_root=tmp_path, label="two",
+    manifest = predict("aptos", [onnx_model, onnx_model], aptos_dir, out_root=tmp_path, label="two",
                                   tta="flip",
                                   progress=False)
     out = Path(manifest["submission"]).parent
@@ -137,7 +137,7 @@ def test_predict_writes_a_valid_submission_and_manifest(onnx_model, aptos_dir, t
 
 
 def test_refit_uses_blended_oof(onnx_model, aptos_dir, tmp_path):
-    manifest = predict_submission("aptos", [onnx_model], aptos_dir, out_root=tmp_path, refit=True, progress=False)
+    manifest = predict("aptos", [onnx_model], aptos_dir, out_root=tmp_path, refit=True, progress=False)
     oof = np.load(onnx_model.parent / "oof.npz")
     assert manifest["fitted_from"] == "blended OOF"
     assert manifest["oof_score"] == pytest.approx(APTOS.task.score(oof["targets"], oof["raw"], manifest["fitted"]))
@@ -145,7 +145,7 @@ def test_refit_uses_blended_oof(onnx_model, aptos_dir, tmp_path):
     lonely.parent.mkdir()
     shutil.copy(onnx_model, lonely)
     with pytest.raises(KtError, match="--refit needs .*oof.npz"):
-        predict_submission("aptos", [lonely], aptos_dir, out_root=tmp_path, label="x", refit=True, progress=False)
+        predict("aptos", [lonely], aptos_dir, out_root=tmp_path, label="x", refit=True, progress=False)
 
 
 def test_prediction_runs_where_torch_and_onnx_cannot_be_imported(onnx_model, aptos_dir, tmp_path):

@@ -271,9 +271,9 @@ def test_a_csv_dry_run_checks_sign_in_and_todays_limit(fake, home, siim):
 
 
 def test_a_code_submission_checks_credentials_before_building_a_bundle(fake, home, tmp_path, onnx_model, aptos_dir):
-    from kaggle_transfer.inference.pipeline import predict_submission
+    from tests.helpers import predict
 
-    manifest = predict_submission("aptos", [onnx_model], aptos_dir, out_root=tmp_path / "subs", label="c",
+    manifest = predict("aptos", [onnx_model], aptos_dir, out_root=tmp_path / "subs", label="c",
                                   progress=False)
     folder = Path(manifest["submission"]).parent
     out = kt(fake, home, "submit", "aptos", folder, "-m", "x", "--data-dir", aptos_dir,

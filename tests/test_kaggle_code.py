@@ -75,9 +75,9 @@ def notebook(data_dir: Path, *, edit=None):
 
 @pytest.fixture
 def submission_dir(onnx_model, aptos_dir, tmp_path):
-    from kaggle_transfer.inference.pipeline import predict_submission
+    from tests.helpers import predict
 
-    manifest = predict_submission("aptos", [onnx_model], aptos_dir, out_root=tmp_path / "subs", label="code",
+    manifest = predict("aptos", [onnx_model], aptos_dir, out_root=tmp_path / "subs", label="code",
                                   progress=False, precision="fp16")
     return Path(manifest["submission"]).parent
 

@@ -45,13 +45,13 @@ def test_aptos_recipes_train(aptos_dir, tmp_path, recipe):
     if recipe == "top":
         assert result["n_external"] == 16 and result["loss"] == "smooth_l1"
     # the recipe's tta reaches prediction without repeating --tta: top.yaml says flip, paper.yaml nothing
-    from kaggle_transfer.inference.pipeline import predict_submission
     from kaggle_transfer.training.export import export
+    from tests.helpers import predict
 
     onnx = export(tmp_path / "run")["path"]
-    manifest = predict_submission("aptos", [onnx], aptos_dir, out_root=tmp_path / "subs", progress=False)
+    manifest = predict("aptos", [onnx], aptos_dir, out_root=tmp_path / "subs", progress=False)
     assert manifest["tta"] == ("flip" if recipe == "top" else "none")
-    explicit = predict_submission("aptos", [onnx], aptos_dir, out_root=tmp_path / "subs", label="d4", tta="d4",
+    explicit = predict("aptos", [onnx], aptos_dir, out_root=tmp_path / "subs", label="d4", tta="d4",
                                   progress=False)
     assert explicit["tta"] == "d4"  # the flag wins
 

@@ -32,8 +32,8 @@ def cct_study(tmp_path_factory):
 
 
 def test_cct20_trials_report_cis_test_and_trans_test_of_the_selected_epoch(cct_study, tmp_path):
-    from kaggle_transfer.inference.evaluate import evaluate
     from kaggle_transfer.training.export import export
+    from tests.helpers import evaluate
 
     data, root, _ = cct_study
     table = pd.read_csv(root / "cct20" / "study-report" / "study.csv")

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING
-from ..errors import KtError
 from ..inference.session import expand
 from .common import data_dir_option, external_dir_option, external_dirs, progress_option, tta_option
 
@@ -39,14 +38,13 @@ def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, ref
             provider, fp16, io_binding, batch_size, workers, skip_bad_images, progress) -> None:
     """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
     from ..inference.pipeline import predict_submission
-    if not models and not ensemble_spec:
-        raise KtError("name the models (model.onnx files or globs) or pass --ensemble SPEC.json")
-    manifest = predict_submission(competition, expand(list(models)) if models else [], data_dir, out_root=out_root,
-                                  label=label, tta=tta, overwrite=overwrite, refit=refit, provider=provider,
-                                  batch_size=batch_size, workers=workers, progress=progress,
-                                  blend_method=blend_method, ensemble=ensemble_spec,
-                                  precision="fp16" if fp16 else "fp32", io_binding=io_binding,
-                                  skip_bad_images=skip_bad_images)
+    from ..inference.predictor import Choice, RunOptions, load_predictor
+
+    choice = Choice(models=expand(list(models)), ensemble=ensemble_spec, blend=blend_method, refit=refit)
+    options = RunOptions(tta=tta, provider=provider, precision="fp16" if fp16 else "fp32", io_binding=io_binding,
+                         batch_size=batch_size, threads=workers, progress=progress)
+    manifest = predict_submission(load_predictor(competition, choice, options), data_dir, out_root=out_root,
+                                  label=label, overwrite=overwrite, skip_bad_images=skip_bad_images)
     providers = sorted({m["provider"] for m in manifest["models"]})
     bound = " with IO binding" if any(m["io_binding"] for m in manifest["models"]) else ""
     click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)} ({manifest['models'][0]['precision']}"
@@ -83,10 +81,13 @@ def pseudo(competition, models, ensemble_spec, data_dir, images, min_confidence,
            batch_size, workers, progress) -> None:
     """Pseudo-label the test images (or --images DIR) with models or an ensemble; train on them with
     kt train --external pseudo=FILE (training rows only). Torch-free."""
+    from ..inference.predictor import Choice, RunOptions, load_predictor
     from ..inference.pseudo import pseudo_label
-    record = pseudo_label(competition, expand(list(models)) if models else [], ensemble=ensemble_spec,
-                          data_dir=data_dir, images=images, min_confidence=min_confidence, soft=soft, out=out,
-                          tta=tta, provider=provider, batch_size=batch_size, workers=workers, progress=progress)
+
+    options = RunOptions(tta=tta, provider=provider, batch_size=batch_size, threads=workers, progress=progress)
+    predictor = load_predictor(competition, Choice(models=expand(list(models)), ensemble=ensemble_spec), options)
+    record = pseudo_label(predictor, data_dir=data_dir, images=images, min_confidence=min_confidence, soft=soft,
+                          out=out)
     click.echo(f"kept {record['kept']} of {record['rows']} images (confidence >= {min_confidence:g})"
                f"{', soft labels' if soft else ''}")
     click.echo(f"wrote {record['path']} and {Path(record['path']).with_suffix('.json').name}")
@@ -121,8 +122,10 @@ def ensemble(competition, runs, method, out) -> None:
 def evaluate(competition, models, data_dir, tta, out, progress) -> None:
     """Score runs or ONNX files on labelled test splits (CCT-20: cis_test and trans_test side by side)."""
     from ..inference.evaluate import evaluate as evaluate_models
+    from ..inference.predictor import Choice, RunOptions, load_predictor
 
-    result = evaluate_models(competition, models, data_dir, tta=tta, out=out, progress=progress)
+    predictor = load_predictor(competition, Choice(models=expand(list(models))), RunOptions(tta=tta, progress=progress))
+    result = evaluate_models(predictor, data_dir, out=out)
     click.echo(f"{'split':<12} {'images':>7} {result['metric']:>9}")
     for split, row in result["splits"].items():
         click.echo(f"{split:<12} {row['images']:>7} {row['score']:>9.4f}")

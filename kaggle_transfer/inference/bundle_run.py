@@ -16,6 +16,8 @@ from pathlib import Path
 from .. import competitions
 from ..errors import KtError
 from ..files import read_json, sha256, write_json
+from .pipeline import predict_submission
+from .predictor import Choice, RunOptions, load_predictor
 from .session import PRECISIONS, load_model, read_metadata
 from .tta import VIEWS
 
@@ -84,8 +86,6 @@ def _check_provider(model: Path, spec: dict, cpu_fallback: bool, echo: Callable[
 def run(bundle: Path, data_dir: str | None, out_root: Path, *, echo: Callable[[str], None] = print,
         cpu_fallback: bool = False) -> Path:
     """Predict the mounted test set with the bundle's models; returns the submission CSV's path."""
-    from .pipeline import predict_submission
-
     spec = check_bundle(read_json(Path(bundle) / "bundle.json", what="bundle description"),
                         Path(bundle) / "bundle.json")
     models = _models(bundle, spec)
@@ -98,10 +98,10 @@ def run(bundle: Path, data_dir: str | None, out_root: Path, *, echo: Callable[[s
     provider = _check_provider(models[0], spec, cpu_fallback, echo)
     echo(f"predicting with {len(models)} model(s) on {provider}")
     started = time.time()
-    manifest = predict_submission(spec["competition"], models, data, out_root=out_root, label="bundle",
-                                  tta=spec["tta"], overwrite=True, progress=False, provider=provider,
-                                  blend_method=spec["blend"], weights=spec["weights"], fitted=spec["fitted"],
-                                  precision=spec.get("precision", "fp32"))
+    choice = Choice(models=models, weights=spec["weights"], blend=spec["blend"], fitted=spec["fitted"])
+    options = RunOptions(tta=spec["tta"], provider=provider, precision=spec.get("precision", "fp32"), progress=False)
+    predictor = load_predictor(spec["competition"], choice, options)
+    manifest = predict_submission(predictor, data, out_root=out_root, label="bundle", overwrite=True)
     seconds = time.time() - started
     import onnxruntime as ort
 

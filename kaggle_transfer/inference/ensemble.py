@@ -26,28 +26,6 @@ from .predict import blend
 METHODS = ENSEMBLE_METHODS
 
 
-def load_oofs(run_dirs: Sequence[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """(ids, raws (members, rows, outputs), targets, config of the first), aligned by id."""
-    oofs = []
-    for d in run_dirs:
-        runs.require_finished(d)
-        oof = runs.load_oof(d)
-        if oof is None:
-            raise KtError(f"{d} has no {runs.OOF}; pass run folders or --folds run groups made by kt train")
-        oofs.append(oof)
-    cfg = runs.load_config(run_dirs[0]).to_dict()
-    ids = np.sort(oofs[0]["ids"])
-    raws, targets = [], None
-    for d, oof in zip(run_dirs, oofs, strict=True):
-        if set(oof["ids"]) != set(ids):
-            raise KtError(f"{d} was validated on other rows than {run_dirs[0]}; blend runs of one split "
-                          "(the same --split and --folds)")
-        order = np.argsort(oof["ids"])
-        raws.append(oof["raw"][order])
-        targets = oof["targets"][order]
-    return ids, np.stack(raws).astype(np.float64), targets, cfg
-
-
 def _score(task, raws, targets, weights, *, method) -> tuple[float, dict]:
     raw = blend(raws, weights, "rank" if method == "rank" else "mean", task)
     fitted = task.fit(raw, targets)
@@ -78,7 +56,7 @@ def build(competition: str, run_dirs: Sequence[str | Path], method: str = "greed
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise KtError("name the runs to blend: kt ensemble COMPETITION RUN_DIR...")
-    ids, raws, targets, cfg = load_oofs(run_dirs)
+    ids, raws, targets, cfg = runs.load_oofs(run_dirs)
     comp = competitions.for_config(cfg)
     if comp.name != competitions.get(competition).name:
         raise KtError(f"{run_dirs[0]} is a {comp.name} run, not {competition}")

@@ -15,9 +15,7 @@ from .. import competitions, runs
 from ..errors import KtError
 from ..files import write_csv, write_json
 from ..metrics import get_metric
-from .predict import blend, combine_fitted, predict_models
-from .session import load_ensemble
-from .tta import recorded_tta
+from .predictor import Predictor
 
 
 def model_files(items: Sequence[str | Path]) -> list[Path]:
@@ -25,26 +23,21 @@ def model_files(items: Sequence[str | Path]) -> list[Path]:
     return [f for item in map(Path, items) for f in (runs.onnx_files(item) if item.is_dir() else [item])]
 
 
-def evaluate(competition: str, items: Sequence[str | Path], data_dir: str | Path | None, *, tta: str | None = None,
-             out: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    comp = competitions.get(competition)
+def evaluate(predictor: Predictor, data_dir: str | Path | None, *, out: str | Path | None = None) -> dict[str, Any]:
+    """Score the predictor on every labelled evaluation split of its competition, side by side."""
+    comp, models = predictor.comp, predictor.models
     splits = comp.eval_splits
     if not splits:
         raise KtError(f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit")
     data_dir = competitions.find_data_dir(comp, data_dir)
-    models = load_ensemble(model_files(items), comp.name)
-    comp = competitions.for_model(models[0].meta)
-    tta = tta or recorded_tta([m.meta for m in models])
-    fitted = combine_fitted(models, comp.task)
     metric = get_metric(comp.task.metric)
-    result: dict[str, Any] = {"competition": comp.name, "metric": comp.task.metric, "tta": tta,
-                              "models": [str(m.path) for m in models], "splits": {}}
+    result: dict[str, Any] = {"competition": comp.name, "metric": comp.task.metric, "tta": predictor.tta,
+                              "models": [str(m.path) for m in models], "weights": predictor.weights,
+                              "fitted_from": predictor.fitted_from, "splits": {}}
     per_class = []
     for split in splits:
         table = comp.read(data_dir, split)
-        raw = blend(predict_models(models, list(table["paths"]), tta=tta, progress=progress,
-                                   all_channels=comp.channels, meta_rows=table))
-        pred, truth = comp.task.decode(raw, fitted), table["target"].to_numpy()
+        pred, truth = predictor.answers(predictor.outputs(table)), table["target"].to_numpy()
         result["splits"][split] = {"score": metric(truth, pred), "images": len(table)}
         for k, name in enumerate(comp.class_names):
             mask = truth == k

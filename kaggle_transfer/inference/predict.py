@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import runs
 from ..config import BLENDS  # the one list the CLI offers too
 from ..data import images
 from ..errors import KtError
@@ -152,25 +150,3 @@ def combine_fitted(models: Sequence[OnnxModel], task: Task) -> dict[str, Any]:
         if values:
             out[key] = np.mean(np.asarray(values, dtype=float), axis=0).tolist()
     return out
-
-
-def refit_from_oof(models: Sequence[OnnxModel], task: Task, weights: Sequence[float] | None = None
-                   ) -> tuple[dict[str, Any], float]:
-    """Refit cut points/thresholds on the blended out-of-fold outputs saved beside each model.
-
-    Needs every member's `oof.npz` in its run folder, all over the same validation ids."""
-    oofs = []
-    for m in models:
-        oof = runs.load_oof(Path(m.path).parent)
-        if oof is None:
-            raise KtError(f"--refit needs {Path(m.path).parent / runs.OOF} (the run folder's OOF) next to {m.path}")
-        oofs.append(oof)
-    ids = oofs[0]["ids"]
-    for m, oof in zip(models, oofs, strict=True):
-        if not np.array_equal(oof["ids"], ids):
-            raise KtError(f"--refit: {m.path} was validated on other rows than {models[0].path}; "
-                          "refit needs members trained on the same split")
-    raw = blend(np.stack([o["raw"] for o in oofs]).astype(np.float64), weights)
-    y = oofs[0]["targets"]
-    fitted = task.fit(raw, y)
-    return fitted, task.score(y, raw, fitted)

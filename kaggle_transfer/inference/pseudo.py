@@ -10,7 +10,6 @@ cut and whether training takes the soft labels. Torch-free.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,9 @@ import pandas as pd
 from .. import competitions, runs
 from ..data.ids import SUFFIXES
 from ..errors import KtError
-from ..files import atomic_path, sha256, write_json
+from ..files import sha256, write_csv, write_json
 from ..tasks import Task, sigmoid
-from .tta import recorded_tta
+from .predictor import Predictor
 
 IMAGE_SUFFIXES = SUFFIXES
 
@@ -81,53 +80,31 @@ def _table(task: Task, table: pd.DataFrame, root: Path, raw: np.ndarray, fitted:
         **{f"raw_{j}": raw2[:, j] for j in range(raw2.shape[1])}})
 
 
-def pseudo_label(competition: str, model_paths: Sequence[str | Path], *, ensemble: str | Path | None = None,
-                 data_dir: str | Path | None = None, images: str | Path | None = None, min_confidence: float = 0.0,
-                 soft: bool = False, out: str | Path | None = None, tta: str | None = None, provider: str = "auto",
-                 batch_size: int = 32, workers: int = 4, progress: bool = True,
+def pseudo_label(predictor: Predictor, *, data_dir: str | Path | None = None, images: str | Path | None = None,
+                 min_confidence: float = 0.0, soft: bool = False, out: str | Path | None = None,
                  runs_root: str | Path | None = None) -> dict[str, Any]:
     """Write the pseudo-label table and its JSON; returns the JSON's record."""
-    from .ensemble import load_blend
-    from .pipeline import _fundus_crop, _load
-    from .predict import blend, combine_fitted, predict_models
     if not 0.0 <= min_confidence < 1.0:
         raise KtError(f"--min-confidence {min_confidence} must lie in [0, 1)")
-    spec = load_blend(ensemble) if ensemble else None
-    weights, method, fitted = (spec.weights, spec.method, spec.fitted) if spec else (None, "mean", None)
-    if spec:
-        model_paths = spec.paths
-    if not model_paths:
-        raise KtError("name the models (model.onnx files) or pass --ensemble SPEC.json")
-    comp, models = _load(competition, model_paths, provider, "fp32", io_binding="auto")
-    if spec:
-        spec.require(comp.name, ensemble)
-    task = comp.task
+    comp, models, task, fitted = predictor.comp, predictor.models, predictor.comp.task, predictor.fitted
     if images:
         root = Path(images).resolve()
         table = folder_table(root, comp)
     else:
         root = competitions.find_data_dir(comp, data_dir).resolve()
         table = comp.read_test(root)
-    tta = tta or recorded_tta([m.meta for m in models])
-    crop = _fundus_crop(models)
-    raws = predict_models(models, list(table["paths"]), tta=tta, batch_size=batch_size, workers=workers,
-                          progress=progress, all_channels=comp.channels, crop=[crop] * len(table), meta_rows=table)
-    raw = blend(raws, weights, method=method, task=task)
-    if not np.isfinite(raw).all():
-        raise KtError("the models give non-finite outputs on these images; retrain and export again")
-    fitted = fitted if fitted is not None else combine_fitted(models, task)
+    raw = predictor.outputs(table)
     frame = _table(task, table, root, raw, fitted)
     keep = (frame["confidence"] >= min_confidence).to_numpy()
     frame = frame[keep]
     out = Path(out) if out else runs.runs_root(runs_root) / comp.name / "pseudo" / f"{runs.stamp()}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        frame.to_csv(tmp, index=False)
+    write_csv(out, frame)
     record = {"type": "pseudo_labels", "competition": comp.name, "created": runs.timestamp(),
-              "image_root": str(root), "soft": soft, "min_confidence": min_confidence, "tta": tta,
+              "image_root": str(root), "soft": soft, "min_confidence": min_confidence, "tta": predictor.tta,
               "rows": int(len(table)), "kept": int(keep.sum()), "csv": out.name, "csv_sha256": sha256(out),
               "models": [{"path": str(Path(m.path).resolve()), "sha256": sha256(m.path)} for m in models],
-              "ensemble": str(ensemble) if ensemble else None,
+              "ensemble": predictor.ensemble,
               "label_counts": frame["target"].astype(str).value_counts().to_dict()}
     write_json(out.with_suffix(".json"), record)
     return {**record, "path": str(out)}

@@ -17,6 +17,7 @@ from ..competitions import synthetic
 from ..data.digits import make_digits
 from ..errors import KtError
 from ..inference.pipeline import predict_submission
+from ..inference.predictor import Choice, RunOptions, load_predictor
 from ..metrics import get_metric
 from .export import export
 from .loop import fit
@@ -62,6 +63,7 @@ def run_demo(name: str, workdir: Path, *, epochs: int = 8, progress: bool = True
     comp, data_dir, extra = _data(name, workdir, n_train, n_test, echo=echo)
     rows, onnx_paths = [], []
     tta = "none" if name == "digits" else "flip"  # a mirrored digit is another digit (or none)
+    options, subs = RunOptions(tta=tta, progress=False), workdir / "submissions"
     for arch, size in DEMO_MODELS:
         cfg = config.resolve(flags={"competition": comp.name, "arch": arch, "size": size, "pretrained": False,
                                     "epochs": epochs, "batch_size": 32, "lr": 3e-3, "pool": "gem", "workers": 0,
@@ -71,12 +73,11 @@ def run_demo(name: str, workdir: Path, *, epochs: int = 8, progress: bool = True
         result = fit(cfg, run_dir, data_dir, progress=progress)
         onnx = export(run_dir)["path"]
         onnx_paths.append(onnx)
-        single = predict_submission(comp.name, [onnx], data_dir, out_root=workdir / "submissions",
-                                    label=f"{arch}_{size}", tta=tta, overwrite=True, progress=False)
+        one = load_predictor(comp.name, Choice(models=[onnx]), options)
+        single = predict_submission(one, data_dir, out_root=subs, label=f"{arch}_{size}", overwrite=True)
         rows.append((f"{arch}@{size}", result["score"], test_score(comp, data_dir, Path(single["submission"]))))
-    manifest = predict_submission(comp.name, onnx_paths, data_dir, out_root=workdir / "submissions",
-                                  label="ensemble", tta=tta,
-                                  overwrite=True, refit=True, progress=False)
+    every = load_predictor(comp.name, Choice(models=onnx_paths, refit=True), options)
+    manifest = predict_submission(every, data_dir, out_root=subs, label="ensemble", overwrite=True)
     csv = Path(manifest["submission"])
     rows.append((f"ensemble (mean, {tta} TTA)", manifest["oof_score"], test_score(comp, data_dir, csv)))
     metric = comp.task.metric

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import runs
 from ..data import ids
 from ..errors import KtError
 from ..files import contained, read_json, sha256
@@ -142,7 +143,7 @@ def teacher_outputs(spec_path: str | Path, comp, task: Task, rows: pd.DataFrame)
         raise KtError(f"--teacher {spec_path} is a {spec.get('competition')} ensemble; this run is {comp.name}")
     if spec["method"] == "rank":
         raise KtError(f"--teacher {spec_path} blends ranks; distil from a mean or greedy ensemble (kt ensemble)")
-    ids, raws, _, _ = ensemble.load_oofs([Path(m["run"]) for m in spec["members"]])
+    ids, raws, _, _ = runs.load_oofs([Path(m["run"]) for m in spec["members"]])
     raw = blend(raws.reshape(len(raws), len(ids), -1), [m["weight"] for m in spec["members"]], "mean")
     width = raw.shape[1]
     index = {str(i): k for k, i in enumerate(ids)}
