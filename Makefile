@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench measure clean
+.PHONY: install demo test test-fast format lint bench measure clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: install
 # pytest exits 5 when it collects no test: that fails the target, as it should.
 test: install
 	$(BIN)/python -m pytest -q
+
+format: install
+	$(BIN)/ruff format kaggle_transfer
 
 lint: install
 	$(BIN)/ruff check kaggle_transfer tests benchmarks

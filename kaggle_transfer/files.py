@@ -44,7 +44,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return write_text(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def _json_default(obj: Any) -> Any:
@@ -72,12 +74,17 @@ def inside(root: str | os.PathLike, *parts: str, what: str) -> Path:
     root = Path(root)
     path = root.joinpath(*parts)
     if any(Path(p).is_absolute() for p in parts) or not _within(root, path):
-        raise KtError(f"{what} {'/'.join(map(str, parts))!r} leads outside {root}; use a plain relative name")
+        raise KtError(
+            f"{what} {'/'.join(map(str, parts))!r} leads outside {root}; use a plain relative name"
+        )
     return path
 
 
 def _within(root: Path, path: Path) -> bool:
-    root_n, path_n = os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))
+    root_n, path_n = (
+        os.path.normpath(os.path.abspath(root)),
+        os.path.normpath(os.path.abspath(path)),
+    )
     return path_n == root_n or path_n.startswith(root_n.rstrip(os.sep) + os.sep)
 
 
@@ -95,8 +102,10 @@ def contained(table, root: Path, what: str):
     `../../etc/x` in a CSV, or a pattern in a YAML, cannot make kt read elsewhere."""
     escaped = outside(root, (p for paths in table["paths"] for p in paths))
     if escaped:
-        raise KtError(f"{what}: image path {escaped} leads outside {root}; ids and patterns must stay inside "
-                      "the data folder")
+        raise KtError(
+            f"{what}: image path {escaped} leads outside {root}; ids and patterns must stay inside "
+            "the data folder"
+        )
     return table
 
 
@@ -147,6 +156,8 @@ def read_yaml(path: str | os.PathLike, *, what: str) -> Any:
     except UnicodeDecodeError:
         raise KtError(f"{what} {path} is not a text file (not UTF-8); give a YAML file") from None
     except yaml.YAMLError as e:
-        raise KtError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())[:200]}") from None
+        raise KtError(
+            f"{what} {path} is not valid YAML: {' '.join(str(e).split())[:200]}"
+        ) from None
     except OSError as e:
         raise KtError(f"{what} {path} cannot be read: {e.strerror}") from None

@@ -19,7 +19,9 @@ def qwk(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     y_pred = np.asarray(y_pred).astype(int)
     if len(np.unique(np.concatenate([y_true, y_pred]))) < 2:
         return 0.0  # sklearn returns nan when both sides hold one and the same label
-    from sklearn.metrics import cohen_kappa_score  # here, not at import: prediction and validation never score
+    from sklearn.metrics import (
+        cohen_kappa_score,
+    )  # here, not at import: prediction and validation never score
 
     return float(cohen_kappa_score(y_true, y_pred, weights="quadratic"))
 
@@ -41,7 +43,9 @@ def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
     y_true = np.asarray(y_true).astype(int)
     if len(np.unique(y_true)) < 2:
         # AUC is undefined with one class; a silent nan would poison model selection
-        raise KtError("roc_auc needs both classes in the validation rows; use a stratified split or more data")
+        raise KtError(
+            "roc_auc needs both classes in the validation rows; use a stratified split or more data"
+        )
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(y_true, np.asarray(y_score, dtype=float)))
@@ -50,7 +54,9 @@ def roc_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
 def binary_log_loss(y_true: np.ndarray, y_prob: np.ndarray) -> float:
     from sklearn.metrics import log_loss
 
-    return float(log_loss(np.asarray(y_true).astype(int), np.asarray(y_prob, dtype=float), labels=[0, 1]))
+    return float(
+        log_loss(np.asarray(y_true).astype(int), np.asarray(y_prob, dtype=float), labels=[0, 1])
+    )
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
@@ -71,10 +77,14 @@ def get_metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
 
 def apply_cutpoints(raw: np.ndarray, cuts: np.ndarray | list[float]) -> np.ndarray:
     """Map regression outputs to grades: grade k when cuts[k-1] <= raw < cuts[k]."""
-    return np.digitize(np.asarray(raw, dtype=float).reshape(-1), np.asarray(cuts, dtype=float)).astype(int)
+    return np.digitize(
+        np.asarray(raw, dtype=float).reshape(-1), np.asarray(cuts, dtype=float)
+    ).astype(int)
 
 
-def fit_cutpoints(raw: np.ndarray, y: np.ndarray, num_classes: int, *, passes: int = 3, grid: int = 60) -> list[float]:
+def fit_cutpoints(
+    raw: np.ndarray, y: np.ndarray, num_classes: int, *, passes: int = 3, grid: int = 60
+) -> list[float]:
     """Cut points on a regression output that maximise QWK on (raw, y), by coordinate search.
 
     Starts from plain rounding (k - 0.5) and moves one cut at a time over candidate values
@@ -106,7 +116,9 @@ def fit_cutpoints(raw: np.ndarray, y: np.ndarray, num_classes: int, *, passes: i
     return [float(c) for c in cuts]
 
 
-def fit_class_thresholds(prob: np.ndarray, y: np.ndarray, grid: int = 99) -> tuple[list[float], list[int]]:
+def fit_class_thresholds(
+    prob: np.ndarray, y: np.ndarray, grid: int = 99
+) -> tuple[list[float], list[int]]:
     """Per-class probability thresholds maximising each class's F1 (hence macro F1, its mean).
 
     Returns (thresholds, classes_without_positives). A class with no positive in `y` cannot be

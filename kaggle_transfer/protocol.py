@@ -33,7 +33,10 @@ from typing import Any
 from .errors import KtError
 
 PROTOCOLS = ("kt", "paper")
-RESIZES = ("squash", "center_crop")  # evaluation: size x size, or short side to size then the centre
+RESIZES = (
+    "squash",
+    "center_crop",
+)  # evaluation: size x size, or short side to size then the centre
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -42,11 +45,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class PaperRecipe:
     """What the study's released loader does for one dataset (see the module docstring)."""
 
-    bgr: bool = False            # the network sees B, G, R (cv2.imread without conversion)
-    flips: str = "h"             # training flips: "" | "h" | "hv"
+    bgr: bool = False  # the network sees B, G, R (cv2.imread without conversion)
+    flips: str = "h"  # training flips: "" | "h" | "hv"
     channels: str | None = None  # input channels when the loader drops some (HPA: rgb)
-    size: int = 256              # the input side the study trained at
-    loss: str | None = None      # the study's loss where it is not the task's default (APTOS: ce)
+    size: int = 256  # the input side the study trained at
+    loss: str | None = None  # the study's loss where it is not the task's default (APTOS: ce)
     options: tuple[tuple[str, object], ...] = ()  # other config the study's loader implies (CCT-20)
 
 
@@ -56,17 +59,21 @@ class Protocol:
 
     name: str
     resize: str = "squash"
-    flips: str = "h"             # used by `augment: paper`
+    flips: str = "h"  # used by `augment: paper`
     bgr: bool = False
     imagenet_stats: bool = False  # ImageNet mean/std instead of the model's own
-    decay_all: bool = False       # weight decay on biases and norms too
-    per_epoch: bool = False       # the schedule steps once per epoch, to 0, no warm-up
+    decay_all: bool = False  # weight decay on biases and norms too
+    per_epoch: bool = False  # the schedule steps once per epoch, to 0, no warm-up
 
     def describe(self) -> dict[str, Any]:
         """What the run folder and the ONNX metadata record."""
-        return {"protocol": self.name, "resize": self.resize, "bgr": self.bgr,
-                "mean": list(IMAGENET_MEAN) if self.imagenet_stats else None,
-                "std": list(IMAGENET_STD) if self.imagenet_stats else None}
+        return {
+            "protocol": self.name,
+            "resize": self.resize,
+            "bgr": self.bgr,
+            "mean": list(IMAGENET_MEAN) if self.imagenet_stats else None,
+            "std": list(IMAGENET_STD) if self.imagenet_stats else None,
+        }
 
 
 KT = Protocol("kt")
@@ -77,15 +84,26 @@ def for_run(cfg, comp) -> Protocol:
     if cfg.protocol == "kt":
         return KT
     if cfg.protocol != "paper":
-        raise KtError(f"protocol={cfg.protocol!r} is not valid; choose one of: {', '.join(PROTOCOLS)}")
+        raise KtError(
+            f"protocol={cfg.protocol!r} is not valid; choose one of: {', '.join(PROTOCOLS)}"
+        )
     recipe = comp.paper
     spec = channels(cfg, comp)
     n = len(comp.select_channels(spec))
     if recipe.bgr and n != 3:
-        raise KtError(f"--protocol paper feeds {comp.name} as B, G, R like the study; --set channels={spec} "
-                      f"gives {n} channels: use channels=rgb")
-    return Protocol("paper", resize="center_crop", flips=recipe.flips, bgr=recipe.bgr, imagenet_stats=True,
-                    decay_all=True, per_epoch=True)
+        raise KtError(
+            f"--protocol paper feeds {comp.name} as B, G, R like the study; --set channels={spec} "
+            f"gives {n} channels: use channels=rgb"
+        )
+    return Protocol(
+        "paper",
+        resize="center_crop",
+        flips=recipe.flips,
+        bgr=recipe.bgr,
+        imagenet_stats=True,
+        decay_all=True,
+        per_epoch=True,
+    )
 
 
 def channels(cfg, comp) -> str | None:

@@ -31,23 +31,26 @@ from .errors import KtError
 from .files import atomic_path, inside, read_json, write_csv, write_json
 
 # every file name of a run folder; no other module spells one
-CONFIG = "config.yaml"      # the resolved RunConfig
-RUN_INFO = "run.json"       # absolute data and external folders, git sha, host
-METRICS = "metrics.json"    # the completion marker, written last: best score, epoch, fitted parameters
-HISTORY = "history.csv"     # one row per epoch
-OOF = "oof.npz"             # validation ids, raw outputs, targets, fitted parameters
-GROUP = "group.json"        # a --folds/--seeds group's members and scores
-MODEL = "model.onnx"        # written by kt export
-BEST = "best.pt"            # the best epoch's weights (weights only)
-LAST = "last.pt"            # the last epoch's full state, for --resume
-SWA = "swa.pt"              # the SWA average's weights
-TABULAR = "meta.json"       # the fitted encoding of metadata columns (--set meta=true)
-HELDOUT = "heldout.json"    # scores on labelled held-out splits (CCT-20's cis_test, trans_test)
+CONFIG = "config.yaml"  # the resolved RunConfig
+RUN_INFO = "run.json"  # absolute data and external folders, git sha, host
+METRICS = (
+    "metrics.json"  # the completion marker, written last: best score, epoch, fitted parameters
+)
+HISTORY = "history.csv"  # one row per epoch
+OOF = "oof.npz"  # validation ids, raw outputs, targets, fitted parameters
+GROUP = "group.json"  # a --folds/--seeds group's members and scores
+MODEL = "model.onnx"  # written by kt export
+BEST = "best.pt"  # the best epoch's weights (weights only)
+LAST = "last.pt"  # the last epoch's full state, for --resume
+SWA = "swa.pt"  # the SWA average's weights
+TABULAR = "meta.json"  # the fitted encoding of metadata columns (--set meta=true)
+HELDOUT = "heldout.json"  # scores on labelled held-out splits (CCT-20's cis_test, trans_test)
 TRACKING = "tracking.json"  # the MLflow run id of --track mlflow
-PLOTS = "plots"             # the run's PNGs and report.md
+PLOTS = "plots"  # the run's PNGs and report.md
 
 
 # --- roots and names -------------------------------------------------------------------------
+
 
 def runs_root(given: str | Path | None = None) -> Path:
     return Path(given or os.environ.get("KT_RUNS") or "runs")
@@ -77,6 +80,7 @@ def slug(text: str) -> str:
 
 # --- folders ---------------------------------------------------------------------------------
 
+
 def new_run_dir(root: Path, competition: str, label: str) -> Path:
     """<root>/<competition>/<stamp>_<label>, created exclusively: two runs started in the same second
     get distinct folders (-2, -3, ...), never one shared folder."""
@@ -101,7 +105,9 @@ def new_output_dir(root: Path, competition: str, name: str, *, overwrite: bool =
     try:
         path.mkdir(exist_ok=overwrite)
     except FileExistsError:
-        raise KtError(f"output folder {path} already exists; choose another --label or pass --overwrite") from None
+        raise KtError(
+            f"output folder {path} already exists; choose another --label or pass --overwrite"
+        ) from None
     return path
 
 
@@ -112,6 +118,7 @@ def ensemble_path(competition: str, method: str, root: str | Path | None = None)
 
 # --- files of a run --------------------------------------------------------------------------
 
+
 def is_run(run_dir: Path) -> bool:
     return (Path(run_dir) / CONFIG).is_file()
 
@@ -120,8 +127,10 @@ def require_finished(run_dir: Path) -> None:
     """A run is trusted only once it finished: metrics.json is written last, atomically, after the fitted
     parameters and the OOF outputs. A killed kt train or kt average has none."""
     if not (Path(run_dir) / METRICS).is_file():
-        raise KtError(f"{run_dir} did not finish (it has no {METRICS}, which is written last): resume it with "
-                      f"kt train --resume {run_dir}, or rerun the kt average that made it")
+        raise KtError(
+            f"{run_dir} did not finish (it has no {METRICS}, which is written last): resume it with "
+            f"kt train --resume {run_dir}, or rerun the kt average that made it"
+        )
 
 
 def save_config(run_dir: Path, cfg) -> None:
@@ -146,17 +155,22 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
         raise KtError(f"{run_dir} has no {RUN_INFO}; pass a run folder made by kt train")
     info = read_json(path, what="run record")
     if not isinstance(info, dict):
-        raise KtError(f"{path} is not a run record (a JSON object); the run record is damaged: start the run again")
+        raise KtError(
+            f"{path} is not a run record (a JSON object); the run record is damaged: start the run again"
+        )
     kinds = {"data_dir": str, "external_dirs": dict, "skip_bad_images": bool}
     for key, kind in kinds.items():
         if key not in info:
             raise KtError(f"{path} lacks {key!r}; the run record is damaged: start the run again")
         if not isinstance(info[key], kind):
-            raise KtError(f"{path}: {key!r} is {info[key]!r}, not a {kind.__name__}; the run record is damaged")
+            raise KtError(
+                f"{path}: {key!r} is {info[key]!r}, not a {kind.__name__}; the run record is damaged"
+            )
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in info["external_dirs"].items()):
-        raise KtError(f"{path}: 'external_dirs' must map source names to folders; the run record is damaged")
+        raise KtError(
+            f"{path}: 'external_dirs' must map source names to folders; the run record is damaged"
+        )
     return info
-
 
 
 def write_metrics(run_dir: Path, result: dict[str, Any]) -> None:
@@ -175,17 +189,29 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
         return None
     metrics = read_json(path, what="run's metrics")
     score = metrics.get("score") if isinstance(metrics, dict) else None
-    if not isinstance(metrics, dict) or (score is not None and (not isinstance(score, (int, float))
-                                                                or isinstance(score, bool) or score != score)):
-        raise KtError(f"{path} is not a run's metrics (an object with a numeric score); the run's metrics is "
-                      "damaged: train the run again")
+    if not isinstance(metrics, dict) or (
+        score is not None
+        and (not isinstance(score, (int, float)) or isinstance(score, bool) or score != score)
+    ):
+        raise KtError(
+            f"{path} is not a run's metrics (an object with a numeric score); the run's metrics is "
+            "damaged: train the run again"
+        )
     return metrics
 
 
-def save_oof(run_dir: Path, ids, raw: np.ndarray, targets: np.ndarray, *, fitted: dict[str, Any]) -> None:
+def save_oof(
+    run_dir: Path, ids, raw: np.ndarray, targets: np.ndarray, *, fitted: dict[str, Any]
+) -> None:
     with atomic_path(Path(run_dir) / OOF) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, ids=np.asarray(ids, dtype=str), raw=raw, targets=targets, fitted=json.dumps(fitted))
+            np.savez(
+                f,
+                ids=np.asarray(ids, dtype=str),
+                raw=raw,
+                targets=targets,
+                fitted=json.dumps(fitted),
+            )
 
 
 def load_oof(run_dir: Path) -> dict[str, Any] | None:
@@ -195,19 +221,30 @@ def load_oof(run_dir: Path) -> dict[str, Any] | None:
         return None
     try:  # never unpickles: allow_pickle stays False, an object array is an error
         with np.load(path) as oof:
-            out = {"ids": oof["ids"], "raw": oof["raw"], "targets": oof["targets"],
-                   "fitted": json.loads(str(oof["fitted"]))}
+            out = {
+                "ids": oof["ids"],
+                "raw": oof["raw"],
+                "targets": oof["targets"],
+                "fitted": json.loads(str(oof["fitted"])),
+            }
     except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError):
-        raise KtError(f"{path} is damaged (not the ids, raw outputs, targets and fitted parameters kt writes); "
-                      "train the run again") from None
+        raise KtError(
+            f"{path} is damaged (not the ids, raw outputs, targets and fitted parameters kt writes); "
+            "train the run again"
+        ) from None
     if len(out["ids"]) != len(out["raw"]) or len(out["ids"]) != len(out["targets"]):
-        raise KtError(f"{path} is damaged: {len(out['ids'])} ids for {len(out['raw'])} outputs; train the run again")
+        raise KtError(
+            f"{path} is damaged: {len(out['ids'])} ids for {len(out['raw'])} outputs; train the run again"
+        )
     if not np.issubdtype(out["raw"].dtype, np.number) or not np.isfinite(out["raw"]).all():
-        raise KtError(f"{path} is damaged: its raw outputs are not all finite numbers; train the run again")
+        raise KtError(
+            f"{path} is damaged: its raw outputs are not all finite numbers; train the run again"
+        )
     return out
 
 
 # --- run groups ------------------------------------------------------------------------------
+
 
 def load_oofs(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     """The one OOF loader of blends: (ids, raws (runs, rows, outputs), targets, config of the first),
@@ -217,14 +254,18 @@ def load_oofs(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         require_finished(d)
         oof = load_oof(d)
         if oof is None:
-            raise KtError(f"{d} has no {OOF}; pass run folders or --folds run groups made by kt train")
+            raise KtError(
+                f"{d} has no {OOF}; pass run folders or --folds run groups made by kt train"
+            )
         oofs.append(oof)
     ids = np.sort(oofs[0]["ids"])
     raws, targets = [], None
     for d, oof in zip(run_dirs, oofs, strict=True):
         if set(oof["ids"]) != set(ids):
-            raise KtError(f"{d} was validated on other rows than {run_dirs[0]}; blend runs of one split "
-                          "(the same --split and --folds)")
+            raise KtError(
+                f"{d} was validated on other rows than {run_dirs[0]}; blend runs of one split "
+                "(the same --split and --folds)"
+            )
         order = np.argsort(oof["ids"])
         raws.append(oof["raw"][order])
         targets = oof["targets"][order]
@@ -266,13 +307,20 @@ def onnx_files(run_dir: Path) -> list[Path]:
 def competition_runs(competition: str, root: str | Path | None = None) -> list[Path]:
     """Every finished run and run group of a competition (those with metrics.json), by name."""
     folder = runs_root(root) / competition
-    return [d for d in sorted(folder.glob("*")) if (d / METRICS).is_file()] if folder.is_dir() else []
+    return (
+        [d for d in sorted(folder.glob("*")) if (d / METRICS).is_file()] if folder.is_dir() else []
+    )
 
 
 def git_sha() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

@@ -46,7 +46,9 @@ class Task:
 
     @property
     def num_outputs(self) -> int:
-        return 1 if self.kind in ("ordinal", "binary") and not self.classes_head else self.num_classes
+        return (
+            1 if self.kind in ("ordinal", "binary") and not self.classes_head else self.num_classes
+        )
 
     @property
     def classifies(self) -> bool:
@@ -68,7 +70,9 @@ class Task:
 
     def check_loss(self, loss: str) -> None:
         if loss not in LOSSES[self.kind]:
-            raise KtError(f"--loss {loss} does not fit a {self.kind} task; valid: {', '.join(LOSSES[self.kind])}")
+            raise KtError(
+                f"--loss {loss} does not fit a {self.kind} task; valid: {', '.join(LOSSES[self.kind])}"
+            )
 
     def targets(self, target: Any) -> np.ndarray:
         """The standard table's `target` column as the array the loss and metric expect."""
@@ -114,14 +118,27 @@ class Task:
         cuts, thresholds = fitted.get("cutpoints"), fitted.get("thresholds")
         if cuts is not None:
             c = np.asarray(cuts, dtype=np.float64).reshape(-1)
-            if len(c) != self.num_classes - 1 or not np.isfinite(c).all() or (np.diff(c) <= 0).any():
-                raise KtError(f"the fitted cut points {list(cuts)[:6]} are not {self.num_classes - 1} finite "
-                              "increasing numbers; the file they came from is damaged (fit them again)")
+            if (
+                len(c) != self.num_classes - 1
+                or not np.isfinite(c).all()
+                or (np.diff(c) <= 0).any()
+            ):
+                raise KtError(
+                    f"the fitted cut points {list(cuts)[:6]} are not {self.num_classes - 1} finite "
+                    "increasing numbers; the file they came from is damaged (fit them again)"
+                )
         if thresholds is not None:
             t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
-            if len(t) != self.num_classes or not np.isfinite(t).all() or (t < 0).any() or (t > 1).any():
-                raise KtError(f"the fitted thresholds are not {self.num_classes} numbers in [0, 1]; the file "
-                              "they came from is damaged (fit them again)")
+            if (
+                len(t) != self.num_classes
+                or not np.isfinite(t).all()
+                or (t < 0).any()
+                or (t > 1).any()
+            ):
+                raise KtError(
+                    f"the fitted thresholds are not {self.num_classes} numbers in [0, 1]; the file "
+                    "they came from is damaged (fit them again)"
+                )
 
     def score(self, y: np.ndarray, raw: np.ndarray, fitted: dict[str, Any] | None = None) -> float:
         return metrics.get_metric(self.metric)(y, self.decode(raw, fitted))

@@ -182,7 +182,8 @@ def test_readme_map_matches_the_tree():
     actual = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
     actual |= {str(p.relative_to(PACKAGE)) + "/" for p in PACKAGE.rglob("*") if p.is_dir()
                and p.name != "__pycache__"}
-    assert listed == actual, f"missing from docs/architecture.md: {sorted(actual - listed)}; not in tree: {sorted(listed - actual)}"
+    assert listed == actual, \
+        f"missing from docs/architecture.md: {sorted(actual - listed)}; not in tree: {sorted(listed - actual)}"
 
 
 # a folder beside the checkout, and words about who built the project or on what, have no place in it

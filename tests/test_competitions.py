@@ -9,7 +9,16 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from kaggle_transfer.competitions import APTOS, CASSAVA, CCT20, COMPETITIONS, HPA, SIIM_ISIC, submission, synthetic
+from kaggle_transfer.competitions import (
+    APTOS,
+    CASSAVA,
+    CCT20,
+    COMPETITIONS,
+    HPA,
+    SIIM_ISIC,
+    submission,
+    synthetic,
+)
 from kaggle_transfer.data.splits import assign_folds
 from kaggle_transfer.errors import KtError
 from kaggle_transfer.inference.predict import blend

@@ -13,7 +13,9 @@ from . import kaggle, predict, results, study, train
 from .common import KtGroup
 
 
-@click.group(cls=KtGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=KtGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(package_name="kaggle_transfer")
 def main() -> None:
     """kaggle_transfer: from a Kaggle image competition's files to a validated submission.

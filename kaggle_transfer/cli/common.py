@@ -59,13 +59,24 @@ def choice(key: str) -> click.Choice:
     return click.Choice(list(CHOICES[key]))
 
 
-data_dir_option = click.option("--data-dir", type=click.Path(),
-                               help="Competition files (default: $KT_DATA/<name>, data/<name>, /kaggle/input/<slug>).")
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(),
+    help="Competition files (default: $KT_DATA/<name>, data/<name>, /kaggle/input/<slug>).",
+)
 progress_option = click.option("--progress/--no-progress", default=True, help="Progress bars.")
-tta_option = click.option("--tta", type=choice("tta"), default=None,
-                          help="Test-time views (default: what the models recorded with kt train --tta, else none).")
-external_dir_option = click.option("--external-dir", multiple=True, metavar="NAME=DIR",
-                                   help="Folder of an external source (repeatable).")
+tta_option = click.option(
+    "--tta",
+    type=choice("tta"),
+    default=None,
+    help="Test-time views (default: what the models recorded with kt train --tta, else none).",
+)
+external_dir_option = click.option(
+    "--external-dir",
+    multiple=True,
+    metavar="NAME=DIR",
+    help="Folder of an external source (repeatable).",
+)
 
 
 def external_dirs(items: tuple[str, ...]) -> dict[str, str]:
@@ -73,7 +84,9 @@ def external_dirs(items: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise KtError(f"--external-dir {item!r} must look like NAME=DIR, e.g. dr2015=/data/dr2015")
+            raise KtError(
+                f"--external-dir {item!r} must look like NAME=DIR, e.g. dr2015=/data/dr2015"
+            )
         name, path = item.split("=", 1)
         out[name] = path
     return out

@@ -14,82 +14,202 @@ from .common import data_dir_option, external_dir_option, external_dirs, progres
 @click.command()
 @click.argument("competition")
 @click.argument("models", nargs=-1)
-@click.option("--ensemble", "ensemble_spec", type=click.Path(), help="An ensemble spec from kt ensemble.")
+@click.option(
+    "--ensemble", "ensemble_spec", type=click.Path(), help="An ensemble spec from kt ensemble."
+)
 @data_dir_option
 @tta_option
-@click.option("--blend", "blend_method", type=click.Choice(BLENDS), default="mean", show_default=True,
-              help="rank: average ranks (binary tasks; ROC AUC only sees the order).")
-@click.option("--refit", is_flag=True, help="Refit cut points/thresholds on the members' blended OOF.")
+@click.option(
+    "--blend",
+    "blend_method",
+    type=click.Choice(BLENDS),
+    default="mean",
+    show_default=True,
+    help="rank: average ranks (binary tasks; ROC AUC only sees the order).",
+)
+@click.option(
+    "--refit", is_flag=True, help="Refit cut points/thresholds on the members' blended OOF."
+)
 @click.option("--out-root", type=click.Path(), help="Default: $KT_SUBMISSIONS or submissions/.")
 @click.option("--label", help="Submission folder suffix.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing submission folder.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
-@click.option("--fp16", is_flag=True, help="Run the models in float16 (GPU: tensor cores, half the memory; "
-              "GeM/reductions stay fp32). Slower on a CPU.")
-@click.option("--io-binding", type=click.Choice(IO_BINDING), default="auto", show_default=True,
-              help="Copy each batch view to the GPU once for every model of its input size "
-              "(auto: on for CUDA/TensorRT).")
+@click.option(
+    "--fp16",
+    is_flag=True,
+    help="Run the models in float16 (GPU: tensor cores, half the memory; "
+    "GeM/reductions stay fp32). Slower on a CPU.",
+)
+@click.option(
+    "--io-binding",
+    type=click.Choice(IO_BINDING),
+    default="auto",
+    show_default=True,
+    help="Copy each batch view to the GPU once for every model of its input size "
+    "(auto: on for CUDA/TensorRT).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Image decoding threads.")
-@click.option("--skip-bad-images", is_flag=True, help="A missing or corrupt test image gets the test set's mean "
-              "output instead of stopping the run (listed in manifest.json).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Image decoding threads.",
+)
+@click.option(
+    "--skip-bad-images",
+    is_flag=True,
+    help="A missing or corrupt test image gets the test set's mean "
+    "output instead of stopping the run (listed in manifest.json).",
+)
 @progress_option
-def predict(competition, models, ensemble_spec, data_dir, tta, blend_method, refit, out_root, label, overwrite,
-            provider, fp16, io_binding, batch_size, workers, skip_bad_images, progress) -> None:
+def predict(
+    competition,
+    models,
+    ensemble_spec,
+    data_dir,
+    tta,
+    blend_method,
+    refit,
+    out_root,
+    label,
+    overwrite,
+    provider,
+    fp16,
+    io_binding,
+    batch_size,
+    workers,
+    skip_bad_images,
+    progress,
+) -> None:
     """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
     from ..inference.pipeline import predict_submission
     from ..inference.predictor import Choice, RunOptions, load_predictor
 
-    choice = Choice(models=expand(list(models)), ensemble=ensemble_spec, blend=blend_method, refit=refit)
-    options = RunOptions(tta=tta, provider=provider, precision="fp16" if fp16 else "fp32", io_binding=io_binding,
-                         batch_size=batch_size, threads=workers, progress=progress)
-    manifest = predict_submission(load_predictor(competition, choice, options), data_dir, out_root=out_root,
-                                  label=label, overwrite=overwrite, skip_bad_images=skip_bad_images)
+    choice = Choice(
+        models=expand(list(models)), ensemble=ensemble_spec, blend=blend_method, refit=refit
+    )
+    options = RunOptions(
+        tta=tta,
+        provider=provider,
+        precision="fp16" if fp16 else "fp32",
+        io_binding=io_binding,
+        batch_size=batch_size,
+        threads=workers,
+        progress=progress,
+    )
+    manifest = predict_submission(
+        load_predictor(competition, choice, options),
+        data_dir,
+        out_root=out_root,
+        label=label,
+        overwrite=overwrite,
+        skip_bad_images=skip_bad_images,
+    )
     providers = sorted({m["provider"] for m in manifest["models"]})
     bound = " with IO binding" if any(m["io_binding"] for m in manifest["models"]) else ""
-    click.echo(f"{len(manifest['models'])} model(s) on {', '.join(providers)} ({manifest['models'][0]['precision']}"
-               f"{bound}), TTA {manifest['tta']}; {manifest['rows']} rows, {manifest['images_per_s']} images/s")
+    click.echo(
+        f"{len(manifest['models'])} model(s) on {', '.join(providers)} ({manifest['models'][0]['precision']}"
+        f"{bound}), TTA {manifest['tta']}; {manifest['rows']} rows, {manifest['images_per_s']} images/s"
+    )
     if fp16 and "CPUExecutionProvider" in providers:
         click.echo("warning: --fp16 is meant for GPUs; on a CPU it is slower than fp32", err=True)
     if manifest["bad_images"]:
-        click.echo(f"warning: {manifest['bad_images']['count']} test image(s) skipped as bad, answered with the "
-                   f"test set's mean output (listed in manifest.json)", err=True)
+        click.echo(
+            f"warning: {manifest['bad_images']['count']} test image(s) skipped as bad, answered with the "
+            f"test set's mean output (listed in manifest.json)",
+            err=True,
+        )
     if manifest.get("meta_clipped"):
         clipped = ", ".join(f"{k} {v}" for k, v in manifest["meta_clipped"].items())
-        click.echo(f"warning: metadata values outside the training range were clipped to it ({clipped} rows; "
-                   "listed in manifest.json)", err=True)
+        click.echo(
+            f"warning: metadata values outside the training range were clipped to it ({clipped} rows; "
+            "listed in manifest.json)",
+            err=True,
+        )
     click.echo(f"wrote {manifest['submission']} (valid) and manifest.json")
 
 
 @click.command()
 @click.argument("competition")
 @click.argument("models", nargs=-1)
-@click.option("--ensemble", "ensemble_spec", type=click.Path(), help="An ensemble spec from kt ensemble.")
+@click.option(
+    "--ensemble", "ensemble_spec", type=click.Path(), help="An ensemble spec from kt ensemble."
+)
 @data_dir_option
-@click.option("--images", type=click.Path(), help="Label every image under this folder instead of the test set.")
-@click.option("--min-confidence", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Keep rows whose label the ensemble is at least this sure of (top probability; ordinal: "
-              "distance to the nearest cut point).")
-@click.option("--soft", is_flag=True, help="Train on the ensemble's probabilities (or grade) instead of hard labels.")
+@click.option(
+    "--images",
+    type=click.Path(),
+    help="Label every image under this folder instead of the test set.",
+)
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Keep rows whose label the ensemble is at least this sure of (top probability; ordinal: "
+    "distance to the nearest cut point).",
+)
+@click.option(
+    "--soft",
+    is_flag=True,
+    help="Train on the ensemble's probabilities (or grade) instead of hard labels.",
+)
 @tta_option
-@click.option("-o", "--out", type=click.Path(), help="Table path (default: $KT_RUNS/<competition>/pseudo/<stamp>.csv).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    help="Table path (default: $KT_RUNS/<competition>/pseudo/<stamp>.csv).",
+)
 @click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Image decoding threads.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Image decoding threads.",
+)
 @progress_option
-def pseudo(competition, models, ensemble_spec, data_dir, images, min_confidence, soft, tta, out, provider,
-           batch_size, workers, progress) -> None:
+def pseudo(
+    competition,
+    models,
+    ensemble_spec,
+    data_dir,
+    images,
+    min_confidence,
+    soft,
+    tta,
+    out,
+    provider,
+    batch_size,
+    workers,
+    progress,
+) -> None:
     """Pseudo-label the test images (or --images DIR) with models or an ensemble; train on them with
     kt train --external pseudo=FILE (training rows only). Torch-free."""
     from ..inference.predictor import Choice, RunOptions, load_predictor
     from ..inference.pseudo import pseudo_label
 
-    options = RunOptions(tta=tta, provider=provider, batch_size=batch_size, threads=workers, progress=progress)
-    predictor = load_predictor(competition, Choice(models=expand(list(models)), ensemble=ensemble_spec), options)
-    record = pseudo_label(predictor, data_dir=data_dir, images=images, min_confidence=min_confidence, soft=soft,
-                          out=out)
-    click.echo(f"kept {record['kept']} of {record['rows']} images (confidence >= {min_confidence:g})"
-               f"{', soft labels' if soft else ''}")
+    options = RunOptions(
+        tta=tta, provider=provider, batch_size=batch_size, threads=workers, progress=progress
+    )
+    predictor = load_predictor(
+        competition, Choice(models=expand(list(models)), ensemble=ensemble_spec), options
+    )
+    record = pseudo_label(
+        predictor,
+        data_dir=data_dir,
+        images=images,
+        min_confidence=min_confidence,
+        soft=soft,
+        out=out,
+    )
+    click.echo(
+        f"kept {record['kept']} of {record['rows']} images (confidence >= {min_confidence:g})"
+        f"{', soft labels' if soft else ''}"
+    )
     click.echo(f"wrote {record['path']} and {Path(record['path']).with_suffix('.json').name}")
     click.echo(f"next: kt train {record['competition']} --external pseudo={record['path']} ...")
 
@@ -98,7 +218,12 @@ def pseudo(competition, models, ensemble_spec, data_dir, images, min_confidence,
 @click.argument("competition")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--method", type=click.Choice(ENSEMBLE_METHODS), default="greedy", show_default=True)
-@click.option("-o", "--out", type=click.Path(), help="Spec path (default: $KT_RUNS/<competition>/ensembles/…json).")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(),
+    help="Spec path (default: $KT_RUNS/<competition>/ensembles/…json).",
+)
 def ensemble(competition, runs, method, out) -> None:
     """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""
     from ..inference.ensemble import build
@@ -107,8 +232,10 @@ def ensemble(competition, runs, method, out) -> None:
     click.echo(f"{'member':<60} {'weight':>7} {'OOF ' + spec['metric']:>12}")
     for m in spec["members"]:
         click.echo(f"{m['run'][-60:]:<60} {m['weight']:>7.3f} {m['oof_score']:>12.4f}")
-    click.echo(f"blend ({spec['method']}) OOF {spec['metric']} {spec['oof_score']:.4f}, "
-               f"{spec['gain']:+.4f} over the best member")
+    click.echo(
+        f"blend ({spec['method']}) OOF {spec['metric']} {spec['oof_score']:.4f}, "
+        f"{spec['gain']:+.4f} over the best member"
+    )
     click.echo(f"wrote {spec['path']}; next: kt predict {competition} --ensemble {spec['path']}")
 
 
@@ -117,14 +244,18 @@ def ensemble(competition, runs, method, out) -> None:
 @click.argument("models", nargs=-1, required=True)
 @data_dir_option
 @tta_option
-@click.option("--out", type=click.Path(), help="Folder for evaluation.json (default: the first model's).")
+@click.option(
+    "--out", type=click.Path(), help="Folder for evaluation.json (default: the first model's)."
+)
 @progress_option
 def evaluate(competition, models, data_dir, tta, out, progress) -> None:
     """Score runs or ONNX files on labelled test splits (CCT-20: cis_test and trans_test side by side)."""
     from ..inference.evaluate import evaluate as evaluate_models
     from ..inference.predictor import Choice, RunOptions, load_predictor
 
-    predictor = load_predictor(competition, Choice(models=expand(list(models))), RunOptions(tta=tta, progress=progress))
+    predictor = load_predictor(
+        competition, Choice(models=expand(list(models))), RunOptions(tta=tta, progress=progress)
+    )
     result = evaluate_models(predictor, data_dir, out=out)
     click.echo(f"{'split':<12} {'images':>7} {result['metric']:>9}")
     for split, row in result["splits"].items():
@@ -147,34 +278,60 @@ def validate(competition, csv, data_dir) -> None:
 
     comp = competitions.get(competition)
     result = submission.validate(comp, Path(csv), competitions.find_data_dir(comp, data_dir))
-    click.echo(f"valid {comp.name} submission: {result['rows']} rows, columns {','.join(result['columns'])}")
+    click.echo(
+        f"valid {comp.name} submission: {result['rows']} rows, columns {','.join(result['columns'])}"
+    )
 
 
 @click.command()
 @click.argument("competition")
-@click.option("--size", type=int, required=True, help="Cache side: the shorter side is resized to this.")
+@click.option(
+    "--size", type=int, required=True, help="Cache side: the shorter side is resized to this."
+)
 @data_dir_option
 @external_dir_option
 @click.option("--cache-dir", type=click.Path(), help="Default: $KT_CACHE or cache/.")
-@click.option("--fundus-crop", is_flag=True, help="Trim black borders first (train with --set fundus_crop=true).")
-@click.option("--format", "fmt", type=click.Choice(["jpeg", "png", "raw"]), default="jpeg", show_default=True,
-              help="jpeg: quality 95, 4:4:4 (fast, small, ~40 dB); png: lossless; raw: lossless .npy, the fastest "
-              "to read and the largest (README: Speed).")
+@click.option(
+    "--fundus-crop",
+    is_flag=True,
+    help="Trim black borders first (train with --set fundus_crop=true).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jpeg", "png", "raw"]),
+    default="jpeg",
+    show_default=True,
+    help="jpeg: quality 95, 4:4:4 (fast, small, ~40 dB); png: lossless; raw: lossless .npy, the fastest "
+    "to read and the largest (README: Speed).",
+)
 @click.option("--workers", type=int, default=0, help="Processes (default: one per core).")
 @progress_option
-def prepare(competition, size, data_dir, external_dir, cache_dir, fundus_crop, fmt, workers, progress) -> None:
+def prepare(
+    competition, size, data_dir, external_dir, cache_dir, fundus_crop, fmt, workers, progress
+) -> None:
     """Resize every train, test and external image once; training and prediction then read the cache."""
     from .. import competitions, runs
     from ..data.cache import prepare_competition
 
     comp = competitions.get(competition)
-    result = prepare_competition(comp, competitions.find_data_dir(comp, data_dir), runs.cache_root(cache_dir), size,
-                                 external_dirs=external_dirs(external_dir), crop=fundus_crop, workers=workers,
-                                 progress=progress, fmt=fmt)
+    result = prepare_competition(
+        comp,
+        competitions.find_data_dir(comp, data_dir),
+        runs.cache_root(cache_dir),
+        size,
+        external_dirs=external_dirs(external_dir),
+        crop=fundus_crop,
+        workers=workers,
+        progress=progress,
+        fmt=fmt,
+    )
     for note in result["notes"]:
         click.echo(note)
-    click.echo(f"{result['cached']} cached ({fmt}), {result['up_to_date']} already up to date, {result['failed']} "
-               f"failed → {result['folder']}")
+    click.echo(
+        f"{result['cached']} cached ({fmt}), {result['up_to_date']} already up to date, {result['failed']} "
+        f"failed → {result['folder']}"
+    )
     for error in result["errors"]:
         click.echo(f"  {error}")
 

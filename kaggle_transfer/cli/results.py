@@ -10,13 +10,21 @@ def competitions_cmd() -> None:
     """List the competitions kt knows, with task, metric and how each is submitted."""
     from ..competitions import COMPETITIONS, custom
 
-    click.echo(f"{'name':<10} {'task':<11} {'metric':<9} {'submit':<9} {'ch':>2}  {'external':<12} kaggle slug")
+    click.echo(
+        f"{'name':<10} {'task':<11} {'metric':<9} {'submit':<9} {'ch':>2}  {'external':<12} kaggle slug"
+    )
     for c in COMPETITIONS.values():
         s = c.summary()
-        click.echo(f"{s['name']:<10} {s['task']:<11} {s['metric']:<9} {s['submit_via']:<9} {s['channels']:>2}  "
-                   f"{','.join(s['external']) or '-':<12} {s['slug'] or '-'}")
-    click.echo("\nAny other image competition: describe it in a YAML and pass the YAML's path wherever a")
-    click.echo("competition name goes (kt train FILE.yaml, kt validate FILE.yaml CSV, ...). The keys:")
+        click.echo(
+            f"{s['name']:<10} {s['task']:<11} {s['metric']:<9} {s['submit_via']:<9} {s['channels']:>2}  "
+            f"{','.join(s['external']) or '-':<12} {s['slug'] or '-'}"
+        )
+    click.echo(
+        "\nAny other image competition: describe it in a YAML and pass the YAML's path wherever a"
+    )
+    click.echo(
+        "competition name goes (kt train FILE.yaml, kt validate FILE.yaml CSV, ...). The keys:"
+    )
     click.echo("\n".join("  " + line for line in custom.__doc__.split("\n\n")[1].splitlines()))
 
 

@@ -28,20 +28,51 @@ def study() -> None:
 
 @study.command("run")
 @click.argument("competition")
-@click.option("--archs", default="paper19", show_default=True,
-              help="paper19 (the study's 19 models) or timm / tv:torchvision names, comma-separated.")
-@click.option("--grid", "grid_spec", default="paper", show_default=True, help="paper, small or a YAML file.")
+@click.option(
+    "--archs",
+    default="paper19",
+    show_default=True,
+    help="paper19 (the study's 19 models) or timm / tv:torchvision names, comma-separated.",
+)
+@click.option(
+    "--grid", "grid_spec", default="paper", show_default=True, help="paper, small or a YAML file."
+)
 @click.option("--data-dir", type=click.Path())
-@click.option("--storage", help="Optuna storage URL (default: sqlite in runs/<name>/study.db); PostgreSQL etc. "
-              "for several machines.")
-@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes on this machine.")
+@click.option(
+    "--storage",
+    help="Optuna storage URL (default: sqlite in runs/<name>/study.db); PostgreSQL etc. "
+    "for several machines.",
+)
+@click.option(
+    "--workers", type=int, default=1, show_default=True, help="Worker processes on this machine."
+)
 @click.option("--runs-root", type=click.Path())
-@click.option("--protocol", type=click.Choice(["kt", "paper"]), help="Override the grid's protocol (the paper grid: "
-              "paper, the released code's preprocessing; kt: this package's).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config for every trial, e.g. epochs=5.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["kt", "paper"]),
+    help="Override the grid's protocol (the paper grid: "
+    "paper, the released code's preprocessing; kt: this package's).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Config for every trial, e.g. epochs=5.",
+)
 @external_dir_option
-def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_root, protocol, sets,
-              external_dir) -> None:
+def study_run(
+    competition,
+    archs,
+    grid_spec,
+    data_dir,
+    storage,
+    workers,
+    runs_root,
+    protocol,
+    sets,
+    external_dir,
+) -> None:
     """Train every (arch × grid point) once, resumably, across any number of workers."""
     from .. import competitions
     from ..study.runner import run_study
@@ -50,19 +81,31 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
     names = resolve_archs(archs)
     if archs == "paper19":
         libraries = [a.library for a in PAPER19]
-        click.echo(f"paper19: {libraries.count('torchvision')} models from torchvision, {libraries.count('timm')} "
-                   "from timm, as the study took them")
+        click.echo(
+            f"paper19: {libraries.count('torchvision')} models from torchvision, {libraries.count('timm')} "
+            "from timm, as the study took them"
+        )
     from ..training.models import check_arch
 
     for name in names:
         check_arch(name.split(".")[0])
     if protocol:
         sets = (*sets, f"protocol={protocol}")
-    result = run_study(comp.name, names, grid_spec, competitions.find_data_dir(comp, data_dir),
-                       root=default_root(runs_root), storage_url=storage, workers=workers, sets=sets,
-                       external_dirs=external_dirs(external_dir))
-    click.echo(f"study {result['study']}: {result['points']} grid points, {result['trained_here']} trained by "
-               f"this command; storage {result['storage']}")
+    result = run_study(
+        comp.name,
+        names,
+        grid_spec,
+        competitions.find_data_dir(comp, data_dir),
+        root=default_root(runs_root),
+        storage_url=storage,
+        workers=workers,
+        sets=sets,
+        external_dirs=external_dirs(external_dir),
+    )
+    click.echo(
+        f"study {result['study']}: {result['points']} grid points, {result['trained_here']} trained by "
+        f"this command; storage {result['storage']}"
+    )
     click.echo(f"next: kt study report {comp.name}")
 
 
@@ -70,24 +113,50 @@ def study_run(competition, archs, grid_spec, data_dir, storage, workers, runs_ro
 @click.argument("competition", required=False)
 @click.option("--storage", help="Optuna storage URL (default: runs/<name>/study.db).")
 @click.option("--runs-root", type=click.Path())
-@click.option("--all", "all_", is_flag=True, help="Every competition with a study: the cross-dataset view.")
-@click.option("--top1", "top1_file", type=click.Path(), help="CSV arch,top1[,source] for archs outside paper19.")
-@click.option("--min-top1", type=float, help="Only models at or above this ImageNet top-1 (the paper's >70%% view).")
-@click.option("--compare-paper", is_flag=True, help="Print the paper's published figures beside the measured ones "
-              "(always written to compare.csv).")
+@click.option(
+    "--all", "all_", is_flag=True, help="Every competition with a study: the cross-dataset view."
+)
+@click.option(
+    "--top1",
+    "top1_file",
+    type=click.Path(),
+    help="CSV arch,top1[,source] for archs outside paper19.",
+)
+@click.option(
+    "--min-top1",
+    type=float,
+    help="Only models at or above this ImageNet top-1 (the paper's >70%% view).",
+)
+@click.option(
+    "--compare-paper",
+    is_flag=True,
+    help="Print the paper's published figures beside the measured ones "
+    "(always written to compare.csv).",
+)
 def study_report(competition, storage, runs_root, all_, top1_file, min_top1, compare_paper) -> None:
     """CSV and PNG like the paper's figure: ImageNet top-1 vs task score, correlations, normalised slope."""
     from ..study.report import report_studies, summary_line
 
-    results, across = report_studies(competition, every=all_, root=runs.runs_root(runs_root), storage_url=storage,
-                                     top1_file=top1_file, min_top1=min_top1)
+    results, across = report_studies(
+        competition,
+        every=all_,
+        root=runs.runs_root(runs_root),
+        storage_url=storage,
+        top1_file=top1_file,
+        min_top1=min_top1,
+    )
     for name, result in results.items():
-        click.echo(f"{name}: {result['stats']['models']} models; {summary_line(result['stats'])}; "
-                   f"wrote {', '.join(result['files'])}")
+        click.echo(
+            f"{name}: {result['stats']['models']} models; {summary_line(result['stats'])}; "
+            f"wrote {', '.join(result['files'])}"
+        )
         if compare_paper:
             versus = result["compare"]
-            click.echo(versus.drop(columns=["source"]).to_string(index=False) if len(versus) else
-                       f"{name}: no figures of the paper to compare")
+            click.echo(
+                versus.drop(columns=["source"]).to_string(index=False)
+                if len(versus)
+                else f"{name}: no figures of the paper to compare"
+            )
     if across is not None:
         click.echo(across.to_string(index=False))
 
@@ -99,15 +168,23 @@ def study_report(competition, storage, runs_root, all_, top1_file, min_top1, com
 def study_status(competition, storage, runs_root) -> None:
     """Grid points done, running (where, since when), failed and left, with an ETA; from the storage alone."""
     from .. import competitions, runs
+
     name = competitions.get(competition).name
     for s in read_status(name, storage or default_storage(runs.runs_root(runs_root), name)):
-        eta = f"; ETA {s['eta_minutes']} min ({s['mean_trial_minutes']} min a trial)" if s["eta_minutes"] is not None \
+        eta = (
+            f"; ETA {s['eta_minutes']} min ({s['mean_trial_minutes']} min a trial)"
+            if s["eta_minutes"] is not None
             else ""
-        click.echo(f"{s['study']}: {s['points']} points: {s['done']} done, {len(s['running'])} running, "
-                   f"{s['failed']} failed, {s['left']} left{eta}")
+        )
+        click.echo(
+            f"{s['study']}: {s['points']} points: {s['done']} done, {len(s['running'])} running, "
+            f"{s['failed']} failed, {s['left']} left{eta}"
+        )
         for r in s["running"]:
-            click.echo(f"  running {r['point']} on {r['host']} since {r['since']:%Y-%m-%d %H:%M:%S} "
-                       f"({r['minutes']} min)")
+            click.echo(
+                f"  running {r['point']} on {r['host']} since {r['since']:%Y-%m-%d %H:%M:%S} "
+                f"({r['minutes']} min)"
+            )
 
 
 COMMANDS = (study,)

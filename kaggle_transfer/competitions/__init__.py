@@ -17,7 +17,9 @@ from .eurosat import EUROSAT
 from .hpa import HPA
 from .siim_isic import SIIM_ISIC
 
-COMPETITIONS: dict[str, Competition] = {c.name: c for c in (APTOS, HPA, SIIM_ISIC, CASSAVA, CCT20, EUROSAT)}
+COMPETITIONS: dict[str, Competition] = {
+    c.name: c for c in (APTOS, HPA, SIIM_ISIC, CASSAVA, CCT20, EUROSAT)
+}
 CUSTOM: dict[str, Competition] = {}  # competitions described by a YAML, registered when first read
 
 
@@ -29,7 +31,9 @@ def register(spec: dict) -> Competition:
     """Register a YAML-described competition (from its file or from an ONNX file's metadata)."""
     spec = check_spec(spec, f"competition {spec.get('name', '?')}")
     if spec["name"] in COMPETITIONS:
-        raise KtError(f"competition file: name {spec['name']!r} is a built-in competition; choose another name")
+        raise KtError(
+            f"competition file: name {spec['name']!r} is a built-in competition; choose another name"
+        )
     CUSTOM[spec["name"]] = from_spec(spec)
     return CUSTOM[spec["name"]]
 
@@ -45,11 +49,15 @@ def get(name: str) -> Competition:
     if name in CUSTOM:
         return CUSTOM[name]
     if name == "custom":
-        raise KtError("'custom' stands for a competition YAML: pass the YAML's path in its place (kt train FILE.yaml)")
+        raise KtError(
+            "'custom' stands for a competition YAML: pass the YAML's path in its place (kt train FILE.yaml)"
+        )
     close = difflib.get_close_matches(name, list(COMPETITIONS) + list(CUSTOM), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    raise KtError(f"unknown competition {name!r}{hint}; valid: {', '.join(COMPETITIONS)}, or a competition "
-                  "YAML (kt competitions explains it)")
+    raise KtError(
+        f"unknown competition {name!r}{hint}; valid: {', '.join(COMPETITIONS)}, or a competition "
+        "YAML (kt competitions explains it)"
+    )
 
 
 def for_config(cfg) -> Competition:
@@ -58,8 +66,10 @@ def for_config(cfg) -> Competition:
     name = as_dict["competition"]
     if name not in COMPETITIONS and name not in CUSTOM and as_dict.get("competition_file"):
         get(as_dict["competition_file"])
-    return get(name).configure(keep_empty=as_dict.get("keep_empty", False),
-                               per_annotation=as_dict.get("per_annotation", False))
+    return get(name).configure(
+        keep_empty=as_dict.get("keep_empty", False),
+        per_annotation=as_dict.get("per_annotation", False),
+    )
 
 
 def for_model(meta: dict) -> Competition:
@@ -67,8 +77,10 @@ def for_model(meta: dict) -> Competition:
     competition_spec when the model loads) with the recipe's reading options. A path in the metadata
     (recipe.competition_file) is never followed: a model file must not make kt read a YAML elsewhere."""
     recipe = meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}
-    return get(meta["competition"]).configure(keep_empty=bool(recipe.get("keep_empty", False)),
-                                              per_annotation=bool(recipe.get("per_annotation", False)))
+    return get(meta["competition"]).configure(
+        keep_empty=bool(recipe.get("keep_empty", False)),
+        per_annotation=bool(recipe.get("per_annotation", False)),
+    )
 
 
 def default_data_dir(comp: Competition) -> Path:
@@ -82,9 +94,13 @@ def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
     if given:
         path = Path(given)
         if not path.is_dir():
-            raise KtError(f"--data-dir {path} does not exist; kt download {comp.name} fetches the files")
+            raise KtError(
+                f"--data-dir {path} does not exist; kt download {comp.name} fetches the files"
+            )
         return path
-    candidates = [default_data_dir(comp)] + ([Path("data") / comp.name] if os.environ.get("KT_DATA") else [])
+    candidates = [default_data_dir(comp)] + (
+        [Path("data") / comp.name] if os.environ.get("KT_DATA") else []
+    )
     if getattr(comp, "spec_file", None):  # a competition YAML kept beside its data
         candidates.append(Path(comp.spec_file).parent)
     for path in candidates:
@@ -94,8 +110,12 @@ def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
         return found[0]
     looked = candidates + (kaggle_input.known_paths(comp.slug) if comp.slug else [])
     if comp.slug and kaggle_input.KAGGLE_INPUT.is_dir():  # inside a notebook: no flags, no internet
-        raise KtError(f"no data for {comp.name}: the competition {comp.slug} is not attached (looked in "
-                      f"{', '.join(map(str, looked))}); add it to the notebook's inputs, or name the folder with "
-                      "KT_BUNDLE_DATA (--data-dir)")
-    raise KtError(f"no data for {comp.name}: looked in {', '.join(map(str, looked))}; "
-                  f"pass --data-dir DIR or run kt download {comp.name}")
+        raise KtError(
+            f"no data for {comp.name}: the competition {comp.slug} is not attached (looked in "
+            f"{', '.join(map(str, looked))}); add it to the notebook's inputs, or name the folder with "
+            "KT_BUNDLE_DATA (--data-dir)"
+        )
+    raise KtError(
+        f"no data for {comp.name}: looked in {', '.join(map(str, looked))}; "
+        f"pass --data-dir DIR or run kt download {comp.name}"
+    )

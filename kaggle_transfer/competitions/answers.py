@@ -23,10 +23,10 @@ VALUE_FORMATS = ("index", "name")
 
 @dataclass(frozen=True)
 class AnswerFormat:
-    kind: str                       # a task kind (tasks.KINDS)
+    kind: str  # a task kind (tasks.KINDS)
     class_names: tuple[str, ...]
-    value_format: str = "index"     # index | name
-    separator: str = " "            # multilabel: between labels
+    value_format: str = "index"  # index | name
+    separator: str = " "  # multilabel: between labels
 
     def label(self, value: str) -> int:
         """One label cell → class index; ValueError when it is neither a known name nor an index in range.
@@ -43,8 +43,12 @@ class AnswerFormat:
         if self.kind == "binary":
             return [f"{float(p):.6f}" for p in answers]
         if self.kind == "multilabel":
-            return [self.separator.join(self.class_names[k] if by_name else str(k) for k in np.flatnonzero(row))
-                    for row in answers]
+            return [
+                self.separator.join(
+                    self.class_names[k] if by_name else str(k) for k in np.flatnonzero(row)
+                )
+                for row in answers
+            ]
         return [self.class_names[int(a)] if by_name else int(a) for a in answers]
 
     def check(self, value: str) -> bool:

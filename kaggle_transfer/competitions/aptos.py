@@ -24,11 +24,13 @@ class Aptos(Competition):
         path = data_dir / f"{split}.csv"
         columns = ["id_code", "diagnosis"] if split == "train" else ["id_code"]
         df = read_csv(path, columns, f"APTOS {split}.csv")
-        table = pd.DataFrame({
-            "id": df["id_code"].to_numpy(),
-            "paths": [(str(data_dir / f"{split}_images" / f"{i}.png"),) for i in df["id_code"]],
-            "source": "competition",
-        })
+        table = pd.DataFrame(
+            {
+                "id": df["id_code"].to_numpy(),
+                "paths": [(str(data_dir / f"{split}_images" / f"{i}.png"),) for i in df["id_code"]],
+                "source": "competition",
+            }
+        )
         if split == "train":
             table["target"] = parse_int_labels(df["diagnosis"], path, "diagnosis", len(GRADES))
         return check_files(table, skip_bad_images)
@@ -41,26 +43,37 @@ class Aptos(Competition):
             return super().read_external(source, external_dir)
         external_dir = Path(external_dir)
         parts = []
-        for csv_name, folder in (("trainLabels.csv", "train"), ("retinopathy_solution.csv", "test")):
+        for csv_name, folder in (
+            ("trainLabels.csv", "train"),
+            ("retinopathy_solution.csv", "test"),
+        ):
             path = external_dir / csv_name
             if not path.is_file():
                 if csv_name == "trainLabels.csv":
-                    raise KtError(f"--external-dir dr2015={external_dir}: trainLabels.csv not found")
+                    raise KtError(
+                        f"--external-dir dr2015={external_dir}: trainLabels.csv not found"
+                    )
                 continue
             df = read_csv(path, ["image", "level"], f"DR2015 {csv_name}")
-            parts.append(pd.DataFrame({
-                "id": "dr2015:" + df["image"],
-                "paths": [(str(external_dir / folder / f"{i}.jpeg"),) for i in df["image"]],
-                "source": "dr2015",
-                "target": parse_int_labels(df["level"], path, "level", len(GRADES)),
-                # left and right eye of one patient (10_left, 10_right) stay together
-                "group": "dr2015:" + df["image"].str.rsplit("_", n=1).str[0],
-            }))
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "id": "dr2015:" + df["image"],
+                        "paths": [(str(external_dir / folder / f"{i}.jpeg"),) for i in df["image"]],
+                        "source": "dr2015",
+                        "target": parse_int_labels(df["level"], path, "level", len(GRADES)),
+                        # left and right eye of one patient (10_left, 10_right) stay together
+                        "group": "dr2015:" + df["image"].str.rsplit("_", n=1).str[0],
+                    }
+                )
+            )
         return check_files(pd.concat(parts, ignore_index=True), skip_missing=True)
 
 
 APTOS = Aptos(
-    paper=PaperRecipe(bgr=True, flips="h", loss="ce"),  # released aptos.py: BGR, h flip; sample_train.py: CE
+    paper=PaperRecipe(
+        bgr=True, flips="h", loss="ce"
+    ),  # released aptos.py: BGR, h flip; sample_train.py: CE
     name="aptos",
     synthetic="aptos",
     slug="aptos2019-blindness-detection",

@@ -32,11 +32,15 @@ def read_csv(path: Path, columns: list[str], what: str) -> pd.DataFrame:
         raise KtError(f"{path} is not a readable CSV: {' '.join(str(e).split())[:200]}") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise KtError(f"{path} lacks column(s) {', '.join(missing)}; header is {','.join(df.columns)}; "
-                      f"expected {','.join(columns)}")
+        raise KtError(
+            f"{path} lacks column(s) {', '.join(missing)}; header is {','.join(df.columns)}; "
+            f"expected {','.join(columns)}"
+        )
     duplicated = df[columns[0]][df[columns[0]].duplicated()] if columns else []
     if len(duplicated):
-        raise KtError(f"{path} has duplicate {columns[0]} values, e.g. {duplicated.iloc[0]!r}; ids must be unique")
+        raise KtError(
+            f"{path} has duplicate {columns[0]} values, e.g. {duplicated.iloc[0]!r}; ids must be unique"
+        )
     return df
 
 
@@ -46,8 +50,10 @@ def parse_int_labels(values: pd.Series, path: Path, column: str, num_classes: in
     bad = numeric.isna() | (numeric % 1 != 0) | (numeric < 0) | (numeric >= num_classes)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise KtError(f"{path}: {column} must be an integer in 0..{num_classes - 1}; "
-                      f"row {row + 2} has {values.iloc[row]!r}")
+        raise KtError(
+            f"{path}: {column} must be an integer in 0..{num_classes - 1}; "
+            f"row {row + 2} has {values.iloc[row]!r}"
+        )
     return numeric.astype(int).to_numpy()
 
 
@@ -63,11 +69,17 @@ def check_files(table: pd.DataFrame, skip_missing: bool) -> pd.DataFrame:
         table.attrs["skipped_images"] = int((~good).sum())
         table.attrs["bad_images"] = [q for q in problems if q][:20]
         return table
-    exists = np.array([all(os.path.isfile(p) for p in paths) for paths in table["paths"]], dtype=bool)
+    exists = np.array(
+        [all(os.path.isfile(p) for p in paths) for paths in table["paths"]], dtype=bool
+    )
     if not exists.all():
-        first = next(p for paths in table.loc[~exists, "paths"] for p in paths if not os.path.isfile(p))
-        raise KtError(f"{(~exists).sum()} image file(s) missing, e.g. {first}; "
-                      "fix the data folder or pass --skip-bad-images to drop those rows")
+        first = next(
+            p for paths in table.loc[~exists, "paths"] for p in paths if not os.path.isfile(p)
+        )
+        raise KtError(
+            f"{(~exists).sum()} image file(s) missing, e.g. {first}; "
+            "fix the data folder or pass --skip-bad-images to drop those rows"
+        )
     return table
 
 
@@ -83,28 +95,36 @@ class Competition:
     """Facts about one contest. A subclass implements one hook, `read(data_dir, split)`."""
 
     name: str
-    slug: str | None                 # Kaggle slug; None for a local dataset
+    slug: str | None  # Kaggle slug; None for a local dataset
     title: str
     task: Task
-    submit_via: str                  # csv | notebook (code competition) | none
+    submit_via: str  # csv | notebook (code competition) | none
     id_column: str
     target_column: str
     class_names: list[str]
     channels: tuple[str, ...] = ("red", "green", "blue")
     external: dict[str, str] = field(default_factory=dict)  # source name -> one-line description
-    default_split: str = "paper"     # used when the run does not choose one
-    paper_seed: int = 414            # the seed of the study's split (its released loaders: 414; EuroSAT 42)
+    default_split: str = "paper"  # used when the run does not choose one
+    paper_seed: int = 414  # the seed of the study's split (its released loaders: 414; EuroSAT 42)
     paper: PaperRecipe = PaperRecipe()  # what the study's released loader does (--protocol paper)
-    meta_columns: dict[str, str] = field(default_factory=dict)  # tabular columns beside the image (meta.py)
-    daily_limit: int = 5             # submissions a day when the client cannot tell (Kaggle's usual limit)
-    accelerator: str = "gpu"         # code competitions: what the prediction notebook asks for (gpu | none)
-    hidden_test_images: int = 0      # code competitions: the hidden test set the notebook predicts (for estimates)
-    value_format: str = "index"      # answers as class indices or names (answers.py)
-    label_separator: str = " "       # multilabel answers: between labels
+    meta_columns: dict[str, str] = field(
+        default_factory=dict
+    )  # tabular columns beside the image (meta.py)
+    daily_limit: int = 5  # submissions a day when the client cannot tell (Kaggle's usual limit)
+    accelerator: str = (
+        "gpu"  # code competitions: what the prediction notebook asks for (gpu | none)
+    )
+    hidden_test_images: int = (
+        0  # code competitions: the hidden test set the notebook predicts (for estimates)
+    )
+    value_format: str = "index"  # answers as class indices or names (answers.py)
+    label_separator: str = " "  # multilabel answers: between labels
     eval_splits: tuple[str, ...] = ()  # labelled test splits `kt evaluate` scores (local datasets)
-    reported_split: str | None = None  # the one of them the study reports (CCT-20: cis_test), else validation
-    download_hint: str | None = None   # where the files come from when not from Kaggle
-    synthetic: str | None = None       # the layout data/synthetic.py writes for `kt demo` and the tests
+    reported_split: str | None = (
+        None  # the one of them the study reports (CCT-20: cis_test), else validation
+    )
+    download_hint: str | None = None  # where the files come from when not from Kaggle
+    synthetic: str | None = None  # the layout data/synthetic.py writes for `kt demo` and the tests
 
     @property
     def in_chans(self) -> int:
@@ -121,8 +141,10 @@ class Competition:
         letters = [c[0] for c in self.channels]
         bad = [ch for ch in spec if ch not in letters]
         if bad or len(set(spec)) != len(spec):
-            raise KtError(f"--set channels={spec} is not valid for {self.name}; letters of "
-                          f"{'/'.join(self.channels)}, e.g. {''.join(letters)}")
+            raise KtError(
+                f"--set channels={spec} is not valid for {self.name}; letters of "
+                f"{'/'.join(self.channels)}, e.g. {''.join(letters)}"
+            )
         return [letters.index(ch) for ch in spec]
 
     def test_ids(self, data_dir: Path) -> list[str]:
@@ -134,7 +156,9 @@ class Competition:
 
     @property
     def answers(self) -> AnswerFormat:
-        return AnswerFormat(self.task.kind, tuple(self.class_names), self.value_format, self.label_separator)
+        return AnswerFormat(
+            self.task.kind, tuple(self.class_names), self.value_format, self.label_separator
+        )
 
     def parse_answers(self, values: list[str]) -> np.ndarray:
         """Submission cells → the array the metric takes (inverse of format_answers)."""
@@ -152,12 +176,16 @@ class Competition:
         raise NotImplementedError
 
     def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
-        return contained(self.read(data_dir, "train", skip_bad_images), data_dir, f"{self.name} train")
+        return contained(
+            self.read(data_dir, "train", skip_bad_images), data_dir, f"{self.name} train"
+        )
 
     def read_test(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
         """The test rows. --skip-bad-images is applied here for every adapter (one that lists its test
         folder rather than a CSV never checked its files itself)."""
-        table = contained(self.read(data_dir, "test", skip_bad_images), data_dir, f"{self.name} test")
+        table = contained(
+            self.read(data_dir, "test", skip_bad_images), data_dir, f"{self.name} test"
+        )
         if skip_bad_images and "skipped_images" not in table.attrs:
             table = check_files(table, True)
         return table
@@ -165,13 +193,18 @@ class Competition:
     def kaggle_slug(self) -> str:
         """The Kaggle slug, or a one-line error saying where the files come from instead."""
         if not self.slug:
-            raise KtError(f"{self.name} is not a Kaggle competition: {self.download_hint}" if self.download_hint
-                          else f"{self.name} has no Kaggle slug in its description (add `slug:` to its YAML)")
+            raise KtError(
+                f"{self.name} is not a Kaggle competition: {self.download_hint}"
+                if self.download_hint
+                else f"{self.name} has no Kaggle slug in its description (add `slug:` to its YAML)"
+            )
         return self.slug
 
     def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
-        raise KtError(f"{self.name} has no external source {source!r}; "
-                      f"valid: {', '.join(self.external) or 'none'}")
+        raise KtError(
+            f"{self.name} has no external source {source!r}; "
+            f"valid: {', '.join(self.external) or 'none'}"
+        )
 
     def sample_submission(self, data_dir: Path) -> pd.DataFrame | None:
         path = Path(data_dir) / "sample_submission.csv"
@@ -182,6 +215,13 @@ class Competition:
         return pd.DataFrame({self.id_column: ids, self.target_column: self.format_answers(answers)})
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "slug": self.slug, "task": self.task.kind, "metric": self.task.metric,
-                "submit_via": self.submit_via, "classes": len(self.class_names), "channels": self.in_chans,
-                "external": sorted(self.external)}
+        return {
+            "name": self.name,
+            "slug": self.slug,
+            "task": self.task.kind,
+            "metric": self.task.metric,
+            "submit_via": self.submit_via,
+            "classes": len(self.class_names),
+            "channels": self.in_chans,
+            "external": sorted(self.external),
+        }

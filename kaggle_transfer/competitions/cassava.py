@@ -18,8 +18,13 @@ from ..protocol import PaperRecipe
 from ..tasks import Task
 from .base import Competition, check_files, parse_int_labels, read_csv
 
-DISEASES = ["Cassava Bacterial Blight (CBB)", "Cassava Brown Streak Disease (CBSD)", "Cassava Green Mottle (CGM)",
-            "Cassava Mosaic Disease (CMD)", "Healthy"]
+DISEASES = [
+    "Cassava Bacterial Blight (CBB)",
+    "Cassava Brown Streak Disease (CBSD)",
+    "Cassava Green Mottle (CGM)",
+    "Cassava Mosaic Disease (CMD)",
+    "Healthy",
+]
 
 
 def check_label_map(data_dir: Path) -> None:
@@ -41,12 +46,14 @@ class Cassava(Competition):
         check_label_map(data_dir)
         path = data_dir / "train.csv"
         df = read_csv(path, ["image_id", "label"], "Cassava train.csv")
-        table = pd.DataFrame({
-            "id": df["image_id"].to_numpy(),
-            "paths": [(str(data_dir / "train_images" / i),) for i in df["image_id"]],
-            "source": "competition",
-            "target": parse_int_labels(df["label"], path, "label", len(DISEASES)),
-        })
+        table = pd.DataFrame(
+            {
+                "id": df["image_id"].to_numpy(),
+                "paths": [(str(data_dir / "train_images" / i),) for i in df["image_id"]],
+                "source": "competition",
+                "target": parse_int_labels(df["label"], path, "label", len(DISEASES)),
+            }
+        )
         return check_files(table, skip_bad_images)
 
     def _test(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
@@ -54,8 +61,13 @@ class Cassava(Competition):
         if not folder.is_dir():
             raise KtError(f"Cassava test_images/ not found in {data_dir}; check --data-dir")
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        return pd.DataFrame({"id": [p.name for p in files], "paths": [(str(p),) for p in files],
-                             "source": "competition"})
+        return pd.DataFrame(
+            {
+                "id": [p.name for p in files],
+                "paths": [(str(p),) for p in files],
+                "source": "competition",
+            }
+        )
 
     def test_ids(self, data_dir: Path) -> list[str]:
         return list(self.read_test(data_dir)["id"])

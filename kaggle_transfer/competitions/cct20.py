@@ -31,11 +31,29 @@ from ..tasks import Task
 from .base import Competition, check_files
 
 # Category ids of the paper's 15 classes, and names as in the LILA JSON (checked on read; unverified here).
-CATEGORIES = {1: "opossum", 3: "raccoon", 5: "squirrel", 6: "bobcat", 7: "skunk", 8: "dog", 9: "coyote",
-              10: "rabbit", 11: "bird", 16: "cat", 21: "badger", 33: "car", 34: "deer", 51: "fox", 99: "rodent"}
+CATEGORIES = {
+    1: "opossum",
+    3: "raccoon",
+    5: "squirrel",
+    6: "bobcat",
+    7: "skunk",
+    8: "dog",
+    9: "coyote",
+    10: "rabbit",
+    11: "bird",
+    16: "cat",
+    21: "badger",
+    33: "car",
+    34: "deer",
+    51: "fox",
+    99: "rodent",
+}
 EMPTY_ID = 30
 SPLITS = ("train", "cis_val", "trans_val", "cis_test", "trans_test")
-SPLIT_WORD = {"train": "train", "cis_val": "val"}  # everything else is held out of training and selection
+SPLIT_WORD = {
+    "train": "train",
+    "cis_val": "val",
+}  # everything else is held out of training and selection
 
 
 def _find(data_dir: Path, names: tuple[str, ...], what: str) -> Path:
@@ -56,8 +74,11 @@ class Cct20(Competition):
         new = dataclasses.replace(self)
         if keep and not self.keep_empty:
             ids = self.category_ids + [EMPTY_ID]
-            new = dataclasses.replace(self, task=Task("multiclass", len(ids), "accuracy"),
-                                      class_names=self.class_names + ["empty"])
+            new = dataclasses.replace(
+                self,
+                task=Task("multiclass", len(ids), "accuracy"),
+                class_names=self.class_names + ["empty"],
+            )
         new.keep_empty, new.per_annotation = keep or self.keep_empty, per
         return new
 
@@ -70,14 +91,21 @@ class Cct20(Competition):
         LILA split by name (cis_test, trans_test, ...)."""
         if split in ("train", "test"):
             names = ("train", "cis_val") if split == "train" else ("cis_test",)
-            return pd.concat([self._split(data_dir, s, skip_bad_images) for s in names], ignore_index=True)
+            return pd.concat(
+                [self._split(data_dir, s, skip_bad_images) for s in names], ignore_index=True
+            )
         return self._split(data_dir, split, skip_bad_images)
 
     def _split(self, data_dir: Path, split: str, skip_bad_images: bool) -> pd.DataFrame:
         data_dir = Path(data_dir)
-        path = _find(data_dir, ("eccv_18_annotation_files",), "annotations") / f"{split}_annotations.json"
+        path = (
+            _find(data_dir, ("eccv_18_annotation_files",), "annotations")
+            / f"{split}_annotations.json"
+        )
         if not path.is_file():
-            raise KtError(f"CCT-20 {path.name} not found in {path.parent}; check --data-dir (LILA eccv_18 files)")
+            raise KtError(
+                f"CCT-20 {path.name} not found in {path.parent}; check --data-dir (LILA eccv_18 files)"
+            )
         try:
             coco = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -88,32 +116,50 @@ class Cct20(Competition):
         names = {c["id"]: c["name"] for c in coco["categories"]}
         for cid, name in CATEGORIES.items():
             if cid in names and names[cid].lower() != name:
-                warnings.warn(f"{path}: category {cid} is {names[cid]!r}, kt calls it {name!r}", stacklevel=2)
+                warnings.warn(
+                    f"{path}: category {cid} is {names[cid]!r}, kt calls it {name!r}", stacklevel=2
+                )
         per_image: dict[str, list[int]] = {}
         for a in coco["annotations"]:
             cid = a["category_id"]
             if cid not in CATEGORIES and cid != EMPTY_ID:
-                raise KtError(f"{path}: unknown category id {cid} (image {a['image_id']}); "
-                              f"known: {sorted(CATEGORIES)} and empty={EMPTY_ID}")
+                raise KtError(
+                    f"{path}: unknown category id {cid} (image {a['image_id']}); "
+                    f"known: {sorted(CATEGORIES)} and empty={EMPTY_ID}"
+                )
             per_image.setdefault(str(a["image_id"]), []).append(cid)
         index = {cid: k for k, cid in enumerate(self.category_ids)}
         folder = _find(data_dir, ("eccv_18_all_images_sm", "images"), "images")
         if self.per_annotation:
             rows = _annotation_rows(coco, index, folder, SPLIT_WORD.get(split, split))
-            return check_files(pd.DataFrame(rows, columns=["id", "paths", "source", "target", "group", "split"]),
-                               skip_bad_images)
+            return check_files(
+                pd.DataFrame(rows, columns=["id", "paths", "source", "target", "group", "split"]),
+                skip_bad_images,
+            )
         rows = []
         for img in coco["images"]:
             label = _label(per_image.get(str(img["id"]), []))
             if label is None or label not in index:
                 continue  # no annotation, or empty while empty is dropped
-            rows.append({"id": str(img["id"]), "paths": (str(folder / img["file_name"]),), "source": "competition",
-                         "target": index[label], "group": str(img.get("location", "")),
-                         "split": SPLIT_WORD.get(split, split)})
-        return check_files(pd.DataFrame(rows, columns=["id", "paths", "source", "target", "group", "split"]),
-                           skip_bad_images)
+            rows.append(
+                {
+                    "id": str(img["id"]),
+                    "paths": (str(folder / img["file_name"]),),
+                    "source": "competition",
+                    "target": index[label],
+                    "group": str(img.get("location", "")),
+                    "split": SPLIT_WORD.get(split, split),
+                }
+            )
+        return check_files(
+            pd.DataFrame(rows, columns=["id", "paths", "source", "target", "group", "split"]),
+            skip_bad_images,
+        )
 
-def _annotation_rows(coco: dict, index: dict[int, int], folder: Path, split_word: str) -> list[dict]:
+
+def _annotation_rows(
+    coco: dict, index: dict[int, int], folder: Path, split_word: str
+) -> list[dict]:
     """One row per kept annotation, in the JSON's order (the released loader's list comprehension);
     ids `<image id>#<n>` keep them unique. The image path comes from `images` (the loader's
     `<image_id>.jpg` when the image is not listed)."""
@@ -126,9 +172,16 @@ def _annotation_rows(coco: dict, index: dict[int, int], folder: Path, split_word
         image_id = str(a["image_id"])
         img = images.get(image_id, {"file_name": f"{image_id}.jpg"})
         seen[image_id] += 1
-        rows.append({"id": f"{image_id}#{seen[image_id]}", "paths": (str(folder / img["file_name"]),),
-                     "source": "competition", "target": index[a["category_id"]],
-                     "group": str(img.get("location", "")), "split": split_word})
+        rows.append(
+            {
+                "id": f"{image_id}#{seen[image_id]}",
+                "paths": (str(folder / img["file_name"]),),
+                "source": "competition",
+                "target": index[a["category_id"]],
+                "group": str(img.get("location", "")),
+                "split": split_word,
+            }
+        )
     return rows
 
 

@@ -42,21 +42,66 @@ from ..tasks import KINDS, Task
 from .answers import VALUE_FORMATS
 from .base import Competition, check_files, read_csv, with_meta
 
-DEFAULT_METRIC = {"multiclass": "accuracy", "multilabel": "macro_f1", "binary": "roc_auc", "ordinal": "qwk"}
-KEYS = {"name", "slug", "title", "submit_via", "task", "metric", "classes", "num_classes", "train_csv", "id_column",
-        "target_column", "target_columns", "label_separator", "image_pattern", "test_image_pattern", "channels",
-        "test_csv", "sample_submission", "submission_columns", "value_format", "group_column", "recipe",
-        "meta_columns"}
+DEFAULT_METRIC = {
+    "multiclass": "accuracy",
+    "multilabel": "macro_f1",
+    "binary": "roc_auc",
+    "ordinal": "qwk",
+}
+KEYS = {
+    "name",
+    "slug",
+    "title",
+    "submit_via",
+    "task",
+    "metric",
+    "classes",
+    "num_classes",
+    "train_csv",
+    "id_column",
+    "target_column",
+    "target_columns",
+    "label_separator",
+    "image_pattern",
+    "test_image_pattern",
+    "channels",
+    "test_csv",
+    "sample_submission",
+    "submission_columns",
+    "value_format",
+    "group_column",
+    "recipe",
+    "meta_columns",
+}
 REQUIRED = ("name", "task", "train_csv", "id_column", "image_pattern")
 FILE_KEYS = ("train_csv", "test_csv", "sample_submission", "image_pattern", "test_image_pattern")
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 # the type every key must have; a list's items are strings (class names, column names, channel names)
 TYPES: dict[str, type] = {
-    "name": str, "slug": str, "title": str, "submit_via": str, "task": str, "metric": str, "classes": list,
-    "num_classes": int, "train_csv": str, "id_column": str, "target_column": str, "target_columns": list,
-    "label_separator": str, "image_pattern": str, "test_image_pattern": str, "channels": list, "test_csv": str,
-    "sample_submission": str, "submission_columns": list, "value_format": str, "group_column": str,
-    "recipe": dict, "meta_columns": dict}
+    "name": str,
+    "slug": str,
+    "title": str,
+    "submit_via": str,
+    "task": str,
+    "metric": str,
+    "classes": list,
+    "num_classes": int,
+    "train_csv": str,
+    "id_column": str,
+    "target_column": str,
+    "target_columns": list,
+    "label_separator": str,
+    "image_pattern": str,
+    "test_image_pattern": str,
+    "channels": list,
+    "test_csv": str,
+    "sample_submission": str,
+    "submission_columns": list,
+    "value_format": str,
+    "group_column": str,
+    "recipe": dict,
+    "meta_columns": dict,
+}
 TYPE_WORDS = {str: "a string", int: "an integer", list: "a list", dict: "a mapping"}
 PATTERN_FIELDS = ("id", "channel")
 
@@ -70,13 +115,23 @@ def parse_pattern(pattern: str, where: str) -> list[tuple[str, str | None]]:
     try:
         parts = list(string.Formatter().parse(pattern))
     except ValueError as e:
-        raise KtError(f"{where} is {pattern!r}: {e}; write fields as {{id}} or {{channel}}") from None
+        raise KtError(
+            f"{where} is {pattern!r}: {e}; write fields as {{id}} or {{channel}}"
+        ) from None
     out = []
     for literal, field, spec, conversion in parts:
         if field is not None and (field not in PATTERN_FIELDS or spec or conversion):
-            shown = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            raise KtError(f"{where} has the field {shown[:40]!r}; only {{id}} and {{channel}} are allowed, "
-                          "without format specs, conversions, indices or attributes")
+            shown = (
+                "{"
+                + field
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+            raise KtError(
+                f"{where} has the field {shown[:40]!r}; only {{id}} and {{channel}} are allowed, "
+                "without format specs, conversions, indices or attributes"
+            )
         out.append((literal, field))
     return out
 
@@ -94,10 +149,14 @@ def _check_patterns(spec: dict, where: str) -> None:
             continue
         fields = {field for _, field in parse_pattern(spec[key], f"{where}: key {key!r}") if field}
         if "id" not in fields:
-            raise KtError(f"{where}: key {key!r} must contain {{id}}, e.g. {key.split('_')[0]}_images/{{id}}.jpg")
+            raise KtError(
+                f"{where}: key {key!r} must contain {{id}}, e.g. {key.split('_')[0]}_images/{{id}}.jpg"
+            )
         if ("channel" in fields) != bool(spec.get("channels")):
-            raise KtError(f"{where}: key {key!r} and key 'channels' go together: {{channel}} in the pattern "
-                          "needs a channels list, and a channels list needs {channel} in the pattern")
+            raise KtError(
+                f"{where}: key {key!r} and key 'channels' go together: {{channel}} in the pattern "
+                "needs a channels list, and a channels list needs {channel} in the pattern"
+            )
 
 
 def _check_columns(spec: dict, where: str) -> None:
@@ -108,26 +167,46 @@ def _check_columns(spec: dict, where: str) -> None:
             raise KtError(f"{where}: key {key!r} lists a name twice or an empty one: {names[:8]}")
     sep = spec.get("label_separator", " ")
     if spec["task"] == "multilabel" and any(sep in str(c) for c in spec.get("classes") or []):
-        raise KtError(f"{where}: a class name contains the label separator {sep!r}; rename it or change "
-                      "'label_separator'")
+        raise KtError(
+            f"{where}: a class name contains the label separator {sep!r}; rename it or change "
+            "'label_separator'"
+        )
     if spec["task"] == "binary" and len(spec.get("classes") or ["0", "1"]) != 2:
-        raise KtError(f"{where}: key 'classes' lists {len(spec['classes'])} names; a binary task has two")
+        raise KtError(
+            f"{where}: key 'classes' lists {len(spec['classes'])} names; a binary task has two"
+        )
     if spec.get("submission_columns") is not None and len(spec["submission_columns"]) != 2:
-        raise KtError(f"{where}: key 'submission_columns' must name two columns: the id and the answer")
+        raise KtError(
+            f"{where}: key 'submission_columns' must name two columns: the id and the answer"
+        )
     declared = spec.get("meta_columns") or {}
     if not all(isinstance(k, str) for k in declared):
-        raise KtError(f"{where}: key 'meta_columns' must map column names (strings) to numeric or category")
-    labels = {spec.get("target_column"), spec.get("id_column"), spec.get("group_column"),
-              *(spec.get("target_columns") or [])} - {None}
+        raise KtError(
+            f"{where}: key 'meta_columns' must map column names (strings) to numeric or category"
+        )
+    labels = {
+        spec.get("target_column"),
+        spec.get("id_column"),
+        spec.get("group_column"),
+        *(spec.get("target_columns") or []),
+    } - {None}
     if set(declared) & labels:
-        raise KtError(f"{where}: key 'meta_columns' declares {sorted(set(declared) & labels)[0]!r}, a label, id or "
-                      "group column: as an input it would leak the answer; remove it")
+        raise KtError(
+            f"{where}: key 'meta_columns' declares {sorted(set(declared) & labels)[0]!r}, a label, id or "
+            "group column: as an input it would leak the answer; remove it"
+        )
     if spec.get("slug") is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,98}", spec["slug"]):
-        raise KtError(f"{where}: key 'slug' is {spec['slug']!r}; a Kaggle slug has lower-case letters, digits "
-                      "and dashes")
-    if isinstance(spec.get("recipe"), dict) and {"competition", "competition_file"} & set(spec["recipe"]):
-        raise KtError(f"{where}: key 'recipe' may not set competition or competition_file (the YAML is the "
-                      "competition)")
+        raise KtError(
+            f"{where}: key 'slug' is {spec['slug']!r}; a Kaggle slug has lower-case letters, digits "
+            "and dashes"
+        )
+    if isinstance(spec.get("recipe"), dict) and {"competition", "competition_file"} & set(
+        spec["recipe"]
+    ):
+        raise KtError(
+            f"{where}: key 'recipe' may not set competition or competition_file (the YAML is the "
+            "competition)"
+        )
 
 
 def _check_types(spec: dict, where: str) -> None:
@@ -137,12 +216,22 @@ def _check_types(spec: dict, where: str) -> None:
             continue
         wrong = not isinstance(value, kind) or (kind is int and isinstance(value, bool))
         if kind is list and not wrong:
-            wrong = not value or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+            wrong = not value or not all(
+                isinstance(v, (str, int)) and not isinstance(v, bool) for v in value
+            )
         if wrong:
-            raise KtError(f"{where}: key {key!r} is {str(value)[:60]!r}; it must be {TYPE_WORDS[kind]}"
-                          + (" of names" if kind is list else ""))
-    if "num_classes" in spec and spec["num_classes"] is not None and not 2 <= spec["num_classes"] <= 100_000:
-        raise KtError(f"{where}: key 'num_classes' is {spec['num_classes']}; it must be between 2 and 100000")
+            raise KtError(
+                f"{where}: key {key!r} is {str(value)[:60]!r}; it must be {TYPE_WORDS[kind]}"
+                + (" of names" if kind is list else "")
+            )
+    if (
+        "num_classes" in spec
+        and spec["num_classes"] is not None
+        and not 2 <= spec["num_classes"] <= 100_000
+    ):
+        raise KtError(
+            f"{where}: key 'num_classes' is {spec['num_classes']}; it must be between 2 and 100000"
+        )
     if spec.get("label_separator") == "":
         raise KtError(f"{where}: key 'label_separator' is empty; use ' ' or another separator")
 
@@ -159,21 +248,30 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
         raise KtError(f"{where} must be a mapping of keys (name, task, train_csv, ...)")
     unknown = sorted(set(spec) - KEYS)
     if unknown:
-        raise KtError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(KEYS))}")
+        raise KtError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(KEYS))}"
+        )
     for key in REQUIRED:
         _need(spec, key, where)
     _check_types(spec, where)
     _check_patterns(spec, where)
     _check_columns(spec, where)
     if not isinstance(spec["name"], str) or not NAME.fullmatch(spec["name"]):
-        raise KtError(f"{where}: key 'name' is {spec['name']!r}; use lower-case letters, digits, '_' and '-' "
-                      "(it names folders: runs/<name>/, submissions/<name>/)")
+        raise KtError(
+            f"{where}: key 'name' is {spec['name']!r}; use lower-case letters, digits, '_' and '-' "
+            "(it names folders: runs/<name>/, submissions/<name>/)"
+        )
     for key in FILE_KEYS:  # read from the data folder, never from elsewhere
         value = spec.get(key)
-        if value is not None and (not isinstance(value, str) or Path(value).is_absolute()
-                                  or ".." in Path(value.replace("{id}", "x").replace("{channel}", "x")).parts):
-            raise KtError(f"{where}: key {key!r} is {value!r}; give a path relative to the data folder, "
-                          "without '..'")
+        if value is not None and (
+            not isinstance(value, str)
+            or Path(value).is_absolute()
+            or ".." in Path(value.replace("{id}", "x").replace("{channel}", "x")).parts
+        ):
+            raise KtError(
+                f"{where}: key {key!r} is {value!r}; give a path relative to the data folder, "
+                "without '..'"
+            )
     if spec["task"] not in KINDS:
         raise KtError(f"{where}: key 'task' is {spec['task']!r}; valid: {', '.join(KINDS)}")
     if spec.get("metric", DEFAULT_METRIC[spec["task"]]) not in METRICS:
@@ -181,7 +279,9 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
     if spec.get("submit_via", "csv") not in ("csv", "notebook", "none"):
         raise KtError(f"{where}: key 'submit_via' must be csv, notebook or none")
     if "target_column" not in spec and "target_columns" not in spec:
-        raise KtError(f"{where}: key 'target_column' (or 'target_columns' for one column per label) is required")
+        raise KtError(
+            f"{where}: key 'target_column' (or 'target_columns' for one column per label) is required"
+        )
     if "target_columns" in spec and spec["task"] != "multilabel":
         raise KtError(f"{where}: key 'target_columns' is for multilabel tasks; use 'target_column'")
     classes = spec.get("classes") or spec.get("target_columns")
@@ -198,11 +298,15 @@ def check_spec(spec: Any, where: str) -> dict[str, Any]:
     if spec.get("meta_columns") is not None:
         tabular.check_declared(spec["meta_columns"], f"{where} key 'meta_columns'")
         if not spec.get("test_csv"):
-            raise KtError(f"{where}: key 'meta_columns' needs 'test_csv' (the test rows' metadata come from it)")
+            raise KtError(
+                f"{where}: key 'meta_columns' needs 'test_csv' (the test rows' metadata come from it)"
+            )
     if not isinstance(spec.get("recipe", {}), dict):
         raise KtError(f"{where}: key 'recipe' must be a mapping of config keys")
     out = dict(spec)
-    out["classes"] = [str(c) for c in classes] if classes else [str(k) for k in range(int(spec["num_classes"]))]
+    out["classes"] = (
+        [str(c) for c in classes] if classes else [str(k) for k in range(int(spec["num_classes"]))]
+    )
     return out
 
 
@@ -224,7 +328,9 @@ class CustomCompetition(Competition):
         try:
             k = int(float(value))
         except ValueError:
-            raise KtError(f"{where}: label {value!r} is neither a class name nor an index") from None
+            raise KtError(
+                f"{where}: label {value!r} is neither a class name nor an index"
+            ) from None
         if not 0 <= k < len(names):
             raise KtError(f"{where}: label {value!r} is outside 0..{len(names) - 1}")
         return k
@@ -232,14 +338,20 @@ class CustomCompetition(Competition):
     def _targets(self, df: pd.DataFrame, path: Path) -> list:
         spec, kind = self.spec, self.task.kind
         if "target_columns" in spec:
-            return [tuple(k for k, c in enumerate(spec["target_columns"]) if str(row[c]) in ("1", "1.0"))
-                    for _, row in df.iterrows()]
+            return [
+                tuple(
+                    k for k, c in enumerate(spec["target_columns"]) if str(row[c]) in ("1", "1.0")
+                )
+                for _, row in df.iterrows()
+            ]
         col = spec["target_column"]
         where = [f"{path} row {n + 2} ({col})" for n in range(len(df))]
         if kind == "multilabel":
             sep = spec.get("label_separator", " ")
-            return [tuple(sorted({self._label_index(v, w) for v in str(t).split(sep) if v.strip()}))
-                    for t, w in zip(df[col], where, strict=True)]
+            return [
+                tuple(sorted({self._label_index(v, w) for v in str(t).split(sep) if v.strip()}))
+                for t, w in zip(df[col], where, strict=True)
+            ]
         return [self._label_index(str(t), w) for t, w in zip(df[col], where, strict=True)]
 
     def _paths(self, data_dir: Path, pattern: str, ids: pd.Series) -> list[tuple[str, ...]]:
@@ -256,9 +368,14 @@ class CustomCompetition(Competition):
         columns += [spec["group_column"]] if spec.get("group_column") else []
         path = data_dir / spec["train_csv"]
         df = read_csv(path, columns + list(self.meta_columns), f"{self.name} train_csv")
-        table = pd.DataFrame({"id": df[spec["id_column"]].to_numpy(),
-                              "paths": self._paths(data_dir, spec["image_pattern"], df[spec["id_column"]]),
-                              "source": "competition", "target": self._targets(df, path)})
+        table = pd.DataFrame(
+            {
+                "id": df[spec["id_column"]].to_numpy(),
+                "paths": self._paths(data_dir, spec["image_pattern"], df[spec["id_column"]]),
+                "source": "competition",
+                "target": self._targets(df, path),
+            }
+        )
         if spec.get("group_column"):
             table["group"] = df[spec["group_column"]].to_numpy()
         return check_files(with_meta(table, df, self.meta_columns), skip_bad_images)
@@ -267,27 +384,50 @@ class CustomCompetition(Competition):
         data_dir, spec = Path(data_dir), self.spec
         key = "test_csv" if spec.get("test_csv") else "sample_submission"
         id_col = spec["id_column"] if key == "test_csv" else self.id_column
-        df = read_csv(data_dir / spec[key], [id_col] + (list(self.meta_columns) if key == "test_csv" else []),
-                      f"{self.name} {key}")
+        df = read_csv(
+            data_dir / spec[key],
+            [id_col] + (list(self.meta_columns) if key == "test_csv" else []),
+            f"{self.name} {key}",
+        )
         pattern = spec.get("test_image_pattern") or spec["image_pattern"]
-        table = pd.DataFrame({"id": df[id_col].to_numpy(), "paths": self._paths(data_dir, pattern, df[id_col]),
-                              "source": "competition"})
+        table = pd.DataFrame(
+            {
+                "id": df[id_col].to_numpy(),
+                "paths": self._paths(data_dir, pattern, df[id_col]),
+                "source": "competition",
+            }
+        )
         return check_files(with_meta(table, df, self.meta_columns), skip_bad_images)
 
     def sample_submission(self, data_dir: Path) -> pd.DataFrame | None:
         name = self.spec.get("sample_submission")
         path = Path(data_dir) / name if name else None
-        return read_csv(path, [], f"{self.name} sample submission") if path and path.is_file() else None
+        return (
+            read_csv(path, [], f"{self.name} sample submission")
+            if path and path.is_file()
+            else None
+        )
 
 
 def from_spec(spec: dict[str, Any]) -> CustomCompetition:
-    columns = spec.get("submission_columns") or [spec["id_column"], spec.get("target_column", "target")]
+    columns = spec.get("submission_columns") or [
+        spec["id_column"],
+        spec.get("target_column", "target"),
+    ]
     comp = CustomCompetition(
-        name=str(spec["name"]), slug=spec.get("slug"), title=spec.get("title", spec["name"]),
-        task=Task(spec["task"], len(spec["classes"]), spec.get("metric", DEFAULT_METRIC[spec["task"]])),
-        submit_via=spec.get("submit_via", "csv"), id_column=columns[0], target_column=columns[1],
-        class_names=spec["classes"], channels=tuple(spec.get("channels") or ("red", "green", "blue")),
-        value_format=spec.get("value_format", "index"), label_separator=spec.get("label_separator", " "),
+        name=str(spec["name"]),
+        slug=spec.get("slug"),
+        title=spec.get("title", spec["name"]),
+        task=Task(
+            spec["task"], len(spec["classes"]), spec.get("metric", DEFAULT_METRIC[spec["task"]])
+        ),
+        submit_via=spec.get("submit_via", "csv"),
+        id_column=columns[0],
+        target_column=columns[1],
+        class_names=spec["classes"],
+        channels=tuple(spec.get("channels") or ("red", "green", "blue")),
+        value_format=spec.get("value_format", "index"),
+        label_separator=spec.get("label_separator", " "),
         meta_columns=dict(spec.get("meta_columns") or {}),
     )
     comp.spec = spec

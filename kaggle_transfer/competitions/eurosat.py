@@ -20,8 +20,18 @@ from ..protocol import PaperRecipe
 from ..tasks import Task
 from .base import Competition, check_files
 
-CLASSES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop",
-           "Residential", "River", "SeaLake"]
+CLASSES = [
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+]
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 PAPER_SEED = 42  # datasets/eurosat.py: np.random.seed(42)
 
@@ -35,17 +45,27 @@ class EuroSat(Competition):
         root = _root(Path(data_dir))
         found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         if found != CLASSES:
-            raise KtError(f"EuroSAT: {root} should hold the 10 class folders {', '.join(CLASSES)}; found "
-                          f"{', '.join(found) or 'none'} (unzip EuroSAT.zip, the RGB release, and pass its folder)")
-        rows = [(f"{c}/{f.name}", (str(f),), k) for k, c in enumerate(CLASSES)
-                for f in sorted((root / c).iterdir(), key=lambda p: p.name) if f.suffix.lower() in EXTENSIONS]
+            raise KtError(
+                f"EuroSAT: {root} should hold the 10 class folders {', '.join(CLASSES)}; found "
+                f"{', '.join(found) or 'none'} (unzip EuroSAT.zip, the RGB release, and pass its folder)"
+            )
+        rows = [
+            (f"{c}/{f.name}", (str(f),), k)
+            for k, c in enumerate(CLASSES)
+            for f in sorted((root / c).iterdir(), key=lambda p: p.name)
+            if f.suffix.lower() in EXTENSIONS
+        ]
         table = pd.DataFrame(rows, columns=["id", "paths", "target"]).assign(source="competition")
         if split == "test":  # the study's reported split: its validation rows, with their labels
             from ..data.splits import paper_split
 
-            table = table.iloc[paper_split(table["target"].to_numpy(), PAPER_SEED)].reset_index(drop=True)
+            table = table.iloc[paper_split(table["target"].to_numpy(), PAPER_SEED)].reset_index(
+                drop=True
+            )
         elif split != "train":
-            raise KtError(f"EuroSAT has no split {split!r}; it has train (all images) and test (the study's 20 %)")
+            raise KtError(
+                f"EuroSAT has no split {split!r}; it has train (all images) and test (the study's 20 %)"
+            )
         return check_files(table, skip_bad_images)
 
     def test_ids(self, data_dir: Path) -> list[str]:
@@ -53,7 +73,9 @@ class EuroSat(Competition):
 
 
 EUROSAT = EuroSat(
-    paper=PaperRecipe(bgr=False, flips="", size=224),  # datasets/eurosat.py: ImageFolder RGB, no flips, 224 px
+    paper=PaperRecipe(
+        bgr=False, flips="", size=224
+    ),  # datasets/eurosat.py: ImageFolder RGB, no flips, 224 px
     name="eurosat",
     synthetic="eurosat",
     slug=None,
@@ -65,5 +87,5 @@ EUROSAT = EuroSat(
     class_names=CLASSES,
     paper_seed=PAPER_SEED,
     download_hint="get EuroSAT.zip (the RGB release) from https://github.com/phelber/EuroSAT, unzip it and pass "
-                  "--data-dir",
+    "--data-dir",
 )

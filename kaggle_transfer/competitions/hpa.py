@@ -24,11 +24,33 @@ from ..tasks import Task
 from .base import Competition, check_files, read_csv
 
 CLASSES = [
-    "Nucleoplasm", "Nuclear membrane", "Nucleoli", "Nucleoli fibrillar center", "Nuclear speckles",
-    "Nuclear bodies", "Endoplasmic reticulum", "Golgi apparatus", "Peroxisomes", "Endosomes", "Lysosomes",
-    "Intermediate filaments", "Actin filaments", "Focal adhesion sites", "Microtubules", "Microtubule ends",
-    "Cytokinetic bridge", "Mitotic spindle", "Microtubule organizing center", "Centrosome", "Lipid droplets",
-    "Plasma membrane", "Cell junctions", "Mitochondria", "Aggresome", "Cytosol", "Cytoplasmic bodies",
+    "Nucleoplasm",
+    "Nuclear membrane",
+    "Nucleoli",
+    "Nucleoli fibrillar center",
+    "Nuclear speckles",
+    "Nuclear bodies",
+    "Endoplasmic reticulum",
+    "Golgi apparatus",
+    "Peroxisomes",
+    "Endosomes",
+    "Lysosomes",
+    "Intermediate filaments",
+    "Actin filaments",
+    "Focal adhesion sites",
+    "Microtubules",
+    "Microtubule ends",
+    "Cytokinetic bridge",
+    "Mitotic spindle",
+    "Microtubule organizing center",
+    "Centrosome",
+    "Lipid droplets",
+    "Plasma membrane",
+    "Cell junctions",
+    "Mitochondria",
+    "Aggresome",
+    "Cytosol",
+    "Cytoplasmic bodies",
     "Rods & rings",
 ]
 CHANNELS = ("red", "green", "blue", "yellow")
@@ -65,24 +87,38 @@ class Hpa(Competition):
         data_dir = Path(data_dir)
         path = data_dir / "train.csv"
         df = read_csv(path, ["Id", "Target"], "HPA train.csv")
-        table = pd.DataFrame({
-            "id": df["Id"].to_numpy(),
-            "paths": [channel_paths(data_dir / "train", i) for i in df["Id"]],
-            "source": "competition",
-            "target": [parse_labels(t, f"{path} row {n + 2}") for n, t in enumerate(df["Target"])],
-        })
+        table = pd.DataFrame(
+            {
+                "id": df["Id"].to_numpy(),
+                "paths": [channel_paths(data_dir / "train", i) for i in df["Id"]],
+                "source": "competition",
+                "target": [
+                    parse_labels(t, f"{path} row {n + 2}") for n, t in enumerate(df["Target"])
+                ],
+            }
+        )
         split_file = paper_split_file(data_dir)
-        if split_file is not None:  # the study's split: rows the file does not name neither train nor validate
-            words = read_csv(split_file, ["Id", "Split"], "HPA paper split file").set_index("Id")["Split"]
+        if (
+            split_file is not None
+        ):  # the study's split: rows the file does not name neither train nor validate
+            words = read_csv(split_file, ["Id", "Split"], "HPA paper split file").set_index("Id")[
+                "Split"
+            ]
             table["paper_split"] = table["id"].map(words).fillna("absent").to_numpy()
         return check_files(table, skip_bad_images)
 
     def _test(self, data_dir: Path, skip_bad_images: bool) -> pd.DataFrame:
         data_dir = Path(data_dir)
-        df = read_csv(data_dir / "sample_submission.csv", ["Id", "Predicted"], "HPA sample_submission.csv")
-        table = pd.DataFrame({"id": df["Id"].to_numpy(),
-                              "paths": [channel_paths(data_dir / "test", i) for i in df["Id"]],
-                              "source": "competition"})
+        df = read_csv(
+            data_dir / "sample_submission.csv", ["Id", "Predicted"], "HPA sample_submission.csv"
+        )
+        table = pd.DataFrame(
+            {
+                "id": df["Id"].to_numpy(),
+                "paths": [channel_paths(data_dir / "test", i) for i in df["Id"]],
+                "source": "competition",
+            }
+        )
         return check_files(table, skip_bad_images)
 
     def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
@@ -95,17 +131,23 @@ class Hpa(Competition):
         df = read_csv(csvs[0], ["Id", "Target"], "HPAv18 CSV")
         folder = external_dir / "images" if (external_dir / "images").is_dir() else external_dir
         ext = ".jpg" if any(folder.glob("*_green.jpg")) else ".png"
-        table = pd.DataFrame({
-            "id": df["Id"].to_numpy(),
-            "paths": [channel_paths(folder, i, ext) for i in df["Id"]],
-            "source": "hpav18",
-            "target": [parse_labels(t, f"{csvs[0]} row {n + 2}") for n, t in enumerate(df["Target"])],
-        })
+        table = pd.DataFrame(
+            {
+                "id": df["Id"].to_numpy(),
+                "paths": [channel_paths(folder, i, ext) for i in df["Id"]],
+                "source": "hpav18",
+                "target": [
+                    parse_labels(t, f"{csvs[0]} row {n + 2}") for n, t in enumerate(df["Target"])
+                ],
+            }
+        )
         return check_files(table, skip_missing=True)  # external sets have gaps; count, do not stop
 
 
 HPA = Hpa(
-    paper=PaperRecipe(bgr=True, flips="hv", channels="rgb"),  # datasets/hpa.py: cv2 drops yellow, BGR, both flips
+    paper=PaperRecipe(
+        bgr=True, flips="hv", channels="rgb"
+    ),  # datasets/hpa.py: cv2 drops yellow, BGR, both flips
     name="hpa",
     synthetic="hpa",
     slug="human-protein-atlas-image-classification",

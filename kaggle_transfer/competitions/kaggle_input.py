@@ -18,8 +18,8 @@ from ..errors import KtError
 
 KAGGLE_INPUT = Path("/kaggle/input")
 TEST_MARKERS = ("test_images", "test", "test.csv")
-DEPTH = 4          # /kaggle/input/competitions/<slug> is two levels down; datasets three: room for another
-WIDE = 200         # a folder with more sub-folders than this holds data, not mounts: not searched
+DEPTH = 4  # /kaggle/input/competitions/<slug> is two levels down; datasets three: room for another
+WIDE = 200  # a folder with more sub-folders than this holds data, not mounts: not searched
 
 
 def known_paths(slug: str, root: Path = KAGGLE_INPUT) -> list[Path]:
@@ -29,8 +29,11 @@ def known_paths(slug: str, root: Path = KAGGLE_INPUT) -> list[Path]:
 
 def is_competition_folder(path: Path) -> bool:
     """A competition's files: the sample submission and a test set, and not a kt bundle."""
-    return ((path / "sample_submission.csv").is_file() and any((path / m).exists() for m in TEST_MARKERS)
-            and not (path / "bundle.json").exists())
+    return (
+        (path / "sample_submission.csv").is_file()
+        and any((path / m).exists() for m in TEST_MARKERS)
+        and not (path / "bundle.json").exists()
+    )
 
 
 def folders(root: Path, depth: int = DEPTH) -> list[Path]:
@@ -56,16 +59,22 @@ def find(slug: str, root: Path = KAGGLE_INPUT) -> tuple[Path, str] | None:
     Look-alikes under other names are an error naming them: guessing could score a copy's files."""
     if not root.is_dir():
         return None
-    for path, layout in zip(known_paths(slug, root), ("the 2026 layout", "the older layout"), strict=True):
+    for path, layout in zip(
+        known_paths(slug, root), ("the 2026 layout", "the older layout"), strict=True
+    ):
         if is_competition_folder(path):
             return path, layout
     candidates = [p for p in folders(root) if is_competition_folder(p)]
-    named = sorted((p for p in candidates if p.name == slug), key=lambda p: ("competitions" not in p.parts,
-                                                                             len(p.parts), str(p)))
+    named = sorted(
+        (p for p in candidates if p.name == slug),
+        key=lambda p: ("competitions" not in p.parts, len(p.parts), str(p)),
+    )
     if named:
         return named[0], "its marker files"
     if candidates:
-        raise KtError(f"the competition {slug} is not attached under {root}; {len(candidates)} folder(s) look like "
-                      f"competition data under other names ({', '.join(map(str, candidates[:3]))}): add the "
-                      "competition to the notebook's inputs, or name the folder with KT_BUNDLE_DATA (--data-dir)")
+        raise KtError(
+            f"the competition {slug} is not attached under {root}; {len(candidates)} folder(s) look like "
+            f"competition data under other names ({', '.join(map(str, candidates[:3]))}): add the "
+            "competition to the notebook's inputs, or name the folder with KT_BUNDLE_DATA (--data-dir)"
+        )
     return None

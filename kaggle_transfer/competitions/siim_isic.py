@@ -41,14 +41,18 @@ class SiimIsic(Competition):
         columns = TRAIN_COLUMNS + (["target"] if split == "train" else [])
         df = read_csv(path, columns, f"SIIM-ISIC {split}.csv")
         if "tfrecord" in df.columns:
-            df = df[df["tfrecord"].astype(str) != "-1"].reset_index(drop=True)  # duplicates marked -1
+            df = df[df["tfrecord"].astype(str) != "-1"].reset_index(
+                drop=True
+            )  # duplicates marked -1
         folder = image_folder(data_dir, split)
-        table = pd.DataFrame({
-            "id": df["image_name"].to_numpy(),
-            "paths": [(str(folder / f"{name}.jpg"),) for name in df["image_name"]],
-            "source": "competition",
-            "group": df["patient_id"].replace("", np.nan).fillna(df["image_name"]).to_numpy(),
-        })
+        table = pd.DataFrame(
+            {
+                "id": df["image_name"].to_numpy(),
+                "paths": [(str(folder / f"{name}.jpg"),) for name in df["image_name"]],
+                "source": "competition",
+                "group": df["patient_id"].replace("", np.nan).fillna(df["image_name"]).to_numpy(),
+            }
+        )
         with_meta(table, df, self.meta_columns)
         if split == "train":
             table["target"] = parse_int_labels(df["target"], path, "target", 2)
@@ -66,34 +70,50 @@ class SiimIsic(Competition):
         truth_path = external_dir / "ISIC_2019_Training_GroundTruth.csv"
         truth = read_csv(truth_path, ["image", "MEL"], "ISIC 2019 ground truth")
         meta_path = external_dir / "ISIC_2019_Training_Metadata.csv"
-        lesion = (read_csv(meta_path, ["image", "lesion_id"], "ISIC 2019 metadata").set_index("image")["lesion_id"]
-                  if meta_path.is_file() else pd.Series(dtype=str))
+        lesion = (
+            read_csv(meta_path, ["image", "lesion_id"], "ISIC 2019 metadata").set_index("image")[
+                "lesion_id"
+            ]
+            if meta_path.is_file()
+            else pd.Series(dtype=str)
+        )
         mel = pd.to_numeric(truth["MEL"], errors="coerce")
         if mel.isna().any() or not mel.isin([0, 1]).all():
             raise KtError(f"{truth_path}: MEL must be 0 or 1 (one-hot floats)")
         folder = external_dir / "ISIC_2019_Training_Input"
         groups = truth["image"].map(lesion).replace("", np.nan).fillna(truth["image"])
-        table = pd.DataFrame({
-            "id": truth["image"].to_numpy(),
-            "paths": [(str(folder / f"{name}.jpg"),) for name in truth["image"]],
-            "source": "isic2019",
-            "group": ("isic2019:" + groups).to_numpy(),
-            "target": mel.astype(int).to_numpy(),
-        })
+        table = pd.DataFrame(
+            {
+                "id": truth["image"].to_numpy(),
+                "paths": [(str(folder / f"{name}.jpg"),) for name in truth["image"]],
+                "source": "isic2019",
+                "group": ("isic2019:" + groups).to_numpy(),
+                "target": mel.astype(int).to_numpy(),
+            }
+        )
         return check_files(table, skip_missing=True)
 
     def _community_2019(self, external_dir: Path) -> pd.DataFrame:
         path = external_dir / "train.csv"
         df = read_csv(path, ["image_name", "target", "tfrecord"], "ISIC 2019 community train.csv")
         groups = df["patient_id"] if "patient_id" in df.columns else pd.Series([""] * len(df))
-        table = pd.DataFrame({
-            "id": df["image_name"].to_numpy(),
-            "paths": [(str(external_dir / "train" / f"{name}.jpg"),) for name in df["image_name"]],
-            "source": "isic2019",
-            "group": ("isic2019:" + groups.replace("", np.nan).fillna(df["image_name"])).to_numpy(),
-            "target": parse_int_labels(df["target"], path, "target", 2),
-            "official_fold": pd.to_numeric(df["tfrecord"], errors="coerce").fillna(-1).astype(int).to_numpy(),
-        })
+        table = pd.DataFrame(
+            {
+                "id": df["image_name"].to_numpy(),
+                "paths": [
+                    (str(external_dir / "train" / f"{name}.jpg"),) for name in df["image_name"]
+                ],
+                "source": "isic2019",
+                "group": (
+                    "isic2019:" + groups.replace("", np.nan).fillna(df["image_name"])
+                ).to_numpy(),
+                "target": parse_int_labels(df["target"], path, "target", 2),
+                "official_fold": pd.to_numeric(df["tfrecord"], errors="coerce")
+                .fillna(-1)
+                .astype(int)
+                .to_numpy(),
+            }
+        )
         return check_files(table, skip_missing=True)
 
 
@@ -112,5 +132,9 @@ SIIM_ISIC = SiimIsic(
     external={"isic2019": "ISIC 2019 challenge training set (25,331 images); MEL → malignant"},
     # train.csv and test.csv both carry them; sex and site may be blank (the 1st place fed them to a
     # metadata branch, as --set meta=true does)
-    meta_columns={"age_approx": "numeric", "sex": "category", "anatom_site_general_challenge": "category"},
+    meta_columns={
+        "age_approx": "numeric",
+        "sex": "category",
+        "anatom_site_general_challenge": "category",
+    },
 )

@@ -58,7 +58,9 @@ def problems(comp: Competition, csv_path: Path, data_dir: Path) -> list[str]:
     bad = [(i, v) for i, v in enumerate(df[value_col]) if not comp.check_answer(v)]
     if bad:
         rows = ", ".join(f"row {i + 2}: {v!r}" for i, v in bad[:MAX_LISTED])
-        found.append(f"{len(bad)} value(s) in {value_col} outside the competition's domain ({rows})")
+        found.append(
+            f"{len(bad)} value(s) in {value_col} outside the competition's domain ({rows})"
+        )
     return found
 
 
@@ -68,8 +70,12 @@ def validate(comp: Competition, csv_path: Path, data_dir: Path) -> dict[str, Any
     if found:
         raise KtError(f"{csv_path} is not a valid {comp.name} submission: " + "; ".join(found))
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    return {"file": str(csv_path), "rows": len(df), "columns": list(df.columns),
-            "value_counts": df.iloc[:, 1].value_counts().head(10).to_dict()}
+    return {
+        "file": str(csv_path),
+        "rows": len(df),
+        "columns": list(df.columns),
+        "value_counts": df.iloc[:, 1].value_counts().head(10).to_dict(),
+    }
 
 
 def record_kaggle(csv: Path, entry: dict[str, Any]) -> None:
@@ -79,7 +85,9 @@ def record_kaggle(csv: Path, entry: dict[str, Any]) -> None:
     if manifest.is_file():
         data = read_json(manifest, what="submission manifest")
         records = data.setdefault("kaggle", [])
-        known = next((r for r in records if entry.get("ref") and r.get("ref") == entry["ref"]), None)
+        known = next(
+            (r for r in records if entry.get("ref") and r.get("ref") == entry["ref"]), None
+        )
         if known is not None:
             known.update(entry)
         else:

@@ -23,7 +23,9 @@ from .eurosat import CLASSES
 APTOS_SHARES = np.array([1805, 370, 999, 193, 295]) / 3662
 
 
-def _fundus(rng: np.random.Generator, grade: int, size: int, lesions_only: bool = False) -> np.ndarray:
+def _fundus(
+    rng: np.random.Generator, grade: int, size: int, lesions_only: bool = False
+) -> np.ndarray:
     """A fundus-like photo: dark background, orange disc, vessels; the grade sets how red the disc is
     and how many lesions it shows, with noise so that neighbouring grades overlap. With lesions_only
     the colour carries no signal: only small lesions do, as in real retinopathy (where input size matters)."""
@@ -39,13 +41,26 @@ def _fundus(rng: np.random.Generator, grade: int, size: int, lesions_only: bool 
     for _ in range(int(rng.poisson(3 * grade))):  # lesions
         angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0, radius * 0.85)
         spot = (int(centre[0] + dist * np.cos(angle)), int(centre[1] + dist * np.sin(angle)))
-        cv2.circle(img, spot, max(1, size // 40), (40, 220, 240) if rng.random() < 0.5 else (10, 10, 60), -1)
+        cv2.circle(
+            img,
+            spot,
+            max(1, size // 40),
+            (40, 220, 240) if rng.random() < 0.5 else (10, 10, 60),
+            -1,
+        )
     noise = rng.normal(0, 6, img.shape)
     return np.clip(img + noise, 0, 255).astype(np.uint8)
 
 
-def make_aptos(out_dir: str | Path, *, n_train: int = 300, n_test: int = 80, image_size: int = 64,
-               seed: int = 0, lesions_only: bool = False) -> Path:
+def make_aptos(
+    out_dir: str | Path,
+    *,
+    n_train: int = 300,
+    n_test: int = 80,
+    image_size: int = 64,
+    seed: int = 0,
+    lesions_only: bool = False,
+) -> Path:
     """Write an APTOS-shaped folder: train.csv, test.csv, sample_submission.csv, train_images/, test_images/."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -56,7 +71,10 @@ def make_aptos(out_dir: str | Path, *, n_train: int = 300, n_test: int = 80, ima
     grades = rng.choice(len(APTOS_SHARES), size=n, p=APTOS_SHARES)
     for i, (id_code, grade) in enumerate(zip(ids, grades, strict=True)):
         split = "train" if i < n_train else "test"
-        cv2.imwrite(str(out / f"{split}_images" / f"{id_code}.png"), _fundus(rng, int(grade), image_size, lesions_only))
+        cv2.imwrite(
+            str(out / f"{split}_images" / f"{id_code}.png"),
+            _fundus(rng, int(grade), image_size, lesions_only),
+        )
     train = pd.DataFrame({"id_code": ids[:n_train], "diagnosis": grades[:n_train]})
     test = pd.DataFrame({"id_code": ids[n_train:]})
     train.to_csv(out / "train.csv", index=False)
@@ -86,7 +104,36 @@ def _uuid(rng: np.random.Generator) -> str:
 
 
 # HPA: frequent classes first, as in the real data (nucleoplasm, cytosol, plasma membrane, ...)
-HPA_COMMON = [0, 25, 21, 2, 23, 7, 5, 4, 3, 19, 1, 14, 6, 18, 22, 12, 11, 26, 13, 16, 24, 17, 20, 8, 9, 10, 15, 27]
+HPA_COMMON = [
+    0,
+    25,
+    21,
+    2,
+    23,
+    7,
+    5,
+    4,
+    3,
+    19,
+    1,
+    14,
+    6,
+    18,
+    22,
+    12,
+    11,
+    26,
+    13,
+    16,
+    24,
+    17,
+    20,
+    8,
+    9,
+    10,
+    15,
+    27,
+]
 
 
 def _cells(rng: np.random.Generator, labels: tuple[int, ...], size: int) -> list[np.ndarray]:
@@ -104,8 +151,14 @@ def _cells(rng: np.random.Generator, labels: tuple[int, ...], size: int) -> list
     return planes
 
 
-def make_hpa(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, image_size: int = 64,
-             seed: int = 0) -> Path:
+def make_hpa(
+    out_dir: str | Path,
+    *,
+    n_train: int = 200,
+    n_test: int = 50,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
     """train.csv (Id,Target), sample_submission.csv (Id,Predicted), {train,test}/{Id}_{colour}.png."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -118,7 +171,9 @@ def make_hpa(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, image
         split = "train" if i < n_train else "test"
         sample_id = _uuid(rng)
         (out / split).mkdir(parents=True, exist_ok=True)
-        for colour, plane in zip(("red", "green", "blue", "yellow"), _cells(rng, labels, image_size), strict=True):
+        for colour, plane in zip(
+            ("red", "green", "blue", "yellow"), _cells(rng, labels, image_size), strict=True
+        ):
             cv2.imwrite(str(out / split / f"{sample_id}_{colour}.png"), plane)
         rows.append((split, sample_id, " ".join(map(str, labels))))
     df = pd.DataFrame(rows, columns=["split", "Id", "Target"])
@@ -138,15 +193,26 @@ def _lesion(rng: np.random.Generator, malignant: bool, size: int) -> np.ndarray:
     radius = size * (rng.uniform(0.12, 0.26) if malignant else rng.uniform(0.07, 0.19))
     shade = rng.uniform(0.55, 0.9) if malignant else rng.uniform(0.7, 1.0)
     colour = tuple(int(v * shade) for v in (90, 115, 150))
-    points = [(int(centre[0] + radius * rng.uniform(0.75 if malignant else 0.9, 1.2) * np.cos(a)),
-               int(centre[1] + radius * rng.uniform(0.75 if malignant else 0.9, 1.1) * np.sin(a)))
-              for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
+    points = [
+        (
+            int(centre[0] + radius * rng.uniform(0.75 if malignant else 0.9, 1.2) * np.cos(a)),
+            int(centre[1] + radius * rng.uniform(0.75 if malignant else 0.9, 1.1) * np.sin(a)),
+        )
+        for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    ]
     cv2.fillPoly(img, [np.array(points, np.int32)], colour)
     return img
 
 
-def make_siim_isic(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, image_size: int = 64,
-                   seed: int = 0, layout: str = "official") -> Path:
+def make_siim_isic(
+    out_dir: str | Path,
+    *,
+    n_train: int = 200,
+    n_test: int = 50,
+    image_size: int = 64,
+    seed: int = 0,
+    layout: str = "official",
+) -> Path:
     """The official layout (jpeg/train, jpeg/test) or the resized copies' (train/, test/, tfrecord)."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -156,12 +222,21 @@ def make_siim_isic(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50,
         risk = rng.random() < 0.25
         for _ in range(int(rng.integers(1, 5))):
             malignant = bool(risk and rng.random() < 0.6)
-            rows.append({"image_name": f"ISIC_{len(rows) + 1000000:07d}", "patient_id": f"IP_{patient:07d}",
-                         "sex": rng.choice(["male", "female", ""]), "age_approx": str(int(rng.integers(3, 9)) * 10),
-                         "anatom_site_general_challenge": rng.choice(["torso", "lower extremity", "head/neck", ""]),
-                         "diagnosis": "melanoma" if malignant else "nevus",
-                         "benign_malignant": "malignant" if malignant else "benign", "target": int(malignant)})
-    df = pd.DataFrame(rows[:n_train + n_test])
+            rows.append(
+                {
+                    "image_name": f"ISIC_{len(rows) + 1000000:07d}",
+                    "patient_id": f"IP_{patient:07d}",
+                    "sex": rng.choice(["male", "female", ""]),
+                    "age_approx": str(int(rng.integers(3, 9)) * 10),
+                    "anatom_site_general_challenge": rng.choice(
+                        ["torso", "lower extremity", "head/neck", ""]
+                    ),
+                    "diagnosis": "melanoma" if malignant else "nevus",
+                    "benign_malignant": "malignant" if malignant else "benign",
+                    "target": int(malignant),
+                }
+            )
+    df = pd.DataFrame(rows[: n_train + n_test])
     train, test = df.iloc[:n_train].copy(), df.iloc[n_train:].copy()
     for split, part in (("train", train), ("test", test)):
         folder = out / ("jpeg" if layout == "official" else "") / split
@@ -182,10 +257,24 @@ def make_siim_isic(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50,
 
 def _leaf(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     img = np.zeros((size, size, 3), np.uint8)
-    img[:] = (int(rng.uniform(40, 80)), int(rng.uniform(60, 90)), int(rng.uniform(40, 70)))  # soil, BGR
-    cv2.ellipse(img, (size // 2, size // 2), (size // 3, size // 5), float(rng.uniform(0, 180)), 0, 360,
-                (40, int(rng.uniform(140, 180)), 50), -1)
-    spot = [(30, 60, 140), (20, 120, 180), (90, 200, 200), (160, 220, 160), None][label]  # disease colour
+    img[:] = (
+        int(rng.uniform(40, 80)),
+        int(rng.uniform(60, 90)),
+        int(rng.uniform(40, 70)),
+    )  # soil, BGR
+    cv2.ellipse(
+        img,
+        (size // 2, size // 2),
+        (size // 3, size // 5),
+        float(rng.uniform(0, 180)),
+        0,
+        360,
+        (40, int(rng.uniform(140, 180)), 50),
+        -1,
+    )
+    spot = [(30, 60, 140), (20, 120, 180), (90, 200, 200), (160, 220, 160), None][
+        label
+    ]  # disease colour
     if spot is not None:
         for _ in range(int(rng.integers(3, 7))):  # spots large enough to survive a resize to 32 px
             c = tuple(int(v) for v in rng.integers(size // 3, 2 * size // 3, 2))
@@ -193,8 +282,14 @@ def _leaf(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
 
 
-def make_cassava(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, image_size: int = 64,
-                 seed: int = 0) -> Path:
+def make_cassava(
+    out_dir: str | Path,
+    *,
+    n_train: int = 200,
+    n_test: int = 50,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
     """train.csv (image_id with .jpg, label), train_images/, test_images/, a one-row sample submission."""
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -206,18 +301,26 @@ def make_cassava(out_dir: str | Path, *, n_train: int = 200, n_test: int = 50, i
     for i, (image_id, label) in enumerate(zip(ids, labels, strict=True)):
         folder = out / ("train_images" if i < n_train else "test_images")
         cv2.imwrite(str(folder / image_id), _leaf(rng, int(label), image_size))
-    pd.DataFrame({"image_id": ids[:n_train], "label": labels[:n_train]}).to_csv(out / "train.csv", index=False)
-    pd.DataFrame({"image_id": ids[n_train:n_train + 1], "label": 4}).to_csv(out / "sample_submission.csv",
-                                                                           index=False)
-    pd.DataFrame({"image_id": ids[n_train:], "label": labels[n_train:]}).to_csv(out / "test_labels.csv",
-                                                                               index=False)
-    (out / "label_num_to_disease_map.json").write_text(json.dumps({str(k): v for k, v in enumerate(DISEASES)}))
+    pd.DataFrame({"image_id": ids[:n_train], "label": labels[:n_train]}).to_csv(
+        out / "train.csv", index=False
+    )
+    pd.DataFrame({"image_id": ids[n_train : n_train + 1], "label": 4}).to_csv(
+        out / "sample_submission.csv", index=False
+    )
+    pd.DataFrame({"image_id": ids[n_train:], "label": labels[n_train:]}).to_csv(
+        out / "test_labels.csv", index=False
+    )
+    (out / "label_num_to_disease_map.json").write_text(
+        json.dumps({str(k): v for k, v in enumerate(DISEASES)})
+    )
     return out
 
 
 def _camera_frame(rng: np.random.Generator, category: int, location: int, size: int) -> np.ndarray:
     tint = (location * 37) % 120
-    img = np.clip(rng.normal(70 + tint, 10, (size, size, 1)).repeat(3, axis=2), 0, 255).astype(np.uint8)
+    img = np.clip(rng.normal(70 + tint, 10, (size, size, 1)).repeat(3, axis=2), 0, 255).astype(
+        np.uint8
+    )
     if rng.random() < 0.3:
         img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)  # night frame
     if category != 30:
@@ -228,8 +331,14 @@ def _camera_frame(rng: np.random.Generator, category: int, location: int, size: 
     return img
 
 
-def make_cct20(out_dir: str | Path, *, n_train: int = 200, n_test: int = 60, image_size: int = 64,
-               seed: int = 0) -> Path:
+def make_cct20(
+    out_dir: str | Path,
+    *,
+    n_train: int = 200,
+    n_test: int = 60,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
     """eccv_18_annotation_files/{split}_annotations.json + eccv_18_all_images_sm/, cis = seen locations.
     `train` gets n_train images, each other split n_test."""
     out = Path(out_dir)
@@ -245,21 +354,43 @@ def make_cct20(out_dir: str | Path, *, n_train: int = 200, n_test: int = 60, ima
             image_id = _uuid(rng)
             category = EMPTY_ID if split != "train" and rng.random() < 0.1 else int(rng.choice(ids))
             location = int(rng.choice(list(locations)))
-            cv2.imwrite(str(out / "eccv_18_all_images_sm" / f"{image_id}.jpg"),
-                        _camera_frame(rng, category, location, image_size))
-            images.append({"id": image_id, "file_name": f"{image_id}.jpg", "location": location,
-                           "width": image_size, "height": image_size, "seq_id": _uuid(rng), "frame_num": 1})
+            cv2.imwrite(
+                str(out / "eccv_18_all_images_sm" / f"{image_id}.jpg"),
+                _camera_frame(rng, category, location, image_size),
+            )
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": f"{image_id}.jpg",
+                    "location": location,
+                    "width": image_size,
+                    "height": image_size,
+                    "seq_id": _uuid(rng),
+                    "frame_num": 1,
+                }
+            )
             annotations.append({"id": _uuid(rng), "image_id": image_id, "category_id": category})
             if category != EMPTY_ID and rng.random() < 0.1:  # a second animal of the same kind
-                annotations.append({"id": _uuid(rng), "image_id": image_id, "category_id": category})
+                annotations.append(
+                    {"id": _uuid(rng), "image_id": image_id, "category_id": category}
+                )
         path = out / "eccv_18_annotation_files" / f"{split}_annotations.json"
-        path.write_text(json.dumps({"info": {"version": "synthetic"}, "images": images,
-                                    "annotations": annotations, "categories": categories}))
+        path.write_text(
+            json.dumps(
+                {
+                    "info": {"version": "synthetic"},
+                    "images": images,
+                    "annotations": annotations,
+                    "categories": categories,
+                }
+            )
+        )
     return out
 
 
-def make_eurosat(out_dir: str | Path, *, n_train: int = 200, n_test: int = 0, image_size: int = 64,
-                 seed: int = 0) -> Path:
+def make_eurosat(
+    out_dir: str | Path, *, n_train: int = 200, n_test: int = 0, image_size: int = 64, seed: int = 0
+) -> Path:
     """2750/<Class>/<Class>_<n>.jpg: patches whose colour and stripe spacing follow the class. EuroSAT has
     no test split (the study reports its validation split), so n_test is not used."""
     rng = np.random.default_rng(seed)
@@ -268,15 +399,24 @@ def make_eurosat(out_dir: str | Path, *, n_train: int = 200, n_test: int = 0, im
         folder.mkdir(parents=True, exist_ok=True)
         img = np.empty((image_size, image_size, 3), np.uint8)
         img[:] = ((k * 71) % 200 + 30, (k * 37) % 200 + 30, (k * 113) % 200 + 30)
-        for x in range(int(rng.integers(0, 4)), image_size, 4 + 2 * k):  # fields, rivers, roads: stripes
+        for x in range(
+            int(rng.integers(0, 4)), image_size, 4 + 2 * k
+        ):  # fields, rivers, roads: stripes
             cv2.line(img, (x, 0), (x, image_size - 1), (255 - 20 * k, 20 * k, 128), 1)
         img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
         cv2.imwrite(str(folder / f"{CLASSES[k]}_{i // len(CLASSES) + 1}.jpg"), img)
     return Path(out_dir)
 
 
-GENERATORS = {"aptos": make_aptos, "hpa": make_hpa, "siim_isic": make_siim_isic, "cassava": make_cassava,
-              "cct20": make_cct20, "eurosat": make_eurosat, "dr2015": make_dr2015}
+GENERATORS = {
+    "aptos": make_aptos,
+    "hpa": make_hpa,
+    "siim_isic": make_siim_isic,
+    "cassava": make_cassava,
+    "cct20": make_cct20,
+    "eurosat": make_eurosat,
+    "dr2015": make_dr2015,
+}
 
 
 def make(name: str, out_dir: str | Path, **kwargs) -> Path:
@@ -284,5 +424,7 @@ def make(name: str, out_dir: str | Path, **kwargs) -> Path:
     try:
         generator = GENERATORS[name]
     except KeyError:
-        raise KtError(f"no synthetic data for {name!r}; available: {', '.join(GENERATORS)}") from None
+        raise KtError(
+            f"no synthetic data for {name!r}; available: {', '.join(GENERATORS)}"
+        ) from None
     return generator(out_dir, **kwargs)

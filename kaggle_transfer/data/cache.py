@@ -43,7 +43,9 @@ def _stamp(paths: Sequence[str]) -> list[list[int]]:
     return [[os.stat(p).st_mtime_ns, os.stat(p).st_size] for p in paths]
 
 
-def _prepare_one(args: tuple[tuple[str, ...], str, int, bool, str]) -> tuple[str, list[list[int]] | str]:
+def _prepare_one(
+    args: tuple[tuple[str, ...], str, int, bool, str],
+) -> tuple[str, list[list[int]] | str]:
     paths, stem, size, crop, fmt = args
     try:
         img = images.read_image(paths, reduce_to=size)
@@ -87,8 +89,13 @@ def entry_intact(path: Path) -> bool:
             if path.name.endswith(images.CACHE_FORMATS["raw"]):
                 fmt = np.lib.format
                 version = fmt.read_magic(f)
-                shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-                return dtype == np.uint8 and f.tell() + int(np.prod(shape)) == os.fstat(f.fileno()).st_size
+                shape, _, dtype = (
+                    fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                )(f)
+                return (
+                    dtype == np.uint8
+                    and f.tell() + int(np.prod(shape)) == os.fstat(f.fileno()).st_size
+                )
             head = f.read(8)
             f.seek(-8, os.SEEK_END)
             tail = f.read(8)
@@ -99,8 +106,17 @@ def entry_intact(path: Path) -> bool:
         return False
 
 
-def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: int, *, crop: bool = False,
-            workers: int = 0, progress: bool = True, fmt: str = "jpeg") -> dict[str, int]:
+def prepare(
+    tables: Sequence[pd.DataFrame],
+    root: Path,
+    competition: str,
+    size: int,
+    *,
+    crop: bool = False,
+    workers: int = 0,
+    progress: bool = True,
+    fmt: str = "jpeg",
+) -> dict[str, int]:
     """Cache every row of the tables in format `fmt`; skip entries that are up to date. Resumable: the
     manifest is saved as work completes, so a killed run loses at most the last batch."""
     images.cache_suffix(fmt, 3)  # an unknown format is one line before any work
@@ -114,17 +130,32 @@ def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: 
         entry, current = manifest.get(key), entry_file(folder, key)
         # one file is a colour image (3 channels); several are one channel each (HPA)
         wanted = images.cache_suffix(fmt, 3 if len(paths) == 1 else len(paths))
-        if (entry and current is not None and current.name.endswith(wanted) and entry == _stamp(paths)
-                and entry_intact(current)):
+        if (
+            entry
+            and current is not None
+            and current.name.endswith(wanted)
+            and entry == _stamp(paths)
+            and entry_intact(current)
+        ):
             done += 1
         else:
             todo.append((tuple(paths), str(folder / key), size, crop, fmt))
     workers = workers or os.cpu_count() or 1
-    pool_kind = ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) if workers > 1 else _Serial()
+    pool_kind = (
+        ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent)
+        if workers > 1
+        else _Serial()
+    )
     with pool_kind as pool:
-        results = pool.map(_prepare_one, todo, chunksize=16) if workers > 1 else map(_prepare_one, todo)
-        for n, (key, stamp) in enumerate(tqdm(results, total=len(todo), desc=f"prepare {size}px", unit="img",
-                                              disable=not progress), 1):
+        results = (
+            pool.map(_prepare_one, todo, chunksize=16) if workers > 1 else map(_prepare_one, todo)
+        )
+        for n, (key, stamp) in enumerate(
+            tqdm(
+                results, total=len(todo), desc=f"prepare {size}px", unit="img", disable=not progress
+            ),
+            1,
+        ):
             if isinstance(stamp, str):
                 bad.append(stamp)
             else:
@@ -132,8 +163,14 @@ def prepare(tables: Sequence[pd.DataFrame], root: Path, competition: str, size: 
             if n % 500 == 0:
                 write_json(folder / "manifest.json", manifest)
     write_json(folder / "manifest.json", manifest)
-    return {"cached": len(todo) - len(bad), "up_to_date": done, "failed": len(bad), "folder": str(folder),
-            "errors": bad[:5], "format": fmt}
+    return {
+        "cached": len(todo) - len(bad),
+        "up_to_date": done,
+        "failed": len(bad),
+        "folder": str(folder),
+        "errors": bad[:5],
+        "format": fmt,
+    }
 
 
 def die_with_parent() -> None:
@@ -148,8 +185,18 @@ def die_with_parent() -> None:
         pass
 
 
-def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external_dirs: dict[str, str] | None = None,
-                        crop: bool = False, workers: int = 0, progress: bool = True, fmt: str = "jpeg") -> dict:
+def prepare_competition(
+    comp,
+    data_dir: Path,
+    root: Path,
+    size: int,
+    *,
+    external_dirs: dict[str, str] | None = None,
+    crop: bool = False,
+    workers: int = 0,
+    progress: bool = True,
+    fmt: str = "jpeg",
+) -> dict:
     """`kt prepare`: cache a competition's train and test images and its external sources' images.
 
     A folder with train files only is still cached; the result's `notes` says what was left out."""
@@ -164,9 +211,15 @@ def prepare_competition(comp, data_dir: Path, root: Path, size: int, *, external
     except KtError as e:
         notes.append(f"test images not cached: {e}")
     for name, path in (external_dirs or {}).items():
-        tables.append(contained(comp.read_external(name, Path(path)), Path(path), f"--external-dir {name}"))
-    return {**prepare(tables, root, comp.name, size, crop=crop, workers=workers, progress=progress, fmt=fmt),
-            "notes": notes}
+        tables.append(
+            contained(comp.read_external(name, Path(path)), Path(path), f"--external-dir {name}")
+        )
+    return {
+        **prepare(
+            tables, root, comp.name, size, crop=crop, workers=workers, progress=progress, fmt=fmt
+        ),
+        "notes": notes,
+    }
 
 
 class _Serial:
@@ -177,14 +230,23 @@ class _Serial:
         return False
 
 
-def use_cache(table: pd.DataFrame, root: Path, competition: str, size: int, *, crop: bool) -> pd.DataFrame:
+def use_cache(
+    table: pd.DataFrame, root: Path, competition: str, size: int, *, crop: bool
+) -> pd.DataFrame:
     """Swap each row's paths for its cached file when the cache holds an up-to-date entry.
 
     Looks for the smallest prepared size >= `size` (same crop setting). Rows without an entry keep their
     sources, so a partial cache is still correct. Adds a `cached` column."""
     base = Path(root) / competition
-    sizes = sorted(int(p.name.split("-")[0]) for p in base.glob("*") if p.is_dir() and
-                   p.name.split("-")[0].isdigit() and p.name.endswith("-crop") == crop) if base.is_dir() else []
+    sizes = (
+        sorted(
+            int(p.name.split("-")[0])
+            for p in base.glob("*")
+            if p.is_dir() and p.name.split("-")[0].isdigit() and p.name.endswith("-crop") == crop
+        )
+        if base.is_dir()
+        else []
+    )
     usable = [s for s in sizes if s >= size]
     table = table.copy()
     table["cached"] = False

@@ -17,7 +17,12 @@ from ..files import atomic_path
 # in our order; png and raw read back exactly, jpeg (quality 95, no chroma subsampling) within ~40 dB
 CACHE_FORMATS = {"jpeg": ".kt.jpg", "png": ".kt.png", "raw": ".kt.npy"}
 CACHE_SUFFIXES = tuple(CACHE_FORMATS.values())
-JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+JPEG_PARAMS = [
+    cv2.IMWRITE_JPEG_QUALITY,
+    95,
+    cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+    cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+]
 # Pixel budget per image ($KT_MAX_PIXELS): six times the largest real competition photos (SIIM-ISIC's
 # 6000x4000); a decompression bomb (a small file that decodes to gigabytes) is a bad image, not a crash.
 DEFAULT_MAX_PIXELS = 150_000_000
@@ -27,7 +32,9 @@ def max_pixels() -> int:
     try:
         return int(os.environ.get("KT_MAX_PIXELS") or DEFAULT_MAX_PIXELS)
     except ValueError:
-        raise KtError(f"KT_MAX_PIXELS={os.environ['KT_MAX_PIXELS']!r} is not a number of pixels") from None
+        raise KtError(
+            f"KT_MAX_PIXELS={os.environ['KT_MAX_PIXELS']!r} is not a number of pixels"
+        ) from None
 
 
 def probe(path: str) -> str | None:
@@ -46,14 +53,18 @@ def probe(path: str) -> str | None:
     except (OSError, UnidentifiedImageError, ValueError):
         return f"{path} is corrupt or not an image"
     if w * h > max_pixels():
-        return f"{path} has {w}x{h} pixels, over the pixel budget of {max_pixels():,} (KT_MAX_PIXELS)"
+        return (
+            f"{path} has {w}x{h} pixels, over the pixel budget of {max_pixels():,} (KT_MAX_PIXELS)"
+        )
     return None
 
 
 def cache_suffix(fmt: str, channels: int) -> str:
     """The file suffix of a cache entry: JPEG holds 1 or 3 channels, so other counts (HPA's 4) use PNG."""
     if fmt not in CACHE_FORMATS:
-        raise KtError(f"--format {fmt!r} is not a cache format; choose one of: {', '.join(CACHE_FORMATS)}")
+        raise KtError(
+            f"--format {fmt!r} is not a cache format; choose one of: {', '.join(CACHE_FORMATS)}"
+        )
     return CACHE_FORMATS["png"] if fmt == "jpeg" and channels not in (1, 3) else CACHE_FORMATS[fmt]
 
 
@@ -61,8 +72,10 @@ def _read_raw(path: str) -> np.ndarray:
     try:
         img = np.load(path, allow_pickle=False)  # a plain uint8 array: no object can come out of it
     except (OSError, ValueError, EOFError) as e:
-        raise KtError(f"cache entry {path} is damaged ({type(e).__name__}); run kt prepare again (it rebuilds "
-                      "bad cache entries)") from None
+        raise KtError(
+            f"cache entry {path} is damaged ({type(e).__name__}); run kt prepare again (it rebuilds "
+            "bad cache entries)"
+        ) from None
     if img.dtype != np.uint8 or img.ndim != 3:
         raise KtError(f"cache entry {path} is not an image array; run kt prepare again")
     return img
@@ -77,7 +90,9 @@ def _decode(path: str, flags: int) -> np.ndarray:
         if problem:
             raise KtError(f"image {problem}; {fix}")
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode also handles non-ASCII paths
+        data = np.fromfile(
+            path, dtype=np.uint8
+        )  # np.fromfile + imdecode also handles non-ASCII paths
     except OSError as e:
         raise KtError(f"cannot read image {path}: {e.strerror}") from None
     img = cv2.imdecode(data, flags) if data.size else None
@@ -117,7 +132,9 @@ def read_image(paths: Sequence[str], reduce_to: int | None = None) -> np.ndarray
                 return _read_raw(paths[0])
             img = _decode(paths[0], cv2.IMREAD_UNCHANGED)
             if paths[0].endswith(CACHE_FORMATS["jpeg"]) and img.ndim == 3:
-                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # written from BGR, as JPEG's colour model expects
+                img = cv2.cvtColor(
+                    img, cv2.COLOR_BGR2RGB
+                )  # written from BGR, as JPEG's colour model expects
             return img[..., None] if img.ndim == 2 else img
         if reduce_to and paths[0].lower().endswith((".jpg", ".jpeg")):
             fast = _decode_reduced(paths[0], reduce_to)
@@ -137,7 +154,9 @@ def resize(img: np.ndarray, size: int) -> np.ndarray:
     if img.shape[0] == size and img.shape[1] == size:
         return img
     shrinking = img.shape[0] > size or img.shape[1] > size
-    out = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    out = cv2.resize(
+        img, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    )
     return out[..., None] if out.ndim == 2 else out
 
 
@@ -152,11 +171,13 @@ def center_crop(img: np.ndarray, size: int) -> np.ndarray:
         new_long = int(size * long / short)
         nh, nw = (size, new_long) if h <= w else (new_long, size)
         shrinking = min(h, w) > size
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        img = cv2.resize(
+            img, (nw, nh), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        )
         img = img[..., None] if img.ndim == 2 else img
         h, w = nh, nw
     top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-    return img[top:top + size, left:left + size]
+    return img[top : top + size, left : left + size]
 
 
 def fit_to(img: np.ndarray, size: int, mode: str = "squash") -> np.ndarray:
@@ -171,17 +192,24 @@ def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
     if min(h, w) <= size:
         return img
     scale = size / min(h, w)
-    out = cv2.resize(img, (max(size, round(w * scale)), max(size, round(h * scale))), interpolation=cv2.INTER_AREA)
+    out = cv2.resize(
+        img,
+        (max(size, round(w * scale)), max(size, round(h * scale))),
+        interpolation=cv2.INTER_AREA,
+    )
     return out[..., None] if out.ndim == 2 else out
 
 
 def fundus_crop(img: np.ndarray, threshold: int = 10) -> np.ndarray:
     """Trim the black border around a fundus photo (rows and columns whose brightest pixel is dark)."""
     gray = img.max(axis=2) if img.ndim == 3 else img
-    rows, cols = np.flatnonzero(gray.max(axis=1) > threshold), np.flatnonzero(gray.max(axis=0) > threshold)
+    rows, cols = (
+        np.flatnonzero(gray.max(axis=1) > threshold),
+        np.flatnonzero(gray.max(axis=0) > threshold),
+    )
     if len(rows) < 8 or len(cols) < 8:
         return img  # nearly black: keep as is rather than crop to nothing
-    return img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    return img[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 def write_cache(path: str, img: np.ndarray) -> None:
@@ -194,8 +222,11 @@ def write_cache(path: str, img: np.ndarray) -> None:
         jpeg = path.endswith(CACHE_FORMATS["jpeg"])
         if jpeg and img.shape[-1] == 3:
             img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-        ok, data = cv2.imencode(".jpg" if jpeg else ".png", img,
-                                JPEG_PARAMS if jpeg else [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        ok, data = cv2.imencode(
+            ".jpg" if jpeg else ".png",
+            img,
+            JPEG_PARAMS if jpeg else [cv2.IMWRITE_PNG_COMPRESSION, 1],
+        )
         if not ok:
             raise KtError(f"could not encode {path}")
         tmp.write_bytes(data.tobytes())

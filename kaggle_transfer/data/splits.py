@@ -44,8 +44,10 @@ def assign_folds(table: pd.DataFrame, split: str, folds: int, seed: int) -> np.n
         return paper_shards(table, seed, out)
     if split == "official":
         if "split" not in table.columns:
-            raise KtError("--split official needs a split column: this competition has none; pass --split-file "
-                          "FILE (id,Split) or use --split paper/kfold")
+            raise KtError(
+                "--split official needs a split column: this competition has none; pass --split-file "
+                "FILE (id,Split) or use --split paper/kfold"
+            )
         return _words(rows["split"], comp, out)
     if split == "kfold" and "official_fold" in table.columns:
         out[comp] = rows["official_fold"].astype(int).to_numpy() % folds
@@ -60,7 +62,9 @@ def assign_folds(table: pd.DataFrame, split: str, folds: int, seed: int) -> np.n
         out[comp] = 1
         out[comp[paper_split(target.to_numpy(), seed)]] = 0
         return out
-    for k, (_, val) in enumerate(_splitter(target, n, seed, groups).split(comp, _labels(target), groups=groups)):
+    for k, (_, val) in enumerate(
+        _splitter(target, n, seed, groups).split(comp, _labels(target), groups=groups)
+    ):
         out[comp[val]] = k
     if split == "paper":  # one fold of five validates: 20%
         out[comp] = np.where(out[comp] == 0, 0, 1)
@@ -72,7 +76,9 @@ def _words(column: pd.Series, comp: np.ndarray, out: np.ndarray) -> np.ndarray:
     words = column.astype(str).str.lower()
     out[comp] = np.where(words.isin(VAL_WORDS), 0, np.where(words.isin(TRAIN_WORDS), 1, HELD_OUT))
     if not (out[comp] == 0).any():
-        raise KtError(f"the split column has no validation rows (one of {', '.join(sorted(VAL_WORDS))})")
+        raise KtError(
+            f"the split column has no validation rows (one of {', '.join(sorted(VAL_WORDS))})"
+        )
     return out
 
 
@@ -110,7 +116,9 @@ def paper_split(labels: np.ndarray, seed: int = 414, fraction: float = 0.2) -> n
     chosen: list[int] = []
     for k in range(int(y.max()) + 1 if len(y) else 0):
         rows = np.flatnonzero(y == k).tolist()
-        chosen += stream.choice(rows, int(fraction * len(rows)), replace=False).tolist() if rows else []
+        chosen += (
+            stream.choice(rows, int(fraction * len(rows)), replace=False).tolist() if rows else []
+        )
     return np.array(sorted(chosen), dtype=int)
 
 
@@ -132,8 +140,10 @@ def _splitter(target: pd.Series, folds: int, seed: int, groups: np.ndarray | Non
     """The best-fitting scikit-learn (or iterative-stratification) splitter for the labels and groups."""
     if _is_multilabel(target):
         if groups is not None:
-            warnings.warn("multilabel rows with groups: grouping is kept, stratification is by the first label",
-                          stacklevel=3)
+            warnings.warn(
+                "multilabel rows with groups: grouping is kept, stratification is by the first label",
+                stacklevel=3,
+            )
             return StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
@@ -142,7 +152,9 @@ def _splitter(target: pd.Series, folds: int, seed: int, groups: np.ndarray | Non
     # every fold is stratification dropped
     stratify = _class_counts(target.to_numpy()).max() >= folds
     if groups is not None:
-        return (StratifiedGroupKFold if stratify else GroupKFold)(n_splits=folds, shuffle=True, random_state=seed)
+        return (StratifiedGroupKFold if stratify else GroupKFold)(
+            n_splits=folds, shuffle=True, random_state=seed
+        )
     return (StratifiedKFold if stratify else KFold)(n_splits=folds, shuffle=True, random_state=seed)
 
 
@@ -150,7 +162,9 @@ def _class_counts(y: np.ndarray) -> np.ndarray:
     return np.unique(y, return_counts=True)[1]
 
 
-def read_split_file(path: str, id_column_candidates: tuple[str, ...] = ("Id", "id")) -> pd.DataFrame:
+def read_split_file(
+    path: str, id_column_candidates: tuple[str, ...] = ("Id", "id")
+) -> pd.DataFrame:
     """A user split file (e.g. HPA's `Id,Target,Split` to reproduce the paper's 73/18/9): id → split."""
     from pathlib import Path
 
@@ -160,16 +174,24 @@ def read_split_file(path: str, id_column_candidates: tuple[str, ...] = ("Id", "i
     try:
         df = pd.read_csv(file, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise KtError(f"--split-file {file} is not a readable CSV: {' '.join(str(e).split())[:200]}") from None
-    id_col = next((c for c in df.columns if c in id_column_candidates or c.lower() == "id"), df.columns[0])
+        raise KtError(
+            f"--split-file {file} is not a readable CSV: {' '.join(str(e).split())[:200]}"
+        ) from None
+    id_col = next(
+        (c for c in df.columns if c in id_column_candidates or c.lower() == "id"), df.columns[0]
+    )
     split_col = next((c for c in df.columns if c.lower() == "split"), None)
     if split_col is None:
         raise KtError(f"--split-file {file} needs a Split column; header is {','.join(df.columns)}")
     # split words compared stripped and in lower case: 'train ' or 'Val' are what a spreadsheet writes
-    out = pd.DataFrame({"id": df[id_col], "key": keys(df[id_col]), "split": df[split_col].str.strip().str.lower()})
+    out = pd.DataFrame(
+        {"id": df[id_col], "key": keys(df[id_col]), "split": df[split_col].str.strip().str.lower()}
+    )
     twice = out[out["key"].duplicated(keep=False)]
     if len(twice):  # one image on both sides of a split would validate on what it trained on
         first = twice[twice["key"] == twice["key"].iloc[0]]
-        raise KtError(f"--split-file {file}: id {first['id'].iloc[0]!r} is listed {len(first)} times (as "
-                      f"{', '.join(map(repr, first['split']))}); list each id once")
+        raise KtError(
+            f"--split-file {file}: id {first['id'].iloc[0]!r} is listed {len(first)} times (as "
+            f"{', '.join(map(repr, first['split']))}); list each id once"
+        )
     return out

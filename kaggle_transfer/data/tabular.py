@@ -24,7 +24,7 @@ from ..files import read_json
 
 KINDS = ("numeric", "category")
 MAX_LEVELS = 256  # a "category" column with more distinct values is most likely an id
-MAX_ABS = 1e12    # a training value beyond this is a data error, not a measurement
+MAX_ABS = 1e12  # a training value beyond this is a data error, not a measurement
 
 
 def check_declared(declared: dict[str, str], where: str) -> dict[str, str]:
@@ -32,12 +32,16 @@ def check_declared(declared: dict[str, str], where: str) -> dict[str, str]:
         raise KtError(f"{where}: meta_columns must map column names to numeric or category")
     for name, kind in declared.items():
         if kind not in KINDS:
-            raise KtError(f"{where}: meta column {name!r} has type {kind!r}; use numeric or category")
+            raise KtError(
+                f"{where}: meta column {name!r} has type {kind!r}; use numeric or category"
+            )
     return dict(declared)
 
 
 def _missing(values: pd.Series) -> np.ndarray:
-    return (values.isna() | values.astype(str).str.strip().isin(["", "nan", "NaN", "None", "unknown"])).to_numpy()
+    return (
+        values.isna() | values.astype(str).str.strip().isin(["", "nan", "NaN", "None", "unknown"])
+    ).to_numpy()
 
 
 def fit(declared: dict[str, str], rows: pd.DataFrame) -> dict[str, Any]:
@@ -50,23 +54,41 @@ def fit(declared: dict[str, str], rows: pd.DataFrame) -> dict[str, Any]:
             numbers = pd.to_numeric(values[~missing], errors="coerce")
             if numbers.isna().any():
                 bad = values[~missing][numbers.isna()].iloc[0]
-                raise KtError(f"meta column {name!r} is declared numeric but holds {bad!r}; declare it category "
-                              "or clean the CSV")
-            huge = ~np.isfinite(numbers.to_numpy(dtype=np.float64)) | (numbers.abs().to_numpy() > MAX_ABS)
-            if huge.any():  # its mean and std would overflow, and the loss become NaN with the wrong culprit
+                raise KtError(
+                    f"meta column {name!r} is declared numeric but holds {bad!r}; declare it category "
+                    "or clean the CSV"
+                )
+            huge = ~np.isfinite(numbers.to_numpy(dtype=np.float64)) | (
+                numbers.abs().to_numpy() > MAX_ABS
+            )
+            if (
+                huge.any()
+            ):  # its mean and std would overflow, and the loss become NaN with the wrong culprit
                 row = numbers.index[np.flatnonzero(huge)[0]]
-                raise KtError(f"meta column {name!r} holds {values.loc[row]!r} (training row {row}); values must be "
-                              f"finite and within ±{MAX_ABS:g}: clean the CSV")
+                raise KtError(
+                    f"meta column {name!r} holds {values.loc[row]!r} (training row {row}); values must be "
+                    f"finite and within ±{MAX_ABS:g}: clean the CSV"
+                )
             mean = float(numbers.mean()) if len(numbers) else 0.0
             std = float(numbers.std(ddof=0)) if len(numbers) > 1 else 1.0
             low, high = (float(numbers.min()), float(numbers.max())) if len(numbers) else (0.0, 0.0)
-            columns.append({"name": name, "kind": kind, "mean": mean, "std": std if std > 0 else 1.0,
-                            "min": low, "max": high})
+            columns.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "mean": mean,
+                    "std": std if std > 0 else 1.0,
+                    "min": low,
+                    "max": high,
+                }
+            )
         else:
             levels = sorted({str(v).strip() for v in values[~missing]})
             if len(levels) > MAX_LEVELS:
-                raise KtError(f"meta column {name!r} has {len(levels)} distinct values (> {MAX_LEVELS}); an id "
-                              "is not a category: drop it from meta_columns")
+                raise KtError(
+                    f"meta column {name!r} has {len(levels)} distinct values (> {MAX_LEVELS}); an id "
+                    "is not a category: drop it from meta_columns"
+                )
             columns.append({"name": name, "kind": kind, "levels": levels})
     return {"columns": columns, "width": width({"columns": columns})}
 
@@ -79,18 +101,30 @@ def encode(spec: dict[str, Any], rows: pd.DataFrame) -> tuple[np.ndarray, dict[s
     """(N, width) float32 features and {column: rows missing or unseen}."""
     parts, gaps = [], {}
     for c in spec["columns"]:
-        values = rows[c["name"]] if c["name"] in rows.columns else pd.Series([np.nan] * len(rows), index=rows.index)
+        values = (
+            rows[c["name"]]
+            if c["name"] in rows.columns
+            else pd.Series([np.nan] * len(rows), index=rows.index)
+        )
         missing = _missing(values)
         if c["kind"] == "numeric":
-            numbers = pd.to_numeric(values.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
+            numbers = pd.to_numeric(values.where(~missing), errors="coerce").to_numpy(
+                dtype=np.float64
+            )
             missing = missing | np.isnan(numbers)
-            numbers = np.clip(np.nan_to_num(numbers), *value_range(c))  # ±inf too: to the range's ends
+            numbers = np.clip(
+                np.nan_to_num(numbers), *value_range(c)
+            )  # ±inf too: to the range's ends
             z = np.where(missing, 0.0, (numbers - c["mean"]) / c["std"])
             parts += [z[:, None], missing[:, None].astype(np.float64)]
         else:
             index = {level: j for j, level in enumerate(c["levels"])}
-            codes = np.array([-1 if m else index.get(str(v).strip(), -1) for v, m in zip(values, missing,
-                                                                                         strict=True)])
+            codes = np.array(
+                [
+                    -1 if m else index.get(str(v).strip(), -1)
+                    for v, m in zip(values, missing, strict=True)
+                ]
+            )
             onehot = np.zeros((len(rows), len(c["levels"])))
             onehot[np.flatnonzero(codes >= 0), codes[codes >= 0]] = 1.0
             missing = codes < 0
@@ -112,7 +146,9 @@ def out_of_range(spec: dict[str, Any], rows: pd.DataFrame) -> dict[str, int]:
     out = {}
     for c in (c for c in spec["columns"] if c["kind"] == "numeric" and c["name"] in rows.columns):
         values = rows[c["name"]]
-        numbers = pd.to_numeric(values.where(~_missing(values)), errors="coerce").to_numpy(dtype=np.float64)
+        numbers = pd.to_numeric(values.where(~_missing(values)), errors="coerce").to_numpy(
+            dtype=np.float64
+        )
         low, high = value_range(c)
         count = int(((numbers < low) | (numbers > high)).sum())
         if count:
@@ -123,13 +159,29 @@ def out_of_range(spec: dict[str, Any], rows: pd.DataFrame) -> dict[str, int]:
 def check_spec(spec: Any, where: str) -> dict[str, Any]:
     """A spec read from a file kt trusts (meta.json, ONNX metadata): well-formed or one line."""
     try:
-        ok = isinstance(spec, dict) and isinstance(spec["columns"], list) and all(
-            isinstance(c["name"], str) and c["kind"] in KINDS and (
-                (c["kind"] == "numeric" and np.isfinite([c["mean"], c["std"], *value_range(c)]).all()
-                 and c["std"] > 0 and value_range(c)[0] <= value_range(c)[1])
-                or (c["kind"] == "category" and isinstance(c["levels"], list)
-                    and all(isinstance(v, str) for v in c["levels"])))
-            for c in spec["columns"]) and spec["width"] == width(spec)
+        ok = (
+            isinstance(spec, dict)
+            and isinstance(spec["columns"], list)
+            and all(
+                isinstance(c["name"], str)
+                and c["kind"] in KINDS
+                and (
+                    (
+                        c["kind"] == "numeric"
+                        and np.isfinite([c["mean"], c["std"], *value_range(c)]).all()
+                        and c["std"] > 0
+                        and value_range(c)[0] <= value_range(c)[1]
+                    )
+                    or (
+                        c["kind"] == "category"
+                        and isinstance(c["levels"], list)
+                        and all(isinstance(v, str) for v in c["levels"])
+                    )
+                )
+                for c in spec["columns"]
+            )
+            and spec["width"] == width(spec)
+        )
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -142,4 +194,6 @@ def load(run_dir) -> dict[str, Any] | None:
     from pathlib import Path
 
     path = Path(run_dir) / runs.TABULAR
-    return check_spec(read_json(path, what="metadata encoding"), str(path)) if path.is_file() else None
+    return (
+        check_spec(read_json(path, what="metadata encoding"), str(path)) if path.is_file() else None
+    )

@@ -31,20 +31,39 @@ def check_bundle(spec, path: Path) -> dict:
     import math
 
     def fail(why: str) -> KtError:
-        return KtError(f"{path}: {why}; the bundle is damaged: build it again with kt bundle or kt submit")
+        return KtError(
+            f"{path}: {why}; the bundle is damaged: build it again with kt bundle or kt submit"
+        )
 
     if not isinstance(spec, dict) or not isinstance(spec.get("competition"), str):
         raise fail("not a bundle description")
     models = spec.get("models")
-    if not isinstance(models, list) or not models or not all(
-            isinstance(m, dict) and isinstance(m.get("file"), str) and isinstance(m.get("sha256"), str)
-            and m["file"] == Path(m["file"]).name and m["file"] not in ("", ".", "..") for m in models):
+    if (
+        not isinstance(models, list)
+        or not models
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("file"), str)
+            and isinstance(m.get("sha256"), str)
+            and m["file"] == Path(m["file"]).name
+            and m["file"] not in ("", ".", "..")
+            for m in models
+        )
+    ):
         raise fail("'models' must list the bundle's model files (plain names) with their sha256")
     weights = spec.get("weights")
-    if weights is not None and not (isinstance(weights, list) and len(weights) == len(models) and all(
+    if weights is not None and not (
+        isinstance(weights, list)
+        and len(weights) == len(models)
+        and all(
             isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-            for w in weights) and 0 < sum(weights) < math.inf):
-        raise fail(f"'weights' must be {len(models)} finite numbers, at least 0, with a positive sum")
+            for w in weights
+        )
+        and 0 < sum(weights) < math.inf
+    ):
+        raise fail(
+            f"'weights' must be {len(models)} finite numbers, at least 0, with a positive sum"
+        )
     for key, allowed in (("blend", ("mean", "rank")), ("tta", VIEWS), ("precision", PRECISIONS)):
         value = spec.get(key, "fp32" if key == "precision" else None)
         if value not in allowed:
@@ -59,13 +78,17 @@ def _models(bundle: Path, spec: dict) -> list[Path]:
     for m in spec["models"]:
         path = Path(bundle) / m["file"]
         if not path.is_file() or sha256(path) != m["sha256"]:
-            raise KtError(f"{path} is missing or does not match the sha256 recorded in bundle.json; push the "
-                          "bundle again with kt submit")
+            raise KtError(
+                f"{path} is missing or does not match the sha256 recorded in bundle.json; push the "
+                "bundle again with kt submit"
+            )
         models.append(path)
     return models
 
 
-def _check_provider(model: Path, spec: dict, cpu_fallback: bool, echo: Callable[[str], None]) -> str:
+def _check_provider(
+    model: Path, spec: dict, cpu_fallback: bool, echo: Callable[[str], None]
+) -> str:
     """The provider this notebook gets; a GPU bundle without CUDA stops here (or warns, with fallback)."""
     import onnxruntime as ort
 
@@ -74,20 +97,32 @@ def _check_provider(model: Path, spec: dict, cpu_fallback: bool, echo: Callable[
     got = load_model(model, provider="cuda").provider
     if got == CUDA:
         return "cuda"
-    why = (f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())}) could not create its "
-           "CUDA provider: the notebook has no GPU, or its CUDA libraries are not the ones this build links")
+    why = (
+        f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())}) could not create its "
+        "CUDA provider: the notebook has no GPU, or its CUDA libraries are not the ones this build links"
+    )
     if not cpu_fallback:
-        raise KtError(f"this GPU bundle got no CUDA provider: {why}; stopping so that no CPU-only run times out "
-                      "on the hidden test set (enable the GPU, or rebuild with --cpu-fallback)")
+        raise KtError(
+            f"this GPU bundle got no CUDA provider: {why}; stopping so that no CPU-only run times out "
+            "on the hidden test set (enable the GPU, or rebuild with --cpu-fallback)"
+        )
     echo(f"warning: {why}; predicting on the CPU (--cpu-fallback)")
     return "cpu"
 
 
-def run(bundle: Path, data_dir: str | None, out_root: Path, *, echo: Callable[[str], None] = print,
-        cpu_fallback: bool = False) -> Path:
+def run(
+    bundle: Path,
+    data_dir: str | None,
+    out_root: Path,
+    *,
+    echo: Callable[[str], None] = print,
+    cpu_fallback: bool = False,
+) -> Path:
     """Predict the mounted test set with the bundle's models; returns the submission CSV's path."""
-    spec = check_bundle(read_json(Path(bundle) / "bundle.json", what="bundle description"),
-                        Path(bundle) / "bundle.json")
+    spec = check_bundle(
+        read_json(Path(bundle) / "bundle.json", what="bundle description"),
+        Path(bundle) / "bundle.json",
+    )
     models = _models(bundle, spec)
     meta = read_metadata(models[0])  # a YAML-described competition travels in its models' metadata
     if meta.get("competition_spec"):
@@ -98,15 +133,25 @@ def run(bundle: Path, data_dir: str | None, out_root: Path, *, echo: Callable[[s
     provider = _check_provider(models[0], spec, cpu_fallback, echo)
     echo(f"predicting with {len(models)} model(s) on {provider}")
     started = time.time()
-    choice = Choice(models=models, weights=spec["weights"], blend=spec["blend"], fitted=spec["fitted"])
-    options = RunOptions(tta=spec["tta"], provider=provider, precision=spec.get("precision", "fp32"), progress=False)
+    choice = Choice(
+        models=models, weights=spec["weights"], blend=spec["blend"], fitted=spec["fitted"]
+    )
+    options = RunOptions(
+        tta=spec["tta"], provider=provider, precision=spec.get("precision", "fp32"), progress=False
+    )
     predictor = load_predictor(spec["competition"], choice, options)
-    manifest = predict_submission(predictor, data, out_root=out_root, label="bundle", overwrite=True)
+    manifest = predict_submission(
+        predictor, data, out_root=out_root, label="bundle", overwrite=True
+    )
     seconds = time.time() - started
     import onnxruntime as ort
 
-    manifest.update(bundle_id=spec.get("bundle_id"), python=platform.python_version(), onnxruntime=ort.__version__,
-                    providers=sorted({m["provider"] for m in manifest["models"]}),
-                    seconds_per_image=round(seconds / max(manifest["rows"], 1), 4))
+    manifest.update(
+        bundle_id=spec.get("bundle_id"),
+        python=platform.python_version(),
+        onnxruntime=ort.__version__,
+        providers=sorted({m["provider"] for m in manifest["models"]}),
+        seconds_per_image=round(seconds / max(manifest["rows"], 1), 4),
+    )
     write_json(Path(manifest["submission"]).parent / "manifest.json", manifest)
     return Path(manifest["submission"])

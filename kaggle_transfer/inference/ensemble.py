@@ -49,8 +49,12 @@ def greedy_weights(task, raws: np.ndarray, targets: np.ndarray, rounds: int = 25
     return counts / counts.sum()
 
 
-def build(competition: str, run_dirs: Sequence[str | Path], method: str = "greedy",
-          out: str | Path | None = None) -> dict[str, Any]:
+def build(
+    competition: str,
+    run_dirs: Sequence[str | Path],
+    method: str = "greedy",
+    out: str | Path | None = None,
+) -> dict[str, Any]:
     if method not in METHODS:
         raise KtError(f"--method {method!r} is not valid; choose one of: {', '.join(METHODS)}")
     run_dirs = [Path(d) for d in run_dirs]
@@ -61,16 +65,37 @@ def build(competition: str, run_dirs: Sequence[str | Path], method: str = "greed
     if comp.name != competitions.get(competition).name:
         raise KtError(f"{run_dirs[0]} is a {comp.name} run, not {competition}")
     task = comp.task
-    singles = [_score(task, raws[m:m + 1], targets, None, method="mean")[0] for m in range(len(raws))]
-    weights = (greedy_weights(task, raws, targets) if method == "greedy" else np.full(len(raws), 1 / len(raws)))
+    singles = [
+        _score(task, raws[m : m + 1], targets, None, method="mean")[0] for m in range(len(raws))
+    ]
+    weights = (
+        greedy_weights(task, raws, targets)
+        if method == "greedy"
+        else np.full(len(raws), 1 / len(raws))
+    )
     score, fitted = _score(task, raws, targets, weights, method=method)
     spec = {
-        "type": "ensemble", "competition": comp.name, "metric": task.metric, "method": method,
-        "created": runs.timestamp(), "oof_score": score, "oof_rows": len(ids),
-        "best_member_score": max(singles), "gain": score - max(singles), "fitted": fitted,
-        "members": [{"run": str(d.resolve()), "weight": float(w), "oof_score": s,
-                     "models": [{"path": str(p.resolve()), "sha256": sha256(p)} for p in runs.onnx_files(d)]}
-                    for d, w, s in zip(run_dirs, weights, singles, strict=True)],
+        "type": "ensemble",
+        "competition": comp.name,
+        "metric": task.metric,
+        "method": method,
+        "created": runs.timestamp(),
+        "oof_score": score,
+        "oof_rows": len(ids),
+        "best_member_score": max(singles),
+        "gain": score - max(singles),
+        "fitted": fitted,
+        "members": [
+            {
+                "run": str(d.resolve()),
+                "weight": float(w),
+                "oof_score": s,
+                "models": [
+                    {"path": str(p.resolve()), "sha256": sha256(p)} for p in runs.onnx_files(d)
+                ],
+            }
+            for d, w, s in zip(run_dirs, weights, singles, strict=True)
+        ],
     }
     path = Path(out) if out else runs.ensemble_path(comp.name, method)
     write_json(path, spec)
@@ -85,29 +110,55 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         raise KtError(f"--ensemble {path} not found")
     spec = runs.read_json(path, what="ensemble spec")
     members = spec.get("members") if isinstance(spec, dict) else None
-    if not isinstance(members, list) or not members or not all(
-            isinstance(m, dict) and isinstance(m.get("models"), list) and m["models"]
-            and isinstance(m.get("weight"), (int, float)) and not isinstance(m.get("weight"), bool)
-            and all(isinstance(x, dict) and isinstance(x.get("path"), str) and isinstance(x.get("sha256"), str)
-                    for x in m["models"]) for m in members):
-        raise KtError(f"--ensemble {path} is not an ensemble spec (members with models, weights and sha256); "
-                      "make one with kt ensemble")
+    if (
+        not isinstance(members, list)
+        or not members
+        or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("models"), list)
+            and m["models"]
+            and isinstance(m.get("weight"), (int, float))
+            and not isinstance(m.get("weight"), bool)
+            and all(
+                isinstance(x, dict)
+                and isinstance(x.get("path"), str)
+                and isinstance(x.get("sha256"), str)
+                for x in m["models"]
+            )
+            for m in members
+        )
+    ):
+        raise KtError(
+            f"--ensemble {path} is not an ensemble spec (members with models, weights and sha256); "
+            "make one with kt ensemble"
+        )
     if spec.get("method") not in METHODS:
-        raise KtError(f"--ensemble {path}: method {spec.get('method')!r} is not one of {', '.join(METHODS)}")
+        raise KtError(
+            f"--ensemble {path}: method {spec.get('method')!r} is not one of {', '.join(METHODS)}"
+        )
     _check_fitted(spec, path)
     weights = np.array([m["weight"] for m in members], dtype=float)
     if not np.isfinite(weights).all() or (weights < 0).any() or not 0 < weights.sum() < np.inf:
-        raise KtError(f"--ensemble {path}: member weights must be finite, at least 0 and sum to more than 0 "
-                      f"(they are {weights.tolist()}); rebuild it with kt ensemble")
+        raise KtError(
+            f"--ensemble {path}: member weights must be finite, at least 0 and sum to more than 0 "
+            f"(they are {weights.tolist()}); rebuild it with kt ensemble"
+        )
     for member in members:
-        for model in member["models"]:  # paths are absolute; older specs' relative ones mean beside the spec
-            model["path"] = str(path.parent / model["path"]) if not Path(model["path"]).is_absolute() \
+        for model in member[
+            "models"
+        ]:  # paths are absolute; older specs' relative ones mean beside the spec
+            model["path"] = (
+                str(path.parent / model["path"])
+                if not Path(model["path"]).is_absolute()
                 else model["path"]
+            )
             if not Path(model["path"]).is_file():
                 raise KtError(f"ensemble member {model['path']} not found")
             if sha256(model["path"]) != model["sha256"]:
-                raise KtError(f"{model['path']} changed since the ensemble was built (sha256 differs); "
-                              "rebuild it with kt ensemble")
+                raise KtError(
+                    f"{model['path']} changed since the ensemble was built (sha256 differs); "
+                    "rebuild it with kt ensemble"
+                )
     return spec
 
 
@@ -118,8 +169,11 @@ def _check_fitted(spec: dict[str, Any], path: Path) -> None:
     if isinstance(name, str) and (name in competitions.COMPETITIONS or name in competitions.CUSTOM):
         n = competitions.get(name).task.num_classes
     else:  # a YAML competition registers when its models load: its class count is checked there
-        lists = [v for v in (fitted.get("cutpoints"), fitted.get("thresholds")) if isinstance(v, list)] \
-            if isinstance(fitted, dict) else []
+        lists = (
+            [v for v in (fitted.get("cutpoints"), fitted.get("thresholds")) if isinstance(v, list)]
+            if isinstance(fitted, dict)
+            else []
+        )
         n = len(lists[0]) + (1 if isinstance(fitted.get("cutpoints"), list) else 0) if lists else 0
 
     def fail(where, key, why) -> KtError:
@@ -144,16 +198,24 @@ class Blend:
     def require(self, competition: str, source: str | Path) -> None:
         """Its cut points were fitted for the competition it names: it must be the one predicted."""
         if self.competition != competition:
-            raise KtError(f"--ensemble {source} says competition {self.competition!r} but its models are "
-                          f"{competition} models; rebuild it with kt ensemble {competition}")
+            raise KtError(
+                f"--ensemble {source} says competition {self.competition!r} but its models are "
+                f"{competition} models; rebuild it with kt ensemble {competition}"
+            )
 
 
 def load_blend(path: str | Path) -> Blend:
     """The spec's blend. Members a greedy blend gave weight 0 are left out: never bundled, never run."""
     spec = load_spec(path)
     members = [m for m in spec["members"] if m["weight"] > 0]
-    return Blend(paths=[m["path"] for member in members for m in member["models"]],
-                 weights=[member["weight"] / len(member["models"]) for member in members for _ in member["models"]],
-                 method="rank" if spec["method"] == "rank" else "mean", fitted=spec["fitted"],
-                 label=f"ensemble_{spec['method']}", oof_score=spec.get("oof_score"),
-                 competition=spec.get("competition"))
+    return Blend(
+        paths=[m["path"] for member in members for m in member["models"]],
+        weights=[
+            member["weight"] / len(member["models"]) for member in members for _ in member["models"]
+        ],
+        method="rank" if spec["method"] == "rank" else "mean",
+        fitted=spec["fitted"],
+        label=f"ensemble_{spec['method']}",
+        oof_score=spec.get("oof_score"),
+        competition=spec.get("competition"),
+    )

@@ -20,20 +20,32 @@ from .predictor import Predictor
 
 def model_files(items: Sequence[str | Path]) -> list[Path]:
     """Run folders (and run groups) become their model.onnx files; files pass through."""
-    return [f for item in map(Path, items) for f in (runs.onnx_files(item) if item.is_dir() else [item])]
+    return [
+        f for item in map(Path, items) for f in (runs.onnx_files(item) if item.is_dir() else [item])
+    ]
 
 
-def evaluate(predictor: Predictor, data_dir: str | Path | None, *, out: str | Path | None = None) -> dict[str, Any]:
+def evaluate(
+    predictor: Predictor, data_dir: str | Path | None, *, out: str | Path | None = None
+) -> dict[str, Any]:
     """Score the predictor on every labelled evaluation split of its competition, side by side."""
     comp, models = predictor.comp, predictor.models
     splits = comp.eval_splits
     if not splits:
-        raise KtError(f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit")
+        raise KtError(
+            f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit"
+        )
     data_dir = competitions.find_data_dir(comp, data_dir)
     metric = get_metric(comp.task.metric)
-    result: dict[str, Any] = {"competition": comp.name, "metric": comp.task.metric, "tta": predictor.tta,
-                              "models": [str(m.path) for m in models], "weights": predictor.weights,
-                              "fitted_from": predictor.fitted_from, "splits": {}}
+    result: dict[str, Any] = {
+        "competition": comp.name,
+        "metric": comp.task.metric,
+        "tta": predictor.tta,
+        "models": [str(m.path) for m in models],
+        "weights": predictor.weights,
+        "fitted_from": predictor.fitted_from,
+        "splits": {},
+    }
     per_class = []
     for split in splits:
         table = comp.read(data_dir, split)
@@ -41,9 +53,17 @@ def evaluate(predictor: Predictor, data_dir: str | Path | None, *, out: str | Pa
         result["splits"][split] = {"score": metric(truth, pred), "images": len(table)}
         for k, name in enumerate(comp.class_names):
             mask = truth == k
-            per_class.append({"split": split, "class": name, "images": int(mask.sum()),
-                              "accuracy": float((pred[mask] == k).mean()) if mask.any() else np.nan})
-    table = pd.DataFrame(per_class).pivot(index="class", columns="split", values=["accuracy", "images"])
+            per_class.append(
+                {
+                    "split": split,
+                    "class": name,
+                    "images": int(mask.sum()),
+                    "accuracy": float((pred[mask] == k).mean()) if mask.any() else np.nan,
+                }
+            )
+    table = pd.DataFrame(per_class).pivot(
+        index="class", columns="split", values=["accuracy", "images"]
+    )
     out_dir = Path(out) if out else Path(models[0].path).parent
     write_json(out_dir / "evaluation.json", result)
     write_csv(out_dir / "evaluation_per_class.csv", table, index=True)

@@ -47,7 +47,9 @@ def _drop_round_trips(model, kept_fp32: list[str]) -> int:
     for down in [n for n in graph.node if _cast_to(n) == TensorProto.FLOAT16]:
         source = down.input[0]
         made_by = producer.get(source)
-        if made_by is None or not (made_by.op_type in kept_fp32 or _cast_to(made_by) == TensorProto.FLOAT):
+        if made_by is None or not (
+            made_by.op_type in kept_fp32 or _cast_to(made_by) == TensorProto.FLOAT
+        ):
             continue
         for up in [n for n in consumers[down.output[0]] if _cast_to(n) == TensorProto.FLOAT]:
             if up.output[0] in outputs:
@@ -58,9 +60,13 @@ def _drop_round_trips(model, kept_fp32: list[str]) -> int:
                         user.input[k] = source
             consumers[source] += consumers[up.output[0]]
             removed.add(id(up))
-        if down.output[0] not in outputs and all(id(u) in removed for u in consumers[down.output[0]]):
+        if down.output[0] not in outputs and all(
+            id(u) in removed for u in consumers[down.output[0]]
+        ):
             removed.add(id(down))
-    kept = [onnx.NodeProto.FromString(n.SerializeToString()) for n in graph.node if id(n) not in removed]
+    kept = [
+        onnx.NodeProto.FromString(n.SerializeToString()) for n in graph.node if id(n) not in removed
+    ]
     del graph.node[:]
     graph.node.extend(kept)
     return len(removed)
@@ -72,8 +78,10 @@ def to_fp16(path: str | Path) -> bytes:
         import onnx
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     except ImportError as e:
-        raise KtError(f"--fp16 converts the models with the onnx package, which this Python lacks ({e}); "
-                      "install onnx, or predict in fp32") from None
+        raise KtError(
+            f"--fp16 converts the models with the onnx package, which this Python lacks ({e}); "
+            "install onnx, or predict in fp32"
+        ) from None
 
     blocked = DEFAULT_OP_BLOCK_LIST + FP32_OPS
     half = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True, op_block_list=blocked)

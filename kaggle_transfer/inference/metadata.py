@@ -16,18 +16,21 @@ from ..errors import KtError
 from ..protocol import PROTOCOLS, RESIZES
 from .tta import VIEWS
 
-MAX_SIZE = 4096          # input side: well above any competition model (the largest runs use 1024)
+MAX_SIZE = 4096  # input side: well above any competition model (the largest runs use 1024)
 MAX_CLASSES = 100_000
 KINDS = ("ordinal", "multilabel", "binary", "multiclass")
 
 
 def _fail(path: Path, key: str, why: str) -> KtError:
-    return KtError(f"{path}: metadata {key!r} {why}; the file is damaged or not from kt export (export it again)")
+    return KtError(
+        f"{path}: metadata {key!r} {why}; the file is damaged or not from kt export (export it again)"
+    )
 
 
 def _finite_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                           and math.isfinite(v) for v in value)
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
 
 
 def num_outputs(kind: str, num_classes: int) -> int:
@@ -37,11 +40,16 @@ def num_outputs(kind: str, num_classes: int) -> int:
 def check(meta: Any, path: Path) -> dict[str, Any]:
     """The metadata, or a KtError naming the first key that is missing, mistyped or out of range."""
     from ..competitions.custom import NAME
+
     if not isinstance(meta, dict):
         raise _fail(path, "kt", "is not a JSON object")
     name = meta.get("competition")
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise _fail(path, "competition", f"is {name!r}, not a competition name (lower-case letters, digits, _ -)")
+        raise _fail(
+            path,
+            "competition",
+            f"is {name!r}, not a competition name (lower-case letters, digits, _ -)",
+        )
     if meta.get("task") not in KINDS:
         raise _fail(path, "task", f"is {meta.get('task')!r}, not one of {', '.join(KINDS)}")
     n = meta.get("num_classes")
@@ -51,12 +59,19 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
     if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= MAX_SIZE:
         raise _fail(path, "size", f"is {size!r}, not an input side in 8..{MAX_SIZE}")
     channels = meta.get("channels")
-    if not isinstance(channels, list) or not 1 <= len(channels) <= 16 or not all(isinstance(c, str) for c in channels):
+    if (
+        not isinstance(channels, list)
+        or not 1 <= len(channels) <= 16
+        or not all(isinstance(c, str) for c in channels)
+    ):
         raise _fail(path, "channels", f"is {channels!r}, not a list of channel names")
     names = meta.get("class_names")
     if not isinstance(names, list) or len(names) != n:
-        raise _fail(path, "class_names", f"has {len(names) if isinstance(names, list) else names!r} entries for "
-                    f"num_classes {n}")
+        raise _fail(
+            path,
+            "class_names",
+            f"has {len(names) if isinstance(names, list) else names!r} entries for num_classes {n}",
+        )
     if not isinstance(meta.get("arch"), str):
         raise _fail(path, "arch", "is missing")
     if meta.get("tta") not in (None, *VIEWS):
@@ -68,14 +83,20 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
             raise _fail(path, key, "is not a mapping")
     recipe = meta.get("recipe") or {}
     if recipe.get("competition", name) != name:
-        raise _fail(path, "recipe.competition", f"is {recipe.get('competition')!r} but the file is for {name!r}")
+        raise _fail(
+            path,
+            "recipe.competition",
+            f"is {recipe.get('competition')!r} but the file is for {name!r}",
+        )
     if meta.get("meta") is not None:
         from ..data import tabular
 
         try:
             tabular.check_spec(meta["meta"], str(path))
         except KtError:
-            raise _fail(path, "meta", "is not a metadata encoding (columns, kinds, levels, mean/std)") from None
+            raise _fail(
+                path, "meta", "is not a metadata encoding (columns, kinds, levels, mean/std)"
+            ) from None
     return meta
 
 
@@ -86,9 +107,15 @@ def _check_preprocess(pre: Any, path: Path) -> None:
     if not isinstance(pre, dict):
         raise _fail(path, "preprocess", "is not a mapping")
     if pre.get("protocol") not in PROTOCOLS:
-        raise _fail(path, "preprocess.protocol", f"is {pre.get('protocol')!r}, not one of {', '.join(PROTOCOLS)}")
+        raise _fail(
+            path,
+            "preprocess.protocol",
+            f"is {pre.get('protocol')!r}, not one of {', '.join(PROTOCOLS)}",
+        )
     if pre.get("resize") not in RESIZES:
-        raise _fail(path, "preprocess.resize", f"is {pre.get('resize')!r}, not one of {', '.join(RESIZES)}")
+        raise _fail(
+            path, "preprocess.resize", f"is {pre.get('resize')!r}, not one of {', '.join(RESIZES)}"
+        )
 
 
 def check_fitted(fitted: Any, n: int, path: Path | str, fail=None) -> None:
@@ -99,12 +126,24 @@ def check_fitted(fitted: Any, n: int, path: Path | str, fail=None) -> None:
         raise fail(path, "fitted", "is not a mapping")
     cuts = fitted.get("cutpoints")
     if cuts is not None:
-        if not _finite_list(cuts) or len(cuts) != n - 1 or any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
-            raise fail(path, "fitted.cutpoints", f"must be {n - 1} finite increasing numbers, got {cuts!r}")
+        if (
+            not _finite_list(cuts)
+            or len(cuts) != n - 1
+            or any(b <= a for a, b in zip(cuts, cuts[1:], strict=False))
+        ):
+            raise fail(
+                path, "fitted.cutpoints", f"must be {n - 1} finite increasing numbers, got {cuts!r}"
+            )
     thresholds = fitted.get("thresholds")
     if thresholds is not None:
-        if not _finite_list(thresholds) or len(thresholds) != n or not all(0 <= t <= 1 for t in thresholds):
-            raise fail(path, "fitted.thresholds", f"must be {n} numbers in [0, 1], got {thresholds!r}")
+        if (
+            not _finite_list(thresholds)
+            or len(thresholds) != n
+            or not all(0 <= t <= 1 for t in thresholds)
+        ):
+            raise fail(
+                path, "fitted.thresholds", f"must be {n} numbers in [0, 1], got {thresholds!r}"
+            )
 
 
 def check_graph(meta: dict[str, Any], session, path: Path) -> None:
@@ -112,24 +151,44 @@ def check_graph(meta: dict[str, Any], session, path: Path) -> None:
     inputs = session.get_inputs()
     spec = meta.get("meta")
     if [i.name for i in inputs[1:]] != (["meta"] if spec else []):
-        raise _fail(path, "meta", f"says the graph takes {'image and meta' if spec else 'an image only'}, but its "
-                    f"inputs are {', '.join(i.name for i in inputs)}")
+        raise _fail(
+            path,
+            "meta",
+            f"says the graph takes {'image and meta' if spec else 'an image only'}, but its "
+            f"inputs are {', '.join(i.name for i in inputs)}",
+        )
     if spec and isinstance(inputs[1].shape[1], int) and inputs[1].shape[1] != spec["width"]:
-        raise _fail(path, "meta.width", f"is {spec['width']} but the graph's meta input takes {inputs[1].shape[1]}")
+        raise _fail(
+            path,
+            "meta.width",
+            f"is {spec['width']} but the graph's meta input takes {inputs[1].shape[1]}",
+        )
     shape = inputs[0].shape
     if len(shape) != 4:
         raise _fail(path, "graph input", f"has shape {shape}, not NCHW")
     sides = [s for s in shape[2:] if isinstance(s, int)]
     if sides and sides != [meta["size"]] * len(sides):
-        raise _fail(path, "size", f"is {meta['size']} but the graph takes {shape[2]}x{shape[3]} images")
+        raise _fail(
+            path, "size", f"is {meta['size']} but the graph takes {shape[2]}x{shape[3]} images"
+        )
     if len(session.get_outputs()) != 1:
-        raise _fail(path, "graph output", f"is {len(session.get_outputs())} outputs; a kt model has one")
+        raise _fail(
+            path, "graph output", f"is {len(session.get_outputs())} outputs; a kt model has one"
+        )
     if isinstance(shape[1], int) and shape[1] != len(meta["channels"]):
-        raise _fail(path, "channels", f"lists {len(meta['channels'])} channel(s) but the graph takes {shape[1]}")
+        raise _fail(
+            path,
+            "channels",
+            f"lists {len(meta['channels'])} channel(s) but the graph takes {shape[1]}",
+        )
     out = session.get_outputs()[0].shape
     want = num_outputs(meta["task"], meta["num_classes"])
     # an ordinal task trained with ce has one logit per grade (tasks.py)
     allowed = {want, meta["num_classes"]} if meta["task"] == "ordinal" else {want}
     if len(out) == 2 and isinstance(out[1], int) and out[1] not in allowed:
-        raise _fail(path, "num_classes", f"({meta['num_classes']}, task {meta['task']}) wants {want} output(s) "
-                    f"but the graph gives {out[1]}")
+        raise _fail(
+            path,
+            "num_classes",
+            f"({meta['num_classes']}, task {meta['task']}) wants {want} output(s) "
+            f"but the graph gives {out[1]}",
+        )

@@ -19,36 +19,69 @@ from .predictor import Predictor
 from .session import OnnxModel, describe
 
 
-def predict_submission(predictor: Predictor, data_dir: str | Path | None, *, out_root: str | Path | None = None,
-                       label: str | None = None, overwrite: bool = False, cache: str | Path | None = None,
-                       skip_bad_images: bool = False) -> dict[str, Any]:
+def predict_submission(
+    predictor: Predictor,
+    data_dir: str | Path | None,
+    *,
+    out_root: str | Path | None = None,
+    label: str | None = None,
+    overwrite: bool = False,
+    cache: str | Path | None = None,
+    skip_bad_images: bool = False,
+) -> dict[str, Any]:
     """Write submissions/<competition>/<stamp>_<label>/{submission.csv, manifest.json}; returns the
     manifest. `skip_bad_images`: see _fill_skipped."""
     comp, models = predictor.comp, predictor.models
     data_dir = competitions.find_data_dir(comp, data_dir)
-    label = label or predictor.label or f"{len(models)}x_" + "+".join(
-        sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
+    label = (
+        label
+        or predictor.label
+        or f"{len(models)}x_" + "+".join(sorted({f"{m.meta['arch']}@{m.size}" for m in models}))
+    )
     root, folder = runs.submissions_root(out_root), f"{runs.stamp()}_{runs.slug(label)}"
     existed = (root / comp.name / folder).exists()
-    out_dir = runs.new_output_dir(root, comp.name, folder, overwrite=overwrite)  # reserved before the work
+    out_dir = runs.new_output_dir(
+        root, comp.name, folder, overwrite=overwrite
+    )  # reserved before the work
     try:
         started = time.time()
-        test = use_cache(comp.read_test(data_dir, skip_bad_images), runs.cache_root(cache), comp.name,
-                         predictor.max_size, crop=predictor.crop)
+        test = use_cache(
+            comp.read_test(data_dir, skip_bad_images),
+            runs.cache_root(cache),
+            comp.name,
+            predictor.max_size,
+            crop=predictor.crop,
+        )
         raw = predictor.outputs(test, cached=list(test["cached"]))
-        ids, raw, bad = _fill_skipped(comp, data_dir, list(test["id"]), raw, test.attrs.get("bad_images", []))
+        ids, raw, bad = _fill_skipped(
+            comp, data_dir, list(test["id"]), raw, test.attrs.get("bad_images", [])
+        )
         csv = submission.write(comp, ids, predictor.answers(raw), out_dir / "submission.csv")
         check = submission.validate(comp, csv, data_dir)
         seconds = time.time() - started
         manifest = {
-            "competition": comp.name, "created": runs.timestamp(), "label": label,
-            "models": [describe(m) for m in models], "blend": predictor.blend, "tta": predictor.tta,
-            "fitted": predictor.fitted, "fitted_from": predictor.fitted_from,
-            "oof_score": predictor.oof_score, "ensemble": predictor.ensemble, "weights": predictor.weights,
-            "rows": check["rows"], "cached_rows": int(test["cached"].sum()), "seconds": round(seconds, 2),
-            "images_per_s": round(len(test) / max(seconds, 1e-9), 1), "git_sha": runs.git_sha(),
-            "data_dir": str(data_dir), "submission": str(csv), "bad_images": bad,
-            "meta_missing": _meta_missing(models, test), "meta_clipped": _meta_clipped(models, test)}
+            "competition": comp.name,
+            "created": runs.timestamp(),
+            "label": label,
+            "models": [describe(m) for m in models],
+            "blend": predictor.blend,
+            "tta": predictor.tta,
+            "fitted": predictor.fitted,
+            "fitted_from": predictor.fitted_from,
+            "oof_score": predictor.oof_score,
+            "ensemble": predictor.ensemble,
+            "weights": predictor.weights,
+            "rows": check["rows"],
+            "cached_rows": int(test["cached"].sum()),
+            "seconds": round(seconds, 2),
+            "images_per_s": round(len(test) / max(seconds, 1e-9), 1),
+            "git_sha": runs.git_sha(),
+            "data_dir": str(data_dir),
+            "submission": str(csv),
+            "bad_images": bad,
+            "meta_missing": _meta_missing(models, test),
+            "meta_clipped": _meta_clipped(models, test),
+        }
         write_json(out_dir / "manifest.json", manifest)
     except BaseException:
         if not existed:  # a failed command leaves no half-written submission folder behind
@@ -79,5 +112,8 @@ def _fill_skipped(comp, data_dir: Path, ids: list[str], raw, problems: list[str]
     if not ids:
         raise KtError("every test image was skipped as bad; check the data folder")
     prior = np.repeat(raw.mean(axis=0, keepdims=True), len(skipped), axis=0)
-    return ids + skipped, np.concatenate([raw, prior]), {"ids": skipped[:100], "count": len(skipped),
-                                                          "problems": problems}
+    return (
+        ids + skipped,
+        np.concatenate([raw, prior]),
+        {"ids": skipped[:100], "count": len(skipped), "problems": problems},
+    )

@@ -21,9 +21,13 @@ from . import tta as tta_mod
 from .session import OnnxModel
 
 
-def _batch(decoded: list[np.ndarray], size: int, channels: tuple[int, ...], resize: str = "squash") -> np.ndarray:
+def _batch(
+    decoded: list[np.ndarray], size: int, channels: tuple[int, ...], resize: str = "squash"
+) -> np.ndarray:
     batch = np.stack([images.to_chw(images.fit_to(img, size, resize)) for img in decoded])
-    return batch if len(channels) == batch.shape[1] else np.ascontiguousarray(batch[:, list(channels)])
+    return (
+        batch if len(channels) == batch.shape[1] else np.ascontiguousarray(batch[:, list(channels)])
+    )
 
 
 def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tuple[int, ...]:
@@ -32,14 +36,25 @@ def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tu
         return tuple(range(len(names)))
     missing = [n for n in names if n not in all_channels]
     if missing:
-        raise KtError(f"{model.path} wants channel(s) {', '.join(missing)}; the data has {', '.join(all_channels)}")
+        raise KtError(
+            f"{model.path} wants channel(s) {', '.join(missing)}; the data has {', '.join(all_channels)}"
+        )
     return tuple(all_channels.index(n) for n in names)
 
 
-def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], *, tta: str = "none",
-                   batch_size: int = 32, workers: int = 4, progress: bool = True,
-                   all_channels: Sequence[str] | None = None, crop: Sequence[bool] | None = None,
-                   pad_last: bool | None = None, meta_rows=None) -> np.ndarray:
+def predict_models(
+    models: Sequence[OnnxModel],
+    paths: Sequence[Sequence[str]],
+    *,
+    tta: str = "none",
+    batch_size: int = 32,
+    workers: int = 4,
+    progress: bool = True,
+    all_channels: Sequence[str] | None = None,
+    crop: Sequence[bool] | None = None,
+    pad_last: bool | None = None,
+    meta_rows=None,
+) -> np.ndarray:
     """Raw outputs of every model, shape (n_models, n_images, n_outputs); TTA views averaged.
 
     `all_channels` names the channels the decoded images hold (the competition's); each model takes
@@ -64,7 +79,9 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
             return images.fundus_crop(img) if crop[i] else img
 
         def submit(start: int) -> list:
-            return [pool.submit(decode, i) for i in range(start, min(start + batch_size, len(paths)))]
+            return [
+                pool.submit(decode, i) for i in range(start, min(start + batch_size, len(paths)))
+            ]
 
         # keep exactly one batch decoding ahead of the models: overlap without holding the test set
         ahead = submit(starts[0]) if starts else []
@@ -72,8 +89,17 @@ def predict_models(models: Sequence[OnnxModel], paths: Sequence[Sequence[str]], 
             decoded = [f.result() for f in ahead]
             ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
             for key in dict.fromkeys(keys):
-                _run_views(models, keys, key, _batch(decoded, *key), views=views, outputs=outputs,
-                           pad_to=batch_size if pad_last else 0, features=features, start=starts[i])
+                _run_views(
+                    models,
+                    keys,
+                    key,
+                    _batch(decoded, *key),
+                    views=views,
+                    outputs=outputs,
+                    pad_to=batch_size if pad_last else 0,
+                    features=features,
+                    start=starts[i],
+                )
     return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
 
 
@@ -82,44 +108,66 @@ def metadata_features(model: OnnxModel, rows, n: int) -> np.ndarray | None:
     if model.meta_spec is None:
         return None
     if rows is None or len(rows) != n:
-        raise KtError(f"{model.path} takes metadata beside the image; predict through kt predict/evaluate, which "
-                      "read the test CSV's columns")
+        raise KtError(
+            f"{model.path} takes metadata beside the image; predict through kt predict/evaluate, which "
+            "read the test CSV's columns"
+        )
     from ..data import tabular
 
     return tabular.encode(model.meta_spec, rows)[0]
 
 
-def _run_views(models: Sequence[OnnxModel], keys: list, key: tuple, x: np.ndarray, *, views: list,
-               outputs: list[list[np.ndarray]], pad_to: int = 0, features: list | None = None,
-               start: int = 0) -> None:
+def _run_views(
+    models: Sequence[OnnxModel],
+    keys: list,
+    key: tuple,
+    x: np.ndarray,
+    *,
+    views: list,
+    outputs: list[list[np.ndarray]],
+    pad_to: int = 0,
+    features: list | None = None,
+    start: int = 0,
+) -> None:
     """Every model that takes input `key` sees every view of `x`; each view crosses to a device once
     (IO binding) however many models share it. Appends the view-averaged output per model."""
     members = [j for j, k in enumerate(keys) if k == key]
     n = len(x)
-    pad = max(pad_to - n, 0)  # blank rows; every op is per image at inference, so the real rows are unchanged
+    pad = max(
+        pad_to - n, 0
+    )  # blank rows; every op is per image at inference, so the real rows are unchanged
     if pad:
         x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-    rows = {j: np.pad(features[j][start:start + n], ((0, pad), (0, 0))) for j in members
-            if features and features[j] is not None}
+    rows = {
+        j: np.pad(features[j][start : start + n], ((0, pad), (0, 0)))
+        for j in members
+        if features and features[j] is not None
+    }
     sums: dict[int, np.ndarray] = {}
     for view in views:
         xv = view(x)
-        placed: dict[tuple, object] = {}  # (device, bound) -> this view as that kind of model takes it
+        placed: dict[
+            tuple, object
+        ] = {}  # (device, bound) -> this view as that kind of model takes it
         for j in members:
             model = models[j]
             where = (model.device, model.io_binding)
             if where not in placed:
                 placed[where] = model.upload(xv)
-            y = (model.run(placed[where], rows[j]) if j in rows else model.run(placed[where])).astype(np.float64)
+            y = (
+                model.run(placed[where], rows[j]) if j in rows else model.run(placed[where])
+            ).astype(np.float64)
             sums[j] = sums[j] + y if j in sums else y
     for j in members:
         outputs[j].append(sums[j][:n] / len(views))
 
 
-
-
-def blend(raws: np.ndarray, weights: Sequence[float] | None = None, method: str = "mean",
-          task: Task | None = None) -> np.ndarray:
+def blend(
+    raws: np.ndarray,
+    weights: Sequence[float] | None = None,
+    method: str = "mean",
+    task: Task | None = None,
+) -> np.ndarray:
     """Weighted mean of the models' raw outputs (equal weights by default).
 
     `rank` (binary tasks): each model's scores become ranks scaled to (0, 1), their weighted mean is
@@ -127,13 +175,17 @@ def blend(raws: np.ndarray, weights: Sequence[float] | None = None, method: str 
     order, so models with differently calibrated outputs blend fairly."""
     w = np.ones(len(raws)) if weights is None else np.asarray(weights, dtype=float)
     if len(w) != len(raws) or w.sum() <= 0 or (w < 0).any():
-        raise KtError(f"need {len(raws)} non-negative weights with a positive sum, got {[float(v) for v in w]}")
+        raise KtError(
+            f"need {len(raws)} non-negative weights with a positive sum, got {[float(v) for v in w]}"
+        )
     if method == "mean":
         return np.tensordot(w / w.sum(), raws, axes=1)
     if method != "rank":
         raise KtError(f"--blend {method!r} is not valid; choose one of: {', '.join(BLENDS)}")
     if task is not None and task.kind != "binary":
-        raise KtError(f"--blend rank suits rank-based metrics (binary, ROC AUC); {task.kind} tasks use --blend mean")
+        raise KtError(
+            f"--blend rank suits rank-based metrics (binary, ROC AUC); {task.kind} tasks use --blend mean"
+        )
     from scipy.stats import rankdata
 
     ranks = rankdata(raws, axis=1) / (raws.shape[1] + 1)  # per model and output column, in (0, 1)

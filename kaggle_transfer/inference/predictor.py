@@ -26,12 +26,12 @@ from .tta import recorded_tta
 class RunOptions:
     """How the models run: none of these changes an answer beyond float rounding."""
 
-    tta: str | None = None      # test-time views; None: the views the models recorded at training
-    provider: str = "auto"      # auto | cuda | tensorrt | cpu
-    precision: str = "fp32"     # fp16: models converted in memory at load time
-    io_binding: str = "auto"    # one host-to-device copy per batch view (on GPUs)
+    tta: str | None = None  # test-time views; None: the views the models recorded at training
+    provider: str = "auto"  # auto | cuda | tensorrt | cpu
+    precision: str = "fp32"  # fp16: models converted in memory at load time
+    io_binding: str = "auto"  # one host-to-device copy per batch view (on GPUs)
     batch_size: int = 32
-    threads: int = 4            # image-decoding threads
+    threads: int = 4  # image-decoding threads
     progress: bool = True
 
 
@@ -41,11 +41,13 @@ class Choice:
     thresholds the mean of the members')."""
 
     models: Sequence[str | Path] = ()
-    ensemble: str | Path | None = None   # a kt ensemble spec: its models, weights, blend and thresholds
+    ensemble: str | Path | None = (
+        None  # a kt ensemble spec: its models, weights, blend and thresholds
+    )
     weights: Sequence[float] | None = None
-    blend: str = "mean"                  # mean | rank
+    blend: str = "mean"  # mean | rank
     fitted: dict[str, Any] | None = None  # thresholds handed in (a notebook bundle carries them)
-    refit: bool = False                  # refit thresholds on the members' blended OOF
+    refit: bool = False  # refit thresholds on the members' blended OOF
 
 
 @dataclass
@@ -56,9 +58,9 @@ class Predictor:
     comp: Any
     models: list[OnnxModel]
     tta: str
-    crop: bool                           # models trained on fundus-cropped images
+    crop: bool  # models trained on fundus-cropped images
     fitted: dict[str, Any]
-    fitted_from: str                     # ensemble spec | blended OOF | mean of members
+    fitted_from: str  # ensemble spec | blended OOF | mean of members
     weights: list[float] | None = None
     blend: str = "mean"
     oof_score: float | None = None
@@ -70,14 +72,30 @@ class Predictor:
         """Blended raw outputs for a table's images (the standard table; its other columns feed
         models that take metadata). `cached`: rows read from the resize cache, already cropped."""
         o = self.options
-        crop = [self.crop and not c for c in cached] if cached is not None else [self.crop] * len(table)
-        raws = predict_models(self.models, list(table["paths"]), tta=self.tta, batch_size=o.batch_size,
-                              workers=o.threads, progress=o.progress, all_channels=self.comp.channels,
-                              crop=crop, meta_rows=table)
-        broken = [m.path for m, r in zip(self.models, raws, strict=True) if not np.isfinite(r).all()]
+        crop = (
+            [self.crop and not c for c in cached]
+            if cached is not None
+            else [self.crop] * len(table)
+        )
+        raws = predict_models(
+            self.models,
+            list(table["paths"]),
+            tta=self.tta,
+            batch_size=o.batch_size,
+            workers=o.threads,
+            progress=o.progress,
+            all_channels=self.comp.channels,
+            crop=crop,
+            meta_rows=table,
+        )
+        broken = [
+            m.path for m, r in zip(self.models, raws, strict=True) if not np.isfinite(r).all()
+        ]
         if broken:
-            raise KtError(f"{broken[0]} gives non-finite outputs (NaN or inf) on these images; the model is "
-                          "broken: retrain it (a lower --lr) and export again")
+            raise KtError(
+                f"{broken[0]} gives non-finite outputs (NaN or inf) on these images; the model is "
+                "broken: retrain it (a lower --lr) and export again"
+            )
         return blend(raws, self.weights, method=self.blend, task=self.comp.task)
 
     def answers(self, raw: np.ndarray) -> np.ndarray:
@@ -88,14 +106,18 @@ class Predictor:
         return max(m.size for m in self.models)
 
 
-def load_predictor(competition: str, choice: Choice, options: RunOptions | None = None) -> Predictor:
+def load_predictor(
+    competition: str, choice: Choice, options: RunOptions | None = None
+) -> Predictor:
     """The models of `choice` loaded for `competition` ("custom": the competition the models carry),
     checked to agree with it and with each other."""
     options = options or RunOptions()
     spec = load_blend(choice.ensemble) if choice.ensemble else None
     paths = spec.paths if spec else list(choice.models)
     if not paths:
-        raise KtError("name the models (model.onnx files, run folders or groups) or pass --ensemble SPEC.json")
+        raise KtError(
+            "name the models (model.onnx files, run folders or groups) or pass --ensemble SPEC.json"
+        )
     comp, models = _load(competition, paths, options)
     if spec:
         spec.require(comp.name, choice.ensemble)
@@ -109,38 +131,66 @@ def load_predictor(competition: str, choice: Choice, options: RunOptions | None 
             source = "blended OOF"
         elif fitted is None:
             fitted, source = combine_fitted(models, comp.task), "mean of members"
-    return Predictor(comp=comp, models=models, tta=options.tta or recorded_tta([m.meta for m in models]),
-                     crop=_fundus_crop(models), fitted=fitted, fitted_from=source,
-                     weights=list(weights) if weights is not None else None, blend=method,
-                     oof_score=oof_score, ensemble=str(choice.ensemble) if choice.ensemble else None,
-                     label=spec.label if spec else None, options=options)
+    return Predictor(
+        comp=comp,
+        models=models,
+        tta=options.tta or recorded_tta([m.meta for m in models]),
+        crop=_fundus_crop(models),
+        fitted=fitted,
+        fitted_from=source,
+        weights=list(weights) if weights is not None else None,
+        blend=method,
+        oof_score=oof_score,
+        ensemble=str(choice.ensemble) if choice.ensemble else None,
+        label=spec.label if spec else None,
+        options=options,
+    )
 
 
-def _load(competition: str, paths: Sequence[str | Path], options: RunOptions) -> tuple[Any, list[OnnxModel]]:
+def _load(
+    competition: str, paths: Sequence[str | Path], options: RunOptions
+) -> tuple[Any, list[OnnxModel]]:
     """The competition and its models. `custom`: the competition comes from the models' metadata (a
     YAML-described contest travels inside; loading registers it)."""
-    name = None if competition == "custom" else (
-        competitions.get(competition).name if competitions.is_yaml(competition) else competition)
-    models = load_ensemble(list(paths), name, provider=options.provider, precision=options.precision,
-                           io_binding=options.io_binding)
+    name = (
+        None
+        if competition == "custom"
+        else (
+            competitions.get(competition).name if competitions.is_yaml(competition) else competition
+        )
+    )
+    models = load_ensemble(
+        list(paths),
+        name,
+        provider=options.provider,
+        precision=options.precision,
+        io_binding=options.io_binding,
+    )
     comp = competitions.for_model(models[0].meta)
-    for m in models:  # the metadata must describe the competition it claims, or decoding would be wrong
+    for (
+        m
+    ) in models:  # the metadata must describe the competition it claims, or decoding would be wrong
         for key, want in (("task", comp.task.kind), ("num_classes", comp.task.num_classes)):
             if m.meta[key] != want:
-                raise KtError(f"{m.path}: metadata {key!r} is {m.meta[key]!r} but {comp.name} has {want!r}; "
-                              "the file is damaged or not from kt export (export it again)")
+                raise KtError(
+                    f"{m.path}: metadata {key!r} is {m.meta[key]!r} but {comp.name} has {want!r}; "
+                    "the file is damaged or not from kt export (export it again)"
+                )
     return comp, models
 
 
 def _fundus_crop(models: Sequence[OnnxModel]) -> bool:
     crops = {bool((m.meta.get("recipe") or {}).get("fundus_crop")) for m in models}
     if len(crops) > 1:
-        raise KtError("the models disagree on fundus_crop; ensemble models trained with the same preprocessing")
+        raise KtError(
+            "the models disagree on fundus_crop; ensemble models trained with the same preprocessing"
+        )
     return crops.pop()
 
 
-def refit_from_oof(models: Sequence[OnnxModel], task: Task, weights: Sequence[float] | None = None
-                   ) -> tuple[dict[str, Any], float]:
+def refit_from_oof(
+    models: Sequence[OnnxModel], task: Task, weights: Sequence[float] | None = None
+) -> tuple[dict[str, Any], float]:
     """Cut points / thresholds refitted on the members' blended out-of-fold outputs, read by the same
     loader as kt ensemble: a run's own OOF, or a whole group's pooled OOF for its fold models."""
     weights = list(weights) if weights is not None else [1.0] * len(models)
@@ -148,15 +198,19 @@ def refit_from_oof(models: Sequence[OnnxModel], task: Task, weights: Sequence[fl
     for m, w in zip(models, weights, strict=True):
         owner = runs.oof_owner(Path(m.path))
         if runs.load_oof(owner) is None:
-            raise KtError(f"--refit needs {owner / runs.OOF} (the run folder's OOF) next to {m.path}")
+            raise KtError(
+                f"--refit needs {owner / runs.OOF} (the run folder's OOF) next to {m.path}"
+            )
         owners[owner] = owners.get(owner, 0.0) + w
     given = {Path(m.path).resolve() for m in models}
     for owner in owners:
         if (owner / runs.GROUP).is_file():
             missing = [f for f in runs.onnx_files(owner) if f.resolve() not in given]
             if missing:
-                raise KtError(f"--refit: {owner} is a run group and {missing[0]} is not among the models; its "
-                              f"pooled OOF scores all its folds: pass the whole group ({owner})")
+                raise KtError(
+                    f"--refit: {owner} is a run group and {missing[0]} is not among the models; its "
+                    f"pooled OOF scores all its folds: pass the whole group ({owner})"
+                )
     _, raws, y, _ = runs.load_oofs(list(owners))
     raw = blend(raws, list(owners.values()))
     fitted = task.fit(raw, y)

@@ -61,32 +61,61 @@ def folder_table(folder: Path, comp) -> pd.DataFrame:
     if not folder.is_dir():
         raise KtError(f"--images {folder} is not a folder")
     if len(comp.channels) != 3:
-        raise KtError(f"--images reads one file per image; {comp.name} has {len(comp.channels)} channel files per "
-                      "image: label its test set (omit --images)")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        raise KtError(
+            f"--images reads one file per image; {comp.name} has {len(comp.channels)} channel files per "
+            "image: label its test set (omit --images)"
+        )
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not files:
         raise KtError(f"--images {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return pd.DataFrame({"id": [str(p.relative_to(folder).with_suffix("")) for p in files],
-                         "paths": [(str(p),) for p in files]})
+    return pd.DataFrame(
+        {
+            "id": [str(p.relative_to(folder).with_suffix("")) for p in files],
+            "paths": [(str(p),) for p in files],
+        }
+    )
 
 
-def _table(task: Task, table: pd.DataFrame, root: Path, raw: np.ndarray, fitted: dict[str, Any]) -> pd.DataFrame:
+def _table(
+    task: Task, table: pd.DataFrame, root: Path, raw: np.ndarray, fitted: dict[str, Any]
+) -> pd.DataFrame:
     """Every image's row of the pseudo-label table (before the confidence cut)."""
     raw2 = raw.reshape(len(table), -1)
-    return pd.DataFrame({
-        "id": table["id"].astype(str),
-        "paths": [";".join(str(Path(p).resolve().relative_to(root)) for p in paths) for paths in table["paths"]],
-        "target": encode(task, task.decode(raw, fitted)), "confidence": confidence(task, raw, fitted).round(6),
-        **{f"raw_{j}": raw2[:, j] for j in range(raw2.shape[1])}})
+    return pd.DataFrame(
+        {
+            "id": table["id"].astype(str),
+            "paths": [
+                ";".join(str(Path(p).resolve().relative_to(root)) for p in paths)
+                for paths in table["paths"]
+            ],
+            "target": encode(task, task.decode(raw, fitted)),
+            "confidence": confidence(task, raw, fitted).round(6),
+            **{f"raw_{j}": raw2[:, j] for j in range(raw2.shape[1])},
+        }
+    )
 
 
-def pseudo_label(predictor: Predictor, *, data_dir: str | Path | None = None, images: str | Path | None = None,
-                 min_confidence: float = 0.0, soft: bool = False, out: str | Path | None = None,
-                 runs_root: str | Path | None = None) -> dict[str, Any]:
+def pseudo_label(
+    predictor: Predictor,
+    *,
+    data_dir: str | Path | None = None,
+    images: str | Path | None = None,
+    min_confidence: float = 0.0,
+    soft: bool = False,
+    out: str | Path | None = None,
+    runs_root: str | Path | None = None,
+) -> dict[str, Any]:
     """Write the pseudo-label table and its JSON; returns the JSON's record."""
     if not 0.0 <= min_confidence < 1.0:
         raise KtError(f"--min-confidence {min_confidence} must lie in [0, 1)")
-    comp, models, task, fitted = predictor.comp, predictor.models, predictor.comp.task, predictor.fitted
+    comp, models, task, fitted = (
+        predictor.comp,
+        predictor.models,
+        predictor.comp.task,
+        predictor.fitted,
+    )
     if images:
         root = Path(images).resolve()
         table = folder_table(root, comp)
@@ -97,14 +126,28 @@ def pseudo_label(predictor: Predictor, *, data_dir: str | Path | None = None, im
     frame = _table(task, table, root, raw, fitted)
     keep = (frame["confidence"] >= min_confidence).to_numpy()
     frame = frame[keep]
-    out = Path(out) if out else runs.runs_root(runs_root) / comp.name / "pseudo" / f"{runs.stamp()}.csv"
+    out = (
+        Path(out)
+        if out
+        else runs.runs_root(runs_root) / comp.name / "pseudo" / f"{runs.stamp()}.csv"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     write_csv(out, frame)
-    record = {"type": "pseudo_labels", "competition": comp.name, "created": runs.timestamp(),
-              "image_root": str(root), "soft": soft, "min_confidence": min_confidence, "tta": predictor.tta,
-              "rows": int(len(table)), "kept": int(keep.sum()), "csv": out.name, "csv_sha256": sha256(out),
-              "models": [{"path": str(Path(m.path).resolve()), "sha256": sha256(m.path)} for m in models],
-              "ensemble": predictor.ensemble,
-              "label_counts": frame["target"].astype(str).value_counts().to_dict()}
+    record = {
+        "type": "pseudo_labels",
+        "competition": comp.name,
+        "created": runs.timestamp(),
+        "image_root": str(root),
+        "soft": soft,
+        "min_confidence": min_confidence,
+        "tta": predictor.tta,
+        "rows": int(len(table)),
+        "kept": int(keep.sum()),
+        "csv": out.name,
+        "csv_sha256": sha256(out),
+        "models": [{"path": str(Path(m.path).resolve()), "sha256": sha256(m.path)} for m in models],
+        "ensemble": predictor.ensemble,
+        "label_counts": frame["target"].astype(str).value_counts().to_dict(),
+    }
     write_json(out.with_suffix(".json"), record)
     return {**record, "path": str(out)}

@@ -76,15 +76,28 @@ class OnnxModel:
         A graph with symbolic dimensions is held to its metadata here: one row per image, the task's width."""
         out = self._run(batch, features)
         rows = batch.shape()[0] if callable(getattr(batch, "shape", None)) else len(batch)
-        widths = {num_outputs(self.meta["task"], self.meta["num_classes"]), self.meta["num_classes"]}
-        if out.ndim not in (1, 2) or len(out) != rows or (out.ndim == 2 and out.shape[1] not in widths):
-            raise KtError(f"{self.path}: the graph answered {rows} images with outputs of shape {out.shape}; its "
-                          "metadata promises one row of the task's width per image (export it again)")
+        widths = {
+            num_outputs(self.meta["task"], self.meta["num_classes"]),
+            self.meta["num_classes"],
+        }
+        if (
+            out.ndim not in (1, 2)
+            or len(out) != rows
+            or (out.ndim == 2 and out.shape[1] not in widths)
+        ):
+            raise KtError(
+                f"{self.path}: the graph answered {rows} images with outputs of shape {out.shape}; its "
+                "metadata promises one row of the task's width per image (export it again)"
+            )
         return out
 
     def _run(self, batch: Any, features: np.ndarray | None) -> np.ndarray:
         name = self.session.get_inputs()[0].name
-        extra = {"meta": np.ascontiguousarray(features, dtype=np.float32)} if features is not None else {}
+        extra = (
+            {"meta": np.ascontiguousarray(features, dtype=np.float32)}
+            if features is not None
+            else {}
+        )
         if not self.io_binding:
             return self.session.run(None, {name: batch, **extra})[0]
         binding = self.session.io_binding()
@@ -94,7 +107,9 @@ class OnnxModel:
             binding.bind_ortvalue_input(name, batch)
         for key, value in extra.items():
             binding.bind_cpu_input(key, value)
-        binding.bind_output(self.session.get_outputs()[0].name, "cpu")  # (batch, outputs): small, copied once
+        binding.bind_output(
+            self.session.get_outputs()[0].name, "cpu"
+        )  # (batch, outputs): small, copied once
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
@@ -114,7 +129,9 @@ def provider_list(provider: str) -> list[Any]:
     if provider == "auto":
         wanted = (["cuda"] if _gpu_present() else []) + ["cpu"]
     elif provider in PROVIDERS:
-        wanted = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[provider]
+        wanted = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[
+            provider
+        ]
     else:
         raise KtError(f"--provider {provider!r} is not valid; choose auto, {', '.join(PROVIDERS)}")
     chosen = [PROVIDERS[w] for w in wanted if PROVIDERS[w] in available]
@@ -128,7 +145,10 @@ def provider_list(provider: str) -> list[Any]:
     if "TensorrtExecutionProvider" in chosen:
         cache = os.environ.get("KT_TRT_CACHE") or os.path.join("cache", "tensorrt")
         os.makedirs(cache, exist_ok=True)
-        chosen[0] = ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache})
+        chosen[0] = (
+            "TensorrtExecutionProvider",
+            {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache},
+        )
     return chosen
 
 
@@ -165,16 +185,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return check(meta, path)
 
 
-def load_model(path: str | Path, *, provider: str = "auto", threads: int = 0, precision: str = "fp32",
-               io_binding: str = "auto") -> OnnxModel:
+def load_model(
+    path: str | Path,
+    *,
+    provider: str = "auto",
+    threads: int = 0,
+    precision: str = "fp32",
+    io_binding: str = "auto",
+) -> OnnxModel:
     """A session on the best provider. `precision=fp16` converts the graph in memory (meant for CUDA:
     tensor cores, half the memory; on a CPU it runs but is slower). `io_binding=auto` binds on GPUs."""
     import onnxruntime as ort
 
     if precision not in PRECISIONS:
-        raise KtError(f"precision {precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+        raise KtError(
+            f"precision {precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}"
+        )
     if io_binding not in IO_BINDING:
-        raise KtError(f"--io-binding {io_binding!r} is not valid; choose one of: {', '.join(IO_BINDING)}")
+        raise KtError(
+            f"--io-binding {io_binding!r} is not valid; choose one of: {', '.join(IO_BINDING)}"
+        )
     path = Path(path)
     meta = read_metadata(path)
     if meta.get("competition_spec"):  # checked every time: never trusted because the name is known
@@ -191,9 +221,11 @@ def load_model(path: str | Path, *, provider: str = "auto", threads: int = 0, pr
         session = ort.InferenceSession(graph, options, providers=providers)
     except Exception as e:  # noqa: BLE001 - onnxruntime's own kinds (InvalidGraph, Fail, NotImplemented...)
         said = " ".join(str(e).split())[:200]
-        raise KtError(f"{path}: onnxruntime cannot load it ({type(e).__name__}: {said}); export the run again "
-                      "with kt export (an unknown operator, damaged weights or external data outside the "
-                      "file's folder)") from None
+        raise KtError(
+            f"{path}: onnxruntime cannot load it ({type(e).__name__}: {said}); export the run again "
+            "with kt export (an unknown operator, damaged weights or external data outside the "
+            "file's folder)"
+        ) from None
     check_graph(meta, session, path)
     model = OnnxModel(path, session, meta, precision)
     model.io_binding = io_binding == "on" or (io_binding == "auto" and model.device == "cuda")
@@ -214,25 +246,47 @@ def expand(patterns: list[str]) -> list[Path]:
     return out
 
 
-def load_ensemble(paths: list[str | Path], competition: str | None, *, provider: str = "auto",
-                  precision: str = "fp32", io_binding: str = "auto") -> list[OnnxModel]:
+def load_ensemble(
+    paths: list[str | Path],
+    competition: str | None,
+    *,
+    provider: str = "auto",
+    precision: str = "fp32",
+    io_binding: str = "auto",
+) -> list[OnnxModel]:
     """Load every model; all must belong to `competition` and share one task and class count."""
     if not paths:
-        raise KtError("no models given; pass one or more model.onnx files (kt export RUN_DIR makes them)")
-    models = [load_model(p, provider=provider, precision=precision, io_binding=io_binding) for p in paths]
+        raise KtError(
+            "no models given; pass one or more model.onnx files (kt export RUN_DIR makes them)"
+        )
+    models = [
+        load_model(p, provider=provider, precision=precision, io_binding=io_binding) for p in paths
+    ]
     first = models[0]
     for m in models:
         if competition and m.meta["competition"] != competition:
-            raise KtError(f"{m.path} was trained for {m.meta['competition']!r}, not {competition!r}; "
-                          "remove it from the ensemble")
+            raise KtError(
+                f"{m.path} was trained for {m.meta['competition']!r}, not {competition!r}; "
+                "remove it from the ensemble"
+            )
         for key in ("competition", "task", "num_classes"):
             if m.meta[key] != first.meta[key]:
-                raise KtError(f"{m.path} has {key}={m.meta[key]!r} but {first.path} has {first.meta[key]!r}; "
-                              "an ensemble needs one competition and task")
+                raise KtError(
+                    f"{m.path} has {key}={m.meta[key]!r} but {first.path} has {first.meta[key]!r}; "
+                    "an ensemble needs one competition and task"
+                )
     return models
 
 
 def describe(model: OnnxModel) -> dict[str, Any]:
-    return {"file": str(Path(model.path).resolve()), "sha256": sha256(model.path), "arch": model.meta["arch"],
-            "size": model.size, "score": model.meta.get("score"), "provider": model.provider,
-            "precision": model.precision, "io_binding": model.io_binding, "run": model.meta.get("run")}
+    return {
+        "file": str(Path(model.path).resolve()),
+        "sha256": sha256(model.path),
+        "arch": model.meta["arch"],
+        "size": model.size,
+        "score": model.meta.get("score"),
+        "provider": model.provider,
+        "precision": model.precision,
+        "io_binding": model.io_binding,
+        "run": model.meta.get("run"),
+    }

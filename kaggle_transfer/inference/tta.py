@@ -32,6 +32,7 @@ def _compose(*fs: View) -> View:
         for f in fs:
             x = f(x)
         return x
+
     return view
 
 
@@ -39,8 +40,16 @@ def _compose(*fs: View) -> View:
 VIEWS: dict[str, list[View]] = {
     "none": [_identity],
     "flip": [_identity, _hflip],
-    "d4": [_identity, _hflip, _vflip, _compose(_hflip, _vflip), _transpose, _compose(_transpose, _hflip),
-           _compose(_transpose, _vflip), _compose(_transpose, _hflip, _vflip)],
+    "d4": [
+        _identity,
+        _hflip,
+        _vflip,
+        _compose(_hflip, _vflip),
+        _transpose,
+        _compose(_transpose, _hflip),
+        _compose(_transpose, _vflip),
+        _compose(_transpose, _hflip, _vflip),
+    ],
 }
 
 
@@ -57,5 +66,7 @@ def recorded_tta(metadata: Sequence[dict]) -> str:
     An explicit --tta wins; models that recorded different views need one."""
     recorded = {m.get("tta") or (m.get("recipe") or {}).get("tta") or "none" for m in metadata}
     if len(recorded) > 1:
-        raise KtError(f"the models recorded different TTA views ({', '.join(sorted(recorded))}); choose one with --tta")
+        raise KtError(
+            f"the models recorded different TTA views ({', '.join(sorted(recorded))}); choose one with --tta"
+        )
     return recorded.pop() if recorded else "none"

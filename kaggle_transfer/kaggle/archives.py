@@ -25,22 +25,30 @@ def check_archive(archive: Path, dest: Path) -> list[zipfile.ZipInfo]:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as e:
-        raise KtError(f"{archive.name} is not a readable zip ({e}); it is corrupt or truncated: "
-                      "download again with --force") from None
+        raise KtError(
+            f"{archive.name} is not a readable zip ({e}); it is corrupt or truncated: "
+            "download again with --force"
+        ) from None
     for m in members:
         target = (dest / m.filename).resolve()
         if m.filename.startswith(("/", "\\")) or (target != dest and dest not in target.parents):
-            raise KtError(f"{archive.name}: member {m.filename!r} would be written outside {dest}; refused")
+            raise KtError(
+                f"{archive.name}: member {m.filename!r} would be written outside {dest}; refused"
+            )
         if stat.S_ISLNK(m.external_attr >> 16):
             raise KtError(f"{archive.name}: member {m.filename!r} is a symbolic link; refused")
         if m.file_size > MAX_RATIO * max(m.compress_size, 1) and m.file_size > 1 << 20:
-            raise KtError(f"{archive.name}: member {m.filename!r} expands {m.file_size // max(m.compress_size, 1)}x "
-                          f"(over {MAX_RATIO}x): refused as a decompression bomb")
+            raise KtError(
+                f"{archive.name}: member {m.filename!r} expands {m.file_size // max(m.compress_size, 1)}x "
+                f"(over {MAX_RATIO}x): refused as a decompression bomb"
+            )
     total = sum(m.file_size for m in members)
     free = shutil.disk_usage(_existing_parent(dest)).free
     if total * SPACE_MARGIN > free:
-        raise KtError(f"{archive.name} needs {total / 2**30:.1f} GiB but {dest} has {free / 2**30:.1f} GiB free; "
-                      "free some space or pass --dest on a larger disk")
+        raise KtError(
+            f"{archive.name} needs {total / 2**30:.1f} GiB but {dest} has {free / 2**30:.1f} GiB free; "
+            "free some space or pass --dest on a larger disk"
+        )
     return members
 
 
@@ -58,5 +66,7 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(dest.resolve())
     except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise KtError(f"{archive.name} is corrupt ({type(e).__name__}); download again with --force") from None
+        raise KtError(
+            f"{archive.name} is corrupt ({type(e).__name__}); download again with --force"
+        ) from None
     return [m.filename for m in members]

@@ -39,10 +39,10 @@ from . import notebook, runtime
 class NotebookTarget:
     """Where the bundle runs: the notebook image's Python(s), its accelerator, and what it may fall back to."""
 
-    python: str = NOTEBOOK_PYTHON        # one version or a comma list: a wheel for each is carried
+    python: str = NOTEBOOK_PYTHON  # one version or a comma list: a wheel for each is carried
     accelerator: str = "gpu"
     precision: str = "fp32"
-    cpu_fallback: bool = False           # a GPU bundle without a CUDA provider predicts on the CPU
+    cpu_fallback: bool = False  # a GPU bundle without a CUDA provider predicts on the CPU
     image_has_onnxruntime: bool = False  # carry no onnxruntime wheel
 
     @property
@@ -51,7 +51,9 @@ class NotebookTarget:
 
     def check(self) -> None:
         if self.accelerator not in ACCELERATORS:
-            raise KtError(f"--accelerator {self.accelerator!r} is not valid; choose one of: {', '.join(ACCELERATORS)}")
+            raise KtError(
+                f"--accelerator {self.accelerator!r} is not valid; choose one of: {', '.join(ACCELERATORS)}"
+            )
         self.pythons  # noqa: B018 - validates --python
 
 
@@ -69,25 +71,47 @@ def kaggle_slug(text: str, *, low: int, high: int, what: str) -> str:
     """A Kaggle dataset/notebook slug: lower case, digits and dashes, within the client's length limits."""
     out = re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")
     if not low <= len(out) <= high:
-        raise KtError(f"the {what} slug {out!r} (from {text!r}) must have {low}-{high} characters; "
-                      "choose a shorter competition name")
+        raise KtError(
+            f"the {what} slug {out!r} (from {text!r}) must have {low}-{high} characters; "
+            "choose a shorter competition name"
+        )
     return out
 
 
 def names(competition: str) -> dict[str, str]:
     """The bundle dataset's and the notebook's slugs (6-50 and 5-50 characters in the client)."""
-    return {"dataset": kaggle_slug(f"kt-bundle-{competition}", low=6, high=50, what="dataset"),
-            "kernel": kaggle_slug(f"kt-{competition}-predict", low=5, high=50, what="notebook")}
+    return {
+        "dataset": kaggle_slug(f"kt-bundle-{competition}", low=6, high=50, what="dataset"),
+        "kernel": kaggle_slug(f"kt-{competition}-predict", low=5, high=50, what="notebook"),
+    }
 
 
 def _kt_wheel(dest: Path) -> Path:
     source = Path(__file__).resolve().parents[2]
     if not (source / "setup.cfg").is_file():
-        raise KtError("kt bundle builds a wheel of kaggle_transfer from its source checkout; run it from a clone")
-    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                          "-w", str(dest), str(source)], capture_output=True, text=True)
+        raise KtError(
+            "kt bundle builds a wheel of kaggle_transfer from its source checkout; run it from a clone"
+        )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dest),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
-        raise KtError(f"building the kaggle_transfer wheel failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise KtError(
+            f"building the kaggle_transfer wheel failed: {out.stderr.strip().splitlines()[-1:]}"
+        )
     return next(dest.glob("kaggle_transfer-*.whl"))
 
 
@@ -99,14 +123,20 @@ def wheel_fits(wheel: Path, python: str) -> bool:
     try:
         tags = parse_wheel_filename(wheel.name)[3]
     except Exception:  # noqa: BLE001 - packaging's InvalidWheelFilename
-        raise KtError(f"{wheel.name} is not a wheel file name; remove it from --wheels-from") from None
+        raise KtError(
+            f"{wheel.name} is not a wheel file name; remove it from --wheels-from"
+        ) from None
 
     def fits(tag) -> bool:
         cp = re.fullmatch(r"cp(\d)(\d+)", tag.interpreter)
         python_ok = tag.interpreter in ("py3", f"py{major}{minor}") or (
-            cp is not None and int(cp[1]) == major and (
-                int(cp[2]) == minor or (tag.abi == "abi3" and int(cp[2]) <= minor)))
-        linux = tag.platform == "any" or (tag.platform.endswith("x86_64") and "linux" in tag.platform)
+            cp is not None
+            and int(cp[1]) == major
+            and (int(cp[2]) == minor or (tag.abi == "abi3" and int(cp[2]) <= minor))
+        )
+        linux = tag.platform == "any" or (
+            tag.platform.endswith("x86_64") and "linux" in tag.platform
+        )
         return python_ok and linux
 
     return any(fits(t) for t in tags)
@@ -119,15 +149,19 @@ def check_wheels(folder: Path, target: NotebookTarget) -> None:
     pythons = target.pythons
     for wheel in wheels:
         if not any(wheel_fits(wheel, p) for p in pythons):
-            raise KtError(f"{wheel.name} does not install on the notebook's Python {target.python} (Linux x86_64); "
-                          f"fetch it for that target (kt bundle --python {target.python}) or pass another "
-                          "--wheels-from")
+            raise KtError(
+                f"{wheel.name} does not install on the notebook's Python {target.python} (Linux x86_64); "
+                f"fetch it for that target (kt bundle --python {target.python}) or pass another "
+                "--wheels-from"
+            )
     runtimes = [w for w in wheels if w.name.startswith("onnxruntime")]
     for python in [] if target.image_has_onnxruntime else pythons:
         if not any(wheel_fits(w, python) for w in runtimes):
-            raise KtError(f"the bundle has no onnxruntime wheel for Python {python}, and Kaggle's image has none: "
-                          "drop --no-fetch-wheels, pass --wheels-from DIR holding one, or "
-                          "--image-has-onnxruntime if it has")
+            raise KtError(
+                f"the bundle has no onnxruntime wheel for Python {python}, and Kaggle's image has none: "
+                "drop --no-fetch-wheels, pass --wheels-from DIR holding one, or "
+                "--image-has-onnxruntime if it has"
+            )
     if target.accelerator == "gpu":
         for wheel in [w for w in runtimes if w.name.startswith("onnxruntime_gpu")]:
             runtime.check_cuda(wheel)
@@ -138,10 +172,14 @@ def runtime_folder(target: NotebookTarget, root: Path | None = None) -> Path:
     Its name says what it holds, so the dataset is created once and never needs a new version."""
     pinned = runtime.RUNTIMES[target.accelerator]
     tags = "-".join(runtime.cp_tag(p) for p in target.pythons)
-    name = kaggle_slug(f"kt-runtime-{target.accelerator}-{pinned.version}-{tags}", low=6, high=50, what="dataset")
+    name = kaggle_slug(
+        f"kt-runtime-{target.accelerator}-{pinned.version}-{tags}", low=6, high=50, what="dataset"
+    )
     folder = (root or runtime.cache_dir().parent / "runtime") / name
     marker = folder / "kt_runtime.json"
-    if marker.is_file() and all((folder / w["file"]).is_file() for w in read_json(marker, what="runtime")["wheels"]):
+    if marker.is_file() and all(
+        (folder / w["file"]).is_file() for w in read_json(marker, what="runtime")["wheels"]
+    ):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     wheels = []
@@ -150,14 +188,31 @@ def runtime_folder(target: NotebookTarget, root: Path | None = None) -> Path:
         shutil.copy(wheel, folder / wheel.name)
         wheels.append({"file": wheel.name, "python": python, "sha256": sha256(folder / wheel.name)})
     check_wheels(folder, target)
-    write_json(marker, {"dataset": name, "package": pinned.package, "version": pinned.version,
-                        "cuda": pinned.cuda, "wheels": wheels})
+    write_json(
+        marker,
+        {
+            "dataset": name,
+            "package": pinned.package,
+            "version": pinned.version,
+            "cuda": pinned.cuda,
+            "wheels": wheels,
+        },
+    )
     return folder
 
 
-def build(competition: str, models: Sequence[str | Path], out: str | Path, *,
-          target: NotebookTarget = NotebookTarget(), wheels: Wheels = Wheels(), tta: str | None = None,
-          ensemble: str | Path | None = None, user: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+def build(
+    competition: str,
+    models: Sequence[str | Path],
+    out: str | Path,
+    *,
+    target: NotebookTarget = NotebookTarget(),
+    wheels: Wheels = Wheels(),
+    tta: str | None = None,
+    ensemble: str | Path | None = None,
+    user: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write the bundle folder. Metadata naming an owner is written only for a given `user` (kt bundle
     --user); kt submit always writes it at push time, with the owner the client authenticated."""
     comp = competitions.get(competition)
@@ -166,19 +221,37 @@ def build(competition: str, models: Sequence[str | Path], out: str | Path, *,
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise KtError(f"bundle folder {out} already exists; pass --overwrite or choose another -o")
+            raise KtError(
+                f"bundle folder {out} already exists; pass --overwrite or choose another -o"
+            )
         shutil.rmtree(out)
     try:
         entries, spec = _copy_models(comp, models, ensemble, out)
         runtime_info = _add_wheels(out, target, wheels)
-        info = {"competition": comp.name, "slug": comp.slug, "title": comp.title, **names(comp.name),
-                "python": target.python, "pythons": list(target.pythons), "accelerator": target.accelerator,
-                "precision": target.precision, "cpu_fallback": target.cpu_fallback, "models": entries,
-                **spec, "tta": tta or spec["tta"], "bundle_id": uuid.uuid4().hex, "runtime": runtime_info}
+        info = {
+            "competition": comp.name,
+            "slug": comp.slug,
+            "title": comp.title,
+            **names(comp.name),
+            "python": target.python,
+            "pythons": list(target.pythons),
+            "accelerator": target.accelerator,
+            "precision": target.precision,
+            "cpu_fallback": target.cpu_fallback,
+            "models": entries,
+            **spec,
+            "tta": tta or spec["tta"],
+            "bundle_id": uuid.uuid4().hex,
+            "runtime": runtime_info,
+        }
         write_json(out / "bundle.json", info)
         write_script(out, info)
-        result = {"dir": str(out), "models": len(entries), "wheels": sorted(p.name for p in out.glob("*.whl")),
-                  "runtime": runtime_info}
+        result = {
+            "dir": str(out),
+            "models": len(entries),
+            "wheels": sorted(p.name for p in out.glob("*.whl")),
+            "runtime": runtime_info,
+        }
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # a refused bundle leaves no half-built folder
         raise
@@ -188,9 +261,12 @@ def build(competition: str, models: Sequence[str | Path], out: str | Path, *,
 def write_script(out: Path, info: dict[str, Any]) -> None:
     """kt_predict.py for this build of the bundle: it looks for the bundle.json carrying this bundle_id,
     so an older build attached beside it is never run in its place."""
-    settings = {"dataset": info["dataset"], "bundle_id": info["bundle_id"],
-                "cpu_fallback": bool(info.get("cpu_fallback")),
-                "runtime": (info.get("runtime") or {}).get("dataset")}
+    settings = {
+        "dataset": info["dataset"],
+        "bundle_id": info["bundle_id"],
+        "cpu_fallback": bool(info.get("cpu_fallback")),
+        "runtime": (info.get("runtime") or {}).get("dataset"),
+    }
     write_text(out / "kt_predict.py", notebook.render(settings))
 
 
@@ -201,7 +277,10 @@ def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, 
     _kt_wheel(out)
     if wheels.runtime_dir is not None:
         check_wheels(out, NotebookTarget(**{**target.__dict__, "image_has_onnxruntime": True}))
-        return {k: v for k, v in read_json(wheels.runtime_dir / "kt_runtime.json", what="runtime").items()}
+        return {
+            k: v
+            for k, v in read_json(wheels.runtime_dir / "kt_runtime.json", what="runtime").items()
+        }
     if wheels.fetch and not target.image_has_onnxruntime:
         for python in target.pythons:
             fetched = runtime.fetch(runtime.RUNTIMES[target.accelerator], python)
@@ -212,6 +291,7 @@ def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, 
 
 def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[str, Any]]:
     from ..inference.ensemble import load_blend
+
     spec: dict[str, Any] = {"weights": None, "blend": "mean", "fitted": None, "tta": None}
     if ensemble:
         blend = load_blend(ensemble)  # members of weight 0 are already left out
@@ -227,7 +307,9 @@ def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[st
         if meta["competition"] != comp.name:
             raise KtError(f"{path} was trained for {meta['competition']!r}, not {comp.name!r}")
         metas.append(meta)
-        name = f"{i:02d}_{slug(meta['arch'])}_{meta['size']}.onnx"  # tv:NAME: no ':' in a dataset file
+        name = (
+            f"{i:02d}_{slug(meta['arch'])}_{meta['size']}.onnx"  # tv:NAME: no ':' in a dataset file
+        )
         shutil.copy(path, out / name)
         entries.append({"file": name, "sha256": sha256(out / name), "source": str(path.resolve())})
     spec["tta"] = recorded_tta(metas)  # the views the models were trained for; build() may override
@@ -240,16 +322,31 @@ def write_metadata(bundle: Path, owner: str) -> dict[str, str]:
     info = read_json(Path(bundle) / "bundle.json", what="bundle description")
     dataset, kernel = f"{owner}/{info['dataset']}", f"{owner}/{info['kernel']}"
     runtime_ref = f"{owner}/{info['runtime']['dataset']}" if info.get("runtime") else None
-    write_json(bundle / "kernel-metadata.json", {
-        "id": kernel, "title": f"kt {info['competition']} predict", "code_file": "kt_predict.py",
-        "language": "python", "kernel_type": "script", "is_private": True,
-        "enable_gpu": info["accelerator"] == "gpu",
-        "enable_internet": False,  # the client defaults internet ON; code competitions forbid it
-        "docker_image_pinning_type": "original",  # keep the image the bundle's wheels were built for
-        "dataset_sources": [dataset] + ([runtime_ref] if runtime_ref else []),
-        "competition_sources": [info["slug"]], "kernel_sources": []})
-    write_json(bundle / "dataset-metadata.json", {"title": f"kt bundle {info['competition']}"[:50], "id": dataset,
-                                                  "licenses": [{"name": "CC0-1.0"}]})
+    write_json(
+        bundle / "kernel-metadata.json",
+        {
+            "id": kernel,
+            "title": f"kt {info['competition']} predict",
+            "code_file": "kt_predict.py",
+            "language": "python",
+            "kernel_type": "script",
+            "is_private": True,
+            "enable_gpu": info["accelerator"] == "gpu",
+            "enable_internet": False,  # the client defaults internet ON; code competitions forbid it
+            "docker_image_pinning_type": "original",  # keep the image the bundle's wheels were built for
+            "dataset_sources": [dataset] + ([runtime_ref] if runtime_ref else []),
+            "competition_sources": [info["slug"]],
+            "kernel_sources": [],
+        },
+    )
+    write_json(
+        bundle / "dataset-metadata.json",
+        {
+            "title": f"kt bundle {info['competition']}"[:50],
+            "id": dataset,
+            "licenses": [{"name": "CC0-1.0"}],
+        },
+    )
     return {"dataset": dataset, "kernel": kernel, "runtime": runtime_ref}
 
 
@@ -257,8 +354,14 @@ def write_runtime_metadata(folder: Path, owner: str) -> str:
     """dataset-metadata.json of the runtime dataset for `owner`; returns its ref."""
     info = read_json(folder / "kt_runtime.json", what="runtime description")
     ref = f"{owner}/{info['dataset']}"
-    write_json(folder / "dataset-metadata.json", {"title": f"kt runtime {info['package']} {info['version']}"[:50],
-                                                  "id": ref, "licenses": [{"name": "other"}]})
+    write_json(
+        folder / "dataset-metadata.json",
+        {
+            "title": f"kt runtime {info['package']} {info['version']}"[:50],
+            "id": ref,
+            "licenses": [{"name": "other"}],
+        },
+    )
     return ref
 
 
@@ -268,12 +371,24 @@ def for_submission(comp, csv: Path, *, target: NotebookTarget, fetch: bool) -> P
     the wheels are cached), so a changed target, runtime choice or kt source never ships a stale bundle."""
     manifest = csv.parent / "manifest.json"
     if not manifest.is_file():
-        raise KtError(f"{csv.parent} has no manifest.json naming the models; pass --bundle DIR (kt bundle)")
+        raise KtError(
+            f"{csv.parent} has no manifest.json naming the models; pass --bundle DIR (kt bundle)"
+        )
     data = read_json(manifest, what="submission manifest")
     out = csv.parent / "bundle"
-    target = NotebookTarget(**{**target.__dict__, "precision": data["models"][0].get("precision", "fp32")})
+    target = NotebookTarget(
+        **{**target.__dict__, "precision": data["models"][0].get("precision", "fp32")}
+    )
     use_runtime = fetch and not target.image_has_onnxruntime
     wheels = Wheels(runtime_dir=runtime_folder(target) if use_runtime else None)
-    build(comp.name, [m["file"] for m in data["models"]], out, target=target, wheels=wheels,
-          tta=data.get("tta", "none"), ensemble=data.get("ensemble"), overwrite=True)
+    build(
+        comp.name,
+        [m["file"] for m in data["models"]],
+        out,
+        target=target,
+        wheels=wheels,
+        tta=data.get("tta", "none"),
+        ensemble=data.get("ensemble"),
+        overwrite=True,
+    )
     return out

@@ -21,10 +21,16 @@ from typing import Any
 from ..errors import KtError
 from . import archives as archives_mod
 
-CREDENTIALS_HELP = ("put kaggle.json (from kaggle.com → Settings → API) in ~/.kaggle/ with chmod 600, or set "
-                    "KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN")
+CREDENTIALS_HELP = (
+    "put kaggle.json (from kaggle.com → Settings → API) in ~/.kaggle/ with chmod 600, or set "
+    "KAGGLE_USERNAME and KAGGLE_KEY, or KAGGLE_API_TOKEN"
+)
 SAFE_RETRIES = 4
-MIN_CLIENT = (2, 2, 4)  # the first client that swallows its import-time sign-in and has submission limits
+MIN_CLIENT = (
+    2,
+    2,
+    4,
+)  # the first client that swallows its import-time sign-in and has submission limits
 MAX_BACKOFF_S = 120.0
 
 
@@ -47,7 +53,9 @@ def make_api():
     try:
         found = version("kaggle")
     except PackageNotFoundError:
-        raise KtError("the kaggle package is not installed: pip install 'kaggle>=2.2.4,<3'") from None
+        raise KtError(
+            "the kaggle package is not installed: pip install 'kaggle>=2.2.4,<3'"
+        ) from None
     numbers = tuple(int(p) for p in found.split(".")[:3] if p.isdigit())
     if numbers < MIN_CLIENT:
         raise KtError(f"kaggle {found} is older than kt supports: pip install 'kaggle>=2.2.4,<3'")
@@ -71,26 +79,46 @@ def _explain(e: Exception, slug: str, what: str) -> KtError:
     if isinstance(e, requests.HTTPError) and e.response is not None:
         code, said = e.response.status_code, _server_message(e.response)
         if code == 401:
-            return KtError(f"Kaggle rejected the credentials while trying to {what} (401); {CREDENTIALS_HELP}")
+            return KtError(
+                f"Kaggle rejected the credentials while trying to {what} (401); {CREDENTIALS_HELP}"
+            )
         if code == 403 and "/" in slug:  # a dataset or notebook: ownership, not competition rules
-            return KtError(f"Kaggle refused to {what} (403{': ' + said if said else ''}): {slug} must belong to the "
-                           "signed-in user (check the username in kaggle.json)")
+            return KtError(
+                f"Kaggle refused to {what} (403{': ' + said if said else ''}): {slug} must belong to the "
+                "signed-in user (check the username in kaggle.json)"
+            )
         if code == 403:
-            return KtError(f"Kaggle refused to {what} (403{': ' + said if said else ''}): accept the competition's "
-                           f"rules at https://www.kaggle.com/competitions/{slug}/rules, then try again")
+            return KtError(
+                f"Kaggle refused to {what} (403{': ' + said if said else ''}): accept the competition's "
+                f"rules at https://www.kaggle.com/competitions/{slug}/rules, then try again"
+            )
         if code == 404:
-            return KtError(f"Kaggle found no {'competition ' if '/' not in slug else ''}{slug!r} (404) while trying "
-                           f"to {what}")
+            return KtError(
+                f"Kaggle found no {'competition ' if '/' not in slug else ''}{slug!r} (404) while trying "
+                f"to {what}"
+            )
         if code == 429:
-            return KtError(f"Kaggle is rate-limiting requests (429) while trying to {what}; wait a minute and retry")
-        return KtError(f"Kaggle answered HTTP {code} while trying to {what}"
-                       f"{': ' + said if said else '; try again later'}")
+            return KtError(
+                f"Kaggle is rate-limiting requests (429) while trying to {what}; wait a minute and retry"
+            )
+        return KtError(
+            f"Kaggle answered HTTP {code} while trying to {what}"
+            f"{': ' + said if said else '; try again later'}"
+        )
     if isinstance(e, (requests.ConnectionError, requests.Timeout)):
         return KtError(f"cannot reach Kaggle to {what} (offline, blocked, or it timed out)")
-    if isinstance(e, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError,
-                      requests.exceptions.JSONDecodeError)):
-        return KtError(f"Kaggle's answer was cut short or garbled while trying to {what} ({type(e).__name__}); "
-                       "try again")
+    if isinstance(
+        e,
+        (
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+            requests.exceptions.JSONDecodeError,
+        ),
+    ):
+        return KtError(
+            f"Kaggle's answer was cut short or garbled while trying to {what} ({type(e).__name__}); "
+            "try again"
+        )
     return KtError(f"the Kaggle client failed to {what}: {type(e).__name__}")
 
 
@@ -128,12 +156,29 @@ def _transient(e: Exception) -> bool:
     if isinstance(e, requests.HTTPError):
         code = e.response.status_code if e.response is not None else 0
         return code == 429 or code >= 500
-    return isinstance(e, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                          requests.exceptions.ContentDecodingError, requests.exceptions.JSONDecodeError))
+    return isinstance(
+        e,
+        (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+            requests.exceptions.JSONDecodeError,
+        ),
+    )
 
 
-def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, until: float | None = None,
-         sleep=time.sleep, clock=time.time, echo: Callable[[str], None] | None = None) -> Any:
+def call(
+    fn: Callable[[], Any],
+    slug: str,
+    what: str,
+    *,
+    retry: bool = False,
+    until: float | None = None,
+    sleep=time.sleep,
+    clock=time.time,
+    echo: Callable[[str], None] | None = None,
+) -> Any:
     """Run one client call. With `retry` (only for calls safe to repeat) back off on 429, 5xx, dropped
     connections and timeouts, honouring Retry-After: SAFE_RETRIES times, or until the clock passes
     `until` (a long wait survives the network for as long as it lasts)."""
@@ -143,8 +188,10 @@ def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, un
     while True:
         try:
             return fn()
-        except requests.RequestException as e:  # requests.JSONDecodeError is one too (before ValueError)
-            pause = retry_after(e) or min(MAX_BACKOFF_S, 2.0 ** attempt)
+        except (
+            requests.RequestException
+        ) as e:  # requests.JSONDecodeError is one too (before ValueError)
+            pause = retry_after(e) or min(MAX_BACKOFF_S, 2.0**attempt)
             more = attempt + 1 < SAFE_RETRIES if until is None else clock() + pause < until
             if not (retry and _transient(e) and more):
                 raise _explain(e, slug, what) from None
@@ -154,11 +201,17 @@ def call(fn: Callable[[], Any], slug: str, what: str, *, retry: bool = False, un
             attempt += 1
         except OSError as e:
             raise _explain(e, slug, what) from None
-        except ValueError as e:  # the client's own refusals: a failed blob upload, a slug it rejects, ...
-            raise KtError(f"the Kaggle client could not {what}: {' '.join(str(e).split())[:300]}") from None
+        except (
+            ValueError
+        ) as e:  # the client's own refusals: a failed blob upload, a slug it rejects, ...
+            raise KtError(
+                f"the Kaggle client could not {what}: {' '.join(str(e).split())[:300]}"
+            ) from None
 
 
-def download(slug: str, dest: Path, *, force: bool = False, api=None, quiet: bool = False) -> dict[str, Any]:
+def download(
+    slug: str, dest: Path, *, force: bool = False, api=None, quiet: bool = False
+) -> dict[str, Any]:
     """Download a competition's files and extract them into `dest`; skipped when already done. An
     interrupted download resumes where it stopped: the archive is kept in `.<dest>.download/` until it
     is extracted, and the client continues it with a Range request; `force` starts over."""
@@ -172,8 +225,11 @@ def download(slug: str, dest: Path, *, force: bool = False, api=None, quiet: boo
     partial.mkdir(parents=True, exist_ok=True)
     # force=False lets the client resume a partial archive (its .kaggle-partial marker proves the bytes
     # belong to the same remote file); force=True would ignore them and start from zero
-    call(lambda: api.competition_download_files(slug, path=str(partial), force=force, quiet=quiet), slug,
-         "download the competition's files")
+    call(
+        lambda: api.competition_download_files(slug, path=str(partial), force=force, quiet=quiet),
+        slug,
+        "download the competition's files",
+    )
     archives = sorted(partial.glob("*.zip"))
     if not archives:
         raise KtError(f"the download of {slug} produced no zip archive in {partial}")
@@ -225,14 +281,26 @@ def list_submissions(slug: str, api=None, **retrying) -> list[dict[str, Any]]:
 
     subs, token = [], ""
     for _ in range(1000):  # 100 per page: far more than any daily limit allows
-        rows, token = call(lambda t=token: page(t), slug, "list submissions", retry=True, **retrying)
+        rows, token = call(
+            lambda t=token: page(t), slug, "list submissions", retry=True, **retrying
+        )
         subs += rows
         if not token:
             break
-    return [{"ref": s.ref, "date": str(getattr(s, "date", "")), "file": getattr(s, "file_name", ""),
-             "message": getattr(s, "description", ""), "status": _status(s),
-             "public": getattr(s, "public_score", ""), "private": getattr(s, "private_score", ""),
-             "error": getattr(s, "error_description", "")} for s in subs if s is not None]
+    return [
+        {
+            "ref": s.ref,
+            "date": str(getattr(s, "date", "")),
+            "file": getattr(s, "file_name", ""),
+            "message": getattr(s, "description", ""),
+            "status": _status(s),
+            "public": getattr(s, "public_score", ""),
+            "private": getattr(s, "private_score", ""),
+            "error": getattr(s, "error_description", ""),
+        }
+        for s in subs
+        if s is not None
+    ]
 
 
 def submitted_today(subs: list[dict[str, Any]], today: str | None = None) -> int:
@@ -247,37 +315,67 @@ def check_daily_limit(slug: str, daily_limit: int, api) -> None:
     limits = None
     if hasattr(api, "competition_get_submission_limits"):
         try:
-            limits = call(lambda: api.competition_get_submission_limits(slug), slug, "read the submission limits")
+            limits = call(
+                lambda: api.competition_get_submission_limits(slug),
+                slug,
+                "read the submission limits",
+            )
         except KtError:
             limits = None  # an older server: count ourselves
     if limits is not None and (limits.num_today or limits.num_total or limits.num_allowed_now):
         if limits.num_allowed_now <= 0:
-            raise KtError(f"Kaggle allows no more submissions to {slug} now ({limits.num_today} today"
-                          f"{', the total limit is reached' if limits.limited_by_total else ''}); "
-                          "try again after midnight UTC")
+            raise KtError(
+                f"Kaggle allows no more submissions to {slug} now ({limits.num_today} today"
+                f"{', the total limit is reached' if limits.limited_by_total else ''}); "
+                "try again after midnight UTC"
+            )
         return
     used = submitted_today(list_submissions(slug, api))
     if used >= daily_limit:
-        raise KtError(f"{used} submission(s) to {slug} today already: the daily limit is {daily_limit}; "
-                      "try again after midnight UTC")
+        raise KtError(
+            f"{used} submission(s) to {slug} today already: the daily limit is {daily_limit}; "
+            "try again after midnight UTC"
+        )
 
 
-def submit_csv(slug: str, csv: Path, message: str, daily_limit: int, *, wait: bool = False, api=None,
-               on_ref: Callable[[dict], None] = lambda r: None, poll_s: float | None = None, timeout_s: float = 3600.0,
-               sleep=time.sleep, check_limit: bool = True) -> dict[str, Any]:
+def submit_csv(
+    slug: str,
+    csv: Path,
+    message: str,
+    daily_limit: int,
+    *,
+    wait: bool = False,
+    api=None,
+    on_ref: Callable[[dict], None] = lambda r: None,
+    poll_s: float | None = None,
+    timeout_s: float = 3600.0,
+    sleep=time.sleep,
+    check_limit: bool = True,
+) -> dict[str, Any]:
     """Upload a validated CSV; with `wait`, poll until it is scored. Never resubmits on its own."""
     api = api or make_api()
     if check_limit:
         check_daily_limit(slug, daily_limit, api)
-    result = call(lambda: api.competition_submit(str(csv), message, slug, quiet=True), slug, "submit")
+    result = call(
+        lambda: api.competition_submit(str(csv), message, slug, quiet=True), slug, "submit"
+    )
     ref = getattr(result, "ref", 0)
     if not ref:
-        raise KtError(f"the upload of {csv.name} to {slug} failed (Kaggle returned no submission): "
-                      f"{getattr(result, 'message', '') or 'no message'}; nothing was submitted, try again")
+        raise KtError(
+            f"the upload of {csv.name} to {slug} failed (Kaggle returned no submission): "
+            f"{getattr(result, 'message', '') or 'no message'}; nothing was submitted, try again"
+        )
     out = {"ref": ref, "message": getattr(result, "message", ""), "status": "PENDING"}
     on_ref(out)
-    return _wait(slug, api, out, wait, poll_s=poll_s or float(os.environ.get("KT_POLL_S") or 10), timeout_s=timeout_s,
-                 sleep=sleep)
+    return _wait(
+        slug,
+        api,
+        out,
+        wait,
+        poll_s=poll_s or float(os.environ.get("KT_POLL_S") or 10),
+        timeout_s=timeout_s,
+        sleep=sleep,
+    )
 
 
 def dataset_exists(api, ref: str) -> bool:
@@ -292,20 +390,35 @@ def dataset_exists(api, ref: str) -> bool:
         raise
 
 
-def _wait(slug: str, api, out: dict[str, Any], wait: bool, *, poll_s: float, timeout_s: float, sleep,
-          echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+def _wait(
+    slug: str,
+    api,
+    out: dict[str, Any],
+    wait: bool,
+    *,
+    poll_s: float,
+    timeout_s: float,
+    sleep,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Poll until Kaggle scores submission out['ref']; network trouble is retried until the deadline."""
     deadline = time.time() + timeout_s
     while wait and time.time() < deadline:
         try:
             listed = list_submissions(slug, api, until=deadline, sleep=sleep, echo=echo)
         except KtError as e:
-            raise KtError(f"submission {out['ref']} was created, but following it failed ({e}); it is recorded "
-                          f"in manifest.json: follow it with kt submissions (do not submit it again)") from None
+            raise KtError(
+                f"submission {out['ref']} was created, but following it failed ({e}); it is recorded "
+                f"in manifest.json: follow it with kt submissions (do not submit it again)"
+            ) from None
         match = next((s for s in listed if str(s["ref"]) == str(out["ref"])), None)
         if match and match["status"] in ("COMPLETE", "ERROR"):
-            out.update(status=match["status"], public=match["public"], private=match["private"],
-                       error=match["error"])
+            out.update(
+                status=match["status"],
+                public=match["public"],
+                private=match["private"],
+                error=match["error"],
+            )
             break
         sleep(poll_s)
         poll_s = min(poll_s * 1.5, MAX_BACKOFF_S)
@@ -335,14 +448,20 @@ MEDALS = "https://www.kaggle.com/progression"  # medal rules by number of teams
 def medal_lines(teams: int) -> dict[str, int]:
     """The last rank that still earns each medal (Kaggle's progression rules, by team count)."""
     if teams < 250:
-        return {"gold": max(1, int(teams * 0.10)), "silver": int(teams * 0.20), "bronze": int(teams * 0.40)}
+        return {
+            "gold": max(1, int(teams * 0.10)),
+            "silver": int(teams * 0.20),
+            "bronze": int(teams * 0.40),
+        }
     gold = 10 + int(teams * 0.002)
     if teams < 1000:
         return {"gold": gold, "silver": 50, "bronze": 100}
     return {"gold": gold, "silver": int(teams * 0.05), "bronze": int(teams * 0.10)}
 
 
-def leaderboard(comp, *, api=None, higher_is_better: bool = True, board: str = "public") -> dict[str, Any]:
+def leaderboard(
+    comp, *, api=None, higher_is_better: bool = True, board: str = "public"
+) -> dict[str, Any]:
     """Where the user's best score stands on one board, public with public or private with private:
     rank, percentile, medal lines."""
     if board not in ("public", "private"):
@@ -351,20 +470,41 @@ def leaderboard(comp, *, api=None, higher_is_better: bool = True, board: str = "
     api = api or make_api()
     rows, token = [], None
     for _ in range(500):  # pages of 200: far more teams than any image competition had
-        page, token = call(lambda t=token: _leaderboard_page(api, slug, t, board == "public"), slug,
-                           f"read the {board} leaderboard", retry=True)
+        page, token = call(
+            lambda t=token: _leaderboard_page(api, slug, t, board == "public"),
+            slug,
+            f"read the {board} leaderboard",
+            retry=True,
+        )
         rows += [float(r.score) for r in page if r is not None and r.score not in (None, "")]
         if not token:
             break
     rows.sort(reverse=higher_is_better)
-    scores = [float(s[board]) for s in list_submissions(slug, api) if s["status"] == "COMPLETE"
-              and s[board] not in (None, "")]
+    scores = [
+        float(s[board])
+        for s in list_submissions(slug, api)
+        if s["status"] == "COMPLETE" and s[board] not in (None, "")
+    ]
     if not rows:
-        raise KtError(f"the {board} leaderboard of {slug} is empty or hidden"
-                      + ("; the private board appears when the competition ends" if board == "private" else ""))
+        raise KtError(
+            f"the {board} leaderboard of {slug} is empty or hidden"
+            + (
+                "; the private board appears when the competition ends"
+                if board == "private"
+                else ""
+            )
+        )
     best = (max if higher_is_better else min)(scores) if scores else None
     better = (lambda x: x > best) if higher_is_better else (lambda x: x < best)
     rank = 1 + sum(1 for x in rows if better(x)) if best is not None else None
-    return {"board": board, "teams": len(rows), "best": best, "rank": rank,
-            "percentile": round(100 * rank / len(rows), 1) if rank else None, "medals": medal_lines(len(rows)),
-            "scores_at": {m: rows[min(r, len(rows)) - 1] for m, r in medal_lines(len(rows)).items() if r}}
+    return {
+        "board": board,
+        "teams": len(rows),
+        "best": best,
+        "rank": rank,
+        "percentile": round(100 * rank / len(rows), 1) if rank else None,
+        "medals": medal_lines(len(rows)),
+        "scores_at": {
+            m: rows[min(r, len(rows)) - 1] for m, r in medal_lines(len(rows)).items() if r
+        },
+    }

@@ -23,7 +23,12 @@ from pathlib import Path
 from ..errors import KtError
 
 IMAGE_CUDA_MAJOR = 12  # Kaggle's GPU image: CUDA 12.8 (see above)
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+)
 
 
 @dataclass(frozen=True)
@@ -37,8 +42,10 @@ class Runtime:
         return f"{self.package}=={self.version}"
 
 
-RUNTIMES = {"gpu": Runtime("onnxruntime-gpu", "1.26.0", IMAGE_CUDA_MAJOR),
-            "none": Runtime("onnxruntime", "1.26.0", None)}
+RUNTIMES = {
+    "gpu": Runtime("onnxruntime-gpu", "1.26.0", IMAGE_CUDA_MAJOR),
+    "none": Runtime("onnxruntime", "1.26.0", None),
+}
 
 
 def parse_pythons(text: str) -> tuple[str, ...]:
@@ -46,7 +53,9 @@ def parse_pythons(text: str) -> tuple[str, ...]:
     pythons = tuple(dict.fromkeys(p.strip() for p in str(text).split(",") if p.strip()))
     bad = [p for p in pythons if not re.fullmatch(r"3\.\d{1,2}", p)]
     if not pythons or bad:
-        raise KtError(f"--python {text!r} is not a Python version like 3.12 (or a list like 3.12,3.13)")
+        raise KtError(
+            f"--python {text!r} is not a Python version like 3.12 (or a list like 3.12,3.13)"
+        )
     return pythons
 
 
@@ -56,8 +65,12 @@ def cp_tag(python: str) -> str:
 
 def cache_dir() -> Path:
     """Where fetched wheels are kept between bundles: $KT_WHEEL_CACHE, else the user's cache folder."""
-    base = os.environ.get("KT_WHEEL_CACHE") or Path(
-        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kaggle_transfer" / "wheels"
+    base = (
+        os.environ.get("KT_WHEEL_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "kaggle_transfer"
+        / "wheels"
+    )
     return Path(base)
 
 
@@ -70,15 +83,31 @@ def fetch(runtime: Runtime, python: str) -> Path:
         return found[-1]
     folder.mkdir(parents=True, exist_ok=True)
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--python-version", python, "--implementation", "cp", *platforms, "-d", str(folder),
-           runtime.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        *platforms,
+        "-d",
+        str(folder),
+        runtime.requirement,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(folder.glob(f"{name}-{runtime.version}-{cp_tag(python)}-*.whl"))
     if out.returncode != 0 or not found:
         tail = " ".join(out.stderr.split())[-200:]
-        raise KtError(f"could not download {runtime.requirement} for Python {python} ({tail or 'no wheel'}); "
-                      "pass --no-fetch-wheels with --wheels-from DIR holding it")
+        raise KtError(
+            f"could not download {runtime.requirement} for Python {python} ({tail or 'no wheel'}); "
+            "pass --no-fetch-wheels with --wheels-from DIR holding it"
+        )
     return found[-1]
 
 
@@ -96,7 +125,7 @@ def _stream_ranges(zf: zipfile.ZipFile, member: str, ranges: list[tuple[int, int
             for (start, stop), buf in zip(ranges, out, strict=True):
                 lo, hi = max(start, position), min(stop, position + len(chunk))
                 if lo < hi:
-                    buf += chunk[lo - position:hi - position]
+                    buf += chunk[lo - position : hi - position]
             position += len(chunk)
     return [bytes(b) for b in out]
 
@@ -107,10 +136,14 @@ def elf_needed(wheel: Path, member: str) -> list[str]:
         (head,) = _stream_ranges(zf, member, [(0, 1 << 16)])
         if head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
             raise KtError(f"{wheel.name}: {member} is not a 64-bit little-endian ELF library")
-        phoff, = struct.unpack_from("<Q", head, 0x20)
+        (phoff,) = struct.unpack_from("<Q", head, 0x20)
         phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-        segments = [struct.unpack_from("<IIQQQQQQ", head, phoff + i * phentsize) for i in range(phnum)]
-        dynamic = next(((s[2], s[5]) for s in segments if s[0] == 2), None)  # PT_DYNAMIC: offset, size
+        segments = [
+            struct.unpack_from("<IIQQQQQQ", head, phoff + i * phentsize) for i in range(phnum)
+        ]
+        dynamic = next(
+            ((s[2], s[5]) for s in segments if s[0] == 2), None
+        )  # PT_DYNAMIC: offset, size
         if dynamic is None:
             return []
         (table,) = _stream_ranges(zf, member, [(dynamic[0], dynamic[0] + dynamic[1])])
@@ -119,7 +152,7 @@ def elf_needed(wheel: Path, member: str) -> list[str]:
         loads = [s for s in segments if s[0] == 1]  # PT_LOAD: a virtual address → its file offset
         base = next(s[2] + tags[5] - s[3] for s in loads if s[3] <= tags[5] < s[3] + s[5])
         (strings,) = _stream_ranges(zf, member, [(base, base + tags[10])])
-    return [strings[v:strings.index(b"\0", v)].decode() for tag, v in entries if tag == 1]
+    return [strings[v : strings.index(b"\0", v)].decode() for tag, v in entries if tag == 1]
 
 
 def cuda_majors(wheel: Path) -> set[int]:
@@ -152,10 +185,13 @@ def check_cuda(wheel: Path, want: int = IMAGE_CUDA_MAJOR) -> None:
         except OSError:
             pass  # a read-only cache: check again next time
     if not majors:
-        raise KtError(f"{wheel.name} has no CUDA provider; a GPU bundle needs onnxruntime-gpu built for CUDA "
-                      f"{want} (kt pins {RUNTIMES['gpu'].requirement})")
+        raise KtError(
+            f"{wheel.name} has no CUDA provider; a GPU bundle needs onnxruntime-gpu built for CUDA "
+            f"{want} (kt pins {RUNTIMES['gpu'].requirement})"
+        )
     if majors != {want}:
-        raise KtError(f"{wheel.name} links CUDA {'/'.join(map(str, sorted(majors)))} but Kaggle's GPU image has "
-                      f"CUDA {want}: its CUDA provider would fail there and the notebook run on the CPU; use "
-                      f"{RUNTIMES['gpu'].requirement} (drop --wheels-from, or put that wheel in it)")
-
+        raise KtError(
+            f"{wheel.name} links CUDA {'/'.join(map(str, sorted(majors)))} but Kaggle's GPU image has "
+            f"CUDA {want}: its CUDA provider would fail there and the notebook run on the CPU; use "
+            f"{RUNTIMES['gpu'].requirement} (drop --wheels-from, or put that wheel in it)"
+        )

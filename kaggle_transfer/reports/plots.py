@@ -37,9 +37,16 @@ def confusion(y: np.ndarray, pred: np.ndarray, names: list[str], path: Path) -> 
     fig, ax = plt.subplots(figsize=(1 + 0.6 * len(names), 1 + 0.5 * len(names)))
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white")
-    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true",
-           title="Confusion matrix (OOF)")
+        ax.text(
+            j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white"
+        )
+    ax.set(
+        xticks=range(len(names)),
+        yticks=range(len(names)),
+        xlabel="predicted",
+        ylabel="true",
+        title="Confusion matrix (OOF)",
+    )
     ax.set_xticklabels(names, rotation=45, ha="right")
     ax.set_yticklabels(names)
     return _save(fig, path)
@@ -59,7 +66,9 @@ def cut_shift(raw: np.ndarray, y: np.ndarray, cuts: list[float], path: Path) -> 
     return _save(fig, path)
 
 
-def per_class_f1(prob: np.ndarray, y: np.ndarray, thresholds: list[float], names: list[str], *, path: Path) -> Path:
+def per_class_f1(
+    prob: np.ndarray, y: np.ndarray, thresholds: list[float], names: list[str], *, path: Path
+) -> Path:
     from sklearn.metrics import f1_score
 
     plt = _plt()
@@ -95,8 +104,11 @@ def ensemble_weights(spec: dict[str, Any], path: Path) -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 0.5 * len(members) + 2))
     a.barh(labels, [m["weight"] for m in members])
     a.set(title=f"weights ({spec['method']})")
-    b.barh(labels + ["blend"], [m["oof_score"] for m in members] + [spec["oof_score"]],
-           color=["tab:blue"] * len(members) + ["tab:green"])
+    b.barh(
+        labels + ["blend"],
+        [m["oof_score"] for m in members] + [spec["oof_score"]],
+        color=["tab:blue"] * len(members) + ["tab:green"],
+    )
     b.set(title=f"OOF {spec['metric']} (gain {spec['gain']:+.4f})")
     return _save(fig, path)
 
@@ -110,23 +122,36 @@ def learning_curve(history: pd.DataFrame, metric: str, path: Path) -> Path:
     ax_loss.legend()
     ax_score.plot(history["epoch"], history["score"], marker="o", color="tab:green")
     best = history["score"].idxmax()
-    ax_score.scatter([history["epoch"][best]], [history["score"][best]], s=120, facecolors="none",
-                     edgecolors="red", label=f"best {history['score'][best]:.4f}")
+    ax_score.scatter(
+        [history["epoch"][best]],
+        [history["score"][best]],
+        s=120,
+        facecolors="none",
+        edgecolors="red",
+        label=f"best {history['score'][best]:.4f}",
+    )
     ax_score.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric}")
     ax_score.legend()
     fig.tight_layout()
     return _save(fig, path)
 
 
-def transfer_scatter(known: pd.DataFrame, *, ylabel: str, title: str, footnote: str, path: Path) -> Path:
+def transfer_scatter(
+    known: pd.DataFrame, *, ylabel: str, title: str, footnote: str, path: Path
+) -> Path:
     """A study's models: ImageNet top-1 against the reported task score, with the least-squares line."""
     plt = _plt()
     x, y = known["imagenet_top1"].to_numpy(float), known["reported"].to_numpy(float)
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter(x, y)
     for _, row in known.iterrows():
-        ax.annotate(row["arch"].split(".")[0], (row["imagenet_top1"], row["reported"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            row["arch"].split(".")[0],
+            (row["imagenet_top1"], row["reported"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     if len(x) >= 2 and x.max() > x.min():
         a, b = np.polyfit(x, y, 1)
         xs = np.linspace(x.min(), x.max(), 50)

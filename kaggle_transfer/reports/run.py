@@ -26,24 +26,40 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
         spec = load_spec(target)  # the one schema every reader of a spec goes through
         for key in ("metric", "oof_score", "gain"):
             if not isinstance(spec.get(key), (str if key == "metric" else (int, float))):
-                raise KtError(f"{target}: {key!r} is missing or mistyped; the spec is damaged: rebuild it with "
-                              "kt ensemble")
-        if not all(isinstance(m.get("oof_score"), (int, float)) and isinstance(m.get("run"), str)
-                   for m in spec["members"]):
-            raise KtError(f"{target}: a member lacks its run or OOF score; rebuild the spec with kt ensemble")
+                raise KtError(
+                    f"{target}: {key!r} is missing or mistyped; the spec is damaged: rebuild it with "
+                    "kt ensemble"
+                )
+        if not all(
+            isinstance(m.get("oof_score"), (int, float)) and isinstance(m.get("run"), str)
+            for m in spec["members"]
+        ):
+            raise KtError(
+                f"{target}: a member lacks its run or OOF score; rebuild the spec with kt ensemble"
+            )
         out_dir = Path(out) if out else target.with_suffix("")
         png = ensemble_weights(spec, out_dir / "ensemble.png")
-        lines = [f"# Ensemble {target.name}", "", f"blend ({spec['method']}) OOF {spec['metric']} "
-                 f"{spec['oof_score']:.4f}, {spec['gain']:+.4f} over the best member", "",
-                 "| member | weight | OOF |", "|---|---|---|"]
-        lines += [f"| {m['run']} | {m['weight']:.3f} | {m['oof_score']:.4f} |" for m in spec["members"]]
+        lines = [
+            f"# Ensemble {target.name}",
+            "",
+            f"blend ({spec['method']}) OOF {spec['metric']} "
+            f"{spec['oof_score']:.4f}, {spec['gain']:+.4f} over the best member",
+            "",
+            "| member | weight | OOF |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {m['run']} | {m['weight']:.3f} | {m['oof_score']:.4f} |" for m in spec["members"]
+        ]
         lines += ["", f"![weights]({png.name})"]
         write_text(out_dir / "report.md", "\n".join(lines) + "\n")
         return {"dir": str(out_dir), "pngs": [str(png)]}
     oof = runs.load_oof(target)
     if oof is None:
-        raise KtError(f"{target} is not a run, a run group or an ensemble spec (no {runs.OOF}); "
-                      "pass runs/<competition>/<run> or an ensembles/*.json")
+        raise KtError(
+            f"{target} is not a run, a run group or an ensemble spec (no {runs.OOF}); "
+            "pass runs/<competition>/<run> or an ensembles/*.json"
+        )
     cfg = runs.load_config(target).to_dict()
     comp = competitions.for_config(cfg)
     task = comp.task
@@ -51,12 +67,23 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     out_dir = Path(out) if out else target / runs.PLOTS
     pngs = []
     if task.kind in ("multiclass", "ordinal"):
-        pngs.append(confusion(y.astype(int), task.decode(raw, fitted), comp.class_names, out_dir / "confusion.png"))
+        pngs.append(
+            confusion(
+                y.astype(int), task.decode(raw, fitted), comp.class_names, out_dir / "confusion.png"
+            )
+        )
     if task.kind == "ordinal":
         pngs.append(cut_shift(raw.reshape(-1), y, fitted["cutpoints"], out_dir / "cutpoints.png"))
     if task.kind == "multilabel":
-        pngs.append(per_class_f1(sigmoid(raw), y, fitted["thresholds"], comp.class_names,
-                                 path=out_dir / "per_class.png"))
+        pngs.append(
+            per_class_f1(
+                sigmoid(raw),
+                y,
+                fitted["thresholds"],
+                comp.class_names,
+                path=out_dir / "per_class.png",
+            )
+        )
     if task.kind == "binary":
         pngs.append(roc(sigmoid(raw.reshape(-1)), y, out_dir / "roc.png"))
     histories = sorted(target.glob(f"*/{runs.HISTORY}")) or [target / runs.HISTORY]
@@ -65,16 +92,30 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
             try:
                 history = pd.read_csv(h)
             except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-                raise KtError(f"{h} is not a readable history (one row per epoch); the run's files are damaged") \
-                    from None
+                raise KtError(
+                    f"{h} is not a readable history (one row per epoch); the run's files are damaged"
+                ) from None
             needed = {"epoch", "train_loss", "val_loss", "score"}
             if not needed <= set(history.columns) or not all(
-                    pd.api.types.is_numeric_dtype(history[c]) for c in needed):
-                raise KtError(f"{h} lacks numeric {', '.join(sorted(needed))} columns; the run's files are damaged")
-            pngs.append(learning_curve(history, task.metric, out_dir / f"learning_curve_{h.parent.name}.png"))
+                pd.api.types.is_numeric_dtype(history[c]) for c in needed
+            ):
+                raise KtError(
+                    f"{h} lacks numeric {', '.join(sorted(needed))} columns; the run's files are damaged"
+                )
+            pngs.append(
+                learning_curve(
+                    history, task.metric, out_dir / f"learning_curve_{h.parent.name}.png"
+                )
+            )
     score = task.score(y, raw, fitted)
-    lines = [f"# {target.name}", "", f"{comp.name}, {task.metric} on {len(y)} OOF rows: **{score:.4f}**", "",
-             f"arch {cfg['arch']}, size {cfg['size']}, pool {cfg['pool']}, loss {cfg.get('loss') or task.default_loss}"
-             f", augment {cfg['augment']}", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
+    lines = [
+        f"# {target.name}",
+        "",
+        f"{comp.name}, {task.metric} on {len(y)} OOF rows: **{score:.4f}**",
+        "",
+        f"arch {cfg['arch']}, size {cfg['size']}, pool {cfg['pool']}, loss {cfg.get('loss') or task.default_loss}"
+        f", augment {cfg['augment']}",
+        "",
+    ] + [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
     write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return {"dir": str(out_dir), "pngs": [str(p) for p in pngs], "score": score}

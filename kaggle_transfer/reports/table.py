@@ -18,15 +18,25 @@ def runs_table(competition: str, root: str | Path | None = None) -> pd.DataFrame
         m = runs.read_metrics(d)
         cfg = runs.load_config(d).to_dict()
         group = m.get("type") == "group"
-        rows.append({"run": d.name, "kind": "group" if group else "run", "score": m["score"],
-                     "cv": f"{m['mean']:.4f} ± {m['std']:.4f}" if group else "",
-                     "arch": cfg["arch"], "size": cfg["size"], "minutes": round(m.get("time_s", 0) / 60, 1),
-                     "config": cfg})
+        rows.append(
+            {
+                "run": d.name,
+                "kind": "group" if group else "run",
+                "score": m["score"],
+                "cv": f"{m['mean']:.4f} ± {m['std']:.4f}" if group else "",
+                "arch": cfg["arch"],
+                "size": cfg["size"],
+                "minutes": round(m.get("time_s", 0) / 60, 1),
+                "config": cfg,
+            }
+        )
     if not rows:
         raise KtError(f"no finished runs in {runs.runs_root(root) / comp.name}")
     table = pd.DataFrame(rows).sort_values("score", ascending=False).reset_index(drop=True)
     best = table["config"][0]
     ignore = {"seed", "fold", "workers", "device", "max_steps"}
-    table["differs from best"] = [", ".join(f"{k}={v}" for k, v in c.items() if k not in ignore and best.get(k) != v)
-                                  for c in table["config"]]
+    table["differs from best"] = [
+        ", ".join(f"{k}={v}" for k, v in c.items() if k not in ignore and best.get(k) != v)
+        for c in table["config"]
+    ]
     return table.drop(columns="config")

@@ -37,14 +37,26 @@ def grid_table(competition: str, storage_url: str) -> pd.DataFrame:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             p, heldout = t.params, t.user_attrs.get("heldout") or {}
             lrs = lr_lists.get(p["optimizer"], [])
-            rows.append({"arch": p["arch"], "optimizer": p["optimizer"],
-                         "lr": lrs[p["lr_index"]] if p["lr_index"] < len(lrs) else None,
-                         "weight_decay": p["weight_decay"], "schedule": p["schedule"], "score": t.value,
-                         "reported": heldout.get(comp.reported_split, t.value), **heldout,
-                         "best_epoch": t.user_attrs.get("best_epoch"),
-                         "parameters_m": (t.user_attrs.get("parameters") or float("nan")) / 1e6})
+            rows.append(
+                {
+                    "arch": p["arch"],
+                    "optimizer": p["optimizer"],
+                    "lr": lrs[p["lr_index"]] if p["lr_index"] < len(lrs) else None,
+                    "weight_decay": p["weight_decay"],
+                    "schedule": p["schedule"],
+                    "score": t.value,
+                    "reported": heldout.get(comp.reported_split, t.value),
+                    **heldout,
+                    "best_epoch": t.user_attrs.get("best_epoch"),
+                    "parameters_m": (t.user_attrs.get("parameters") or float("nan")) / 1e6,
+                }
+            )
     columns = ["arch", "optimizer", "lr", "weight_decay", "schedule"]
-    return pd.DataFrame(rows).sort_values(columns).reset_index(drop=True) if rows else pd.DataFrame(columns=columns)
+    return (
+        pd.DataFrame(rows).sort_values(columns).reset_index(drop=True)
+        if rows
+        else pd.DataFrame(columns=columns)
+    )
 
 
 def paper_figures() -> pd.DataFrame:
@@ -59,14 +71,34 @@ def compare(competition: str, table: pd.DataFrame) -> pd.DataFrame:
     known = table.dropna(subset=["imagenet_top1"])
     for view, floor in VIEWS.items():
         shown = known if floor is None else known[known["imagenet_top1"] >= floor]
-        measured[view] = correlations(shown["imagenet_top1"].to_numpy(float), shown["reported"].to_numpy(float))
-    rows = [{"dataset": competition, "view": f.view, "statistic": f.statistic, "paper": f.value,
-             "measured": measured.get(f.view, {}).get(f.statistic), "models": measured.get(f.view, {}).get("models"),
-             "source": f.source} for f in figures.itertuples()]
+        measured[view] = correlations(
+            shown["imagenet_top1"].to_numpy(float), shown["reported"].to_numpy(float)
+        )
+    rows = [
+        {
+            "dataset": competition,
+            "view": f.view,
+            "statistic": f.statistic,
+            "paper": f.value,
+            "measured": measured.get(f.view, {}).get(f.statistic),
+            "models": measured.get(f.view, {}).get("models"),
+            "source": f.source,
+        }
+        for f in figures.itertuples()
+    ]
     for view, stats in measured.items():  # the statistics the paper did not state in its text
         stated = set(figures.loc[figures["view"] == view, "statistic"])
-        rows += [{"dataset": competition, "view": view, "statistic": s, "paper": None, "measured": stats[s],
-                  "models": stats["models"], "source": "not stated in the paper's text"}
-                 for s in ("pearson", "spearman", "slope") if s not in stated]
+        rows += [
+            {
+                "dataset": competition,
+                "view": view,
+                "statistic": s,
+                "paper": None,
+                "measured": stats[s],
+                "models": stats["models"],
+                "source": "not stated in the paper's text",
+            }
+            for s in ("pearson", "spearman", "slope")
+            if s not in stated
+        ]
     return pd.DataFrame(rows)
-

@@ -22,7 +22,7 @@ TORCHVISION = "torchvision IMAGENET1K_V1 weights metadata"
 @dataclass(frozen=True)
 class Arch:
     paper_name: str
-    arch: str                 # kt's --arch: a timm name with its pretrained tag, or tv:<torchvision name>
+    arch: str  # kt's --arch: a timm name with its pretrained tag, or tv:<torchvision name>
     top1: float
     source: str
 
@@ -61,11 +61,15 @@ def resolve_archs(spec: str) -> list[str]:
         return [a.arch for a in PAPER19]
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        raise KtError("--archs needs paper19 or a comma-separated list of timm (or tv:torchvision) model names")
+        raise KtError(
+            "--archs needs paper19 or a comma-separated list of timm (or tv:torchvision) model names"
+        )
     return names
 
 
 def imagenet_top1(arch: str) -> tuple[float | None, str]:
     """(top-1, source) for a model of the table, by full name or by base name."""
-    entry = TOP1.get(arch) or next((a for a in PAPER19 if a.arch.split(".")[0] == arch.split(".")[0]), None)
+    entry = TOP1.get(arch) or next(
+        (a for a in PAPER19 if a.arch.split(".")[0] == arch.split(".")[0]), None
+    )
     return (entry.top1, entry.source) if entry else (None, "not in the study's table")

@@ -12,11 +12,26 @@ from ..errors import KtError
 from ..files import read_yaml
 
 GRIDS: dict[str, dict[str, Any]] = {
-    "paper": {"optimizer": ["adamw", "sgd"], "lr": {"adamw": [1e-2, 1e-3, 1e-4, 1e-5], "sgd": [1e-1, 1e-2, 1e-3, 1e-4]},
-              "weight_decay": [1e-3, 1e-4, 1e-5, 1e-6, 0.0], "schedule": ["cosine", "step"],
-              "run": {"epochs": 30, "batch_size": 128, "size": 256, "augment": "paper", "protocol": "paper"}},
-    "small": {"optimizer": ["adamw"], "lr": {"adamw": [1e-3, 1e-4]}, "weight_decay": [1e-5],
-              "schedule": ["cosine"], "run": {"epochs": 10, "batch_size": 64, "size": 256, "augment": "paper"}},
+    "paper": {
+        "optimizer": ["adamw", "sgd"],
+        "lr": {"adamw": [1e-2, 1e-3, 1e-4, 1e-5], "sgd": [1e-1, 1e-2, 1e-3, 1e-4]},
+        "weight_decay": [1e-3, 1e-4, 1e-5, 1e-6, 0.0],
+        "schedule": ["cosine", "step"],
+        "run": {
+            "epochs": 30,
+            "batch_size": 128,
+            "size": 256,
+            "augment": "paper",
+            "protocol": "paper",
+        },
+    },
+    "small": {
+        "optimizer": ["adamw"],
+        "lr": {"adamw": [1e-3, 1e-4]},
+        "weight_decay": [1e-5],
+        "schedule": ["cosine"],
+        "run": {"epochs": 10, "batch_size": 64, "size": 256, "augment": "paper"},
+    },
 }
 KEYS = {"optimizer", "lr", "weight_decay", "schedule", "run"}
 
@@ -30,7 +45,9 @@ def load_grid(spec: str) -> tuple[str, dict[str, Any]]:
         raise KtError(f"--grid {spec!r}: not one of {', '.join(GRIDS)} and no such file")
     grid = read_yaml(path, what="--grid")
     if not isinstance(grid, dict) or set(grid) - KEYS or not {"optimizer", "lr"} <= set(grid):
-        raise KtError(f"--grid {path}: keys must be optimizer, lr (per optimizer), weight_decay, schedule, run")
+        raise KtError(
+            f"--grid {path}: keys must be optimizer, lr (per optimizer), weight_decay, schedule, run"
+        )
     for opt in grid["optimizer"]:
         if opt not in grid["lr"]:
             raise KtError(f"--grid {path}: lr has no list for optimizer {opt!r}")
@@ -43,11 +60,18 @@ def load_grid(spec: str) -> tuple[str, dict[str, Any]]:
 def search_space(grid: dict[str, Any], archs: list[str]) -> dict[str, list]:
     """A product space for Optuna's GridSampler; lr is an index into the optimizer's own list."""
     width = max(len(v) for v in grid["lr"].values())
-    return {"arch": archs, "optimizer": list(grid["optimizer"]), "lr_index": list(range(width)),
-            "weight_decay": list(grid["weight_decay"]), "schedule": list(grid["schedule"])}
+    return {
+        "arch": archs,
+        "optimizer": list(grid["optimizer"]),
+        "lr_index": list(range(width)),
+        "weight_decay": list(grid["weight_decay"]),
+        "schedule": list(grid["schedule"]),
+    }
 
 
-def trial_flags(grid: dict[str, Any], params: dict[str, Any], comp, sets=()) -> dict[str, Any] | None:
+def trial_flags(
+    grid: dict[str, Any], params: dict[str, Any], comp, sets=()
+) -> dict[str, Any] | None:
     """A grid point's run config for one competition: under the study's protocol, the study's input
     side and loss for that dataset (EuroSAT 224 px; APTOS cross-entropy over the grades). `--set`
     values still win over these (config.resolve applies them last)."""
@@ -71,8 +95,14 @@ def point_config(grid: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
         return None
     lr = lrs[params["lr_index"]]
     wd = params["weight_decay"] / lr if params["optimizer"] == "adamw" else params["weight_decay"]
-    return {"arch": params["arch"], "optimizer": params["optimizer"], "lr": lr, "weight_decay": wd,
-            "schedule": params["schedule"], **grid.get("run", {})}
+    return {
+        "arch": params["arch"],
+        "optimizer": params["optimizer"],
+        "lr": lr,
+        "weight_decay": wd,
+        "schedule": params["schedule"],
+        **grid.get("run", {}),
+    }
 
 
 def point_key(p: dict[str, Any]) -> str:

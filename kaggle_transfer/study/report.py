@@ -32,20 +32,29 @@ def read_top1(path: str | Path | None) -> dict[str, tuple[float, str]]:
     df = pd.read_csv(path)
     if not {"arch", "top1"} <= set(df.columns):
         raise KtError(f"--top1 {path} needs columns arch,top1 (and optionally source)")
-    return {r.arch: (float(r.top1), getattr(r, "source", f"--top1 {Path(path).name}")) for r in df.itertuples()}
+    return {
+        r.arch: (float(r.top1), getattr(r, "source", f"--top1 {Path(path).name}"))
+        for r in df.itertuples()
+    }
 
 
-def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float, str]] | None = None
-                ) -> pd.DataFrame:
+def study_table(
+    competition: str, storage_url: str, top1: dict[str, tuple[float, str]] | None = None
+) -> pd.DataFrame:
     """One row per arch: best score, its hyperparameters, trials done, ImageNet top-1 and source."""
     import optuna
 
     comp = competitions.get(competition)
     storage = open_storage(storage_url)
-    summaries = [s for s in optuna.get_all_study_summaries(storage) if ":claim:" not in s.study_name
-                 and s.study_name.startswith(f"{comp.name}-")]
+    summaries = [
+        s
+        for s in optuna.get_all_study_summaries(storage)
+        if ":claim:" not in s.study_name and s.study_name.startswith(f"{comp.name}-")
+    ]
     if not summaries:
-        raise KtError(f"no study of {comp.name} in {masked(storage_url)}; run kt study {comp.name} first")
+        raise KtError(
+            f"no study of {comp.name} in {masked(storage_url)}; run kt study {comp.name} first"
+        )
     rows = []
     for summary in summaries:
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -55,52 +64,105 @@ def study_table(competition: str, storage_url: str, top1: dict[str, tuple[float,
             best = max(trials, key=lambda t: t.value)
             value, source = (top1 or {}).get(arch) or imagenet_top1(arch)
             heldout = best.user_attrs.get("heldout") or {}
-            rows.append({"study": summary.study_name, "arch": arch, "imagenet_top1": value, "top1_source": source,
-                         "score": best.value, "metric": comp.task.metric,
-                         # what the paper plots: the held-out split it reports (CCT-20 cis_test), else validation
-                         "reported": heldout.get(comp.reported_split, best.value), **heldout,
-                         "parameters_m": (best.user_attrs.get("parameters") or float("nan")) / 1e6,
-                         "accuracy": best.user_attrs["accuracy"] if "accuracy" in best.user_attrs
-                         else secondary_accuracy(Path(best.user_attrs["run_dir"]), comp),
-                         "host": best.user_attrs.get("host"),
-                         "best_params": json.dumps({k: v for k, v in best.params.items() if k != "arch"}),
-                         "trials_done": len(trials), "run_dir": best.user_attrs["run_dir"]})
+            rows.append(
+                {
+                    "study": summary.study_name,
+                    "arch": arch,
+                    "imagenet_top1": value,
+                    "top1_source": source,
+                    "score": best.value,
+                    "metric": comp.task.metric,
+                    # what the paper plots: the held-out split it reports (CCT-20 cis_test), else validation
+                    "reported": heldout.get(comp.reported_split, best.value),
+                    **heldout,
+                    "parameters_m": (best.user_attrs.get("parameters") or float("nan")) / 1e6,
+                    "accuracy": best.user_attrs["accuracy"]
+                    if "accuracy" in best.user_attrs
+                    else secondary_accuracy(Path(best.user_attrs["run_dir"]), comp),
+                    "host": best.user_attrs.get("host"),
+                    "best_params": json.dumps(
+                        {k: v for k, v in best.params.items() if k != "arch"}
+                    ),
+                    "trials_done": len(trials),
+                    "run_dir": best.user_attrs["run_dir"],
+                }
+            )
     if not rows:
         raise KtError(f"the {comp.name} study in {masked(storage_url)} has no finished trial yet")
-    return pd.DataFrame(rows).sort_values("imagenet_top1", na_position="first").reset_index(drop=True)
+    return (
+        pd.DataFrame(rows).sort_values("imagenet_top1", na_position="first").reset_index(drop=True)
+    )
 
 
-def figure(table: pd.DataFrame, competition: str, path: Path, *, min_top1: float | None = None) -> dict[str, float]:
+def figure(
+    table: pd.DataFrame, competition: str, path: Path, *, min_top1: float | None = None
+) -> dict[str, float]:
     known = table.dropna(subset=["imagenet_top1"])
     if min_top1 is not None:  # the paper's "above 70 % ImageNet" view
         known = known[known["imagenet_top1"] >= min_top1]
     stats = correlations(known["imagenet_top1"].to_numpy(float), known["reported"].to_numpy(float))
     metric = table["metric"].iloc[0] if len(table) else ""
-    title = (f"{competition}: Pearson {stats['pearson']:.2f}, Spearman {stats['spearman']:.2f}, "
-             f"slope {stats['slope']:.2f} [{stats['slope_low']:.2f}, {stats['slope_high']:.2f}]"
-             + (f" (top-1 >= {min_top1:g}%)" if min_top1 is not None else ""))
-    plots.transfer_scatter(known, ylabel=f"{competition} {metric} (best over the grid)", title=title,
-                           footnote=SLOPE_DEFINITION, path=path)
+    title = (
+        f"{competition}: Pearson {stats['pearson']:.2f}, Spearman {stats['spearman']:.2f}, "
+        f"slope {stats['slope']:.2f} [{stats['slope_low']:.2f}, {stats['slope_high']:.2f}]"
+        + (f" (top-1 >= {min_top1:g}%)" if min_top1 is not None else "")
+    )
+    plots.transfer_scatter(
+        known,
+        ylabel=f"{competition} {metric} (best over the grid)",
+        title=title,
+        footnote=SLOPE_DEFINITION,
+        path=path,
+    )
     return stats
 
 
-def report_studies(competition: str | None, *, every: bool = False, root: Path, storage_url: str | None = None,
-                   top1_file: str | Path | None = None, min_top1: float | None = None
-                   ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame | None]:
+def report_studies(
+    competition: str | None,
+    *,
+    every: bool = False,
+    root: Path,
+    storage_url: str | None = None,
+    top1_file: str | Path | None = None,
+    min_top1: float | None = None,
+) -> tuple[dict[str, dict[str, Any]], pd.DataFrame | None]:
     """`kt study report`: one competition's report, or with `every` each competition that has a study
     under `root` plus the cross-dataset table."""
-    names = ([p.parent.name for p in sorted(Path(root).glob("*/study.db"))] if every
-             else [competition] if competition else [])
+    names = (
+        [p.parent.name for p in sorted(Path(root).glob("*/study.db"))]
+        if every
+        else [competition]
+        if competition
+        else []
+    )
     if not names:
         raise KtError("name a competition (kt study report NAME) or pass --all")
-    results = {name: report(name, storage_url or default_storage(root, name), Path(root) / name / "study-report",
-                            top1_file, min_top1=min_top1) for name in names}
-    across = report_all({n: r["table"] for n, r in results.items()}) if every and len(results) > 1 else None
+    results = {
+        name: report(
+            name,
+            storage_url or default_storage(root, name),
+            Path(root) / name / "study-report",
+            top1_file,
+            min_top1=min_top1,
+        )
+        for name in names
+    }
+    across = (
+        report_all({n: r["table"] for n, r in results.items()})
+        if every and len(results) > 1
+        else None
+    )
     return results, across
 
 
-def report(competition: str, storage_url: str, out_dir: Path, top1_file: str | Path | None = None, *,
-           min_top1: float | None = None) -> dict[str, Any]:
+def report(
+    competition: str,
+    storage_url: str,
+    out_dir: Path,
+    top1_file: str | Path | None = None,
+    *,
+    min_top1: float | None = None,
+) -> dict[str, Any]:
     """study.csv (one row per model), grid.csv (every trial), compare.csv (the paper's figures beside
     the measured ones), study.png and study.md."""
     table = study_table(competition, storage_url, read_top1(top1_file))
@@ -111,27 +173,40 @@ def report(competition: str, storage_url: str, out_dir: Path, top1_file: str | P
             frame.to_csv(tmp, index=False)
     stats = figure(table, competition, out_dir / "study.png", min_top1=min_top1)
     shown = table.drop(columns=["run_dir", "study"]).to_string(index=False)
-    write_text(out_dir / "study.md", f"# Study: {competition}\n\n```\n{shown}\n```\n\n{summary_line(stats)}"
-               f" over {stats['models']} models.\n\n{SLOPE_DEFINITION}.\n\n![study](study.png)\n\n"
-               f"## The paper's figures beside these\n\n```\n{versus.to_string(index=False)}\n```\n\n"
-               f"## Every trial of the grid\n\n```\n{grid.to_string(index=False)}\n```\n")
-    files = [str(out_dir / n) for n in ("study.csv", "grid.csv", "compare.csv", "study.png", "study.md")]
+    write_text(
+        out_dir / "study.md",
+        f"# Study: {competition}\n\n```\n{shown}\n```\n\n{summary_line(stats)}"
+        f" over {stats['models']} models.\n\n{SLOPE_DEFINITION}.\n\n![study](study.png)\n\n"
+        f"## The paper's figures beside these\n\n```\n{versus.to_string(index=False)}\n```\n\n"
+        f"## Every trial of the grid\n\n```\n{grid.to_string(index=False)}\n```\n",
+    )
+    files = [
+        str(out_dir / n) for n in ("study.csv", "grid.csv", "compare.csv", "study.png", "study.md")
+    ]
     return {"table": table, "stats": stats, "compare": versus, "files": files}
 
 
 def summary_line(stats: dict[str, float]) -> str:
-    return (f"Pearson {stats['pearson']:.3f} (p {stats['pearson_p']:.3g}), Spearman {stats['spearman']:.3f} "
-            f"(p {stats['spearman_p']:.3g}), slope {stats['slope']:.3f} [95% {stats['slope_low']:.3f}, "
-            f"{stats['slope_high']:.3f}], min-max slope {stats['minmax_slope']:.3f}")
+    return (
+        f"Pearson {stats['pearson']:.3f} (p {stats['pearson_p']:.3g}), Spearman {stats['spearman']:.3f} "
+        f"(p {stats['spearman_p']:.3g}), slope {stats['slope']:.3f} [95% {stats['slope_low']:.3f}, "
+        f"{stats['slope_high']:.3f}], min-max slope {stats['minmax_slope']:.3f}"
+    )
 
 
-def report_all(tables: dict[str, pd.DataFrame], *, resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+def report_all(
+    tables: dict[str, pd.DataFrame], *, resamples: int = 2000, seed: int = 0
+) -> pd.DataFrame:
     """Across datasets (the paper's Appendix N.2 view): each dataset's Spearman correlation with ImageNet
     top-1 and with the mean score of the other datasets, over the archs every study shares, with
     p-values, and a bootstrap over models of how often ImageNet predicts the dataset at least as well
     as the other datasets do (`p_imagenet_as_good`)."""
-    scores = pd.DataFrame({name: t.set_index("arch")["reported" if "reported" in t else "score"]
-                           for name, t in tables.items()}).dropna()
+    scores = pd.DataFrame(
+        {
+            name: t.set_index("arch")["reported" if "reported" in t else "score"]
+            for name, t in tables.items()
+        }
+    ).dropna()
     first = next(iter(tables.values())).set_index("arch")["imagenet_top1"]
     top1 = pd.Series({a: first.get(a) for a in scores.index}, dtype=float).to_numpy()
     rng, rows = np.random.default_rng(seed), []
@@ -141,8 +216,15 @@ def report_all(tables: dict[str, pd.DataFrame], *, resamples: int = 2000, seed: 
         if len(scores) >= 3 and scores.shape[1] > 1:
             (r_in, p_in), (r_out, p_out) = spearmanr(top1, mine), spearmanr(others, mine)
             draws = (rng.integers(0, len(mine), len(mine)) for _ in range(resamples))
-            wins = [spearmanr(top1[i], mine[i])[0] >= spearmanr(others[i], mine[i])[0] for i in draws]
-            row.update(spearman_vs_imagenet=r_in, p_vs_imagenet=p_in, spearman_vs_other_datasets=r_out,
-                       p_vs_other_datasets=p_out, p_imagenet_as_good=float(np.nanmean(wins)))
+            wins = [
+                spearmanr(top1[i], mine[i])[0] >= spearmanr(others[i], mine[i])[0] for i in draws
+            ]
+            row.update(
+                spearman_vs_imagenet=r_in,
+                p_vs_imagenet=p_in,
+                spearman_vs_other_datasets=r_out,
+                p_vs_other_datasets=p_out,
+                p_imagenet_as_good=float(np.nanmean(wins)),
+            )
         rows.append(row)
     return pd.DataFrame(rows)

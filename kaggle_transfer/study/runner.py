@@ -33,16 +33,35 @@ def study_name(competition: str, grid_name: str, archs: list[str]) -> str:
 
 def _points(grid: dict[str, Any], archs: list[str]) -> list[dict[str, Any]]:
     space = search_space(grid, archs)
-    points = [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
+    points = [
+        dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())
+    ]
     return [p for p in points if point_config(grid, p) is not None]
 
 
 def run_dir_for(root: Path, competition: str, name: str, p: dict[str, Any]) -> Path:
-    return Path(root) / competition / "study" / name / slug(p["arch"]) / slug(point_key(p).split("|", 1)[1])
+    return (
+        Path(root)
+        / competition
+        / "study"
+        / name
+        / slug(p["arch"])
+        / slug(point_key(p).split("|", 1)[1])
+    )
 
 
-def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *, root: str, storage_url: str,
-           sets: list[str], progress: bool = False, external_dirs: dict[str, str] | None = None) -> int:
+def worker(
+    competition: str,
+    archs: list[str],
+    grid_spec: str,
+    data_dir: str,
+    *,
+    root: str,
+    storage_url: str,
+    sets: list[str],
+    progress: bool = False,
+    external_dirs: dict[str, str] | None = None,
+) -> int:
     """One worker: train points until every grid point has a finished trial. Returns runs trained."""
     import optuna
 
@@ -52,10 +71,22 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
     name = study_name(competition, grid_name, archs)
     storage = open_storage(storage_url)
     space = search_space(grid, archs)
-    study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=optuna.samplers.GridSampler(space, seed=int(os.getpid())))
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.GridSampler(space, seed=int(os.getpid())),
+    )
     points = {point_key(p): p for p in _points(grid, archs)}
-    _describe(study, competition=competition, grid=grid_name, archs=archs, points=len(points), lr=grid["lr"])
+    _describe(
+        study,
+        competition=competition,
+        grid=grid_name,
+        archs=archs,
+        points=len(points),
+        lr=grid["lr"],
+    )
     trained = 0
 
     def objective(trial: optuna.Trial) -> float:
@@ -66,31 +97,56 @@ def worker(competition: str, archs: list[str], grid_spec: str, data_dir: str, *,
         # a live Trial has no system attrs; its frozen record in the storage does (retry history)
         attempt = len(retry_callback().retry_history(storage.get_trial(trial._trial_id)))
         try:  # the atomic claim: study names are unique in the storage
-            optuna.create_study(study_name=f"{name}:claim:{point_key(p)}:{attempt}", storage=storage)
+            optuna.create_study(
+                study_name=f"{name}:claim:{point_key(p)}:{attempt}", storage=storage
+            )
         except optuna.exceptions.DuplicatedStudyError:
             raise optuna.TrialPruned("another worker holds this grid point") from None
-        cfg = config.resolve(flags=trial_flags(grid, p, competitions.get(competition), sets), sets=sets)
-        result, fresh = _train_point(trial, cfg, run_dir_for(Path(root), competition, name, p), Path(data_dir),
-                                     progress=progress, external_dirs=external_dirs)
+        cfg = config.resolve(
+            flags=trial_flags(grid, p, competitions.get(competition), sets), sets=sets
+        )
+        result, fresh = _train_point(
+            trial,
+            cfg,
+            run_dir_for(Path(root), competition, name, p),
+            Path(data_dir),
+            progress=progress,
+            external_dirs=external_dirs,
+        )
         trained += fresh
         return result["score"]
 
     while True:
-        done = {point_key(t.params) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+        done = {
+            point_key(t.params)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        }
         todo = [k for k in points if k not in done]
         if not todo:
             return trained
-        running = {point_key(t.params) for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-                   if set(space) <= set(t.params)}
+        running = {
+            point_key(t.params)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if set(space) <= set(t.params)
+        }
         if all(k in running for k in todo):
-            time.sleep(HEARTBEAT_S)  # others hold the rest; a dead one is failed after the grace period
+            time.sleep(
+                HEARTBEAT_S
+            )  # others hold the rest; a dead one is failed after the grace period
             optuna.storages.fail_stale_trials(study)
             continue
         study.optimize(objective, n_trials=1, catch=())
 
 
-def _train_point(trial, cfg, run_dir: Path, data_dir: Path, *, progress: bool,
-                 external_dirs: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
+def _train_point(
+    trial,
+    cfg,
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    progress: bool,
+    external_dirs: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], int]:
     """Train a claimed grid point (or read its finished run) and record it in the storage. Returns the run's
     metrics and 1 when it trained here. This machine's last.pt resumes the point; a point re-queued from a
     machine whose folders are out of reach starts from scratch here."""
@@ -103,8 +159,17 @@ def _train_point(trial, cfg, run_dir: Path, data_dir: Path, *, progress: bool,
         resume = (run_dir / runs.LAST).is_file()
         trial.set_user_attr("trained_from", "resumed" if resume else "scratch")
         run_dir.mkdir(parents=True, exist_ok=True)
-        result, trained = fit(cfg, run_dir, data_dir, resume=resume, progress=progress,
-                              external_dirs=external_dirs), 1
+        result, trained = (
+            fit(
+                cfg,
+                run_dir,
+                data_dir,
+                resume=resume,
+                progress=progress,
+                external_dirs=external_dirs,
+            ),
+            1,
+        )
     _record(trial, run_dir, cfg, result, data_dir)
     return result, trained
 
@@ -129,9 +194,19 @@ def _record(trial, run_dir: Path, cfg, result: dict[str, Any], data_dir: Path) -
     trial.set_user_attr("heldout", score_splits(run_dir, data_dir))
 
 
-def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path, *, root: Path,
-              storage_url: str | None = None, workers: int = 1, sets: list[str] | tuple = (),
-              progress: bool = True, external_dirs: dict[str, str] | None = None) -> dict[str, Any]:
+def run_study(
+    competition: str,
+    archs: list[str],
+    grid_spec: str,
+    data_dir: Path,
+    *,
+    root: Path,
+    storage_url: str | None = None,
+    workers: int = 1,
+    sets: list[str] | tuple = (),
+    progress: bool = True,
+    external_dirs: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Start `workers` processes on this machine (more machines: run the same command elsewhere)."""
     from ..training.models import check_arch
 
@@ -143,7 +218,12 @@ def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path
     if not points:
         raise KtError("the grid is empty")
     args = (competition, archs, grid_spec, str(data_dir))
-    kwargs = {"root": str(root), "storage_url": url, "sets": list(sets), "external_dirs": dict(external_dirs or {})}
+    kwargs = {
+        "root": str(root),
+        "storage_url": url,
+        "sets": list(sets),
+        "external_dirs": dict(external_dirs or {}),
+    }
     if workers <= 1:
         trained = worker(*args, **kwargs, progress=progress)
     else:
@@ -151,6 +231,12 @@ def run_study(competition: str, archs: list[str], grid_spec: str, data_dir: Path
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            trained = sum(f.result() for f in [pool.submit(worker, *args, **kwargs) for _ in range(workers)])
-    return {"study": study_name(competition, grid_name, archs), "storage": url, "points": len(points),
-            "trained_here": trained}
+            trained = sum(
+                f.result() for f in [pool.submit(worker, *args, **kwargs) for _ in range(workers)]
+            )
+    return {
+        "study": study_name(competition, grid_name, archs),
+        "storage": url,
+        "points": len(points),
+        "trained_here": trained,
+    }

@@ -14,14 +14,21 @@ from .grid import point_key
 from .storage import masked, open_storage
 
 
-def study_status(competition: str, storage_url: str, *, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+def study_status(
+    competition: str, storage_url: str, *, now: dt.datetime | None = None
+) -> list[dict[str, Any]]:
     import optuna
 
     storage = open_storage(storage_url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage)
-             if ":claim:" not in s.study_name and s.study_name.startswith(f"{competition}-")]
+    names = [
+        s.study_name
+        for s in optuna.get_all_study_summaries(storage)
+        if ":claim:" not in s.study_name and s.study_name.startswith(f"{competition}-")
+    ]
     if not names:
-        raise KtError(f"no study of {competition} in {masked(storage_url)}; start one with kt study {competition}")
+        raise KtError(
+            f"no study of {competition} in {masked(storage_url)}; start one with kt study {competition}"
+        )
     now = now or dt.datetime.now()
     return [_one(optuna.load_study(study_name=name, storage=storage), now) for name in names]
 
@@ -31,20 +38,54 @@ def _one(study, now: dt.datetime) -> dict[str, Any]:
 
     trials = [t for t in study.get_trials(deepcopy=False) if "arch" in t.params]
     done = {point_key(t.params): t for t in trials if t.state == TrialState.COMPLETE}
-    running = {point_key(t.params): t for t in trials if t.state == TrialState.RUNNING and point_key(t.params) not in done}
-    waiting = {point_key(t.params) for t in trials if t.state == TrialState.WAITING} - set(done) - set(running)
-    failed = {point_key(t.params) for t in trials if t.state == TrialState.FAIL} - set(done) - set(running) - waiting
-    points = int(study.user_attrs.get("points") or len(done) + len(running) + len(failed) + len(waiting))
+    running = {
+        point_key(t.params): t
+        for t in trials
+        if t.state == TrialState.RUNNING and point_key(t.params) not in done
+    }
+    waiting = (
+        {point_key(t.params) for t in trials if t.state == TrialState.WAITING}
+        - set(done)
+        - set(running)
+    )
+    failed = (
+        {point_key(t.params) for t in trials if t.state == TrialState.FAIL}
+        - set(done)
+        - set(running)
+        - waiting
+    )
+    points = int(
+        study.user_attrs.get("points") or len(done) + len(running) + len(failed) + len(waiting)
+    )
     left = max(points - len(done) - len(running), 0)
-    durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in done.values()
-                 if t.datetime_complete and t.datetime_start and t.user_attrs.get("trained_from")]
+    durations = [
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in done.values()
+        if t.datetime_complete and t.datetime_start and t.user_attrs.get("trained_from")
+    ]
     hosts = {t.user_attrs.get("host") for t in running.values()} or {None}
-    eta = (sum(durations) / len(durations)) * (left + len(running) / 2) / len(hosts) if durations else None
+    eta = (
+        (sum(durations) / len(durations)) * (left + len(running) / 2) / len(hosts)
+        if durations
+        else None
+    )
     return {
-        "study": study.study_name, "points": points, "done": len(done), "failed": len(failed), "left": left,
-        "running": [{"point": k, "host": t.user_attrs.get("host", "?"), "since": t.datetime_start,
-                     "minutes": round((now - t.datetime_start).total_seconds() / 60, 1) if t.datetime_start else None}
-                    for k, t in sorted(running.items())],
+        "study": study.study_name,
+        "points": points,
+        "done": len(done),
+        "failed": len(failed),
+        "left": left,
+        "running": [
+            {
+                "point": k,
+                "host": t.user_attrs.get("host", "?"),
+                "since": t.datetime_start,
+                "minutes": round((now - t.datetime_start).total_seconds() / 60, 1)
+                if t.datetime_start
+                else None,
+            }
+            for k, t in sorted(running.items())
+        ],
         "eta_minutes": None if eta is None else round(eta / 60, 1),
         "mean_trial_minutes": round(sum(durations) / len(durations) / 60, 1) if durations else None,
     }

@@ -35,13 +35,17 @@ def open_storage(url: str):
     try:
         return _open_storage(url)
     except ImportError:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
-        raise KtError(f"--storage {masked(url)} needs a database driver that is not installed: pip install "
-                      "'kaggle_transfer[postgres]' for PostgreSQL (or the driver of your database)") from None
+        raise KtError(
+            f"--storage {masked(url)} needs a database driver that is not installed: pip install "
+            "'kaggle_transfer[postgres]' for PostgreSQL (or the driver of your database)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError and friends: the server said no
         if type(e).__module__.startswith(("sqlalchemy", "psycopg")):
             reason = str(getattr(e, "orig", e)).strip().splitlines()[0][:200]
-            raise KtError(f"cannot open the study storage {masked(url)}: {reason}; check that the server runs and "
-                          "the URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)") from None
+            raise KtError(
+                f"cannot open the study storage {masked(url)}: {reason}; check that the server runs and "
+                "the URL (postgresql://USER:PASSWORD@HOST:PORT/DATABASE)"
+            ) from None
         raise
 
 
@@ -58,12 +62,20 @@ def _open_storage(url: str):
     import inspect
 
     # Optuna 4.9 renamed the argument (the old name warns); 4.0-4.8 know only the old one
-    argument = ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback"
-                in inspect.signature(RDBStorage).parameters else "failed_trial_callback")
+    argument = (
+        "heartbeat_stale_trial_callback"
+        if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters
+        else "failed_trial_callback"
+    )
 
     def make():
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          **{argument: retry_callback()(max_retry=3)})
+        return RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=HEARTBEAT_S,
+            grace_period=GRACE_S,
+            **{argument: retry_callback()(max_retry=3)},
+        )
 
     # Workers started together would each create the schema of a new storage and all but one would fail:
     # on SQLite a file lock serialises that first contact; on a server database a short retry does.
@@ -78,7 +90,10 @@ def _open_storage(url: str):
     for attempt in range(5):
         try:
             return make()
-        except (IntegrityError, ProgrammingError):  # another worker is creating the same tables right now
+        except (
+            IntegrityError,
+            ProgrammingError,
+        ):  # another worker is creating the same tables right now
             if attempt == 4:
                 raise
             time.sleep(1 + attempt)
@@ -88,4 +103,7 @@ def retry_callback():
     """Optuna's re-queue-on-stale-heartbeat callback (renamed in Optuna 4.9; the old name warns)."""
     from optuna import storages
 
-    return getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+    return (
+        getattr(storages, "RetryHeartbeatStaleTrialCallback", None)
+        or storages.RetryFailedTrialCallback
+    )

@@ -17,7 +17,9 @@ from ..tasks import Task
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise KtError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    return torch.device(
+        "cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu"
+    )
 
 
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
@@ -42,7 +44,9 @@ class SmoothedBCE(nn.BCEWithLogitsLoss):
 
 def build_loss(name: str, task: Task, label_smoothing: float = 0.0) -> nn.Module:
     if label_smoothing and task.kind == "ordinal" and not task.classifies:
-        raise KtError("--set label_smoothing applies to classification losses, not to ordinal regression")
+        raise KtError(
+            "--set label_smoothing applies to classification losses, not to ordinal regression"
+        )
     if name in ("l1", "smooth_l1", "mse"):
         return {"l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss, "mse": nn.MSELoss}[name]()
     if name == "ce":
@@ -67,26 +71,37 @@ def build_mixer(mode: str, *, prob: float, alpha: float, task: Task, loss: str):
     if mode == "none":
         return None
     if loss == "focal" and task.classifies:
-        raise KtError("--set mix needs soft targets; --loss focal takes class indices: use ce with mix")
+        raise KtError(
+            "--set mix needs soft targets; --loss focal takes class indices: use ce with mix"
+        )
     from timm.data import Mixup
 
-    mixup = Mixup(mixup_alpha=alpha if mode in ("mixup", "both") else 0.0,
-                  cutmix_alpha=alpha if mode in ("cutmix", "both") else 0.0, prob=prob,
-                  switch_prob=0.5 if mode == "both" else 0.0, mode="batch", label_smoothing=0.0,
-                  num_classes=task.num_classes)
+    mixup = Mixup(
+        mixup_alpha=alpha if mode in ("mixup", "both") else 0.0,
+        cutmix_alpha=alpha if mode in ("cutmix", "both") else 0.0,
+        prob=prob,
+        switch_prob=0.5 if mode == "both" else 0.0,
+        mode="batch",
+        label_smoothing=0.0,
+        num_classes=task.num_classes,
+    )
 
     def mix(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.float()  # uint8 images cannot hold a blend
         if task.classifies and y.ndim == 1:  # class indices: timm's one-hot mix
             return mixup(x, y)
-        lam = mixup._mix_batch(x)  # timm's own image mixing (in place); the target mix is the task's
+        lam = mixup._mix_batch(
+            x
+        )  # timm's own image mixing (in place); the target mix is the task's
         y = y.float()  # grades, 0/1 targets, or soft class probabilities (pseudo labels)
         return x, lam * y + (1.0 - lam) * y.flip(0)
 
     return mix
 
 
-def build_optimizer(model: nn.Module, cfg: RunConfig, *, decay_all: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: RunConfig, *, decay_all: bool = False
+) -> torch.optim.Optimizer:
     """timm's AdamW or Nesterov SGD. Biases and norms are exempt from weight decay unless `decay_all`
     (--protocol paper: the study's optimisers took net.parameters()). With `layer_decay`, the
     backbone's layers get timm's layer-wise lr scales (deepest 1.0, earlier layers decayed) and our
@@ -94,24 +109,40 @@ def build_optimizer(model: nn.Module, cfg: RunConfig, *, decay_all: bool = False
     from timm.optim import create_optimizer_v2
 
     if not cfg.layer_decay:
-        return create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9,
-                                   filter_bias_and_bn=not decay_all)
+        return create_optimizer_v2(
+            model,
+            opt=cfg.optimizer,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=0.9,
+            filter_bias_and_bn=not decay_all,
+        )
     from timm.optim import param_groups_layer_decay
 
     if not hasattr(model.backbone, "group_matcher"):
-        raise KtError(f"--set layer_decay needs a timm model with layer groups; {cfg.arch} has none")
-    groups = param_groups_layer_decay(model.backbone, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+        raise KtError(
+            f"--set layer_decay needs a timm model with layer groups; {cfg.arch} has none"
+        )
+    groups = param_groups_layer_decay(
+        model.backbone, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+    )
     head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     groups.append({"params": head, "weight_decay": cfg.weight_decay, "lr_scale": 1.0})
-    optimizer = create_optimizer_v2(groups, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                    momentum=0.9)
+    optimizer = create_optimizer_v2(
+        groups, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9
+    )
     for group in optimizer.param_groups:  # the first steps, before the scheduler scales them, too
         group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     return optimizer
 
 
-def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, *,
-                    per_epoch: bool = False):
+def build_scheduler(
+    cfg: RunConfig,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    *,
+    per_epoch: bool = False,
+):
     """timm's cosine or multi-step schedule, updated every optimizer step (kt) or, with `per_epoch`
     (--protocol paper), once per epoch exactly as torch's CosineAnnealingLR(T_max=epochs) and
     MultiStepLR([15, 20, 25]) in the study's sample_train.py: cosine to 0, no warm-up."""
@@ -126,10 +157,16 @@ def build_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, steps_per_
         # for milestone 15, measured in tests/test_protocol.py); shifting the milestones gives torch's
         milestones = [m + 1 for m in milestones]
     scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine" if cfg.schedule == "cosine" else "multistep", num_epochs=cfg.epochs,
-        warmup_epochs=0 if per_epoch else cfg.warmup_epochs, warmup_lr=cfg.lr * 0.01, decay_milestones=milestones,
-        step_on_epochs=per_epoch, updates_per_epoch=steps_per_epoch,
-        min_lr=0 if per_epoch or cfg.schedule != "cosine" else cfg.lr * 1e-3)
+        optimizer,
+        sched="cosine" if cfg.schedule == "cosine" else "multistep",
+        num_epochs=cfg.epochs,
+        warmup_epochs=0 if per_epoch else cfg.warmup_epochs,
+        warmup_lr=cfg.lr * 0.01,
+        decay_milestones=milestones,
+        step_on_epochs=per_epoch,
+        updates_per_epoch=steps_per_epoch,
+        min_lr=0 if per_epoch or cfg.schedule != "cosine" else cfg.lr * 1e-3,
+    )
     return scheduler
 
 

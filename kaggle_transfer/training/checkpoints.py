@@ -16,7 +16,9 @@ from ..files import atomic_path
 def restore(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str, Any]:
     """Load last.pt into the live objects (weights_only: a checkpoint cannot run code) and return the loop state."""
     if not path.is_file():
-        raise KtError(f"--resume: {path} not found; the run never finished an epoch, start it again")
+        raise KtError(
+            f"--resume: {path} not found; the run never finished an epoch, start it again"
+        )
     ckpt = load(path, device)
     try:
         for key, obj in parts.items():
@@ -24,8 +26,10 @@ def restore(path: Path, device: torch.device, parts: dict[str, Any]) -> dict[str
                 obj.load_state_dict(ckpt[key])
         return ckpt["state"]
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise KtError(f"{path} does not fit this run ({type(e).__name__}); it was damaged or comes from another "
-                      "run: delete it to start the run from scratch") from None
+        raise KtError(
+            f"{path} does not fit this run ({type(e).__name__}); it was damaged or comes from another "
+            "run: delete it to start the run from scratch"
+        ) from None
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> Any:
@@ -35,8 +39,10 @@ def load(path: Path, device: torch.device | str = "cpu") -> Any:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, foreign object: all mean "damaged"
-        raise KtError(f"{path} is damaged or not a kt checkpoint ({type(e).__name__}); train again "
-                      "(delete it to restart from scratch)") from None
+        raise KtError(
+            f"{path} is damaged or not a kt checkpoint ({type(e).__name__}); train again "
+            "(delete it to restart from scratch)"
+        ) from None
 
 
 def save(obj: Any, path: Path) -> None:
@@ -51,7 +57,9 @@ def save(obj: Any, path: Path) -> None:
         except RuntimeError:  # "file write failed", "unexpected pos ..." from torch's zip writer
             if shutil.disk_usage(Path(path).parent).free >= (64 << 20):
                 raise  # not the disk: our own bug, a traceback
-            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} while writing {path}") from None
+            raise OSError(
+                errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} while writing {path}"
+            ) from None
 
 
 def checkpoint(path: Path, parts: dict[str, Any], state: dict[str, Any]) -> None:
@@ -63,7 +71,9 @@ def init_source(init: str | Path) -> Path:
     path = Path(init)
     path = path / runs.BEST if path.is_dir() else path
     if not path.is_file():
-        raise KtError(f"--init {init}: no best.pt there; pass a finished run folder (kt train made it)")
+        raise KtError(
+            f"--init {init}: no best.pt there; pass a finished run folder (kt train made it)"
+        )
     return path
 
 
@@ -72,11 +82,15 @@ def warm_start(model: torch.nn.Module, init: str | Path, arch: str) -> Path:
     path = init_source(init)
     source_dir = path.parent
     if runs.is_run(source_dir) and runs.load_config(source_dir).arch != arch:
-        raise KtError(f"--init {init} is a {runs.load_config(source_dir).arch} run; this run is {arch}: "
-                      "a warm start needs the same --arch")
+        raise KtError(
+            f"--init {init} is a {runs.load_config(source_dir).arch} run; this run is {arch}: "
+            "a warm start needs the same --arch"
+        )
     try:
         model.load_state_dict(load(path))
     except RuntimeError as e:
-        raise KtError(f"--init {init}: its weights do not fit this network ({str(e).splitlines()[0][:120]}); "
-                      "the head must match too (same competition, channels and loss family)") from None
+        raise KtError(
+            f"--init {init}: its weights do not fit this network ({str(e).splitlines()[0][:120]}); "
+            "the head must match too (same competition, channels and loss family)"
+        ) from None
     return path

@@ -29,15 +29,25 @@ def parse_folds(text: str | None, n_folds: int) -> list[int] | None:
     try:
         folds = sorted({int(t) for t in text.split(",") if t.strip()})
     except ValueError:
-        raise KtError(f"--folds {text!r}: give a number of folds, 'all', or fold ids like 0,2") from None
+        raise KtError(
+            f"--folds {text!r}: give a number of folds, 'all', or fold ids like 0,2"
+        ) from None
     if not folds or folds[0] < 0 or folds[-1] >= n_folds:
         raise KtError(f"--folds {text!r}: fold ids must be in 0..{n_folds - 1}")
     return folds
 
 
-def fit_group(cfg: RunConfig, group_dir: Path, data_dir: Path, folds: list[int], *, seeds: int = 1,
-              external_dirs: dict[str, str] | None = None, skip_bad_images: bool = False,
-              progress: bool = True) -> dict[str, Any]:
+def fit_group(
+    cfg: RunConfig,
+    group_dir: Path,
+    data_dir: Path,
+    folds: list[int],
+    *,
+    seeds: int = 1,
+    external_dirs: dict[str, str] | None = None,
+    skip_bad_images: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Train every (seed, fold); pool their OOF; a finished member is not trained again (resumable)."""
     from .loop import fit
 
@@ -55,13 +65,22 @@ def fit_group(cfg: RunConfig, group_dir: Path, data_dir: Path, folds: list[int],
                 resume = (run_dir / runs.LAST).is_file()
                 if progress:
                     print(f"{'resuming' if resume else 'training'} {name}")
-                result = fit(member_cfg, run_dir, data_dir, external_dirs=external_dirs, resume=resume,
-                             skip_bad_images=skip_bad_images, progress=progress)
+                result = fit(
+                    member_cfg,
+                    run_dir,
+                    data_dir,
+                    external_dirs=external_dirs,
+                    resume=resume,
+                    skip_bad_images=skip_bad_images,
+                    progress=progress,
+                )
             members.append({"dir": name, "fold": k, "seed": cfg.seed + s, "score": result["score"]})
     return summarise(group_dir, cfg, members)
 
 
-def pool_oof(group_dir: Path, members: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pool_oof(
+    group_dir: Path, members: list[dict[str, Any]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, raw, targets) over every validated row; seeds of the same row are averaged."""
     raw_by_id: dict[str, list[np.ndarray]] = {}
     target_by_id: dict[str, np.ndarray] = {}
@@ -71,7 +90,11 @@ def pool_oof(group_dir: Path, members: list[dict[str, Any]]) -> tuple[np.ndarray
             raw_by_id.setdefault(str(i), []).append(r)
             target_by_id[str(i)] = t
     ids = np.array(sorted(raw_by_id))
-    return ids, np.stack([np.mean(raw_by_id[i], axis=0) for i in ids]), np.stack([target_by_id[i] for i in ids])
+    return (
+        ids,
+        np.stack([np.mean(raw_by_id[i], axis=0) for i in ids]),
+        np.stack([target_by_id[i] for i in ids]),
+    )
 
 
 def summarise(group_dir: Path, cfg: RunConfig, members: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,9 +104,17 @@ def summarise(group_dir: Path, cfg: RunConfig, members: list[dict[str, Any]]) ->
     pooled = comp.task.score(targets, raw, fitted)
     scores = [m["score"] for m in members]
     summary = {
-        "type": "group", "competition": comp.name, "metric": comp.task.metric, "members": members,
-        "score": pooled, "pooled_score": pooled, "mean": float(np.mean(scores)), "std": float(np.std(scores)),
-        "fitted": fitted, "rows": len(ids), "config": cfg.to_dict(),
+        "type": "group",
+        "competition": comp.name,
+        "metric": comp.task.metric,
+        "members": members,
+        "score": pooled,
+        "pooled_score": pooled,
+        "mean": float(np.mean(scores)),
+        "std": float(np.std(scores)),
+        "fitted": fitted,
+        "rows": len(ids),
+        "config": cfg.to_dict(),
         "time_s": sum(runs.read_metrics(group_dir / m["dir"]).get("time_s", 0) for m in members),
     }
     runs.write_group(group_dir, summary)

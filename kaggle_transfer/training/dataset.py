@@ -44,11 +44,23 @@ class EpochSampler(Sampler):
 
 
 class ImageDataset(Dataset):
-    def __init__(self, table: pd.DataFrame, size: int, *, targets: np.ndarray | None = None, transform=None,
-                 channels: list[int] | None = None, crop: bool = False, seed: int = 0, resize: str = "squash"):
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        size: int,
+        *,
+        targets: np.ndarray | None = None,
+        transform=None,
+        channels: list[int] | None = None,
+        crop: bool = False,
+        seed: int = 0,
+        resize: str = "squash",
+    ):
         self.paths = list(table["paths"])
         # rows read from kt prepare's cache were cropped when cached; the rest are cropped here
-        cached = table["cached"].to_numpy() if "cached" in table.columns else np.zeros(len(table), bool)
+        cached = (
+            table["cached"].to_numpy() if "cached" in table.columns else np.zeros(len(table), bool)
+        )
         self.crop = [crop and not c for c in cached]
         self.channels = channels  # indices into the decoded channels (e.g. rgb of HPA's rgby)
         self.size = size
@@ -72,8 +84,11 @@ class ImageDataset(Dataset):
             img = images.fundus_crop(img)
         if self.channels is not None and len(self.channels) != img.shape[2]:
             img = np.ascontiguousarray(img[..., self.channels])
-        img = (self.transform(image=img)["image"] if self.transform is not None
-               else images.fit_to(img, self.size, self.resize))
+        img = (
+            self.transform(image=img)["image"]
+            if self.transform is not None
+            else images.fit_to(img, self.size, self.resize)
+        )
         x = torch.from_numpy(images.to_chw(img))
         y = torch.as_tensor(self.targets[i]) if self.targets is not None else torch.tensor(0)
         return x, y, i
@@ -94,16 +109,35 @@ def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(0)
 
 
-def make_loader(dataset, batch_size: int, workers: int, train: bool, *, generator: torch.Generator | None,
-                pin: bool, sampler=None) -> DataLoader:
+def make_loader(
+    dataset,
+    batch_size: int,
+    workers: int,
+    train: bool,
+    *,
+    generator: torch.Generator | None,
+    pin: bool,
+    sampler=None,
+) -> DataLoader:
     """Training: shuffled through EpochSampler (augmentations keyed by (seed, epoch, row)); evaluation: in order."""
     if train:  # (epoch, row) keys: augmentations independent of workers and of resumes
-        sampler = EpochSampler(sampler or torch.utils.data.RandomSampler(dataset, generator=generator))
+        sampler = EpochSampler(
+            sampler or torch.utils.data.RandomSampler(dataset, generator=generator)
+        )
     # the loader's own generator: its worker base seed must not be drawn from the global RNG (dropout
     # masks) nor from the shuffle's generator, or a resumed epoch would draw differently
     # the last partial batch is dropped only when this process sees more rows than one batch (under DDP
     # a rank sees its share, not the dataset), so a small dataset still trains
     rows = len(sampler) if sampler is not None else len(dataset)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
-                      drop_last=train and rows > batch_size, num_workers=workers, pin_memory=pin,
-                      worker_init_fn=_worker_init, persistent_workers=workers > 0, generator=torch.Generator())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        drop_last=train and rows > batch_size,
+        num_workers=workers,
+        pin_memory=pin,
+        worker_init_fn=_worker_init,
+        persistent_workers=workers > 0,
+        generator=torch.Generator(),
+    )

@@ -11,8 +11,15 @@ import torch.nn as nn
 
 
 @torch.no_grad()
-def predict_raw(model: nn.Module, loader, device: torch.device, dtype: torch.dtype | None,
-                *, channels_last: bool, meta: torch.Tensor | None = None) -> np.ndarray:
+def predict_raw(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    *,
+    channels_last: bool,
+    meta: torch.Tensor | None = None,
+) -> np.ndarray:
     """Raw outputs (N, num_outputs) in loader order; `meta`: the encoded metadata of the dataset's rows."""
     model.eval()
     outs = []

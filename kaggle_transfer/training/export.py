@@ -32,20 +32,41 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
     channels = [comp.channels[i] for i in comp.select_channels(protocol.channels(cfg, comp))]
     run_metrics = runs.read_metrics(run_dir) or {}
     if "fitted" not in run_metrics or not isinstance(run_metrics["fitted"], dict):
-        raise KtError(f"{run_dir / runs.METRICS} lacks the fitted cut points or thresholds; the run's metrics "
-                      f"are damaged: resume or train the run again (kt train --resume {run_dir})")
-    comp.task.check_fitted(run_metrics["fitted"])  # an ONNX file kt predict would refuse is not written
+        raise KtError(
+            f"{run_dir / runs.METRICS} lacks the fitted cut points or thresholds; the run's metrics "
+            f"are damaged: resume or train the run again (kt train --resume {run_dir})"
+        )
+    comp.task.check_fitted(
+        run_metrics["fitted"]
+    )  # an ONNX file kt predict would refuse is not written
     run_info = runs.read_run_info(run_dir) if (run_dir / runs.RUN_INFO).is_file() else {}
     return {
-        "format_version": FORMAT_VERSION, "kt_version": __version__, "created": runs.timestamp(),
-        "competition": comp.name, "task": comp.task.kind, "num_classes": comp.task.num_classes,
-        "metric": comp.task.metric, "arch": cfg.arch, "size": cfg.size, "channels": channels,
-        "input": {"name": "image", "dtype": "uint8", "layout": "NCHW", "colour": "+".join(channels),
-                  "range": "0-255, normalised inside the graph"},
-        "class_names": comp.class_names, "fitted": run_metrics.get("fitted", {}),
-        "score": run_metrics.get("score"), "best_epoch": run_metrics.get("best_epoch"),
-        "tta": cfg.tta, "preprocess": protocol.for_run(cfg, comp).describe(),
-        "recipe": cfg.to_dict(), "run": run_dir.name, "git_sha": run_info.get("git_sha"),
+        "format_version": FORMAT_VERSION,
+        "kt_version": __version__,
+        "created": runs.timestamp(),
+        "competition": comp.name,
+        "task": comp.task.kind,
+        "num_classes": comp.task.num_classes,
+        "metric": comp.task.metric,
+        "arch": cfg.arch,
+        "size": cfg.size,
+        "channels": channels,
+        "input": {
+            "name": "image",
+            "dtype": "uint8",
+            "layout": "NCHW",
+            "colour": "+".join(channels),
+            "range": "0-255, normalised inside the graph",
+        },
+        "class_names": comp.class_names,
+        "fitted": run_metrics.get("fitted", {}),
+        "score": run_metrics.get("score"),
+        "best_epoch": run_metrics.get("best_epoch"),
+        "tta": cfg.tta,
+        "preprocess": protocol.for_run(cfg, comp).describe(),
+        "recipe": cfg.to_dict(),
+        "run": run_dir.name,
+        "git_sha": run_info.get("git_sha"),
         # a YAML-described competition travels inside the model: the ONNX file alone still predicts
         "competition_spec": getattr(comp, "spec", None),
         # image + metadata: the graph's second input `meta` takes these columns encoded this way (meta.py)
@@ -58,43 +79,85 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir)
     if not (run_dir / runs.BEST).is_file():
-        raise KtError(f"{run_dir / runs.BEST} not found; the run has not finished an epoch (kt train --resume {run_dir})")
+        raise KtError(
+            f"{run_dir / runs.BEST} not found; the run has not finished an epoch (kt train --resume {run_dir})"
+        )
     comp = competitions.for_config(cfg)
     in_chans = len(comp.select_channels(protocol.channels(cfg, comp)))
     outputs = comp.task.trained_with(cfg.loss).num_outputs
     proto = protocol.for_run(cfg, comp)
     spec = tabular.load(run_dir)
-    model = build_model(cfg.arch, outputs, pool=cfg.pool, dropout=cfg.dropout, in_chans=in_chans,
-                        pretrained=False, size=cfg.size, bgr=proto.bgr, imagenet_stats=proto.imagenet_stats,
-                        meta_dim=spec["width"] if spec else 0)
+    model = build_model(
+        cfg.arch,
+        outputs,
+        pool=cfg.pool,
+        dropout=cfg.dropout,
+        in_chans=in_chans,
+        pretrained=False,
+        size=cfg.size,
+        bgr=proto.bgr,
+        imagenet_stats=proto.imagenet_stats,
+        meta_dim=spec["width"] if spec else 0,
+    )
     try:
         model.load_state_dict(checkpoints.load(run_dir / runs.BEST))
     except RuntimeError as e:
-        raise KtError(f"{run_dir / runs.BEST} does not fit the run's network ({str(e).splitlines()[0][:80]}); "
-                      "it was damaged or copied from another run") from None
+        raise KtError(
+            f"{run_dir / runs.BEST} does not fit the run's network ({str(e).splitlines()[0][:80]}); "
+            "it was damaged or copied from another run"
+        ) from None
     return model.eval(), cfg
 
 
-def _export_graph(model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int) -> None:
-    names = ["image", "meta"][:len(example)]
+def _export_graph(
+    model: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int
+) -> None:
+    names = ["image", "meta"][: len(example)]
     try:
         batch = torch.export.Dim("batch", min=1, max=4096)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, example, str(path), input_names=names, output_names=["raw"],
-                              dynamic_shapes=tuple({0: batch} for _ in example),
-                              opset_version=opset, dynamo=True, external_data=False, verbose=False)
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                input_names=names,
+                output_names=["raw"],
+                dynamic_shapes=tuple({0: batch} for _ in example),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
     except Exception as e:  # noqa: BLE001 - some timm models do not trace with torch.export yet
-        warnings.warn(f"dynamo ONNX export failed ({type(e).__name__}); using the TorchScript exporter", stacklevel=2)
+        warnings.warn(
+            f"dynamo ONNX export failed ({type(e).__name__}); using the TorchScript exporter",
+            stacklevel=2,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, example, str(path), input_names=names, output_names=["raw"],
-                              dynamic_axes={**{n: {0: "batch"} for n in names}, "raw": {0: "batch"}},
-                              opset_version=opset, dynamo=False)
+            torch.onnx.export(
+                model,
+                example,
+                str(path),
+                input_names=names,
+                output_names=["raw"],
+                dynamic_axes={**{n: {0: "batch"} for n in names}, "raw": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
 
 
-def parity(model: torch.nn.Module, onnx_path: Path, in_chans: int, size: int, *, batch: int = 3,
-           seed: int = 0, meta_dim: int = 0) -> float:
+def parity(
+    model: torch.nn.Module,
+    onnx_path: Path,
+    in_chans: int,
+    size: int,
+    *,
+    batch: int = 3,
+    seed: int = 0,
+    meta_dim: int = 0,
+) -> float:
     """Max abs difference between torch and onnxruntime (CPU) on random uint8 images (and metadata)."""
     import onnxruntime as ort
 
@@ -110,8 +173,9 @@ def parity(model: torch.nn.Module, onnx_path: Path, in_chans: int, size: int, *,
     return float(np.abs(expected - got).max())
 
 
-def export(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 18, check: bool = True
-           ) -> dict[str, Any]:
+def export(
+    run_dir: str | Path, out: str | Path | None = None, *, opset: int = 18, check: bool = True
+) -> dict[str, Any]:
     """Write `model.onnx` (or `out`) with metadata; fail if ONNX and torch disagree above 1e-4."""
     import onnx
 
@@ -123,8 +187,10 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 1
     out = Path(out) if out else run_dir / runs.MODEL
     meta = build_metadata(run_dir, cfg)
     meta_dim = model.meta_dim
-    example = (torch.randint(0, 256, (2, in_chans, cfg.size, cfg.size), dtype=torch.uint8),
-               *((torch.zeros(2, meta_dim),) if meta_dim else ()))
+    example = (
+        torch.randint(0, 256, (2, in_chans, cfg.size, cfg.size), dtype=torch.uint8),
+        *((torch.zeros(2, meta_dim),) if meta_dim else ()),
+    )
     with atomic_path(out) as tmp:
         _export_graph(model, example, tmp, opset)
         proto = onnx.load(str(tmp))
@@ -135,13 +201,19 @@ def export(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 1
         onnx.save(proto, str(tmp))
         diff = parity(model, tmp, in_chans, cfg.size, meta_dim=meta_dim) if check else None
         if diff is not None and not diff <= PARITY_TOL:  # NaN compares false: it must fail too
-            raise KtError(f"ONNX output differs from torch by {diff:.2e} (> {PARITY_TOL:g}); the file was not written")
+            raise KtError(
+                f"ONNX output differs from torch by {diff:.2e} (> {PARITY_TOL:g}); the file was not written"
+            )
     return {"path": str(out), "max_abs_diff": diff, "metadata": meta}
 
 
-def export_runs(run_dir: str | Path, out: str | Path | None = None, *, opset: int = 18) -> list[dict[str, Any]]:
+def export_runs(
+    run_dir: str | Path, out: str | Path | None = None, *, opset: int = 18
+) -> list[dict[str, Any]]:
     """Export a run, or every member of a --folds run group into its own folder."""
     dirs = runs.member_dirs(Path(run_dir))
     if out and len(dirs) > 1:
-        raise KtError("-o/--out names one file; a run group exports model.onnx into each member folder")
+        raise KtError(
+            "-o/--out names one file; a run group exports model.onnx into each member folder"
+        )
     return [export(d, out, opset=opset) for d in dirs]

@@ -25,13 +25,16 @@ def run_features(run_dir: Path, table):
     return None if spec is None else torch.from_numpy(tabular.encode(spec, table)[0])
 
 
-def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = False) -> dict[str, float]:
+def score_splits(
+    run_dir: str | Path, data_dir: str | Path, *, progress: bool = False
+) -> dict[str, float]:
     """{split: score} over the competition's eval_splits (empty when it has none), written to
     heldout.json in the run folder and read back from there on a second call."""
     import torch
     from torch.utils.data import DataLoader
 
     from .dataset import ImageDataset
+
     run_dir, data_dir = Path(run_dir), Path(data_dir)
     if (run_dir / runs.HELDOUT).is_file():
         return read_json(run_dir / runs.HELDOUT, what="held-out scores")
@@ -49,7 +52,9 @@ def score_splits(run_dir: str | Path, data_dir: str | Path, *, progress: bool = 
     scores = {}
     for split in comp.eval_splits:
         table = contained(comp.read(data_dir, split), data_dir, f"{comp.name} {split}")
-        dataset = ImageDataset(table, cfg.size, channels=channels, crop=cfg.fundus_crop, resize=proto.resize)
+        dataset = ImageDataset(
+            table, cfg.size, channels=channels, crop=cfg.fundus_crop, resize=proto.resize
+        )
         loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=min(cfg.workers, 4))
         features = run_features(run_dir, table)
         with torch.inference_mode():

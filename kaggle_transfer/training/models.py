@@ -44,9 +44,19 @@ META_WIDTH = 64  # the metadata branch's embedding width
 
 
 class Net(nn.Module):
-    def __init__(self, backbone: nn.Module, num_outputs: int, pool: str, dropout: float,
-                 *, mean: tuple[float, ...], std: tuple[float, ...], tokens: bool, bgr: bool = False,
-                 meta_dim: int = 0):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_outputs: int,
+        pool: str,
+        dropout: float,
+        *,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        tokens: bool,
+        bgr: bool = False,
+        meta_dim: int = 0,
+    ):
         super().__init__()
         self.backbone = backbone
         self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
@@ -55,7 +65,9 @@ class Net(nn.Module):
         # image + metadata: an embedding of the encoded columns (meta.py) joins the pooled image features
         # before the head, as the SIIM-ISIC winners' metadata branch did
         self.meta_dim = meta_dim
-        self.meta_branch = nn.Sequential(nn.Linear(meta_dim, META_WIDTH), nn.SiLU()) if meta_dim else None
+        self.meta_branch = (
+            nn.Sequential(nn.Linear(meta_dim, META_WIDTH), nn.SiLU()) if meta_dim else None
+        )
         width = backbone.num_features + (META_WIDTH if meta_dim else 0)
         self.head = nn.Linear(width, num_outputs)  # num_features measured (feature_width)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
@@ -74,7 +86,9 @@ class Net(nn.Module):
             features = self.pool(features).flatten(1)
         if self.meta_branch is not None:
             if meta is None:
-                raise KtError("this model has a metadata branch: it needs the encoded metadata beside the image")
+                raise KtError(
+                    "this model has a metadata branch: it needs the encoded metadata beside the image"
+                )
             features = torch.cat([features, self.meta_branch(meta.float())], dim=1)
         return self.head(self.dropout(features))
 
@@ -92,8 +106,10 @@ def check_arch(arch: str) -> None:
         known = torchvision.models.list_models(module=torchvision.models)
         if name not in known:
             close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-            raise KtError(f"unknown --arch {arch!r}: not a torchvision classification model"
-                          f"{'; close matches: ' + ', '.join(TORCHVISION + c for c in close) if close else ''}")
+            raise KtError(
+                f"unknown --arch {arch!r}: not a torchvision classification model"
+                f"{'; close matches: ' + ', '.join(TORCHVISION + c for c in close) if close else ''}"
+            )
         return
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.5)
@@ -101,9 +117,20 @@ def check_arch(arch: str) -> None:
         raise KtError(f"unknown --arch {arch!r}{hint} (timm.list_models() lists them all)")
 
 
-def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: float = 0.0, in_chans: int = 3,
-                pretrained: bool = False, weights: str | None = None, size: int = 224, bgr: bool = False,
-                imagenet_stats: bool = False, meta_dim: int = 0) -> Net:
+def build_model(
+    arch: str,
+    num_outputs: int,
+    *,
+    pool: str = "avg",
+    dropout: float = 0.0,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    weights: str | None = None,
+    size: int = 224,
+    bgr: bool = False,
+    imagenet_stats: bool = False,
+    meta_dim: int = 0,
+) -> Net:
     """Build the network for `size`-pixel inputs. `weights` (a local backbone state dict) wins over
     `pretrained` (timm's or torchvision's weights, through each library's cache). `bgr` and
     `imagenet_stats` are --protocol paper's channel order and normalisation (protocol.py)."""
@@ -113,29 +140,49 @@ def build_model(arch: str, num_outputs: int, *, pool: str = "avg", dropout: floa
     use_hub = pretrained and not weights
     try:
         if arch.startswith(TORCHVISION):
-            backbone, tokens = _torchvision_backbone(arch.removeprefix(TORCHVISION), in_chans, use_hub), True
+            backbone, tokens = (
+                _torchvision_backbone(arch.removeprefix(TORCHVISION), in_chans, use_hub),
+                True,
+            )
         else:
             backbone, tokens = _timm_backbone(arch, in_chans, use_hub, size)
     except (OSError, RuntimeError, ValueError) as e:
         if use_hub:
-            raise KtError(f"could not load pretrained weights for {arch} ({type(e).__name__}: {str(e)[:160]}); "
-                          "offline? pass --weights FILE or --no-pretrained") from None
+            raise KtError(
+                f"could not load pretrained weights for {arch} ({type(e).__name__}: {str(e)[:160]}); "
+                "offline? pass --weights FILE or --no-pretrained"
+            ) from None
         raise
     if tokens and pool == "gem":
-        raise KtError(f"--pool gem needs a convolutional feature map; {arch} pools its own features; use --pool avg")
+        raise KtError(
+            f"--pool gem needs a convolutional feature map; {arch} pools its own features; use --pool avg"
+        )
     if weights:
         load_backbone_weights(backbone, weights)
     # the width the head sees, measured: a declared num_features can be the wrong one (timm's VGG and
     # MobileNetV3 add a wider pre-logits layer after it)
     backbone.num_features = feature_width(backbone, in_chans, size)
     cfg = getattr(backbone, "pretrained_cfg", None) or {}
-    mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    mean, std = (
+        tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
+        tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+    )
     if imagenet_stats:  # every model of the study was normalised with ImageNet's statistics
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]
         std = (tuple(std) + (sum(std) / len(std),) * in_chans)[:in_chans]
-    return Net(backbone, num_outputs, pool, dropout, mean=mean, std=std, tokens=tokens, bgr=bgr, meta_dim=meta_dim)
+    return Net(
+        backbone,
+        num_outputs,
+        pool,
+        dropout,
+        mean=mean,
+        std=std,
+        tokens=tokens,
+        bgr=bgr,
+        meta_dim=meta_dim,
+    )
 
 
 def _timm_backbone(arch: str, in_chans: int, pretrained: bool, size: int) -> tuple[nn.Module, bool]:
@@ -147,9 +194,14 @@ def _timm_backbone(arch: str, in_chans: int, pretrained: bool, size: int) -> tup
     tokens = isinstance(getattr(backbone, "global_pool", None), str)
     if not tokens:
         backbone.reset_classifier(0, global_pool="")
-    elif tuple((backbone.pretrained_cfg or {}).get("input_size", (0, size, size))[1:]) != (size, size):
+    elif tuple((backbone.pretrained_cfg or {}).get("input_size", (0, size, size))[1:]) != (
+        size,
+        size,
+    ):
         # a ViT is built for its input side (its position embedding is resized when weights load)
-        backbone = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_chans, img_size=size)
+        backbone = timm.create_model(
+            arch, pretrained=pretrained, num_classes=0, in_chans=in_chans, img_size=size
+        )
     return backbone, tokens
 
 
@@ -161,14 +213,20 @@ def _torchvision_backbone(name: str, in_chans: int, pretrained: bool) -> nn.Modu
     if in_chans != 3:
         raise KtError(f"tv:{name} takes 3 channels; use a timm --arch or --set channels=rgb")
     model = torchvision.models.get_model(name, weights="IMAGENET1K_V1" if pretrained else None)
-    if name.startswith("squeezenet"):  # its head is a 1x1 conv + ReLU + pool: keep the pooled 512 features
+    if name.startswith(
+        "squeezenet"
+    ):  # its head is a 1x1 conv + ReLU + pool: keep the pooled 512 features
         model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     elif isinstance(getattr(model, "fc", None), nn.Linear):
         model.fc = nn.Identity()
     elif isinstance(getattr(model, "classifier", None), nn.Linear):
         model.classifier = nn.Identity()
-    elif isinstance(getattr(model, "classifier", None), nn.Sequential) and isinstance(model.classifier[-1], nn.Linear):
-        model.classifier[-1] = nn.Identity()  # VGG, AlexNet, MobileNetV3, MnasNet keep their hidden layers
+    elif isinstance(getattr(model, "classifier", None), nn.Sequential) and isinstance(
+        model.classifier[-1], nn.Linear
+    ):
+        model.classifier[-1] = (
+            nn.Identity()
+        )  # VGG, AlexNet, MobileNetV3, MnasNet keep their hidden layers
     else:
         raise KtError(f"tv:{name}: kt does not know where its classifier is; use a timm --arch")
     return model
@@ -197,7 +255,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
-        raise KtError(f"--weights {path} is not a readable state dict: {type(e).__name__}: {str(e)[:200]}") from None
+        raise KtError(
+            f"--weights {path} is not a readable state dict: {type(e).__name__}: {str(e)[:200]}"
+        ) from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -217,11 +277,19 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
     for key, value in state.items():
         if key not in own:
             continue
-        if value.shape != own[key].shape and value.ndim == 4 and value.shape[1] != own[key].shape[1]:
-            value = adapt_input_conv(own[key].shape[1], value)  # e.g. RGB weights into a 4-channel stem
+        if (
+            value.shape != own[key].shape
+            and value.ndim == 4
+            and value.shape[1] != own[key].shape[1]
+        ):
+            value = adapt_input_conv(
+                own[key].shape[1], value
+            )  # e.g. RGB weights into a 4-channel stem
         if value.shape == own[key].shape:
             matched[key] = value
     if len(matched) < 0.5 * len(own):
-        raise KtError(f"--weights {path} matches only {len(matched)} of {len(own)} backbone tensors; "
-                      "is it a checkpoint of this --arch?")
+        raise KtError(
+            f"--weights {path} matches only {len(matched)} of {len(own)} backbone tensors; "
+            "is it a checkpoint of this --arch?"
+        )
     backbone.load_state_dict(matched, strict=False)

@@ -19,7 +19,9 @@ from ..files import write_json
 from . import distributed, tracking
 from .cv import fit_group, parse_folds
 
-GROUP_REQUEST = "group-request.json"  # what a --folds/--seeds group was asked to train, for --resume
+GROUP_REQUEST = (
+    "group-request.json"  # what a --folds/--seeds group was asked to train, for --resume
+)
 
 
 @dataclasses.dataclass
@@ -30,21 +32,27 @@ class RunPlan:
     external_dirs: dict[str, str]
     skip_bad_images: bool = False
     resume: bool = False
-    folds: list[int] | None = None      # a --folds group: these folds ...
-    seeds: int = 1                      # ... times this many training seeds
-    train_table: pd.DataFrame | None = None  # the competition rows read by the preflight (read once)
+    folds: list[int] | None = None  # a --folds group: these folds ...
+    seeds: int = 1  # ... times this many training seeds
+    train_table: pd.DataFrame | None = (
+        None  # the competition rows read by the preflight (read once)
+    )
 
     @property
     def is_group(self) -> bool:
         return self.folds is not None
 
 
-def _competition_and_recipes(competition: str, recipe: str | None) -> tuple[Any, list, dict[str, Any]]:
+def _competition_and_recipes(
+    competition: str, recipe: str | None
+) -> tuple[Any, list, dict[str, Any]]:
     """The adapter, the recipes to apply in order, and flags implied by a YAML-described contest.
 
     A competition YAML's `recipe:` section comes first, then `-c FILE`: both apply."""
     if competition == "custom":
-        raise KtError("pass the competition's YAML in place of 'custom': kt train FILE.yaml (-c names a recipe)")
+        raise KtError(
+            "pass the competition's YAML in place of 'custom': kt train FILE.yaml (-c names a recipe)"
+        )
     comp = competitions.get(competition)
     spec_file = getattr(comp, "spec_file", None)
     recipes = [comp.spec["recipe"]] if spec_file and comp.spec.get("recipe") else []
@@ -58,16 +66,28 @@ def absolute_sources(cfg) -> None:
     grouped run finds them from any working folder."""
     from .targets import pseudo_file
 
-    cfg.external = [f"pseudo={f.resolve()}" if (f := pseudo_file(s)) is not None else s for s in cfg.external]
+    cfg.external = [
+        f"pseudo={f.resolve()}" if (f := pseudo_file(s)) is not None else s for s in cfg.external
+    ]
     for key in ("teacher", "init"):
         if getattr(cfg, key):
             setattr(cfg, key, str(Path(getattr(cfg, key)).resolve()))
 
 
-def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str | None = None,
-            external_dirs: dict[str, str] | None = None, sets: tuple[str, ...] = (),
-            runs_root: str | None = None, label: str | None = None, flags: dict[str, Any] | None = None,
-            folds: str | None = None, seeds: int = 1, skip_bad_images: bool = False) -> RunPlan:
+def new_run(
+    competition: str | None,
+    *,
+    recipe: str | None = None,
+    data_dir: str | None = None,
+    external_dirs: dict[str, str] | None = None,
+    sets: tuple[str, ...] = (),
+    runs_root: str | None = None,
+    label: str | None = None,
+    flags: dict[str, Any] | None = None,
+    folds: str | None = None,
+    seeds: int = 1,
+    skip_bad_images: bool = False,
+) -> RunPlan:
     """Resolve the config, check it and the data (before any folder exists), then make the run folder."""
     distributed.setup()  # under torchrun: join the process group before anything is decided
     if not competition:
@@ -82,47 +102,93 @@ def new_run(competition: str | None, *, recipe: str | None = None, data_dir: str
     if cv_folds is None and seeds > 1:
         cv_folds = list(range(cfg.folds))
     if cv_folds is not None and distributed.active():
-        raise KtError("--folds/--seeds groups run one process per fold; under torchrun train one run at a time")
+        raise KtError(
+            "--folds/--seeds groups run one process per fold; under torchrun train one run at a time"
+        )
     table = preflight(cfg, data, skip_bad_images)
     if cfg.track != "none":
         tracking.check(cfg)
         cfg.track_uri = cfg.track_uri or tracking.default_uri(runs.runs_root(runs_root))
     # one run folder for all ranks: rank 0 makes it, the others are told its name
-    made = (str(runs.new_run_dir(runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}"))
-            if distributed.is_main() else None)
-    plan = RunPlan(cfg, Path(distributed.broadcast(made)), data, dict(external_dirs or {}), skip_bad_images,
-                   folds=cv_folds, seeds=seeds, train_table=table)
+    made = (
+        str(
+            runs.new_run_dir(
+                runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}"
+            )
+        )
+        if distributed.is_main()
+        else None
+    )
+    plan = RunPlan(
+        cfg,
+        Path(distributed.broadcast(made)),
+        data,
+        dict(external_dirs or {}),
+        skip_bad_images,
+        folds=cv_folds,
+        seeds=seeds,
+        train_table=table,
+    )
     if plan.is_group:
         runs.save_config(plan.run_dir, cfg)
-        write_json(plan.run_dir / GROUP_REQUEST, {"data_dir": str(data.resolve()), "folds": cv_folds, "seeds": seeds,
-                                                  "external_dirs": plan.external_dirs,
-                                                  "skip_bad_images": skip_bad_images})
+        write_json(
+            plan.run_dir / GROUP_REQUEST,
+            {
+                "data_dir": str(data.resolve()),
+                "folds": cv_folds,
+                "seeds": seeds,
+                "external_dirs": plan.external_dirs,
+                "skip_bad_images": skip_bad_images,
+            },
+        )
     return plan
 
 
-def resumed_run(run_dir: str | Path, *, data_dir: str | None = None, competition: str | None = None) -> RunPlan:
+def resumed_run(
+    run_dir: str | Path, *, data_dir: str | None = None, competition: str | None = None
+) -> RunPlan:
     """The plan of an interrupted run or run group, from what its folder recorded. `data_dir` replaces
     the recorded data folder (the data moved); it is recorded again when training restarts."""
     distributed.setup()
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir, what="a run folder made by kt train (--resume)")
-    if competition and competition != "custom" and competitions.get(competition).name != cfg.competition:
+    if (
+        competition
+        and competition != "custom"
+        and competitions.get(competition).name != cfg.competition
+    ):
         raise KtError(f"--resume {run_dir} is a {cfg.competition} run, not {competition}")
     request = run_dir / GROUP_REQUEST
     if request.is_file():
         info = runs.read_json(request, what="run group's request")
-        plan = RunPlan(cfg, run_dir, Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"],
-                       resume=True, folds=info["folds"], seeds=info["seeds"])
+        plan = RunPlan(
+            cfg,
+            run_dir,
+            Path(info["data_dir"]),
+            info["external_dirs"],
+            info["skip_bad_images"],
+            resume=True,
+            folds=info["folds"],
+            seeds=info["seeds"],
+        )
     else:
         info = runs.read_run_info(run_dir)
-        plan = RunPlan(cfg, run_dir, Path(info["data_dir"]), info["external_dirs"], info["skip_bad_images"],
-                       resume=True)
+        plan = RunPlan(
+            cfg,
+            run_dir,
+            Path(info["data_dir"]),
+            info["external_dirs"],
+            info["skip_bad_images"],
+            resume=True,
+        )
     if data_dir:
         plan.data_dir = competitions.find_data_dir(competitions.for_config(cfg), data_dir).resolve()
         if plan.is_group:
             write_json(request, {**info, "data_dir": str(plan.data_dir)})
     elif not plan.data_dir.is_dir():
-        raise KtError(f"--resume: the recorded data folder {plan.data_dir} is gone; pass --data-dir DIR")
+        raise KtError(
+            f"--resume: the recorded data folder {plan.data_dir} is gone; pass --data-dir DIR"
+        )
     return plan
 
 
@@ -133,7 +199,9 @@ def train(plan: RunPlan, *, progress: bool = True) -> dict[str, Any]:
     try:
         return _train(plan, progress=progress)
     except BaseException:
-        for record in plan.run_dir.rglob(runs.TRACKING):  # its MLflow run ends FAILED, not RUNNING forever
+        for record in plan.run_dir.rglob(
+            runs.TRACKING
+        ):  # its MLflow run ends FAILED, not RUNNING forever
             tracking.fail(record.parent)
         produced = any(plan.run_dir.rglob(runs.LAST)) or any(plan.run_dir.rglob(runs.METRICS))
         if not plan.resume and not produced and distributed.is_main():
@@ -143,11 +211,27 @@ def train(plan: RunPlan, *, progress: bool = True) -> dict[str, Any]:
 
 def _train(plan: RunPlan, *, progress: bool) -> dict[str, Any]:
     if plan.is_group:
-        return fit_group(plan.cfg, plan.run_dir, plan.data_dir, plan.folds, seeds=plan.seeds,
-                         external_dirs=plan.external_dirs, skip_bad_images=plan.skip_bad_images, progress=progress)
+        return fit_group(
+            plan.cfg,
+            plan.run_dir,
+            plan.data_dir,
+            plan.folds,
+            seeds=plan.seeds,
+            external_dirs=plan.external_dirs,
+            skip_bad_images=plan.skip_bad_images,
+            progress=progress,
+        )
     from .loop import fit
 
-    result = fit(plan.cfg, plan.run_dir, plan.data_dir, external_dirs=plan.external_dirs, resume=plan.resume,
-                 skip_bad_images=plan.skip_bad_images, progress=progress, train_table=plan.train_table)
+    result = fit(
+        plan.cfg,
+        plan.run_dir,
+        plan.data_dir,
+        external_dirs=plan.external_dirs,
+        resume=plan.resume,
+        skip_bad_images=plan.skip_bad_images,
+        progress=progress,
+        train_table=plan.train_table,
+    )
     distributed.cleanup()
     return result

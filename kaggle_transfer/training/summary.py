@@ -19,45 +19,83 @@ from .checkpoints import init_source
 from .targets import describe_sources
 
 
-def finish(run_dir: Path, comp, table: pd.DataFrame, train_rows: pd.DataFrame, *, val_rows: pd.DataFrame,
-            state: dict[str, Any], loss_name: str, device: torch.device, dtype, started: float,
-            parameters: int) -> dict[str, Any]:
+def finish(
+    run_dir: Path,
+    comp,
+    table: pd.DataFrame,
+    train_rows: pd.DataFrame,
+    *,
+    val_rows: pd.DataFrame,
+    state: dict[str, Any],
+    loss_name: str,
+    device: torch.device,
+    dtype,
+    started: float,
+    parameters: int,
+) -> dict[str, Any]:
     """metrics.json and the learning-curve plot, from the loop's state and the best epoch's OOF."""
     task = comp.task
     history = pd.DataFrame(state["history"])
     plots.learning_curve(history, task.metric, run_dir / runs.PLOTS / "learning_curve.png")
     oof = runs.load_oof(run_dir)
     result = {
-        "competition": comp.name, "metric": task.metric, "score": state["best_score"],
-        "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "loss": loss_name,
-        "fitted": oof["fitted"], "n_train": len(train_rows), "n_val": len(val_rows),
+        "competition": comp.name,
+        "metric": task.metric,
+        "score": state["best_score"],
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "loss": loss_name,
+        "fitted": oof["fitted"],
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
         "skipped_images": table.attrs["skipped_images"]["competition"],
-        "skipped_external_images": {k: v for k, v in table.attrs["skipped_images"].items() if k != "competition"},
+        "skipped_external_images": {
+            k: v for k, v in table.attrs["skipped_images"].items() if k != "competition"
+        },
         "n_external": int((table["source"] != "competition").sum()),
         "n_pseudo": int((train_rows["source"] == "pseudo").sum()),
-        "pseudo_dropped": table.attrs.get("pseudo_dropped", 0), "device": device.type,
+        "pseudo_dropped": table.attrs.get("pseudo_dropped", 0),
+        "device": device.type,
         "cached_rows": int(table["cached"].sum()) if "cached" in table.columns else 0,
         "amp": str(dtype).removeprefix("torch.") if dtype else "off",
         "train_images_per_s": float(history["train_images_per_s"].mean()),
-        "time_s": time.time() - started, "parameters": parameters,
-        "weights": "swa" if (state.get("swa") or {}).get("selected") else "best_epoch", "swa": state.get("swa"),
+        "time_s": time.time() - started,
+        "parameters": parameters,
+        "weights": "swa" if (state.get("swa") or {}).get("selected") else "best_epoch",
+        "swa": state.get("swa"),
     }
-    if task.kind == "ordinal" and oof["raw"].ndim == 1:  # what the fitted cut points bought over rounding
+    if (
+        task.kind == "ordinal" and oof["raw"].ndim == 1
+    ):  # what the fitted cut points bought over rounding
         result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
     runs.write_metrics(run_dir, result)
     return result
 
 
-def record_start(cfg: RunConfig, run_dir: Path, data_dir: Path, external_dirs: dict[str, str], skip_bad_images: bool,
-            proto) -> None:
+def record_start(
+    cfg: RunConfig,
+    run_dir: Path,
+    data_dir: Path,
+    external_dirs: dict[str, str],
+    skip_bad_images: bool,
+    proto,
+) -> None:
     """config.yaml and run.json: what the run is and what it reads (warm start, pseudo tables, teacher: sha256)."""
     clean_stale_tmp(run_dir)  # temp files of a killed earlier attempt
     runs.save_config(run_dir, cfg)
     init = init_source(cfg.init) if cfg.init else None
-    runs.write_run_info(run_dir, {
-        "data_dir": str(Path(data_dir).resolve()), "skip_bad_images": skip_bad_images,
-        "external_dirs": {k: str(Path(v).resolve()) for k, v in external_dirs.items()},
-        "world_size": distributed.world_size(), "preprocess": proto.describe(),
-        "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
-        "pseudo": describe_sources(cfg.external),
-        "teacher": {"path": str(Path(cfg.teacher).resolve()), "sha256": sha256(cfg.teacher)} if cfg.teacher else None})
+    runs.write_run_info(
+        run_dir,
+        {
+            "data_dir": str(Path(data_dir).resolve()),
+            "skip_bad_images": skip_bad_images,
+            "external_dirs": {k: str(Path(v).resolve()) for k, v in external_dirs.items()},
+            "world_size": distributed.world_size(),
+            "preprocess": proto.describe(),
+            "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
+            "pseudo": describe_sources(cfg.external),
+            "teacher": {"path": str(Path(cfg.teacher).resolve()), "sha256": sha256(cfg.teacher)}
+            if cfg.teacher
+            else None,
+        },
+    )

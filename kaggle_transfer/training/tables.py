@@ -20,17 +20,28 @@ from .models import check_arch
 from .targets import PSEUDO, add_pseudo, pseudo_file, read_pseudo
 
 
-def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str], skip_bad_images: bool,
-                cache: Path | None = None, train_table: pd.DataFrame | None = None) -> pd.DataFrame:
+def load_tables(
+    cfg: RunConfig,
+    data_dir: Path,
+    *,
+    external_dirs: dict[str, str],
+    skip_bad_images: bool,
+    cache: Path | None = None,
+    train_table: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Competition rows plus external rows (training only), with a `fold` column; paths point into
     kt prepare's cache where it holds an up-to-date copy. `train_table`: the competition rows when
     the caller has read them already (the CSV is read once per run)."""
     comp = competitions.for_config(cfg)
-    table = comp.read_train(data_dir, skip_bad_images) if train_table is None else train_table.copy()
+    table = (
+        comp.read_train(data_dir, skip_bad_images) if train_table is None else train_table.copy()
+    )
     if cfg.split_file:
         splits = read_split_file(cfg.split_file).set_index("key")["split"]
         table = table.drop(columns=["split"], errors="ignore")
-        table["split"] = [splits.get(k) for k in keys(table["id"])]  # ids meet as data/ids.py compares them
+        table["split"] = [
+            splits.get(k) for k in keys(table["id"])
+        ]  # ids meet as data/ids.py compares them
         if table["split"].isna().any():
             missing = table.loc[table["split"].isna(), "id"].iloc[0]
             raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
@@ -43,14 +54,19 @@ def load_tables(cfg: RunConfig, data_dir: Path, *, external_dirs: dict[str, str]
     for source in cfg.external:
         pseudo = pseudo_file(source)
         if pseudo is not None:  # kt pseudo's table: training rows only, never a labelled id
-            extra, overlap = add_pseudo(table, read_pseudo(pseudo, comp, root=external_dirs.get(PSEUDO)))
+            extra, overlap = add_pseudo(
+                table, read_pseudo(pseudo, comp, root=external_dirs.get(PSEUDO))
+            )
             dropped += overlap
             table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
             continue
         if source not in external_dirs:
             raise KtError(f"--external {source} needs --external-dir {source}=DIR")
-        extra = contained(comp.read_external(source, Path(external_dirs[source])), Path(external_dirs[source]),
-                          f"--external-dir {source}")
+        extra = contained(
+            comp.read_external(source, Path(external_dirs[source])),
+            Path(external_dirs[source]),
+            f"--external-dir {source}",
+        )
         skipped[source] = int(extra.attrs.get("skipped_images", 0))
         table = pd.concat([table, extra.assign(fold=TRAIN_ONLY)], ignore_index=True)
     if sharded and cfg.external:
@@ -70,12 +86,18 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
     Returns the competition's rows, for fit() to reuse."""
     comp = competitions.for_config(cfg)
     check_arch(cfg.arch)
-    protocol.for_run(cfg, comp)  # a channel choice the protocol cannot feed fails before any image is read
+    protocol.for_run(
+        cfg, comp
+    )  # a channel choice the protocol cannot feed fails before any image is read
     comp.select_channels(protocol.channels(cfg, comp))
     comp.task.check_loss(cfg.loss or comp.task.default_loss)
     if cfg.meta and not comp.meta_columns:
-        raise KtError(f"--set meta=true: {comp.name} declares no metadata columns (a competition YAML: meta_columns:)")
-    for source in cfg.external:  # a damaged pseudo table or teacher spec fails before the run folder exists
+        raise KtError(
+            f"--set meta=true: {comp.name} declares no metadata columns (a competition YAML: meta_columns:)"
+        )
+    for (
+        source
+    ) in cfg.external:  # a damaged pseudo table or teacher spec fails before the run folder exists
         if pseudo_file(source) is not None:
             read_pseudo(pseudo_file(source), comp)
     if cfg.teacher:
@@ -85,7 +107,9 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
     return comp.read_train(data_dir, skip_bad_images)
 
 
-def meta_inputs(cfg: RunConfig, comp, train_rows: pd.DataFrame, val_rows: pd.DataFrame, run_dir: Path | None):
+def meta_inputs(
+    cfg: RunConfig, comp, train_rows: pd.DataFrame, val_rows: pd.DataFrame, run_dir: Path | None
+):
     """(width, training rows' features, validation rows' features) of --set meta=true, as CPU tensors
     indexed by a dataset's row positions; (0, None, None) when off. The encoding is fitted on the
     training rows and written to run_dir/meta.json with the rows missing per column."""
@@ -94,7 +118,13 @@ def meta_inputs(cfg: RunConfig, comp, train_rows: pd.DataFrame, val_rows: pd.Dat
     if not cfg.meta:
         return 0, None, None
     spec = tabular.fit(comp.meta_columns, train_rows)
-    (train, gaps), (val, val_gaps) = tabular.encode(spec, train_rows), tabular.encode(spec, val_rows)
+    (train, gaps), (val, val_gaps) = (
+        tabular.encode(spec, train_rows),
+        tabular.encode(spec, val_rows),
+    )
     if run_dir is not None:
-        write_json(Path(run_dir) / runs.TABULAR, {**spec, "missing": {"train": gaps, "validation": val_gaps}})
+        write_json(
+            Path(run_dir) / runs.TABULAR,
+            {**spec, "missing": {"train": gaps, "validation": val_gaps}},
+        )
     return spec["width"], torch.from_numpy(train), torch.from_numpy(val)

@@ -53,8 +53,10 @@ def _parse_target(task: Task, value: Any, path: Path, row: int) -> Any:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise KtError(f"{path}: row {row + 2} has target {value!r}, not a {task.kind} label of this competition; "
-                      "make the table with kt pseudo")
+        raise KtError(
+            f"{path}: row {row + 2} has target {value!r}, not a {task.kind} label of this competition; "
+            "make the table with kt pseudo"
+        )
     return labels
 
 
@@ -63,26 +65,44 @@ def read_pseudo(path: Path, comp, *, root: str | Path | None = None) -> pd.DataF
     and `soft` marking rows that train on soft labels. `root` replaces the recorded image root."""
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
-        raise KtError(f"--external pseudo={path}: the table or its {meta_path.name} is missing; make them with "
-                      "kt pseudo")
+        raise KtError(
+            f"--external pseudo={path}: the table or its {meta_path.name} is missing; make them with "
+            "kt pseudo"
+        )
     meta = read_json(meta_path, what="pseudo-label record")
-    if not isinstance(meta, dict) or meta.get("type") != "pseudo_labels" or meta.get("competition") != comp.name:
-        raise KtError(f"{meta_path} is not a {comp.name} pseudo-label record; make it with kt pseudo {comp.name}")
+    if (
+        not isinstance(meta, dict)
+        or meta.get("type") != "pseudo_labels"
+        or meta.get("competition") != comp.name
+    ):
+        raise KtError(
+            f"{meta_path} is not a {comp.name} pseudo-label record; make it with kt pseudo {comp.name}"
+        )
     frame = pd.read_csv(path, dtype={"id": str, "paths": str, "target": str}, keep_default_na=False)
     raw_cols = sorted((c for c in frame.columns if c.startswith("raw_")), key=lambda c: int(c[4:]))
     missing = {"id", "paths", "target"} - set(frame.columns)
     if missing or not raw_cols:
-        raise KtError(f"{path} lacks column(s) {', '.join(sorted(missing)) or 'raw_0'}; make it with kt pseudo")
+        raise KtError(
+            f"{path} lacks column(s) {', '.join(sorted(missing)) or 'raw_0'}; make it with kt pseudo"
+        )
     if frame["id"].duplicated().any():
-        raise KtError(f"{path}: id {frame.loc[frame['id'].duplicated(), 'id'].iloc[0]!r} appears twice")
+        raise KtError(
+            f"{path}: id {frame.loc[frame['id'].duplicated(), 'id'].iloc[0]!r} appears twice"
+        )
     raw = frame[raw_cols].to_numpy(dtype=np.float64)
     if not np.isfinite(raw).all():
         raise KtError(f"{path}: non-finite raw outputs; make the table again with kt pseudo")
     root = Path(root or meta["image_root"])
-    table = pd.DataFrame({
-        "id": frame["id"], "paths": [tuple(str(root / p) for p in s.split(";")) for s in frame["paths"]],
-        "target": [_parse_target(comp.task, v, path, i) for i, v in enumerate(frame["target"])],
-        "source": PSEUDO, "raw": list(raw), "soft": bool(meta.get("soft"))})
+    table = pd.DataFrame(
+        {
+            "id": frame["id"],
+            "paths": [tuple(str(root / p) for p in s.split(";")) for s in frame["paths"]],
+            "target": [_parse_target(comp.task, v, path, i) for i, v in enumerate(frame["target"])],
+            "source": PSEUDO,
+            "raw": list(raw),
+            "soft": bool(meta.get("soft")),
+        }
+    )
     return contained(table, root, f"--external pseudo={path}")
 
 
@@ -93,8 +113,13 @@ def add_pseudo(table: pd.DataFrame, extra: pd.DataFrame) -> tuple[pd.DataFrame, 
     row's file (an id like `train_images/x`, from --images at the data root, names the same image)."""
     labelled = table[table["source"] == "competition"]
     names, files = set(ids.keys(labelled["id"])), ids.image_keys(labelled["paths"])
-    overlap = np.array([k in names or bool(ids.image_keys([p]) & files)
-                        for k, p in zip(ids.keys(extra["id"]), extra["paths"], strict=True)], dtype=bool)
+    overlap = np.array(
+        [
+            k in names or bool(ids.image_keys([p]) & files)
+            for k, p in zip(ids.keys(extra["id"]), extra["paths"], strict=True)
+        ],
+        dtype=bool,
+    )
     return extra[~overlap], int(overlap.sum())
 
 
@@ -103,9 +128,11 @@ def soft_from_raw(task: Task, raw: np.ndarray) -> np.ndarray:
     raw = np.asarray(raw, dtype=np.float64).reshape(len(raw), -1)
     if task.classifies:
         if raw.shape[1] != task.num_classes:
-            raise KtError(f"soft labels for a head of {task.num_classes} classes need {task.num_classes} raw outputs; "
-                          f"the teacher gives {raw.shape[1]} (a regression teacher: train the student with a "
-                          "regression loss)")
+            raise KtError(
+                f"soft labels for a head of {task.num_classes} classes need {task.num_classes} raw outputs; "
+                f"the teacher gives {raw.shape[1]} (a regression teacher: train the student with a "
+                "regression loss)"
+            )
         return _softmax(raw).astype(np.float32)
     if task.kind == "ordinal":  # a grade; a classes teacher gives its expected grade
         grade = raw[:, 0] if raw.shape[1] == 1 else _softmax(raw) @ np.arange(raw.shape[1])
@@ -124,7 +151,11 @@ def lift(task: Task, y: np.ndarray) -> np.ndarray:
 def train_targets(task: Task, rows: pd.DataFrame) -> np.ndarray:
     """The training rows' targets: labels, with pseudo rows marked soft replaced by their soft labels."""
     y = task.targets(rows["target"])
-    soft = rows["soft"].fillna(False).to_numpy(bool) if "soft" in rows.columns else np.zeros(len(rows), bool)
+    soft = (
+        rows["soft"].fillna(False).to_numpy(bool)
+        if "soft" in rows.columns
+        else np.zeros(len(rows), bool)
+    )
     if not soft.any():
         return y
     y = lift(task, y)
@@ -132,7 +163,9 @@ def train_targets(task: Task, rows: pd.DataFrame) -> np.ndarray:
     return y
 
 
-def teacher_outputs(spec_path: str | Path, comp, task: Task, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def teacher_outputs(
+    spec_path: str | Path, comp, task: Task, rows: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray]:
     """(teacher raw outputs per training row, mask of rows that have one): the blended out-of-fold
     outputs of the spec's member runs for labelled rows, the recorded raw outputs for pseudo rows."""
     from ..inference import ensemble
@@ -140,11 +173,17 @@ def teacher_outputs(spec_path: str | Path, comp, task: Task, rows: pd.DataFrame)
 
     spec = ensemble.load_spec(spec_path)
     if spec.get("competition") != comp.name:
-        raise KtError(f"--teacher {spec_path} is a {spec.get('competition')} ensemble; this run is {comp.name}")
+        raise KtError(
+            f"--teacher {spec_path} is a {spec.get('competition')} ensemble; this run is {comp.name}"
+        )
     if spec["method"] == "rank":
-        raise KtError(f"--teacher {spec_path} blends ranks; distil from a mean or greedy ensemble (kt ensemble)")
+        raise KtError(
+            f"--teacher {spec_path} blends ranks; distil from a mean or greedy ensemble (kt ensemble)"
+        )
     ids, raws, _, _ = runs.load_oofs([Path(m["run"]) for m in spec["members"]])
-    raw = blend(raws.reshape(len(raws), len(ids), -1), [m["weight"] for m in spec["members"]], "mean")
+    raw = blend(
+        raws.reshape(len(raws), len(ids), -1), [m["weight"] for m in spec["members"]], "mean"
+    )
     width = raw.shape[1]
     index = {str(i): k for k, i in enumerate(ids)}
     out, mask = np.zeros((len(rows), width), np.float64), np.zeros(len(rows), bool)
@@ -152,12 +191,16 @@ def teacher_outputs(spec_path: str | Path, comp, task: Task, rows: pd.DataFrame)
         if source == PSEUDO:
             recorded = np.asarray(rows["raw"].iloc[r], dtype=np.float64)
             if recorded.shape != (width,):
-                raise KtError(f"pseudo row {rid!r} has {recorded.size} raw outputs, the teacher {width}; "
-                              "label the test images with the teacher's ensemble (kt pseudo --ensemble)")
+                raise KtError(
+                    f"pseudo row {rid!r} has {recorded.size} raw outputs, the teacher {width}; "
+                    "label the test images with the teacher's ensemble (kt pseudo --ensemble)"
+                )
             out[r], mask[r] = recorded, True
         elif rid in index:
             out[r], mask[r] = raw[index[rid]], True
-    if task.kind == "ordinal" and not task.classifies and width > 1:  # a classes teacher: its expected grade
+    if (
+        task.kind == "ordinal" and not task.classifies and width > 1
+    ):  # a classes teacher: its expected grade
         out = (_softmax(out) @ np.arange(width))[:, None]
     elif task.classifies and width != task.num_classes:
         soft_from_raw(task, out)  # raises the one-line explanation
@@ -172,25 +215,46 @@ class DistillLoss(nn.Module):
     run's regression loss on the grade and MSE to the teacher's value. Targets arrive packed:
     [label (k), teacher raw (k), mask (1)]."""
 
-    def __init__(self, task: Task, loss: str, *, alpha: float, temperature: float, label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        task: Task,
+        loss: str,
+        *,
+        alpha: float,
+        temperature: float,
+        label_smoothing: float = 0.0,
+    ):
         super().__init__()
-        self.task, self.loss, self.alpha, self.t, self.smoothing = task, loss, alpha, temperature, label_smoothing
+        self.task, self.loss, self.alpha, self.t, self.smoothing = (
+            task,
+            loss,
+            alpha,
+            temperature,
+            label_smoothing,
+        )
 
     def forward(self, out: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
         out = out.reshape(len(out), -1)
         k = out.shape[1]
-        y, teacher, mask = packed[:, :k], packed[:, k:2 * k], packed[:, 2 * k]
+        y, teacher, mask = packed[:, :k], packed[:, k : 2 * k], packed[:, 2 * k]
         t = self.t
         if self.task.classifies:
             y = y * (1 - self.smoothing) + self.smoothing / k
             label = -(y * F.log_softmax(out, 1)).sum(1)
             p = F.softmax(teacher / t, 1)
-            taught = (p * (torch.log(p.clamp_min(1e-12)) - F.log_softmax(out / t, 1))).sum(1) * t * t
+            taught = (
+                (p * (torch.log(p.clamp_min(1e-12)) - F.log_softmax(out / t, 1))).sum(1) * t * t
+            )
         elif self.task.kind in ("binary", "multilabel"):
             y = y * (1 - self.smoothing) + 0.5 * self.smoothing
             label = F.binary_cross_entropy_with_logits(out, y, reduction="none").mean(1)
-            taught = F.binary_cross_entropy_with_logits(out / t, torch.sigmoid(teacher / t),
-                                                        reduction="none").mean(1) * t * t
+            taught = (
+                F.binary_cross_entropy_with_logits(
+                    out / t, torch.sigmoid(teacher / t), reduction="none"
+                ).mean(1)
+                * t
+                * t
+            )
         else:
             fn = {"l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss}[self.loss]
             label = fn(out, y, reduction="none").mean(1)
@@ -202,25 +266,37 @@ class DistillLoss(nn.Module):
 def pack(task: Task, y: np.ndarray, teacher: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[label, teacher raw, mask] per row, the layout DistillLoss reads."""
     y = lift(task, y).reshape(len(y), -1)
-    return np.concatenate([y, teacher.reshape(len(y), -1), mask[:, None].astype(np.float32)], 1).astype(np.float32)
+    return np.concatenate(
+        [y, teacher.reshape(len(y), -1), mask[:, None].astype(np.float32)], 1
+    ).astype(np.float32)
 
 
-def training_targets(cfg, comp, task: Task, rows: pd.DataFrame, loss: str) -> tuple[np.ndarray, nn.Module | None]:
+def training_targets(
+    cfg, comp, task: Task, rows: pd.DataFrame, loss: str
+) -> tuple[np.ndarray, nn.Module | None]:
     """The training rows' target array and, with --teacher, the distillation loss that reads it."""
     y = train_targets(task, rows)
     soft = y.dtype == np.float32 and task.classifies
     if loss == "focal" and (soft or cfg.teacher):
-        raise KtError("soft labels and --teacher need a loss that takes probabilities; --loss focal takes class "
-                      "indices: use ce or bce")
+        raise KtError(
+            "soft labels and --teacher need a loss that takes probabilities; --loss focal takes class "
+            "indices: use ce or bce"
+        )
     if not cfg.teacher:
         return y, None
     if cfg.mix != "none":
-        raise KtError("--teacher with --set mix is not supported: mixing would blend the teacher's logits; "
-                      "drop one of them")
+        raise KtError(
+            "--teacher with --set mix is not supported: mixing would blend the teacher's logits; "
+            "drop one of them"
+        )
     teacher, mask = teacher_outputs(cfg.teacher, comp, task, rows)
-    return pack(task, y, teacher, mask), DistillLoss(task, loss, alpha=cfg.distill_alpha,
-                                                     temperature=cfg.distill_temperature,
-                                                     label_smoothing=cfg.label_smoothing)
+    return pack(task, y, teacher, mask), DistillLoss(
+        task,
+        loss,
+        alpha=cfg.distill_alpha,
+        temperature=cfg.distill_temperature,
+        label_smoothing=cfg.label_smoothing,
+    )
 
 
 def describe_sources(external: list[str]) -> dict[str, Any]:

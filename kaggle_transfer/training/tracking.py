@@ -31,8 +31,9 @@ def _mlflow():
         import mlflow  # noqa: F401
         from mlflow.tracking import MlflowClient
     except ImportError:
-        raise KtError("--track mlflow needs MLflow: pip install 'kaggle_transfer[mlflow]' (or pass --track none)") \
-            from None
+        raise KtError(
+            "--track mlflow needs MLflow: pip install 'kaggle_transfer[mlflow]' (or pass --track none)"
+        ) from None
     return MlflowClient
 
 
@@ -77,8 +78,11 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, step) for k, v in row.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"]
+        metrics = [
+            Metric(k, float(v), now, step)
+            for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"
+        ]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, run_dir: Path, result: dict[str, Any]) -> None:
@@ -87,9 +91,14 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        final = {f"best_{k}": result[k] for k in ("score", "best_epoch", "time_s")
-                 if isinstance(result.get(k), (int, float))}
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in final.items()])
+        final = {
+            f"best_{k}": result[k]
+            for k in ("score", "best_epoch", "time_s")
+            if isinstance(result.get(k), (int, float))
+        }
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in final.items()]
+        )
         for name in ARTEFACTS:
             if (run_dir / name).is_file():
                 self.client.log_artifact(self.run_id, str(run_dir / name))
@@ -111,10 +120,18 @@ def start(cfg, run_dir: Path, *, resume: bool, main: bool) -> Tracker:
         return Tracker(client, run_id)
     from mlflow.entities import Param
 
-    run = client.create_run(_experiment(client, f"kt-{cfg.competition}", uri), run_name=run_dir.name,
-                            tags={"kt.run_dir": str(run_dir.resolve()), "kt.competition": cfg.competition,
-                                  "kt.arch": cfg.arch})
-    params = [Param(k, str(v)[:500]) for k, v in sorted(cfg.to_dict().items()) if v not in (None, [], "")]
+    run = client.create_run(
+        _experiment(client, f"kt-{cfg.competition}", uri),
+        run_name=run_dir.name,
+        tags={
+            "kt.run_dir": str(run_dir.resolve()),
+            "kt.competition": cfg.competition,
+            "kt.arch": cfg.arch,
+        },
+    )
+    params = [
+        Param(k, str(v)[:500]) for k, v in sorted(cfg.to_dict().items()) if v not in (None, [], "")
+    ]
     client.log_batch(run.info.run_id, params=params)
     write_json(record, {"run_id": run.info.run_id, "tracking_uri": uri})
     return Tracker(client, run.info.run_id)
