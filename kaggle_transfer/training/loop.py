@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,74 @@ from .summary import finish, record_start
 from .tables import load_tables, meta_inputs
 from .targets import training_targets
 
-SYNC_EVERY = (
-    50  # training steps between two reads of the loss by the host (each read waits for the GPU)
-)
+# training steps between two reads of the loss by the host (each read waits for the GPU)
+SYNC_EVERY = 50
+
+
+@dataclass
+class Trainee:
+    """What the optimisation changes; every part is saved in last.pt for --resume."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # timm's scheduler, or None
+    scaler: torch.amp.GradScaler
+    ema: Any = None  # timm's ModelEmaV3 with --ema
+    swa: Any = None  # the SWA running average with --set swa_epochs=K
+
+    def parts(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands; saved in last.pt, so a resumed run continues exactly."""
+
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    bad_epochs: int = 0
+    updates: int = 0
+    swa: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> LoopState:
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
+
+
+@dataclass(frozen=True)
+class Stepper:
+    """How one batch becomes one (accumulated) optimizer step."""
+
+    forward: Any  # the model, or its DDP / compiled wrapper
+    criterion: Any
+    mixer: Any  # CutMix/MixUp, or None
+    task: Task
+    device: torch.device
+    dtype: Any  # the autocast dtype, or None
+    channels_last: bool
+    accum_steps: int
+    steps: int  # optimizer-visible batches per epoch (--set max_steps caps them)
+
+
+@dataclass
+class RunData:
+    """A run's rows and loaders, fixed for the whole run."""
+
+    table: pd.DataFrame
+    train_rows: pd.DataFrame
+    val_rows: pd.DataFrame
+    y_val: np.ndarray
+    train_loader: Any
+    val_loader: Any
+    val_shard: np.ndarray
+    generator: torch.Generator
+    meta_train: torch.Tensor | None = None
+    meta_val: torch.Tensor | None = None
 
 
 def _check_finite(nonfinite: torch.Tensor, epoch: int, step: int) -> None:
@@ -59,76 +125,62 @@ def _check_finite(nonfinite: torch.Tensor, epoch: int, step: int) -> None:
         )
 
 
+def _hold_lr(optimizer: torch.optim.Optimizer, lr: float | None) -> None:
+    """SWA's window with --set swa_lr: a constant rate (each group keeps its layer-decay scale)."""
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
 def _train_epoch(
     bar,
     epoch: int,
-    parts: dict[str, Any],
-    state: dict[str, Any],
+    t: Trainee,
+    state: LoopState,
+    step: Stepper,
     *,
-    forward,
-    criterion,
-    mixer,
-    task: Task,
-    cfg: RunConfig,
-    device: torch.device,
-    dtype,
-    channels_last: bool,
-    steps: int,
-    meta: torch.Tensor | None = None,
-    lr_hold: float | None = None,
+    mix: bool,
+    meta=None,
+    lr_hold=None,
 ) -> tuple[torch.Tensor, int]:
     """One epoch of optimizer steps. Returns (the loss summed on the device, images seen)."""
-    model, optimizer, scheduler, scaler, ema = (
-        parts[k] for k in ("model", "optimizer", "scheduler", "scaler", "ema")
-    )
     seen = 0
-    hold = (
-        [] if lr_hold is None else optimizer.param_groups
-    )  # SWA's window with --set swa_lr: a constant rate
-    for group in hold:
-        group["lr"] = lr_hold * group.get("lr_scale", 1.0)
-    loss_sum, nonfinite = (
-        torch.zeros((), device=device),
-        torch.zeros((), device=device, dtype=torch.int64),
-    )
-    optimizer.zero_grad(set_to_none=True)
-    for step, (x, y, rows) in enumerate(bar):
-        if step >= steps:
+    _hold_lr(t.optimizer, lr_hold)
+    loss_sum = torch.zeros((), device=step.device)
+    nonfinite = torch.zeros((), device=step.device, dtype=torch.int64)
+    t.optimizer.zero_grad(set_to_none=True)
+    for i, (x, y, rows) in enumerate(bar):
+        if i >= step.steps:
             break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        extra = (
-            () if meta is None else (meta[rows].to(device, non_blocking=True),)
-        )  # the rows' metadata
-        if mixer is not None and epoch < cfg.epochs - cfg.mix_off_epochs:
-            x, y = mixer(x, y)
-        if channels_last:
+        # the batch, its rows' metadata, mixed and laid out as the model runs fastest
+        x, y = x.to(step.device, non_blocking=True), y.to(step.device, non_blocking=True)
+        extra = () if meta is None else (meta[rows].to(step.device, non_blocking=True),)
+        if mix and step.mixer is not None:
+            x, y = step.mixer(x, y)
+        if step.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            loss = _step_loss(criterion, forward(x, *extra), y, task)
-        scaler.scale(loss / cfg.accum_steps).backward()
-        if (step + 1) % cfg.accum_steps == 0 or step + 1 == steps:
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            state["updates"] += 1
-            if scheduler is not None:
-                scheduler.step_update(state["updates"])
-            for group in hold:  # after the schedule's update: the held rate wins
-                group["lr"] = lr_hold * group.get("lr_scale", 1.0)
-            if ema is not None:
-                ema.update(model)
+        # forward under autocast, backward scaled; the optimizer steps every accum_steps batches
+        with torch.autocast(step.device.type, dtype=step.dtype) if step.dtype else nullcontext():
+            loss = _step_loss(step.criterion, step.forward(x, *extra), y, step.task)
+        t.scaler.scale(loss / step.accum_steps).backward()
+        if (i + 1) % step.accum_steps == 0 or i + 1 == step.steps:
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+            t.optimizer.zero_grad(set_to_none=True)
+            state.updates += 1
+            if t.scheduler is not None:
+                t.scheduler.step_update(state.updates)
+            _hold_lr(t.optimizer, lr_hold)  # after the schedule's update: the held rate wins
+            if t.ema is not None:
+                t.ema.update(t.model)
         # summed on the device: the host reads the loss every SYNC_EVERY steps, never once a step
-        loss_sum, nonfinite = (
-            loss_sum + loss.detach().float(),
-            nonfinite + (~torch.isfinite(loss.detach())),
-        )
+        loss_sum = loss_sum + loss.detach().float()
+        nonfinite = nonfinite + (~torch.isfinite(loss.detach()))
         seen += len(x)
-        if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:
-            _check_finite(nonfinite, epoch, step)
-            bar.set_postfix(
-                loss=f"{loss_sum.item() / (step + 1):.4f}",
-                lr=f"{optimizer.param_groups[-1]['lr']:.2e}",
-            )
+        if (i + 1) % SYNC_EVERY == 0 or i + 1 == step.steps:
+            _check_finite(nonfinite, epoch, i)
+            lr = t.optimizer.param_groups[-1]["lr"]
+            bar.set_postfix(loss=f"{loss_sum.item() / (i + 1):.4f}", lr=f"{lr:.2e}")
     return loss_sum, seen
 
 
@@ -193,6 +245,228 @@ def _loaders(
     return train_loader, val_loader, val_shard
 
 
+def _data(cfg: RunConfig, comp, task: Task, inputs: dict[str, Any], *, proto, channels, pin: bool):
+    """The run's rows split into training and validation, their targets and loaders."""
+    table = load_tables(
+        cfg,
+        inputs["data_dir"],
+        external_dirs=inputs["external_dirs"],
+        skip_bad_images=inputs["skip_bad_images"],
+        train_table=inputs["train_table"],
+    )
+    val_rows = table[table["fold"] == cfg.fold]
+    train_rows = table[(table["fold"] != cfg.fold) & (table["fold"] != HELD_OUT)]
+    if len(val_rows) == 0 or len(train_rows) == 0:
+        raise KtError(
+            f"fold {cfg.fold} leaves an empty train or validation set "
+            f"({len(train_rows)}/{len(val_rows)})"
+        )
+    y_val = task.targets(val_rows["target"])
+    # soft labels, teacher targets; the metadata columns beside the image (--set meta=true)
+    y_train, distill = training_targets(cfg, comp, task, train_rows, inputs["loss_name"])
+    meta_dim, meta_train, meta_val = meta_inputs(
+        cfg, comp, train_rows, val_rows, inputs["meta_dir"]
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader, val_loader, val_shard = _loaders(
+        cfg,
+        train_rows,
+        val_rows,
+        (y_train, y_val),
+        channels=channels,
+        proto=proto,
+        generator=generator,
+        pin=pin,
+    )
+    data = RunData(
+        table,
+        train_rows,
+        val_rows,
+        y_val,
+        train_loader,
+        val_loader,
+        val_shard,
+        generator,
+        meta_train,
+        meta_val,
+    )
+    return data, distill, meta_dim
+
+
+def _trainee(cfg: RunConfig, model: nn.Module, data: RunData, *, proto, dtype, device) -> Trainee:
+    """The optimizer, schedule, scaler and weight averages around the network."""
+    from timm.utils import ModelEmaV3
+
+    optimizer = build_optimizer(model, cfg, decay_all=proto.decay_all)
+    if len(data.train_loader) == 0:
+        raise KtError(
+            f"no training batch: {len(data.train_rows)} training rows over "
+            f"{distributed.world_size()} process(es); train on more rows or with fewer processes "
+            "(torchrun --nproc_per_node)"
+        )
+    steps = _steps_per_epoch(cfg, data)
+    scheduler = build_scheduler(
+        cfg, optimizer, -(-steps // cfg.accum_steps), per_epoch=proto.per_epoch
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+    return Trainee(model, optimizer, scheduler, scaler, ema)
+
+
+def _steps_per_epoch(cfg: RunConfig, data: RunData) -> int:
+    return min(len(data.train_loader), cfg.max_steps or len(data.train_loader))
+
+
+def _forward(cfg: RunConfig, model: nn.Module, device: torch.device):
+    """The model as the steps call it: wrapped for DistributedDataParallel and torch.compile."""
+    forward = model
+    if distributed.active():
+        from torch.nn.parallel import DistributedDataParallel
+
+        # frozen epochs leave backbone parameters without gradients: DDP must be told to expect that
+        forward = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=frozen_epochs(cfg) > 0,
+        )
+    return torch.compile(forward) if cfg.compile else forward
+
+
+@dataclass
+class FoldRun:
+    """One fold's fixed context: what every epoch, validation and the best-so-far keeping read."""
+
+    cfg: RunConfig
+    run_dir: Path
+    main: bool  # rank 0 writes every file
+    task: Task
+    criterion: Any  # the plain loss: validation is scored without distillation
+    data: RunData
+    stepper: Stepper
+    swa: Swa | None
+    tracker: Any
+    progress: bool
+
+    def validate(
+        self, net: nn.Module, when: str
+    ) -> tuple[np.ndarray, float, dict[str, Any], float]:
+        """(raw outputs, loss, fitted thresholds, score) on the validation rows, gathered over
+        ranks."""
+        s, data = self.stepper, self.data
+        out = predict_raw(
+            net,
+            data.val_loader,
+            s.device,
+            s.dtype,
+            meta=data.meta_val,
+            channels_last=s.channels_last,
+        )
+        raw = distributed.gather_rows(data.val_shard, out, len(data.val_rows))
+        if not np.isfinite(raw).all():  # a diverged model must not be kept as "best" with a score 0
+            raise KtError(
+                f"validation outputs became NaN or inf {when}; lower --lr (or --amp off) and start "
+                "again"
+            )
+        fitted = self.task.fit(raw, data.y_val)
+        y = torch.from_numpy(data.y_val)
+        loss = _step_loss(self.criterion, torch.from_numpy(raw), y, self.task)
+        return raw, float(loss), fitted, self.task.score(data.y_val, raw, fitted)
+
+    def keep(self, net: nn.Module, raw: np.ndarray, fitted: dict[str, Any]) -> None:
+        """The best weights so far and their validation outputs."""
+        if self.main:
+            save(net.state_dict(), self.run_dir / runs.BEST)
+            runs.save_oof(
+                self.run_dir, self.data.val_rows["id"], raw, self.data.y_val, fitted=fitted
+            )
+
+
+def _epoch(run: FoldRun, t: Trainee, state: LoopState, epoch: int) -> None:
+    """Train one epoch, validate, record it, keep the weights when they are the best so far."""
+    cfg, data, stepper, frozen = run.cfg, run.data, run.stepper, frozen_epochs(run.cfg)
+    # the epoch's randomness: the shuffle, and dropout / drop-path masks, are functions of
+    # (seed, epoch, rank), so a resumed epoch draws what the uninterrupted run drew
+    data.generator.manual_seed(cfg.seed * 1000 + epoch)
+    torch.manual_seed(sample_seed(cfg.seed, epoch, distributed.rank()))
+    np.random.seed(sample_seed(cfg.seed, epoch, distributed.rank()) % 2**32)  # timm's Mixup
+    data.train_loader.sampler.set_epoch(epoch)  # (and the DistributedSampler's shuffle)
+    t.model.train()
+    set_backbone_trainable(t.model, epoch >= frozen)
+
+    # train
+    t0 = time.time()
+    bar = tqdm(
+        data.train_loader,
+        total=stepper.steps,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        disable=not run.progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    hold = cfg.swa_lr if run.swa is not None and epoch >= run.swa.start else None
+    loss_sum, seen = _train_epoch(
+        bar,
+        epoch,
+        t,
+        state,
+        stepper,
+        meta=data.meta_train,
+        mix=epoch < cfg.epochs - cfg.mix_off_epochs,
+        lr_hold=hold,
+    )
+    train_time = time.time() - t0
+    if t.scheduler is not None:
+        t.scheduler.step(epoch + 1)
+    if run.swa is not None:
+        run.swa.update(t.model, epoch)
+
+    # validate (the EMA weights with --ema), record, keep the best
+    eval_model = t.ema.module if t.ema is not None else t.model
+    raw, val_loss, fitted, score = run.validate(eval_model, f"at epoch {epoch + 1}")
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum.item() / max(stepper.steps, 1),
+        "val_loss": val_loss,
+        "score": score,
+        "lr": t.optimizer.param_groups[-1]["lr"],
+        "train_images_per_s": seen * distributed.world_size() / max(train_time, 1e-9),
+        "epoch_s": time.time() - t0,
+        "frozen": epoch < frozen,
+    }
+    state.history.append(row)
+    run.tracker.epoch(row, epoch + 1)
+    if run.progress and run.main:
+        tqdm.write(
+            f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val_loss "
+            f"{val_loss:.4f}  {run.task.metric} {score:.4f}  {row['train_images_per_s']:.1f} img/s"
+        )
+    if score > state.best_score:
+        state.best_score, state.best_epoch, state.bad_epochs = score, epoch + 1, 0
+        run.keep(eval_model, raw, fitted)
+    else:
+        state.bad_epochs += 1
+    state.epoch = epoch + 1
+    if run.main:
+        runs.write_history(run.run_dir, pd.DataFrame(state.history))
+        checkpoint(run.run_dir / runs.LAST, t.parts(), state.to_dict())
+    trim_heap()  # freed activations back to the OS: the next epoch's peak does not creep up
+
+
+def _finish_swa(run: FoldRun, state: LoopState) -> None:
+    """SWA's weights, BatchNorm recomputed, validated; kept when they score higher (or always)."""
+    s = run.stepper
+    net = run.swa.finish(run.data.train_loader, s.device, s.steps, meta=run.data.meta_train)
+    raw, _, fitted, score = run.validate(net, "for the SWA weights")
+    selected = run.cfg.swa_keep == "always" or score > state.best_score
+    state.swa = {"epochs_averaged": run.swa.epochs_averaged, "score": score, "selected": selected}
+    if run.main:
+        save(net.state_dict(), run.run_dir / runs.SWA)
+    if selected:
+        state.best_score = score
+        run.keep(net, raw, fitted)
+
+
 def fit(
     cfg: RunConfig,
     run_dir: Path,
@@ -204,7 +478,8 @@ def fit(
     progress: bool = True,
     train_table: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Train one model on one fold; keep the best epoch by the competition metric. Returns metrics.json."""
+    """Train one model on one fold; keep the best epoch by the competition metric. Returns
+    metrics.json."""
     run_dir, external_dirs = Path(run_dir), dict(external_dirs or {})
     comp = competitions.for_config(cfg)
     task = comp.task.trained_with(cfg.loss)  # ordinal + ce: one logit per grade
@@ -214,52 +489,29 @@ def fit(
     main = distributed.is_main()
     if main:
         record_start(cfg, run_dir, data_dir, external_dirs, skip_bad_images, proto)
-    tracker = tracking.start(
-        cfg, run_dir, resume=resume, main=main
-    )  # --track mlflow; a no-op otherwise
+    tracker = tracking.start(cfg, run_dir, resume=resume, main=main)  # a no-op without --track
     steady_heap()  # batch-sized CPU buffers mapped and unmapped, not left resident on the heap
     seed_everything(cfg.seed)
+
+    # where and how the run computes
     device = pick_device(cfg.device)
     if device.type == "cuda" and distributed.active():
         device = torch.device("cuda", distributed.local_rank())
     dtype = amp_dtype(cfg.amp, device)
-    channels_last = cfg.channels_last and device.type in (
-        "cuda",
-        "cpu",
-    )  # cuDNN and oneDNN both gain
+    channels_last = cfg.channels_last and device.type in ("cuda", "cpu")  # cuDNN, oneDNN both gain
 
-    table = load_tables(
-        cfg,
-        data_dir,
-        external_dirs=external_dirs,
-        skip_bad_images=skip_bad_images,
-        train_table=train_table,
+    # the rows, the network and what trains it
+    inputs = {
+        "data_dir": data_dir,
+        "external_dirs": external_dirs,
+        "skip_bad_images": skip_bad_images,
+        "train_table": train_table,
+        "loss_name": loss_name,
+        "meta_dir": run_dir if main else None,
+    }
+    data, distill, meta_dim = _data(
+        cfg, comp, task, inputs, proto=proto, channels=channels, pin=device.type == "cuda"
     )
-    val_rows = table[table["fold"] == cfg.fold]
-    train_rows = table[(table["fold"] != cfg.fold) & (table["fold"] != HELD_OUT)]
-    if len(val_rows) == 0 or len(train_rows) == 0:
-        raise KtError(
-            f"fold {cfg.fold} leaves an empty train or validation set ({len(train_rows)}/{len(val_rows)})"
-        )
-    y_val = task.targets(val_rows["target"])
-    y_train, distill = training_targets(
-        cfg, comp, task, train_rows, loss_name
-    )  # soft labels, teacher targets
-    meta_dim, meta_train, meta_val = meta_inputs(
-        cfg, comp, train_rows, val_rows, run_dir if main else None
-    )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader, val_loader, val_shard = _loaders(
-        cfg,
-        train_rows,
-        val_rows,
-        (y_train, y_val),
-        channels=channels,
-        proto=proto,
-        generator=generator,
-        pin=device.type == "cuda",
-    )
-
     model = build_model(
         cfg.arch,
         task.num_outputs,
@@ -277,190 +529,48 @@ def fit(
         warm_start(model, cfg.init, cfg.arch)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    from timm.utils import ModelEmaV3
-
-    optimizer = build_optimizer(model, cfg, decay_all=proto.decay_all)
-    if len(train_loader) == 0:
-        raise KtError(
-            f"no training batch: {len(train_rows)} training rows over {distributed.world_size()} "
-            "process(es); train on more rows or with fewer processes (torchrun --nproc_per_node)"
-        )
-    steps_per_epoch = min(len(train_loader), cfg.max_steps or len(train_loader))
-    scheduler = build_scheduler(
-        cfg, optimizer, -(-steps_per_epoch // cfg.accum_steps), per_epoch=proto.per_epoch
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+    t = _trainee(cfg, model, data, proto=proto, dtype=dtype, device=device)
     criterion = build_loss(loss_name, task, cfg.label_smoothing)
-    mixer = build_mixer(cfg.mix, prob=cfg.mix_prob, alpha=cfg.mix_alpha, task=task, loss=loss_name)
-    forward = model
-    if distributed.active():
-        from torch.nn.parallel import DistributedDataParallel
-
-        # frozen epochs leave backbone parameters without gradients: DDP must be told to expect that
-        forward = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=frozen_epochs(cfg) > 0,
-        )
-    forward = torch.compile(forward) if cfg.compile else forward
-    swa = Swa(model, cfg.epochs, cfg.swa_epochs) if cfg.swa_epochs else None
-    parts = {
-        "model": model,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "scaler": scaler,
-        "ema": ema,
-        "swa": swa.averaged if swa else None,
-    }
-
-    def validate(net: nn.Module, when: str) -> tuple[np.ndarray, float, dict[str, Any], float]:
-        """(raw outputs, loss, fitted thresholds, score) on the validation rows, gathered over ranks."""
-        raw = distributed.gather_rows(
-            val_shard,
-            predict_raw(net, val_loader, device, dtype, meta=meta_val, channels_last=channels_last),
-            len(val_rows),
-        )
-        if not np.isfinite(
-            raw
-        ).all():  # a diverged model must not be kept as "best" with a score of 0
-            raise KtError(
-                f"validation outputs became NaN or inf {when}; lower --lr (or --amp off) and start again"
-            )
-        fitted = task.fit(raw, y_val)
-        return (
-            raw,
-            float(_step_loss(criterion, torch.from_numpy(raw), torch.from_numpy(y_val), task)),
-            fitted,
-            task.score(y_val, raw, fitted),
-        )
-
-    def keep(net: nn.Module, raw: np.ndarray, fitted: dict[str, Any]) -> None:
-        """The best weights so far and their validation outputs."""
-        if main:
-            save(net.state_dict(), run_dir / runs.BEST)
-            runs.save_oof(run_dir, val_rows["id"], raw, y_val, fitted=fitted)
-
-    state = {
-        "epoch": 0,
-        "best_score": -math.inf,
-        "best_epoch": -1,
-        "history": [],
-        "bad_epochs": 0,
-        "updates": 0,
-    }
-    if resume:
-        state = restore(run_dir / runs.LAST, device, parts)
-
-    started, frozen = time.time(), frozen_epochs(cfg)
-    for epoch in range(state["epoch"], cfg.epochs):
-        generator.manual_seed(cfg.seed * 1000 + epoch)  # same shuffle after a resume
-        # dropout / drop-path masks: a function of (seed, epoch, rank), so a resumed epoch draws the
-        # masks the uninterrupted run drew, and ranks do not share masks
-        torch.manual_seed(sample_seed(cfg.seed, epoch, distributed.rank()))
-        np.random.seed(
-            sample_seed(cfg.seed, epoch, distributed.rank()) % 2**32
-        )  # timm's Mixup draws here
-        train_loader.sampler.set_epoch(epoch)  # (and the DistributedSampler's shuffle)
-        model.train()
-        set_backbone_trainable(model, epoch >= frozen)
-        t0 = time.time()
-        bar = tqdm(
-            train_loader,
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        loss_sum, seen = _train_epoch(
-            bar,
-            epoch,
-            parts,
-            state,
-            forward=forward,
-            mixer=mixer,
-            task=task,
-            criterion=criterion if distill is None else distill,
-            cfg=cfg,
-            device=device,
-            dtype=dtype,
-            channels_last=channels_last,
-            steps=steps_per_epoch,
-            meta=meta_train,
-            lr_hold=cfg.swa_lr if swa is not None and epoch >= swa.start else None,
-        )
-        train_time = time.time() - t0
-        if scheduler is not None:
-            scheduler.step(epoch + 1)
-
-        if swa is not None:
-            swa.update(model, epoch)
-        eval_model = ema.module if ema is not None else model
-        raw, val_loss, fitted, score = validate(eval_model, f"at epoch {epoch + 1}")
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / max(steps_per_epoch, 1),
-            "val_loss": val_loss,
-            "score": score,
-            "lr": optimizer.param_groups[-1]["lr"],
-            "train_images_per_s": seen * distributed.world_size() / max(train_time, 1e-9),
-            "epoch_s": time.time() - t0,
-            "frozen": epoch < frozen,
-        }
-        state["history"].append(row)
-        tracker.epoch(row, epoch + 1)
-        if progress and main:
-            tqdm.write(
-                f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
-                f"{task.metric} {score:.4f}  {row['train_images_per_s']:.1f} img/s"
-            )
-        if score > state["best_score"]:
-            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
-            keep(eval_model, raw, fitted)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch + 1
-        if main:
-            runs.write_history(run_dir, pd.DataFrame(state["history"]))
-            checkpoint(run_dir / runs.LAST, parts, state)
-        trim_heap()  # freed activations back to the OS: the next epoch's peak does not creep up
-        if cfg.patience and state["bad_epochs"] >= cfg.patience:
-            break
-    if (
-        swa is not None and swa.epochs_averaged
-    ):  # SWA's weights, BatchNorm recomputed, kept when they score higher
-        net = swa.finish(train_loader, device, steps_per_epoch, meta=meta_train)
-        raw, _, fitted, score = validate(net, "for the SWA weights")
-        state["swa"] = {
-            "epochs_averaged": swa.epochs_averaged,
-            "score": score,
-            "selected": cfg.swa_keep == "always" or score > state["best_score"],
-        }
-        if main:
-            save(net.state_dict(), run_dir / runs.SWA)
-        if state["swa"]["selected"]:
-            state["best_score"] = score
-            keep(net, raw, fitted)
-    if not main:
-        return {
-            "score": state["best_score"],
-            "best_epoch": state["best_epoch"],
-            "rank": distributed.rank(),
-        }
-    result = finish(
-        run_dir,
-        comp,
-        table,
-        train_rows,
-        val_rows=val_rows,
-        state=state,
-        loss_name=loss_name,
+    stepper = Stepper(
+        forward=_forward(cfg, model, device),
+        criterion=criterion if distill is None else distill,
+        mixer=build_mixer(
+            cfg.mix, prob=cfg.mix_prob, alpha=cfg.mix_alpha, task=task, loss=loss_name
+        ),
+        task=task,
         device=device,
         dtype=dtype,
-        started=started,
-        parameters=sum(p.numel() for p in model.parameters()),
+        channels_last=channels_last,
+        accum_steps=cfg.accum_steps,
+        steps=_steps_per_epoch(cfg, data),
     )
+    swa = Swa(model, cfg.epochs, cfg.swa_epochs) if cfg.swa_epochs else None
+    t.swa = swa.averaged if swa else None
+    run = FoldRun(cfg, run_dir, main, task, criterion, data, stepper, swa, tracker, progress)
+
+    state = LoopState()
+    if resume:
+        state = LoopState.from_dict(restore(run_dir / runs.LAST, device, t.parts()))
+    started = time.time()
+    for epoch in range(state.epoch, cfg.epochs):
+        _epoch(run, t, state, epoch)
+        if cfg.patience and state.bad_epochs >= cfg.patience:
+            break
+    if swa is not None and swa.epochs_averaged:
+        _finish_swa(run, state)
+    if not main:
+        return {
+            "score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "rank": distributed.rank(),
+        }
+    facts = {
+        "loss": loss_name,
+        "device": device.type,
+        "amp": str(dtype).removeprefix("torch.") if dtype else "off",
+        "time_s": time.time() - started,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    result = finish(run_dir, comp, data, state.to_dict(), facts)
     tracker.finish(run_dir, result)
     return result

@@ -3,12 +3,10 @@ when it finishes, from the loop's state and its best OOF."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from .. import runs
 from ..config import RunConfig
@@ -20,53 +18,40 @@ from .targets import describe_sources
 
 
 def finish(
-    run_dir: Path,
-    comp,
-    table: pd.DataFrame,
-    train_rows: pd.DataFrame,
-    *,
-    val_rows: pd.DataFrame,
-    state: dict[str, Any],
-    loss_name: str,
-    device: torch.device,
-    dtype,
-    started: float,
-    parameters: int,
+    run_dir: Path, comp, data, state: dict[str, Any], facts: dict[str, Any]
 ) -> dict[str, Any]:
-    """metrics.json and the learning-curve plot, from the loop's state and the best epoch's OOF."""
-    task = comp.task
+    """metrics.json and the learning-curve plot, from the loop's state (LoopState as a dict), its rows
+    (RunData) and the best epoch's OOF. `facts`: loss, device, amp, time_s, parameters."""
+    task, table, train_rows = comp.task, data.table, data.train_rows
     history = pd.DataFrame(state["history"])
     plots.learning_curve(history, task.metric, run_dir / runs.PLOTS / "learning_curve.png")
     oof = runs.load_oof(run_dir)
+    skipped = table.attrs["skipped_images"]
     result = {
         "competition": comp.name,
         "metric": task.metric,
         "score": state["best_score"],
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
-        "loss": loss_name,
+        "loss": facts["loss"],
         "fitted": oof["fitted"],
         "n_train": len(train_rows),
-        "n_val": len(val_rows),
-        "skipped_images": table.attrs["skipped_images"]["competition"],
-        "skipped_external_images": {
-            k: v for k, v in table.attrs["skipped_images"].items() if k != "competition"
-        },
+        "n_val": len(data.val_rows),
+        "skipped_images": skipped["competition"],
+        "skipped_external_images": {k: v for k, v in skipped.items() if k != "competition"},
         "n_external": int((table["source"] != "competition").sum()),
         "n_pseudo": int((train_rows["source"] == "pseudo").sum()),
         "pseudo_dropped": table.attrs.get("pseudo_dropped", 0),
-        "device": device.type,
+        "device": facts["device"],
         "cached_rows": int(table["cached"].sum()) if "cached" in table.columns else 0,
-        "amp": str(dtype).removeprefix("torch.") if dtype else "off",
+        "amp": facts["amp"],
         "train_images_per_s": float(history["train_images_per_s"].mean()),
-        "time_s": time.time() - started,
-        "parameters": parameters,
+        "time_s": facts["time_s"],
+        "parameters": facts["parameters"],
         "weights": "swa" if (state.get("swa") or {}).get("selected") else "best_epoch",
         "swa": state.get("swa"),
     }
-    if (
-        task.kind == "ordinal" and oof["raw"].ndim == 1
-    ):  # what the fitted cut points bought over rounding
+    if task.kind == "ordinal" and oof["raw"].ndim == 1:  # what the fitted cut points bought
         result["score_rounded"] = task.score(oof["targets"], oof["raw"], {})
     runs.write_metrics(run_dir, result)
     return result
