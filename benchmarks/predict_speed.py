@@ -22,14 +22,14 @@ import pandas as pd
 # ru_maxrss, so a child started by this (torch-heavy) process would report the parent's peak.
 MEMORY_PROBE = """
 import sys, json
-from kaggle_transfer.inference.predict import predict_models
+from kaggle_transfer.inference.predict import RunOptions, predict_models
 from kaggle_transfer.inference.session import load_model
 def hwm():
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
 paths = json.load(open(sys.argv[1]))
 model = load_model(sys.argv[2])
 before = hwm()
-predict_models([model], paths, batch_size=64, workers=2, progress=False)
+predict_models([model], paths, RunOptions(batch_size=64, threads=2, progress=False))
 print(before, hwm())
 """
 
@@ -54,7 +54,7 @@ def main() -> None:
     p.add_argument("--source-size", type=int, default=1024)
     p.add_argument("--memory-images", type=int, default=10000)
     a = p.parse_args()
-    from kaggle_transfer.inference.predict import predict_models
+    from kaggle_transfer.inference.predict import RunOptions, predict_models
     from kaggle_transfer.inference.session import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,14 +68,14 @@ def main() -> None:
             cv2.imwrite(str(tmp / "big" / f"{i}.jpg"), base)
             paths.append((str(tmp / "big" / f"{i}.jpg"),))
         t0 = time.perf_counter()
-        predict_models([model] * a.k, paths, progress=False)
+        predict_models([model] * a.k, paths, RunOptions(progress=False))
         shared = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(a.k):
-            predict_models([model], paths, progress=False)
+            predict_models([model], paths, RunOptions(progress=False))
         separate = time.perf_counter() - t0
         t0 = time.perf_counter()
-        predict_models([model], paths, progress=False)
+        predict_models([model], paths, RunOptions(progress=False))
         single = time.perf_counter() - t0
         print(f"\n{a.images} JPEGs {a.source_size}px, resnet18 @ 64px, CPU")
         print(f"one model: {single:.2f}s; {a.k} models as one ensemble: {shared:.2f}s "

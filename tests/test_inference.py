@@ -17,7 +17,7 @@ from kaggle_transfer.data import images
 from kaggle_transfer.errors import KtError
 from kaggle_transfer.files import sha256
 from kaggle_transfer.inference import tta
-from kaggle_transfer.inference.predict import blend, combine_fitted, predict_models
+from kaggle_transfer.inference.predict import RunOptions, blend, combine_fitted, predict_models
 from kaggle_transfer.inference.session import expand, load_ensemble, load_model
 from kaggle_transfer.runs import new_output_dir
 from tests.helpers import predict
@@ -35,7 +35,7 @@ def test_onnx_predictions_equal_torch_validation_outputs(onnx_model, trained_run
     model, _ = load_run_model(trained_run)
     loader = torch.utils.data.DataLoader(ImageDataset(table, 32), batch_size=7)
     expected = predict_raw(model, loader, torch.device("cpu"), None, channels_last=False)
-    got = predict_models([load_model(onnx_model)], list(table["paths"]), batch_size=4, workers=2, progress=False)
+    got = predict_models([load_model(onnx_model)], list(table["paths"]), RunOptions(batch_size=4, threads=2, progress=False))
     assert got.shape == (1, 30, 1)
     assert np.abs(got[0] - expected).max() < 1e-4
 
@@ -43,8 +43,8 @@ def test_onnx_predictions_equal_torch_validation_outputs(onnx_model, trained_run
 def test_batching_does_not_change_results(onnx_model, aptos_dir):
     paths = list(APTOS.read_test(aptos_dir)["paths"])
     model = load_model(onnx_model)
-    one = predict_models([model], paths, batch_size=1, workers=1, progress=False)
-    many = predict_models([model], paths, batch_size=13, workers=3, progress=False)
+    one = predict_models([model], paths, RunOptions(batch_size=1, threads=1, progress=False))
+    many = predict_models([model], paths, RunOptions(batch_size=13, threads=3, progress=False))
     assert np.allclose(one, many, atol=1e-5)
 
 
@@ -60,10 +60,10 @@ def test_tta_views():
 def test_flip_tta_averages_two_views(onnx_model, aptos_dir):
     paths = list(APTOS.read_test(aptos_dir)["paths"])[:6]
     model = load_model(onnx_model)
-    plain = predict_models([model], paths, progress=False)
+    plain = predict_models([model], paths, RunOptions(progress=False))
     batch = np.stack([images.to_chw(images.resize(images.read_image(p), 32)) for p in paths])
     flipped_only = model.run(np.ascontiguousarray(batch[..., ::-1]))
-    with_tta = predict_models([model], paths, tta="flip", progress=False)
+    with_tta = predict_models([model], paths, RunOptions(tta="flip", progress=False))
     assert np.allclose(with_tta[0], (plain[0] + flipped_only) / 2, atol=1e-5)
 
 

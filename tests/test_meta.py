@@ -64,7 +64,7 @@ def test_the_torch_free_predictor_feeds_the_test_csvs_metadata(meta_run, tmp_pat
     import onnxruntime as ort
 
     from kaggle_transfer.competitions import get
-    from kaggle_transfer.inference.predict import predict_models
+    from kaggle_transfer.inference.predict import RunOptions, predict_models
     from kaggle_transfer.inference.session import load_model
 
     run_dir, data, exported = meta_run
@@ -77,9 +77,9 @@ def test_the_torch_free_predictor_feeds_the_test_csvs_metadata(meta_run, tmp_pat
     # the metadata reaches the graph: the same images with other metadata give other outputs
     model = load_model(exported["path"])
     table = get("siim_isic").read_test(data)
-    raw = predict_models([model], list(table["paths"]), progress=False, meta_rows=table)[0]
+    raw = predict_models([model], list(table["paths"]), RunOptions(progress=False), meta_rows=table)[0]
     flipped = table.assign(sex=table["sex"].map({"male": "female", "female": "male", "": "male"}))
-    other = predict_models([model], list(table["paths"]), progress=False, meta_rows=flipped)[0]
+    other = predict_models([model], list(table["paths"]), RunOptions(progress=False), meta_rows=flipped)[0]
     assert not np.allclose(raw, other)
     features = meta.encode(model.meta_spec, table)[0]
     session = ort.InferenceSession(exported["path"], providers=["CPUExecutionProvider"])
@@ -90,7 +90,7 @@ def test_the_torch_free_predictor_feeds_the_test_csvs_metadata(meta_run, tmp_pat
     direct = session.run(None, {"image": _batch(decoded, 32, (0, 1, 2)), "meta": features})[0]
     assert np.allclose(raw, direct, atol=1e-5)
     with pytest.raises(KtError, match="takes metadata beside the image"):
-        predict_models([model], list(table["paths"]), progress=False)
+        predict_models([model], list(table["paths"]), RunOptions(progress=False))
 
 
 def test_metadata_that_disagrees_with_the_graph_is_refused(meta_run, tmp_path):

@@ -82,12 +82,13 @@ def wheel_cache():
 @pytest.fixture(scope="module")
 def bundle(onnx_model, tmp_path_factory, wheel_cache) -> dict[str, Path]:
     """What kt submit pushes: the bundle and, beside it, the runtime dataset (onnxruntime for 3.12, 3.13)."""
+    from kaggle_transfer.inference.predictor import Choice
     from kaggle_transfer.kaggle.bundle import NotebookTarget, Wheels, build, runtime_folder
 
     root = tmp_path_factory.mktemp("kaggle-bundle")
     target = NotebookTarget(python="3.12,3.13", accelerator="none")
     runtime = runtime_folder(target, root=root / "runtime")
-    build("aptos", [onnx_model], root / "bundle", target=target, wheels=Wheels(runtime_dir=runtime))
+    build("aptos", Choice(models=[onnx_model]), root / "bundle", target=target, wheels=Wheels(runtime_dir=runtime))
     assert {w.name.split("-")[2] for w in runtime.glob("onnxruntime-*.whl")} == {"cp312", "cp313"}
     return {"bundle": root / "bundle", "runtime": runtime}
 
@@ -244,11 +245,12 @@ def test_a_gpu_runtime_built_for_another_cuda_is_refused(onnx_model, tmp_path):
 def test_the_notebook_runs_its_own_build_when_an_older_one_is_attached(bundle, onnx_model, aptos_dir, tmp_path):
     """Two builds of the bundle dataset attached (an older version kept as an input): the script runs the
     build it was pushed with, by bundle_id, wherever the other sorts; with only the other, one line."""
+    from kaggle_transfer.inference.predictor import Choice
     from kaggle_transfer.kaggle.bundle import NotebookTarget, Wheels, build
 
     image = image_python("3.12")
     old = tmp_path / "old"
-    build("aptos", [onnx_model], old, target=NotebookTarget(python="3.12,3.13", accelerator="none"),
+    build("aptos", Choice(models=[onnx_model]), old, target=NotebookTarget(python="3.12,3.13", accelerator="none"),
           wheels=Wheels(runtime_dir=bundle["runtime"]))
     kaggle = tmp_path / "kaggle"
     lay_out(kaggle, "2026", bundle, aptos_dir)

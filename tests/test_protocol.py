@@ -146,7 +146,7 @@ def test_paper_run_keeps_its_protocol_through_onnx(tmp_path):
     """Trained with --protocol paper, the ONNX file records center_crop + BGR and prediction reproduces
     the run's own validation outputs (what the torch evaluation saw) from the image files."""
     from kaggle_transfer import runs
-    from kaggle_transfer.inference.predict import predict_models
+    from kaggle_transfer.inference.predict import RunOptions, predict_models
     from kaggle_transfer.inference.session import load_model
     from kaggle_transfer.training.export import export
     from kaggle_transfer.training.loop import fit
@@ -164,5 +164,5 @@ def test_paper_run_keeps_its_protocol_through_onnx(tmp_path):
     train = pd.read_csv(data / "train.csv", dtype=str).set_index("id_code")
     paths = [(str(data / "train_images" / f"{i}.png"),) for i in oof["ids"]]
     assert set(oof["ids"]) <= set(train.index)
-    raw = predict_models([model], paths, batch_size=8, workers=1, progress=False)[0]
+    raw = predict_models([model], paths, RunOptions(batch_size=8, threads=1, progress=False))[0]
     assert np.allclose(raw.reshape(oof["raw"].shape), oof["raw"], atol=1e-3)

@@ -13,7 +13,7 @@ from kaggle_transfer.cli import main
 from kaggle_transfer.competitions import APTOS
 from kaggle_transfer.errors import KtError
 from kaggle_transfer.inference import half
-from kaggle_transfer.inference.predict import predict_models
+from kaggle_transfer.inference.predict import RunOptions, predict_models
 from kaggle_transfer.inference.session import OnnxModel, load_model
 
 
@@ -29,9 +29,9 @@ def test_io_binding_matches_plain_runs_and_copies_each_view_once(onnx_model, apt
     uploads = []
     original = OnnxModel.upload
     monkeypatch.setattr(OnnxModel, "upload", lambda self, x: uploads.append(x.shape) or original(self, x))
-    expected = predict_models(plain, paths, tta="flip", batch_size=8, progress=False)
+    expected = predict_models(plain, paths, RunOptions(tta="flip", batch_size=8, progress=False))
     uploads.clear()
-    got = predict_models(bound, paths, tta="flip", batch_size=8, progress=False)
+    got = predict_models(bound, paths, RunOptions(tta="flip", batch_size=8, progress=False))
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     batches = math.ceil(len(paths) / 8)
     assert len(uploads) == batches * 2  # 2 views per batch, shared by both models, not 2 x 2
@@ -115,12 +115,12 @@ def test_cli_predict_fp16_with_io_binding_records_both(onnx_model, aptos_dir, tm
 def test_last_batch_padding_keeps_one_shape_and_the_results(onnx_model, aptos_dir, monkeypatch):
     paths = list(APTOS.read_test(aptos_dir)["paths"])  # 30 rows: batches of 8, 8, 8, 6
     model = load_model(onnx_model, provider="cpu")
-    plain = predict_models([model], paths, tta="flip", batch_size=8, progress=False)
+    plain = predict_models([model], paths, RunOptions(tta="flip", batch_size=8, progress=False))
     assert model.device == "cpu"  # on a CPU the default is not to pad
     shapes = []
     original = OnnxModel.run
     monkeypatch.setattr(OnnxModel, "run", lambda self, x: shapes.append(len(x)) or original(self, x))
-    padded = predict_models([model], paths, tta="flip", batch_size=8, progress=False, pad_last=True)
+    padded = predict_models([model], paths, RunOptions(tta="flip", batch_size=8, progress=False), pad_last=True)
     assert set(shapes) == {8} and len(shapes) == 4 * 2  # 4 batches x 2 views, all of 8 rows
     assert padded.shape == plain.shape == (1, 30, 1)
     np.testing.assert_allclose(padded, plain, rtol=0, atol=1e-6)

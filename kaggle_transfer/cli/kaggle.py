@@ -241,14 +241,15 @@ def bundle(
         cpu_fallback=cpu_fallback,
         image_has_onnxruntime=image_has_onnxruntime,
     )
+    from ..inference.predictor import Choice
+
     result = build(
         competition,
-        expand(list(models)) if models else [],
+        Choice(models=expand(list(models)) if models else [], ensemble=ensemble_spec),
         out,
         target=target,
         wheels=Wheels(fetch=fetch_wheels, wheels_from=wheels_from),
         tta=tta,
-        ensemble=ensemble_spec,
         user=user,
         overwrite=overwrite,
     )

@@ -250,8 +250,12 @@ def ensemble(competition, runs, method, out) -> None:
 @progress_option
 def evaluate(competition, models, data_dir, tta, out, progress) -> None:
     """Score runs or ONNX files on labelled test splits (CCT-20: cis_test and trans_test side by side)."""
+    from .. import competitions
+    from ..inference.evaluate import evaluable
     from ..inference.evaluate import evaluate as evaluate_models
     from ..inference.predictor import Choice, RunOptions, load_predictor
+
+    evaluable(competitions.get(competition))  # before any model is loaded
 
     predictor = load_predictor(
         competition, Choice(models=expand(list(models))), RunOptions(tta=tta, progress=progress)
@@ -312,21 +316,24 @@ def prepare(
 ) -> None:
     """Resize every train, test and external image once; training and prediction then read the cache."""
     from .. import competitions, runs
-    from ..data.cache import prepare_competition
+    from ..data.cache import competition_tables
+    from ..data.cache import prepare as prepare_cache
 
     comp = competitions.get(competition)
-    result = prepare_competition(
-        comp,
-        competitions.find_data_dir(comp, data_dir),
+    tables, notes = competition_tables(
+        comp, competitions.find_data_dir(comp, data_dir), external_dirs(external_dir)
+    )
+    result = prepare_cache(
+        tables,
         runs.cache_root(cache_dir),
+        comp.name,
         size,
-        external_dirs=external_dirs(external_dir),
         crop=fundus_crop,
         workers=workers,
         progress=progress,
         fmt=fmt,
     )
-    for note in result["notes"]:
+    for note in notes:
         click.echo(note)
     click.echo(
         f"{result['cached']} cached ({fmt}), {result['up_to_date']} already up to date, {result['failed']} "

@@ -75,7 +75,7 @@ def study_run(
 ) -> None:
     """Train every (arch × grid point) once, resumably, across any number of workers."""
     from .. import competitions
-    from ..study.runner import run_study
+    from ..study.runner import StudyJob, run_study
 
     comp = competitions.get(competition)
     names = resolve_archs(archs)
@@ -91,17 +91,17 @@ def study_run(
         check_arch(name.split(".")[0])
     if protocol:
         sets = (*sets, f"protocol={protocol}")
-    result = run_study(
+    job = StudyJob(
         comp.name,
-        names,
+        tuple(names),
         grid_spec,
-        competitions.find_data_dir(comp, data_dir),
-        root=default_root(runs_root),
+        str(competitions.find_data_dir(comp, data_dir)),
+        root=str(default_root(runs_root)),
         storage_url=storage,
-        workers=workers,
-        sets=sets,
+        sets=tuple(sets),
         external_dirs=external_dirs(external_dir),
     )
+    result = run_study(job, workers=workers)
     click.echo(
         f"study {result['study']}: {result['points']} grid points, {result['trained_here']} trained by "
         f"this command; storage {result['storage']}"

@@ -164,17 +164,19 @@ def train(
         run = plan.resumed_run(resume_dir, data_dir=data_dir, competition=competition)
     else:
         run = plan.new_run(
-            competition,
-            recipe=recipe,
-            data_dir=data_dir,
-            external_dirs=external_dirs(external_dir),
-            sets=sets,
-            runs_root=runs_root,
-            label=label,
-            flags=flags,
-            folds=folds_arg,
-            seeds=seeds,
-            skip_bad_images=skip_bad_images,
+            plan.TrainRequest(
+                competition,
+                recipe=recipe,
+                data_dir=data_dir,
+                external_dirs=external_dirs(external_dir),
+                sets=sets,
+                runs_root=runs_root,
+                label=label,
+                flags=flags,
+                folds=folds_arg,
+                seeds=seeds,
+                skip_bad_images=skip_bad_images,
+            )
         )
     main = distributed.is_main()
     if main:

@@ -119,6 +119,10 @@ def prepare(
 ) -> dict[str, int]:
     """Cache every row of the tables in format `fmt`; skip entries that are up to date. Resumable: the
     manifest is saved as work completes, so a killed run loses at most the last batch."""
+    if not 8 <= size <= 4096:
+        raise KtError(f"--size {size} is outside 8..4096 (the side of the cached images)")
+    if not 0 <= workers <= 256:
+        raise KtError(f"--workers {workers} is outside 0..256 (0: one per CPU core)")
     images.cache_suffix(fmt, 3)  # an unknown format is one line before any work
     folder = cache_dir(root, competition, size, crop)
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,26 +189,11 @@ def die_with_parent() -> None:
         pass
 
 
-def prepare_competition(
-    comp,
-    data_dir: Path,
-    root: Path,
-    size: int,
-    *,
-    external_dirs: dict[str, str] | None = None,
-    crop: bool = False,
-    workers: int = 0,
-    progress: bool = True,
-    fmt: str = "jpeg",
-) -> dict:
-    """`kt prepare`: cache a competition's train and test images and its external sources' images.
-
-    A folder with train files only is still cached; the result's `notes` says what was left out."""
-    if not 8 <= size <= 4096:
-        raise KtError(f"--size {size} is outside 8..4096 (the side of the cached images)")
-    if not 0 <= workers <= 256:
-        raise KtError(f"--workers {workers} is outside 0..256 (0: one per CPU core)")
-
+def competition_tables(
+    comp, data_dir: Path, external_dirs: dict[str, str] | None = None
+) -> tuple[list[pd.DataFrame], list[str]]:
+    """What `kt prepare` caches: a competition's train and test rows and its external sources' rows,
+    and notes on what was left out (a folder with train files only is still cached)."""
     tables, notes = [comp.read_train(data_dir, skip_bad_images=True)], []
     try:
         tables.append(comp.read_test(data_dir, skip_bad_images=True))
@@ -214,12 +203,7 @@ def prepare_competition(
         tables.append(
             contained(comp.read_external(name, Path(path)), Path(path), f"--external-dir {name}")
         )
-    return {
-        **prepare(
-            tables, root, comp.name, size, crop=crop, workers=workers, progress=progress, fmt=fmt
-        ),
-        "notes": notes,
-    }
+    return tables, notes
 
 
 class _Serial:

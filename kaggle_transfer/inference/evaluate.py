@@ -25,16 +25,21 @@ def model_files(items: Sequence[str | Path]) -> list[Path]:
     ]
 
 
+def evaluable(comp) -> tuple[str, ...]:
+    """The competition's labelled evaluation splits; one without any is refused."""
+    if not comp.eval_splits:
+        raise KtError(
+            f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit"
+        )
+    return tuple(comp.eval_splits)
+
+
 def evaluate(
     predictor: Predictor, data_dir: str | Path | None, *, out: str | Path | None = None
 ) -> dict[str, Any]:
     """Score the predictor on every labelled evaluation split of its competition, side by side."""
     comp, models = predictor.comp, predictor.models
-    splits = comp.eval_splits
-    if not splits:
-        raise KtError(
-            f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit"
-        )
+    splits = evaluable(comp)
     data_dir = competitions.find_data_dir(comp, data_dir)
     metric = get_metric(comp.task.metric)
     result: dict[str, Any] = {

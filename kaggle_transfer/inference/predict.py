@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,19 @@ from ..errors import KtError
 from ..tasks import Task
 from . import tta as tta_mod
 from .session import OnnxModel
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the models run: none of these changes an answer beyond float rounding."""
+
+    tta: str | None = None  # test-time views; None: the views the models recorded at training
+    provider: str = "auto"  # auto | cuda | tensorrt | cpu
+    precision: str = "fp32"  # fp16: models converted in memory at load time
+    io_binding: str = "auto"  # one host-to-device copy per batch view (on GPUs)
+    batch_size: int = 32
+    threads: int = 4  # image-decoding threads
+    progress: bool = True
 
 
 def _batch(
@@ -45,11 +59,8 @@ def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tu
 def predict_models(
     models: Sequence[OnnxModel],
     paths: Sequence[Sequence[str]],
+    options: RunOptions | None = None,
     *,
-    tta: str = "none",
-    batch_size: int = 32,
-    workers: int = 4,
-    progress: bool = True,
     all_channels: Sequence[str] | None = None,
     crop: Sequence[bool] | None = None,
     pad_last: bool | None = None,
@@ -63,14 +74,25 @@ def predict_models(
     `pad_last` (default: when a model runs on a GPU) pads the last batch to `batch_size`, so the run
     has one input shape: no cuDNN re-tuning or TensorRT engine rebuild for the tail. `meta_rows`: the
     images' table (the test CSV's columns), encoded for each model that takes metadata."""
+    options = options or RunOptions()
+    tta, batch_size, workers, progress = (
+        options.tta or "none",
+        options.batch_size,
+        options.threads,
+        options.progress,
+    )
     if pad_last is None:
         pad_last = any(m.device == "cuda" for m in models)
     crop = list(crop) if crop is not None else [False] * len(paths)
     size_hint = max(m.size for m in models) if models else None
-    views = tta_mod.views(tta)
     keys = [(m.size, _channel_indices(m, all_channels), m.resize) for m in models]
-    features = [metadata_features(m, meta_rows, len(paths)) for m in models]
-    outputs: list[list[np.ndarray]] = [[] for _ in models]
+    views = _Views(
+        models,
+        keys,
+        tta_mod.views(tta),
+        features=[metadata_features(m, meta_rows, len(paths)) for m in models],
+        pad_to=batch_size if pad_last else 0,
+    )
     starts = list(range(0, len(paths), batch_size))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV decodes without the GIL
 
@@ -89,18 +111,8 @@ def predict_models(
             decoded = [f.result() for f in ahead]
             ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
             for key in dict.fromkeys(keys):
-                _run_views(
-                    models,
-                    keys,
-                    key,
-                    _batch(decoded, *key),
-                    views=views,
-                    outputs=outputs,
-                    pad_to=batch_size if pad_last else 0,
-                    features=features,
-                    start=starts[i],
-                )
-    return np.stack([np.concatenate(o) for o in outputs]).astype(np.float64)
+                views.run(key, _batch(decoded, *key), start=starts[i])
+    return np.stack([np.concatenate(o) for o in views.outputs]).astype(np.float64)
 
 
 def metadata_features(model: OnnxModel, rows, n: int) -> np.ndarray | None:
@@ -117,49 +129,48 @@ def metadata_features(model: OnnxModel, rows, n: int) -> np.ndarray | None:
     return tabular.encode(model.meta_spec, rows)[0]
 
 
-def _run_views(
-    models: Sequence[OnnxModel],
-    keys: list,
-    key: tuple,
-    x: np.ndarray,
-    *,
-    views: list,
-    outputs: list[list[np.ndarray]],
-    pad_to: int = 0,
-    features: list | None = None,
-    start: int = 0,
-) -> None:
-    """Every model that takes input `key` sees every view of `x`; each view crosses to a device once
-    (IO binding) however many models share it. Appends the view-averaged output per model."""
-    members = [j for j, k in enumerate(keys) if k == key]
-    n = len(x)
-    pad = max(
-        pad_to - n, 0
-    )  # blank rows; every op is per image at inference, so the real rows are unchanged
-    if pad:
-        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-    rows = {
-        j: np.pad(features[j][start : start + n], ((0, pad), (0, 0)))
-        for j in members
-        if features and features[j] is not None
-    }
-    sums: dict[int, np.ndarray] = {}
-    for view in views:
-        xv = view(x)
-        placed: dict[
-            tuple, object
-        ] = {}  # (device, bound) -> this view as that kind of model takes it
+@dataclass
+class _Views:
+    """Runs each decoded batch through every model and test-time view, accumulating per model."""
+
+    models: Sequence[OnnxModel]
+    keys: list  # per model: (size, channel indices, resize), the input it takes
+    views: list  # the TTA views, as functions of a batch
+    features: list  # per model: its encoded metadata rows, or None
+    pad_to: int = 0  # pad the last batch to this many rows (one input shape on a GPU)
+    outputs: list = None  # per model: the view-averaged outputs of each batch
+
+    def __post_init__(self):
+        self.outputs = [[] for _ in self.models]
+
+    def run(self, key: tuple, x: np.ndarray, *, start: int) -> None:
+        """Every model that takes input `key` sees every view of `x`; each view crosses to a device
+        once (IO binding) however many models share it."""
+        members = [j for j, k in enumerate(self.keys) if k == key]
+        n = len(x)
+        # blank rows; every op is per image at inference, so the real rows are unchanged
+        pad = max(self.pad_to - n, 0)
+        if pad:
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+        rows = {
+            j: np.pad(self.features[j][start : start + n], ((0, pad), (0, 0)))
+            for j in members
+            if self.features[j] is not None
+        }
+        sums: dict[int, np.ndarray] = {}
+        for view in self.views:
+            xv = view(x)
+            placed: dict[tuple, object] = {}  # (device, bound) -> this view as that model takes it
+            for j in members:
+                model = self.models[j]
+                where = (model.device, model.io_binding)
+                if where not in placed:
+                    placed[where] = model.upload(xv)
+                args = (placed[where], rows[j]) if j in rows else (placed[where],)
+                y = model.run(*args).astype(np.float64)
+                sums[j] = sums[j] + y if j in sums else y
         for j in members:
-            model = models[j]
-            where = (model.device, model.io_binding)
-            if where not in placed:
-                placed[where] = model.upload(xv)
-            y = (
-                model.run(placed[where], rows[j]) if j in rows else model.run(placed[where])
-            ).astype(np.float64)
-            sums[j] = sums[j] + y if j in sums else y
-    for j in members:
-        outputs[j].append(sums[j][:n] / len(views))
+            self.outputs[j].append(sums[j][:n] / len(self.views))
 
 
 def blend(

@@ -6,6 +6,7 @@ Torch-free.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,22 +18,9 @@ from .. import competitions, runs
 from ..errors import KtError
 from ..tasks import Task
 from .ensemble import load_blend
-from .predict import blend, combine_fitted, predict_models
+from .predict import RunOptions, blend, combine_fitted, predict_models
 from .session import OnnxModel, load_ensemble
 from .tta import recorded_tta
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How the models run: none of these changes an answer beyond float rounding."""
-
-    tta: str | None = None  # test-time views; None: the views the models recorded at training
-    provider: str = "auto"  # auto | cuda | tensorrt | cpu
-    precision: str = "fp32"  # fp16: models converted in memory at load time
-    io_binding: str = "auto"  # one host-to-device copy per batch view (on GPUs)
-    batch_size: int = 32
-    threads: int = 4  # image-decoding threads
-    progress: bool = True
 
 
 @dataclass(frozen=True)
@@ -71,19 +59,12 @@ class Predictor:
     def outputs(self, table, *, cached: Sequence[bool] | None = None) -> np.ndarray:
         """Blended raw outputs for a table's images (the standard table; its other columns feed
         models that take metadata). `cached`: rows read from the resize cache, already cropped."""
-        o = self.options
-        crop = (
-            [self.crop and not c for c in cached]
-            if cached is not None
-            else [self.crop] * len(table)
-        )
+        crop = [self.crop and not c for c in cached] if cached else [self.crop] * len(table)
+        options = dataclasses.replace(self.options, tta=self.tta)
         raws = predict_models(
             self.models,
             list(table["paths"]),
-            tta=self.tta,
-            batch_size=o.batch_size,
-            workers=o.threads,
-            progress=o.progress,
+            options,
             all_channels=self.comp.channels,
             crop=crop,
             meta_rows=table,

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,8 @@ from .. import competitions
 from ..config import ACCELERATORS, NOTEBOOK_PYTHON
 from ..errors import KtError
 from ..files import read_json, sha256, write_json, write_text
+from ..inference.ensemble import load_blend
+from ..inference.predictor import Choice
 from ..inference.session import read_metadata
 from ..inference.tta import recorded_tta
 from ..runs import slug
@@ -203,13 +204,12 @@ def runtime_folder(target: NotebookTarget, root: Path | None = None) -> Path:
 
 def build(
     competition: str,
-    models: Sequence[str | Path],
+    choice: Choice,
     out: str | Path,
     *,
     target: NotebookTarget = NotebookTarget(),
     wheels: Wheels = Wheels(),
     tta: str | None = None,
-    ensemble: str | Path | None = None,
     user: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -226,7 +226,7 @@ def build(
             )
         shutil.rmtree(out)
     try:
-        entries, spec = _copy_models(comp, models, ensemble, out)
+        entries, spec = _copy_models(comp, choice.models, choice.ensemble, out)
         runtime_info = _add_wheels(out, target, wheels)
         info = {
             "competition": comp.name,
@@ -290,8 +290,6 @@ def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, 
 
 
 def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[str, Any]]:
-    from ..inference.ensemble import load_blend
-
     spec: dict[str, Any] = {"weights": None, "blend": "mean", "fitted": None, "tta": None}
     if ensemble:
         blend = load_blend(ensemble)  # members of weight 0 are already left out
@@ -381,14 +379,14 @@ def for_submission(comp, csv: Path, *, target: NotebookTarget, fetch: bool) -> P
     )
     use_runtime = fetch and not target.image_has_onnxruntime
     wheels = Wheels(runtime_dir=runtime_folder(target) if use_runtime else None)
+    choice = Choice(models=[m["file"] for m in data["models"]], ensemble=data.get("ensemble"))
     build(
         comp.name,
-        [m["file"] for m in data["models"]],
+        choice,
         out,
         target=target,
         wheels=wheels,
         tta=data.get("tta", "none"),
-        ensemble=data.get("ensemble"),
         overwrite=True,
     )
     return out

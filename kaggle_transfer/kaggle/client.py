@@ -342,20 +342,14 @@ def submit_csv(
     slug: str,
     csv: Path,
     message: str,
-    daily_limit: int,
     *,
     wait: bool = False,
     api=None,
     on_ref: Callable[[dict], None] = lambda r: None,
-    poll_s: float | None = None,
-    timeout_s: float = 3600.0,
-    sleep=time.sleep,
-    check_limit: bool = True,
 ) -> dict[str, Any]:
-    """Upload a validated CSV; with `wait`, poll until it is scored. Never resubmits on its own."""
+    """Upload a validated CSV (the caller has checked today's limit); with `wait`, poll until it is
+    scored. Never resubmits on its own."""
     api = api or make_api()
-    if check_limit:
-        check_daily_limit(slug, daily_limit, api)
     result = call(
         lambda: api.competition_submit(str(csv), message, slug, quiet=True), slug, "submit"
     )
@@ -372,9 +366,9 @@ def submit_csv(
         api,
         out,
         wait,
-        poll_s=poll_s or float(os.environ.get("KT_POLL_S") or 10),
-        timeout_s=timeout_s,
-        sleep=sleep,
+        poll_s=float(os.environ.get("KT_POLL_S") or 10),
+        timeout_s=3600.0,
+        sleep=time.sleep,
     )
 
 

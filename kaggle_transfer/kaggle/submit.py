@@ -453,16 +453,7 @@ def submit(
         result = (
             {"ref": None, "status": "DRY-RUN"}
             if options.dry_run
-            else submit_csv(
-                slug,
-                csv,
-                options.message,
-                comp.daily_limit,
-                wait=options.wait,
-                api=api,
-                on_ref=record,
-                check_limit=False,
-            )
+            else submit_csv(slug, csv, options.message, wait=options.wait, api=api, on_ref=record)
         )
     else:
         result = _submit_code(

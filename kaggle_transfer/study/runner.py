@@ -10,10 +10,12 @@ a new attempt number. A finished point is never trained again: its run folder al
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +52,31 @@ def run_dir_for(root: Path, competition: str, name: str, p: dict[str, Any]) -> P
     )
 
 
-def worker(
-    competition: str,
-    archs: list[str],
-    grid_spec: str,
-    data_dir: str,
-    *,
-    root: str,
-    storage_url: str,
-    sets: list[str],
-    progress: bool = False,
-    external_dirs: dict[str, str] | None = None,
-) -> int:
+@dataclass(frozen=True)
+class StudyJob:
+    """What every worker of a study trains: the grid over the archs, on one dataset and storage.
+    Plain values only, so it crosses to spawned worker processes."""
+
+    competition: str
+    archs: tuple[str, ...]
+    grid_spec: str  # paper, small or a YAML file
+    data_dir: str
+    root: str  # the runs root
+    storage_url: str | None = None  # None: SQLite beside the runs
+    sets: tuple[str, ...] = ()  # --set for every trial
+    external_dirs: dict[str, str] = field(default_factory=dict)
+
+
+def worker(job: StudyJob, *, progress: bool = False) -> int:
     """One worker: train points until every grid point has a finished trial. Returns runs trained."""
     import optuna
 
     from .. import competitions, config
 
-    grid_name, grid = load_grid(grid_spec)
+    competition, archs, sets = job.competition, list(job.archs), list(job.sets)
+    grid_name, grid = load_grid(job.grid_spec)
     name = study_name(competition, grid_name, archs)
-    storage = open_storage(storage_url)
+    storage = open_storage(job.storage_url)
     space = search_space(grid, archs)
     study = optuna.create_study(
         study_name=name,
@@ -108,10 +115,10 @@ def worker(
         result, fresh = _train_point(
             trial,
             cfg,
-            run_dir_for(Path(root), competition, name, p),
-            Path(data_dir),
+            run_dir_for(Path(job.root), competition, name, p),
+            Path(job.data_dir),
             progress=progress,
-            external_dirs=external_dirs,
+            external_dirs=job.external_dirs,
         )
         trained += fresh
         return result["score"]
@@ -194,48 +201,28 @@ def _record(trial, run_dir: Path, cfg, result: dict[str, Any], data_dir: Path) -
     trial.set_user_attr("heldout", score_splits(run_dir, data_dir))
 
 
-def run_study(
-    competition: str,
-    archs: list[str],
-    grid_spec: str,
-    data_dir: Path,
-    *,
-    root: Path,
-    storage_url: str | None = None,
-    workers: int = 1,
-    sets: list[str] | tuple = (),
-    progress: bool = True,
-    external_dirs: dict[str, str] | None = None,
-) -> dict[str, Any]:
+def run_study(job: StudyJob, *, workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Start `workers` processes on this machine (more machines: run the same command elsewhere)."""
     from ..training.models import check_arch
 
-    for arch in archs:  # a typo fails here, not in the first trial
+    for arch in job.archs:  # a typo fails here, not in the first trial
         check_arch(arch.split(".")[0])
-    grid_name, grid = load_grid(grid_spec)
-    url = storage_url or default_storage(root, competition)
-    points = _points(grid, archs)
+    grid_name, grid = load_grid(job.grid_spec)
+    url = job.storage_url or default_storage(Path(job.root), job.competition)
+    job = dataclasses.replace(job, storage_url=url)
+    points = _points(grid, list(job.archs))
     if not points:
         raise KtError("the grid is empty")
-    args = (competition, archs, grid_spec, str(data_dir))
-    kwargs = {
-        "root": str(root),
-        "storage_url": url,
-        "sets": list(sets),
-        "external_dirs": dict(external_dirs or {}),
-    }
     if workers <= 1:
-        trained = worker(*args, **kwargs, progress=progress)
+        trained = worker(job, progress=progress)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            trained = sum(
-                f.result() for f in [pool.submit(worker, *args, **kwargs) for _ in range(workers)]
-            )
+            trained = sum(f.result() for f in [pool.submit(worker, job) for _ in range(workers)])
     return {
-        "study": study_name(competition, grid_name, archs),
+        "study": study_name(job.competition, grid_name, list(job.archs)),
         "storage": url,
         "points": len(points),
         "trained_here": trained,

@@ -74,21 +74,36 @@ def absolute_sources(cfg) -> None:
             setattr(cfg, key, str(Path(getattr(cfg, key)).resolve()))
 
 
-def new_run(
-    competition: str | None,
-    *,
-    recipe: str | None = None,
-    data_dir: str | None = None,
-    external_dirs: dict[str, str] | None = None,
-    sets: tuple[str, ...] = (),
-    runs_root: str | None = None,
-    label: str | None = None,
-    flags: dict[str, Any] | None = None,
-    folds: str | None = None,
-    seeds: int = 1,
-    skip_bad_images: bool = False,
-) -> RunPlan:
+@dataclasses.dataclass(frozen=True)
+class TrainRequest:
+    """What `kt train` was asked, flag by flag, before anything is resolved."""
+
+    competition: str | None
+    recipe: str | None = None  # -c: a recipe's name or path
+    data_dir: str | None = None
+    external_dirs: dict[str, str] | None = None
+    sets: tuple[str, ...] = ()  # --set key=value
+    runs_root: str | None = None
+    label: str | None = None  # the run folder's suffix
+    flags: dict[str, Any] | None = None  # first-class flags given (None: not given)
+    folds: str | None = None  # --folds: which folds of a k-fold split
+    seeds: int = 1
+    skip_bad_images: bool = False
+
+
+def new_run(request: TrainRequest) -> RunPlan:
     """Resolve the config, check it and the data (before any folder exists), then make the run folder."""
+    r = request
+    competition, recipe, data_dir, runs_root = r.competition, r.recipe, r.data_dir, r.runs_root
+    external_dirs, sets, label, flags, folds, seeds = (
+        r.external_dirs,
+        r.sets,
+        r.label,
+        r.flags,
+        r.folds,
+        r.seeds,
+    )
+    skip_bad_images = r.skip_bad_images
     distributed.setup()  # under torchrun: join the process group before anything is decided
     if not competition:
         raise KtError("name the competition: kt train COMPETITION (kt competitions lists them)")
