@@ -35,9 +35,9 @@ def main() -> None:
 
     from kaggle_transfer.inference.session import OnnxModel, load_model
     from kaggle_transfer.training.export import _export_graph
-    from kaggle_transfer.training.models import build_model
+    from kaggle_transfer.training.models import Head, build_model
 
-    model = build_model(a.arch, 5, pool="gem").eval()
+    model = build_model(a.arch, 5, head=Head("gem")).eval()
     batch = np.random.default_rng(0).integers(0, 256, (a.batch, 3, a.size, a.size), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"

@@ -232,3 +232,20 @@ def test_run_folder_file_names_are_spelled_only_in_runs_py():
                  if isinstance(node, ast.Constant) and isinstance(node.value, str)
                  and (node.value in names or node.value.rsplit("/", 1)[-1] in names - {"plots"})]
     assert offenders == []
+
+
+def test_no_library_function_outside_the_cli_takes_more_than_eight_parameters():
+    """Long parameter lists passed down several layers become option records (RunOptions, Choice,
+    TrainRequest, StudyJob, NotebookTarget); click commands under cli/ take one parameter per flag."""
+    wide = []
+    for path in PACKAGE.rglob("*.py"):
+        if "cli" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x]
+                n = len(names) - (names[:1] in (["self"], ["cls"]))
+                if n > 8:
+                    wide.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} takes {n}")
+    assert wide == []

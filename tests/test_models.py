@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kaggle_transfer.errors import KtError
-from kaggle_transfer.training.models import GeM, build_model
+from kaggle_transfer.training.models import GeM, Head, build_model
 
 
 def _images(n=2, c=3, s=32):
@@ -12,7 +12,7 @@ def _images(n=2, c=3, s=32):
 @pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet"])
 @pytest.mark.parametrize("pool", ["avg", "gem"])
 def test_cnn_heads(arch, pool):
-    model = build_model(arch, 5, pool=pool, dropout=0.1)
+    model = build_model(arch, 5, head=Head(pool, 0.1))
     assert isinstance(model.pool, GeM) == (pool == "gem")
     assert model(_images()).shape == (2, 5)
 
@@ -20,7 +20,7 @@ def test_cnn_heads(arch, pool):
 def test_vit_pools_its_own_tokens_and_refuses_gem():
     assert build_model("test_vit", 1)(_images()).shape == (2, 1)
     with pytest.raises(KtError, match="--pool gem needs a convolutional"):
-        build_model("test_vit", 1, pool="gem")
+        build_model("test_vit", 1, head=Head("gem"))
 
 
 def test_gem_between_mean_and_max():

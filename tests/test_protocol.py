@@ -92,8 +92,8 @@ def test_bgr_network_equals_the_plain_one_on_reversed_channels():
     from kaggle_transfer.training.models import build_model
 
     torch.manual_seed(0)
-    plain = build_model("test_resnet", 3, imagenet_stats=True).eval()
-    bgr = build_model("test_resnet", 3, bgr=True, imagenet_stats=True).eval()
+    plain = build_model("test_resnet", 3, proto=protocol.Protocol("paper", imagenet_stats=True)).eval()
+    bgr = build_model("test_resnet", 3, proto=protocol.Protocol("paper", bgr=True, imagenet_stats=True)).eval()
     bgr.load_state_dict(plain.state_dict())
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert torch.allclose(bgr(x), plain(x.flip(1)), atol=1e-5)

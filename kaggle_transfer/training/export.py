@@ -21,7 +21,7 @@ from ..data import tabular
 from ..errors import KtError
 from ..files import atomic_path
 from . import checkpoints
-from .models import build_model
+from .models import Head, build_model
 
 FORMAT_VERSION = 1
 PARITY_TOL = 1e-4  # fp32 ONNX vs torch, max abs difference on raw outputs
@@ -90,14 +90,11 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     model = build_model(
         cfg.arch,
         outputs,
-        pool=cfg.pool,
-        dropout=cfg.dropout,
+        head=Head(cfg.pool, cfg.dropout, meta_dim=spec["width"] if spec else 0),
         in_chans=in_chans,
         pretrained=False,
         size=cfg.size,
-        bgr=proto.bgr,
-        imagenet_stats=proto.imagenet_stats,
-        meta_dim=spec["width"] if spec else 0,
+        proto=proto,
     )
     try:
         model.load_state_dict(checkpoints.load(run_dir / runs.BEST))

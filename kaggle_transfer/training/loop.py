@@ -42,7 +42,7 @@ from .builders import (
 from .checkpoints import checkpoint, restore, save, warm_start
 from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
 from .evaluate import predict_raw  # noqa: F401 - also this module's API
-from .models import build_model
+from .models import Head, build_model
 from .summary import finish, record_start
 from .tables import load_tables, meta_inputs
 from .targets import training_targets
@@ -515,15 +515,12 @@ def fit(
     model = build_model(
         cfg.arch,
         task.num_outputs,
-        pool=cfg.pool,
-        dropout=cfg.dropout,
+        head=Head(cfg.pool, cfg.dropout, meta_dim),
         in_chans=len(channels),
         pretrained=cfg.pretrained,
         weights=cfg.weights,
         size=cfg.size,
-        bgr=proto.bgr,
-        imagenet_stats=proto.imagenet_stats,
-        meta_dim=meta_dim,
+        proto=proto,
     ).to(device)
     if cfg.init and not resume:  # a warm start (progressive resizing: 384 px, then 512 px)
         warm_start(model, cfg.init, cfg.arch)

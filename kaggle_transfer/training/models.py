@@ -12,6 +12,7 @@ carries its own mean/std and inference code never has to know them.
 from __future__ import annotations
 
 import difflib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import KtError
-from ..protocol import IMAGENET_MEAN, IMAGENET_STD
+from ..protocol import IMAGENET_MEAN, IMAGENET_STD, KT, Protocol
 
 
 class GeM(nn.Module):
@@ -43,21 +44,29 @@ class GeM(nn.Module):
 META_WIDTH = 64  # the metadata branch's embedding width
 
 
+@dataclass(frozen=True)
+class Head:
+    """kt's head on every backbone: pooling, dropout, the metadata branch's input width."""
+
+    pool: str = "avg"  # avg | gem
+    dropout: float = 0.0
+    meta_dim: int = 0  # encoded metadata columns beside the image (0: image only)
+
+
 class Net(nn.Module):
     def __init__(
         self,
         backbone: nn.Module,
         num_outputs: int,
-        pool: str,
-        dropout: float,
+        head: Head,
         *,
         mean: tuple[float, ...],
         std: tuple[float, ...],
         tokens: bool,
         bgr: bool = False,
-        meta_dim: int = 0,
     ):
         super().__init__()
+        pool, dropout, meta_dim = head.pool, head.dropout, head.meta_dim
         self.backbone = backbone
         self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
         self.pool = GeM() if pool == "gem" else nn.AdaptiveAvgPool2d(1)
@@ -121,19 +130,17 @@ def build_model(
     arch: str,
     num_outputs: int,
     *,
-    pool: str = "avg",
-    dropout: float = 0.0,
+    head: Head = Head(),
     in_chans: int = 3,
     pretrained: bool = False,
     weights: str | None = None,
     size: int = 224,
-    bgr: bool = False,
-    imagenet_stats: bool = False,
-    meta_dim: int = 0,
+    proto: Protocol = KT,
 ) -> Net:
     """Build the network for `size`-pixel inputs. `weights` (a local backbone state dict) wins over
     `pretrained` (timm's or torchvision's weights, through each library's cache). `bgr` and
     `imagenet_stats` are --protocol paper's channel order and normalisation (protocol.py)."""
+    pool, bgr, imagenet_stats = head.pool, proto.bgr, proto.imagenet_stats
     if bgr and in_chans != 3:
         raise KtError(f"a B, G, R input order needs 3 channels, not {in_chans}")
     check_arch(arch)
@@ -172,17 +179,7 @@ def build_model(
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]
         std = (tuple(std) + (sum(std) / len(std),) * in_chans)[:in_chans]
-    return Net(
-        backbone,
-        num_outputs,
-        pool,
-        dropout,
-        mean=mean,
-        std=std,
-        tokens=tokens,
-        bgr=bgr,
-        meta_dim=meta_dim,
-    )
+    return Net(backbone, num_outputs, head, mean=mean, std=std, tokens=tokens, bgr=bgr)
 
 
 def _timm_backbone(arch: str, in_chans: int, pretrained: bool, size: int) -> tuple[nn.Module, bool]:
