@@ -29,6 +29,7 @@ def test_help_imports_neither_torch_nor_kaggle(argv):
     assert "aptos" in out.stdout or "Usage" in out.stdout
 
 
+@pytest.mark.slow
 def test_the_readme_flow_train_export_predict_validate(aptos_dir, tmp_path):
     runs = tmp_path / "runs"
     out = kt("train", "aptos", "--data-dir", aptos_dir, "--arch", "test_resnet", "--no-pretrained", "--size", 32,
@@ -103,6 +104,7 @@ def test_competitions_lists_the_registry():
     assert result.exit_code == 0 and "aptos" in result.output and "qwk" in result.output
 
 
+@pytest.mark.slow
 def test_demo_at_small_scale(tmp_path):
     from kaggle_transfer.training.demo import run_demo
 
@@ -114,6 +116,7 @@ def test_demo_at_small_scale(tmp_path):
     assert any("submission (validated)" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_kt_demo_eurosat(tmp_path):
     """The paper's sixth dataset end to end through the CLI, on synthetic patches in EuroSAT's layout."""
     result = CliRunner().invoke(main, ["demo", "eurosat", "--workdir", str(tmp_path), "--epochs", "2",

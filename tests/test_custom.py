@@ -149,6 +149,7 @@ def test_custom_without_a_file_is_a_clear_error(tmp_path):
     assert out.exit_code == 2 and "-c names a recipe" in out.output
 
 
+@pytest.mark.slow
 def test_digits_real_signal(tmp_path):
     """Real handwritten digits through the whole path. Measured (benchmarks/digits_accuracy.py): 5 epochs give
     98.4-99.3% held-out accuracy over 5 seeds, 10 epochs 99.2 ± 0.5% over 3. Chance is 10%; 90% leaves a

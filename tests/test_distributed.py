@@ -13,6 +13,8 @@ from kaggle_transfer.competitions import APTOS, synthetic
 from kaggle_transfer.data.splits import assign_folds
 from kaggle_transfer.training.export import export
 
+pytestmark = pytest.mark.slow
+
 ARGS = ["train", "aptos", "--arch", "test_resnet", "--no-pretrained", "--size", "32", "--epochs", "2", "--workers",
         "0", "--no-progress", "--set", "batch_size=8"]
 

@@ -108,6 +108,7 @@ def test_intervention_flags_reach_the_config(aptos_dir, tmp_path):
         assert line in cfg, line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_channels_last_reaches_the_convolutions_and_keeps_the_outputs(aptos_dir, tmp_path, monkeypatch,
                                                                       channels_last):
@@ -133,6 +134,7 @@ def test_channels_last_reaches_the_convolutions_and_keeps_the_outputs(aptos_dir,
         np.testing.assert_allclose(oof, np.load(tmp_path / "plain" / "oof.npz")["raw"], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_compile_trains_like_eager_and_exports(aptos_dir, tmp_path):
     """--compile (inductor on the CPU here): same outputs as eager up to kernel reassociation, and the
     checkpoint keeps plain module keys, so export still loads it."""

@@ -385,6 +385,8 @@ def _edit_manifest(working: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
+@pytest.mark.slow
+@pytest.mark.network
 def test_the_runtime_dataset_is_uploaded_once_and_the_notebook_uses_it(fake, home, aptos_dir, submission_dir,
                                                                        monkeypatch):
     """kt submit fetches the pinned onnxruntime (from the package index, once) into a runtime dataset of its

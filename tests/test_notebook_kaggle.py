@@ -47,7 +47,7 @@ def namespaces_work() -> str | None:
 
 
 REFUSED = namespaces_work()
-pytestmark = pytest.mark.skipif(REFUSED is not None, reason=str(REFUSED))
+pytestmark = [pytest.mark.skipif(REFUSED is not None, reason=str(REFUSED)), pytest.mark.slow, pytest.mark.network]
 
 
 def image_python(version: str) -> Path:

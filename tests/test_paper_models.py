@@ -10,6 +10,8 @@ import torch
 from kaggle_transfer.study.archs import PAPER19
 from kaggle_transfer.training.models import build_model
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("arch", [a.arch for a in PAPER19], ids=[a.paper_name for a in PAPER19])
 def test_every_paper_model_trains_a_step_at_256(arch):

@@ -19,6 +19,8 @@ from kaggle_transfer.study.archs import PAPER19, imagenet_top1, resolve_archs
 from kaggle_transfer.study.grid import GRIDS, load_grid, point_config
 from kaggle_transfer.study.stats import correlations
 
+pytestmark = pytest.mark.slow
+
 TINY = ["--set", "size=32", "--set", "workers=0", "--set", "pretrained=false", "--set", "batch_size=16"]
 ARCHS = "test_resnet,test_efficientnet"
 

@@ -12,6 +12,8 @@ import pytest
 
 from kaggle_transfer.competitions import synthetic
 
+pytestmark = pytest.mark.slow
+
 TINY = ["--set", "size=32", "--set", "workers=0", "--set", "pretrained=false", "--set", "batch_size=16",
         "--set", "epochs=2"]
 

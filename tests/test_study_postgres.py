@@ -19,7 +19,7 @@ from kaggle_transfer.competitions import synthetic
 
 from . import postgres
 
-pytestmark = pytest.mark.skipif(bool(postgres.available()), reason=postgres.available() or "")
+pytestmark = [pytest.mark.skipif(bool(postgres.available()), reason=postgres.available() or ""), pytest.mark.slow]
 
 TINY = ["--set", "size=32", "--set", "workers=0", "--set", "pretrained=false", "--set", "batch_size=16",
         "--set", "epochs=3"]
