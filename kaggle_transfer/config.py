@@ -1,4 +1,4 @@
-"""RunConfig: one flat, typed record of everything a training run varies.
+"""RunConfig: one typed record of everything a training run varies, its fields in sections.
 
 Precedence: defaults → recipe YAML (`-c FILE`) → first-class flags → `--set key=value`.
 The resolved config is saved as `config.yaml` in the run folder and in the ONNX metadata.
@@ -19,103 +19,171 @@ import yaml
 
 from .errors import KtError
 from .files import read_yaml, write_text
+from .protocol import PROTOCOLS
+
+# the sections of a run's config, in the order kt train --list-keys and --help show them
+SECTIONS = (
+    "data",
+    "model",
+    "optimisation",
+    "augmentation",
+    "interventions",
+    "evaluation",
+    "runtime",
+)
+
+
+def _f(default: Any, section: str, doc: str, *, diff: bool = True, same: bool = False) -> Any:
+    """One RunConfig field: its section, what it means, and its role. `diff`: kt runs shows it when
+    it differs from the best run's; `same`: runs must agree on it for kt average to average them."""
+    meta = {"section": section, "doc": doc, "diff": diff, "same": same}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class RunConfig:
-    competition: str = "aptos"  # adapter name (kt competitions)
-    competition_file: str | None = None  # the YAML of a custom competition (kt train FILE.yaml)
-    arch: str = "resnet50"  # any timm model name
-    pretrained: bool = True  # ImageNet weights through timm / Hugging Face
-    weights: str | None = None  # local backbone state dict (offline); overrides pretrained
-    size: int = 256  # square input side in pixels; the paper's baseline is 256
-    pool: str = "avg"  # avg | gem (learnable p, the APTOS winners' choice)
-    dropout: float = 0.0  # before the linear head
-    loss: str | None = None  # None = the task's default (ordinal: smooth_l1, multiclass: ce, ...)
-    optimizer: str = "adamw"  # adamw | sgd (Nesterov, momentum 0.9), as in the study's grid
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    schedule: str = "cosine"  # cosine | step | none
-    warmup_epochs: int = 0
-    epochs: int = 30  # the study trains 30 epochs and keeps the best one
-    batch_size: int = 32
-    augment: str = (
-        "paper"  # none | paper (random-resized-crop 0.65-1 + flip) | heavy (+ colour, affine)
+    """Everything a training run varies. config.yaml, --set and the ONNX metadata use these flat
+    names; each field's section and role are in its metadata (FIELDS[name].metadata)."""
+
+    # data: what the run reads and how it is split
+    competition: str = _f("aptos", "data", "adapter name (kt competitions)", same=True)
+    competition_file: str | None = _f(
+        None, "data", "the YAML of a custom competition (kt train FILE.yaml)", same=True
     )
-    protocol: str = (
-        "kt"  # kt | paper: the study's channel order, flips, normalisation, eval resize,
+    external: list[str] = _f([], "data", "external sources added to training rows only")
+    channels: str | None = _f(
+        None,
+        "data",
+        "input channels by first letter, e.g. rgb or rgby (HPA); None = all",
+        same=True,
     )
-    # weight-decay set and per-epoch schedule, per dataset (protocol.py)
-    external: list[str] = field(
-        default_factory=list
-    )  # external sources added to training rows only
-    amp: str = "auto"  # auto (bf16 or fp16 on CUDA, off on CPU) | bf16 | fp16 | off
-    channels_last: bool = True  # CUDA and CPU (benchmarks/channels_last.py)
-    compile: bool = False  # torch.compile the model
-    label_smoothing: float = 0.0  # classification losses (ce, bce)
-    layer_decay: float | None = None  # layer-wise lr decay (timm), e.g. 0.75; None = off
-    accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
-    freeze_epochs: int = 0  # backbone frozen for the first N epochs (head only)
-    lp_ft: bool = False  # linear probe, then full fine-tune (freeze_epochs or epochs // 4 frozen)
-    mix: str = "none"  # none | mixup | cutmix | both: timm's Mixup/CutMix on training batches
-    mix_prob: float = 1.0  # share of batches mixed
-    mix_alpha: float = 1.0  # Beta(alpha, alpha) mixing strength
-    mix_off_epochs: int = 0  # the last N epochs train on unmixed images
-    teacher: str | None = (
-        None  # knowledge distillation from a kt ensemble spec (its members' OOF outputs)
+    keep_empty: bool = _f(
+        False, "data", "CCT-20: keep the `empty` class (the paper drops it)", same=True
     )
-    distill_alpha: float = 0.5  # weight of the teacher's term (1 - alpha: the labels')
-    distill_temperature: float = (
-        2.0  # softens class logits for the teacher's term (Hinton et al. 2015)
+    per_annotation: bool = _f(
+        False, "data", "CCT-20: one sample per annotation, as the study's loader", same=True
     )
-    meta: bool = False  # image + the competition's metadata columns (SIIM-ISIC: age, sex, site)
-    init: str | None = (
-        None  # warm start: another run's folder (or best.pt) of the same arch and head
+    split: str | None = _f(
+        None, "data", "None = the competition's: paper | kfold | official", same=True
     )
-    ema: bool = False  # keep a timm EMA of weights and validate with it
-    ema_decay: float = 0.999
-    swa_epochs: int = (
-        0  # SWA: average the weights of the last N epochs, BatchNorm recomputed; 0 = off
+    split_file: str | None = _f(
+        None, "data", "CSV with id and Split columns (train/val/test); implies official", same=True
     )
-    swa_lr: float | None = None  # SWA: a constant lr during those epochs (None: the schedule's own)
-    swa_keep: str = (
-        "better"  # better: SWA's weights become best.pt when they validate higher | always
+    folds: int = _f(5, "data", "number of folds of a kfold split", same=True)
+    fold: int = _f(0, "data", "which fold validates", diff=False, same=True)
+    split_seed: int | None = _f(
+        None, "data", "seeds the split; None = the study's (414, EuroSAT 42)", same=True
     )
-    fundus_crop: bool = False  # trim black borders (APTOS fundus photos); recorded for prediction
-    cache: bool = True  # use kt prepare's resized cache when one is present
-    channels: str | None = (
-        None  # input channels by first letter, e.g. rgb or rgby (HPA); None = all
+    fundus_crop: bool = _f(
+        False,
+        "data",
+        "trim black borders (APTOS fundus photos); recorded for prediction",
+        same=True,
     )
-    keep_empty: bool = False  # CCT-20: keep the `empty` class (the paper drops it)
-    per_annotation: bool = (
-        False  # CCT-20: one sample per annotation, as the study's loader (default: per image)
+    cache: bool = _f(True, "data", "use kt prepare's resized cache when one is present")
+    # model: the network
+    arch: str = _f(
+        "resnet50", "model", "any timm model name, or tv:NAME for torchvision", same=True
     )
-    split: str | None = (
-        None  # None = the competition's: paper (20% per class, seed 414) | kfold | official
+    pretrained: bool = _f(True, "model", "ImageNet weights through timm / Hugging Face")
+    weights: str | None = _f(
+        None, "model", "local backbone state dict (offline); overrides pretrained"
     )
-    split_file: str | None = (
-        None  # CSV with id and Split columns (train/val/test); implies split=official
+    size: int = _f(
+        256, "model", "square input side in pixels; the paper's baseline is 256", same=True
     )
-    folds: int = 5  # number of folds for split=kfold
-    fold: int = 0  # which fold validates
-    seed: int = 414  # seeds training (weights, order, augmentation)
-    split_seed: int | None = (
-        None  # seeds the split; None = the study's (414, EuroSAT 42); fixed across --seeds
+    pool: str = _f("avg", "model", "avg | gem (learnable p, the APTOS winners' choice)", same=True)
+    dropout: float = _f(0.0, "model", "before the linear head")
+    meta: bool = _f(
+        False,
+        "model",
+        "image + the competition's metadata columns (SIIM-ISIC: age, sex, site)",
+        same=True,
     )
-    patience: int = 0  # early stop after this many epochs without improvement; 0 = off
-    tta: str = "none"  # test-time views recorded for predict: none | flip
-    workers: int = 2  # DataLoader worker processes
-    device: str = "auto"  # auto | cpu | cuda
-    track: str = (
-        "none"  # none | mlflow: params, per-epoch metrics and files to MLflow (optional extra)
+    protocol: str = _f(
+        "kt",
+        "model",
+        "kt | paper: the study's preprocessing and optimisation (protocol.py)",
+        same=True,
     )
-    track_uri: str | None = (
-        None  # MLflow URI; None = $MLFLOW_TRACKING_URI or <runs root>/mlruns/mlflow.db
+    # optimisation
+    loss: str | None = _f(
+        None, "optimisation", "None = the task's default (ordinal: smooth_l1, ...)"
     )
-    max_steps: int = 0  # stop each epoch after this many steps; 0 = full epoch (smoke tests)
+    optimizer: str = _f("adamw", "optimisation", "adamw | sgd (Nesterov, momentum 0.9)")
+    lr: float = _f(1e-4, "optimisation", "peak learning rate")
+    weight_decay: float = _f(
+        1e-5, "optimisation", "decoupled weight decay (biases and norms exempt)"
+    )
+    schedule: str = _f("cosine", "optimisation", "cosine | step | none")
+    warmup_epochs: int = _f(0, "optimisation", "linear warm-up epochs")
+    epochs: int = _f(30, "optimisation", "the study trains 30 epochs and keeps the best one")
+    batch_size: int = _f(32, "optimisation", "images per step and process")
+    accum_steps: int = _f(1, "optimisation", "gradient accumulation: a step every N batches")
+    layer_decay: float | None = _f(None, "optimisation", "layer-wise lr decay (timm), e.g. 0.75")
+    freeze_epochs: int = _f(0, "optimisation", "backbone frozen for the first N epochs")
+    lp_ft: bool = _f(False, "optimisation", "linear probe, then full fine-tune")
+    label_smoothing: float = _f(0.0, "optimisation", "classification losses (ce, bce)")
+    patience: int = _f(0, "optimisation", "early stop after N epochs without improvement; 0 = off")
+    seed: int = _f(414, "optimisation", "seeds training (weights, order, augmentation)", diff=False)
+    # augmentation
+    augment: str = _f(
+        "paper",
+        "augmentation",
+        "none | paper (resized crop 0.65-1 + flip) | heavy | randaugment | augmix",
+    )
+    mix: str = _f("none", "augmentation", "none | mixup | cutmix | both (timm's Mixup)")
+    mix_prob: float = _f(1.0, "augmentation", "share of batches mixed")
+    mix_alpha: float = _f(1.0, "augmentation", "Beta(alpha, alpha) mixing strength")
+    mix_off_epochs: int = _f(0, "augmentation", "the last N epochs train on unmixed images")
+    # interventions beyond the architecture: distillation, warm starts, weight averages
+    teacher: str | None = _f(None, "interventions", "distil from a kt ensemble spec's OOF outputs")
+    distill_alpha: float = _f(0.5, "interventions", "weight of the teacher's term")
+    distill_temperature: float = _f(2.0, "interventions", "softens class logits (Hinton et al.)")
+    init: str | None = _f(None, "interventions", "warm start: another run's folder (or best.pt)")
+    ema: bool = _f(False, "interventions", "keep a timm EMA of the weights and validate with it")
+    ema_decay: float = _f(0.999, "interventions", "the EMA's decay")
+    swa_epochs: int = _f(0, "interventions", "SWA over the last N epochs, BatchNorm recomputed")
+    swa_lr: float | None = _f(None, "interventions", "SWA: a constant lr in those epochs")
+    swa_keep: str = _f(
+        "better", "interventions", "better | always: when SWA's weights become best.pt"
+    )
+    # evaluation
+    tta: str = _f("none", "evaluation", "test-time views recorded for predict: none | flip | d4")
+    # runtime: where and how it runs (never changes what is learned beyond float rounding)
+    amp: str = _f("auto", "runtime", "auto (bf16 or fp16 on CUDA, off on CPU) | bf16 | fp16 | off")
+    channels_last: bool = _f(True, "runtime", "NHWC memory layout on CUDA and CPU")
+    compile: bool = _f(False, "runtime", "torch.compile the model")
+    workers: int = _f(2, "runtime", "DataLoader worker processes", diff=False)
+    device: str = _f("auto", "runtime", "auto | cpu | cuda", diff=False)
+    track: str = _f("none", "runtime", "none | mlflow: params, metrics and files to MLflow")
+    track_uri: str | None = _f(
+        None, "runtime", "MLflow URI; None = $MLFLOW_TRACKING_URI or a SQLite"
+    )
+    max_steps: int = _f(0, "runtime", "steps per epoch at most; 0 = full epochs", diff=False)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def keys_with(role: str) -> tuple[str, ...]:
+    """The fields whose metadata sets `role` (diff, same)."""
+    return tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata[role])
+
+
+def list_keys() -> str:
+    """Every key by section with its type, default and meaning (kt train --list-keys)."""
+    lines = []
+    for section in SECTIONS:
+        lines.append(f"{section}:")
+        for f in dataclasses.fields(RunConfig):
+            if f.metadata["section"] == section:
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                kind = str(f.type).replace("None", "none")
+                lines.append(f"  {f.name:<20} {kind:<13} {default!s:<9} {f.metadata['doc']}")
+    return "\n".join(lines)
 
 
 CHOICES = {
@@ -130,7 +198,7 @@ CHOICES = {
     "mix": ("none", "mixup", "cutmix", "both"),
     "track": ("none", "mlflow"),
     "swa_keep": ("better", "always"),
-    "protocol": ("kt", "paper"),
+    "protocol": PROTOCOLS,
 }
 # choices of prediction and ensembling options, shared by the library that validates them and the CLI
 BLENDS = ("mean", "rank")  # kt predict --blend

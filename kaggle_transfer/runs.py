@@ -33,9 +33,8 @@ from .files import atomic_path, inside, read_json, write_csv, write_json
 # every file name of a run folder; no other module spells one
 CONFIG = "config.yaml"  # the resolved RunConfig
 RUN_INFO = "run.json"  # absolute data and external folders, git sha, host
-METRICS = (
-    "metrics.json"  # the completion marker, written last: best score, epoch, fitted parameters
-)
+# the completion marker, written last: best score, epoch, fitted parameters
+METRICS = "metrics.json"
 HISTORY = "history.csv"  # one row per epoch
 OOF = "oof.npz"  # validation ids, raw outputs, targets, fitted parameters
 GROUP = "group.json"  # a --folds/--seeds group's members and scores

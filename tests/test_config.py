@@ -58,3 +58,31 @@ def test_save_load_round_trip(tmp_path):
     cfg = config.resolve(sets=["arch=test_vit", "external=dr2015", "weights=/w.pt", "lr=0.02"])
     config.save(cfg, tmp_path / "config.yaml")
     assert config.load(tmp_path / "config.yaml") == cfg
+
+
+def test_every_field_has_a_section_a_meaning_and_roles():
+    import dataclasses
+
+    from kaggle_transfer.config import SECTIONS, RunConfig, keys_with, list_keys
+
+    fields = dataclasses.fields(RunConfig)
+    assert all(f.metadata["section"] in SECTIONS and f.metadata["doc"] for f in fields)
+    listed = [line.split()[0] for line in list_keys().splitlines() if line.startswith("  ")]
+    assert sorted(listed) == sorted(f.name for f in fields)  # each key once, under its section
+    # what kt average must agree on and what kt runs leaves out of its differences come from the roles
+    from kaggle_transfer.training.averaging import SAME
+
+    assert SAME == keys_with("same") and {"arch", "size", "fold", "split"} <= set(SAME)
+    assert "lr" not in SAME and "seed" not in keys_with("diff") and "lr" in keys_with("diff")
+
+
+def test_kt_train_list_keys_prints_the_sections_and_exits():
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
+    out = CliRunner().invoke(main, ["train", "--list-keys"])
+    assert out.exit_code == 0
+    assert [line for line in out.output.splitlines() if not line.startswith(" ")] == [
+        "data:", "model:", "optimisation:", "augmentation:", "interventions:", "evaluation:", "runtime:"]
+    assert "swa_epochs" in out.output and "resnet50" in out.output

@@ -10,8 +10,24 @@ from ..errors import KtError
 from .common import choice, data_dir_option, external_dir_option, external_dirs, progress_option
 
 
+def _list_keys(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        from ..config import list_keys
+
+        click.echo(list_keys())
+        ctx.exit()
+
+
 @click.command()
 @click.argument("competition", required=False)
+@click.option(
+    "--list-keys",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_list_keys,
+    help="Print every config key (for -c recipes and --set) by section, with its default, and exit.",
+)
 @click.option(
     "-c",
     "--recipe",

@@ -71,9 +71,8 @@ class Aptos(Competition):
 
 
 APTOS = Aptos(
-    paper=PaperRecipe(
-        bgr=True, flips="h", loss="ce"
-    ),  # released aptos.py: BGR, h flip; sample_train.py: CE
+    # released aptos.py: BGR, h flip; sample_train.py: CE
+    paper=PaperRecipe(bgr=True, flips="h", loss="ce"),
     name="aptos",
     synthetic="aptos",
     slug="aptos2019-blindness-detection",

@@ -107,22 +107,18 @@ class Competition:
     default_split: str = "paper"  # used when the run does not choose one
     paper_seed: int = 414  # the seed of the study's split (its released loaders: 414; EuroSAT 42)
     paper: PaperRecipe = PaperRecipe()  # what the study's released loader does (--protocol paper)
-    meta_columns: dict[str, str] = field(
-        default_factory=dict
-    )  # tabular columns beside the image (meta.py)
+    # tabular columns beside the image (meta.py)
+    meta_columns: dict[str, str] = field(default_factory=dict)
     daily_limit: int = 5  # submissions a day when the client cannot tell (Kaggle's usual limit)
-    accelerator: str = (
-        "gpu"  # code competitions: what the prediction notebook asks for (gpu | none)
-    )
-    hidden_test_images: int = (
-        0  # code competitions: the hidden test set the notebook predicts (for estimates)
-    )
+    # code competitions: what the prediction notebook asks for (gpu | none)
+    accelerator: str = "gpu"
+    # code competitions: the hidden test set the notebook predicts (for estimates)
+    hidden_test_images: int = 0
     value_format: str = "index"  # answers as class indices or names (answers.py)
     label_separator: str = " "  # multilabel answers: between labels
     eval_splits: tuple[str, ...] = ()  # labelled test splits `kt evaluate` scores (local datasets)
-    reported_split: str | None = (
-        None  # the one of them the study reports (CCT-20: cis_test), else validation
-    )
+    # the one of them the study reports (CCT-20: cis_test), else validation
+    reported_split: str | None = None
     download_hint: str | None = None  # where the files come from when not from Kaggle
     synthetic: str | None = None  # the layout data/synthetic.py writes for `kt demo` and the tests
 

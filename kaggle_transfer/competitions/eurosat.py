@@ -73,9 +73,8 @@ class EuroSat(Competition):
 
 
 EUROSAT = EuroSat(
-    paper=PaperRecipe(
-        bgr=False, flips="", size=224
-    ),  # datasets/eurosat.py: ImageFolder RGB, no flips, 224 px
+    # datasets/eurosat.py: ImageFolder RGB, no flips, 224 px
+    paper=PaperRecipe(bgr=False, flips="", size=224),
     name="eurosat",
     synthetic="eurosat",
     slug=None,

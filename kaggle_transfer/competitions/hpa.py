@@ -98,9 +98,8 @@ class Hpa(Competition):
             }
         )
         split_file = paper_split_file(data_dir)
-        if (
-            split_file is not None
-        ):  # the study's split: rows the file does not name neither train nor validate
+        # the study's split: rows the file does not name neither train nor validate
+        if split_file is not None:
             words = read_csv(split_file, ["Id", "Split"], "HPA paper split file").set_index("Id")[
                 "Split"
             ]
@@ -145,9 +144,8 @@ class Hpa(Competition):
 
 
 HPA = Hpa(
-    paper=PaperRecipe(
-        bgr=True, flips="hv", channels="rgb"
-    ),  # datasets/hpa.py: cv2 drops yellow, BGR, both flips
+    # datasets/hpa.py: cv2 drops yellow, BGR, both flips
+    paper=PaperRecipe(bgr=True, flips="hv", channels="rgb"),
     name="hpa",
     synthetic="hpa",
     slug="human-protein-atlas-image-classification",

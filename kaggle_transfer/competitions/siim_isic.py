@@ -41,9 +41,8 @@ class SiimIsic(Competition):
         columns = TRAIN_COLUMNS + (["target"] if split == "train" else [])
         df = read_csv(path, columns, f"SIIM-ISIC {split}.csv")
         if "tfrecord" in df.columns:
-            df = df[df["tfrecord"].astype(str) != "-1"].reset_index(
-                drop=True
-            )  # duplicates marked -1
+            # duplicates marked -1
+            df = df[df["tfrecord"].astype(str) != "-1"].reset_index(drop=True)
         folder = image_folder(data_dir, split)
         table = pd.DataFrame(
             {

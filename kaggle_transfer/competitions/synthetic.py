@@ -272,9 +272,8 @@ def _leaf(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
         (40, int(rng.uniform(140, 180)), 50),
         -1,
     )
-    spot = [(30, 60, 140), (20, 120, 180), (90, 200, 200), (160, 220, 160), None][
-        label
-    ]  # disease colour
+    # disease colour
+    spot = [(30, 60, 140), (20, 120, 180), (90, 200, 200), (160, 220, 160), None][label]
     if spot is not None:
         for _ in range(int(rng.integers(3, 7))):  # spots large enough to survive a resize to 32 px
             c = tuple(int(v) for v in rng.integers(size // 3, 2 * size // 3, 2))
@@ -399,9 +398,8 @@ def make_eurosat(
         folder.mkdir(parents=True, exist_ok=True)
         img = np.empty((image_size, image_size, 3), np.uint8)
         img[:] = ((k * 71) % 200 + 30, (k * 37) % 200 + 30, (k * 113) % 200 + 30)
-        for x in range(
-            int(rng.integers(0, 4)), image_size, 4 + 2 * k
-        ):  # fields, rivers, roads: stripes
+        # fields, rivers, roads: stripes
+        for x in range(int(rng.integers(0, 4)), image_size, 4 + 2 * k):
             cv2.line(img, (x, 0), (x, image_size - 1), (255 - 20 * k, 20 * k, 128), 1)
         img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
         cv2.imwrite(str(folder / f"{CLASSES[k]}_{i // len(CLASSES) + 1}.jpg"), img)

@@ -90,9 +90,8 @@ def _decode(path: str, flags: int) -> np.ndarray:
         if problem:
             raise KtError(f"image {problem}; {fix}")
     try:
-        data = np.fromfile(
-            path, dtype=np.uint8
-        )  # np.fromfile + imdecode also handles non-ASCII paths
+        # np.fromfile + imdecode also handles non-ASCII paths
+        data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise KtError(f"cannot read image {path}: {e.strerror}") from None
     img = cv2.imdecode(data, flags) if data.size else None
@@ -132,9 +131,8 @@ def read_image(paths: Sequence[str], reduce_to: int | None = None) -> np.ndarray
                 return _read_raw(paths[0])
             img = _decode(paths[0], cv2.IMREAD_UNCHANGED)
             if paths[0].endswith(CACHE_FORMATS["jpeg"]) and img.ndim == 3:
-                img = cv2.cvtColor(
-                    img, cv2.COLOR_BGR2RGB
-                )  # written from BGR, as JPEG's colour model expects
+                # written from BGR, as JPEG's colour model expects
+                img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
             return img[..., None] if img.ndim == 2 else img
         if reduce_to and paths[0].lower().endswith((".jpg", ".jpeg")):
             fast = _decode_reduced(paths[0], reduce_to)

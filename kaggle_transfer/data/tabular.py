@@ -61,9 +61,8 @@ def fit(declared: dict[str, str], rows: pd.DataFrame) -> dict[str, Any]:
             huge = ~np.isfinite(numbers.to_numpy(dtype=np.float64)) | (
                 numbers.abs().to_numpy() > MAX_ABS
             )
-            if (
-                huge.any()
-            ):  # its mean and std would overflow, and the loss become NaN with the wrong culprit
+            # its mean and std would overflow, and the loss become NaN with the wrong culprit
+            if huge.any():
                 row = numbers.index[np.flatnonzero(huge)[0]]
                 raise KtError(
                     f"meta column {name!r} holds {values.loc[row]!r} (training row {row}); values must be "
@@ -112,9 +111,8 @@ def encode(spec: dict[str, Any], rows: pd.DataFrame) -> tuple[np.ndarray, dict[s
                 dtype=np.float64
             )
             missing = missing | np.isnan(numbers)
-            numbers = np.clip(
-                np.nan_to_num(numbers), *value_range(c)
-            )  # ±inf too: to the range's ends
+            # ±inf too: to the range's ends
+            numbers = np.clip(np.nan_to_num(numbers), *value_range(c))
             z = np.where(missing, 0.0, (numbers - c["mean"]) / c["std"])
             parts += [z[:, None], missing[:, None].astype(np.float64)]
         else:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import competitions
+from ..config import BLENDS
 from ..errors import KtError
 from ..files import read_json, sha256, write_json
 from .pipeline import predict_submission
@@ -64,7 +65,7 @@ def check_bundle(spec, path: Path) -> dict:
         raise fail(
             f"'weights' must be {len(models)} finite numbers, at least 0, with a positive sum"
         )
-    for key, allowed in (("blend", ("mean", "rank")), ("tta", VIEWS), ("precision", PRECISIONS)):
+    for key, allowed in (("blend", BLENDS), ("tta", VIEWS), ("precision", PRECISIONS)):
         value = spec.get(key, "fp32" if key == "precision" else None)
         if value not in allowed:
             raise fail(f"{key!r} is {value!r}, not one of {', '.join(allowed)}")

@@ -144,9 +144,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
             f"(they are {weights.tolist()}); rebuild it with kt ensemble"
         )
     for member in members:
-        for model in member[
-            "models"
-        ]:  # paths are absolute; older specs' relative ones mean beside the spec
+        # paths are absolute; older specs' relative ones mean beside the spec
+        for model in member["models"]:
             model["path"] = (
                 str(path.parent / model["path"])
                 if not Path(model["path"]).is_absolute()

@@ -40,9 +40,8 @@ def predict_submission(
     )
     root, folder = runs.submissions_root(out_root), f"{runs.stamp()}_{runs.slug(label)}"
     existed = (root / comp.name / folder).exists()
-    out_dir = runs.new_output_dir(
-        root, comp.name, folder, overwrite=overwrite
-    )  # reserved before the work
+    # reserved before the work
+    out_dir = runs.new_output_dir(root, comp.name, folder, overwrite=overwrite)
     try:
         started = time.time()
         test = use_cache(

@@ -29,9 +29,8 @@ class Choice:
     thresholds the mean of the members')."""
 
     models: Sequence[str | Path] = ()
-    ensemble: str | Path | None = (
-        None  # a kt ensemble spec: its models, weights, blend and thresholds
-    )
+    # a kt ensemble spec: its models, weights, blend and thresholds
+    ensemble: str | Path | None = None
     weights: Sequence[float] | None = None
     blend: str = "mean"  # mean | rank
     fitted: dict[str, Any] | None = None  # thresholds handed in (a notebook bundle carries them)
@@ -148,9 +147,8 @@ def _load(
         io_binding=options.io_binding,
     )
     comp = competitions.for_model(models[0].meta)
-    for (
-        m
-    ) in models:  # the metadata must describe the competition it claims, or decoding would be wrong
+    # the metadata must describe the competition it claims, or decoding would be wrong
+    for m in models:
         for key, want in (("task", comp.task.kind), ("num_classes", comp.task.num_classes)):
             if m.meta[key] != want:
                 raise KtError(

@@ -107,9 +107,8 @@ class OnnxModel:
             binding.bind_ortvalue_input(name, batch)
         for key, value in extra.items():
             binding.bind_cpu_input(key, value)
-        binding.bind_output(
-            self.session.get_outputs()[0].name, "cpu"
-        )  # (batch, outputs): small, copied once
+        # (batch, outputs): small, copied once
+        binding.bind_output(self.session.get_outputs()[0].name, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 

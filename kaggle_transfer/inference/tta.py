@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..config import CHOICES
 from ..errors import KtError
 
 View = Callable[[np.ndarray], np.ndarray]
@@ -37,7 +38,7 @@ def _compose(*fs: View) -> View:
 
 
 # d4: the 8 symmetries of the square (flips x transpose), as SIIM-ISIC winners used
-VIEWS: dict[str, list[View]] = {
+_VIEWS: dict[str, list[View]] = {
     "none": [_identity],
     "flip": [_identity, _hflip],
     "d4": [
@@ -51,6 +52,8 @@ VIEWS: dict[str, list[View]] = {
         _compose(_transpose, _hflip, _vflip),
     ],
 }
+# the names are config.CHOICES['tta'] (what --tta and a recipe accept); each has its views here
+VIEWS: dict[str, list[View]] = {name: _VIEWS[name] for name in CHOICES["tta"]}
 
 
 def views(name: str) -> list[View]:

@@ -305,9 +305,8 @@ def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[st
         if meta["competition"] != comp.name:
             raise KtError(f"{path} was trained for {meta['competition']!r}, not {comp.name!r}")
         metas.append(meta)
-        name = (
-            f"{i:02d}_{slug(meta['arch'])}_{meta['size']}.onnx"  # tv:NAME: no ':' in a dataset file
-        )
+        # tv:NAME: no ':' in a dataset file
+        name = f"{i:02d}_{slug(meta['arch'])}_{meta['size']}.onnx"
         shutil.copy(path, out / name)
         entries.append({"file": name, "sha256": sha256(out / name), "source": str(path.resolve())})
     spec["tta"] = recorded_tta(metas)  # the views the models were trained for; build() may override

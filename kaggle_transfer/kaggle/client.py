@@ -188,9 +188,8 @@ def call(
     while True:
         try:
             return fn()
-        except (
-            requests.RequestException
-        ) as e:  # requests.JSONDecodeError is one too (before ValueError)
+        # requests.JSONDecodeError is one too (before ValueError)
+        except requests.RequestException as e:
             pause = retry_after(e) or min(MAX_BACKOFF_S, 2.0**attempt)
             more = attempt + 1 < SAFE_RETRIES if until is None else clock() + pause < until
             if not (retry and _transient(e) and more):
@@ -201,9 +200,8 @@ def call(
             attempt += 1
         except OSError as e:
             raise _explain(e, slug, what) from None
-        except (
-            ValueError
-        ) as e:  # the client's own refusals: a failed blob upload, a slug it rejects, ...
+        # the client's own refusals: a failed blob upload, a slug it rejects, ...
+        except ValueError as e:
             raise KtError(
                 f"the Kaggle client could not {what}: {' '.join(str(e).split())[:300]}"
             ) from None

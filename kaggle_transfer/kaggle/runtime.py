@@ -141,9 +141,8 @@ def elf_needed(wheel: Path, member: str) -> list[str]:
         segments = [
             struct.unpack_from("<IIQQQQQQ", head, phoff + i * phentsize) for i in range(phnum)
         ]
-        dynamic = next(
-            ((s[2], s[5]) for s in segments if s[0] == 2), None
-        )  # PT_DYNAMIC: offset, size
+        # PT_DYNAMIC: offset, size
+        dynamic = next(((s[2], s[5]) for s in segments if s[0] == 2), None)
         if dynamic is None:
             return []
         (table,) = _stream_ranges(zf, member, [(dynamic[0], dynamic[0] + dynamic[1])])

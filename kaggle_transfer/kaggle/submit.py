@@ -41,9 +41,8 @@ from .client import (
 
 # Kaggle runs a code competition's notebook for at most 9 hours (docs/kaggle.md); waiting covers it.
 NOTEBOOK_LIMIT_S = 9 * 3600
-POLL_S = float(
-    os.environ.get("KT_POLL_S") or 15
-)  # first poll interval (backs off to 2 min); tests shorten it
+# first poll interval (backs off to 2 min); tests shorten it
+POLL_S = float(os.environ.get("KT_POLL_S") or 15)
 DONE = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 CUDA = "CUDAExecutionProvider"
 
@@ -59,9 +58,8 @@ class SubmitOptions:
     resume: bool = False  # follow the notebook run recorded in the manifest
     bundle_dir: str | Path | None = None
     fetch_wheels: bool = True
-    target: bundle_mod.NotebookTarget | None = (
-        None  # None: the competition's accelerator, kt's Pythons
-    )
+    # None: the competition's accelerator, kt's Pythons
+    target: bundle_mod.NotebookTarget | None = None
 
 
 @dataclass
@@ -312,14 +310,12 @@ def push(
     """Push the runtime dataset (only when new), the bundle dataset and its notebook; record the push."""
     info_path = bundle / "bundle.json"
     info = read_json(info_path, what="bundle description")
-    info["bundle_id"] = (
-        uuid.uuid4().hex
-    )  # this push's id: the notebook runs it and its manifest echoes it
+    # this push's id: the notebook runs it and its manifest echoes it
+    info["bundle_id"] = uuid.uuid4().hex
     write_json(info_path, info)
     bundle_mod.write_script(bundle, info)
-    refs = bundle_mod.write_metadata(
-        bundle, owner(api)
-    )  # at push time: the real owner, never a cached one
+    # at push time: the real owner, never a cached one
+    refs = bundle_mod.write_metadata(bundle, owner(api))
     if refs["runtime"]:
         folder = bundle_mod.runtime_folder(
             bundle_mod.NotebookTarget(python=info["python"], accelerator=info["accelerator"])
@@ -368,9 +364,8 @@ def follow(
             f"the notebook {kernel} v{version} wrote no submission.csv (its output: "
             f"{', '.join(result['files']) or 'nothing'}); log: {_log_tail(result['log'])}"
         )
-    checked = submission.validate(
-        comp, csv, data_dir
-    )  # the notebook's own answers, as Kaggle will read them
+    # the notebook's own answers, as Kaggle will read them
+    checked = submission.validate(comp, csv, data_dir)
     ran = check_notebook_manifest(comp, output, pushed, checked["rows"])
     waiting.echo(_hidden_estimate(comp, ran))
     return {**pushed, "notebook_csv": str(csv), "notebook": ran}

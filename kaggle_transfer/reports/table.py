@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import competitions, runs
+from ..config import FIELDS, keys_with
 from ..errors import KtError
 
 
@@ -34,7 +35,7 @@ def runs_table(competition: str, root: str | Path | None = None) -> pd.DataFrame
         raise KtError(f"no finished runs in {runs.runs_root(root) / comp.name}")
     table = pd.DataFrame(rows).sort_values("score", ascending=False).reset_index(drop=True)
     best = table["config"][0]
-    ignore = {"seed", "fold", "workers", "device", "max_steps"}
+    ignore = set(FIELDS) - set(keys_with("diff"))  # seed, fold, workers, device, max_steps
     table["differs from best"] = [
         ", ".join(f"{k}={v}" for k, v in c.items() if k not in ignore and best.get(k) != v)
         for c in table["config"]

@@ -137,9 +137,8 @@ def worker(job: StudyJob, *, progress: bool = False) -> int:
             if set(space) <= set(t.params)
         }
         if all(k in running for k in todo):
-            time.sleep(
-                HEARTBEAT_S
-            )  # others hold the rest; a dead one is failed after the grace period
+            # others hold the rest; a dead one is failed after the grace period
+            time.sleep(HEARTBEAT_S)
             optuna.storages.fail_stale_trials(study)
             continue
         study.optimize(objective, n_trials=1, catch=())

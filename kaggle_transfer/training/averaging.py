@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .. import competitions, protocol, runs
+from ..config import keys_with
 from ..errors import KtError
 from ..files import copy_file, sha256, write_json
 from . import checkpoints
@@ -28,24 +29,7 @@ from .export import load_run_model
 from .heldout import run_features
 
 # what must agree between runs for their weights to be averaged and validated as one run
-SAME = (
-    "competition",
-    "competition_file",
-    "arch",
-    "size",
-    "pool",
-    "channels",
-    "protocol",
-    "fundus_crop",
-    "split",
-    "split_file",
-    "folds",
-    "fold",
-    "split_seed",
-    "keep_empty",
-    "per_annotation",
-    "meta",
-)
+SAME = keys_with("same")
 
 
 def mean_state(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -207,15 +191,13 @@ def average_runs(
             },
         )
         checkpoints.save(state, out / runs.BEST)
-        if (
-            run_dirs[0] / runs.TABULAR
-        ).is_file():  # the first run's metadata encoding (same training rows)
+        # the first run's metadata encoding (same training rows)
+        if (run_dirs[0] / runs.TABULAR).is_file():
             copy_file(run_dirs[0] / runs.TABULAR, out / runs.TABULAR)
         score, fitted, n_val = _validate(out, cfg, data_dir, info, progress=progress)
         got = set(map(str, runs.load_oof(out)["ids"]))
-        if (
-            got != val_ids
-        ):  # the data changed since the runs trained (skipped images, a new split file)
+        # the data changed since the runs trained (skipped images, a new split file)
+        if got != val_ids:
             raise KtError(
                 f"the averaged run validates on {len(got)} rows but its members on {len(val_ids)} "
                 f"({len(got ^ val_ids)} differ); the data folder changed since they trained: average "

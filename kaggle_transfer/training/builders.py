@@ -90,9 +90,8 @@ def build_mixer(mode: str, *, prob: float, alpha: float, task: Task, loss: str):
         x = x.float()  # uint8 images cannot hold a blend
         if task.classifies and y.ndim == 1:  # class indices: timm's one-hot mix
             return mixup(x, y)
-        lam = mixup._mix_batch(
-            x
-        )  # timm's own image mixing (in place); the target mix is the task's
+        # timm's own image mixing (in place); the target mix is the task's
+        lam = mixup._mix_batch(x)
         y = y.float()  # grades, 0/1 targets, or soft class probabilities (pseudo labels)
         return x, lam * y + (1.0 - lam) * y.flip(0)
 

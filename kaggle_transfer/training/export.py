@@ -36,9 +36,8 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
             f"{run_dir / runs.METRICS} lacks the fitted cut points or thresholds; the run's metrics "
             f"are damaged: resume or train the run again (kt train --resume {run_dir})"
         )
-    comp.task.check_fitted(
-        run_metrics["fitted"]
-    )  # an ONNX file kt predict would refuse is not written
+    # an ONNX file kt predict would refuse is not written
+    comp.task.check_fitted(run_metrics["fitted"])
     run_info = runs.read_run_info(run_dir) if (run_dir / runs.RUN_INFO).is_file() else {}
     return {
         "format_version": FORMAT_VERSION,

@@ -210,9 +210,8 @@ def _torchvision_backbone(name: str, in_chans: int, pretrained: bool) -> nn.Modu
     if in_chans != 3:
         raise KtError(f"tv:{name} takes 3 channels; use a timm --arch or --set channels=rgb")
     model = torchvision.models.get_model(name, weights="IMAGENET1K_V1" if pretrained else None)
-    if name.startswith(
-        "squeezenet"
-    ):  # its head is a 1x1 conv + ReLU + pool: keep the pooled 512 features
+    # its head is a 1x1 conv + ReLU + pool: keep the pooled 512 features
+    if name.startswith("squeezenet"):
         model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     elif isinstance(getattr(model, "fc", None), nn.Linear):
         model.fc = nn.Identity()
@@ -221,9 +220,8 @@ def _torchvision_backbone(name: str, in_chans: int, pretrained: bool) -> nn.Modu
     elif isinstance(getattr(model, "classifier", None), nn.Sequential) and isinstance(
         model.classifier[-1], nn.Linear
     ):
-        model.classifier[-1] = (
-            nn.Identity()
-        )  # VGG, AlexNet, MobileNetV3, MnasNet keep their hidden layers
+        # VGG, AlexNet, MobileNetV3, MnasNet keep their hidden layers
+        model.classifier[-1] = nn.Identity()
     else:
         raise KtError(f"tv:{name}: kt does not know where its classifier is; use a timm --arch")
     return model
@@ -279,9 +277,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
             and value.ndim == 4
             and value.shape[1] != own[key].shape[1]
         ):
-            value = adapt_input_conv(
-                own[key].shape[1], value
-            )  # e.g. RGB weights into a 4-channel stem
+            # e.g. RGB weights into a 4-channel stem
+            value = adapt_input_conv(own[key].shape[1], value)
         if value.shape == own[key].shape:
             matched[key] = value
     if len(matched) < 0.5 * len(own):

@@ -19,9 +19,8 @@ from ..files import write_json
 from . import distributed, tracking
 from .cv import fit_group, parse_folds
 
-GROUP_REQUEST = (
-    "group-request.json"  # what a --folds/--seeds group was asked to train, for --resume
-)
+# what a --folds/--seeds group was asked to train, for --resume
+GROUP_REQUEST = "group-request.json"
 
 
 @dataclasses.dataclass
@@ -34,9 +33,8 @@ class RunPlan:
     resume: bool = False
     folds: list[int] | None = None  # a --folds group: these folds ...
     seeds: int = 1  # ... times this many training seeds
-    train_table: pd.DataFrame | None = (
-        None  # the competition rows read by the preflight (read once)
-    )
+    # the competition rows read by the preflight (read once)
+    train_table: pd.DataFrame | None = None
 
     @property
     def is_group(self) -> bool:
@@ -214,9 +212,8 @@ def train(plan: RunPlan, *, progress: bool = True) -> dict[str, Any]:
     try:
         return _train(plan, progress=progress)
     except BaseException:
-        for record in plan.run_dir.rglob(
-            runs.TRACKING
-        ):  # its MLflow run ends FAILED, not RUNNING forever
+        # its MLflow run ends FAILED, not RUNNING forever
+        for record in plan.run_dir.rglob(runs.TRACKING):
             tracking.fail(record.parent)
         produced = any(plan.run_dir.rglob(runs.LAST)) or any(plan.run_dir.rglob(runs.METRICS))
         if not plan.resume and not produced and distributed.is_main():

@@ -39,9 +39,8 @@ def load_tables(
     if cfg.split_file:
         splits = read_split_file(cfg.split_file).set_index("key")["split"]
         table = table.drop(columns=["split"], errors="ignore")
-        table["split"] = [
-            splits.get(k) for k in keys(table["id"])
-        ]  # ids meet as data/ids.py compares them
+        # ids meet as data/ids.py compares them
+        table["split"] = [splits.get(k) for k in keys(table["id"])]
         if table["split"].isna().any():
             missing = table.loc[table["split"].isna(), "id"].iloc[0]
             raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
@@ -86,18 +85,16 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
     Returns the competition's rows, for fit() to reuse."""
     comp = competitions.for_config(cfg)
     check_arch(cfg.arch)
-    protocol.for_run(
-        cfg, comp
-    )  # a channel choice the protocol cannot feed fails before any image is read
+    # a channel choice the protocol cannot feed fails before any image is read
+    protocol.for_run(cfg, comp)
     comp.select_channels(protocol.channels(cfg, comp))
     comp.task.check_loss(cfg.loss or comp.task.default_loss)
     if cfg.meta and not comp.meta_columns:
         raise KtError(
             f"--set meta=true: {comp.name} declares no metadata columns (a competition YAML: meta_columns:)"
         )
-    for (
-        source
-    ) in cfg.external:  # a damaged pseudo table or teacher spec fails before the run folder exists
+    # a damaged pseudo table or teacher spec fails before the run folder exists
+    for source in cfg.external:
         if pseudo_file(source) is not None:
             read_pseudo(pseudo_file(source), comp)
     if cfg.teacher:

@@ -198,9 +198,8 @@ def teacher_outputs(
             out[r], mask[r] = recorded, True
         elif rid in index:
             out[r], mask[r] = raw[index[rid]], True
-    if (
-        task.kind == "ordinal" and not task.classifies and width > 1
-    ):  # a classes teacher: its expected grade
+    # a classes teacher: its expected grade
+    if task.kind == "ordinal" and not task.classifies and width > 1:
         out = (_softmax(out) @ np.arange(width))[:, None]
     elif task.classifies and width != task.num_classes:
         soft_from_raw(task, out)  # raises the one-line explanation
