@@ -101,7 +101,7 @@ def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
     candidates = [default_data_dir(comp)] + (
         [Path("data") / comp.name] if os.environ.get("KT_DATA") else []
     )
-    if getattr(comp, "spec_file", None):  # a competition YAML kept beside its data
+    if comp.spec_file:  # a competition YAML kept beside its data
         candidates.append(Path(comp.spec_file).parent)
     for path in candidates:
         if path.is_dir():

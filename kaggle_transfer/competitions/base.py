@@ -120,7 +120,12 @@ class Competition:
     # the one of them the study reports (CCT-20: cis_test), else validation
     reported_split: str | None = None
     download_hint: str | None = None  # where the files come from when not from Kaggle
-    synthetic: str | None = None  # the layout data/synthetic.py writes for `kt demo` and the tests
+    synthetic: str | None = (
+        None  # the layout competitions/synthetic.py writes for kt demo and tests
+    )
+    # a competition described by a YAML: its checked description, and the file it came from
+    spec: dict[str, Any] | None = None
+    spec_file: str | None = None
 
     @property
     def in_chans(self) -> int:

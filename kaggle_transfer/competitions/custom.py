@@ -319,8 +319,6 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 
 class CustomCompetition(Competition):
-    spec: dict[str, Any]
-
     def _label_index(self, value: str, where: str) -> int:
         names = self.class_names
         if value in names:
@@ -429,6 +427,6 @@ def from_spec(spec: dict[str, Any]) -> CustomCompetition:
         value_format=spec.get("value_format", "index"),
         label_separator=spec.get("label_separator", " "),
         meta_columns=dict(spec.get("meta_columns") or {}),
+        spec=spec,
     )
-    comp.spec = spec
     return comp

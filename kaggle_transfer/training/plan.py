@@ -52,7 +52,7 @@ def _competition_and_recipes(
             "pass the competition's YAML in place of 'custom': kt train FILE.yaml (-c names a recipe)"
         )
     comp = competitions.get(competition)
-    spec_file = getattr(comp, "spec_file", None)
+    spec_file = comp.spec_file
     recipes = [comp.spec["recipe"]] if spec_file and comp.spec.get("recipe") else []
     if recipe:
         recipes.append(recipe)
