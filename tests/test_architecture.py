@@ -208,8 +208,8 @@ def test_prediction_and_validation_import_no_heavy_libraries(onnx_model, aptos_d
     matplotlib, Optuna or torch: each costs import time in every notebook run and none is needed."""
     code = (
         "import sys\nfrom kaggle_transfer.cli import main\n"
-        f"for argv in (['predict', 'aptos', {str(onnx_model)!r}, '--data-dir', {str(aptos_dir)!r}, '--out-root',"
-        f" {str(tmp_path)!r}, '--no-progress', '--label', 'x'],\n"
+        f"for argv in (['predict', 'aptos', {str(onnx_model)!r}, '--data-dir', {str(aptos_dir)!r}, '-o',"
+        f" {str(tmp_path)!r}, '--no-progress', '--name', 'x'],\n"
         f"             ['validate', 'aptos', {str(aptos_dir / 'sample_submission.csv')!r}, '--data-dir',"
         f" {str(aptos_dir)!r}]):\n"
         "    try:\n        main(argv)\n    except SystemExit as e:\n        assert not e.code, e.code\n"

@@ -126,3 +126,16 @@ def test_kt_demo_eurosat(tmp_path):
     rows = [line.split() for line in result.output.splitlines() if line.startswith("test_resnet@")]
     assert len(rows) == 2 and all(float(r[-1]) > 0.3 for r in rows)  # chance is 0.1 with ten classes
     assert "submission (validated)" in result.output
+
+
+def test_renamed_flags_keep_their_old_spellings_out_of_help():
+    """One name per idea: -o/--out for output paths and --name for a folder's name; the old spellings
+    (--out-root, --dest, --label) still run users' scripts but are no longer offered."""
+    from kaggle_transfer.cli import main
+
+    for command, new, old in ((["predict"], ["-o, --out", "--name"], ["--out-root", "--label"]),
+                              (["download"], ["-o, --out"], ["--dest"]),
+                              (["train"], ["--name"], ["--label TEXT"])):
+        out = CliRunner().invoke(main, [*command, "--help"])
+        assert out.exit_code == 0
+        assert all(n in out.output for n in new) and not any(o in out.output for o in old), out.output

@@ -90,3 +90,25 @@ def external_dirs(items: tuple[str, ...]) -> dict[str, str]:
         name, path = item.split("=", 1)
         out[name] = path
     return out
+
+
+class Renamed(click.Option):
+    """An option whose old spellings (`old`) still work, for users' scripts, but no longer show in
+    --help: one name per idea (`-o/--out` for every output path, `--name` for a folder's name)."""
+
+    def __init__(self, *args, old: tuple[str, ...] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.old = tuple(old)
+
+    def get_help_record(self, ctx: click.Context):
+        saved = self.opts
+        self.opts = [o for o in saved if o not in self.old]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = saved
+
+
+def name_option(help_text: str):
+    """`--name`: a folder's name after its time stamp (`--label`, its old spelling, still works)."""
+    return click.option("--name", "--label", "label", cls=Renamed, old=("--label",), help=help_text)

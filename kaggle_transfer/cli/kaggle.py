@@ -9,12 +9,21 @@ import click
 from ..config import ACCELERATORS, NOTEBOOK_PYTHON
 from ..inference.session import expand
 from ..kaggle import client as kaggle_client
-from .common import data_dir_option, tta_option
+from .common import Renamed, data_dir_option, tta_option
 
 
 @click.command()
 @click.argument("competition")
-@click.option("--dest", type=click.Path(), help="Default: $KT_DATA/<name> or data/<name>.")
+@click.option(
+    "-o",
+    "--out",
+    "--dest",
+    "dest",
+    cls=Renamed,
+    old=("--dest",),
+    type=click.Path(),
+    help="Folder for the competition's files (default: $KT_DATA/<name> or data/<name>).",
+)
 @click.option(
     "--force",
     is_flag=True,

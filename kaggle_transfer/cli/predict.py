@@ -8,7 +8,15 @@ import click
 
 from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING
 from ..inference.session import expand
-from .common import data_dir_option, external_dir_option, external_dirs, progress_option, tta_option
+from .common import (
+    Renamed,
+    data_dir_option,
+    external_dir_option,
+    external_dirs,
+    name_option,
+    progress_option,
+    tta_option,
+)
 
 
 @click.command()
@@ -30,8 +38,17 @@ from .common import data_dir_option, external_dir_option, external_dirs, progres
 @click.option(
     "--refit", is_flag=True, help="Refit cut points/thresholds on the members' blended OOF."
 )
-@click.option("--out-root", type=click.Path(), help="Default: $KT_SUBMISSIONS or submissions/.")
-@click.option("--label", help="Submission folder suffix.")
+@click.option(
+    "-o",
+    "--out",
+    "--out-root",
+    "out_root",
+    cls=Renamed,
+    old=("--out-root",),
+    type=click.Path(),
+    help="Submissions root: the folder goes in OUT/<competition>/ (default: $KT_SUBMISSIONS or submissions/).",
+)
+@name_option("Submission folder name after its time stamp (default: the models' archs and sizes).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing submission folder.")
 @click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
 @click.option(
@@ -245,7 +262,10 @@ def ensemble(competition, runs, method, out) -> None:
 @data_dir_option
 @tta_option
 @click.option(
-    "--out", type=click.Path(), help="Folder for evaluation.json (default: the first model's)."
+    "-o",
+    "--out",
+    type=click.Path(),
+    help="Folder for evaluation.json (default: the first model's).",
 )
 @progress_option
 def evaluate(competition, models, data_dir, tta, out, progress) -> None:

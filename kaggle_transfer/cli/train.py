@@ -6,14 +6,20 @@ from pathlib import Path
 
 import click
 
+from ..config import list_keys
 from ..errors import KtError
-from .common import choice, data_dir_option, external_dir_option, external_dirs, progress_option
+from .common import (
+    choice,
+    data_dir_option,
+    external_dir_option,
+    external_dirs,
+    name_option,
+    progress_option,
+)
 
 
 def _list_keys(ctx: click.Context, _param, value: bool) -> None:
     if value and not ctx.resilient_parsing:
-        from ..config import list_keys
-
         click.echo(list_keys())
         ctx.exit()
 
@@ -128,7 +134,7 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
 @click.option(
     "--runs-root", type=click.Path(), help="Where run folders go (default: $KT_RUNS or runs/)."
 )
-@click.option("--label", help="Run folder suffix (default: arch and size).")
+@name_option("Run folder name after its time stamp (default: arch and size).")
 @click.option(
     "--resume", "resume_dir", type=click.Path(), help="Continue a killed run from its last.pt."
 )
@@ -165,7 +171,7 @@ def train(
                 ("--external-dir", external_dir),
                 ("--set", sets),
                 ("--runs-root", runs_root),
-                ("--label", label),
+                ("--name", label),
                 ("--folds", folds_arg),
                 ("--seeds", seeds > 1),
                 ("--skip-bad-images", skip_bad_images),
@@ -252,7 +258,7 @@ def export(run_dir, out, opset) -> None:
     type=click.Path(),
     help="Where the new run folder goes (default: $KT_RUNS or runs/).",
 )
-@click.option("--label", help="Run folder suffix (default: avgN_<arch>@<size>).")
+@name_option("Run folder name after its time stamp (default: avgN_<arch>@<size>).")
 def average(run_dirs, data_dir, runs_root, label) -> None:
     """Average the best weights of runs of one network and fold (other seeds, lrs: a model soup) into a new run.
 
