@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from .conftest import tiny_config
+
+pytestmark = pytest.mark.slow
 
 
 def test_ce_run_trains_exports_and_predicts_grades(aptos_dir, tmp_path):

@@ -63,7 +63,8 @@ def _error(args):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "kaggle-cats"], "unknown competition 'kaggle-cats'"),
-    (["train", "aptos", "--data-dir", "/nonexistent"], "--data-dir /nonexistent does not exist"),
+    # relative to the isolated folder the runner works in: it exists nowhere
+    (["train", "aptos", "--data-dir", "no-such-folder"], "--data-dir no-such-folder does not exist"),
     (["train", "aptos", "--arch", "resnet5O", "--data-dir", "."], "unknown --arch 'resnet5O'"),
     (["train", "aptos", "--set", "szie=64", "--data-dir", "."], "unknown config key 'szie'"),
     (["train", "aptos", "-c", "missing.yaml"], "recipe missing.yaml not found"),
@@ -82,6 +83,7 @@ def test_unknown_arch_error_is_raised_before_training(aptos_dir, tmp_path):
     assert "close matches" in lines[0]
 
 
+@pytest.mark.slow
 def test_corrupt_image_inside_a_loader_worker_is_named(aptos_copy, tmp_path):
     victim = sorted((aptos_copy / "train_images").iterdir())[3]
     victim.write_bytes(b"garbage")

@@ -210,6 +210,7 @@ def test_hpav18_and_isic2019_readers(data, tmp_path):
     ("cct20", {}),
     ("eurosat", {}),
 ])
+@pytest.mark.slow
 def test_tiny_run_export_predict_validate(data, tmp_path, name, flags):
     from kaggle_transfer import config
     from kaggle_transfer.training.export import export
@@ -228,6 +229,7 @@ def test_tiny_run_export_predict_validate(data, tmp_path, name, flags):
     assert submission.problems(COMPETITIONS[name], Path(manifest["submission"]), data[name]) == []
 
 
+@pytest.mark.slow
 def test_evaluate_reports_cis_and_trans_side_by_side(data, tmp_path):
     from click.testing import CliRunner
 

@@ -95,6 +95,13 @@ def test_the_onnx_file_alone_carries_the_competition(unseen, tmp_path):
                           str(data), "--out-root", str(tmp_path / "subs"), "--no-progress"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    # the answers are the YAML's class names for exactly the test ids, in its submission columns
+    csv = next((tmp_path / "subs" / "forest").glob("*/submission.csv"))
+    answers = pd.read_csv(csv, dtype=str)
+    sample = pd.read_csv(unseen / comp.spec["sample_submission"], dtype=str)
+    assert list(answers.columns) == list(sample.columns)
+    assert sorted(answers.iloc[:, 0]) == sorted(sample.iloc[:, 0])
+    assert set(answers.iloc[:, 1]) <= set(comp.class_names)
 
 
 def test_multilabel_yaml_with_label_columns_and_channel_files(tmp_path):

@@ -22,6 +22,8 @@ from tests.helpers import predict
 
 from .conftest import tiny_config
 
+pytestmark = pytest.mark.slow
+
 
 def test_parse_folds():
     assert parse_folds("all", 4) == [0, 1, 2, 3] and parse_folds("2,0", 4) == [0, 2] and parse_folds(None, 4) is None

@@ -52,6 +52,7 @@ def test_export_needs_a_run_folder(tmp_path):
         export(tmp_path)
 
 
+@pytest.mark.slow
 def test_vit_and_efficientnet_export(aptos_dir, tmp_path):
     from kaggle_transfer.training.loop import fit
 

@@ -572,6 +572,7 @@ def test_prepare_size_zero_is_one_line_and_makes_no_folder(aptos_dir, tmp_path):
     assert "--size 0 is outside 8..4096" in line and not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_prepare_workers_die_with_their_parent(tmp_path):
     """kill -9 of kt prepare: its pool workers end too instead of running on as orphans."""
     import time

@@ -179,6 +179,7 @@ def test_code_competition_without_models_and_local_datasets_say_what_to_do(fake,
     assert out.returncode == 2 and "lila.science" in out.stderr
 
 
+@pytest.mark.slow
 def test_training_makes_no_network_request(fake, home, tmp_path):
     """Nothing in kt train may reach out (albumentations' update check would, unless switched off)."""
     data = synthetic.make("aptos", tmp_path / "aptos", n_train=30, n_test=4, image_size=32)

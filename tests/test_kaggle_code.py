@@ -15,6 +15,8 @@ import pytest
 
 from .fake_kaggle import _now
 
+pytestmark = pytest.mark.slow
+
 SECRET = "s3cret-key-do-not-print"
 PY = f"{sys.version_info[0]}.{sys.version_info[1]}"  # the fake notebook image is this interpreter
 

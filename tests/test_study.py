@@ -79,13 +79,16 @@ def test_a_killed_worker_is_rerun_without_duplicates(data, tmp_path):
     env = {**os.environ, "KT_STUDY_HEARTBEAT": "1", "KT_STUDY_GRACE": "3"}
     victim = subprocess.Popen(study_cmd(data, root, "--set", "epochs=3"), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
+    def interrupted() -> list[Path]:
+        return [p.parent for p in root.glob("aptos/study/*/*/*/last.pt") if not (p.parent / "metrics.json").exists()]
+
     deadline = time.time() + 120
-    while not list(root.glob("aptos/study/*/*/*/last.pt")) and time.time() < deadline:
-        time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)  # mid-trial: one epoch checkpointed, the trial still RUNNING
+    while not interrupted() and time.time() < deadline:  # a trial with an epoch done and two to go
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)  # mid-trial: checkpointed, its trial still RUNNING
     victim.wait()
-    interrupted = [p.parent for p in root.glob("aptos/study/*/*/*/last.pt")
-                   if not (p.parent / "metrics.json").exists()]
+    killed = interrupted()
+    assert killed, "the worker finished before it could be killed mid-trial"
     time.sleep(4)  # past the grace period: the next worker fails the stale trial and re-queues it
     out = subprocess.run(study_cmd(data, root, "--set", "epochs=3"), env=env, capture_output=True, text=True,
                          timeout=300)
@@ -95,9 +98,8 @@ def test_a_killed_worker_is_rerun_without_duplicates(data, tmp_path):
         assert list(pd.read_csv(metrics.parent / "history.csv")["epoch"]) == [1, 2, 3]  # resumed, not restarted
     keys = [c.rsplit(":", 1)[0] for c in claims(root)]
     assert len(set(keys)) == 4
-    if interrupted:  # (almost always: the kill lands right after the first epoch's checkpoint)
-        assert any(c.endswith(":1") for c in claims(root))  # the killed point was re-claimed and resumed
-        assert list(pd.read_csv(interrupted[0] / "history.csv")["epoch"]) == [1, 2, 3]
+    assert any(c.endswith(":1") for c in claims(root))  # the killed point was re-claimed and resumed
+    assert list(pd.read_csv(killed[0] / "history.csv")["epoch"]) == [1, 2, 3]
 
 
 def test_correlations_agree_with_scipy():

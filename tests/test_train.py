@@ -43,6 +43,7 @@ def test_oof_score_is_reproducible_from_the_saved_outputs(trained_run):
     assert task.score(oof["targets"], oof["raw"], json.loads(str(oof["fitted"]))) == pytest.approx(metrics["score"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_after_interruption_finishes_the_run(aptos_dir, tmp_path, monkeypatch, workers):
     """With workers too: persistent workers are never re-initialised, yet the resumed run must see the

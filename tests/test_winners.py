@@ -129,6 +129,7 @@ def test_swa_in_a_run_is_kept_when_it_validates_higher(aptos_dir, tmp_path):
         tiny_config(epochs=3, swa_epochs=4)
 
 
+@pytest.mark.slow
 def test_kt_average_makes_a_validated_exportable_run(aptos_dir, tmp_path):
     from click.testing import CliRunner
 
