@@ -20,7 +20,7 @@ def run(seed: int, epochs: int, root: Path, data_dir: Path) -> float:
     from kaggle_transfer import competitions, config
     from kaggle_transfer.inference.pipeline import predict_submission
     from kaggle_transfer.inference.predictor import Choice, RunOptions, load_predictor
-    from kaggle_transfer.training.demo import test_score
+    from kaggle_transfer.training.demo import hidden_label_score
     from kaggle_transfer.training.export import export
     from kaggle_transfer.training.loop import fit
 
@@ -33,7 +33,7 @@ def run(seed: int, epochs: int, root: Path, data_dir: Path) -> float:
     onnx = export(run_dir)["path"]
     predictor = load_predictor(comp.name, Choice(models=[onnx]), RunOptions(progress=False))
     manifest = predict_submission(predictor, data_dir, out_root=root / "subs", label=f"seed{seed}")
-    return test_score(comp, data_dir, Path(manifest["submission"]))
+    return hidden_label_score(comp, data_dir, Path(manifest["submission"]))
 
 
 def main() -> None:

@@ -95,12 +95,12 @@ class Bench:
         """(held-out accuracy, predict seconds) of kt predict on the 450 test images."""
         from kaggle_transfer.inference.pipeline import predict_submission
         from kaggle_transfer.inference.predictor import Choice, RunOptions, load_predictor
-        from kaggle_transfer.training.demo import test_score
+        from kaggle_transfer.training.demo import hidden_label_score
 
         choice = Choice(models=[str(m) for m in models or []], ensemble=spec)
         predictor = load_predictor(self.comp.name, choice, RunOptions(progress=False, threads=2))
         manifest = predict_submission(predictor, self.data, out_root=self.root / "subs", label=f"t{time.time_ns()}")
-        return test_score(self.comp, self.data, Path(manifest["submission"])), manifest["seconds"]
+        return hidden_label_score(self.comp, self.data, Path(manifest["submission"])), manifest["seconds"]
 
 
 SWA_HELD = {"swa_epochs": 5, "swa_lr": 1e-3}  # SWA's constant schedule over the last 5 epochs

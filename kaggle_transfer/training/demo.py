@@ -26,7 +26,7 @@ from .loop import fit
 DEMO_MODELS = (("test_resnet", 32), ("test_resnet", 48))
 
 
-def test_score(comp, data_dir: Path, csv: Path) -> float:
+def hidden_label_score(comp, data_dir: Path, csv: Path) -> float:
     """Score a submission against the hidden labels that only synthetic data has."""
     pred = pd.read_csv(csv, dtype=str, keep_default_na=False).set_index(comp.id_column)[
         comp.target_column
@@ -113,14 +113,18 @@ def run_demo(
             (
                 f"{arch}@{size}",
                 result["score"],
-                test_score(comp, data_dir, Path(single["submission"])),
+                hidden_label_score(comp, data_dir, Path(single["submission"])),
             )
         )
     every = load_predictor(comp.name, Choice(models=onnx_paths, refit=True), options)
     manifest = predict_submission(every, data_dir, out_root=subs, label="ensemble", overwrite=True)
     csv = Path(manifest["submission"])
     rows.append(
-        (f"ensemble (mean, {tta} TTA)", manifest["oof_score"], test_score(comp, data_dir, csv))
+        (
+            f"ensemble (mean, {tta} TTA)",
+            manifest["oof_score"],
+            hidden_label_score(comp, data_dir, csv),
+        )
     )
     metric = comp.task.metric
     echo("")
