@@ -72,6 +72,29 @@ def test_seeds_repeat_the_same_folds(aptos_dir, tmp_path):
     assert "CV qwk" in out.output and "±" in out.output
 
 
+def test_seeds_alone_repeat_this_runs_own_split(aptos_dir, tmp_path):
+    """--seeds N without --folds trains this run N times on its own split (APTOS: the paper's), not a
+    5-fold group on another split."""
+    from kaggle_transfer import runs
+
+    out = CliRunner().invoke(main, ["train", "aptos", "--data-dir", str(aptos_dir), "--arch", "test_resnet",
+                                    "--no-pretrained", "--size", "32", "--epochs", "1", "--workers", "0",
+                                    "--seeds", "2", "--runs-root", str(tmp_path), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    group_dir = next((tmp_path / "aptos").iterdir())
+    summary = json.loads((group_dir / "group.json").read_text())
+    assert [m["dir"] for m in summary["members"]] == ["seed414_fold0", "seed415_fold0"]
+    members = [group_dir / m["dir"] for m in summary["members"]]
+    assert {runs.load_config(m).split for m in members} == {None}  # the competition's own: paper
+    plain = tmp_path / "plain"
+    out = CliRunner().invoke(main, ["train", "aptos", "--data-dir", str(aptos_dir), "--arch", "test_resnet",
+                                    "--no-pretrained", "--size", "32", "--epochs", "1", "--workers", "0",
+                                    "--runs-root", str(plain), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    single = next((plain / "aptos").iterdir())
+    assert sorted(runs.load_oof(single)["ids"]) == sorted(runs.load_oof(members[0])["ids"])  # same rows
+
+
 @pytest.fixture(scope="module")
 def two_sizes(aptos_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("sizes")

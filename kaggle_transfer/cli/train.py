@@ -99,7 +99,11 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
     "(the number of folds is --set folds=N, default 5).",
 )
 @click.option(
-    "--seeds", type=int, default=1, show_default=True, help="Repeat a --folds group with N seeds."
+    "--seeds",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Train N seeds: each --folds fold N times, or alone this run's own split and fold N times.",
 )
 @click.option("--fold", type=int, help="Which fold validates.")
 @click.option("--seed", type=int)

@@ -107,7 +107,7 @@ class Competition:
     default_split: str = "paper"  # used when the run does not choose one
     paper_seed: int = 414  # the seed of the study's split (its released loaders: 414; EuroSAT 42)
     paper: PaperRecipe = PaperRecipe()  # what the study's released loader does (--protocol paper)
-    # tabular columns beside the image (meta.py)
+    # tabular columns beside the image (data/tabular.py)
     meta_columns: dict[str, str] = field(default_factory=dict)
     daily_limit: int = 5  # submissions a day when the client cannot tell (Kaggle's usual limit)
     # code competitions: what the prediction notebook asks for (gpu | none)

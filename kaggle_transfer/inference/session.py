@@ -68,7 +68,7 @@ class OnnxModel:
 
     @property
     def meta_spec(self) -> dict[str, Any] | None:
-        """The metadata encoding of a model with a second input `meta` (meta.py); None for image-only models."""
+        """The metadata encoding of a model with a second input `meta` (data/tabular.py); None for image-only models."""
         return self.meta.get("meta")
 
     def run(self, batch: Any, features: np.ndarray | None = None) -> np.ndarray:

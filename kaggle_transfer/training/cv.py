@@ -41,17 +41,20 @@ def fit_group(
     cfg: RunConfig,
     group_dir: Path,
     data_dir: Path,
-    folds: list[int],
+    folds: list[int] | None,
     *,
     seeds: int = 1,
     external_dirs: dict[str, str] | None = None,
     skip_bad_images: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train every (seed, fold); pool their OOF; a finished member is not trained again (resumable)."""
+    """Train every (seed, fold); pool their OOF; a finished member is not trained again (resumable).
+    `folds` None: the run's own split and fold, once per seed (kt train --seeds N alone)."""
     from .loop import fit
 
-    if (cfg.split or competitions.for_config(cfg).default_split) == "paper":
+    if folds is None:
+        folds = [cfg.fold]
+    elif (cfg.split or competitions.for_config(cfg).default_split) == "paper":
         cfg = dataclasses.replace(cfg, split="kfold")  # folds need a k-fold split
     members = []
     for s in range(seeds):

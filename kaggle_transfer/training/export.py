@@ -68,7 +68,7 @@ def build_metadata(run_dir: Path, cfg: config_mod.RunConfig) -> dict[str, Any]:
         "git_sha": run_info.get("git_sha"),
         # a YAML-described competition travels inside the model: the ONNX file alone still predicts
         "competition_spec": comp.spec,
-        # image + metadata: the graph's second input `meta` takes these columns encoded this way (meta.py)
+        # image + metadata: the graph's second input `meta` takes these columns encoded this way (data/tabular.py)
         "meta": tabular.load(run_dir),
     }
 

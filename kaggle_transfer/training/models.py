@@ -71,7 +71,7 @@ class Net(nn.Module):
         self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
         self.pool = GeM() if pool == "gem" else nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        # image + metadata: an embedding of the encoded columns (meta.py) joins the pooled image features
+        # image + metadata: an embedding of the encoded columns (data/tabular.py) joins the pooled image features
         # before the head, as the SIIM-ISIC winners' metadata branch did
         self.meta_dim = meta_dim
         self.meta_branch = (

@@ -33,6 +33,7 @@ class RunPlan:
     resume: bool = False
     folds: list[int] | None = None  # a --folds group: these folds ...
     seeds: int = 1  # ... times this many training seeds
+    own_split: bool = False  # --seeds alone: the run's own split and fold, repeated with each seed
     # the competition rows read by the preflight (read once)
     train_table: pd.DataFrame | None = None
 
@@ -112,8 +113,9 @@ def new_run(request: TrainRequest) -> RunPlan:
     from .tables import preflight
 
     cv_folds = parse_folds(folds, cfg.folds)
-    if cv_folds is None and seeds > 1:
-        cv_folds = list(range(cfg.folds))
+    own_split = cv_folds is None and seeds > 1  # --seeds alone repeats this run with other seeds
+    if own_split:
+        cv_folds = [cfg.fold]
     if cv_folds is not None and distributed.active():
         raise KtError(
             "--folds/--seeds groups run one process per fold; under torchrun train one run at a time"
@@ -140,6 +142,7 @@ def new_run(request: TrainRequest) -> RunPlan:
         skip_bad_images,
         folds=cv_folds,
         seeds=seeds,
+        own_split=own_split,
         train_table=table,
     )
     if plan.is_group:
@@ -150,6 +153,7 @@ def new_run(request: TrainRequest) -> RunPlan:
                 "data_dir": str(data.resolve()),
                 "folds": cv_folds,
                 "seeds": seeds,
+                "own_split": own_split,
                 "external_dirs": plan.external_dirs,
                 "skip_bad_images": skip_bad_images,
             },
@@ -183,6 +187,7 @@ def resumed_run(
             resume=True,
             folds=info["folds"],
             seeds=info["seeds"],
+            own_split=info.get("own_split", False),
         )
     else:
         info = runs.read_run_info(run_dir)
@@ -227,7 +232,7 @@ def _train(plan: RunPlan, *, progress: bool) -> dict[str, Any]:
             plan.cfg,
             plan.run_dir,
             plan.data_dir,
-            plan.folds,
+            None if plan.own_split else plan.folds,
             seeds=plan.seeds,
             external_dirs=plan.external_dirs,
             skip_bad_images=plan.skip_bad_images,
