@@ -264,3 +264,26 @@ def test_the_test_map_lists_every_test_file_and_covers_every_module():
                or p.parent.name == "cli"]
     missing = [m for m in modules if m not in covered]
     assert missing == [], f"modules no test row covers: {missing}"
+
+
+# the layers of docs/architecture.md, bottom up; a module may import its own layer and those below
+LAYERS = [{"errors", "files", "config", "protocol", "runs", "tasks", "metrics"}, {"competitions", "data"},
+          {"training", "inference", "reports"}, {"study", "kaggle"}, {"cli", "__main__"}]
+
+
+def _layer(module: str) -> int:
+    part = module.split(".")[1] if "." in module else ""
+    return next((i for i, names in enumerate(LAYERS) if part in names), -1)
+
+
+def test_dependencies_point_down_the_layers():
+    up = []
+    for path in PACKAGE.rglob("*.py"):
+        name = _module(path)
+        if name == "kaggle_transfer":
+            continue
+        for target in _imports(path, top_level_only=False):
+            if target != "kaggle_transfer" and _layer(target) > _layer(name):
+                up.append(f"{name} imports {target}")
+    assert {_layer(_module(p)) for p in PACKAGE.rglob("*.py") if _module(p) != "kaggle_transfer"} == set(range(5))
+    assert up == []
