@@ -141,3 +141,19 @@ def test_renamed_flags_keep_their_old_spellings_out_of_help():
         out = CliRunner().invoke(main, [*command, "--help"])
         assert out.exit_code == 0
         assert all(n in out.output for n in new) and not any(o in out.output for o in old), out.output
+
+
+@pytest.mark.parametrize("flag", ["--progress", "--no-progress"])
+def test_a_redirected_log_reads_one_line_per_epoch(aptos_dir, tmp_path, flag):
+    """Written to a file (not a terminal), kt train prints one plain line per epoch, with or without
+    --progress, and no carriage-return frames of a progress bar."""
+    out = subprocess.run(
+        [sys.executable, "-m", "kaggle_transfer", "train", "aptos", "--data-dir", str(aptos_dir), "--arch",
+         "test_resnet", "--no-pretrained", "--size", "32", "--epochs", "2", "--workers", "0", "--runs-root",
+         str(tmp_path), flag], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = out.stdout + out.stderr
+    assert "\r" not in log
+    epochs = [line for line in out.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
+    assert all(" qwk " in line and " lr " in line and "img/s" in line and "ETA" in line for line in epochs)

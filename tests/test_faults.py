@@ -824,3 +824,30 @@ def test_a_damaged_config_yaml_is_refused_on_read_back(trained_run, tmp_path):
         line = error(args)
         assert "config.yaml" in line and "lr=inf is not a finite number" in line
     assert tree(tmp_path) == before
+
+
+def _offline_env(tmp_path: Path) -> dict[str, str]:
+    """No cached weights and a weights host that refuses connections (a closed loopback port): what a
+    machine without internet looks like to timm and huggingface_hub."""
+    return {**os.environ, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch"),
+            "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1"}
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "aptos", "--arch", "resnet18", "--size", "32", "--epochs", "1", "--workers", "0"],
+    ["study", "run", "aptos", "--archs", "resnet18", "--grid", "small", "--set", "epochs=1"],
+])
+def test_offline_without_cached_weights_is_one_line_in_seconds(aptos_dir, tmp_path, command):
+    """The default (ImageNet weights) on a machine that cannot download them: seconds, one line naming
+    --no-pretrained, --weights FILE and the cache folder; no run or trial folder left behind."""
+    import time
+
+    started = time.time()
+    out = subprocess.run([sys.executable, "-m", "kaggle_transfer", *command, "--data-dir", str(aptos_dir),
+                          "--runs-root", str(tmp_path / "runs")], capture_output=True, text=True,
+                         env=_offline_env(tmp_path), timeout=120)
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert "--no-pretrained" in lines[0] and "--weights FILE" in lines[0] and str(tmp_path / "hf") in lines[0]
+    assert time.time() - started < 60  # timm's own retries took about a minute before its error
+    assert not [p for p in tree(tmp_path / "runs") if not p.endswith(("study.db", "study.db.lock"))]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .. import runs
+from .. import config, runs
 from ..runs import runs_root as default_root
 from ..study.archs import PAPER19, resolve_archs
 from ..study.status import study_status as read_status
 from ..study.storage import default_storage
+from ..training.weights import check_pretrained
 from .common import external_dir_option, external_dirs
 
 
@@ -60,6 +61,12 @@ def study() -> None:
     metavar="KEY=VALUE",
     help="Config for every trial, e.g. epochs=5.",
 )
+@click.option(
+    "--pretrained/--no-pretrained",
+    default=True,
+    show_default=True,
+    help="ImageNet weights for every trial (--no-pretrained: random init, e.g. offline).",
+)
 @external_dir_option
 def study_run(
     competition,
@@ -71,6 +78,7 @@ def study_run(
     runs_root,
     protocol,
     sets,
+    pretrained,
     external_dir,
 ) -> None:
     """Train every (arch × grid point) once, resumably, across any number of workers."""
@@ -91,6 +99,12 @@ def study_run(
         check_arch(name.split(".")[0])
     if protocol:
         sets = (*sets, f"protocol={protocol}")
+    if not pretrained:
+        sets = (*sets, "pretrained=false")
+    # every mistake before the first trial: --set keys and values, weights this machine cannot get
+    if config.resolve(sets=sets).pretrained:
+        for name in names:
+            check_pretrained(name)
     job = StudyJob(
         comp.name,
         tuple(names),

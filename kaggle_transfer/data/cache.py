@@ -156,7 +156,11 @@ def prepare(
         )
         for n, (key, stamp) in enumerate(
             tqdm(
-                results, total=len(todo), desc=f"prepare {size}px", unit="img", disable=not progress
+                results,
+                total=len(todo),
+                desc=f"prepare {size}px",
+                unit="img",
+                disable=None if progress else True,
             ),
             1,
         ):

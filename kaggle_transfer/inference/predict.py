@@ -107,7 +107,9 @@ def predict_models(
 
         # keep exactly one batch decoding ahead of the models: overlap without holding the test set
         ahead = submit(starts[0]) if starts else []
-        for i in tqdm(range(len(starts)), desc="predict", unit="batch", disable=not progress):
+        for i in tqdm(
+            range(len(starts)), desc="predict", unit="batch", disable=None if progress else True
+        ):
             decoded = [f.result() for f in ahead]
             ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
             for key in dict.fromkeys(keys):

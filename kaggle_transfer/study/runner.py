@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -103,23 +104,31 @@ def worker(job: StudyJob, *, progress: bool = False) -> int:
             raise optuna.TrialPruned("lr index past this optimizer's list")
         # a live Trial has no system attrs; its frozen record in the storage does (retry history)
         attempt = len(retry_callback().retry_history(storage.get_trial(trial._trial_id)))
+        claim = f"{name}:claim:{point_key(p)}:{attempt}"
         try:  # the atomic claim: study names are unique in the storage
-            optuna.create_study(
-                study_name=f"{name}:claim:{point_key(p)}:{attempt}", storage=storage
-            )
+            optuna.create_study(study_name=claim, storage=storage)
         except optuna.exceptions.DuplicatedStudyError:
             raise optuna.TrialPruned("another worker holds this grid point") from None
-        cfg = config.resolve(
-            flags=trial_flags(grid, p, competitions.get(competition), sets), sets=sets
-        )
-        result, fresh = _train_point(
-            trial,
-            cfg,
-            run_dir_for(Path(job.root), competition, name, p),
-            Path(job.data_dir),
-            progress=progress,
-            external_dirs=job.external_dirs,
-        )
+        run_dir = run_dir_for(Path(job.root), competition, name, p)
+        try:
+            cfg = config.resolve(
+                flags=trial_flags(grid, p, competitions.get(competition), sets), sets=sets
+            )
+            result, fresh = _train_point(
+                trial,
+                cfg,
+                run_dir,
+                Path(job.data_dir),
+                progress=progress,
+                external_dirs=job.external_dirs,
+            )
+        except KtError:
+            # a user's mistake (offline weights, a bad value): the point is released for the next
+            # run, and a trial folder that holds nothing is removed
+            optuna.delete_study(study_name=claim, storage=storage)
+            if run_dir.is_dir() and not any(run_dir.rglob(runs.LAST)):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         trained += fresh
         return result["score"]
 
@@ -141,6 +150,9 @@ def worker(job: StudyJob, *, progress: bool = False) -> int:
             time.sleep(HEARTBEAT_S)
             optuna.storages.fail_stale_trials(study)
             continue
+        # Optuna would log a failed trial's traceback; a KtError reaches the CLI as its one line,
+        # and any other exception propagates with its traceback
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         study.optimize(objective, n_trials=1, catch=())
 
 
@@ -164,6 +176,12 @@ def _train_point(
     if result is None:
         resume = (run_dir / runs.LAST).is_file()
         trial.set_user_attr("trained_from", "resumed" if resume else "scratch")
+        point = ", ".join(f"{k}={v}" for k, v in trial.params.items() if k != "arch")
+        print(
+            f"trial {trial.number}: {cfg.arch} at {point} "
+            f"({'resuming' if resume else 'training'} → {run_dir})",
+            flush=True,
+        )
         run_dir.mkdir(parents=True, exist_ok=True)
         result, trained = (
             fit(

@@ -66,8 +66,11 @@ def fit_group(
             result = runs.read_metrics(run_dir)
             if result is None:
                 resume = (run_dir / runs.LAST).is_file()
-                if progress:
-                    print(f"{'resuming' if resume else 'training'} {name}")
+                print(
+                    f"{'resuming' if resume else 'training'} {name} ({len(members) + 1} of "
+                    f"{seeds * len(folds)})",
+                    flush=True,
+                )
                 result = fit(
                     member_cfg,
                     run_dir,
@@ -78,6 +81,11 @@ def fit_group(
                     progress=progress,
                 )
             members.append({"dir": name, "fold": k, "seed": cfg.seed + s, "score": result["score"]})
+            print(
+                f"{name}: {result['metric'] if 'metric' in result else 'score'} "
+                f"{result['score']:.4f}",
+                flush=True,
+            )
     return summarise(group_dir, cfg, members)
 
 

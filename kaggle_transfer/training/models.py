@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import KtError
 from ..protocol import IMAGENET_MEAN, IMAGENET_STD, KT, Protocol
+from .weights import check_pretrained
 
 
 class GeM(nn.Module):
@@ -145,6 +146,8 @@ def build_model(
         raise KtError(f"a B, G, R input order needs 3 channels, not {in_chans}")
     check_arch(arch)
     use_hub = pretrained and not weights
+    if use_hub:  # offline and not cached: one line in seconds, not a minute of download retries
+        check_pretrained(arch)
     try:
         if arch.startswith(TORCHVISION):
             backbone, tokens = (

@@ -18,6 +18,7 @@ from ..errors import KtError
 from ..files import write_json
 from . import distributed, tracking
 from .cv import fit_group, parse_folds
+from .weights import check_pretrained
 
 # what a --folds/--seeds group was asked to train, for --resume
 GROUP_REQUEST = "group-request.json"
@@ -121,6 +122,8 @@ def new_run(request: TrainRequest) -> RunPlan:
             "--folds/--seeds groups run one process per fold; under torchrun train one run at a time"
         )
     table = preflight(cfg, data, skip_bad_images)
+    if cfg.pretrained and not cfg.weights:  # before the run folder exists
+        check_pretrained(cfg.arch)
     if cfg.track != "none":
         tracking.check(cfg)
         cfg.track_uri = cfg.track_uri or tracking.default_uri(runs.runs_root(runs_root))
