@@ -267,7 +267,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KtError(
-            f"recipe {path} not found; pass -c with an existing YAML file (see competitions/*/)"
+            f"recipe {path} not found; pass -c with a shipped recipe's name (kt competitions NAME lists them) or an existing YAML file"
         )
     data = read_yaml(path, what="recipe") or {}
     if not isinstance(data, dict):

@@ -1,4 +1,5 @@
-"""The shipped recipes: every key valid, and the paper and top recipes both train."""
+"""The shipped recipes: every key valid, the paper and top recipes both train, and `-c NAME` finds them
+from any folder."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ from kaggle_transfer import config
 from kaggle_transfer.competitions import COMPETITIONS, synthetic
 from kaggle_transfer.training.loop import fit
 
-ROOT = Path(__file__).resolve().parents[1] / "competitions"
+ROOT = Path(__file__).resolve().parents[1] / "kaggle_transfer" / "recipes"
 RECIPES = sorted(ROOT.glob("*/*.yaml"))
 # what makes a recipe CPU-sized for a test; everything else is the recipe's own
 TINY = ["arch=test_resnet", "pretrained=false", "size=32", "epochs=1", "batch_size=16", "workers=0", "max_steps=2",
@@ -81,3 +82,38 @@ def test_every_paper_recipe_is_a_point_of_the_study_grid(recipe):
     for key in ("protocol", "loss", "size", "per_annotation", "augment", "weight_decay", "lr"):
         assert getattr(cfg, key) == pytest.approx(getattr(study, key)) if key in ("weight_decay", "lr") \
             else getattr(cfg, key) == getattr(study, key), key
+
+
+def test_a_recipe_is_found_by_name_from_any_folder(aptos_dir, tmp_path, monkeypatch):
+    """`-c top` resolves to the recipe kt ships for the competition (package data), wherever kt runs;
+    an unknown name lists the shipped ones; a path still works."""
+    from kaggle_transfer.errors import KtError
+    from kaggle_transfer.training.plan import TrainRequest, new_run
+
+    monkeypatch.chdir(tmp_path)  # not the checkout
+    flags = {"arch": "test_resnet", "pretrained": False}
+    plan = new_run(TrainRequest("aptos", recipe="top", data_dir=str(aptos_dir), runs_root=str(tmp_path),
+                                flags=flags))
+    assert plan.cfg.size == 512 and plan.cfg.pool == "gem" and plan.cfg.arch == "test_resnet"
+    with pytest.raises(KtError, match=r"-c tpo: no recipe of that name for aptos \(paper, top\)"):
+        new_run(TrainRequest("aptos", recipe="tpo", data_dir=str(aptos_dir), runs_root=str(tmp_path)))
+    (tmp_path / "mine.yaml").write_text("size: 40\n")
+    plan = new_run(TrainRequest("aptos", recipe="mine.yaml", data_dir=str(aptos_dir),
+                                runs_root=str(tmp_path / "r2"), flags=flags))
+    assert plan.cfg.size == 40
+
+
+def test_recipes_ship_in_the_wheel(tmp_path):
+    """A pip-installed kt has them: the wheel carries every recipe and its README."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                          "-w", str(tmp_path), str(root)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist()
+    shipped = {f"kaggle_transfer/recipes/{p.parent.name}/{p.name}" for p in RECIPES}
+    assert shipped <= set(names)
+    assert {f"kaggle_transfer/recipes/{c}/README.md" for c in COMPETITIONS} <= set(names)

@@ -6,9 +6,15 @@ import click
 
 
 @click.command("competitions")
-def competitions_cmd() -> None:
-    """List the competitions kt knows, with task, metric and how each is submitted."""
+@click.argument("name", required=False)
+def competitions_cmd(name) -> None:
+    """List the competitions kt knows, with task, metric and how each is submitted; with NAME, its
+    facts and the recipes kt ships for it (kt train NAME -c RECIPE)."""
     from ..competitions import COMPETITIONS, custom
+
+    if name:
+        _one_competition(name)
+        return
 
     click.echo(
         f"{'name':<10} {'task':<11} {'metric':<9} {'submit':<9} {'ch':>2}  {'external':<12} kaggle slug"
@@ -26,6 +32,24 @@ def competitions_cmd() -> None:
         "competition name goes (kt train FILE.yaml, kt validate FILE.yaml CSV, ...). The keys:"
     )
     click.echo("\n".join("  " + line for line in custom.__doc__.split("\n\n")[1].splitlines()))
+
+
+def _one_competition(name: str) -> None:
+    from .. import competitions, recipes
+
+    comp = competitions.get(name)
+    s = comp.summary()
+    click.echo(f"{comp.name}: {comp.title}")
+    click.echo(
+        f"  task {s['task']}, metric {s['metric']}, submitted as {s['submit_via']}, "
+        f"{s['channels']} channel(s), kaggle slug {s['slug'] or '-'}"
+    )
+    for source, about in comp.external.items():
+        click.echo(f"  external {source}: {about}")
+    shipped = recipes.available(comp.name)
+    click.echo("recipes (kt train " + comp.name + " -c NAME):" if shipped else "no shipped recipes")
+    for recipe, purpose in shipped.items():
+        click.echo(f"  {recipe:<8} {purpose}")
 
 
 @click.command("report")

@@ -38,7 +38,7 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
     "-c",
     "--recipe",
     type=click.Path(),
-    help="YAML recipe of config keys (competitions/<name>/*.yaml); "
+    help="A shipped recipe by name (top, paper: kt competitions NAME lists them) or a YAML file of config keys; "
     "after a competition YAML's own recipe: section.",
 )
 @data_dir_option

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from .. import competitions, config, runs
+from .. import recipes as shipped
 from ..errors import KtError
 from ..files import write_json
 from . import distributed, tracking
@@ -57,7 +58,7 @@ def _competition_and_recipes(
     spec_file = comp.spec_file
     recipes = [comp.spec["recipe"]] if spec_file and comp.spec.get("recipe") else []
     if recipe:
-        recipes.append(recipe)
+        recipes.append(shipped.resolve(comp.name, recipe))
     return comp, recipes, ({"competition_file": spec_file} if spec_file else {})
 
 
