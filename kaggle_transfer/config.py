@@ -96,6 +96,7 @@ class RunConfig:
     )
     pool: str = _f("avg", "model", "avg | gem (learnable p, the APTOS winners' choice)", same=True)
     dropout: float = _f(0.0, "model", "before the linear head")
+    drop_path: float = _f(0.0, "model", "stochastic depth rate of timm backbones (drop_path_rate)")
     meta: bool = _f(
         False,
         "model",
@@ -267,7 +268,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KtError(
-            f"recipe {path} not found; pass -c with a shipped recipe's name (kt competitions NAME lists them) or an existing YAML file"
+            f"recipe {path} not found; pass -c with a shipped recipe's name "
+            "(kt competitions NAME lists them) or an existing YAML file"
         )
     data = read_yaml(path, what="recipe") or {}
     if not isinstance(data, dict):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kaggle_transfer.errors import KtError
-from kaggle_transfer.training.models import GeM, Head, build_model
+from kaggle_transfer.training.models import Backbone, GeM, Head, build_model
 
 
 def _images(n=2, c=3, s=32):
@@ -51,23 +51,31 @@ def test_local_weights_load_into_the_backbone(tmp_path):
     source = build_model("test_resnet", 1)
     path = tmp_path / "backbone.pth"
     torch.save({"state_dict": source.backbone.state_dict()}, path)
-    loaded = build_model("test_resnet", 3, weights=str(path))
+    loaded = build_model("test_resnet", 3, backbone=Backbone(weights=str(path)))
     for key, value in source.backbone.state_dict().items():
         assert torch.equal(loaded.backbone.state_dict()[key], value), key
     from safetensors.torch import save_file
 
     save_file(source.backbone.state_dict(), str(tmp_path / "b.safetensors"))
-    again = build_model("test_resnet", 3, weights=str(tmp_path / "b.safetensors"))
-    assert torch.equal(again.backbone.conv1[0].weight if hasattr(again.backbone.conv1, "__getitem__")
-                       else again.backbone.conv1.weight,
-                       source.backbone.conv1[0].weight if hasattr(source.backbone.conv1, "__getitem__")
-                       else source.backbone.conv1.weight)
+    again = build_model(
+        "test_resnet", 3, backbone=Backbone(weights=str(tmp_path / "b.safetensors"))
+    )
+    assert torch.equal(
+        again.backbone.conv1[0].weight
+        if hasattr(again.backbone.conv1, "__getitem__")
+        else again.backbone.conv1.weight,
+        source.backbone.conv1[0].weight
+        if hasattr(source.backbone.conv1, "__getitem__")
+        else source.backbone.conv1.weight,
+    )
 
 
 def test_rgb_weights_adapt_to_four_channels(tmp_path):
     source = build_model("test_resnet", 1)
     torch.save(source.backbone.state_dict(), tmp_path / "rgb.pt")
-    model = build_model("test_resnet", 28, in_chans=4, weights=str(tmp_path / "rgb.pt"))
+    model = build_model(
+        "test_resnet", 28, in_chans=4, backbone=Backbone(weights=str(tmp_path / "rgb.pt"))
+    )
     assert model(_images(c=4)).shape == (2, 28)
     assert model.mean.numel() == 4
 
@@ -75,12 +83,12 @@ def test_rgb_weights_adapt_to_four_channels(tmp_path):
 def test_weights_of_another_arch_or_garbage_are_refused(tmp_path):
     torch.save(build_model("test_efficientnet", 1).backbone.state_dict(), tmp_path / "eff.pt")
     with pytest.raises(KtError, match="matches only .* is it a checkpoint of this --arch"):
-        build_model("test_resnet", 1, weights=str(tmp_path / "eff.pt"))
+        build_model("test_resnet", 1, backbone=Backbone(weights=str(tmp_path / "eff.pt")))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(KtError, match="not a readable state dict"):
-        build_model("test_resnet", 1, weights=str(tmp_path / "junk.pt"))
+        build_model("test_resnet", 1, backbone=Backbone(weights=str(tmp_path / "junk.pt")))
     with pytest.raises(KtError, match="not found"):
-        build_model("test_resnet", 1, weights=str(tmp_path / "none.pt"))
+        build_model("test_resnet", 1, backbone=Backbone(weights=str(tmp_path / "none.pt")))
 
 
 def test_pretrained_failure_offline_is_a_clear_error(monkeypatch):
@@ -93,5 +101,23 @@ def test_pretrained_failure_offline_is_a_clear_error(monkeypatch):
 
     real = timm.create_model
     monkeypatch.setattr(timm, "create_model", offline)
+    # the host answers the probe (so check_pretrained lets it through) but the download itself fails
+    monkeypatch.setattr("kaggle_transfer.training.weights.reachable", lambda url: True)
     with pytest.raises(KtError, match="pass --weights FILE or --no-pretrained"):
-        build_model("test_resnet", 1, pretrained=True)
+        build_model("test_resnet", 1, backbone=Backbone(pretrained=True))
+
+
+def test_drop_path_reaches_the_timm_backbone_and_is_refused_where_it_cannot():
+    from timm.layers import DropPath
+
+    from kaggle_transfer.errors import KtError
+
+    rates = [
+        m.drop_prob
+        for m in build_model("test_resnet", 1, backbone=Backbone(drop_path=0.2)).modules()
+        if isinstance(m, DropPath)
+    ]
+    assert rates and max(rates) == pytest.approx(0.2)  # timm ramps the rate up to drop_path_rate
+    assert not [m for m in build_model("test_resnet", 1).modules() if isinstance(m, DropPath)]
+    with pytest.raises(KtError, match="--drop-path is a timm backbone's"):
+        build_model("tv:squeezenet1_1", 1, backbone=Backbone(drop_path=0.1))

@@ -91,7 +91,6 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
         outputs,
         head=Head(cfg.pool, cfg.dropout, meta_dim=spec["width"] if spec else 0),
         in_chans=in_chans,
-        pretrained=False,
         size=cfg.size,
         proto=proto,
     )

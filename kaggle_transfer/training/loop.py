@@ -42,7 +42,7 @@ from .builders import (
 from .checkpoints import checkpoint, restore, save, warm_start
 from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
 from .evaluate import predict_raw  # noqa: F401 - also this module's API
-from .models import Head, build_model
+from .models import Backbone, Head, build_model
 from .summary import finish, record_start
 from .tables import load_tables, meta_inputs
 from .targets import training_targets
@@ -527,8 +527,7 @@ def fit(
         task.num_outputs,
         head=Head(cfg.pool, cfg.dropout, meta_dim),
         in_chans=len(channels),
-        pretrained=cfg.pretrained,
-        weights=cfg.weights,
+        backbone=Backbone(cfg.pretrained, cfg.weights, cfg.drop_path),
         size=cfg.size,
         proto=proto,
     ).to(device)

@@ -54,6 +54,15 @@ class Head:
     meta_dim: int = 0  # encoded metadata columns beside the image (0: image only)
 
 
+@dataclass(frozen=True)
+class Backbone:
+    """Where the backbone's weights come from, and its own regularisation."""
+
+    pretrained: bool = False  # ImageNet weights through timm's or torchvision's cache
+    weights: str | None = None  # a local backbone state dict; wins over pretrained
+    drop_path: float = 0.0  # stochastic depth rate of timm backbones (timm's drop_path_rate)
+
+
 class Net(nn.Module):
     def __init__(
         self,
@@ -132,16 +141,16 @@ def build_model(
     num_outputs: int,
     *,
     head: Head = Head(),
+    backbone: Backbone = Backbone(),
     in_chans: int = 3,
-    pretrained: bool = False,
-    weights: str | None = None,
     size: int = 224,
     proto: Protocol = KT,
 ) -> Net:
-    """Build the network for `size`-pixel inputs. `weights` (a local backbone state dict) wins over
-    `pretrained` (timm's or torchvision's weights, through each library's cache). `bgr` and
-    `imagenet_stats` are --protocol paper's channel order and normalisation (protocol.py)."""
+    """Build the network for `size`-pixel inputs. `backbone.weights` (a local state dict) wins over
+    `backbone.pretrained` (timm's or torchvision's weights, through each library's cache). The
+    protocol's `bgr` and `imagenet_stats` are --protocol paper's channel order and normalisation."""
     pool, bgr, imagenet_stats = head.pool, proto.bgr, proto.imagenet_stats
+    pretrained, weights, drop_path = backbone.pretrained, backbone.weights, backbone.drop_path
     if bgr and in_chans != 3:
         raise KtError(f"a B, G, R input order needs 3 channels, not {in_chans}")
     check_arch(arch)
@@ -150,12 +159,12 @@ def build_model(
         check_pretrained(arch)
     try:
         if arch.startswith(TORCHVISION):
-            backbone, tokens = (
-                _torchvision_backbone(arch.removeprefix(TORCHVISION), in_chans, use_hub),
-                True,
-            )
+            if drop_path:
+                raise KtError(f"--drop-path is a timm backbone's; {arch} is torchvision's")
+            net = _torchvision_backbone(arch.removeprefix(TORCHVISION), in_chans, use_hub)
+            tokens = True
         else:
-            backbone, tokens = _timm_backbone(arch, in_chans, use_hub, size)
+            net, tokens = _timm_backbone(arch, in_chans, use_hub, size, drop_path)
     except (OSError, RuntimeError, ValueError) as e:
         if use_hub:
             raise KtError(
@@ -168,11 +177,11 @@ def build_model(
             f"--pool gem needs a convolutional feature map; {arch} pools its own features; use --pool avg"
         )
     if weights:
-        load_backbone_weights(backbone, weights)
+        load_backbone_weights(net, weights)
     # the width the head sees, measured: a declared num_features can be the wrong one (timm's VGG and
     # MobileNetV3 add a wider pre-logits layer after it)
-    backbone.num_features = feature_width(backbone, in_chans, size)
-    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    net.num_features = feature_width(net, in_chans, size)
+    cfg = getattr(net, "pretrained_cfg", None) or {}
     mean, std = (
         tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
         tuple(cfg.get("std", (0.229, 0.224, 0.225))),
@@ -182,13 +191,23 @@ def build_model(
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]
         std = (tuple(std) + (sum(std) / len(std),) * in_chans)[:in_chans]
-    return Net(backbone, num_outputs, head, mean=mean, std=std, tokens=tokens, bgr=bgr)
+    return Net(net, num_outputs, head, mean=mean, std=std, tokens=tokens, bgr=bgr)
 
 
-def _timm_backbone(arch: str, in_chans: int, pretrained: bool, size: int) -> tuple[nn.Module, bool]:
+def _timm_backbone(
+    arch: str, in_chans: int, pretrained: bool, size: int, drop_path: float = 0.0
+) -> tuple[nn.Module, bool]:
     import timm
 
-    backbone = timm.create_model(arch, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+    extra = {"drop_path_rate": drop_path} if drop_path else {}
+    try:
+        backbone = timm.create_model(
+            arch, pretrained=pretrained, num_classes=0, in_chans=in_chans, **extra
+        )
+    except TypeError as e:  # a model without stochastic depth refuses the keyword
+        if not extra or "drop_path_rate" not in str(e):
+            raise
+        raise KtError(f"--drop-path: {arch} has no stochastic depth; leave it at 0") from None
     # ViT-style models keep `global_pool` as a string ('token'/'avg') and pool their own tokens;
     # CNNs hold a pooling module, which we replace by ours (avg or GeM)
     tokens = isinstance(getattr(backbone, "global_pool", None), str)
