@@ -187,6 +187,24 @@ def list_keys() -> str:
     return "\n".join(lines)
 
 
+def differences(cfg: RunConfig) -> dict[str, Any]:
+    """The keys whose value differs from kt's default, in field order (what kt train prints first)."""
+    default = RunConfig()
+    return {
+        f.name: getattr(cfg, f.name)
+        for f in dataclasses.fields(RunConfig)
+        if getattr(cfg, f.name) != getattr(default, f.name)
+    }
+
+
+def describe(values: dict[str, Any]) -> str:
+    """`key=value` pairs on one line, lists comma-joined (as --set takes them)."""
+    shown = (
+        f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in values.items()
+    )
+    return " ".join(shown) or "kt's defaults"
+
+
 CHOICES = {
     "pool": ("avg", "gem"),
     "optimizer": ("adamw", "sgd"),

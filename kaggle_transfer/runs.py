@@ -182,6 +182,15 @@ def write_history(run_dir: Path, history) -> None:
     write_csv(Path(run_dir) / HISTORY, history)
 
 
+def epochs_done(run_dir: Path) -> int:
+    """Epochs the run has trained: the rows of its history.csv (0 before the first epoch ends)."""
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return max(0, sum(1 for line in f if line.strip()) - 1)
+
+
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / METRICS
     if not path.is_file():

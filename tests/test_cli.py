@@ -157,3 +157,42 @@ def test_a_redirected_log_reads_one_line_per_epoch(aptos_dir, tmp_path, flag):
     epochs = [line for line in out.stdout.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
     assert all(" qwk " in line and " lr " in line and "img/s" in line and "ETA" in line for line in epochs)
+
+
+def test_train_help_is_grouped_with_kts_defaults_and_timms_short_flags(aptos_dir, tmp_path):
+    """kt train --help lists its options under the config's sections, each config flag with kt's own
+    default (RunConfig's), and timm's spellings (-b, -j, --sched, --weight-decay, --warmup-epochs,
+    --drop-path) set the keys they name; the run prints what differs from the defaults first."""
+    import dataclasses
+
+    from kaggle_transfer import config
+    from kaggle_transfer.cli.common import KeyOption
+    from kaggle_transfer.cli.train import train
+
+    text = CliRunner().invoke(main, ["train", "--help"], terminal_width=200).output
+    heads = [line for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert heads == ["Recipe:", "Data:", "Model:", "Optimisation:", "Augmentation:", "Interventions:",
+                     "Evaluation:", "Runtime:", "Output:", "Other:"]
+    keyed = [p for p in train.params if isinstance(p, KeyOption)]
+    assert len(keyed) >= 39
+    for p in keyed:
+        f = config.FIELDS[p.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if default not in (None, []):
+            shown = {True: "on", False: "off"}.get(default, default) if isinstance(default, bool) else default
+            assert f"[default: {shown}]" in p.help, p.name
+        section = text.split(f"{p.section.capitalize()}:", 1)[1].split("\n\n", 1)[0]
+        assert p.opts[-1] in section, (p.name, p.section)
+    assert "-b, --batch-size" in text and "-j, --workers" in text and "[default: 32]" in text
+    out = CliRunner().invoke(main, [
+        "train", "aptos", "--data-dir", str(aptos_dir), "--arch", "test_resnet", "--no-pretrained",
+        "--size", "32", "--epochs", "1", "-b", "8", "-j", "0", "--sched", "step", "--weight-decay", "0.01",
+        "--warmup-epochs", "1", "--dropout", "0.1", "--drop-path", "0.1", "--runs-root", str(tmp_path),
+        "--set", "max_steps=1", "--no-progress"])
+    assert out.exit_code == 0, out.output
+    first = out.output.splitlines()[0]
+    assert first.startswith("config: ") and "batch_size=8" in first and "schedule=step" in first
+    assert "lr=" not in first.split()  # unchanged keys are not listed
+    cfg = config.load(next((tmp_path / "aptos").iterdir()) / "config.yaml")
+    assert (cfg.batch_size, cfg.workers, cfg.schedule, cfg.weight_decay, cfg.warmup_epochs, cfg.dropout,
+            cfg.drop_path) == (8, 0, "step", 0.01, 1, 0.1, 0.1)

@@ -72,6 +72,23 @@ def test_seeds_repeat_the_same_folds(aptos_dir, tmp_path):
     assert "CV qwk" in out.output and "±" in out.output
 
 
+def test_resume_with_more_epochs_extends_every_member_of_a_group(aptos_dir, tmp_path):
+    args = ["train", "aptos", "--data-dir", str(aptos_dir), "--arch", "test_resnet", "--no-pretrained",
+            "--size", "32", "--epochs", "1", "-j", "0", "--folds", "0,1", "--runs-root", str(tmp_path),
+            "--no-progress", "--set", "folds=3", "--set", "max_steps=1"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    group_dir = next((tmp_path / "aptos").iterdir())
+    out = CliRunner().invoke(main, ["train", "--resume", str(group_dir), "--epochs", "2"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("resuming fold") == 2  # both finished members trained on
+    for member in ("fold0", "fold1"):
+        assert list(pd.read_csv(group_dir / member / "history.csv")["epoch"]) == [1, 2]
+    summary = json.loads((group_dir / "group.json").read_text())
+    assert summary["config"]["epochs"] == 2
+    assert all(json.loads((group_dir / m / "metrics.json").read_text())["epochs_run"] == 2
+               for m in ("fold0", "fold1"))
+
+
 def test_seeds_alone_repeat_this_runs_own_split(aptos_dir, tmp_path):
     """--seeds N without --folds trains this run N times on its own split (APTOS: the paper's), not a
     5-fold group on another split."""

@@ -320,7 +320,8 @@ def test_resume_and_ensembles_work_from_another_folder(aptos_dir, tmp_path, monk
     ok(["train", "--resume", Path("work") / run])
     ok(["predict", "aptos", "--ensemble", "work/spec.json", "--data-dir", data, "--out-root", "subs",
         "--no-progress"])
-    assert "--epochs" in error(["train", "--resume", Path("work") / run, "--epochs", "5"])
+    assert "--lr" in error(["train", "--resume", Path("work") / run, "--lr", "0.1"])
+    assert "pass more to extend it" in error(["train", "--resume", Path("work") / run, "--epochs", "1"])
     moved = Path(shutil.move(str(data), tmp_path / "moved"))
     assert "pass --data-dir" in error(["train", "--resume", Path("work") / run])
     ok(["train", "--resume", Path("work") / run, "--data-dir", moved])  # honoured, and recorded

@@ -225,3 +225,38 @@ def test_each_epoch_hands_freed_memory_back(aptos_dir, tmp_path, monkeypatch):
 
     steady_heap()  # the real calls work on this platform (or are no-ops where glibc's are missing)
     trim_heap()
+
+
+def test_resume_with_more_epochs_extends_a_finished_run_on_the_stretched_schedule(aptos_dir, tmp_path):
+    """kt train --resume RUN --epochs N (as timm's --resume with a larger --epochs): the finished run
+    trains on to N epochs, its first epochs kept, and its learning rate follows the cosine of N epochs
+    from where the run stands: the added epoch's lr is a fresh N-epoch run's lr at that epoch."""
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
+    tiny = ["--arch", "test_resnet", "--no-pretrained", "--size", "32", "-b", "16", "-j", "0",
+            "--set", "max_steps=2", "--no-progress", "--data-dir", str(aptos_dir)]
+    runner = CliRunner()
+
+    def kt(*args):
+        result = runner.invoke(main, [str(a) for a in args])
+        return result
+
+    assert kt("train", "aptos", "--epochs", "2", "--runs-root", tmp_path / "a", *tiny).exit_code == 0
+    run = next((tmp_path / "a/aptos").iterdir())
+    before = pd.read_csv(run / "history.csv")
+    extended = kt("train", "--resume", run, "--epochs", "4")
+    assert extended.exit_code == 0, extended.output
+    assert "config: " in extended.output and "epochs=4" in extended.output
+    after = pd.read_csv(run / "history.csv")
+    assert list(after["epoch"]) == [1, 2, 3, 4]
+    assert after["train_loss"][:2].tolist() == before["train_loss"].tolist()  # kept, not retrained
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 4
+    assert "epochs: 4" in (run / "config.yaml").read_text()
+    assert kt("train", "aptos", "--epochs", "4", "--runs-root", tmp_path / "b", *tiny).exit_code == 0
+    fresh = pd.read_csv(next((tmp_path / "b/aptos").iterdir()) / "history.csv")
+    assert after["lr"][2:].tolist() == pytest.approx(fresh["lr"][2:].tolist(), rel=1e-9)
+    assert after["lr"][1] < fresh["lr"][1]  # the 2-epoch cosine had decayed further by then
+    again = kt("train", "--resume", run, "--epochs", "3")
+    assert again.exit_code == 2 and "has trained 4 epochs already" in again.output

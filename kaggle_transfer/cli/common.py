@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import errno
 import sys
+from dataclasses import MISSING
 
 import click
 
-from ..config import CHOICES
+from ..config import CHOICES, FIELDS, SECTIONS
 from ..errors import KtError
 
 # what to do about the operating system's refusals a user can cause (full disk, read-only folder, ...)
@@ -59,12 +60,28 @@ def choice(key: str) -> click.Choice:
     return click.Choice(list(CHOICES[key]))
 
 
+class Section(click.Option):
+    """An option that is not a config key but belongs under a --help section (data, output, ...)."""
+
+    def __init__(self, *args, section: str = "other", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.section = section
+
+
 data_dir_option = click.option(
     "--data-dir",
     type=click.Path(),
+    cls=Section,
+    section="data",
     help="Competition files (default: $KT_DATA/<name>, data/<name>, /kaggle/input/<slug>).",
 )
-progress_option = click.option("--progress/--no-progress", default=True, help="Progress bars.")
+progress_option = click.option(
+    "--progress/--no-progress",
+    default=True,
+    cls=Section,
+    section="output",
+    help="Progress bars on a terminal; logs get one plain line per epoch or step either way.",
+)
 tta_option = click.option(
     "--tta",
     type=choice("tta"),
@@ -73,6 +90,8 @@ tta_option = click.option(
 )
 external_dir_option = click.option(
     "--external-dir",
+    cls=Section,
+    section="data",
     multiple=True,
     metavar="NAME=DIR",
     help="Folder of an external source (repeatable).",
@@ -92,7 +111,7 @@ def external_dirs(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-class Renamed(click.Option):
+class Renamed(Section):
     """An option whose old spellings (`old`) still work, for users' scripts, but no longer show in
     --help: one name per idea (`-o/--out` for every output path, `--name` for a folder's name)."""
 
@@ -111,4 +130,60 @@ class Renamed(click.Option):
 
 def name_option(help_text: str):
     """`--name`: a folder's name after its time stamp (`--label`, its old spelling, still works)."""
-    return click.option("--name", "--label", "label", cls=Renamed, old=("--label",), help=help_text)
+    return click.option(
+        "--name",
+        "--label",
+        "label",
+        cls=Renamed,
+        old=("--label",),
+        section="output",
+        help=help_text,
+    )
+
+
+def _shown(value) -> str | None:
+    """A RunConfig default as --help shows it."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+class KeyOption(click.Option):
+    """A flag that sets one RunConfig key: its help is the key's meaning and its default kt's own,
+    both read from the key's field, and it is listed under the key's section in --help."""
+
+    def __init__(self, *args, key: str, section: str | None = None, **kwargs):
+        f = FIELDS[key]
+        default = f.default if f.default is not MISSING else f.default_factory()
+        text = kwargs.pop("help", None) or f.metadata["doc"] + "."
+        if _shown(default) is not None:  # kt's default: the flag's own default is None (not given)
+            text += f"  [default: {_shown(default)}]"
+        kwargs["help"] = text
+        if key in CHOICES and "type" not in kwargs and not kwargs.get("is_flag"):
+            kwargs["type"] = choice(key)
+        kwargs.setdefault("default", None)  # None: not given (the recipe or kt's default holds)
+        super().__init__(*args, **kwargs)
+        self.section = section or f.metadata["section"]
+
+
+def key_option(key: str, *decls: str, **kwargs):
+    """`@key_option("batch_size", "-b", "--batch-size")`: a KeyOption for config key `key`."""
+    return click.option(*decls, key, cls=KeyOption, key=key, **kwargs)
+
+
+class SectionedCommand(click.Command):
+    """--help lists the options in sections (the RunConfig sections, with `recipe` first and
+    `output` last), as timm's train.py groups its arguments."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        groups: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx) if isinstance(param, click.Option) else None
+            if record is not None:
+                groups.setdefault(getattr(param, "section", "other"), []).append(record)
+        for name in ("recipe", *SECTIONS, "output", "other"):
+            if groups.get(name):
+                with formatter.section(name.capitalize()):
+                    formatter.write_dl(groups[name])

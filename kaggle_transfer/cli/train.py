@@ -6,15 +6,23 @@ from pathlib import Path
 
 import click
 
+from .. import config
 from ..config import list_keys
 from ..errors import KtError
 from .common import (
-    choice,
+    Section,
+    SectionedCommand,
     data_dir_option,
     external_dir_option,
     external_dirs,
+    key_option,
     name_option,
     progress_option,
+)
+
+DEFAULTS_NOTE = (
+    "Defaults shown are kt's own; the competition's recipe (kt competitions NAME) and -c recipes "
+    "change some of them, and every run prints the values that differ."
 )
 
 
@@ -24,7 +32,7 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit()
 
 
-@click.command()
+@click.command(cls=SectionedCommand, epilog=DEFAULTS_NOTE)
 @click.argument("competition", required=False)
 @click.option(
     "--list-keys",
@@ -32,69 +40,49 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
     expose_value=False,
     is_eager=True,
     callback=_list_keys,
+    cls=Section,
+    section="recipe",
     help="Print every config key (for -c recipes and --set) by section, with its default, and exit.",
 )
 @click.option(
     "-c",
     "--recipe",
     type=click.Path(),
-    help="A shipped recipe by name (top, paper: kt competitions NAME lists them) or a YAML file of config keys; "
-    "after a competition YAML's own recipe: section.",
+    cls=Section,
+    section="recipe",
+    help="A shipped recipe by name (top, paper: kt competitions NAME lists them) or a YAML file of "
+    "config keys; after a competition YAML's own recipe: section.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    cls=Section,
+    section="recipe",
+    help="Any config key, after the flags (repeatable; kt train --list-keys).",
 )
 @data_dir_option
-@click.option("--arch", help="timm model name, e.g. resnet50, inception_resnet_v2.")
-@click.option("--size", type=int, help="Input side in pixels (the study: 256; winners: 512).")
-@click.option("--pool", type=choice("pool"), help="Global pooling of the head.")
-@click.option("--loss", help="ce, bce, focal, l1, smooth_l1, mse (default: the task's).")
-@click.option("--epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--optimizer", type=choice("optimizer"))
-@click.option("--augment", type=choice("augment"))
-@click.option(
-    "--protocol",
-    type=choice("protocol"),
-    help="paper: the study's released preprocessing, channel order, "
-    "flips, normalisation, weight decay and per-epoch schedule for this dataset (default: kt).",
-)
-@click.option(
-    "--external", multiple=True, help="External source added to training rows (repeatable)."
-)
 @external_dir_option
-@click.option(
-    "--mix",
-    type=choice("mix"),
-    help="timm's MixUp/CutMix on training batches (--set mix_off_epochs=N: "
-    "the last N epochs clean).",
+@key_option(
+    "external",
+    "--external",
+    multiple=True,
+    help="External source added to training rows (repeatable).",
 )
-@click.option("--mix-prob", type=float, help="Share of batches mixed (default 1).")
-@click.option("--mix-alpha", type=float, help="Beta(alpha, alpha) mixing strength (default 1).")
-@click.option(
-    "--init",
+@key_option("split", "--split", help="Default: the competition's.")
+@key_option(
+    "split_file",
+    "--split-file",
     type=click.Path(),
-    help="Warm start from another run's best.pt (same arch and head), "
-    "e.g. 384 px then 512 px; recorded with its sha256.",
+    help="CSV with id and Split (train/val/test) columns.",
 )
-@click.option(
-    "--teacher",
-    type=click.Path(),
-    help="Distil from a kt ensemble spec: its members' out-of-fold "
-    "outputs (and pseudo rows' recorded outputs) as soft targets.",
-)
-@click.option(
-    "--distill-alpha", type=float, help="Weight of the teacher's term, 0-1 (default 0.5)."
-)
-@click.option(
-    "--pretrained/--no-pretrained", default=None, help="Load ImageNet weights through timm."
-)
-@click.option("--weights", type=click.Path(), help="Local backbone state dict (offline).")
-@click.option("--split", type=choice("split"), help="Default: the competition's.")
-@click.option(
-    "--split-file", type=click.Path(), help="CSV with id and Split (train/val/test) columns."
-)
+@key_option("fold", "--fold", type=int)
 @click.option(
     "--folds",
     "folds_arg",
+    cls=Section,
+    section="data",
     help="'all' or fold ids like 0,2: train those folds as one run group "
     "(the number of folds is --set folds=N, default 5).",
 )
@@ -103,47 +91,112 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
     type=int,
     default=1,
     show_default=True,
+    cls=Section,
+    section="data",
     help="Train N seeds: each --folds fold N times, or alone this run's own split and fold N times.",
 )
-@click.option("--fold", type=int, help="Which fold validates.")
-@click.option("--seed", type=int)
-@click.option("--device", type=choice("device"))
-@click.option("--amp", type=choice("amp"))
-@click.option("--workers", type=int, help="DataLoader worker processes.")
 @click.option(
-    "--tta",
-    type=choice("tta"),
-    help="Test-time views recorded for prediction (kt predict's default).",
+    "--skip-bad-images",
+    is_flag=True,
+    cls=Section,
+    section="data",
+    help="Drop rows whose image is missing, and count them.",
 )
-@click.option("--label-smoothing", type=float, help="Label smoothing for ce/bce.")
-@click.option(
-    "--ema/--no-ema", default=None, help="Validate and keep an EMA of the weights (timm)."
+@key_option(
+    "arch",
+    "--arch",
+    help="timm model name, e.g. resnet50, inception_resnet_v2 (tv:NAME: torchvision's).",
 )
-@click.option("--layer-decay", type=float, help="Layer-wise lr decay, e.g. 0.75 (timm).")
-@click.option(
-    "--accum-steps", type=int, help="Gradient accumulation: an optimizer step every N batches."
+@key_option("size", "--size", type=int, help="Input side in pixels (the study: 256; winners: 512).")
+@key_option(
+    "pretrained", "--pretrained/--no-pretrained", help="Load ImageNet weights through timm."
 )
-@click.option("--freeze-epochs", type=int, help="Backbone frozen for the first N epochs.")
-@click.option("--lp-ft", is_flag=True, default=None, help="Linear probe, then full fine-tune.")
-@click.option("--compile/--no-compile", default=None, help="torch.compile the model.")
-@click.option(
+@key_option("weights", "--weights", type=click.Path(), help="Local backbone state dict (offline).")
+@key_option("pool", "--pool", help="Global pooling of the head: avg, or gem (learnable p).")
+@key_option("dropout", "--dropout", type=float, help="Dropout before the linear head.")
+@key_option(
+    "drop_path", "--drop-path", type=float, help="Stochastic depth rate of a timm backbone."
+)
+@key_option(
+    "protocol",
+    "--protocol",
+    help="paper: the study's released preprocessing, channel order, "
+    "flips, normalisation, weight decay and per-epoch schedule for this dataset.",
+)
+@key_option("loss", "--loss", help="ce, bce, focal, l1, smooth_l1, mse (default: the task's).")
+@key_option(
+    "epochs", "--epochs", type=int, help="Epochs; with --resume RUN, more extend a finished run."
+)
+@key_option("batch_size", "-b", "--batch-size", type=int)
+@key_option("lr", "--lr", type=float)
+@key_option("optimizer", "--optimizer")
+@key_option("weight_decay", "--weight-decay", type=float, help="Weight decay of the optimizer.")
+@key_option("schedule", "--sched", help="Learning-rate schedule, stepped every optimizer step.")
+@key_option("warmup_epochs", "--warmup-epochs", type=int)
+@key_option(
+    "layer_decay", "--layer-decay", type=float, help="Layer-wise lr decay, e.g. 0.75 (timm)."
+)
+@key_option(
+    "accum_steps",
+    "--accum-steps",
+    type=int,
+    help="Gradient accumulation: an optimizer step every N batches.",
+)
+@key_option("freeze_epochs", "--freeze-epochs", type=int)
+@key_option("lp_ft", "--lp-ft", is_flag=True, help="Linear probe, then full fine-tune.")
+@key_option("label_smoothing", "--label-smoothing", type=float, help="Label smoothing for ce/bce.")
+@key_option("augment", "--augment")
+@key_option(
+    "mix",
+    "--mix",
+    help="timm's MixUp/CutMix on training batches (--set mix_off_epochs=N: the last N epochs clean).",
+)
+@key_option("mix_prob", "--mix-prob", type=float)
+@key_option("mix_alpha", "--mix-alpha", type=float)
+@key_option(
+    "init",
+    "--init",
+    type=click.Path(),
+    help="Warm start from another run's best.pt (same arch and head), "
+    "e.g. 384 px then 512 px; recorded with its sha256.",
+)
+@key_option(
+    "teacher",
+    "--teacher",
+    type=click.Path(),
+    help="Distil from a kt ensemble spec: its members' out-of-fold "
+    "outputs (and pseudo rows' recorded outputs) as soft targets.",
+)
+@key_option(
+    "distill_alpha", "--distill-alpha", type=float, help="Weight of the teacher's term, 0-1."
+)
+@key_option("ema", "--ema/--no-ema", help="Validate and keep an EMA of the weights (timm).")
+@key_option("tta", "--tta", help="Test-time views recorded for prediction (kt predict's default).")
+@key_option("device", "--device")
+@key_option("amp", "--amp")
+@key_option("workers", "-j", "--workers", type=int, help="DataLoader worker processes (timm's -j).")
+@key_option("compile", "--compile/--no-compile", help="torch.compile the model.")
+@key_option(
+    "track",
     "--track",
-    type=choice("track"),
     help="mlflow: log params, per-epoch metrics and files to MLflow "
     "(--set track_uri=URI; default $MLFLOW_TRACKING_URI or <runs root>/mlruns/mlflow.db).",
 )
 @click.option(
-    "--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config key (repeatable)."
-)
-@click.option(
-    "--runs-root", type=click.Path(), help="Where run folders go (default: $KT_RUNS or runs/)."
+    "--runs-root",
+    type=click.Path(),
+    cls=Section,
+    section="output",
+    help="Where run folders go (default: $KT_RUNS or runs/).",
 )
 @name_option("Run folder name after its time stamp (default: arch and size).")
 @click.option(
-    "--resume", "resume_dir", type=click.Path(), help="Continue a killed run from its last.pt."
-)
-@click.option(
-    "--skip-bad-images", is_flag=True, help="Drop rows whose image is missing, and count them."
+    "--resume",
+    "resume_dir",
+    type=click.Path(),
+    cls=Section,
+    section="output",
+    help="Continue a killed run (or group) from its last.pt; with --epochs N, extend a finished one.",
 )
 @progress_option
 def train(
@@ -167,7 +220,11 @@ def train(
     from ..training import distributed, plan
 
     if resume_dir:
-        given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v not in (None, ())]
+        given = [
+            f"--{k.replace('_', '-')}"
+            for k, v in flags.items()
+            if v not in (None, ()) and k != "epochs"
+        ]
         given += [
             name
             for name, v in (
@@ -185,9 +242,12 @@ def train(
         if given:
             raise KtError(
                 f"--resume continues the run exactly as recorded; drop {', '.join(given)} "
-                "(only --data-dir may change: the data moved) or start a new run"
+                "(only --data-dir may change: the data moved, and --epochs: more extend it) or "
+                "start a new run"
             )
-        run = plan.resumed_run(resume_dir, data_dir=data_dir, competition=competition)
+        run = plan.resumed_run(
+            resume_dir, data_dir=data_dir, competition=competition, epochs=flags["epochs"]
+        )
     else:
         run = plan.new_run(
             plan.TrainRequest(
@@ -206,6 +266,7 @@ def train(
         )
     main = distributed.is_main()
     if main:
+        click.echo(f"config: {config.describe(config.differences(run.cfg))}")
         what = (
             f"run group: {run.run_dir} ({len(run.folds)} fold(s) x {run.seeds} seed(s))"
             if run.is_group

@@ -64,6 +64,8 @@ def fit_group(
             run_dir.mkdir(parents=True, exist_ok=True)
             member_cfg = dataclasses.replace(cfg, fold=k, seed=cfg.seed + s)
             result = runs.read_metrics(run_dir)
+            if result is not None and runs.load_config(run_dir).epochs != cfg.epochs:
+                result = None  # the group was extended (--resume GROUP --epochs N): train on
             if result is None:
                 resume = (run_dir / runs.LAST).is_file()
                 print(

@@ -556,7 +556,15 @@ def fit(
 
     state = LoopState()
     if resume:
-        state = LoopState.from_dict(restore(run_dir / runs.LAST, device, t.parts()))
+        # timm's schedules are functions of the step: built from this config (a longer --epochs
+        # stretches it) and set to where the run stands, rather than restored from last.pt
+        parts = {k: v for k, v in t.parts().items() if k != "scheduler"}
+        state = LoopState.from_dict(restore(run_dir / runs.LAST, device, parts))
+        if t.scheduler is not None:
+            t.scheduler.step(state.epoch)
+            t.scheduler.step_update(state.updates)
+        if cfg.patience and state.bad_epochs >= cfg.patience and state.epoch < cfg.epochs:
+            state.bad_epochs = 0  # it had stopped early and is extended: patience starts again
     started = time.time()
     for epoch in range(state.epoch, cfg.epochs):
         _epoch(run, t, state, epoch)

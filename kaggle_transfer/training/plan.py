@@ -165,11 +165,34 @@ def new_run(request: TrainRequest) -> RunPlan:
     return plan
 
 
+def _extend(cfg: config.RunConfig, run_dir: Path, epochs: int, members: list[Path]) -> None:
+    """--resume RUN --epochs N: train a run (or each member of a group) on to N epochs. timm's
+    schedules are functions of the step, so the cosine is stretched to the new length (as timm's
+    train.py does with --resume and a larger --epochs)."""
+    if cfg.swa_epochs:
+        raise KtError(
+            f"--epochs with --resume: {run_dir} averages its last {cfg.swa_epochs} epochs (SWA), a "
+            f"window that is already spent; train a new run with --init {run_dir} instead"
+        )
+    done = max((runs.epochs_done(d) for d in members), default=0)
+    if epochs <= done:
+        raise KtError(
+            f"--epochs {epochs}: {run_dir} has trained {done} epochs already; pass more to extend it"
+        )
+    cfg.epochs = epochs
+    runs.save_config(run_dir, cfg)
+
+
 def resumed_run(
-    run_dir: str | Path, *, data_dir: str | None = None, competition: str | None = None
+    run_dir: str | Path,
+    *,
+    data_dir: str | None = None,
+    competition: str | None = None,
+    epochs: int | None = None,
 ) -> RunPlan:
     """The plan of an interrupted run or run group, from what its folder recorded. `data_dir` replaces
-    the recorded data folder (the data moved); it is recorded again when training restarts."""
+    the recorded data folder (the data moved); it is recorded again when training restarts. `epochs`
+    extends it (a finished run too) to that many epochs."""
     distributed.setup()
     run_dir = Path(run_dir)
     cfg = runs.load_config(run_dir, what="a run folder made by kt train (--resume)")
@@ -180,6 +203,9 @@ def resumed_run(
     ):
         raise KtError(f"--resume {run_dir} is a {cfg.competition} run, not {competition}")
     request = run_dir / GROUP_REQUEST
+    if epochs is not None:
+        members = [p.parent for p in run_dir.glob(f"*/{runs.HISTORY}")] if request.is_file() else []
+        _extend(cfg, run_dir, epochs, members or [run_dir])
     if request.is_file():
         info = runs.read_json(request, what="run group's request")
         plan = RunPlan(
