@@ -88,7 +88,7 @@ class Bench:
 
         run = self.root / name
         fit_group(dataclasses.replace(self.base, **changes), run, self.data, [0, 1, 2], progress=False)
-        export_runs(run)
+        list(export_runs(run))
         return run
 
     def test(self, models: list[Path] | None = None, spec: Path | None = None) -> tuple[float, float]:

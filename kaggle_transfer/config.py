@@ -223,6 +223,7 @@ CHOICES = {
 BLENDS = ("mean", "rank")  # kt predict --blend
 ENSEMBLE_METHODS = ("mean", "rank", "greedy")  # kt ensemble --method
 IO_BINDING = ("auto", "on", "off")  # kt predict --io-binding
+PROVIDER_CHOICES = ("auto", "cuda", "tensorrt", "cpu")  # kt predict / pseudo / evaluate --provider
 ACCELERATORS = ("gpu", "none")  # kt bundle / kt submit --accelerator (code competitions)
 # Kaggle's notebook image runs Python 3.12: Kaggle/docker-python, Dockerfile.tmpl at 78aaa43 (2026-08-12),
 # PACKAGE_PATH=/usr/local/lib/python3.12/dist-packages; its kaggle_requirements.txt lists onnx, not onnxruntime.

@@ -137,7 +137,11 @@ def test_renamed_flags_keep_their_old_spellings_out_of_help():
 
     for command, new, old in ((["predict"], ["-o, --out", "--name"], ["--out-root", "--label"]),
                               (["download"], ["-o, --out"], ["--dest"]),
-                              (["train"], ["--name"], ["--label TEXT"])):
+                              (["train"], ["--name"], ["--label TEXT"]),
+                              (["pseudo"], ["--threads"], ["--workers"]),
+                              (["prepare"], ["--processes"], ["--workers"]),
+                              (["study", "run"], ["--parallel", "--progress"], ["--workers"]),
+                              (["export"], ["--progress"], []), (["average"], ["--progress"], [])):
         out = CliRunner().invoke(main, [*command, "--help"])
         assert out.exit_code == 0
         assert all(n in out.output for n in new) and not any(o in out.output for o in old), out.output
@@ -196,3 +200,28 @@ def test_train_help_is_grouped_with_kts_defaults_and_timms_short_flags(aptos_dir
     cfg = config.load(next((tmp_path / "aptos").iterdir()) / "config.yaml")
     assert (cfg.batch_size, cfg.workers, cfg.schedule, cfg.weight_decay, cfg.warmup_epochs, cfg.dropout,
             cfg.drop_path) == (8, 0, "step", 0.01, 1, 0.1, 0.1)
+
+
+def test_old_flag_spellings_still_run(aptos_dir, tmp_path):
+    """Scripts written for the old names keep working: prepare --workers is --processes."""
+    out = CliRunner().invoke(main, ["prepare", "aptos", "--data-dir", str(aptos_dir), "--size", "32",
+                                    "--cache-dir", str(tmp_path), "--workers", "1", "--no-progress"])
+    assert out.exit_code == 0 and "cached" in out.output, out.output
+
+
+def test_a_gpu_provider_on_a_machine_without_one_is_one_line(trained_run, tmp_path):
+    """--provider cuda where there is no NVIDIA GPU (this machine): one line naming the fix, not
+    onnxruntime's log lines and a silent CPU run."""
+    from kaggle_transfer.inference.session import _gpu_present
+
+    if _gpu_present():
+        pytest.skip("this machine has a GPU")
+    out = CliRunner().invoke(main, ["export", str(trained_run), "-o", str(tmp_path / "m.onnx")])
+    assert out.exit_code == 0, out.output
+    for provider in ("cuda", "tensorrt"):
+        out = CliRunner().invoke(main, ["predict", "aptos", str(tmp_path / "m.onnx"), "--provider", provider,
+                                        "-o", str(tmp_path / "subs"), "--no-progress"])
+        assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+        assert f"--provider {provider}: this machine has no NVIDIA GPU" in out.output
+    out = CliRunner().invoke(main, ["predict", "aptos", str(tmp_path / "m.onnx"), "--provider", "gpu"])
+    assert out.exit_code == 2 and "'auto', 'cuda', 'tensorrt', 'cpu'" in out.output

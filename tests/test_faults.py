@@ -811,7 +811,7 @@ def test_a_hard_linked_copy_of_a_training_image_keeps_no_pseudo_label(aptos_copy
 
 def test_prepare_workers_out_of_range_are_one_line(aptos_dir, tmp_path):
     for n in ("-3", "100000"):
-        assert "--workers" in error(["prepare", "aptos", "--data-dir", aptos_dir, "--size", "32", "--workers", n,
+        assert "--processes" in error(["prepare", "aptos", "--data-dir", aptos_dir, "--size", "32", "--processes", n,
                                      "--cache-dir", tmp_path / "cache"])
 
 

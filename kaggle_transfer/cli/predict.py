@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING
+from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING, PROVIDER_CHOICES
 from ..inference.session import expand
 from .common import (
     Renamed,
@@ -50,7 +50,13 @@ from .common import (
 )
 @name_option("Submission folder name after its time stamp (default: the models' archs and sizes).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing submission folder.")
-@click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
+@click.option(
+    "--provider",
+    type=click.Choice(PROVIDER_CHOICES),
+    default="auto",
+    show_default=True,
+    help="onnxruntime's provider (auto: CUDA where a GPU is, else the CPU).",
+)
 @click.option(
     "--fp16",
     is_flag=True,
@@ -67,7 +73,11 @@ from .common import (
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
+    "--threads",
     "--workers",
+    "threads",
+    cls=Renamed,
+    old=("--workers",),
     type=click.IntRange(min=1),
     default=4,
     show_default=True,
@@ -95,7 +105,7 @@ def predict(
     fp16,
     io_binding,
     batch_size,
-    workers,
+    threads,
     skip_bad_images,
     progress,
 ) -> None:
@@ -112,7 +122,7 @@ def predict(
         precision="fp16" if fp16 else "fp32",
         io_binding=io_binding,
         batch_size=batch_size,
-        threads=workers,
+        threads=threads,
         progress=progress,
     )
     manifest = predict_submission(
@@ -179,10 +189,20 @@ def predict(
     type=click.Path(),
     help="Table path (default: $KT_RUNS/<competition>/pseudo/<stamp>.csv).",
 )
-@click.option("--provider", default="auto", show_default=True, help="auto, cuda, tensorrt or cpu.")
+@click.option(
+    "--provider",
+    type=click.Choice(PROVIDER_CHOICES),
+    default="auto",
+    show_default=True,
+    help="onnxruntime's provider (auto: CUDA where a GPU is, else the CPU).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
+    "--threads",
     "--workers",
+    "threads",
+    cls=Renamed,
+    old=("--workers",),
     type=click.IntRange(min=1),
     default=4,
     show_default=True,
@@ -201,7 +221,7 @@ def pseudo(
     out,
     provider,
     batch_size,
-    workers,
+    threads,
     progress,
 ) -> None:
     """Pseudo-label the test images (or --images DIR) with models or an ensemble; train on them with
@@ -210,7 +230,7 @@ def pseudo(
     from ..inference.pseudo import pseudo_label
 
     options = RunOptions(
-        tta=tta, provider=provider, batch_size=batch_size, threads=workers, progress=progress
+        tta=tta, provider=provider, batch_size=batch_size, threads=threads, progress=progress
     )
     predictor = load_predictor(
         competition, Choice(models=expand(list(models)), ensemble=ensemble_spec), options
@@ -329,10 +349,19 @@ def validate(competition, csv, data_dir) -> None:
     help="jpeg: quality 95, 4:4:4 (fast, small, ~40 dB); png: lossless; raw: lossless .npy, the fastest "
     "to read and the largest (README: Speed).",
 )
-@click.option("--workers", type=int, default=0, help="Processes (default: one per core).")
+@click.option(
+    "--processes",
+    "--workers",
+    "processes",
+    cls=Renamed,
+    old=("--workers",),
+    type=int,
+    default=0,
+    help="Resizing processes (default: one per core).",
+)
 @progress_option
 def prepare(
-    competition, size, data_dir, external_dir, cache_dir, fundus_crop, fmt, workers, progress
+    competition, size, data_dir, external_dir, cache_dir, fundus_crop, fmt, processes, progress
 ) -> None:
     """Resize every train, test and external image once; training and prediction then read the cache."""
     from .. import competitions, runs
@@ -349,7 +378,7 @@ def prepare(
         comp.name,
         size,
         crop=fundus_crop,
-        workers=workers,
+        workers=processes,
         progress=progress,
         fmt=fmt,
     )

@@ -10,7 +10,7 @@ from ..study.archs import PAPER19, resolve_archs
 from ..study.status import study_status as read_status
 from ..study.storage import default_storage
 from ..training.weights import check_pretrained
-from .common import external_dir_option, external_dirs
+from .common import Renamed, external_dir_option, external_dirs, progress_option
 
 
 class StudyGroup(click.Group):
@@ -45,7 +45,15 @@ def study() -> None:
     "for several machines.",
 )
 @click.option(
-    "--workers", type=int, default=1, show_default=True, help="Worker processes on this machine."
+    "--parallel",
+    "--workers",
+    "parallel",
+    cls=Renamed,
+    old=("--workers",),
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Trials trained at once on this machine (one process each).",
 )
 @click.option("--runs-root", type=click.Path())
 @click.option(
@@ -68,18 +76,20 @@ def study() -> None:
     help="ImageNet weights for every trial (--no-pretrained: random init, e.g. offline).",
 )
 @external_dir_option
+@progress_option
 def study_run(
     competition,
     archs,
     grid_spec,
     data_dir,
     storage,
-    workers,
+    parallel,
     runs_root,
     protocol,
     sets,
     pretrained,
     external_dir,
+    progress,
 ) -> None:
     """Train every (arch × grid point) once, resumably, across any number of workers."""
     from .. import competitions
@@ -115,7 +125,7 @@ def study_run(
         sets=tuple(sets),
         external_dirs=external_dirs(external_dir),
     )
-    result = run_study(job, workers=workers)
+    result = run_study(job, workers=parallel, progress=progress)
     click.echo(
         f"study {result['study']}: {result['points']} grid points, {result['trained_here']} trained by "
         f"this command; storage {result['storage']}"

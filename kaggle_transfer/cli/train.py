@@ -303,11 +303,12 @@ def train(
 @click.argument("run_dir", type=click.Path())
 @click.option("-o", "--out", type=click.Path(), help="ONNX path (default: RUN_DIR/model.onnx).")
 @click.option("--opset", type=int, default=18, show_default=True)
-def export(run_dir, out, opset) -> None:
+@progress_option
+def export(run_dir, out, opset, progress) -> None:
     """Export a run's best weights (or each run of a --folds group) to self-describing ONNX, checked with torch."""
     from ..training.export import export_runs
 
-    for result in export_runs(run_dir, out, opset=opset):
+    for result in export_runs(run_dir, out, opset=opset, progress=progress):
         click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
 
 
@@ -324,14 +325,17 @@ def export(run_dir, out, opset) -> None:
     help="Where the new run folder goes (default: $KT_RUNS or runs/).",
 )
 @name_option("Run folder name after its time stamp (default: avgN_<arch>@<size>).")
-def average(run_dirs, data_dir, runs_root, label) -> None:
+@progress_option
+def average(run_dirs, data_dir, runs_root, label, progress) -> None:
     """Average the best weights of runs of one network and fold (other seeds, lrs: a model soup) into a new run.
 
     The new run is validated on the runs' fold (oof.npz, metrics.json), so kt export, kt ensemble and
     kt predict take it like any run."""
     from ..training.averaging import average_runs
 
-    result = average_runs(run_dirs, data_dir=data_dir, runs_root=runs_root, label=label)
+    result = average_runs(
+        run_dirs, data_dir=data_dir, runs_root=runs_root, label=label, progress=progress
+    )
     members = ", ".join(
         f"{s['score']:.4f}" if s["score"] is not None else "?" for s in result["averaged_from"]
     )

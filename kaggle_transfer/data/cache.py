@@ -122,7 +122,7 @@ def prepare(
     if not 8 <= size <= 4096:
         raise KtError(f"--size {size} is outside 8..4096 (the side of the cached images)")
     if not 0 <= workers <= 256:
-        raise KtError(f"--workers {workers} is outside 0..256 (0: one per CPU core)")
+        raise KtError(f"--processes {workers} is outside 0..256 (0: one per CPU core)")
     images.cache_suffix(fmt, 3)  # an unknown format is one line before any work
     folder = cache_dir(root, competition, size, crop)
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import runs
-from ..config import IO_BINDING  # the one list the CLI offers too
+from ..config import IO_BINDING, PROVIDER_CHOICES  # the lists the CLI offers too
 from ..errors import KtError
 from ..files import sha256
 from ..protocol import resize_of
@@ -125,14 +126,19 @@ def provider_list(provider: str) -> list[Any]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if provider == "auto":
-        wanted = (["cuda"] if _gpu_present() else []) + ["cpu"]
-    elif provider in PROVIDERS:
-        wanted = {"cpu": ["cpu"], "cuda": ["cuda", "cpu"], "tensorrt": ["tensorrt", "cuda", "cpu"]}[
-            provider
-        ]
-    else:
-        raise KtError(f"--provider {provider!r} is not valid; choose auto, {', '.join(PROVIDERS)}")
+    if provider not in PROVIDER_CHOICES:
+        raise KtError(f"--provider {provider!r} is not valid; choose {', '.join(PROVIDER_CHOICES)}")
+    if provider in ("cuda", "tensorrt") and not _gpu_present():
+        raise KtError(
+            f"--provider {provider}: this machine has no NVIDIA GPU (no /dev/nvidia0); use "
+            "--provider auto (the CPU here) or cpu"
+        )
+    wanted = {
+        "auto": (["cuda"] if _gpu_present() else []) + ["cpu"],
+        "cpu": ["cpu"],
+        "cuda": ["cuda", "cpu"],
+        "tensorrt": ["tensorrt", "cuda", "cpu"],
+    }[provider]
     chosen = [PROVIDERS[w] for w in wanted if PROVIDERS[w] in available]
     if provider not in ("auto", "cpu") and PROVIDERS[provider] not in available:
         raise KtError(f"--provider {provider}: this onnxruntime has only {', '.join(available)}")
@@ -149,6 +155,24 @@ def provider_list(provider: str) -> list[Any]:
             {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache},
         )
     return chosen
+
+
+def _check_started(provider: str, started: list[str], path: Path) -> None:
+    """onnxruntime falls back to the CPU, with a log line at most, when the CUDA or TensorRT provider
+    cannot start (libraries of another CUDA version, a busy device): asked for by name, that is an
+    error; under `auto`, a note on stderr, so a run never turns slow without saying why."""
+    wanted = PROVIDERS.get(provider)
+    if provider in ("cuda", "tensorrt") and started[0] != wanted:
+        raise KtError(
+            f"--provider {provider}: onnxruntime could not start {wanted} for {path.name} and fell "
+            f"back to {started[0]} (CUDA or cuDNN libraries that do not match this onnxruntime?); "
+            "use --provider auto to run on what starts"
+        )
+    if provider == "auto" and _gpu_present() and started[0] not in GPU_PROVIDERS:
+        print(
+            f"note: {path.name} runs on {started[0]}: onnxruntime could not start CUDA here",
+            file=sys.stderr,
+        )
 
 
 def _metadata_props(path: Path) -> dict[str, str]:
@@ -226,6 +250,7 @@ def load_model(
             "file's folder)"
         ) from None
     check_graph(meta, session, path)
+    _check_started(provider, session.get_providers(), path)
     model = OnnxModel(path, session, meta, precision)
     model.io_binding = io_binding == "on" or (io_binding == "auto" and model.device == "cuda")
     return model

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import __version__, competitions, protocol, runs
 from .. import config as config_mod
@@ -203,12 +205,17 @@ def export(
 
 
 def export_runs(
-    run_dir: str | Path, out: str | Path | None = None, *, opset: int = 18
-) -> list[dict[str, Any]]:
-    """Export a run, or every member of a --folds run group into its own folder."""
+    run_dir: str | Path, out: str | Path | None = None, *, opset: int = 18, progress: bool = False
+) -> Iterator[dict[str, Any]]:
+    """Export a run, or every member of a --folds run group into its own folder, one at a time (each
+    result as soon as its file is written; with `progress`, a bar over a group's members)."""
     dirs = runs.member_dirs(Path(run_dir))
     if out and len(dirs) > 1:
         raise KtError(
             "-o/--out names one file; a run group exports model.onnx into each member folder"
         )
-    return [export(d, out, opset=opset) for d in dirs]
+    bar = tqdm(
+        dirs, desc="export", unit="model", disable=None if progress and len(dirs) > 1 else True
+    )
+    for d in bar:
+        yield export(d, out, opset=opset)
