@@ -291,9 +291,36 @@ def write_group(group_dir: Path, summary: dict[str, Any]) -> None:
     write_json(Path(group_dir) / GROUP, summary)
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def read_group(group_dir: Path) -> dict[str, Any] | None:
+    """group.json, checked: members with a folder inside the group, fold, seed and score; the
+    group's mean, std and pooled score. None where the folder is not a finished group."""
     path = Path(group_dir) / GROUP
-    return read_json(path, what="run group's record") if path.is_file() else None
+    if not path.is_file():
+        return None
+    group = read_json(path, what="run group's record")
+    members = group.get("members") if isinstance(group, dict) else None
+    if not (
+        isinstance(members, list)
+        and members
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("dir"), str)
+            and all(_number(m.get(k)) for k in ("fold", "seed", "score"))
+            for m in members
+        )
+        and all(_number(group.get(k)) for k in ("mean", "std", "pooled_score"))
+    ):
+        raise KtError(
+            f"{path} is not a run group's record (members with dir, fold, seed, score; mean, std, "
+            "pooled_score); it is damaged: run kt train --resume on the group to rebuild it"
+        )
+    for m in members:
+        inside(group_dir, m["dir"], what=f"{path}'s member dir")
+    return group
 
 
 def member_dirs(run_dir: Path) -> list[Path]:

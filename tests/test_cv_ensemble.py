@@ -169,7 +169,14 @@ def test_reports_render_pngs(two_sizes, group, tmp_path):
     names = {Path(p).name for p in result["pngs"]}
     assert {"confusion.png", "cutpoints.png", "learning_curve_fold0.png"} <= names
     assert all(os.path.getsize(p) > 5000 for p in result["pngs"])
-    assert "![confusion](confusion.png)" in (tmp_path / "g" / "report.md").read_text()
+    text = (tmp_path / "g" / "report.md").read_text()
+    assert "![confusion](confusion.png)" in text
+    # a group's report: one row per member with its score, then mean ± std and the pooled OOF score
+    summary = json.loads((group[0] / "group.json").read_text())
+    for m in summary["members"]:
+        assert f"| {m['dir']} | {m['fold']} | {m['seed']} | {m['score']:.4f} |" in text
+    assert f"**{summary['mean']:.4f} ± {summary['std']:.4f}**" in text
+    assert f"pooled OOF ({summary['rows']} rows) | | | {summary['pooled_score']:.4f}" in text
     spec = build("aptos", two_sizes, "greedy", tmp_path / "spec.json")
     ens = report(spec["path"], tmp_path / "e")
     assert os.path.getsize(ens["pngs"][0]) > 5000

@@ -650,6 +650,10 @@ def test_a_graph_that_disagrees_or_cannot_load_is_one_line(onnx_model, aptos_dir
     ("run.json", b"[1, 2]", ["train", "--resume", "{run}"], "is not a run record"),
     ("metrics.json", b'{"score": "x"}', ["average", "{run}", "{run}", "--runs-root", "{tmp}/runs"],
      "metrics.json is not a run's metrics"),
+    ("group.json", b'{"members": [{"dir": "fold0", "fold": "0"}]}', ["report", "{run}"],
+     "group.json is not a run group's record"),
+    ("group.json", b'{"members": [{"dir": "../../x", "fold": 0, "seed": 1, "score": 0.5}], "mean": 0.5, '
+     b'"std": 0, "pooled_score": 0.5}', ["export", "{run}"], "group.json's member dir"),
 ])
 def test_damaged_run_files_are_one_line_whoever_reads_them(trained_run, tmp_path, name, content, command, key):
     run = Path(shutil.copytree(trained_run, tmp_path / "run"))

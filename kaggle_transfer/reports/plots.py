@@ -3,6 +3,7 @@ writes) for the plots of a run, a group, an ensemble and a study."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,36 @@ def cut_shift(raw: np.ndarray, y: np.ndarray, cuts: list[float], path: Path) -> 
 def per_class_f1(
     prob: np.ndarray, y: np.ndarray, thresholds: list[float], names: list[str], *, path: Path
 ) -> Path:
+    """F1 and threshold per class. A class with no positive among the validation rows has neither
+    an F1 nor a fitted threshold (it keeps 0.5): it is drawn as a grey hatched slot, not a 0 bar."""
     from sklearn.metrics import f1_score
 
     plt = _plt()
     f1 = f1_score(y, prob >= np.asarray(thresholds), average=None, zero_division=0)
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+    present = np.asarray(y).sum(axis=0) > 0
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4), layout="constrained")
     x = np.arange(len(names))
-    ax.bar(x, f1, label="F1")
-    ax.plot(x, thresholds, "r.", label="threshold")
+    ax.bar(x[present], f1[present], label="F1")
+    ax.plot(x[present], np.asarray(thresholds)[present], "r.", label="fitted threshold")
+    if not present.all():
+        ax.bar(
+            x[~present],
+            np.ones((~present).sum()),
+            color="0.9",
+            hatch="//",
+            edgecolor="0.6",
+            label="no validation positive: no F1, threshold 0.5",
+        )
     ax.set_xticks(x)
     ax.set_xticklabels(names, rotation=90)
-    ax.set(ylim=(0, 1), title=f"Per-class F1 (macro {f1.mean():.4f}) and fitted thresholds")
-    ax.legend()
+    for label, shown in zip(ax.get_xticklabels(), present, strict=True):
+        label.set_color("black" if shown else "0.55")
+    ax.set(
+        ylim=(0, 1.3),
+        yticks=np.linspace(0, 1, 6),
+        title=f"Per-class F1 (macro {f1.mean():.4f} over all {len(names)} classes)",
+    )
+    ax.legend(loc="upper left", ncols=3, fontsize=8)
     return _save(fig, path)
 
 
@@ -98,18 +117,30 @@ def roc(prob: np.ndarray, y: np.ndarray, path: Path) -> Path:
 
 
 def ensemble_weights(spec: dict[str, Any], path: Path) -> Path:
+    """Members' weights beside their OOF scores and the blend's, one row per member sharing the
+    labels of the left panel (constrained layout leaves them room: no label runs into a panel)."""
     plt = _plt()
     members = spec["members"]
-    labels = [Path(m["run"]).name for m in members]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 0.5 * len(members) + 2))
-    a.barh(labels, [m["weight"] for m in members])
-    a.set(title=f"weights ({spec['method']})")
-    b.barh(
-        labels + ["blend"],
-        [m["oof_score"] for m in members] + [spec["oof_score"]],
-        color=["tab:blue"] * len(members) + ["tab:green"],
+    labels = [Path(m["run"]).name for m in members] + ["blend"]
+    scores = [m["oof_score"] for m in members] + [spec["oof_score"]]
+    rows = np.arange(len(labels))[::-1]  # the first member on top, the blend at the bottom
+    fig, (a, b) = plt.subplots(
+        1, 2, figsize=(10, 0.4 * len(labels) + 1.5), sharey=True, layout="constrained"
     )
-    b.set(title=f"OOF {spec['metric']} (gain {spec['gain']:+.4f})")
+    a.barh(rows[:-1], [m["weight"] for m in members])
+    fig.get_layout_engine().set(wspace=0.12)  # the panels' end tick labels kept apart
+    a.set(
+        title=f"weights ({spec['method']})",
+        xlim=(0, 1.08),
+        xticks=[0, 0.5, 1],
+        yticks=rows,
+        yticklabels=labels,
+    )
+    b.barh(rows, scores, color=["tab:blue"] * len(members) + ["tab:green"])
+    low, high = min(scores), max(scores)
+    pad = max(high - low, 1e-3) * 0.5
+    b.set(title=f"OOF {spec['metric']} (gain {spec['gain']:+.4f})", xlim=(low - pad, high + pad))
+    b.xaxis.set_major_locator(_plt().MaxNLocator(4))
     return _save(fig, path)
 
 
@@ -156,6 +187,8 @@ def transfer_scatter(
         a, b = np.polyfit(x, y, 1)
         xs = np.linspace(x.min(), x.max(), 50)
         ax.plot(xs, a * xs + b, "r--", linewidth=1)
-    ax.set(xlabel="ImageNet top-1 (%)", ylabel=ylabel, title=title)
-    fig.text(0.01, 0.005, footnote, fontsize=6)
+    ax.set(xlabel="ImageNet top-1 (%)", ylabel=ylabel)
+    ax.set_title(textwrap.fill(title, 90), fontsize=10)
+    # wrapped to the axes' width: a footnote on one line widened the saved figure (bbox "tight")
+    fig.text(0.01, -0.01, textwrap.fill(footnote, 140), fontsize=6, va="top")
     return _save(fig, path, dpi=110)

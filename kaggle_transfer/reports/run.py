@@ -20,6 +20,22 @@ from ..tasks import sigmoid
 from .plots import confusion, cut_shift, ensemble_weights, learning_curve, per_class_f1, roc
 
 
+def _members_table(group: dict[str, Any] | None, metric: str) -> list[str]:
+    """A run group's members, one row each, then their mean ± std and the pooled OOF score."""
+    if not group:
+        return []
+    lines = [f"| member | fold | seed | {metric} |", "|---|---|---|---|"]
+    lines += [
+        f"| {m['dir']} | {m['fold']} | {m['seed']} | {m['score']:.4f} |" for m in group["members"]
+    ]
+    lines += [
+        f"| **mean ± std** | | | **{group['mean']:.4f} ± {group['std']:.4f}** |",
+        f"| pooled OOF ({group.get('rows', '?')} rows) | | | {group['pooled_score']:.4f} |",
+        "",
+    ]
+    return lines
+
+
 def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     target = Path(target)
     if target.suffix == ".json" and target.is_file():
@@ -116,6 +132,8 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
         f"arch {cfg['arch']}, size {cfg['size']}, pool {cfg['pool']}, loss {cfg.get('loss') or task.default_loss}"
         f", augment {cfg['augment']}",
         "",
-    ] + [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
+    ]
+    lines += _members_table(runs.read_group(target), task.metric)
+    lines += [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
     write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return {"dir": str(out_dir), "pngs": [str(p) for p in pngs], "score": score}

@@ -97,13 +97,20 @@ def study_table(
 def figure(
     table: pd.DataFrame, competition: str, path: Path, *, min_top1: float | None = None
 ) -> dict[str, float]:
+    """study.png when a model has an ImageNet top-1 (else nothing to plot: no file); correlations
+    need three models (below that the stats are NaN and the title says so)."""
     known = table.dropna(subset=["imagenet_top1"])
     if min_top1 is not None:  # the paper's "above 70 % ImageNet" view
         known = known[known["imagenet_top1"] >= min_top1]
     stats = correlations(known["imagenet_top1"].to_numpy(float), known["reported"].to_numpy(float))
+    if known.empty:
+        path.unlink(missing_ok=True)  # an older report's plot would show other models
+        return stats
     metric = table["metric"].iloc[0] if len(table) else ""
     title = (
-        f"{competition}: Pearson {stats['pearson']:.2f}, Spearman {stats['spearman']:.2f}, "
+        f"{competition}: {len(known)} model(s) with an ImageNet top-1; a correlation needs three"
+        if len(known) < 3
+        else f"{competition}: Pearson {stats['pearson']:.2f}, Spearman {stats['spearman']:.2f}, "
         f"slope {stats['slope']:.2f} [{stats['slope_low']:.2f}, {stats['slope_high']:.2f}]"
         + (f" (top-1 >= {min_top1:g}%)" if min_top1 is not None else "")
     )
@@ -173,24 +180,34 @@ def report(
             frame.to_csv(tmp, index=False)
     stats = figure(table, competition, out_dir / "study.png", min_top1=min_top1)
     shown = table.drop(columns=["run_dir", "study"]).to_string(index=False)
+    plotted = (out_dir / "study.png").is_file()
     write_text(
         out_dir / "study.md",
-        f"# Study: {competition}\n\n```\n{shown}\n```\n\n{summary_line(stats)}"
-        f" over {stats['models']} models.\n\n{SLOPE_DEFINITION}.\n\n![study](study.png)\n\n"
-        f"## The paper's figures beside these\n\n```\n{versus.to_string(index=False)}\n```\n\n"
+        f"# Study: {competition}\n\n```\n{shown}\n```\n\n{summary_line(stats)}.\n\n"
+        + (f"{SLOPE_DEFINITION}.\n\n![study](study.png)\n\n" if plotted else "")
+        + f"## The paper's figures beside these\n\n```\n{versus.to_string(index=False)}\n```\n\n"
         f"## Every trial of the grid\n\n```\n{grid.to_string(index=False)}\n```\n",
     )
-    files = [
-        str(out_dir / n) for n in ("study.csv", "grid.csv", "compare.csv", "study.png", "study.md")
-    ]
+    names = (
+        ("study.csv", "grid.csv", "compare.csv")
+        + (("study.png",) if plotted else ())
+        + ("study.md",)
+    )
+    files = [str(out_dir / n) for n in names]
     return {"table": table, "stats": stats, "compare": versus, "files": files}
 
 
 def summary_line(stats: dict[str, float]) -> str:
+    if stats["models"] < 3:
+        return (
+            f"no correlation: {stats['models']} model(s) with an ImageNet top-1, three are needed "
+            "(kt study report --top1 FILE gives the others)"
+        )
     return (
         f"Pearson {stats['pearson']:.3f} (p {stats['pearson_p']:.3g}), Spearman {stats['spearman']:.3f} "
         f"(p {stats['spearman_p']:.3g}), slope {stats['slope']:.3f} [95% {stats['slope_low']:.3f}, "
-        f"{stats['slope_high']:.3f}], min-max slope {stats['minmax_slope']:.3f}"
+        f"{stats['slope_high']:.3f}], min-max slope {stats['minmax_slope']:.3f} over "
+        f"{stats['models']} models"
     )
 
 
