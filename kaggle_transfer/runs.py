@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 import zipfile
@@ -38,6 +39,7 @@ METRICS = "metrics.json"
 HISTORY = "history.csv"  # one row per epoch
 OOF = "oof.npz"  # validation ids, raw outputs, targets, fitted parameters
 GROUP = "group.json"  # a --folds/--seeds group's members and scores
+GROUP_REQUEST = "group-request.json"  # what a --folds/--seeds group was asked to train (--resume)
 MODEL = "model.onnx"  # written by kt export
 BEST = "best.pt"  # the best epoch's weights (weights only)
 LAST = "last.pt"  # the last epoch's full state, for --resume
@@ -337,6 +339,51 @@ def onnx_files(run_dir: Path) -> list[Path]:
     if missing:
         raise KtError(f"{missing[0]} has no {MODEL}; run kt export {run_dir} first")
     return files
+
+
+def run_folders(competition: str, root: str | Path | None = None) -> list[Path]:
+    """Every run and run group folder of a competition, finished or not (those with a config.yaml;
+    the study's and pseudo-labels' folders are not runs), by name."""
+    folder = runs_root(root) / competition
+    return (
+        [d for d in sorted(folder.glob("*")) if (d / CONFIG).is_file()] if folder.is_dir() else []
+    )
+
+
+# a run on another machine counts as running while it wrote something this recently
+ACTIVE_S = 30 * 60
+
+
+def _alive(run_dir: Path) -> bool:
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text())
+        host, pid = info.get("host"), int(info.get("pid"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return False
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)  # signal 0: does the process exist (here, not in another container)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    newest = max((p.stat().st_mtime for p in run_dir.iterdir() if p.is_file()), default=0)
+    return time.time() - newest < ACTIVE_S
+
+
+def run_state(run_dir: Path) -> str:
+    """finished (metrics.json written last), running (its process is alive, or on another host it
+    wrote in the last 30 minutes) or stopped (killed: kt train --resume continues it)."""
+    run_dir = Path(run_dir)
+    if (run_dir / METRICS).is_file():
+        return "finished"
+    members = (
+        [run_dir]
+        if (run_dir / RUN_INFO).is_file()
+        else [p.parent for p in run_dir.glob(f"*/{RUN_INFO}")]
+    )
+    return "running" if any(_alive(m) for m in members) else "stopped"
 
 
 def competition_runs(competition: str, root: str | Path | None = None) -> list[Path]:

@@ -198,16 +198,48 @@ def test_task_specific_report_plots(tmp_path, name, png):
     assert any(p.endswith(png) and os.path.getsize(p) > 5000 for p in result["pngs"])
 
 
-def test_leaderboard(two_sizes, tmp_path):
+def test_leaderboard(two_sizes, group, tmp_path):
+    """kt runs: groups and runs ranked apart, the unfinished ones last with their state (a live
+    process: running; a dead one: stopped), every line within 120 columns; --compare A B."""
     import shutil
+    import subprocess
+    import sys
 
     root = tmp_path / "runs" / "aptos"
+    long = "20261202-004500_tf_efficientnet_b4.ns_jft_in1k_{}_heavy_gem_l1_with_a_long_name"
     for run in two_sizes:
-        shutil.copytree(run, root / run.name)
+        shutil.copytree(run, root / long.format(run.name))
+    shutil.copytree(group[0], root / "g3")
+    for name, pid in (("killed", None), ("running", os.getpid())):
+        run = Path(shutil.copytree(two_sizes[0], root / name))
+        (run / "metrics.json").unlink()
+        if pid is None:  # a process that has exited: its pid names no live process
+            child = subprocess.Popen([sys.executable, "-c", "pass"])
+            child.wait()
+            pid = child.pid
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**info, "pid": pid}))
     table = runs_table("aptos", tmp_path / "runs")
-    assert list(table["score"]) == sorted(table["score"], reverse=True)
-    assert set(table["run"]) == {"s32", "s48"}
-    assert table["differs from best"].iloc[1] in ("size=32", "size=48")
+    assert list(table["kind"]) == ["group", "run", "run", "run", "run"]
+    done = table[(table["kind"] == "run") & (table["state"] == "finished")]
+    assert list(done["score"]) == sorted(done["score"], reverse=True)
+    assert table["differs from best"][2] in ("size=32", "size=48")
+    assert dict(zip(table["run"], table["state"], strict=True))["killed"] == "stopped"
+    assert dict(zip(table["run"], table["state"], strict=True))["running"] == "running"
     out = CliRunner().invoke(main, ["runs", "aptos", "--runs-root", str(tmp_path / "runs")])
-    assert out.exit_code == 0 and "s32" in out.output
-    assert isinstance(table, pd.DataFrame)
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert max(map(len, lines)) <= 120, max(lines, key=len)
+    titles = [line for line in lines if line and not line.startswith(" ")]
+    assert [t.split(" (")[0] for t in titles] == ["run groups", "runs", "not finished"]
+    assert any(line.lstrip().startswith("g3") and "±" in line for line in lines)
+    assert any("killed" in line and "stopped" in line and "2/2" in line for line in lines)
+    out = CliRunner().invoke(main, ["runs", "aptos", "--runs-root", str(tmp_path / "runs"), "--compare",
+                                    long.format("s32"), str(root / long.format("s48"))])
+    assert out.exit_code == 0, out.output
+    rows = {line.split()[0]: line.split()[1:] for line in out.output.splitlines()}
+    assert rows["size"] == ["32", "48"] and rows["state"] == ["finished", "finished"]
+    assert "qwk" in rows and "seed" not in rows and "workers" not in rows
+    assert max(map(len, out.output.splitlines())) <= 120
+    out = CliRunner().invoke(main, ["runs", "aptos", "--runs-root", str(tmp_path / "runs"), "--compare", "x", "g3"])
+    assert out.exit_code == 2 and "--compare x: neither a run folder" in out.output

@@ -66,11 +66,24 @@ def report_cmd(target, out) -> None:
 @click.command("runs")
 @click.argument("competition")
 @click.option("--runs-root", type=click.Path(), help="Default: $KT_RUNS or runs/.")
-def runs_cmd(competition, runs_root) -> None:
-    """Leaderboard of a competition's runs and run groups: score, CV mean ± std, what differs from the best."""
-    from ..reports.table import runs_table
+@click.option(
+    "--compare",
+    nargs=2,
+    metavar="A B",
+    help="Two runs (names under the runs root, or folders) side by side: scores, then every config "
+    "key that differs.",
+)
+def runs_cmd(competition, runs_root, compare) -> None:
+    """A competition's run groups (CV mean ± std, pooled OOF) and runs, each kind best first, with what
+    differs from the best; runs not finished last, running or stopped."""
+    from .. import competitions
+    from ..reports import table
 
-    click.echo(runs_table(competition, runs_root).to_string(index=False))
+    if compare:
+        click.echo(table.format_compare(table.compare(competition, *compare, runs_root)))
+        return
+    metric = competitions.get(competition).task.metric
+    click.echo(table.format_table(table.runs_table(competition, runs_root), metric))
 
 
 COMMANDS = (competitions_cmd, report_cmd, runs_cmd)

@@ -21,9 +21,6 @@ from . import distributed, tracking
 from .cv import fit_group, parse_folds
 from .weights import check_pretrained
 
-# what a --folds/--seeds group was asked to train, for --resume
-GROUP_REQUEST = "group-request.json"
-
 
 @dataclasses.dataclass
 class RunPlan:
@@ -152,7 +149,7 @@ def new_run(request: TrainRequest) -> RunPlan:
     if plan.is_group:
         runs.save_config(plan.run_dir, cfg)
         write_json(
-            plan.run_dir / GROUP_REQUEST,
+            plan.run_dir / runs.GROUP_REQUEST,
             {
                 "data_dir": str(data.resolve()),
                 "folds": cv_folds,
@@ -202,7 +199,7 @@ def resumed_run(
         and competitions.get(competition).name != cfg.competition
     ):
         raise KtError(f"--resume {run_dir} is a {cfg.competition} run, not {competition}")
-    request = run_dir / GROUP_REQUEST
+    request = run_dir / runs.GROUP_REQUEST
     if epochs is not None:
         members = [p.parent for p in run_dir.glob(f"*/{runs.HISTORY}")] if request.is_file() else []
         _extend(cfg, run_dir, epochs, members or [run_dir])

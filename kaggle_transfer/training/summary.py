@@ -3,6 +3,8 @@ when it finishes, from the loop's state and its best OOF."""
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,8 @@ def record_start(
             "skip_bad_images": skip_bad_images,
             "external_dirs": {k: str(Path(v).resolve()) for k, v in external_dirs.items()},
             "world_size": distributed.world_size(),
+            "host": socket.gethostname(),  # with pid: kt runs tells a running run from a killed one
+            "pid": os.getpid(),
             "preprocess": proto.describe(),
             "init": {"path": str(init.resolve()), "sha256": sha256(init)} if init else None,
             "pseudo": describe_sources(cfg.external),
