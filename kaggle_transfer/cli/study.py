@@ -7,6 +7,7 @@ import click
 from .. import config, runs
 from ..runs import runs_root as default_root
 from ..study.archs import PAPER19, resolve_archs
+from ..study.grid import load_grid
 from ..study.status import study_status as read_status
 from ..study.storage import default_storage
 from ..training.weights import check_pretrained
@@ -111,15 +112,19 @@ def study_run(
         sets = (*sets, f"protocol={protocol}")
     if not pretrained:
         sets = (*sets, "pretrained=false")
-    # every mistake before the first trial: --set keys and values, weights this machine cannot get
-    if config.resolve(sets=sets).pretrained:
+    # every mistake before the first trial, the quick ones first: the grid, --set keys and values,
+    # the data folder, then weights this machine cannot get
+    load_grid(grid_spec)
+    resolved = config.resolve(sets=sets)
+    data = competitions.find_data_dir(comp, data_dir)
+    if resolved.pretrained:
         for name in names:
             check_pretrained(name)
     job = StudyJob(
         comp.name,
         tuple(names),
         grid_spec,
-        str(competitions.find_data_dir(comp, data_dir)),
+        str(data),
         root=str(default_root(runs_root)),
         storage_url=storage,
         sets=tuple(sets),
