@@ -72,6 +72,7 @@ def _error(args):
     (["export", "/tmp"], "not a run folder"),
     (["validate", "aptos", "missing.csv", "--data-dir", "."], "missing.csv not found"),
     (["predict", "aptos", "nope.onnx", "--data-dir", "."], "model nope.onnx not found"),
+    (["demo", "forest.yaml"], "choose one of aptos, hpa, siim_isic, cassava, cct20, eurosat, digits"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, message):
     lines = _error(args)

@@ -856,3 +856,24 @@ def test_offline_without_cached_weights_is_one_line_in_seconds(aptos_dir, tmp_pa
     assert "--no-pretrained" in lines[0] and "--weights FILE" in lines[0] and str(tmp_path / "hf") in lines[0]
     assert time.time() - started < 60  # timm's own retries took about a minute before its error
     assert not [p for p in tree(tmp_path / "runs") if not p.endswith(("study.db", "study.db.lock"))]
+
+
+def test_an_external_source_without_a_folder_stops_before_the_run_folder(aptos_dir, tmp_path, monkeypatch):
+    """-c top names dr2015: without --external-dir it is looked for beside the data (data/dr2015 or
+    $KT_DATA/dr2015); when it is nowhere, one line before any folder exists (it used to fail in the
+    first fold, leaving a group folder)."""
+    from kaggle_transfer.competitions import synthetic
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KT_DATA", raising=False)
+    args = ["train", "aptos", "--external", "dr2015", "--data-dir", aptos_dir, "--runs-root", "runs",
+            "--folds", "0", "--set", "folds=2", *TINY]
+    line = error(args)
+    assert "--external dr2015: no folder for it (looked in data/dr2015)" in line and "--external-dir dr2015=DIR" in line
+    assert not Path("runs").exists()
+    assert "--external-dir dr2015=nowhere: no such folder" in error([*args, "--external-dir", "dr2015=nowhere"])
+    synthetic.make("dr2015", Path("data") / "dr2015", n=12, image_size=32)
+    ok(args)
+    group = next(Path("runs/aptos").iterdir())
+    assert json.loads((group / "fold0" / "run.json").read_text())["external_dirs"] == {
+        "dr2015": str((tmp_path / "data" / "dr2015").resolve())}

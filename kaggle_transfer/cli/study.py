@@ -117,6 +117,7 @@ def study_run(
     load_grid(grid_spec)
     resolved = config.resolve(sets=sets)
     data = competitions.find_data_dir(comp, data_dir)
+    external = competitions.find_external_dirs(comp, resolved.external, external_dirs(external_dir))
     if resolved.pretrained:
         for name in names:
             check_pretrained(name)
@@ -128,7 +129,7 @@ def study_run(
         root=str(default_root(runs_root)),
         storage_url=storage,
         sets=tuple(sets),
-        external_dirs=external_dirs(external_dir),
+        external_dirs=external,
     )
     result = run_study(job, workers=parallel, progress=progress)
     click.echo(

@@ -88,6 +88,30 @@ def default_data_dir(comp: Competition) -> Path:
     return Path(os.environ.get("KT_DATA") or "data") / comp.name
 
 
+def find_external_dirs(
+    comp: Competition, sources: list[str], given: dict[str, str]
+) -> dict[str, str]:
+    """The folder of each named external source (`--external dr2015`): --external-dir NAME=DIR, else
+    $KT_DATA/<name> or data/<name>, beside the competition's own files. Checked before any run folder
+    exists; `pseudo=FILE` tables need none. Folders given for sources not used are kept (harmless)."""
+    out = dict(given)
+    for source in sources:
+        if source.startswith("pseudo=") or source in out:
+            continue
+        default = Path(os.environ.get("KT_DATA") or "data") / source
+        if not default.is_dir():
+            known = ", ".join(comp.external) if comp.external else "none"
+            raise KtError(
+                f"--external {source}: no folder for it (looked in {default}); pass --external-dir "
+                f"{source}=DIR or put its files in {default} ({comp.name}'s sources: {known})"
+            )
+        out[source] = str(default)
+    for source, folder in out.items():
+        if not Path(folder).is_dir():
+            raise KtError(f"--external-dir {source}={folder}: no such folder")
+    return out
+
+
 def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
     """--data-dir, else $KT_DATA/<name>, else data/<name>, else a YAML's own folder, else the folder a
     Kaggle notebook mounts under /kaggle/input (either layout, or found by its marker files)."""

@@ -8,6 +8,7 @@ gives, holds the hidden answers so the demo can score its test predictions.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -184,6 +185,17 @@ def make_hpa(
     return out
 
 
+def make_hpav18(out_dir: str | Path, n: int = 40, image_size: int = 64, seed: int = 3) -> Path:
+    """The HPAv18 external images' layout: HPAv18RGBY_WithoutUncertain_wodpl.csv (Id,Target) and
+    images/{Id}_{colour}.png, cells drawn as the competition's."""
+    out = Path(out_dir)
+    staged = make_hpa(out / ".staging", n_train=n, n_test=0, image_size=image_size, seed=seed)
+    (staged / "train").rename(out / "images")
+    (staged / "train.csv").rename(out / "HPAv18RGBY_WithoutUncertain_wodpl.csv")
+    shutil.rmtree(staged)
+    return out
+
+
 def _lesion(rng: np.random.Generator, malignant: bool, size: int) -> np.ndarray:
     """Skin-coloured background with a mole; malignant ones are larger, darker and irregular."""
     skin = np.array([rng.uniform(150, 200), rng.uniform(160, 200), rng.uniform(200, 240)])  # BGR
@@ -252,6 +264,27 @@ def make_siim_isic(
     test.iloc[:, :5].to_csv(out / "test.csv", index=False)
     test[["image_name"]].assign(target=0.0).to_csv(out / "sample_submission.csv", index=False)
     test[["image_name", "target"]].to_csv(out / "test_labels.csv", index=False)
+    return out
+
+
+def make_isic2019(out_dir: str | Path, n: int = 60, image_size: int = 64, seed: int = 2) -> Path:
+    """The ISIC 2019 challenge's layout: ISIC_2019_Training_GroundTruth.csv (image, one-hot MEL, NV,
+    ...), ISIC_2019_Training_Metadata.csv (image, lesion_id, ...) and ISIC_2019_Training_Input/."""
+    out = Path(out_dir)
+    folder = out / "ISIC_2019_Training_Input"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"ISIC_{i:07d}" for i in range(n)]
+    malignant = rng.random(n) < 0.3
+    for name, bad in zip(names, malignant, strict=True):
+        cv2.imwrite(str(folder / f"{name}.jpg"), _lesion(rng, bool(bad), image_size))
+    mel = malignant.astype(float)
+    pd.DataFrame({"image": names, "MEL": mel, "NV": 1.0 - mel}).to_csv(
+        out / "ISIC_2019_Training_GroundTruth.csv", index=False
+    )
+    pd.DataFrame(
+        {"image": names, "age_approx": 50, "lesion_id": [f"BCN_{i // 2:07d}" for i in range(n)]}
+    ).to_csv(out / "ISIC_2019_Training_Metadata.csv", index=False)
     return out
 
 
@@ -414,11 +447,14 @@ GENERATORS = {
     "cct20": make_cct20,
     "eurosat": make_eurosat,
     "dr2015": make_dr2015,
+    "hpav18": make_hpav18,
+    "isic2019": make_isic2019,
 }
 
 
 def make(name: str, out_dir: str | Path, **kwargs) -> Path:
-    """Write the layout `name` (a competition adapter's `synthetic` attribute, or `dr2015`)."""
+    """Write the layout `name` (a competition adapter's `synthetic` attribute, or an external source:
+    `dr2015`, `hpav18`, `isic2019`)."""
     try:
         generator = GENERATORS[name]
     except KeyError:

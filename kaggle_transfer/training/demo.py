@@ -55,6 +55,11 @@ def _data(name: str, workdir: Path, n_train: int, n_test: int, *, echo: Callable
             data_dir,
             {"competition_file": comp.spec_file, "augment": "none", "pool": "avg"},
         )
+    if name not in competitions.COMPETITIONS:  # kt demo takes a built-in name or digits, not a YAML
+        raise KtError(
+            f"kt demo {name}: choose one of {', '.join([*competitions.COMPETITIONS, 'digits'])} (digits: "
+            "scikit-learn's real handwritten digits)"
+        )
     comp = competitions.get(name)
     if not comp.synthetic:
         raise KtError(

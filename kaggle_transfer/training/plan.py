@@ -109,6 +109,7 @@ def new_run(request: TrainRequest) -> RunPlan:
     cfg = config.resolve(recipes, {"competition": comp.name, **implied, **(flags or {})}, sets)
     absolute_sources(cfg)
     data = competitions.find_data_dir(comp, data_dir)
+    external = competitions.find_external_dirs(comp, cfg.external, external_dirs or {})
     from .tables import preflight
 
     cv_folds = parse_folds(folds, cfg.folds)
@@ -139,7 +140,7 @@ def new_run(request: TrainRequest) -> RunPlan:
         cfg,
         Path(distributed.broadcast(made)),
         data,
-        dict(external_dirs or {}),
+        external,
         skip_bad_images,
         folds=cv_folds,
         seeds=seeds,
