@@ -37,7 +37,7 @@ def data(tmp_path_factory):
 
 def test_registry_lists_all_six():
     assert list(COMPETITIONS) == ["aptos", "hpa", "siim_isic", "cassava", "cct20", "eurosat"]
-    assert {c.submit_via for c in COMPETITIONS.values()} == {"notebook", "csv", "none"}
+    assert {c.kaggle.submit_via for c in COMPETITIONS.values()} == {"notebook", "csv", "none"}
 
 
 @pytest.mark.parametrize("name", list(SMALL))

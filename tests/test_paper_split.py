@@ -66,7 +66,7 @@ def test_the_eurosat_paper_split_is_the_released_one(tmp_path):
     released_ids = {files[i][0] for i in released}
     table = EUROSAT.read_train(data)
     assert list(table["id"]) == [f for f, _ in files]  # ImageFolder's order
-    ours = set(table.loc[assign_folds(table, "paper", 5, EUROSAT.paper_seed) == 0, "id"])
+    ours = set(table.loc[assign_folds(table, "paper", 5, EUROSAT.paper.seed) == 0, "id"])
     assert ours == released_ids and set(EUROSAT.read_test(data)["id"]) == released_ids
 
 

@@ -127,7 +127,7 @@ def submit(
     comp = competitions.get(competition)
     target_spec = NotebookTarget(
         python=python,
-        accelerator=accelerator or comp.accelerator,
+        accelerator=accelerator or comp.kaggle.accelerator,
         cpu_fallback=cpu_fallback,
         image_has_onnxruntime=image_has_onnxruntime,
     )

@@ -130,12 +130,16 @@ def find_data_dir(comp: Competition, given: str | Path | None) -> Path:
     for path in candidates:
         if path.is_dir():
             return path
-    if comp.slug and (found := kaggle_input.find(comp.slug, kaggle_input.KAGGLE_INPUT)):
+    if comp.kaggle.slug and (
+        found := kaggle_input.find(comp.kaggle.slug, kaggle_input.KAGGLE_INPUT)
+    ):
         return found[0]
-    looked = candidates + (kaggle_input.known_paths(comp.slug) if comp.slug else [])
-    if comp.slug and kaggle_input.KAGGLE_INPUT.is_dir():  # inside a notebook: no flags, no internet
+    looked = candidates + (kaggle_input.known_paths(comp.kaggle.slug) if comp.kaggle.slug else [])
+    if (
+        comp.kaggle.slug and kaggle_input.KAGGLE_INPUT.is_dir()
+    ):  # inside a notebook: no flags, no internet
         raise KtError(
-            f"no data for {comp.name}: the competition {comp.slug} is not attached (looked in "
+            f"no data for {comp.name}: the competition {comp.kaggle.slug} is not attached (looked in "
             f"{', '.join(map(str, looked))}); add it to the notebook's inputs, or name the folder with "
             "KT_BUNDLE_DATA (--data-dir)"
         )

@@ -13,7 +13,7 @@ import pandas as pd
 from ..errors import KtError
 from ..protocol import PaperRecipe
 from ..tasks import Task
-from .base import Competition, check_files, parse_int_labels, read_csv
+from .base import Competition, KaggleFacts, check_files, parse_int_labels, read_csv
 
 GRADES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
 
@@ -75,11 +75,13 @@ APTOS = Aptos(
     paper=PaperRecipe(bgr=True, flips="h", loss="ce"),
     name="aptos",
     synthetic="aptos",
-    slug="aptos2019-blindness-detection",
-    hidden_test_images=13000,  # the private test set, about 13,000 images (docs/competitions.md)
     title="APTOS 2019 Blindness Detection",
     task=Task("ordinal", num_classes=len(GRADES), metric="qwk"),
-    submit_via="notebook",
+    kaggle=KaggleFacts(
+        slug="aptos2019-blindness-detection",
+        submit_via="notebook",
+        hidden_test_images=13000,  # the private test set, about 13,000 images (docs/competitions.md)
+    ),
     id_column="id_code",
     target_column="diagnosis",
     class_names=GRADES,

@@ -90,36 +90,50 @@ def with_meta(table: pd.DataFrame, df: pd.DataFrame, columns: dict[str, str]) ->
     return table
 
 
+@dataclass(frozen=True)
+class KaggleFacts:
+    """How a contest meets Kaggle: where its files come from and how an answer is submitted."""
+
+    slug: str | None = None  # the competition's slug; None for a local dataset
+    submit_via: str = "csv"  # csv | notebook (code competition) | none
+    daily_limit: int = 5  # submissions a day when the client cannot tell (Kaggle's usual limit)
+    accelerator: str = (
+        "gpu"  # code competitions: what the prediction notebook asks for (gpu | none)
+    )
+    hidden_test_images: int = 0  # code competitions: the hidden test set's size (for estimates)
+    download_hint: str | None = None  # where the files come from when not from Kaggle
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Labelled test splits beside the training data (local datasets: CCT-20's cis/trans tests)."""
+
+    splits: tuple[str, ...] = ()  # what `kt evaluate` scores
+    reported: str | None = None  # the one the study reports (CCT-20: cis_test), else validation
+
+
 @dataclass
 class Competition:
-    """Facts about one contest. A subclass implements one hook, `read(data_dir, split)`."""
+    """Facts about one contest, grouped: the data's columns and classes, `kaggle` (slug, submission),
+    `paper` (the study's loader and split seed), `evaluation` (held-out splits), the answers' format
+    (`answers`). A subclass implements one hook, `read(data_dir, split)`."""
 
     name: str
-    slug: str | None  # Kaggle slug; None for a local dataset
     title: str
     task: Task
-    submit_via: str  # csv | notebook (code competition) | none
+    kaggle: KaggleFacts
     id_column: str
     target_column: str
     class_names: list[str]
     channels: tuple[str, ...] = ("red", "green", "blue")
     external: dict[str, str] = field(default_factory=dict)  # source name -> one-line description
     default_split: str = "paper"  # used when the run does not choose one
-    paper_seed: int = 414  # the seed of the study's split (its released loaders: 414; EuroSAT 42)
     paper: PaperRecipe = PaperRecipe()  # what the study's released loader does (--protocol paper)
     # tabular columns beside the image (data/tabular.py)
     meta_columns: dict[str, str] = field(default_factory=dict)
-    daily_limit: int = 5  # submissions a day when the client cannot tell (Kaggle's usual limit)
-    # code competitions: what the prediction notebook asks for (gpu | none)
-    accelerator: str = "gpu"
-    # code competitions: the hidden test set the notebook predicts (for estimates)
-    hidden_test_images: int = 0
     value_format: str = "index"  # answers as class indices or names (answers.py)
     label_separator: str = " "  # multilabel answers: between labels
-    eval_splits: tuple[str, ...] = ()  # labelled test splits `kt evaluate` scores (local datasets)
-    # the one of them the study reports (CCT-20: cis_test), else validation
-    reported_split: str | None = None
-    download_hint: str | None = None  # where the files come from when not from Kaggle
+    evaluation: Evaluation = Evaluation()
     synthetic: str | None = (
         None  # the layout competitions/synthetic.py writes for kt demo and tests
     )
@@ -173,7 +187,7 @@ class Competition:
         return self.answers.check(value)
 
     def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
-        """The standard table of `split` ("train", "test", or one of `eval_splits`): the one hook."""
+        """The standard table of `split` ("train", "test", or one of `evaluation.splits`): the one hook."""
         raise NotImplementedError
 
     def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
@@ -193,13 +207,13 @@ class Competition:
 
     def kaggle_slug(self) -> str:
         """The Kaggle slug, or a one-line error saying where the files come from instead."""
-        if not self.slug:
+        if not self.kaggle.slug:
             raise KtError(
-                f"{self.name} is not a Kaggle competition: {self.download_hint}"
-                if self.download_hint
+                f"{self.name} is not a Kaggle competition: {self.kaggle.download_hint}"
+                if self.kaggle.download_hint
                 else f"{self.name} has no Kaggle slug in its description (add `slug:` to its YAML)"
             )
-        return self.slug
+        return self.kaggle.slug
 
     def read_external(self, source: str, external_dir: Path) -> pd.DataFrame:
         raise KtError(
@@ -218,10 +232,10 @@ class Competition:
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "slug": self.slug,
+            "slug": self.kaggle.slug,
             "task": self.task.kind,
             "metric": self.task.metric,
-            "submit_via": self.submit_via,
+            "submit_via": self.kaggle.submit_via,
             "classes": len(self.class_names),
             "channels": self.in_chans,
             "external": sorted(self.external),

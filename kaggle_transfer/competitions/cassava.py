@@ -16,7 +16,7 @@ import pandas as pd
 from ..errors import KtError
 from ..protocol import PaperRecipe
 from ..tasks import Task
-from .base import Competition, check_files, parse_int_labels, read_csv
+from .base import Competition, KaggleFacts, check_files, parse_int_labels, read_csv
 
 DISEASES = [
     "Cassava Bacterial Blight (CBB)",
@@ -77,11 +77,13 @@ CASSAVA = Cassava(
     paper=PaperRecipe(bgr=False, flips="hv"),  # datasets/cassava.py: converted to RGB, both flips
     name="cassava",
     synthetic="cassava",
-    slug="cassava-leaf-disease-classification",
-    hidden_test_images=15000,  # the hidden test set, about 15,000 images (docs/competitions.md)
     title="Cassava Leaf Disease Classification",
     task=Task("multiclass", num_classes=len(DISEASES), metric="accuracy"),
-    submit_via="notebook",
+    kaggle=KaggleFacts(
+        slug="cassava-leaf-disease-classification",
+        submit_via="notebook",
+        hidden_test_images=15000,  # the hidden test set, about 15,000 images (docs/competitions.md)
+    ),
     id_column="image_id",
     target_column="label",
     class_names=DISEASES,

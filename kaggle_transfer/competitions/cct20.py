@@ -28,7 +28,7 @@ import pandas as pd
 from ..errors import KtError
 from ..protocol import PaperRecipe
 from ..tasks import Task
-from .base import Competition, check_files
+from .base import Competition, Evaluation, KaggleFacts, check_files
 
 # Category ids of the paper's 15 classes, and names as in the LILA JSON (checked on read; unverified here).
 CATEGORIES = {
@@ -200,15 +200,17 @@ CCT20 = Cct20(
     paper=PaperRecipe(bgr=True, flips="h", options=(("per_annotation", True),)),
     name="cct20",
     synthetic="cct20",
-    slug=None,
     title="Caltech Camera Traps 20 (ECCV 2018 split)",
     task=Task("multiclass", num_classes=len(CATEGORIES), metric="accuracy"),
-    submit_via="none",
+    kaggle=KaggleFacts(
+        submit_via="none",
+        download_hint="get it from LILA (https://lila.science/datasets/caltech-camera-traps) and pass "
+        "--data-dir",
+    ),
     id_column="id",
     target_column="category",
     class_names=list(CATEGORIES.values()),
     default_split="official",
-    eval_splits=("cis_test", "trans_test"),
-    reported_split="cis_test",  # sample_train.py reports cis_test at the best cis_val epoch
-    download_hint="get it from LILA (https://lila.science/datasets/caltech-camera-traps) and pass --data-dir",
+    # sample_train.py reports cis_test at the best cis_val epoch
+    evaluation=Evaluation(splits=("cis_test", "trans_test"), reported="cis_test"),
 )

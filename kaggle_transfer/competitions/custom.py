@@ -40,7 +40,7 @@ from ..files import read_yaml
 from ..metrics import METRICS
 from ..tasks import KINDS, Task
 from .answers import VALUE_FORMATS
-from .base import Competition, check_files, read_csv, with_meta
+from .base import Competition, KaggleFacts, check_files, read_csv, with_meta
 
 DEFAULT_METRIC = {
     "multiclass": "accuracy",
@@ -414,12 +414,11 @@ def from_spec(spec: dict[str, Any]) -> CustomCompetition:
     ]
     comp = CustomCompetition(
         name=str(spec["name"]),
-        slug=spec.get("slug"),
         title=spec.get("title", spec["name"]),
         task=Task(
             spec["task"], len(spec["classes"]), spec.get("metric", DEFAULT_METRIC[spec["task"]])
         ),
-        submit_via=spec.get("submit_via", "csv"),
+        kaggle=KaggleFacts(slug=spec.get("slug"), submit_via=spec.get("submit_via", "csv")),
         id_column=columns[0],
         target_column=columns[1],
         class_names=spec["classes"],

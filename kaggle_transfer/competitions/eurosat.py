@@ -18,7 +18,7 @@ import pandas as pd
 from ..errors import KtError
 from ..protocol import PaperRecipe
 from ..tasks import Task
-from .base import Competition, check_files
+from .base import Competition, KaggleFacts, check_files
 
 CLASSES = [
     "AnnualCrop",
@@ -74,17 +74,17 @@ class EuroSat(Competition):
 
 EUROSAT = EuroSat(
     # datasets/eurosat.py: ImageFolder RGB, no flips, 224 px
-    paper=PaperRecipe(bgr=False, flips="", size=224),
+    paper=PaperRecipe(bgr=False, flips="", size=224, seed=PAPER_SEED),
     name="eurosat",
     synthetic="eurosat",
-    slug=None,
     title="EuroSAT (RGB), land use from Sentinel-2",
     task=Task("multiclass", num_classes=len(CLASSES), metric="accuracy"),
-    submit_via="none",
+    kaggle=KaggleFacts(
+        submit_via="none",
+        download_hint="get EuroSAT.zip (the RGB release) from https://github.com/phelber/EuroSAT, "
+        "unzip it and pass --data-dir",
+    ),
     id_column="id",
     target_column="label",
     class_names=CLASSES,
-    paper_seed=PAPER_SEED,
-    download_hint="get EuroSAT.zip (the RGB release) from https://github.com/phelber/EuroSAT, unzip it and pass "
-    "--data-dir",
 )

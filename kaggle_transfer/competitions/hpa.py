@@ -21,7 +21,7 @@ import pandas as pd
 from ..errors import KtError
 from ..protocol import PaperRecipe
 from ..tasks import Task
-from .base import Competition, check_files, read_csv
+from .base import Competition, KaggleFacts, check_files, read_csv
 
 CLASSES = [
     "Nucleoplasm",
@@ -148,10 +148,9 @@ HPA = Hpa(
     paper=PaperRecipe(bgr=True, flips="hv", channels="rgb"),
     name="hpa",
     synthetic="hpa",
-    slug="human-protein-atlas-image-classification",
     title="Human Protein Atlas Image Classification",
     task=Task("multilabel", num_classes=len(CLASSES), metric="macro_f1"),
-    submit_via="csv",
+    kaggle=KaggleFacts(slug="human-protein-atlas-image-classification", submit_via="csv"),
     id_column="Id",
     target_column="Predicted",
     class_names=CLASSES,

@@ -23,7 +23,7 @@ import pandas as pd
 from ..errors import KtError
 from ..protocol import PaperRecipe
 from ..tasks import Task
-from .base import Competition, check_files, parse_int_labels, read_csv, with_meta
+from .base import Competition, KaggleFacts, check_files, parse_int_labels, read_csv, with_meta
 
 TRAIN_COLUMNS = ["image_name", "patient_id", "sex", "age_approx", "anatom_site_general_challenge"]
 
@@ -117,14 +117,13 @@ class SiimIsic(Competition):
 
 
 SIIM_ISIC = SiimIsic(
-    paper_seed=23,  # datasets/melanoma.py l.19: np.random.seed(23) before the shard draw
-    paper=PaperRecipe(bgr=True, flips="hv"),  # datasets/melanoma.py: cv2 BGR, both flips
+    # datasets/melanoma.py: cv2 BGR, both flips; l.19: np.random.seed(23) before the shard draw
+    paper=PaperRecipe(bgr=True, flips="hv", seed=23),
     name="siim_isic",
     synthetic="siim_isic",
-    slug="siim-isic-melanoma-classification",
     title="SIIM-ISIC Melanoma Classification",
     task=Task("binary", num_classes=2, metric="roc_auc"),
-    submit_via="csv",
+    kaggle=KaggleFacts(slug="siim-isic-melanoma-classification", submit_via="csv"),
     id_column="image_name",
     target_column="target",
     class_names=["benign", "malignant"],

@@ -95,12 +95,16 @@ def _check_provider(
 
     if spec.get("accelerator") != "gpu":
         return "cpu"
-    got = load_model(model, provider="cuda").provider
-    if got == CUDA:
-        return "cuda"
+    try:  # asked for by name, CUDA either starts or is a KtError saying why (session.py)
+        if load_model(model, provider="cuda").provider == CUDA:
+            return "cuda"
+        said = ""
+    except KtError as e:
+        said = f" ({e})"
     why = (
         f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())}) could not create its "
         "CUDA provider: the notebook has no GPU, or its CUDA libraries are not the ones this build links"
+        + said
     )
     if not cpu_fallback:
         raise KtError(

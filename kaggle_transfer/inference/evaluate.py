@@ -27,11 +27,11 @@ def model_files(items: Sequence[str | Path]) -> list[Path]:
 
 def evaluable(comp) -> tuple[str, ...]:
     """The competition's labelled evaluation splits; one without any is refused."""
-    if not comp.eval_splits:
+    if not comp.evaluation.splits:
         raise KtError(
             f"{comp.name} has no labelled test splits to evaluate on; use kt predict and kt submit"
         )
-    return tuple(comp.eval_splits)
+    return tuple(comp.evaluation.splits)
 
 
 def evaluate(

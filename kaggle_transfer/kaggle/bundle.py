@@ -230,7 +230,7 @@ def build(
         runtime_info = _add_wheels(out, target, wheels)
         info = {
             "competition": comp.name,
-            "slug": comp.slug,
+            "slug": comp.kaggle.slug,
             "title": comp.title,
             **names(comp.name),
             "python": target.python,

@@ -290,10 +290,10 @@ def check_notebook_manifest(
 def _hidden_estimate(comp, ran: dict[str, Any]) -> str:
     line = f"notebook ran {ran['rows']} rows on {', '.join(ran['providers'])}"
     per = ran.get("seconds_per_image")
-    if per and comp.hidden_test_images:
-        hours = per * comp.hidden_test_images / 3600
+    if per and comp.kaggle.hidden_test_images:
+        hours = per * comp.kaggle.hidden_test_images / 3600
         line += (
-            f", {per:.3f} s/image: about {hours:.1f} h for the ~{comp.hidden_test_images:,} hidden test "
+            f", {per:.3f} s/image: about {hours:.1f} h for the ~{comp.kaggle.hidden_test_images:,} hidden test "
             "images"
             + (
                 " (warning: near Kaggle's 9 h limit)"
@@ -439,12 +439,12 @@ def submit(
     recorded = _recorded_run(csv) if options.resume else None
     api = api or make_api()
     if not (recorded and recorded.get("ref")):
-        check_daily_limit(slug, comp.daily_limit, api)
+        check_daily_limit(slug, comp.kaggle.daily_limit, api)
 
     def record(entry: dict) -> None:
         submission.record_kaggle(csv, {**entry, "message": options.message, "slug": slug})
 
-    if comp.submit_via != "notebook":
+    if comp.kaggle.submit_via != "notebook":
         result = (
             {"ref": None, "status": "DRY-RUN"}
             if options.dry_run
@@ -503,7 +503,7 @@ def _submit_code(
     else:
         if estimate := runtime_estimate(comp, csv):
             waiting.echo(estimate)
-        target = options.target or bundle_mod.NotebookTarget(accelerator=comp.accelerator)
+        target = options.target or bundle_mod.NotebookTarget(accelerator=comp.kaggle.accelerator)
         bundle = (
             Path(options.bundle_dir)
             if options.bundle_dir
@@ -533,7 +533,7 @@ def _submit_code(
 
 def _check_locally(comp, csv: Path, options: SubmitOptions) -> None:
     """What can be refused without the network is refused before the first request."""
-    if comp.submit_via != "notebook":
+    if comp.kaggle.submit_via != "notebook":
         if options.resume:
             raise KtError(
                 f"--resume follows a code competition's notebook run; {comp.name} takes a CSV upload"
@@ -589,11 +589,11 @@ def runtime_estimate(comp, csv: Path) -> str | None:
         if manifest.is_file()
         else None
     )
-    if not speed or not comp.hidden_test_images:
+    if not speed or not comp.kaggle.hidden_test_images:
         return None
-    seconds = comp.hidden_test_images / float(speed)
+    seconds = comp.kaggle.hidden_test_images / float(speed)
     line = (
-        f"estimated notebook run: {seconds / 3600:.1f} h for ~{comp.hidden_test_images:,} hidden test images at "
+        f"estimated notebook run: {seconds / 3600:.1f} h for ~{comp.kaggle.hidden_test_images:,} hidden test images at "
         f"{speed} images/s (measured here)"
     )
     if seconds > 0.8 * NOTEBOOK_LIMIT_S:

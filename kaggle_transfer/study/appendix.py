@@ -45,7 +45,7 @@ def grid_table(competition: str, storage_url: str) -> pd.DataFrame:
                     "weight_decay": p["weight_decay"],
                     "schedule": p["schedule"],
                     "score": t.value,
-                    "reported": heldout.get(comp.reported_split, t.value),
+                    "reported": heldout.get(comp.evaluation.reported, t.value),
                     **heldout,
                     "best_epoch": t.user_attrs.get("best_epoch"),
                     "parameters_m": (t.user_attrs.get("parameters") or float("nan")) / 1e6,

@@ -73,7 +73,7 @@ def study_table(
                     "score": best.value,
                     "metric": comp.task.metric,
                     # what the paper plots: the held-out split it reports (CCT-20 cis_test), else validation
-                    "reported": heldout.get(comp.reported_split, best.value),
+                    "reported": heldout.get(comp.evaluation.reported, best.value),
                     **heldout,
                     "parameters_m": (best.user_attrs.get("parameters") or float("nan")) / 1e6,
                     "accuracy": best.user_attrs["accuracy"]

@@ -28,7 +28,7 @@ def run_features(run_dir: Path, table):
 def score_splits(
     run_dir: str | Path, data_dir: str | Path, *, progress: bool = False
 ) -> dict[str, float]:
-    """{split: score} over the competition's eval_splits (empty when it has none), written to
+    """{split: score} over the competition's evaluation splits (empty when it has none), written to
     heldout.json in the run folder and read back from there on a second call."""
     import torch
     from torch.utils.data import DataLoader
@@ -40,7 +40,7 @@ def score_splits(
         return read_json(run_dir / runs.HELDOUT, what="held-out scores")
     cfg = runs.load_config(run_dir)
     comp = competitions.for_config(cfg)
-    if not comp.eval_splits:
+    if not comp.evaluation.splits:
         return {}
     model, _ = load_run_model(run_dir)
     device = pick_device(cfg.device)
@@ -50,7 +50,7 @@ def score_splits(
     fitted = (runs.load_oof(run_dir) or {}).get("fitted") or {}
     task = comp.task.trained_with(cfg.loss)
     scores = {}
-    for split in comp.eval_splits:
+    for split in comp.evaluation.splits:
         table = contained(comp.read(data_dir, split), data_dir, f"{comp.name} {split}")
         dataset = ImageDataset(
             table, cfg.size, channels=channels, crop=cfg.fundus_crop, resize=proto.resize

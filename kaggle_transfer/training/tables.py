@@ -44,7 +44,7 @@ def load_tables(
         if table["split"].isna().any():
             missing = table.loc[table["split"].isna(), "id"].iloc[0]
             raise KtError(f"--split-file {cfg.split_file} has no row for id {missing!r}")
-    seed = comp.paper_seed if cfg.split_seed is None else cfg.split_seed
+    seed = comp.paper.seed if cfg.split_seed is None else cfg.split_seed
     split = cfg.split or comp.default_split
     table["fold"] = assign_folds(table, split, cfg.folds, seed)  # on the competition rows alone
     sharded = split == "paper" and "official_fold" in table.columns  # SIIM-ISIC's tfrecord layout
