@@ -26,7 +26,7 @@ def released_validation_keys(csv, image_key: str, label_key: str, num_classes: i
 @pytest.mark.parametrize("comp, image_key, label_key", [(APTOS, "id_code", "diagnosis"),
                                                         (CASSAVA, "image_id", "label")])
 def test_the_paper_split_is_the_released_one(comp, image_key, label_key, tmp_path):
-    data = synthetic.make(comp.synthetic, tmp_path / comp.name, n_train=400, n_test=4, image_size=16)
+    data = synthetic.make(comp.name, tmp_path / comp.name, n_train=400, n_test=4, image_size=16)
     table = comp.read_train(data)
     folds = assign_folds(table, "paper", 5, 414)
     ours = set(table.loc[folds == 0, "id"])

@@ -8,6 +8,7 @@ Everything downstream reads only this table.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,12 @@ def check_files(table: pd.DataFrame, skip_missing: bool) -> pd.DataFrame:
     return table
 
 
+def random_uuid(rng: np.random.Generator) -> str:
+    """A UUID-shaped id drawn from `rng` (the synthetic layouts' image ids, as HPA and CCT-20 name them)."""
+    h = "".join(rng.choice(list("0123456789abcdef"), 32))
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def with_meta(table: pd.DataFrame, df: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
     """The declared metadata columns of the CSV rows, kept in the standard table under their own names."""
     for name in columns:
@@ -134,9 +141,10 @@ class Competition:
     value_format: str = "index"  # answers as class indices or names (answers.py)
     label_separator: str = " "  # multilabel answers: between labels
     evaluation: Evaluation = Evaluation()
-    synthetic: str | None = (
-        None  # the layout competitions/synthetic.py writes for kt demo and tests
-    )
+    # the layout kt demo and the tests write (its generator, defined beside the adapter), and its
+    # external sources' (name -> generator); competitions/synthetic.py finds them here
+    synthetic: Callable[..., Path] | None = None
+    synthetic_external: dict[str, Callable[..., Path]] = field(default_factory=dict)
     # a competition described by a YAML: its checked description, and the file it came from
     spec: dict[str, Any] | None = None
     spec_file: str | None = None

@@ -14,14 +14,16 @@ or JPEG (as competitors distributed the resized HPAv18 set).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import KtError
 from ..protocol import PaperRecipe
 from ..tasks import Task
-from .base import Competition, KaggleFacts, check_files, read_csv
+from .base import Competition, KaggleFacts, check_files, random_uuid, read_csv
 
 CLASSES = [
     "Nucleoplasm",
@@ -143,11 +145,111 @@ class Hpa(Competition):
         return check_files(table, skip_missing=True)  # external sets have gaps; count, do not stop
 
 
+# --- a synthetic layout of these files, for kt demo and the tests (test_labels.csv holds the
+# hidden answers Kaggle never gives, so the demo can score its test predictions) -----------------
+
+# HPA: frequent classes first, as in the real data (nucleoplasm, cytosol, plasma membrane, ...)
+HPA_COMMON = [
+    0,
+    25,
+    21,
+    2,
+    23,
+    7,
+    5,
+    4,
+    3,
+    19,
+    1,
+    14,
+    6,
+    18,
+    22,
+    12,
+    11,
+    26,
+    13,
+    16,
+    24,
+    17,
+    20,
+    8,
+    9,
+    10,
+    15,
+    27,
+]
+
+
+def _cells(rng: np.random.Generator, labels: tuple[int, ...], size: int) -> list[np.ndarray]:
+    """Four channel planes (red, green, blue, yellow). Each label lights one cell of a 7x4 grid in the
+    green (protein) channel; nuclei (blue) and the other stains are label-independent."""
+    import cv2  # only the synthetic layouts draw images
+
+    planes = [np.clip(rng.normal(20, 6, (size, size)), 0, 255).astype(np.uint8) for _ in range(4)]
+    for _ in range(4):
+        centre = tuple(int(v) for v in rng.integers(size // 8, size - size // 8, 2))
+        cv2.circle(planes[2], centre, max(2, size // 10), 180, -1)
+        cv2.circle(planes[0], centre, max(3, size // 7), 90, 1)
+    cell_w, cell_h = size / 7, size / 4
+    for k in labels:
+        x, y = int((k % 7 + 0.5) * cell_w), int((k // 7 + 0.5) * cell_h)
+        cv2.circle(planes[1], (x, y), max(1, int(min(cell_w, cell_h) / 2.5)), 230, -1)
+    return planes
+
+
+def make_hpa(
+    out_dir: str | Path,
+    *,
+    n_train: int = 200,
+    n_test: int = 50,
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """train.csv (Id,Target), sample_submission.csv (Id,Predicted), {train,test}/{Id}_{colour}.png."""
+    import cv2  # only the synthetic layouts draw images
+
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / (1 + np.arange(len(HPA_COMMON))) ** 1.2
+    weights /= weights.sum()
+    rows = []
+    for i in range(n_train + n_test):
+        k = int(rng.choice([1, 1, 1, 2, 2, 3]))
+        labels = tuple(sorted({int(c) for c in rng.choice(HPA_COMMON, size=k, p=weights)}))
+        split = "train" if i < n_train else "test"
+        sample_id = random_uuid(rng)
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for colour, plane in zip(
+            ("red", "green", "blue", "yellow"), _cells(rng, labels, image_size), strict=True
+        ):
+            cv2.imwrite(str(out / split / f"{sample_id}_{colour}.png"), plane)
+        rows.append((split, sample_id, " ".join(map(str, labels))))
+    df = pd.DataFrame(rows, columns=["split", "Id", "Target"])
+    df[df.split == "train"][["Id", "Target"]].to_csv(out / "train.csv", index=False)
+    test = df[df.split == "test"]
+    test[["Id"]].assign(Predicted="0").to_csv(out / "sample_submission.csv", index=False)
+    test[["Id"]].assign(Predicted=test["Target"]).to_csv(out / "test_labels.csv", index=False)
+    return out
+
+
+def make_hpav18(out_dir: str | Path, n: int = 40, image_size: int = 64, seed: int = 3) -> Path:
+    """The HPAv18 external images' layout: HPAv18RGBY_WithoutUncertain_wodpl.csv (Id,Target) and
+    images/{Id}_{colour}.png, cells drawn as the competition's."""
+    out = Path(out_dir)
+    staged = make_hpa(out / ".staging", n_train=n, n_test=0, image_size=image_size, seed=seed)
+    (staged / "train").rename(out / "images")
+    (staged / "train.csv").rename(out / "HPAv18RGBY_WithoutUncertain_wodpl.csv")
+    shutil.rmtree(staged)
+    return out
+
+
 HPA = Hpa(
     # datasets/hpa.py: cv2 drops yellow, BGR, both flips
     paper=PaperRecipe(bgr=True, flips="hv", channels="rgb"),
     name="hpa",
-    synthetic="hpa",
+    synthetic=make_hpa,
+    synthetic_external={"hpav18": make_hpav18},
     title="Human Protein Atlas Image Classification",
     task=Task("multilabel", num_classes=len(CLASSES), metric="macro_f1"),
     kaggle=KaggleFacts(slug="human-protein-atlas-image-classification", submit_via="csv"),

@@ -116,11 +116,114 @@ class SiimIsic(Competition):
         return check_files(table, skip_missing=True)
 
 
+# --- a synthetic layout of these files, for kt demo and the tests (test_labels.csv holds the
+# hidden answers Kaggle never gives, so the demo can score its test predictions) -----------------
+
+
+def _lesion(rng: np.random.Generator, malignant: bool, size: int) -> np.ndarray:
+    """Skin-coloured background with a mole; malignant ones are larger, darker and irregular."""
+    import cv2  # only the synthetic layouts draw images
+
+    skin = np.array([rng.uniform(150, 200), rng.uniform(160, 200), rng.uniform(200, 240)])  # BGR
+    img = np.clip(skin + rng.normal(0, 8, (size, size, 3)), 0, 255).astype(np.uint8)
+    centre = (size // 2 + int(rng.integers(-size // 10, size // 10 + 1)),) * 2
+    # the classes overlap in size, colour and shape, so AUC is high but not perfect
+    radius = size * (rng.uniform(0.12, 0.26) if malignant else rng.uniform(0.07, 0.19))
+    shade = rng.uniform(0.55, 0.9) if malignant else rng.uniform(0.7, 1.0)
+    colour = tuple(int(v * shade) for v in (90, 115, 150))
+    points = [
+        (
+            int(centre[0] + radius * rng.uniform(0.75 if malignant else 0.9, 1.2) * np.cos(a)),
+            int(centre[1] + radius * rng.uniform(0.75 if malignant else 0.9, 1.1) * np.sin(a)),
+        )
+        for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    ]
+    cv2.fillPoly(img, [np.array(points, np.int32)], colour)
+    return img
+
+
+def make_siim_isic(
+    out_dir: str | Path,
+    *,
+    n_train: int = 200,
+    n_test: int = 50,
+    image_size: int = 64,
+    seed: int = 0,
+    layout: str = "official",
+) -> Path:
+    """The official layout (jpeg/train, jpeg/test) or the resized copies' (train/, test/, tfrecord)."""
+    import cv2  # only the synthetic layouts draw images
+
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    rows, patient = [], 0
+    while len(rows) < n_train + n_test:
+        patient += 1
+        risk = rng.random() < 0.25
+        for _ in range(int(rng.integers(1, 5))):
+            malignant = bool(risk and rng.random() < 0.6)
+            rows.append(
+                {
+                    "image_name": f"ISIC_{len(rows) + 1000000:07d}",
+                    "patient_id": f"IP_{patient:07d}",
+                    "sex": rng.choice(["male", "female", ""]),
+                    "age_approx": str(int(rng.integers(3, 9)) * 10),
+                    "anatom_site_general_challenge": rng.choice(
+                        ["torso", "lower extremity", "head/neck", ""]
+                    ),
+                    "diagnosis": "melanoma" if malignant else "nevus",
+                    "benign_malignant": "malignant" if malignant else "benign",
+                    "target": int(malignant),
+                }
+            )
+    df = pd.DataFrame(rows[: n_train + n_test])
+    train, test = df.iloc[:n_train].copy(), df.iloc[n_train:].copy()
+    for split, part in (("train", train), ("test", test)):
+        folder = out / ("jpeg" if layout == "official" else "") / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, target in zip(part["image_name"], part["target"], strict=True):
+            cv2.imwrite(str(folder / f"{name}.jpg"), _lesion(rng, bool(target), image_size))
+    if layout == "resized":
+        codes = {p: i % 15 for i, p in enumerate(train["patient_id"].unique())}
+        train["tfrecord"] = train["patient_id"].map(codes)
+        train.loc[train.index[:2], "tfrecord"] = -1  # duplicates the community marked
+        train["width"], train["height"] = image_size, image_size
+    train.to_csv(out / "train.csv", index=False)
+    test.iloc[:, :5].to_csv(out / "test.csv", index=False)
+    test[["image_name"]].assign(target=0.0).to_csv(out / "sample_submission.csv", index=False)
+    test[["image_name", "target"]].to_csv(out / "test_labels.csv", index=False)
+    return out
+
+
+def make_isic2019(out_dir: str | Path, n: int = 60, image_size: int = 64, seed: int = 2) -> Path:
+    """The ISIC 2019 challenge's layout: ISIC_2019_Training_GroundTruth.csv (image, one-hot MEL, NV,
+    ...), ISIC_2019_Training_Metadata.csv (image, lesion_id, ...) and ISIC_2019_Training_Input/."""
+    import cv2  # only the synthetic layouts draw images
+
+    out = Path(out_dir)
+    folder = out / "ISIC_2019_Training_Input"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"ISIC_{i:07d}" for i in range(n)]
+    malignant = rng.random(n) < 0.3
+    for name, bad in zip(names, malignant, strict=True):
+        cv2.imwrite(str(folder / f"{name}.jpg"), _lesion(rng, bool(bad), image_size))
+    mel = malignant.astype(float)
+    pd.DataFrame({"image": names, "MEL": mel, "NV": 1.0 - mel}).to_csv(
+        out / "ISIC_2019_Training_GroundTruth.csv", index=False
+    )
+    pd.DataFrame(
+        {"image": names, "age_approx": 50, "lesion_id": [f"BCN_{i // 2:07d}" for i in range(n)]}
+    ).to_csv(out / "ISIC_2019_Training_Metadata.csv", index=False)
+    return out
+
+
 SIIM_ISIC = SiimIsic(
     # datasets/melanoma.py: cv2 BGR, both flips; l.19: np.random.seed(23) before the shard draw
     paper=PaperRecipe(bgr=True, flips="hv", seed=23),
     name="siim_isic",
-    synthetic="siim_isic",
+    synthetic=make_siim_isic,
+    synthetic_external={"isic2019": make_isic2019},
     title="SIIM-ISIC Melanoma Classification",
     task=Task("binary", num_classes=2, metric="roc_auc"),
     kaggle=KaggleFacts(slug="siim-isic-melanoma-classification", submit_via="csv"),

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from .. import competitions, config, runs
-from ..competitions import synthetic
 from ..data.digits import make_digits
 from ..errors import KtError
 from ..inference.pipeline import predict_submission
@@ -67,7 +66,7 @@ def _data(name: str, workdir: Path, n_train: int, n_test: int, *, echo: Callable
         )
     data_dir = workdir / "data" / comp.name
     if not data_dir.is_dir() or not any(data_dir.iterdir()):
-        synthetic.make(comp.synthetic, data_dir, n_train=n_train, n_test=n_test)
+        comp.synthetic(data_dir, n_train=n_train, n_test=n_test)
     echo(f"synthetic {comp.name} data: {data_dir}")
     return comp, data_dir, {}
 
