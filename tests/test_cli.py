@@ -189,6 +189,14 @@ def test_train_help_is_grouped_with_kts_defaults_and_timms_short_flags(aptos_dir
         section = text.split(f"{p.section.capitalize()}:", 1)[1].split("\n\n", 1)[0]
         assert p.opts[-1] in section, (p.name, p.section)
     assert "-b, --batch-size" in text and "-j, --workers" in text and "[default: 32]" in text
+    flags = {o for p in train.params for o in (*p.opts, *p.secondary_opts)}
+    earlier = """-c --recipe --data-dir --arch --size --pool --loss --epochs --batch-size --lr --optimizer --augment
+        --protocol --external --external-dir --mix --mix-prob --mix-alpha --init --teacher --distill-alpha
+        --pretrained --no-pretrained --weights --split --split-file --folds --seeds --fold --seed --device --amp
+        --workers --tta --label-smoothing --ema --no-ema --layer-decay --accum-steps --freeze-epochs --lp-ft
+        --compile --no-compile --track --set --runs-root --name --label --resume --skip-bad-images --progress
+        --no-progress --list-keys""".split()
+    assert set(earlier) <= flags, set(earlier) - flags  # users' scripts keep working
     out = CliRunner().invoke(main, [
         "train", "aptos", "--data-dir", str(aptos_dir), "--arch", "test_resnet", "--no-pretrained",
         "--size", "32", "--epochs", "1", "-b", "8", "-j", "0", "--sched", "step", "--weight-decay", "0.01",

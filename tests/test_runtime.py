@@ -135,16 +135,19 @@ def test_provider_lists(monkeypatch, tmp_path):
     monkeypatch.setattr(ort, "get_available_providers", lambda: gpu_build)
     monkeypatch.setattr(ort, "preload_dlls", lambda *a, **k: None, raising=False)
     monkeypatch.setenv("KT_TRT_CACHE", str(tmp_path / "trt"))
+    monkeypatch.setattr(session, "_gpu_present", lambda: True)  # a GPU machine with a GPU build
     trt = session.provider_list("tensorrt")  # TensorRT, then CUDA and CPU for the nodes it cannot take
     assert trt[0] == ("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
                                                     "trt_engine_cache_path": str(tmp_path / "trt")})
     assert trt[1:] == ["CUDAExecutionProvider", "CPUExecutionProvider"] and (tmp_path / "trt").is_dir()
     assert session.provider_list("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert session.provider_list("cpu") == ["CPUExecutionProvider"]
-    monkeypatch.setattr(session, "_gpu_present", lambda: False)
-    assert session.provider_list("auto") == ["CPUExecutionProvider"]
-    monkeypatch.setattr(session, "_gpu_present", lambda: True)
     assert session.provider_list("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(session, "_gpu_present", lambda: False)  # the GPU build on a CPU machine
+    assert session.provider_list("auto") == ["CPUExecutionProvider"]
+    with pytest.raises(KtError, match="--provider tensorrt: this machine has no NVIDIA GPU"):
+        session.provider_list("tensorrt")
+    monkeypatch.setattr(session, "_gpu_present", lambda: True)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
     with pytest.raises(KtError, match="--provider cuda: this onnxruntime has only CPUExecutionProvider"):
         session.provider_list("cuda")

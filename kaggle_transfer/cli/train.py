@@ -145,6 +145,7 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
 @key_option("freeze_epochs", "--freeze-epochs", type=int)
 @key_option("lp_ft", "--lp-ft", is_flag=True, help="Linear probe, then full fine-tune.")
 @key_option("label_smoothing", "--label-smoothing", type=float, help="Label smoothing for ce/bce.")
+@key_option("seed", "--seed", type=int)
 @key_option("augment", "--augment")
 @key_option(
     "mix",
