@@ -91,6 +91,8 @@ def test_a_recipe_is_found_by_name_from_any_folder(aptos_dir, tmp_path, monkeypa
     from kaggle_transfer.training.plan import TrainRequest, new_run
 
     monkeypatch.chdir(tmp_path)  # not the checkout
+    monkeypatch.delenv("KT_DATA", raising=False)
+    (tmp_path / "data" / "dr2015").mkdir(parents=True)  # top adds dr2015: found beside the data
     flags = {"arch": "test_resnet", "pretrained": False}
     plan = new_run(TrainRequest("aptos", recipe="top", data_dir=str(aptos_dir), runs_root=str(tmp_path),
                                 flags=flags))

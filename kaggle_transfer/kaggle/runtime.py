@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,9 @@ def fetch(runtime: Runtime, python: str) -> Path:
     if found:
         return found[-1]
     folder.mkdir(parents=True, exist_ok=True)
+    # into a private folder, then renamed into the cache: another kt (or a parallel test) never sees
+    # half a wheel
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
     platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     cmd = [
         sys.executable,
@@ -97,10 +102,13 @@ def fetch(runtime: Runtime, python: str) -> Path:
         "cp",
         *platforms,
         "-d",
-        str(folder),
+        str(staging),
         runtime.requirement,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
+    for wheel in staging.glob("*.whl"):
+        os.replace(wheel, folder / wheel.name)
+    shutil.rmtree(staging, ignore_errors=True)
     found = sorted(folder.glob(f"{name}-{runtime.version}-{cp_tag(python)}-*.whl"))
     if out.returncode != 0 or not found:
         tail = " ".join(out.stderr.split())[-200:]
