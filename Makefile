@@ -17,15 +17,12 @@ demo: install
 	$(BIN)/kt demo
 
 # pytest exits 5 when it collects no test: that fails the target, as it should. make test is the whole
-# suite (what CI runs); make test-fast the inner loop, without the tests marked slow or network. Both run
-# in one process per core (pytest-xdist; at most 4), a test module's tests in one process, so the
-# fixtures a module trains once are trained once.
-XDIST := -n auto --maxprocesses 4 --dist loadscope
+# suite (what CI runs); make test-fast the inner loop, without the tests marked slow or network.
 test: install
-	$(BIN)/python -m pytest -q $(XDIST)
+	$(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not network"
+	$(BIN)/python -m pytest -q -m "not slow and not network"
 
 format: install
 	$(BIN)/ruff format kaggle_transfer

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-# pytest-xdist runs the suite in several processes (make test: -n auto): each computes on one thread,
-# and so do the processes a test starts, so N workers use N cores without oversubscribing them
-os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no test reaches beyond loopback
 
 from kaggle_transfer import config  # noqa: E402
