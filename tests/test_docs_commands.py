@@ -112,8 +112,9 @@ def test_the_readmes_commands_run_offline(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for env in ("KT_RUNS", "KT_SUBMISSIONS", "KT_DATA", "KT_CACHE"):
         monkeypatch.delenv(env, raising=False)
-    small = {"aptos": {"n_train": 60, "n_test": 12}, "hpa": {}, "siim_isic": {"n_train": 80, "n_test": 16},
-             "cassava": {}, "eurosat": {}}
+    small = {"aptos": {"n_train": 60, "n_test": 12}, "hpa": {"n_train": 60, "n_test": 12},
+             "siim_isic": {"n_train": 80, "n_test": 16}, "cassava": {"n_train": 60, "n_test": 12},
+             "eurosat": {"n_train": 100}}
     for name, sizes in small.items():
         synthetic.make(name, Path("data") / name, image_size=48, **sizes)
     # external sources where the README says kt looks (data/<source>), and elsewhere for --external-dir
