@@ -12,7 +12,7 @@ from dataclasses import MISSING
 
 import click
 
-from ..config import CHOICES, FIELDS, SECTIONS
+from ..config import CHOICES, FIELDS, PROVIDER_CHOICES, SECTIONS
 from ..errors import KtError
 
 # what to do about the operating system's refusals a user can cause (full disk, read-only folder, ...)
@@ -81,6 +81,13 @@ progress_option = click.option(
     cls=Section,
     section="output",
     help="Progress bars on a terminal; logs get one plain line per epoch or step either way.",
+)
+provider_option = click.option(
+    "--provider",
+    type=click.Choice(PROVIDER_CHOICES),
+    default="auto",
+    show_default=True,
+    help="onnxruntime's provider (auto: CUDA where a GPU is, else the CPU).",
 )
 tta_option = click.option(
     "--tta",
@@ -187,3 +194,16 @@ class SectionedCommand(click.Command):
             if groups.get(name):
                 with formatter.section(name.capitalize()):
                     formatter.write_dl(groups[name])
+
+
+threads_option = click.option(
+    "--threads",
+    "--workers",
+    "threads",
+    cls=Renamed,
+    old=("--workers",),
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Image decoding threads.",
+)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING, PROVIDER_CHOICES
+from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING
 from ..inference.session import expand
 from .common import (
     Renamed,
@@ -15,6 +15,8 @@ from .common import (
     external_dirs,
     name_option,
     progress_option,
+    provider_option,
+    threads_option,
     tta_option,
 )
 
@@ -50,13 +52,7 @@ from .common import (
 )
 @name_option("Submission folder name after its time stamp (default: the models' archs and sizes).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing submission folder.")
-@click.option(
-    "--provider",
-    type=click.Choice(PROVIDER_CHOICES),
-    default="auto",
-    show_default=True,
-    help="onnxruntime's provider (auto: CUDA where a GPU is, else the CPU).",
-)
+@provider_option
 @click.option(
     "--fp16",
     is_flag=True,
@@ -72,17 +68,7 @@ from .common import (
     "(auto: on for CUDA/TensorRT).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--threads",
-    "--workers",
-    "threads",
-    cls=Renamed,
-    old=("--workers",),
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Image decoding threads.",
-)
+@threads_option
 @click.option(
     "--skip-bad-images",
     is_flag=True,
@@ -189,25 +175,9 @@ def predict(
     type=click.Path(),
     help="Table path (default: $KT_RUNS/<competition>/pseudo/<stamp>.csv).",
 )
-@click.option(
-    "--provider",
-    type=click.Choice(PROVIDER_CHOICES),
-    default="auto",
-    show_default=True,
-    help="onnxruntime's provider (auto: CUDA where a GPU is, else the CPU).",
-)
+@provider_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option(
-    "--threads",
-    "--workers",
-    "threads",
-    cls=Renamed,
-    old=("--workers",),
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Image decoding threads.",
-)
+@threads_option
 @progress_option
 def pseudo(
     competition,
