@@ -164,6 +164,12 @@ class RunConfig:
         None, "runtime", "MLflow URI; None = $MLFLOW_TRACKING_URI or a SQLite"
     )
     max_steps: int = _f(0, "runtime", "steps per epoch at most; 0 = full epochs", diff=False)
+    time_limit: float = _f(
+        0.0,
+        "runtime",
+        "minutes of training at most: no epoch starts that would end past it; 0 = none",
+        diff=False,
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -338,6 +344,7 @@ RANGES = {
     "freeze_epochs": (0, 100_000, True),
     "patience": (0, 100_000, True),
     "max_steps": (0, 10**9, True),
+    "time_limit": (0, 10**7, True),
     "size": (8, 4096, True),
     "epochs": (1, 100_000, True),
     "batch_size": (1, 65_536, True),

@@ -260,3 +260,14 @@ def test_resume_with_more_epochs_extends_a_finished_run_on_the_stretched_schedul
     assert after["lr"][1] < fresh["lr"][1]  # the 2-epoch cosine had decayed further by then
     again = kt("train", "--resume", run, "--epochs", "3")
     assert again.exit_code == 2 and "has trained 4 epochs already" in again.output
+
+
+def test_a_time_limit_stops_before_an_epoch_that_would_end_past_it(aptos_dir, tmp_path):
+    """--time-limit MINUTES (a Kaggle notebook's clock): the first epoch runs, then no epoch starts that
+    would, at the mean epoch's length, end past the limit; the run finishes like any other (best epoch,
+    OOF, metrics) and says why it stopped; --resume RUN --epochs N trains on later."""
+    result = train.fit(tiny_config(epochs=3, max_steps=1, time_limit=1e-4), tmp_path, aptos_dir, progress=False)
+    assert result["epochs_run"] == 1 and result["stopped"] == "time_limit"
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 1 and (tmp_path / "oof.npz").is_file()
+    whole = train.fit(tiny_config(epochs=2, max_steps=1, time_limit=600), tmp_path / "b", aptos_dir, progress=False)
+    assert whole["epochs_run"] == 2 and whole["stopped"] is None

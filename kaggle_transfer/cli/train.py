@@ -178,6 +178,14 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
 @key_option("workers", "-j", "--workers", type=int, help="DataLoader worker processes (timm's -j).")
 @key_option("compile", "--compile/--no-compile", help="torch.compile the model.")
 @key_option(
+    "time_limit",
+    "--time-limit",
+    type=float,
+    metavar="MINUTES",
+    help="Minutes of training at most: no epoch starts that would end past it (a notebook's clock); "
+    "the best epoch so far is kept and the run finishes normally.",
+)
+@key_option(
     "track",
     "--track",
     help="mlflow: log params, per-epoch metrics and files to MLflow "

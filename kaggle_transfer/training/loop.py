@@ -463,6 +463,15 @@ def _epoch_line(row: dict[str, Any], epochs: int, metric: str, history: list[dic
     )
 
 
+def _out_of_time(cfg: RunConfig, started: float, done: int) -> bool:
+    """--time-limit: whether the next epoch, as long as the mean one so far, would end past the
+    limit (a notebook's clock); the first epoch always runs. Rank 0 decides for every rank."""
+    if not cfg.time_limit or not done:
+        return False
+    elapsed = time.time() - started
+    return bool(distributed.broadcast(elapsed + elapsed / done > cfg.time_limit * 60))
+
+
 def _finish_swa(run: FoldRun, state: LoopState) -> None:
     """SWA's weights, BatchNorm recomputed, validated; kept when they score higher (or always)."""
     s = run.stepper
@@ -565,10 +574,14 @@ def fit(
             t.scheduler.step_update(state.updates)
         if cfg.patience and state.bad_epochs >= cfg.patience and state.epoch < cfg.epochs:
             state.bad_epochs = 0  # it had stopped early and is extended: patience starts again
-    started = time.time()
+    started, first, stopped = time.time(), state.epoch, None
     for epoch in range(state.epoch, cfg.epochs):
+        if _out_of_time(cfg, started, epoch - first):
+            stopped = "time_limit"
+            break
         _epoch(run, t, state, epoch)
         if cfg.patience and state.bad_epochs >= cfg.patience:
+            stopped = "patience"
             break
     if swa is not None and swa.epochs_averaged:
         _finish_swa(run, state)
@@ -584,6 +597,7 @@ def fit(
         "amp": str(dtype).removeprefix("torch.") if dtype else "off",
         "time_s": time.time() - started,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "stopped": stopped,
     }
     result = finish(run_dir, comp, data, state.to_dict(), facts)
     tracker.finish(run_dir, result)

@@ -50,6 +50,7 @@ def finish(
         "train_images_per_s": float(history["train_images_per_s"].mean()),
         "time_s": facts["time_s"],
         "parameters": facts["parameters"],
+        "stopped": facts.get("stopped"),  # None (all epochs), patience or time_limit
         "weights": "swa" if (state.get("swa") or {}).get("selected") else "best_epoch",
         "swa": state.get("swa"),
     }
