@@ -164,10 +164,11 @@ class RunConfig:
         None, "runtime", "MLflow URI; None = $MLFLOW_TRACKING_URI or a SQLite"
     )
     max_steps: int = _f(0, "runtime", "steps per epoch at most; 0 = full epochs", diff=False)
-    time_limit: float = _f(
-        0.0,
+    time_limit: str | None = _f(
+        None,
         "runtime",
-        "minutes of training at most: no epoch starts that would end past it; 0 = none",
+        "training time at most, e.g. 8h, 90m, 45s (a number: minutes): no epoch starts that would end "
+        "past it; none = no limit",
         diff=False,
     )
 
@@ -344,7 +345,6 @@ RANGES = {
     "freeze_epochs": (0, 100_000, True),
     "patience": (0, 100_000, True),
     "max_steps": (0, 10**9, True),
-    "time_limit": (0, 10**7, True),
     "size": (8, 4096, True),
     "epochs": (1, 100_000, True),
     "batch_size": (1, 65_536, True),
@@ -363,6 +363,26 @@ RANGES = {
 }
 
 
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_s(text: str | None) -> float:
+    """`8h`, `90m`, `45s`, `1.5h` or a bare number of minutes, in seconds; 0 for none."""
+    if not text:
+        return 0.0
+    value = str(text).strip().lower()
+    unit = UNITS.get(value[-1:]) if value[-1:].isalpha() else 60
+    try:
+        seconds = float(value[:-1] if value[-1:].isalpha() else value) * (unit or 0)
+    except ValueError:
+        seconds = -1.0
+    if not unit or not seconds > 0 or seconds == float("inf"):
+        raise KtError(
+            f"--time-limit {text!r}: give a duration such as 8h, 90m or 45s (a number: minutes)"
+        )
+    return seconds
+
+
 def _in_range(value: float, low: float, high: float, bounds) -> bool:
     lo_ok = value >= low if bounds in (True, "[)") else value > low
     hi_ok = value <= high if bounds in (True, "(]") else value < high
@@ -370,6 +390,7 @@ def _in_range(value: float, low: float, high: float, bounds) -> bool:
 
 
 def validate(cfg: RunConfig) -> None:
+    duration_s(cfg.time_limit)  # a malformed duration fails here, before anything runs
     for key, (low, high, bounds) in RANGES.items():
         value = getattr(cfg, key)
         if value is None:

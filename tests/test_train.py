@@ -262,12 +262,33 @@ def test_resume_with_more_epochs_extends_a_finished_run_on_the_stretched_schedul
     assert again.exit_code == 2 and "has trained 4 epochs already" in again.output
 
 
-def test_a_time_limit_stops_before_an_epoch_that_would_end_past_it(aptos_dir, tmp_path):
-    """--time-limit MINUTES (a Kaggle notebook's clock): the first epoch runs, then no epoch starts that
-    would, at the mean epoch's length, end past the limit; the run finishes like any other (best epoch,
-    OOF, metrics) and says why it stopped; --resume RUN --epochs N trains on later."""
-    result = train.fit(tiny_config(epochs=3, max_steps=1, time_limit=1e-4), tmp_path, aptos_dir, progress=False)
-    assert result["epochs_run"] == 1 and result["stopped"] == "time_limit"
-    assert len(pd.read_csv(tmp_path / "history.csv")) == 1 and (tmp_path / "oof.npz").is_file()
-    whole = train.fit(tiny_config(epochs=2, max_steps=1, time_limit=600), tmp_path / "b", aptos_dir, progress=False)
+def test_a_time_limit_stops_before_an_epoch_that_would_end_past_it(aptos_dir, tmp_path, monkeypatch):
+    """--time-limit (a Kaggle notebook's clock), on a fake clock where every epoch takes 10 minutes:
+    with 25 minutes, epochs 1 and 2 run (the next would end at 30); the run finishes like any other
+    (best epoch, OOF, metrics) and says why it stopped; resumed in a new session with the same limit it
+    trains two more epochs."""
+    from kaggle_transfer import config as config_mod
+
+    now = {"t": 0.0}
+    monkeypatch.setattr(train, "_clock", lambda: now["t"])
+    real = train._epoch
+
+    def ten_minutes(*args, **kwargs):
+        real(*args, **kwargs)
+        now["t"] += 600
+
+    monkeypatch.setattr(train, "_epoch", ten_minutes)
+    cfg = tiny_config(epochs=5, max_steps=1, time_limit="25m")
+    result = train.fit(cfg, tmp_path, aptos_dir, progress=False)
+    assert result["epochs_run"] == 2 and result["stopped"] == "time_limit" and now["t"] == 1200
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 2 and (tmp_path / "oof.npz").is_file()
+    again = train.fit(cfg, tmp_path, aptos_dir, resume=True, progress=False)  # a new notebook session
+    assert again["epochs_run"] == 4 and again["stopped"] == "time_limit"
+    assert list(pd.read_csv(tmp_path / "history.csv")["epoch"]) == [1, 2, 3, 4]
+    whole = train.fit(tiny_config(epochs=2, max_steps=1, time_limit="8h"), tmp_path / "b", aptos_dir,
+                      progress=False)
     assert whole["epochs_run"] == 2 and whole["stopped"] is None
+    assert config_mod.duration_s("1.5h") == 5400 and config_mod.duration_s("90") == 5400
+    for bad in ("8x", "-1h", "soon", "0m"):
+        with pytest.raises(KtError, match="give a duration such as 8h"):
+            config_mod.resolve(flags={"time_limit": bad})

@@ -180,10 +180,9 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
 @key_option(
     "time_limit",
     "--time-limit",
-    type=float,
-    metavar="MINUTES",
-    help="Minutes of training at most: no epoch starts that would end past it (a notebook's clock); "
-    "the best epoch so far is kept and the run finishes normally.",
+    metavar="DURATION",
+    help="Training time at most, e.g. 8h, 90m (a number: minutes): no epoch starts that would end "
+    "past it (a notebook's clock); the best epoch is kept and the run finishes normally.",
 )
 @key_option(
     "track",

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn  # noqa: F401 - type hints below
 from tqdm.auto import tqdm
 
-from .. import competitions, protocol, runs
+from .. import competitions, config, protocol, runs
 from ..config import RunConfig
 from ..data.splits import HELD_OUT
 from ..errors import KtError
@@ -463,13 +463,14 @@ def _epoch_line(row: dict[str, Any], epochs: int, metric: str, history: list[dic
     )
 
 
-def _out_of_time(cfg: RunConfig, started: float, done: int) -> bool:
-    """--time-limit: whether the next epoch, as long as the mean one so far, would end past the
-    limit (a notebook's clock); the first epoch always runs. Rank 0 decides for every rank."""
-    if not cfg.time_limit or not done:
-        return False
-    elapsed = time.time() - started
-    return bool(distributed.broadcast(elapsed + elapsed / done > cfg.time_limit * 60))
+_clock = time.monotonic  # --time-limit's clock (a test may run it faster)
+
+
+def _out_of_time(elapsed: float, last_s: float, budget: float) -> bool:
+    """--time-limit: whether the next epoch, as long as the last one, would end past the budget
+    (seconds since this process started training: a notebook's clock). The first epoch of a session
+    always runs; rank 0 decides for every rank."""
+    return bool(distributed.broadcast(last_s > 0 and elapsed + last_s > budget))
 
 
 def _finish_swa(run: FoldRun, state: LoopState) -> None:
@@ -574,12 +575,15 @@ def fit(
             t.scheduler.step_update(state.updates)
         if cfg.patience and state.bad_epochs >= cfg.patience and state.epoch < cfg.epochs:
             state.bad_epochs = 0  # it had stopped early and is extended: patience starts again
-    started, first, stopped = time.time(), state.epoch, None
+    started, stopped, last_s = time.time(), None, 0.0
+    budget, session = config.duration_s(cfg.time_limit), _clock()
     for epoch in range(state.epoch, cfg.epochs):
-        if _out_of_time(cfg, started, epoch - first):
+        if budget and _out_of_time(_clock() - session, last_s, budget):
             stopped = "time_limit"
             break
+        begun = _clock()
         _epoch(run, t, state, epoch)
+        last_s = _clock() - begun
         if cfg.patience and state.bad_epochs >= cfg.patience:
             stopped = "patience"
             break
