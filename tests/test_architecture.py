@@ -236,10 +236,11 @@ def test_run_folder_file_names_are_spelled_only_in_runs_py():
 
 def test_no_library_function_outside_the_cli_takes_more_than_eight_parameters():
     """Long parameter lists passed down several layers become option records (RunOptions, Choice,
-    TrainRequest, StudyJob, NotebookTarget); click commands under cli/ take one parameter per flag."""
+    TrainRequest, StudyJob, NotebookTarget); the two front doors take one parameter per flag: click
+    commands under cli/ and the Python API (api.py), which builds those records."""
     wide = []
     for path in PACKAGE.rglob("*.py"):
-        if "cli" in path.relative_to(PACKAGE).parts:
+        if "cli" in path.relative_to(PACKAGE).parts or path.name == "api.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -268,7 +269,7 @@ def test_the_test_map_lists_every_test_file_and_covers_every_module():
 
 # the layers of docs/architecture.md, bottom up; a module may import its own layer and those below
 LAYERS = [{"errors", "files", "config", "protocol", "runs", "tasks", "metrics"}, {"competitions", "data", "recipes"},
-          {"training", "inference", "reports"}, {"study", "kaggle"}, {"cli", "__main__"}]
+          {"training", "inference", "reports"}, {"study", "kaggle"}, {"cli", "__main__", "api"}]
 
 
 def _layer(module: str) -> int:
