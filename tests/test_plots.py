@@ -1,6 +1,8 @@
 """Plot layouts: no text runs into another panel or another text (matplotlib's own layout boxes,
 `get_window_extent`), the PNGs keep a sane size, and what a plot cannot show is drawn as such."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -104,3 +106,44 @@ def test_per_class_plot_marks_classes_without_a_validation_positive(checked, tmp
     assert captured["hatched"] == pytest.approx([8, 9, 27]) and captured["plain"] == 25
     assert captured["grey"] == ["class8", "class9", "class27"]
     assert any("no validation positive" in t for t in captured["legend"])
+
+
+def test_the_top_losses_gallery_lists_the_highest_loss_rows_computed_by_hand(trained_run, tmp_path):
+    """kt report's gallery: exactly the out-of-fold ids with the highest loss, worked out here from
+    oof.npz alone (APTOS regression: |output - grade|), highest first, drawn beside a row-normalised
+    confusion matrix; a run whose images moved reports that instead of failing."""
+    import json
+    import shutil
+
+    from kaggle_transfer.reports.run import report
+
+    oof = np.load(trained_run / "oof.npz")
+    loss = np.abs(oof["raw"].reshape(-1) - oof["targets"])
+    expected = [str(oof["ids"][i]) for i in np.argsort(-loss, kind="stable")[:16]]
+    result = report(trained_run, tmp_path / "r")
+    assert (tmp_path / "r" / "top_losses.png").is_file()
+    text = (tmp_path / "r" / "report.md").read_text()
+    table = text.split("highest loss", 1)[1]
+    assert [line.split(" | ")[0].strip("| ") for line in table.splitlines() if line.startswith("| ")
+            and not line.startswith(("| id", "|---"))] == expected
+    width, height = Image.open(tmp_path / "r" / "confusion.png").size
+    assert width > 1.6 * height  # counts and the row-normalised matrix side by side
+    assert any(p.endswith("top_losses.png") for p in result["pngs"])
+    moved = Path(shutil.copytree(trained_run, tmp_path / "moved"))
+    info = json.loads((moved / "run.json").read_text())
+    (moved / "run.json").write_text(json.dumps({**info, "data_dir": str(tmp_path / "gone")}))
+    report(moved, tmp_path / "m")
+    assert "No top-losses gallery" in (tmp_path / "m" / "report.md").read_text()
+
+
+def test_row_losses_for_classes_are_the_cross_entropy_of_the_label():
+    from kaggle_transfer.reports.losses import row_losses
+    from kaggle_transfer.tasks import Task
+
+    raw = np.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    p = np.exp(raw) / np.exp(raw).sum(axis=1, keepdims=True)
+    assert row_losses(Task("multiclass", 3, "accuracy"), raw, np.array([2, 1])) == pytest.approx(
+        [-np.log(p[0, 2]), -np.log(p[1, 1])])
+    prob = 1 / (1 + np.exp(-np.array([1.0, -2.0])))
+    assert row_losses(Task("binary", 2, "roc_auc"), np.array([1.0, -2.0]), np.array([0, 0])) == pytest.approx(
+        -np.log(1 - prob))

@@ -31,25 +31,29 @@ def _save(fig, path: Path, dpi: int = 100) -> Path:
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, names: list[str], path: Path) -> Path:
+    """The OOF confusion matrix in counts, beside it row-normalised (each true class sums to 1: the
+    recall on the diagonal), so a rare class's errors show as plainly as a common one's."""
     from sklearn.metrics import confusion_matrix
 
     plt = _plt()
-    cm = confusion_matrix(y, pred, labels=range(len(names)))
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(names), 1 + 0.5 * len(names)))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(
-            j, i, str(v), ha="center", va="center", color="black" if v < cm.max() / 2 else "white"
-        )
-    ax.set(
-        xticks=range(len(names)),
-        yticks=range(len(names)),
-        xlabel="predicted",
-        ylabel="true",
-        title="Confusion matrix (OOF)",
-    )
-    ax.set_xticklabels(names, rotation=45, ha="right")
-    ax.set_yticklabels(names)
+    labels = range(len(names))
+    side = 1 + 0.6 * len(names)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side, side * 0.85), layout="constrained")
+    for ax, normalize, title in (
+        (axes[0], None, "Confusion matrix (OOF counts)"),
+        (axes[1], "true", "Each true class = 1 (recall on the diagonal)"),
+    ):
+        m = confusion_matrix(y, pred, labels=labels, normalize=normalize)
+        ax.imshow(m, cmap="Blues", vmin=0, vmax=m.max() or 1)
+        for (i, j), v in np.ndenumerate(m):
+            text = f"{v:.2f}" if normalize else str(v)
+            dark = v > (m.max() or 1) / 2
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black"
+            )
+        ax.set(xticks=labels, yticks=labels, xlabel="predicted", ylabel="true", title=title)
+        ax.set_xticklabels(names, rotation=45, ha="right")
+        ax.set_yticklabels(names)
     return _save(fig, path)
 
 
@@ -141,6 +145,21 @@ def ensemble_weights(spec: dict[str, Any], path: Path) -> Path:
     pad = max(high - low, 1e-3) * 0.5
     b.set(title=f"OOF {spec['metric']} (gain {spec['gain']:+.4f})", xlim=(low - pad, high + pad))
     b.xaxis.set_major_locator(_plt().MaxNLocator(4))
+    return _save(fig, path)
+
+
+def image_grid(pictures: list[np.ndarray], captions: list[str], path: Path, cols: int = 4) -> Path:
+    """Images (HWC uint8, 1 or 3 channels) in a grid, each above its caption."""
+    plt = _plt()
+    rows = max(1, -(-len(pictures) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.0 * rows), layout="constrained")
+    for ax in np.asarray(axes).reshape(-1):
+        ax.axis("off")
+    for ax, img, caption in zip(np.asarray(axes).reshape(-1), pictures, captions, strict=False):
+        ax.imshow(
+            img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None
+        )
+        ax.set_title(caption, fontsize=7)
     return _save(fig, path)
 
 

@@ -17,6 +17,7 @@ from ..errors import KtError
 from ..files import write_text
 from ..inference.ensemble import load_spec
 from ..tasks import sigmoid
+from . import losses
 from .plots import confusion, cut_shift, ensemble_weights, learning_curve, per_class_f1, roc
 
 
@@ -123,6 +124,9 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
                     history, task.metric, out_dir / f"learning_curve_{h.parent.name}.png"
                 )
             )
+    shown = losses.gallery(target, comp, runs.load_config(target), oof, out_dir / "top_losses.png")
+    if shown is not None:
+        pngs.append(shown[0])
     score = task.score(y, raw, fitted)
     lines = [
         f"# {target.name}",
@@ -135,5 +139,13 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     ]
     lines += _members_table(runs.read_group(target), task.metric)
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
+    if shown is None:
+        lines += [
+            "",
+            "No top-losses gallery: the images are not where the run read them.",
+        ]
+    else:
+        lines += ["", f"## The {len(shown[1])} out-of-fold rows with the highest loss", ""]
+        lines += losses.markdown(shown[1])
     write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return {"dir": str(out_dir), "pngs": [str(p) for p in pngs], "score": score}
