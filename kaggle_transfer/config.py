@@ -391,6 +391,10 @@ def _in_range(value: float, low: float, high: float, bounds) -> bool:
 
 def validate(cfg: RunConfig) -> None:
     duration_s(cfg.time_limit)  # a malformed duration fails here, before anything runs
+    if cfg.fold >= cfg.folds:
+        raise KtError(
+            f"--fold {cfg.fold}: fold ids are 0..{cfg.folds - 1} (--set folds=N sets the count)"
+        )
     for key, (low, high, bounds) in RANGES.items():
         value = getattr(cfg, key)
         if value is None:
@@ -428,10 +432,15 @@ def save(cfg: RunConfig, path: str | Path) -> None:
 
 def load(path: str | Path) -> RunConfig:
     """A run's config.yaml, held to the rules a new run's config is (ranges, finite numbers, choices)."""
-    data = load_recipe(path)
-    cfg = RunConfig(**{k: parse_value(k, v) for k, v in data.items() if k in FIELDS})
     try:
+        data = read_yaml(path, what="run config") or {}
+        if not isinstance(data, dict):
+            raise KtError("not a mapping of config keys")
+        cfg = RunConfig(**{k: parse_value(k, v) for k, v in data.items() if k in FIELDS})
         validate(cfg)
     except KtError as e:
-        raise KtError(f"{path}: {e}; the run's config is damaged") from None
+        said = str(e).replace(str(path), "").strip(" :;")[:120]
+        raise KtError(
+            f"{path}: the run's config is damaged ({said}); train the run again"
+        ) from None
     return cfg

@@ -75,8 +75,10 @@ def timestamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+def slug(text: str, limit: int = 80) -> str:
+    """A folder-name-safe form of `text` (--name, archs), at most `limit` characters: file systems
+    refuse names over 255 bytes, and the time stamp comes first."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:limit].strip("-.") or "run"
 
 
 # --- folders ---------------------------------------------------------------------------------
@@ -182,6 +184,30 @@ def write_metrics(run_dir: Path, result: dict[str, Any]) -> None:
 def write_history(run_dir: Path, history) -> None:
     """One row per epoch (a DataFrame), replaced atomically after every epoch."""
     write_csv(Path(run_dir) / HISTORY, history)
+
+
+def read_history(run_dir: Path):
+    """history.csv as a DataFrame, checked: numeric epoch, train_loss, val_loss and score columns.
+    None when the run has not finished an epoch."""
+    import pandas as pd  # deferred: reading a run's scores needs no pandas
+
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return None
+    try:
+        history = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise KtError(
+            f"{path} is not a readable history (one row per epoch); the run's files are damaged"
+        ) from None
+    needed = {"epoch", "train_loss", "val_loss", "score"}
+    if not needed <= set(history.columns) or not all(
+        pd.api.types.is_numeric_dtype(history[c]) for c in needed
+    ):
+        raise KtError(
+            f"{path} lacks numeric {', '.join(sorted(needed))} columns; the run's files are damaged"
+        )
+    return history
 
 
 def epochs_done(run_dir: Path) -> int:

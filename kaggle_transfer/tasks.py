@@ -71,7 +71,8 @@ class Task:
     def check_loss(self, loss: str) -> None:
         if loss not in LOSSES[self.kind]:
             raise KtError(
-                f"--loss {loss} does not fit a {self.kind} task; valid: {', '.join(LOSSES[self.kind])}"
+                f"--loss {loss} does not fit {'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind} "
+                f"task; valid: {', '.join(LOSSES[self.kind])}"
             )
 
     def targets(self, target: Any) -> np.ndarray:

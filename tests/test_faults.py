@@ -877,3 +877,48 @@ def test_an_external_source_without_a_folder_stops_before_the_run_folder(aptos_d
     group = next(Path("runs/aptos").iterdir())
     assert json.loads((group / "fold0" / "run.json").read_text())["external_dirs"] == {
         "dr2015": str((tmp_path / "data" / "dr2015").resolve())}
+
+
+# --- 9. found by a fresh review of this round ------------------------------------------------------------
+
+def test_a_very_long_name_is_cut_not_a_traceback(aptos_dir, tmp_path):
+    ok(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path, "--name", "a" * 300, *TINY])
+    (run,) = (tmp_path / "aptos").iterdir()
+    assert len(run.name) < 120 and run.name.endswith("a" * 20)
+
+
+def test_resume_refuses_a_run_that_is_training_now(trained_run, tmp_path):
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / "metrics.json").unlink()
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "pid": os.getpid()}))  # this live process
+    assert "another kt is training it now" in error(["train", "--resume", run])
+
+
+@pytest.mark.parametrize("extra, key", [
+    (["--external", "nope"], "--external nope: aptos has no external source of that name (its sources: dr2015"),
+    (["--external", "dr2015", "--external", "dr2015", "--external-dir", "dr2015=."], "is given twice"),
+    (["--external-dir", "bogus=."], "--external-dir bogus=…: the run uses no source 'bogus'"),
+    (["--fold", "9"], "--fold 9: fold ids are 0..4"),
+])
+def test_source_and_fold_mistakes_stop_before_the_run_folder(aptos_dir, tmp_path, extra, key):
+    line = error(["train", "aptos", "--data-dir", aptos_dir, "--runs-root", tmp_path / "runs", *TINY, *extra])
+    assert key in line and not (tmp_path / "runs").exists()
+
+
+def test_kt_runs_lists_the_others_when_one_folder_is_damaged(trained_run, tmp_path):
+    root = tmp_path / "runs" / "aptos"
+    shutil.copytree(trained_run, root / "good")
+    bad = Path(shutil.copytree(trained_run, root / "bad"))
+    (bad / "config.yaml").write_text("arch: [unclosed\n")
+    shutil.copytree(trained_run, root / "history")
+    (root / "history" / "history.csv").write_bytes(b"garbage\x00\xff")
+    out = ok(["runs", "aptos", "--runs-root", tmp_path / "runs"]).output
+    assert any(line.lstrip().startswith("good") for line in out.splitlines())
+    damaged = [line for line in out.splitlines() if "damaged" in line and not line.startswith("not finished")]
+    assert {line.split()[0] for line in damaged} == {"bad", "history"}
+    other = Path(shutil.copytree(trained_run, tmp_path / "elsewhere"))
+    (other / "config.yaml").write_text((other / "config.yaml").read_text().replace("competition: aptos",
+                                                                                   "competition: cassava"))
+    assert "a cassava run, not aptos" in error(["runs", "aptos", "--runs-root", tmp_path / "runs", "--compare",
+                                                "good", other])

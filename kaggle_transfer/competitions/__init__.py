@@ -95,12 +95,28 @@ def find_external_dirs(
     $KT_DATA/<name> or data/<name>, beside the competition's own files. Checked before any run folder
     exists; `pseudo=FILE` tables need none. Folders given for sources not used are kept (harmless)."""
     out = dict(given)
-    for source in sources:
-        if source.startswith("pseudo=") or source in out:
+    named = [s for s in sources if not s.startswith("pseudo=")]
+    known = ", ".join(comp.external) if comp.external else "none"
+    for source in named:
+        if source not in comp.external:
+            raise KtError(
+                f"--external {source}: {comp.name} has no external source of that name (its sources: "
+                f"{known}; or pseudo=FILE from kt pseudo)"
+            )
+    if len(set(named)) < len(named):
+        twice = sorted({s for s in named if named.count(s) > 1})
+        raise KtError(f"--external {', '.join(twice)} is given twice; its rows would train twice")
+    unused = sorted(set(given) - set(named) - ({"pseudo"} if len(named) < len(sources) else set()))
+    if unused:
+        raise KtError(
+            f"--external-dir {unused[0]}=…: the run uses no source {unused[0]!r} (add --external "
+            f"{unused[0]}, or drop the folder)"
+        )
+    for source in named:
+        if source in out:
             continue
         default = Path(os.environ.get("KT_DATA") or "data") / source
         if not default.is_dir():
-            known = ", ".join(comp.external) if comp.external else "none"
             raise KtError(
                 f"--external {source}: no folder for it (looked in {default}); pass --external-dir "
                 f"{source}=DIR or put its files in {default} ({comp.name}'s sources: {known})"

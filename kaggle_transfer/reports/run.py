@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from .. import competitions, runs
 from ..errors import KtError
 from ..files import write_text
@@ -103,27 +101,12 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
         )
     if task.kind == "binary":
         pngs.append(roc(sigmoid(raw.reshape(-1)), y, out_dir / "roc.png"))
-    histories = sorted(target.glob(f"*/{runs.HISTORY}")) or [target / runs.HISTORY]
-    for h in histories:
-        if h.is_file():
-            try:
-                history = pd.read_csv(h)
-            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-                raise KtError(
-                    f"{h} is not a readable history (one row per epoch); the run's files are damaged"
-                ) from None
-            needed = {"epoch", "train_loss", "val_loss", "score"}
-            if not needed <= set(history.columns) or not all(
-                pd.api.types.is_numeric_dtype(history[c]) for c in needed
-            ):
-                raise KtError(
-                    f"{h} lacks numeric {', '.join(sorted(needed))} columns; the run's files are damaged"
-                )
-            pngs.append(
-                learning_curve(
-                    history, task.metric, out_dir / f"learning_curve_{h.parent.name}.png"
-                )
-            )
+    members = sorted(h.parent for h in target.glob(f"*/{runs.HISTORY}"))
+    for member in members or [target]:  # a group: one curve per member; a run: its own one
+        history = runs.read_history(member)
+        if history is not None:
+            name = f"learning_curve_{member.name}.png" if members else "learning_curve.png"
+            pngs.append(learning_curve(history, task.metric, out_dir / name))
     shown = losses.gallery(target, comp, runs.load_config(target), oof, out_dir / "top_losses.png")
     if shown is not None:
         pngs.append(shown[0])

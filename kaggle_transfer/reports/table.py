@@ -18,10 +18,35 @@ IGNORED = set(FIELDS) - set(keys_with("diff"))
 
 
 def _row(d: Path) -> dict[str, Any]:
+    """One folder's row; a folder whose files do not read back is a `damaged` row naming the file."""
+    try:
+        return _read_row(d)
+    except KtError as e:
+        return {
+            "run": d.name,
+            "kind": "run",
+            "state": "damaged",
+            "score": float("nan"),
+            "cv": "",
+            "members": 0,
+            "epochs": "",
+            "arch": "",
+            "size": "",
+            "minutes": float("nan"),
+            "config": {},
+            "problem": str(e),
+        }
+
+
+def _read_row(d: Path) -> dict[str, Any]:
     cfg = runs.load_config(d)
     state = runs.run_state(d)
-    m = runs.read_metrics(d) if state == "finished" else None
     group = (d / runs.GROUP).is_file() or (d / runs.GROUP_REQUEST).is_file()
+    m = runs.read_metrics(d) if state == "finished" else None
+    if m is not None and group:
+        runs.read_group(d)  # the members' record is checked too
+    for member in sorted(p.parent for p in d.glob(f"*/{runs.HISTORY}")) if group else [d]:
+        runs.read_history(member)
     members = sorted(p.parent for p in d.glob(f"*/{runs.CONFIG}")) if group else [d]
     return {
         "run": d.name,
@@ -35,6 +60,7 @@ def _row(d: Path) -> dict[str, Any]:
         "size": cfg.size,
         "minutes": round(m.get("time_s", 0) / 60, 1) if m and not group else float("nan"),
         "config": cfg.to_dict(),
+        "problem": "",
     }
 
 
@@ -58,8 +84,8 @@ def runs_table(competition: str, root: str | Path | None = None) -> pd.DataFrame
         best = table["config"][finished[0]] if len(finished) else row["config"]
         changed = {k: v for k, v in row["config"].items() if k not in IGNORED and best.get(k) != v}
         differs.append(describe(changed) if changed else "")
-    table["differs from best"] = differs
-    return table.drop(columns="config")
+    table["differs from best"] = [p or d for p, d in zip(table["problem"], differs, strict=True)]
+    return table.drop(columns=["config", "problem"])
 
 
 def _clip(text: str, width: int) -> str:
@@ -109,7 +135,7 @@ def format_table(table: pd.DataFrame, metric: str, *, width: int = WIDTH) -> str
         width,
     )
     lines += _block(
-        "not finished (stopped: continue with kt train --resume RUN)",
+        "not finished (stopped: continue with kt train --resume RUN; damaged: a file does not read back)",
         pending.assign(kind=pending["kind"]),
         ["run", "state", "kind", "epochs", "arch", "size", "differs from best"],
         width,
@@ -136,7 +162,13 @@ def compare(
     """Two runs side by side: state, scores and time, then every config key whose values differ."""
     comp = competitions.get(competition)
     dirs = [_find(comp.name, x, root) for x in (a, b)]
-    rows = [_row(d) for d in dirs]
+    for d in dirs:
+        other = runs.load_config(d).competition
+        if other != comp.name:
+            raise KtError(
+                f"--compare {d}: a {other} run, not {comp.name}; compare runs of one competition"
+            )
+    rows = [_read_row(d) for d in dirs]
     metrics = [
         runs.read_metrics(d) if r["state"] == "finished" else None
         for d, r in zip(dirs, rows, strict=True)

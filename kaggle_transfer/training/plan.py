@@ -201,6 +201,11 @@ def resumed_run(
     ):
         raise KtError(f"--resume {run_dir} is a {cfg.competition} run, not {competition}")
     request = run_dir / runs.GROUP_REQUEST
+    if distributed.is_main() and not distributed.active() and runs.run_state(run_dir) == "running":
+        raise KtError(
+            f"--resume {run_dir}: another kt is training it now (kt runs {cfg.competition} shows it "
+            "running); wait for it to end, or stop it first"
+        )
     if epochs is not None:
         members = [p.parent for p in run_dir.glob(f"*/{runs.HISTORY}")] if request.is_file() else []
         _extend(cfg, run_dir, epochs, members or [run_dir])
