@@ -15,7 +15,7 @@ def test_heads_and_default_losses():
 
 
 def test_loss_must_fit_the_task():
-    with pytest.raises(KtError, match="does not fit a ordinal task"):
+    with pytest.raises(KtError, match="does not fit an ordinal task"):
         Task("ordinal", 5, "qwk").check_loss("bce")
     with pytest.raises(KtError, match="unknown task"):
         Task("regression", 1, "qwk")

@@ -107,7 +107,7 @@ def test_focal_loss_comes_from_smp():
 
 
 def test_wrong_loss_for_the_task(aptos_dir, tmp_path):
-    with pytest.raises(KtError, match="--loss bce does not fit a ordinal task"):
+    with pytest.raises(KtError, match="--loss bce does not fit an ordinal task"):
         train.fit(tiny_config(loss="bce"), tmp_path, aptos_dir, progress=False)
 
 
