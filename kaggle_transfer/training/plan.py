@@ -209,29 +209,23 @@ def resumed_run(
     if epochs is not None:
         members = [p.parent for p in run_dir.glob(f"*/{runs.HISTORY}")] if request.is_file() else []
         _extend(cfg, run_dir, epochs, members or [run_dir])
-    if request.is_file():
-        info = runs.read_json(request, what="run group's request")
-        plan = RunPlan(
-            cfg,
-            run_dir,
-            Path(info["data_dir"]),
-            info["external_dirs"],
-            info["skip_bad_images"],
-            resume=True,
-            folds=info["folds"],
-            seeds=info["seeds"],
-            own_split=info.get("own_split", False),
-        )
-    else:
-        info = runs.read_run_info(run_dir)
-        plan = RunPlan(
-            cfg,
-            run_dir,
-            Path(info["data_dir"]),
-            info["external_dirs"],
-            info["skip_bad_images"],
-            resume=True,
-        )
+    group = request.is_file()
+    info = (
+        runs.read_json(request, what="run group's request")
+        if group
+        else runs.read_run_info(run_dir)
+    )
+    keys = ("folds", "seeds", "own_split") if group else ()  # how a group was asked to train
+    shape = {k: info.get(k, False) if k == "own_split" else info[k] for k in keys}
+    plan = RunPlan(
+        cfg,
+        run_dir,
+        Path(info["data_dir"]),
+        info["external_dirs"],
+        info["skip_bad_images"],
+        resume=True,
+        **shape,
+    )
     if data_dir:
         plan.data_dir = competitions.find_data_dir(competitions.for_config(cfg), data_dir).resolve()
         if plan.is_group:
