@@ -388,11 +388,11 @@ def _alive(run_dir: Path) -> bool:
         return False
     if host == socket.gethostname():
         try:
-            os.kill(pid, 0)  # signal 0: does the process exist (here, not in another container)
+            os.kill(pid, 0)  # signal 0: does the process exist (PermissionError: yes, another user's)
         except ProcessLookupError:
             return False
         except PermissionError:
-            return True
+            pass
         return True
     newest = max((p.stat().st_mtime for p in run_dir.iterdir() if p.is_file()), default=0)
     return time.time() - newest < ACTIVE_S
