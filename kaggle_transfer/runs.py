@@ -387,8 +387,9 @@ def _alive(run_dir: Path) -> bool:
     except (OSError, ValueError, TypeError, AttributeError):
         return False
     if host == socket.gethostname():
+        # signal 0 asks whether the process exists (PermissionError: yes, another user's)
         try:
-            os.kill(pid, 0)  # signal 0: does the process exist (PermissionError: yes, another user's)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
