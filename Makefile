@@ -17,12 +17,15 @@ demo: install
 	$(BIN)/kt demo
 
 # pytest exits 5 when it collects no test: that fails the target, as it should. make test is the whole
-# suite (what CI runs); make test-fast the inner loop, without the tests marked slow or network.
+# suite (what CI runs); make test-fast the inner loop, without the tests marked slow or network. Both run
+# one process per core (pytest-xdist, at most 4), each test file's tests in one process, so the fixtures
+# a file trains once are trained once.
+XDIST := -n auto --maxprocesses 4 --dist loadfile
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow and not network"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow and not network"
 
 format: install
 	$(BIN)/ruff format kaggle_transfer

@@ -1,7 +1,8 @@
 """Competition metrics (scikit-learn) and the threshold fitting that some of them need.
 
 Torch-free. Every score comes from scikit-learn so that it matches Kaggle's graders; only the
-search loops over thresholds are ours.
+search loops over thresholds are ours, and they score their candidates with numpy counts that
+tests/test_metrics.py holds equal to scikit-learn's (a search scores thousands of candidates).
 """
 
 from __future__ import annotations
@@ -24,6 +25,22 @@ def qwk(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     )  # here, not at import: prediction and validation never score
 
     return float(cohen_kappa_score(y_true, y_pred, weights="quadratic"))
+
+
+def _qwk_of_counts(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """`qwk` computed from one bincount, for the cut-point search that scores thousands of
+    candidates. The same quantity as scikit-learn's cohen_kappa_score(weights="quadratic"): its
+    labels are the values present on either side, weighted by their distance in that sorted list
+    (tests/test_metrics.py holds the two equal)."""
+    labels = np.unique(np.concatenate([y_true, y_pred]))
+    k = len(labels)
+    if k < 2:
+        return 0.0
+    t, p = np.searchsorted(labels, y_true), np.searchsorted(labels, y_pred)
+    observed = np.bincount(t * k + p, minlength=k * k).reshape(k, k).astype(float)
+    expected = np.outer(observed.sum(1), observed.sum(0)) / len(y_true)
+    weights = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
+    return float(1.0 - (weights * observed).sum() / (weights * expected).sum())
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -95,7 +112,7 @@ def fit_cutpoints(
     raw = np.asarray(raw, dtype=float).reshape(-1)
     y = np.asarray(y).astype(int)
     cuts = np.arange(num_classes - 1, dtype=float) + 0.5
-    best = qwk(y, apply_cutpoints(raw, cuts))
+    best = _qwk_of_counts(y, apply_cutpoints(raw, cuts))
     for _ in range(passes):
         improved = False
         for i in range(len(cuts)):
@@ -108,7 +125,7 @@ def fit_cutpoints(
             for c in candidates:
                 trial = cuts.copy()
                 trial[i] = c
-                score = qwk(y, apply_cutpoints(raw, trial))
+                score = _qwk_of_counts(y, apply_cutpoints(raw, trial))
                 if score > best + 1e-12:
                     best, cuts, improved = score, trial, True
         if not improved:
@@ -124,8 +141,6 @@ def fit_class_thresholds(
     Returns (thresholds, classes_without_positives). A class with no positive in `y` cannot be
     fitted: it keeps 0.5 and is listed, so callers can report it rather than hide it.
     """
-    from sklearn.metrics import f1_score
-
     prob = np.asarray(prob, dtype=float)
     y = np.asarray(y).astype(int)
     candidates = np.linspace(0.01, 0.99, grid)
@@ -135,6 +150,10 @@ def fit_class_thresholds(
             thresholds.append(0.5)
             unfitted.append(k)
             continue
-        scores = [f1_score(y[:, k], prob[:, k] >= t, zero_division=0) for t in candidates]
+        # F1 at every candidate at once, as f1_score(..., zero_division=0) computes it
+        said = prob[:, k][None, :] >= candidates[:, None]
+        tp = (said & (y[:, k] == 1)).sum(1)
+        denominator = said.sum(1) + y[:, k].sum()  # 2tp + fp + fn
+        scores = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
         thresholds.append(float(candidates[int(np.argmax(scores))]))
     return thresholds, unfitted

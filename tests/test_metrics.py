@@ -74,3 +74,38 @@ def test_class_thresholds_improve_macro_f1_and_report_unfittable_classes(rng):
 def test_unknown_metric_lists_valid_ones():
     with pytest.raises(KtError, match="valid: accuracy"):
         metrics.get_metric("kappa")
+
+
+@pytest.mark.parametrize("case", ["all grades", "grades missing", "one side constant", "both constant"])
+def test_the_searchs_kappa_equals_sklearns(rng, case):
+    """The cut-point search scores candidates with its own counts: the same number as cohen_kappa_score,
+    whose label set is the values present (a missing grade closes the gap between its neighbours)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    for _ in range(25):
+        n = int(rng.integers(5, 300))
+        y, pred = rng.integers(0, 5, n), rng.integers(0, 5, n)
+        if case == "grades missing":
+            y, pred = np.where(y == 2, 4, y), np.where(pred == 1, 0, pred)
+        elif case == "one side constant":
+            pred = np.full(n, 3)
+        elif case == "both constant":
+            y = pred = np.full(n, 1)
+        expected = 0.0 if case == "both constant" else cohen_kappa_score(y, pred, weights="quadratic")
+        assert metrics._qwk_of_counts(y, pred) == pytest.approx(expected, abs=1e-12)
+        assert metrics._qwk_of_counts(y, pred) == pytest.approx(metrics.qwk(y, pred), abs=1e-12)
+
+
+def test_class_thresholds_are_the_ones_sklearns_f1_picks(rng):
+    from sklearn.metrics import f1_score
+
+    y = (rng.random((150, 6)) < [0.02, 0.1, 0.3, 0.5, 0.9, 0.0]).astype(int)
+    prob = np.clip(0.35 * y + rng.random((150, 6)) * 0.7, 0, 1)
+    thresholds, unfitted = metrics.fit_class_thresholds(prob, y)
+    candidates = np.linspace(0.01, 0.99, 99)
+    for k in range(6):
+        if k in unfitted:
+            continue
+        scores = [f1_score(y[:, k], prob[:, k] >= t, zero_division=0) for t in candidates]
+        assert thresholds[k] == pytest.approx(candidates[int(np.argmax(scores))])
+    assert 5 in unfitted and unfitted == [k for k in range(6) if y[:, k].sum() == 0]
