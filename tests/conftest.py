@@ -12,7 +12,11 @@ import pytest
 # make test runs the suite in one process per core (pytest-xdist): each computes on one thread, and so
 # do the processes a test starts. Measured on the 2-core CI machine, a second torch thread made a tiny
 # model's training step 1.08x faster for 1.8x the CPU time, so one thread per worker costs nothing.
-os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+# (A worker inherits the controlling process's environment, so a worker sets it, not only defaults it.)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no test reaches beyond loopback
 
 from kaggle_transfer import config  # noqa: E402
