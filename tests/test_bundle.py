@@ -211,3 +211,32 @@ def test_a_relative_model_path_is_recorded_absolute(onnx_model, aptos_dir, tmp_p
                                   progress=False)
     assert [m["file"] for m in manifest["models"]] == [str(onnx_model.resolve())]
     assert os.path.isabs(manifest["models"][0]["file"])
+
+
+@pytest.mark.slow
+def test_two_bundles_at_once_build_their_wheels_apart(tmp_path):
+    """setuptools builds in the source folder: kt builds its wheel from a private copy, so two kt bundle
+    commands at once (or two test processes) both get a whole wheel."""
+    import zipfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kaggle_transfer.kaggle.bundle import _kt_wheel
+
+    from tests.docs_commands import ROOT
+
+    def build_state():  # what setuptools writes when it builds in the source folder
+        return {(str(p), p.stat().st_mtime_ns) for d in ("build", "kaggle_transfer.egg-info")
+                if (ROOT / d).exists() for p in (ROOT / d).rglob("*")}
+
+    before = build_state()
+    dests = [tmp_path / "a", tmp_path / "b"]
+    for d in dests:
+        d.mkdir()
+    with ThreadPoolExecutor(2) as pool:
+        wheels = list(pool.map(_kt_wheel, dests))
+    assert build_state() == before, "the wheel was built inside the source checkout"
+    for wheel in wheels:
+        names = zipfile.ZipFile(wheel).namelist()
+        assert "kaggle_transfer/inference/bundle_run.py" in names and "kaggle_transfer/study/paper.csv" in names
+        assert any(n.startswith("kaggle_transfer/recipes/aptos/") and n.endswith(".yaml") for n in names)
+        assert not any("__pycache__" in n for n in names)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 import uuid
 from dataclasses import dataclass
@@ -87,31 +88,39 @@ def names(competition: str) -> dict[str, str]:
     }
 
 
+# what a wheel of kaggle_transfer is built from (setup.cfg reads README.md as its long description)
+WHEEL_SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "kaggle_transfer")
+
+
 def _kt_wheel(dest: Path) -> Path:
+    """A wheel of this kaggle_transfer, built from a private copy of its source: setuptools builds in
+    the source folder (build/, *.egg-info), so two kt bundle commands at once would build in one
+    folder and one of them fail."""
     source = Path(__file__).resolve().parents[2]
     if not (source / "setup.cfg").is_file():
         raise KtError(
             "kt bundle builds a wheel of kaggle_transfer from its source checkout; run it from a clone"
         )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(dest),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    with tempfile.TemporaryDirectory(prefix="kt-wheel-") as tmp:
+        copy = Path(tmp) / "source"
+        copy.mkdir()
+        for name in WHEEL_SOURCES:
+            if (source / name).is_dir():
+                shutil.copytree(
+                    source / name, copy / name, ignore=shutil.ignore_patterns("__pycache__")
+                )
+            else:
+                shutil.copy2(source / name, copy / name)
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+            + ["-w", str(dest), str(copy)],
+            capture_output=True,
+            text=True,
+        )
     if out.returncode != 0:
+        lines = [line for line in out.stderr.strip().splitlines() if "error" in line.lower()]
         raise KtError(
-            f"building the kaggle_transfer wheel failed: {out.stderr.strip().splitlines()[-1:]}"
+            f"building the kaggle_transfer wheel failed: {(lines or ['pip gave no reason'])[0]}"
         )
     return next(dest.glob("kaggle_transfer-*.whl"))
 
