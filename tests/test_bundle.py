@@ -221,7 +221,6 @@ def test_two_bundles_at_once_build_their_wheels_apart(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     from kaggle_transfer.kaggle.bundle import _kt_wheel
-
     from tests.docs_commands import ROOT
 
     def build_state():  # what setuptools writes when it builds in the source folder

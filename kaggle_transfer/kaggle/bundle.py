@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
