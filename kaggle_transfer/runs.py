@@ -48,6 +48,9 @@ TABULAR = "meta.json"  # the fitted encoding of metadata columns (--set meta=tru
 HELDOUT = "heldout.json"  # scores on labelled held-out splits (CCT-20's cis_test, trans_test)
 TRACKING = "tracking.json"  # the MLflow run id of --track mlflow
 PLOTS = "plots"  # the run's PNGs and report.md
+LR_FIND = "lr_find.json"  # the learning-rate range test's suggestions (kt lr-find, --lr auto)
+LR_CURVE = "lr_find.csv"  # its loss at each rate
+LR_FINDS = "lr_find"  # kt lr-find's folders: <runs root>/<competition>/lr_find/<stamp>_<label>
 
 
 # --- roots and names -------------------------------------------------------------------------
@@ -112,6 +115,11 @@ def new_output_dir(root: Path, competition: str, name: str, *, overwrite: bool =
             f"output folder {path} already exists; choose another --label or pass --overwrite"
         ) from None
     return path
+
+
+def new_lr_find_dir(root: Path, competition: str, label: str) -> Path:
+    """<root>/<competition>/lr_find/<stamp>_<label>: beside the runs, never taken for one."""
+    return new_run_dir(inside(root, competition, what="competition name"), LR_FINDS, label)
 
 
 def ensemble_path(competition: str, method: str, root: str | Path | None = None) -> Path:
@@ -179,6 +187,12 @@ def read_run_info(run_dir: Path) -> dict[str, Any]:
 def write_metrics(run_dir: Path, result: dict[str, Any]) -> None:
     """The completion marker: written last, atomically; a run without it is not trusted."""
     write_json(Path(run_dir) / METRICS, result)
+
+
+def write_lr_find(folder: Path, curve, result: dict[str, Any]) -> None:
+    """The range test's curve (a DataFrame: lr, loss, smoothed) and its suggestions."""
+    write_csv(Path(folder) / LR_CURVE, curve, index=False)
+    write_json(Path(folder) / LR_FIND, result)
 
 
 def write_history(run_dir: Path, history) -> None:

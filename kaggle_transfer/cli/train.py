@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .. import config
+from .. import config, runs
 from ..config import list_keys
 from ..errors import KtError
 from .common import (
@@ -24,6 +24,20 @@ DEFAULTS_NOTE = (
     "Defaults shown are kt's own; the competition's recipe (kt competitions NAME) and -c recipes "
     "change some of them, and every run prints the values that differ."
 )
+
+
+class LearningRate(click.ParamType):
+    """--lr: a number, or `auto` (the range test of kt lr-find picks it)."""
+
+    name = "LR|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) or value == "auto":
+            return value
+        try:
+            return float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
 
 
 def _list_keys(ctx: click.Context, _param, value: bool) -> None:
@@ -128,7 +142,12 @@ def _list_keys(ctx: click.Context, _param, value: bool) -> None:
     "epochs", "--epochs", type=int, help="Epochs; with --resume RUN, more extend a finished run."
 )
 @key_option("batch_size", "-b", "--batch-size", type=int)
-@key_option("lr", "--lr", type=float)
+@key_option(
+    "lr",
+    "--lr",
+    type=LearningRate(),
+    help="Peak learning rate, or auto: kt lr-find's range test first, then its suggestion.",
+)
 @key_option("optimizer", "--optimizer")
 @key_option("weight_decay", "--weight-decay", type=float, help="Weight decay of the optimizer.")
 @key_option("schedule", "--sched", help="Learning-rate schedule, stepped every optimizer step.")
@@ -257,6 +276,9 @@ def train(
             resume_dir, data_dir=data_dir, competition=competition, epochs=flags["epochs"]
         )
     else:
+        lr_auto = flags.get("lr") == "auto"
+        if lr_auto:
+            flags["lr"] = None
         run = plan.new_run(
             plan.TrainRequest(
                 competition,
@@ -270,8 +292,15 @@ def train(
                 folds=folds_arg,
                 seeds=seeds,
                 skip_bad_images=skip_bad_images,
-            )
+                lr_auto=lr_auto,
+            ),
+            progress=progress,
         )
+        if lr_auto:
+            click.echo(
+                f"lr auto: {run.cfg.lr:.2e} (the range test's minimum / 10; "
+                f"{run.run_dir / runs.PLOTS / 'lr_find.png'})"
+            )
     main = distributed.is_main()
     if main:
         click.echo(f"config: {config.describe(config.differences(run.cfg))}")
@@ -372,4 +401,86 @@ def demo(competition, workdir, epochs, progress) -> None:
     run_demo(competition, Path(workdir), epochs=epochs, progress=progress, echo=click.echo)
 
 
-COMMANDS = (train, export, average, demo)
+# kt lr-find takes kt train's options, less those that only a training run has
+_NOT_FOR_LR_FIND = {"resume_dir", "folds_arg", "seeds", "lr"}
+
+
+def _lr_find(
+    competition,
+    recipe,
+    data_dir,
+    external_dir,
+    sets,
+    runs_root,
+    label,
+    skip_bad_images,
+    progress,
+    steps,
+    start_lr,
+    end_lr,
+    **flags,
+) -> None:
+    """The learning-rate range test: the rate grows exponentially from --start-lr to --end-lr over
+    --steps optimizer steps of the run kt train would make with the same flags; writes the loss
+    curve, plots/lr_find.png and the suggested rates into runs/COMPETITION/lr_find/<stamp>_<name>/.
+    kt train --lr auto runs it first and trains at its suggestion."""
+    import shutil
+
+    from ..training import plan
+    from ..training.lr_find import RangeTest, find_lr
+
+    test = RangeTest(start=start_lr, end=end_lr, steps=steps)
+    test.check()
+    resolved = plan.resolve(
+        plan.TrainRequest(
+            competition,
+            recipe=recipe,
+            data_dir=data_dir,
+            external_dirs=external_dirs(external_dir),
+            sets=sets,
+            runs_root=runs_root,
+            label=label,
+            flags=flags,
+            skip_bad_images=skip_bad_images,
+        )
+    )
+    cfg = resolved.cfg
+    click.echo(f"config: {config.describe(config.differences(cfg))}")
+    out = runs.new_lr_find_dir(
+        runs.runs_root(runs_root), cfg.competition, label or f"{cfg.arch}_{cfg.size}"
+    )
+    try:
+        found = find_lr(cfg, plan.loop_inputs(resolved), out, test=test, progress=progress)
+        runs.save_config(out, cfg)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    click.echo(
+        f"lr range test over {found['steps_taken']} steps: {out}\n"
+        f"suggested lr {found['chosen']:.2e} (minimum / 10); steepest descent at "
+        f"{found['steep']:.2e}, lowest loss at {found['minimum']:.2e}\n"
+        f"plot: {out / runs.PLOTS / 'lr_find.png'}\n"
+        f"next: kt train {competition} (the same flags) --lr {found['chosen']:.2e}"
+    )
+
+
+lr_find = SectionedCommand(
+    "lr-find",
+    callback=_lr_find,
+    params=[p for p in train.params if p.name not in _NOT_FOR_LR_FIND]
+    + [
+        click.Option(
+            ["--steps"],
+            type=click.IntRange(min=5),
+            default=200,
+            show_default=True,
+            help="Optimizer steps of the ramp (the test stops early once the loss diverges).",
+        ),
+        click.Option(["--start-lr"], type=float, default=1e-7, show_default=True),
+        click.Option(["--end-lr"], type=float, default=10.0, show_default=True),
+    ],
+    help=_lr_find.__doc__,
+    epilog=DEFAULTS_NOTE,
+)
+
+COMMANDS = (train, export, average, demo, lr_find)

@@ -186,6 +186,39 @@ def learning_curve(history: pd.DataFrame, metric: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def lr_curve(curve: pd.DataFrame, found: dict[str, Any], path: Path) -> Path:
+    """The range test: loss against the learning rate (log axis), raw and smoothed, with the two
+    suggested rates marked and the one kt chose named."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
+    ax.plot(curve["lr"], curve["loss"], color="0.75", lw=0.8, label="loss")
+    ax.plot(curve["lr"], curve["smoothed"], color="tab:blue", label="smoothed")
+    for key, color, name in (
+        ("steep", "tab:orange", "steepest descent"),
+        ("minimum_over_10", "tab:green", "minimum / 10"),
+    ):
+        chosen = " (chosen)" if found.get("rule") == key else ""
+        ax.axvline(found[key], color=color, ls="--", label=f"{name} {found[key]:.1e}{chosen}")
+    ax.scatter(
+        [found["minimum"]],
+        [curve["smoothed"].min()],
+        color="tab:red",
+        zorder=3,
+        label=f"minimum {found['minimum']:.1e}",
+    )
+    low, high = curve["smoothed"].min(), curve["smoothed"].iloc[: max(len(curve) // 10, 1)].max()
+    ax.set_ylim(low - 0.1 * abs(high - low), max(high, low) + 0.6 * abs(high - low) + 1e-9)
+    ax.set(
+        xscale="log",
+        xlabel="learning rate",
+        ylabel="training loss",
+        title=f"Learning-rate range test: {found['arch']} @ {found['size']} px, "
+        f"{found['optimizer']}, batch {found['batch_size']}",
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def transfer_scatter(
     known: pd.DataFrame, *, ylabel: str, title: str, footnote: str, path: Path
 ) -> Path:

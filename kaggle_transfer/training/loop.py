@@ -125,7 +125,7 @@ def _check_finite(nonfinite: torch.Tensor, epoch: int, step: int) -> None:
         )
 
 
-def _hold_lr(optimizer: torch.optim.Optimizer, lr: float | None) -> None:
+def hold_lr(optimizer: torch.optim.Optimizer, lr: float | None) -> None:
     """SWA's window with --set swa_lr: a constant rate (each group keeps its layer-decay scale)."""
     if lr is not None:
         for group in optimizer.param_groups:
@@ -145,7 +145,7 @@ def _train_epoch(
 ) -> tuple[torch.Tensor, int]:
     """One epoch of optimizer steps. Returns (the loss summed on the device, images seen)."""
     seen = 0
-    _hold_lr(t.optimizer, lr_hold)
+    hold_lr(t.optimizer, lr_hold)
     loss_sum = torch.zeros((), device=step.device)
     nonfinite = torch.zeros((), device=step.device, dtype=torch.int64)
     t.optimizer.zero_grad(set_to_none=True)
@@ -161,7 +161,7 @@ def _train_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         # forward under autocast, backward scaled; the optimizer steps every accum_steps batches
         with torch.autocast(step.device.type, dtype=step.dtype) if step.dtype else nullcontext():
-            loss = _step_loss(step.criterion, step.forward(x, *extra), y, step.task)
+            loss = step_loss(step.criterion, step.forward(x, *extra), y, step.task)
         t.scaler.scale(loss / step.accum_steps).backward()
         if (i + 1) % step.accum_steps == 0 or i + 1 == step.steps:
             t.scaler.step(t.optimizer)
@@ -170,7 +170,7 @@ def _train_epoch(
             state.updates += 1
             if t.scheduler is not None:
                 t.scheduler.step_update(state.updates)
-            _hold_lr(t.optimizer, lr_hold)  # after the schedule's update: the held rate wins
+            hold_lr(t.optimizer, lr_hold)  # after the schedule's update: the held rate wins
             if t.ema is not None:
                 t.ema.update(t.model)
         # summed on the device: the host reads the loss every SYNC_EVERY steps, never once a step
@@ -188,9 +188,7 @@ def _shape(out: torch.Tensor, task: Task) -> torch.Tensor:
     return out.squeeze(1) if task.num_outputs == 1 else out
 
 
-def _step_loss(
-    criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: Task
-) -> torch.Tensor:
+def step_loss(criterion: nn.Module, out: torch.Tensor, y: torch.Tensor, task: Task) -> torch.Tensor:
     hard = task.classifies and y.ndim == 1  # class indices; mixed batches bring probabilities
     return criterion(_shape(out, task).float(), y.long() if hard else y.float())
 
@@ -245,8 +243,60 @@ def _loaders(
     return train_loader, val_loader, val_shard
 
 
-def _data(cfg: RunConfig, comp, task: Task, inputs: dict[str, Any], *, proto, channels, pin: bool):
-    """The run's rows split into training and validation, their targets and loaders."""
+@dataclass(frozen=True)
+class Setting:
+    """What a config trains and where: the adapter, the task as trained, the protocol's choices."""
+
+    comp: Any
+    task: Task
+    proto: Any
+    channels: list[int]
+    loss_name: str
+    device: torch.device
+    dtype: Any  # the autocast dtype, or None
+    channels_last: bool
+
+
+def setting(cfg: RunConfig) -> Setting:
+    comp = competitions.for_config(cfg)
+    task = comp.task.trained_with(cfg.loss)  # ordinal + ce: one logit per grade
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and distributed.active():
+        device = torch.device("cuda", distributed.local_rank())
+    return Setting(
+        comp,
+        task,
+        protocol.for_run(cfg, comp),
+        comp.select_channels(protocol.channels(cfg, comp)),
+        cfg.loss or task.default_loss,
+        device,
+        amp_dtype(cfg.amp, device),
+        cfg.channels_last and device.type in ("cuda", "cpu"),  # cuDNN, oneDNN both gain
+    )
+
+
+def network(cfg: RunConfig, s: Setting, meta_dim: int, *, warm: bool = True) -> nn.Module:
+    """The model on its device: the backbone, kt's head, a warm start from --init when `warm`."""
+    model = build_model(
+        cfg.arch,
+        s.task.num_outputs,
+        head=Head(cfg.pool, cfg.dropout, meta_dim),
+        in_chans=len(s.channels),
+        backbone=Backbone(cfg.pretrained, cfg.weights, cfg.drop_path),
+        size=cfg.size,
+        proto=s.proto,
+    ).to(s.device)
+    if cfg.init and warm:  # a warm start (progressive resizing: 384 px, then 512 px)
+        warm_start(model, cfg.init, cfg.arch)
+    if s.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def run_data(cfg: RunConfig, s: Setting, inputs: dict[str, Any]):
+    """The run's rows split into training and validation, their targets and loaders; the
+    distillation criterion (or None) and the width of the metadata input."""
+    comp, task, proto, channels, pin = s.comp, s.task, s.proto, s.channels, s.device.type == "cuda"
     table = load_tables(
         cfg,
         inputs["data_dir"],
@@ -263,7 +313,7 @@ def _data(cfg: RunConfig, comp, task: Task, inputs: dict[str, Any], *, proto, ch
         )
     y_val = task.targets(val_rows["target"])
     # soft labels, teacher targets; the metadata columns beside the image (--set meta=true)
-    y_train, distill = training_targets(cfg, comp, task, train_rows, inputs["loss_name"])
+    y_train, distill = training_targets(cfg, comp, task, train_rows, s.loss_name)
     meta_dim, meta_train, meta_val = meta_inputs(
         cfg, comp, train_rows, val_rows, inputs["meta_dir"]
     )
@@ -369,7 +419,7 @@ class FoldRun:
             )
         fitted = self.task.fit(raw, data.y_val)
         y = torch.from_numpy(data.y_val)
-        loss = _step_loss(self.criterion, torch.from_numpy(raw), y, self.task)
+        loss = step_loss(self.criterion, torch.from_numpy(raw), y, self.task)
         return raw, float(loss), fitted, self.task.score(data.y_val, raw, fitted)
 
     def keep(self, net: nn.Module, raw: np.ndarray, fitted: dict[str, Any]) -> None:
@@ -501,24 +551,13 @@ def fit(
     """Train one model on one fold; keep the best epoch by the competition metric. Returns
     metrics.json."""
     run_dir, external_dirs = Path(run_dir), dict(external_dirs or {})
-    comp = competitions.for_config(cfg)
-    task = comp.task.trained_with(cfg.loss)  # ordinal + ce: one logit per grade
-    proto = protocol.for_run(cfg, comp)
-    channels = comp.select_channels(protocol.channels(cfg, comp))
-    loss_name = cfg.loss or task.default_loss
+    s = setting(cfg)
     main = distributed.is_main()
     if main:
-        record_start(cfg, run_dir, data_dir, external_dirs, skip_bad_images, proto)
+        record_start(cfg, run_dir, data_dir, external_dirs, skip_bad_images, s.proto)
     tracker = tracking.start(cfg, run_dir, resume=resume, main=main)  # a no-op without --track
     steady_heap()  # batch-sized CPU buffers mapped and unmapped, not left resident on the heap
     seed_everything(cfg.seed)
-
-    # where and how the run computes
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and distributed.active():
-        device = torch.device("cuda", distributed.local_rank())
-    dtype = amp_dtype(cfg.amp, device)
-    channels_last = cfg.channels_last and device.type in ("cuda", "cpu")  # cuDNN, oneDNN both gain
 
     # the rows, the network and what trains it
     inputs = {
@@ -526,50 +565,35 @@ def fit(
         "external_dirs": external_dirs,
         "skip_bad_images": skip_bad_images,
         "train_table": train_table,
-        "loss_name": loss_name,
         "meta_dir": run_dir if main else None,
     }
-    data, distill, meta_dim = _data(
-        cfg, comp, task, inputs, proto=proto, channels=channels, pin=device.type == "cuda"
-    )
-    model = build_model(
-        cfg.arch,
-        task.num_outputs,
-        head=Head(cfg.pool, cfg.dropout, meta_dim),
-        in_chans=len(channels),
-        backbone=Backbone(cfg.pretrained, cfg.weights, cfg.drop_path),
-        size=cfg.size,
-        proto=proto,
-    ).to(device)
-    if cfg.init and not resume:  # a warm start (progressive resizing: 384 px, then 512 px)
-        warm_start(model, cfg.init, cfg.arch)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    t = _trainee(cfg, model, data, proto=proto, dtype=dtype, device=device)
-    criterion = build_loss(loss_name, task, cfg.label_smoothing)
+    data, distill, meta_dim = run_data(cfg, s, inputs)
+    model = network(cfg, s, meta_dim, warm=not resume)
+    t = _trainee(cfg, model, data, proto=s.proto, dtype=s.dtype, device=s.device)
+    criterion = build_loss(s.loss_name, s.task, cfg.label_smoothing)
     stepper = Stepper(
-        forward=_forward(cfg, model, device),
+        forward=_forward(cfg, model, s.device),
         criterion=criterion if distill is None else distill,
         mixer=build_mixer(
-            cfg.mix, prob=cfg.mix_prob, alpha=cfg.mix_alpha, task=task, loss=loss_name
+            cfg.mix, prob=cfg.mix_prob, alpha=cfg.mix_alpha, task=s.task, loss=s.loss_name
         ),
-        task=task,
-        device=device,
-        dtype=dtype,
-        channels_last=channels_last,
+        task=s.task,
+        device=s.device,
+        dtype=s.dtype,
+        channels_last=s.channels_last,
         accum_steps=cfg.accum_steps,
         steps=_steps_per_epoch(cfg, data),
     )
     swa = Swa(model, cfg.epochs, cfg.swa_epochs) if cfg.swa_epochs else None
     t.swa = swa.averaged if swa else None
-    run = FoldRun(cfg, run_dir, main, task, criterion, data, stepper, swa, tracker, progress)
+    run = FoldRun(cfg, run_dir, main, s.task, criterion, data, stepper, swa, tracker, progress)
 
     state = LoopState()
     if resume:
         # timm's schedules are functions of the step: built from this config (a longer --epochs
         # stretches it) and set to where the run stands, rather than restored from last.pt
         parts = {k: v for k, v in t.parts().items() if k != "scheduler"}
-        state = LoopState.from_dict(restore(run_dir / runs.LAST, device, parts))
+        state = LoopState.from_dict(restore(run_dir / runs.LAST, s.device, parts))
         if t.scheduler is not None:
             t.scheduler.step(state.epoch)
             t.scheduler.step_update(state.updates)
@@ -596,13 +620,13 @@ def fit(
             "rank": distributed.rank(),
         }
     facts = {
-        "loss": loss_name,
-        "device": device.type,
-        "amp": str(dtype).removeprefix("torch.") if dtype else "off",
+        "loss": s.loss_name,
+        "device": s.device.type,
+        "amp": str(s.dtype).removeprefix("torch.") if s.dtype else "off",
         "time_s": time.time() - started,
         "parameters": sum(p.numel() for p in model.parameters()),
         "stopped": stopped,
     }
-    result = finish(run_dir, comp, data, state.to_dict(), facts)
+    result = finish(run_dir, s.comp, data, state.to_dict(), facts)
     tracker.finish(run_dir, result)
     return result

@@ -25,7 +25,7 @@ from .weights import check_pretrained
 @dataclasses.dataclass
 class RunPlan:
     cfg: config.RunConfig
-    run_dir: Path
+    run_dir: Path | None  # None until the folder is made
     data_dir: Path
     external_dirs: dict[str, str]
     skip_bad_images: bool = False
@@ -87,80 +87,100 @@ class TrainRequest:
     folds: str | None = None  # --folds: which folds of a k-fold split
     seeds: int = 1
     skip_bad_images: bool = False
+    lr_auto: bool = False  # --lr auto: the range test picks the rate
 
 
-def new_run(request: TrainRequest) -> RunPlan:
-    """Resolve the config, check it and the data (before any folder exists), then make the run folder."""
+def resolve(request: TrainRequest) -> RunPlan:
+    """Everything a new run decides before its folder exists: the config, the data, the checks
+    (run_dir is left unset; `new_run` and `kt lr-find` make their own folders)."""
     r = request
-    competition, recipe, data_dir, runs_root = r.competition, r.recipe, r.data_dir, r.runs_root
-    external_dirs, sets, label, flags, folds, seeds = (
-        r.external_dirs,
-        r.sets,
-        r.label,
-        r.flags,
-        r.folds,
-        r.seeds,
-    )
-    skip_bad_images = r.skip_bad_images
     distributed.setup()  # under torchrun: join the process group before anything is decided
-    if not competition:
+    if not r.competition:
         raise KtError("name the competition: kt train COMPETITION (kt competitions lists them)")
-    comp, recipes, implied = _competition_and_recipes(competition, recipe)
-    cfg = config.resolve(recipes, {"competition": comp.name, **implied, **(flags or {})}, sets)
+    comp, recipes, implied = _competition_and_recipes(r.competition, r.recipe)
+    cfg = config.resolve(recipes, {"competition": comp.name, **implied, **(r.flags or {})}, r.sets)
     absolute_sources(cfg)
-    data = competitions.find_data_dir(comp, data_dir)
-    external = competitions.find_external_dirs(comp, cfg.external, external_dirs or {})
+    data = competitions.find_data_dir(comp, r.data_dir)
+    external = competitions.find_external_dirs(comp, cfg.external, r.external_dirs or {})
     from .tables import preflight
 
-    cv_folds = parse_folds(folds, cfg.folds)
-    own_split = cv_folds is None and seeds > 1  # --seeds alone repeats this run with other seeds
+    cv_folds = parse_folds(r.folds, cfg.folds)
+    own_split = cv_folds is None and r.seeds > 1  # --seeds alone repeats this run with other seeds
     if own_split:
         cv_folds = [cfg.fold]
     if cv_folds is not None and distributed.active():
         raise KtError(
             "--folds/--seeds groups run one process per fold; under torchrun train one run at a time"
         )
-    table = preflight(cfg, data, skip_bad_images)
+    if r.lr_auto and distributed.active():
+        raise KtError(
+            "--lr auto runs the range test in one process; run kt lr-find first and pass its --lr"
+        )
+    table = preflight(cfg, data, r.skip_bad_images)
     if cfg.pretrained and not cfg.weights:  # before the run folder exists
         check_pretrained(cfg.arch)
     if cfg.track != "none":
         tracking.check(cfg)
-        cfg.track_uri = cfg.track_uri or tracking.default_uri(runs.runs_root(runs_root))
-    # one run folder for all ranks: rank 0 makes it, the others are told its name
-    made = (
-        str(
-            runs.new_run_dir(
-                runs.runs_root(runs_root), comp.name, label or f"{cfg.arch}_{cfg.size}"
-            )
-        )
-        if distributed.is_main()
-        else None
-    )
-    plan = RunPlan(
+        cfg.track_uri = cfg.track_uri or tracking.default_uri(runs.runs_root(r.runs_root))
+    return RunPlan(
         cfg,
-        Path(distributed.broadcast(made)),
+        None,
         data,
         external,
-        skip_bad_images,
+        r.skip_bad_images,
         folds=cv_folds,
-        seeds=seeds,
+        seeds=r.seeds,
         own_split=own_split,
         train_table=table,
     )
+
+
+def new_run(request: TrainRequest, *, progress: bool = True) -> RunPlan:
+    """Resolve the config, check it and the data (before any folder exists), then make the run
+    folder; with --lr auto, run the range test into it and train at its suggestion."""
+    plan = resolve(request)
+    cfg = plan.cfg
+    # one run folder for all ranks: rank 0 makes it, the others are told its name
+    label = request.label or f"{cfg.arch}_{cfg.size}"
+    made = (
+        str(runs.new_run_dir(runs.runs_root(request.runs_root), cfg.competition, label))
+        if distributed.is_main()
+        else None
+    )
+    plan.run_dir = Path(distributed.broadcast(made))
+    if request.lr_auto:
+        from .lr_find import find_lr
+
+        try:
+            found = find_lr(cfg, loop_inputs(plan), plan.run_dir, progress=progress)
+        except BaseException:
+            shutil.rmtree(plan.run_dir, ignore_errors=True)  # nothing trained: no folder left
+            raise
+        cfg.lr = found["chosen"]
     if plan.is_group:
         runs.save_config(plan.run_dir, cfg)
         write_json(
             plan.run_dir / runs.GROUP_REQUEST,
             {
-                "data_dir": str(data.resolve()),
-                "folds": cv_folds,
-                "seeds": seeds,
-                "own_split": own_split,
+                "data_dir": str(plan.data_dir.resolve()),
+                "folds": plan.folds,
+                "seeds": plan.seeds,
+                "own_split": plan.own_split,
                 "external_dirs": plan.external_dirs,
-                "skip_bad_images": skip_bad_images,
+                "skip_bad_images": plan.skip_bad_images,
             },
         )
     return plan
+
+
+def loop_inputs(plan: RunPlan) -> dict[str, Any]:
+    """What the loop reads the rows from (training.loop.run_data's inputs)."""
+    return {
+        "data_dir": plan.data_dir,
+        "external_dirs": plan.external_dirs,
+        "skip_bad_images": plan.skip_bad_images,
+        "train_table": plan.train_table,
+    }
 
 
 def _extend(cfg: config.RunConfig, run_dir: Path, epochs: int, members: list[Path]) -> None:
