@@ -50,6 +50,9 @@ TRACKING = "tracking.json"  # the MLflow run id of --track mlflow
 PLOTS = "plots"  # the run's PNGs and report.md
 LR_FIND = "lr_find.json"  # the learning-rate range test's suggestions (kt lr-find, --lr auto)
 LR_CURVE = "lr_find.csv"  # its loss at each rate
+ENSEMBLES = (
+    "ensembles"  # kt ensemble's specs: <runs root>/<competition>/ensembles/<stamp>_<method>.json
+)
 LR_FINDS = "lr_find"  # kt lr-find's folders: <runs root>/<competition>/lr_find/<stamp>_<label>
 
 
@@ -122,9 +125,15 @@ def new_lr_find_dir(root: Path, competition: str, label: str) -> Path:
     return new_run_dir(inside(root, competition, what="competition name"), LR_FINDS, label)
 
 
+def ensemble_specs(competition: str, root: str | Path | None = None) -> list[Path]:
+    """The competition's ensemble specs (kt ensemble's default place), oldest first."""
+    folder = runs_root(root) / competition / ENSEMBLES
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
 def ensemble_path(competition: str, method: str, root: str | Path | None = None) -> Path:
     """Default place of a new ensemble spec: <runs root>/<competition>/ensembles/<stamp>_<method>.json."""
-    return runs_root(root) / competition / "ensembles" / f"{stamp()}_{method}.json"
+    return runs_root(root) / competition / ENSEMBLES / f"{stamp()}_{method}.json"
 
 
 # --- files of a run --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from kaggle_transfer.competitions import COMPETITIONS, synthetic
 from kaggle_transfer.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1] / "kaggle_transfer" / "recipes"
-RECIPES = sorted(ROOT.glob("*/*.yaml"))
+RECIPES = sorted(p for p in ROOT.glob("*/*.yaml") if not p.name.startswith("_"))  # _next.yaml: kt next's
 # what makes a recipe CPU-sized for a test; everything else is the recipe's own
 TINY = ["arch=test_resnet", "pretrained=false", "size=32", "epochs=1", "batch_size=16", "workers=0", "max_steps=2",
         "warmup_epochs=0"]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from ..errors import KtError
+from .train import suggest_next, suggested_command
 
 
 @click.command("competitions")
@@ -61,6 +66,46 @@ def report_cmd(target, out) -> None:
 
     result = report(target, out)
     click.echo(f"wrote {len(result['pngs'])} plot(s) and report.md to {result['dir']}")
+    suggest_next(Path(target))
+
+
+@click.command("next")
+@click.argument("competition")
+@click.option("--runs-root", type=click.Path(), help="Default: $KT_RUNS or runs/.")
+def next_cmd(competition, runs_root) -> None:
+    """What to try next: the interventions the study and the winners found worth it for this
+    competition, the untried first in the order the evidence favours, each with the kt command that
+    tries it on your best run so far; then those you tried, with what they measured on your runs."""
+    from .. import competitions, runs
+    from ..reports.next import advise
+
+    comp = competitions.get(competition)
+    advice = advise(comp.name, runs_root)
+    if not advice:
+        raise KtError(
+            f"kt next has no evidence for {comp.name}; it knows "
+            f"{', '.join(sorted(n for n in competitions.COMPETITIONS if n != 'custom'))}"
+        )
+    finished = runs.competition_runs(comp.name, runs_root)
+    untried = [a for a in advice if not a.tried]
+    click.echo(
+        f"kt next {comp.name}: {len(advice)} interventions from the study and the winners; "
+        f"{len(advice) - len(untried)} tried in your {len(finished)} finished run(s) and groups"
+    )
+    if not finished:
+        click.echo(f"no finished run yet: a baseline first, e.g. kt train {comp.name} -c paper")
+    if untried:
+        click.echo("not tried yet, in the order the evidence favours:")
+    for n, a in enumerate(untried, 1):
+        i = a.intervention
+        click.echo(f"  {n}. {i.name}: {i.why} ({i.source})")
+        click.echo(f"     {suggested_command(comp.name, a)}")
+    tried = [a for a in advice if a.tried]
+    if tried:
+        click.echo(f"tried (best {comp.task.metric} with it minus best without, on your runs):")
+    for a in tried:
+        effect = "no run without it to compare" if a.effect is None else f"{a.effect:+.4f}"
+        click.echo(f"  - {a.intervention.name}: {effect}")
 
 
 @click.command("runs")
@@ -86,4 +131,4 @@ def runs_cmd(competition, runs_root, compare) -> None:
     click.echo(table.format_table(table.runs_table(competition, runs_root), metric))
 
 
-COMMANDS = (competitions_cmd, report_cmd, runs_cmd)
+COMMANDS = (competitions_cmd, report_cmd, runs_cmd, next_cmd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ from .. import config, runs
 from ..config import list_keys
 from ..errors import KtError
 from .common import (
+    KeyOption,
     Section,
     SectionedCommand,
     data_dir_option,
@@ -334,6 +336,7 @@ def train(
         if result["skipped_images"]:
             click.echo(f"skipped {result['skipped_images']} rows with missing or unreadable images")
     click.echo(f"next: kt export {run.run_dir}")
+    suggest_next(run.run_dir)
 
 
 @click.command()
@@ -399,6 +402,41 @@ def demo(competition, workdir, epochs, progress) -> None:
     from ..training.demo import run_demo
 
     run_demo(competition, Path(workdir), epochs=epochs, progress=progress, echo=click.echo)
+
+
+def suggest_next(run_dir: Path) -> None:
+    """The last line of kt train and kt report on a run or group: kt next's first suggestion."""
+    from ..reports.next import first_untried
+
+    if runs.is_run(run_dir):
+        competition = runs.load_config(run_dir).competition
+        advice = first_untried(competition, run_dir.parent.parent)
+        if advice is not None:
+            click.echo(
+                f"try next ({advice.intervention.name}): {suggested_command(competition, advice)}"
+                "  (kt next lists the rest)"
+            )
+
+
+def suggested_command(competition: str, advice) -> str:
+    """A kt next suggestion as a command: a whole command, or kt train with the best run's choices
+    as kt train's own flags (--set for keys without one) and the intervention's flags last."""
+    if advice.command:
+        return advice.command
+    flags = {p.name: p for p in train.params if isinstance(p, KeyOption)}
+    words = ["kt", "train", competition]
+    for key, value in advice.carry.items():
+        option = flags.get(key)
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        if isinstance(value, bool):
+            shown = str(value).lower()
+        if option is not None and option.is_bool_flag and option.secondary_opts:
+            words.append(option.opts[-1] if value else option.secondary_opts[-1])
+        elif option is not None and not option.is_flag and not option.multiple:
+            words += [option.opts[-1], str(shown)]
+        else:
+            words += ["--set", f"{key}={shown}"]
+    return " ".join(shlex.quote(w) for w in words) + " " + advice.intervention.flags
 
 
 # kt lr-find takes kt train's options, less those that only a training run has

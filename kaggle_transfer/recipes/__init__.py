@@ -16,6 +16,8 @@ def available(competition: str) -> dict[str, str]:
     folder = ROOT / competition
     out = {}
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        if path.name.startswith("_"):  # _next.yaml: kt next's evidence, not a recipe
+            continue
         head = []
         for line in path.read_text().splitlines():
             if not line.startswith("#"):
