@@ -136,6 +136,32 @@ def test_the_top_losses_gallery_lists_the_highest_loss_rows_computed_by_hand(tra
     assert "No top-losses gallery" in (tmp_path / "m" / "report.md").read_text()
 
 
+def test_per_class_galleries_list_each_true_class_highest_loss_rows(trained_run, tmp_path):
+    """kt report --per-class: for each grade, the rows whose true grade it is, highest loss first,
+    computed by hand from oof.npz; a grade no validation row has says so."""
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+    from kaggle_transfer.competitions import APTOS
+
+    out = CliRunner().invoke(main, ["report", str(trained_run), "-o", str(tmp_path / "r"), "--per-class"])
+    assert out.exit_code == 0, out.output
+    oof = np.load(trained_run / "oof.npz")
+    loss = np.abs(oof["raw"].reshape(-1) - oof["targets"])
+    text = (tmp_path / "r" / "report.md").read_text()
+    for k, name in enumerate(APTOS.class_names):
+        rows = np.flatnonzero(oof["targets"] == k)
+        section = text.split(f"## True class {name}", 1)[1].split("## ", 1)[0]
+        if len(rows) == 0:
+            assert "no out-of-fold row" in section
+            continue
+        expected = [str(oof["ids"][i]) for i in rows[np.argsort(-loss[rows], kind="stable")][:16]]
+        listed = [line.split(" | ")[0].strip("| ") for line in section.splitlines()
+                  if line.startswith("| ") and not line.startswith(("| id", "|---"))]
+        assert listed == expected, name
+        assert list((tmp_path / "r").glob(f"top_losses_*{name.split()[0]}*.png"))
+
+
 def test_row_losses_for_classes_are_the_cross_entropy_of_the_label():
     from kaggle_transfer.reports.losses import row_losses
     from kaggle_transfer.tasks import Task

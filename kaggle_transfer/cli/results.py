@@ -60,11 +60,16 @@ def _one_competition(name: str) -> None:
 @click.command("report")
 @click.argument("target", type=click.Path())
 @click.option("-o", "--out", type=click.Path(), help="Folder for the PNGs and report.md.")
-def report_cmd(target, out) -> None:
+@click.option(
+    "--per-class",
+    is_flag=True,
+    help="Also one top-losses gallery per true class (plots/top_losses_<class>.png).",
+)
+def report_cmd(target, out, per_class) -> None:
     """PNG plots and a markdown summary of a run, a --folds group or an ensemble spec."""
     from ..reports.run import report
 
-    result = report(target, out)
+    result = report(target, out, per_class=per_class)
     click.echo(f"wrote {len(result['pngs'])} plot(s) and report.md to {result['dir']}")
     suggest_next(Path(target))
 

@@ -56,14 +56,34 @@ def _label(task: Task, names: list[str], value: Any) -> str:
     return names[int(value)] if int(value) < len(names) else str(value)
 
 
+def of_class(task: Task, targets: np.ndarray, k: int) -> np.ndarray:
+    """The rows whose true label is class k (a grade, a class, the positive or negative side of a
+    binary task, or one of a multilabel row's labels)."""
+    targets = np.asarray(targets)
+    if task.kind == "multilabel":
+        return targets[:, k] >= 0.5
+    return np.rint(targets.reshape(-1)).astype(int) == k
+
+
 def gallery(
-    run_dir: Path, comp, cfg, oof: dict[str, Any], path: Path, *, n: int = 16
+    run_dir: Path,
+    comp,
+    cfg,
+    oof: dict[str, Any],
+    path: Path,
+    *,
+    n: int = 16,
+    rows_of: np.ndarray | None = None,
 ) -> tuple[Path, list[dict[str, Any]]] | None:
     """plots/top_losses.png and its rows (id, label, prediction, probability, loss), highest loss
-    first; None when the run's data folder is gone (the report says so)."""
+    first, among `rows_of` (a mask; all rows by default); None when the run's data folder is gone
+    (the report says so) or no row is left."""
     task, names = comp.task, list(comp.class_names)
     losses = row_losses(task, oof["raw"], oof["targets"])
-    order = np.argsort(-losses, kind="stable")[:n]
+    candidates = np.flatnonzero(rows_of) if rows_of is not None else np.arange(len(losses))
+    if len(candidates) == 0:
+        return None
+    order = candidates[np.argsort(-losses[candidates], kind="stable")][:n]
     member = runs.member_dirs(run_dir)[0]
     data_dir = Path(runs.read_run_info(member)["data_dir"])
     if not data_dir.is_dir():

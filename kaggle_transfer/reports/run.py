@@ -35,7 +35,11 @@ def _members_table(group: dict[str, Any] | None, metric: str) -> list[str]:
     return lines
 
 
-def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+def report(
+    target: str | Path, out: str | Path | None = None, *, per_class: bool = False
+) -> dict[str, Any]:
+    """A run's, group's or ensemble spec's PNGs and report.md; `per_class` adds one top-losses
+    gallery per true class (plots/top_losses_<class>.png)."""
     target = Path(target)
     if target.suffix == ".json" and target.is_file():
         spec = load_spec(target)  # the one schema every reader of a spec goes through
@@ -130,5 +134,20 @@ def report(target: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     else:
         lines += ["", f"## The {len(shown[1])} out-of-fold rows with the highest loss", ""]
         lines += losses.markdown(shown[1])
+    for k, name in enumerate(comp.class_names if per_class and shown is not None else []):
+        one = losses.gallery(
+            target,
+            comp,
+            runs.load_config(target),
+            oof,
+            out_dir / f"top_losses_{runs.slug(name)}.png",
+            rows_of=losses.of_class(task, y, k),
+        )
+        if one is None:
+            lines += ["", f"## True class {name}: no out-of-fold row", ""]
+            continue
+        pngs.append(one[0])
+        lines += ["", f"## True class {name}: the {len(one[1])} rows with the highest loss", ""]
+        lines += [f"![{one[0].stem}]({one[0].name})", ""] + losses.markdown(one[1])
     write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return {"dir": str(out_dir), "pngs": [str(p) for p in pngs], "score": score}
