@@ -84,7 +84,8 @@ def test_report_prints_the_comparison(cct_study):
 
 
 def test_study_trials_take_external_data(tmp_path):
-    """SIIM-ISIC's paper split needs the 2019 set in every trial: --external-dir reaches each trial's fit."""
+    """SIIM-ISIC's paper split needs the 2019 set in every trial: --external-dir reaches each trial's fit;
+    so does --time-limit (each trial's own clock)."""
     import json
 
     data = synthetic.make("aptos", tmp_path / "data", n_train=40, n_test=4, image_size=32)
@@ -92,10 +93,14 @@ def test_study_trials_take_external_data(tmp_path):
     root = tmp_path / "runs"
     run = subprocess.run([sys.executable, "-m", "kaggle_transfer", "study", "aptos", "--archs", "test_resnet",
                           "--grid", "small", "--data-dir", str(data), "--runs-root", str(root), *TINY,
-                          "--set", "epochs=1", "--set", "external=dr2015", "--external-dir", f"dr2015={extra}"],
+                          "--set", "epochs=1", "--set", "external=dr2015", "--external-dir", f"dr2015={extra}",
+                          "--time-limit", "2h"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     infos = [json.loads(p.read_text()) for p in root.glob("aptos/study/*/*/*/run.json")]
     assert len(infos) == 2 and all(i["external_dirs"] == {"dr2015": str(extra.resolve())} for i in infos)
     metrics = [json.loads(p.read_text()) for p in root.glob("aptos/study/*/*/*/metrics.json")]
     assert all(m["n_external"] == 20 for m in metrics)
+    import yaml
+
+    assert [yaml.safe_load(p.read_text())["time_limit"] for p in root.glob("aptos/study/*/*/*/config.yaml")] == ["2h"] * 2

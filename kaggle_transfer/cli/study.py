@@ -76,6 +76,11 @@ def study() -> None:
     show_default=True,
     help="ImageNet weights for every trial (--no-pretrained: random init, e.g. offline).",
 )
+@click.option(
+    "--time-limit",
+    metavar="DURATION",
+    help="Each trial's training time at most, e.g. 2h, 45m (kt train --time-limit, per trial).",
+)
 @external_dir_option
 @progress_option
 def study_run(
@@ -89,6 +94,7 @@ def study_run(
     protocol,
     sets,
     pretrained,
+    time_limit,
     external_dir,
     progress,
 ) -> None:
@@ -112,6 +118,8 @@ def study_run(
         sets = (*sets, f"protocol={protocol}")
     if not pretrained:
         sets = (*sets, "pretrained=false")
+    if time_limit:
+        sets = (*sets, f"time_limit={time_limit}")
     # every mistake before the first trial, the quick ones first: the grid, --set keys and values,
     # the data folder, then weights this machine cannot get
     load_grid(grid_spec)
