@@ -42,6 +42,35 @@ class LearningRate(click.ParamType):
             self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
 
 
+def _request(
+    competition,
+    recipe,
+    data_dir,
+    external_dir,
+    sets,
+    runs_root,
+    label,
+    flags,
+    skip_bad_images,
+    **more,
+):
+    """kt train's (and kt lr-find's) flags as the plan's TrainRequest."""
+    from ..training.plan import TrainRequest
+
+    return TrainRequest(
+        competition,
+        recipe=recipe,
+        data_dir=data_dir,
+        external_dirs=external_dirs(external_dir),
+        sets=sets,
+        runs_root=runs_root,
+        label=label,
+        flags=flags,
+        skip_bad_images=skip_bad_images,
+        **more,
+    )
+
+
 def _list_keys(ctx: click.Context, _param, value: bool) -> None:
     if value and not ctx.resilient_parsing:
         click.echo(list_keys())
@@ -281,21 +310,9 @@ def train(
         lr_auto = flags.get("lr") == "auto"
         if lr_auto:
             flags["lr"] = None
+        given = (competition, recipe, data_dir, external_dir, sets, runs_root, label, flags)
         run = plan.new_run(
-            plan.TrainRequest(
-                competition,
-                recipe=recipe,
-                data_dir=data_dir,
-                external_dirs=external_dirs(external_dir),
-                sets=sets,
-                runs_root=runs_root,
-                label=label,
-                flags=flags,
-                folds=folds_arg,
-                seeds=seeds,
-                skip_bad_images=skip_bad_images,
-                lr_auto=lr_auto,
-            ),
+            _request(*given, skip_bad_images, folds=folds_arg, seeds=seeds, lr_auto=lr_auto),
             progress=progress,
         )
         if lr_auto:
@@ -469,19 +486,8 @@ def _lr_find(
 
     test = RangeTest(start=start_lr, end=end_lr, steps=steps)
     test.check()
-    resolved = plan.resolve(
-        plan.TrainRequest(
-            competition,
-            recipe=recipe,
-            data_dir=data_dir,
-            external_dirs=external_dirs(external_dir),
-            sets=sets,
-            runs_root=runs_root,
-            label=label,
-            flags=flags,
-            skip_bad_images=skip_bad_images,
-        )
-    )
+    given = (competition, recipe, data_dir, external_dir, sets, runs_root, label, flags)
+    resolved = plan.resolve(_request(*given, skip_bad_images))
     cfg = resolved.cfg
     click.echo(f"config: {config.describe(config.differences(cfg))}")
     out = runs.new_lr_find_dir(
