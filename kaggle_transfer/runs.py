@@ -204,6 +204,22 @@ def write_lr_find(folder: Path, curve, result: dict[str, Any]) -> None:
     write_json(Path(folder) / LR_FIND, result)
 
 
+def read_lr_find(folder: Path) -> dict[str, Any]:
+    """lr_find.json, checked: the chosen rate a positive number, the warnings a list of text."""
+    found = read_json(Path(folder) / LR_FIND, what="range test record")
+    if not (
+        isinstance(found, dict)
+        and _number(found.get("chosen"))
+        and found["chosen"] > 0
+        and isinstance(found.get("warnings"), list)
+        and all(isinstance(w, str) for w in found["warnings"])
+    ):
+        raise KtError(
+            f"{Path(folder) / LR_FIND} is not a kt range test record; run kt lr-find again"
+        )
+    return found
+
+
 def write_history(run_dir: Path, history) -> None:
     """One row per epoch (a DataFrame), replaced atomically after every epoch."""
     write_csv(Path(run_dir) / HISTORY, history)

@@ -91,3 +91,29 @@ def test_train_lr_auto_trains_at_the_range_tests_suggestion(aptos_dir, tmp_path)
     assert (run / "plots" / "lr_find.png").is_file() and f"lr auto: {found['chosen']:.2e}" in result.output
     bad = CliRunner().invoke(main, ["train", "aptos", "--lr", "fast"])
     assert bad.exit_code == 2 and "'fast' is neither a number nor 'auto'" in bad.output
+
+
+@pytest.mark.slow
+def test_lr_auto_on_a_group_tests_the_split_its_members_train_on(aptos_dir, tmp_path):
+    """A --folds group trains on a k-fold split (the paper's split has no folds): the range test runs
+    on that split's first fold, with the run's --accum-steps, and every member trains at its rate."""
+    result = CliRunner().invoke(main, ["train", "aptos", "--data-dir", str(aptos_dir), *TINY, "--epochs", "1",
+                                       "--set", "max_steps=1", "--lr", "auto", "--folds", "1,0", "--set", "folds=2",
+                                       "--accum-steps", "2", "--runs-root", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    [group] = [d for d in (tmp_path / "aptos").iterdir() if (d / "group.json").is_file()]
+    found = json.loads((group / "lr_find.json").read_text())
+    assert (found["split"], found["fold"], found["accum_steps"]) == ("kfold", 0, 2)
+    for member in ("fold0", "fold1"):
+        assert yaml.safe_load((group / member / "config.yaml").read_text())["lr"] == pytest.approx(found["chosen"])
+
+
+def test_a_minimum_at_the_end_of_the_ramp_is_a_warning():
+    from kaggle_transfer.training.lr_find import warnings
+
+    falling = sweep(lambda lr: 1.0 / (1.0 + lr), RangeTest(steps=60))  # never turns up
+    assert len(falling) == 60
+    said = warnings(falling, suggest(falling), RangeTest(steps=60))
+    assert any("lowest at the end of the ramp" in w and "--end-lr" in w for w in said)
+    few = sweep(lambda lr: 1.0 / (1.0 + lr), RangeTest(steps=20))
+    assert any("only 20 steps" in w for w in warnings(few, suggest(few), RangeTest(steps=20)))

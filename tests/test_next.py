@@ -57,20 +57,22 @@ def test_after_a_baseline_it_suggests_an_intervention_until_that_is_run(aptos_di
     last = baseline.output.strip().splitlines()[-1]
     assert last.startswith("try next (512 px inputs): kt train aptos --arch test_resnet")
 
-    first = advise("aptos", tmp_path)[0]
+    first = advise("aptos", tmp_path)[0][0]
     assert first.intervention.name == "512 px inputs" and not first.tried
     shown = runner.invoke(main, ["next", "aptos", *root])
     assert shown.exit_code == 0, shown.output
     lines = shown.output.splitlines()
     command = lines[lines.index(next(line for line in lines if line.startswith("  1. 512 px"))) + 1].strip()
     assert "--size 512" in command and "--arch test_resnet" in command and "--no-pretrained" in command
+    assert f"--runs-root {tmp_path}" in command  # the runs are not in the default root: it says where
 
-    # the user runs the suggested command as printed (only pointed at the data and the runs)
-    argv = shlex.split(command)[1:] + ["--data-dir", str(aptos_dir), *root, "--no-progress"]
+    # the user runs the suggested command as printed (only pointed at the data)
+    argv = shlex.split(command)[1:] + ["--data-dir", str(aptos_dir), "--no-progress"]
     tried = runner.invoke(main, argv)
     assert tried.exit_code == 0, tried.output
 
-    after = advise("aptos", tmp_path)
+    after, skipped = advise("aptos", tmp_path)
+    assert skipped == []
     assert "512 px inputs" not in [a.intervention.name for a in after if not a.tried]
     [size] = [a for a in after if a.intervention.name == "512 px inputs"]
     assert size.tried and size.effect is not None  # measured: the 512 px run against the baseline
@@ -78,8 +80,19 @@ def test_after_a_baseline_it_suggests_an_intervention_until_that_is_run(aptos_di
     assert "  - 512 px inputs: " in again.output and "1. 512 px" not in again.output
     assert "1. external data (dr2015)" in again.output
 
+    # a damaged run folder is skipped with a line naming it; the others still count
+    broken = tmp_path / "aptos" / "20990101-000000_broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("arch: [unclosed")
+    (broken / "metrics.json").write_text('{"score": 0.5}')
+    damaged = runner.invoke(main, ["next", "aptos", *root])
+    assert damaged.exit_code == 0 and "skipped (unreadable): 20990101-000000_broken" in damaged.output
+    assert "  - 512 px inputs: " in damaged.output
+    missing = runner.invoke(main, ["next", "aptos", "--runs-root", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "is not a folder" in missing.output
+
 
 def test_without_runs_it_says_to_start_from_a_baseline(tmp_path):
     out = CliRunner().invoke(main, ["next", "cassava", "--runs-root", str(tmp_path)])
     assert out.exit_code == 0 and "a baseline first, e.g. kt train cassava -c paper" in out.output
-    assert "kt train cassava --size 512" in out.output
+    assert f"kt train cassava --runs-root {tmp_path} --size 512" in out.output

@@ -85,7 +85,11 @@ def next_cmd(competition, runs_root) -> None:
     from ..reports.next import advise
 
     comp = competitions.get(competition)
-    advice = advise(comp.name, runs_root)
+    if runs_root and not Path(runs_root).is_dir():
+        raise KtError(f"--runs-root {runs_root} is not a folder; give the folder kt train wrote to")
+    advice, skipped = advise(comp.name, runs_root)
+    for line in skipped:
+        click.echo(f"skipped (unreadable): {line}", err=True)
     if not advice:
         raise KtError(
             f"kt next has no evidence for {comp.name}; it knows "
@@ -104,7 +108,7 @@ def next_cmd(competition, runs_root) -> None:
     for n, a in enumerate(untried, 1):
         i = a.intervention
         click.echo(f"  {n}. {i.name}: {i.why} ({i.source})")
-        click.echo(f"     {suggested_command(comp.name, a)}")
+        click.echo(f"     {suggested_command(comp.name, a, runs_root)}")
     tried = [a for a in advice if a.tried]
     if tried:
         click.echo(f"tried (best {comp.task.metric} with it minus best without, on your runs):")

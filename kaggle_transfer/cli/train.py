@@ -320,6 +320,8 @@ def train(
                 f"lr auto: {run.cfg.lr:.2e} (the range test's minimum / 10; "
                 f"{run.run_dir / runs.PLOTS / 'lr_find.png'})"
             )
+            for warning in runs.read_lr_find(run.run_dir)["warnings"]:
+                click.echo(f"warning: {warning}")
     main = distributed.is_main()
     if main:
         click.echo(f"config: {config.describe(config.differences(run.cfg))}")
@@ -426,18 +428,19 @@ def suggest_next(run_dir: Path) -> None:
     from ..reports.next import first_untried
 
     if runs.is_run(run_dir):
-        competition = runs.load_config(run_dir).competition
-        advice = first_untried(competition, run_dir.parent.parent)
+        competition, root = runs.load_config(run_dir).competition, run_dir.parent.parent
+        advice = first_untried(competition, root)
         if advice is not None:
+            command = suggested_command(competition, advice, root)
             click.echo(
-                f"try next ({advice.intervention.name}): {suggested_command(competition, advice)}"
-                "  (kt next lists the rest)"
+                f"try next ({advice.intervention.name}): {command}  (kt next lists the rest)"
             )
 
 
-def suggested_command(competition: str, advice) -> str:
+def suggested_command(competition: str, advice, root: str | Path | None = None) -> str:
     """A kt next suggestion as a command: a whole command, or kt train with the best run's choices
-    as kt train's own flags (--set for keys without one) and the intervention's flags last."""
+    as kt train's own flags (--set for keys without one) and the intervention's flags last; with
+    --runs-root when the runs are not in the default root."""
     if advice.command:
         return advice.command
     flags = {p.name: p for p in train.params if isinstance(p, KeyOption)}
@@ -447,12 +450,16 @@ def suggested_command(competition: str, advice) -> str:
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         if isinstance(value, bool):
             shown = str(value).lower()
-        if option is not None and option.is_bool_flag and option.secondary_opts:
+        if key == "folds_arg":
+            words += ["--folds", str(value)]
+        elif option is not None and option.is_bool_flag and option.secondary_opts:
             words.append(option.opts[-1] if value else option.secondary_opts[-1])
         elif option is not None and not option.is_flag and not option.multiple:
             words += [option.opts[-1], str(shown)]
         else:
             words += ["--set", f"{key}={shown}"]
+    if root is not None and Path(root).resolve() != runs.runs_root().resolve():
+        words += ["--runs-root", str(root)]
     return " ".join(shlex.quote(w) for w in words) + " " + advice.intervention.flags
 
 
@@ -506,6 +513,8 @@ def _lr_find(
         f"plot: {out / runs.PLOTS / 'lr_find.png'}\n"
         f"next: kt train {competition} (the same flags) --lr {found['chosen']:.2e}"
     )
+    for warning in found["warnings"]:
+        click.echo(f"warning: {warning}")
 
 
 lr_find = SectionedCommand(
@@ -520,8 +529,20 @@ lr_find = SectionedCommand(
             show_default=True,
             help="Optimizer steps of the ramp (the test stops early once the loss diverges).",
         ),
-        click.Option(["--start-lr"], type=float, default=1e-7, show_default=True),
-        click.Option(["--end-lr"], type=float, default=10.0, show_default=True),
+        click.Option(
+            ["--start-lr"],
+            type=float,
+            default=1e-7,
+            show_default=True,
+            help="The ramp's first rate.",
+        ),
+        click.Option(
+            ["--end-lr"],
+            type=float,
+            default=10.0,
+            show_default=True,
+            help="The ramp's last rate (raise it when the loss is lowest at the end).",
+        ),
     ],
     help=_lr_find.__doc__,
     epilog=DEFAULTS_NOTE,

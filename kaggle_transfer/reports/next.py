@@ -21,7 +21,9 @@ from ..errors import KtError
 from ..files import read_yaml
 
 EVIDENCE = "_next.yaml"  # in recipes/<competition>/: not a recipe (recipes.available skips "_")
-KINDS = ("group", "ensemble")  # `when: {run: KIND}`
+# `when: {run: KIND}`: any group (--folds or --seeds), a group over every fold of its split, an
+# ensemble spec
+KINDS = ("group", "folds", "ensemble")
 # the keys a suggested command does not carry over from the best run: bookkeeping, not choices
 NOT_CARRIED = {"competition", "competition_file", "track_uri", "fold", "seed"}
 
@@ -109,21 +111,29 @@ class _Finished:
     cfg: config.RunConfig
     score: float
     is_group: bool
+    every_fold: bool  # a group over every fold of its split (kt train --folds all)
 
 
-def _finished(competition: str, root: str | Path | None) -> list[_Finished]:
-    out = []
+def _finished(competition: str, root: str | Path | None) -> tuple[list[_Finished], list[str]]:
+    """The finished runs and groups, and a line for each folder that could not be read (skipped)."""
+    out, skipped = [], []
     for run in runs.competition_runs(competition, root):
-        group = runs.read_group(run)
-        metrics = runs.read_metrics(run) if group is None else None
-        score = group["mean"] if group is not None else (metrics or {}).get("score")
-        if score is None:
+        try:
+            group = runs.read_group(run)
+            metrics = runs.read_metrics(run) if group is None else None
+            score = group["mean"] if group is not None else (metrics or {}).get("score")
+            if score is None:
+                continue
+            cfg = runs.load_config(run)
+        except KtError as e:
+            skipped.append(f"{run.name}: {e}")
             continue
-        cfg = runs.load_config(run)
         if cfg.loss is None:  # the task's default loss is what trained
             cfg = dataclasses.replace(cfg, loss=competitions.for_config(cfg).task.default_loss)
-        out.append(_Finished(run, cfg, float(score), group is not None))
-    return out
+        folds = {m["fold"] for m in group["members"]} if group is not None else set()
+        every = group is not None and folds == set(range(cfg.folds))
+        out.append(_Finished(run, cfg, float(score), group is not None, every))
+    return out, skipped
 
 
 def _carry(i: Intervention, best: _Finished | None) -> dict[str, Any]:
@@ -138,20 +148,28 @@ def _carry(i: Intervention, best: _Finished | None) -> dict[str, Any]:
 
 
 def _filled(command: str, groups: list[Path]) -> str:
-    """A whole command with its GROUP placeholders replaced by the user's best groups."""
+    """A whole command with its GROUP placeholders replaced by the user's best groups, after the
+    kt export each still needs."""
     named = [str(g) for g in groups]
-    return " ".join(
-        shlex.quote(named.pop(0)) if p == "GROUP" and named else p for p in command.split()
-    )
+    used, words = [], []
+    for p in command.split():
+        if p == "GROUP" and named:
+            used.append(named.pop(0))
+            p = used[-1]
+        words.append(shlex.quote(p))
+    exports = [f"kt export {shlex.quote(g)}" for g in used if not list(Path(g).rglob(runs.MODEL))]
+    return " && ".join([*exports, " ".join(words)])
 
 
-def advise(competition: str, root: str | Path | None = None) -> list[Advice]:
+def advise(competition: str, root: str | Path | None = None) -> tuple[list[Advice], list[str]]:
     """Every intervention of the competition's evidence: the untried first (evidence order), then the
-    tried, ranked by the effect they measured on the user's runs."""
-    finished = _finished(competition, root)
+    tried, ranked by the effect they measured on the user's runs; and the folders skipped as
+    unreadable."""
+    finished, skipped = _finished(competition, root)
     groups = [f.path for f in sorted(finished, key=lambda f: -f.score) if f.is_group]
-    ensembles = runs.ensemble_specs(competition, root)
-    kinds = ({"group"} if groups else set()) | ({"ensemble"} if ensembles else set())
+    kinds = {"group"} if groups else set()
+    kinds |= {"folds"} if any(f.every_fold for f in finished) else set()
+    kinds |= {"ensemble"} if runs.ensemble_specs(competition, root) else set()
     best = max(finished, key=lambda f: f.score, default=None)
     out = []
     for i in evidence(competition):
@@ -162,17 +180,20 @@ def advise(competition: str, root: str | Path | None = None) -> list[Advice]:
         without = [f for f in finished if f not in with_it]
         if run_kind is None and with_it and without:
             effect = max(f.score for f in with_it) - max(f.score for f in without)
+        carry = _carry(i, best)
+        if best is not None and best.every_fold and run_kind is None:
+            carry["folds_arg"] = "all"  # the best is a --folds all group: so is the suggestion
         command = _filled(i.command, groups) if i.command else None
-        out.append(Advice(i, tried, _carry(i, best), command, effect))
+        out.append(Advice(i, tried, carry, command, effect))
     untried = [a for a in out if not a.tried]
     tried = sorted((a for a in out if a.tried), key=lambda a: -(a.effect or 0.0))
-    return untried + tried
+    return untried + tried, skipped
 
 
 def first_untried(competition: str, root: str | Path | None = None) -> Advice | None:
     """What kt train and kt report end with: the first untried intervention, or None."""
     try:
-        advice = advise(competition, root)
+        advice, _ = advise(competition, root)
     except KtError:
-        return None  # a damaged folder is kt runs' to report, not a training run's last line
+        return None  # a broken evidence file is kt next's to report, not a training run's
     return next((a for a in advice if not a.tried), None)

@@ -37,6 +37,14 @@ def parse_folds(text: str | None, n_folds: int) -> list[int] | None:
     return folds
 
 
+def group_split(cfg: RunConfig) -> RunConfig:
+    """The config a --folds group's members train on: folds need a k-fold split, so the paper's
+    fixed split becomes kfold."""
+    if (cfg.split or competitions.for_config(cfg).default_split) == "paper":
+        return dataclasses.replace(cfg, split="kfold")
+    return cfg
+
+
 def fit_group(
     cfg: RunConfig,
     group_dir: Path,
@@ -54,8 +62,8 @@ def fit_group(
 
     if folds is None:
         folds = [cfg.fold]
-    elif (cfg.split or competitions.for_config(cfg).default_split) == "paper":
-        cfg = dataclasses.replace(cfg, split="kfold")  # folds need a k-fold split
+    else:
+        cfg = group_split(cfg)
     members = []
     for s in range(seeds):
         for k in folds:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import runs
+from .. import competitions, runs
 from ..errors import KtError
 from ..reports.plots import lr_curve
 from .builders import build_loss, build_mixer, build_optimizer
@@ -93,6 +93,23 @@ def suggest(curve: pd.DataFrame) -> dict[str, float]:
     return {"steep": steep, "minimum_over_10": float(lr[lowest] / 10), "minimum": float(lr[lowest])}
 
 
+def warnings(curve: pd.DataFrame, found: dict[str, float], test: RangeTest) -> list[str]:
+    """What makes a suggestion untrustworthy, in words: a minimum at the end of the ramp (the loss
+    never turned up: the best rate may lie beyond --end-lr) or a curve of few points."""
+    out = []
+    if found["minimum"] >= curve["lr"].iloc[-1] * 0.999 and len(curve) == test.steps:
+        out.append(
+            f"the loss was lowest at the end of the ramp ({found['minimum']:.1e}) and never "
+            "turned up: raise --end-lr, or train with a rate you trust"
+        )
+    if len(curve) < 50:
+        out.append(
+            f"only {len(curve)} steps: the smoothed loss averages about 50, so the curve is "
+            "mostly noise; use --steps 100 or more"
+        )
+    return out
+
+
 def find_lr(
     cfg, inputs: dict[str, Any], out_dir: Path, *, test=RangeTest(), progress=True
 ) -> dict[str, Any]:
@@ -104,11 +121,16 @@ def find_lr(
     chosen = suggest(curve)
     result = {
         **chosen,
+        "warnings": warnings(curve, chosen, test),
         "chosen": chosen["minimum_over_10"],
         "rule": "minimum_over_10",
         "steps_taken": len(curve),
         "start": test.start,
         "end": test.end,
+        "competition": cfg.competition,
+        "split": cfg.split or competitions.for_config(cfg).default_split,
+        "fold": cfg.fold,
+        "accum_steps": cfg.accum_steps,
         "arch": cfg.arch,
         "size": cfg.size,
         "optimizer": cfg.optimizer,
@@ -135,21 +157,25 @@ def _training_step(cfg, inputs: dict[str, Any]) -> Callable[[float], float]:
     batches = _endless(data.train_loader)
 
     def step(lr: float) -> float:
-        x, y, rows = next(batches)
-        x, y = x.to(s.device), y.to(s.device)
-        extra = () if data.meta_train is None else (data.meta_train[rows].to(s.device),)
-        if mixer is not None:
-            x, y = mixer(x, y)
-        if s.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        """One optimizer step: --accum-steps batches, as training takes them."""
         hold_lr(optimizer, lr)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(s.device.type, dtype=s.dtype) if s.dtype else nullcontext():
-            loss = step_loss(criterion, model(x, *extra), y, s.task)
-        scaler.scale(loss).backward()
+        total = 0.0
+        for _ in range(cfg.accum_steps):
+            x, y, rows = next(batches)
+            x, y = x.to(s.device), y.to(s.device)
+            extra = () if data.meta_train is None else (data.meta_train[rows].to(s.device),)
+            if mixer is not None:
+                x, y = mixer(x, y)
+            if s.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(s.device.type, dtype=s.dtype) if s.dtype else nullcontext():
+                loss = step_loss(criterion, model(x, *extra), y, s.task)
+            scaler.scale(loss / cfg.accum_steps).backward()
+            total += float(loss.detach()) / cfg.accum_steps
         scaler.step(optimizer)
         scaler.update()
-        return float(loss.detach())
+        return total
 
     return step
 

@@ -18,7 +18,7 @@ from .. import recipes as shipped
 from ..errors import KtError
 from ..files import write_json
 from . import distributed, tracking
-from .cv import fit_group, parse_folds
+from .cv import fit_group, group_split, parse_folds
 from .weights import check_pretrained
 
 
@@ -151,8 +151,13 @@ def new_run(request: TrainRequest, *, progress: bool = True) -> RunPlan:
     if request.lr_auto:
         from .lr_find import find_lr
 
+        # the range test runs on the split and fold the run (a group: its first member) trains on
+        member = cfg
+        if plan.is_group:
+            member = dataclasses.replace(cfg, fold=plan.folds[0])
+            member = member if plan.own_split else group_split(member)
         try:
-            found = find_lr(cfg, loop_inputs(plan), plan.run_dir, progress=progress)
+            found = find_lr(member, loop_inputs(plan), plan.run_dir, progress=progress)
         except BaseException:
             shutil.rmtree(plan.run_dir, ignore_errors=True)  # nothing trained: no folder left
             raise
