@@ -173,3 +173,16 @@ def test_row_losses_for_classes_are_the_cross_entropy_of_the_label():
     prob = 1 / (1 + np.exp(-np.array([1.0, -2.0])))
     assert row_losses(Task("binary", 2, "roc_auc"), np.array([1.0, -2.0]), np.array([0, 0])) == pytest.approx(
         -np.log(1 - prob))
+
+
+def test_a_gallery_of_long_multilabel_captions_keeps_each_caption_over_its_own_tile(checked, tmp_path):
+    """HPA's rows carry several long class names: each caption wraps to its tile instead of running
+    into the next one; a gallery of one image is one tile wide."""
+    names = "Nucleoplasm, Nuclear membrane, Nucleoli fibrillar center, Endoplasmic reticulum"
+    pictures = [np.full((32, 32, 3), 80 * i, dtype=np.uint8) for i in range(3)]
+    captions = [f"{i:012d}abcdef\n{names} → {names}\nloss 3.21{i}" for i in range(3)]
+    plots.image_grid(pictures, captions, tmp_path / "g.png")
+    assert checked == [[]], checked
+    width, _ = Image.open(tmp_path / "g.png").size
+    plots.image_grid(pictures[:1], captions[:1], tmp_path / "one.png")
+    assert Image.open(tmp_path / "one.png").size[0] < width / 2

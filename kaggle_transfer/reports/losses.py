@@ -50,7 +50,7 @@ def _confidence(task: Task, raw: np.ndarray) -> np.ndarray:
 def _label(task: Task, names: list[str], value: Any) -> str:
     if task.kind == "multilabel":
         on = np.flatnonzero(np.asarray(value))
-        return " ".join(names[i] for i in on) or "none"
+        return ", ".join(names[i] for i in on) or "none"  # names hold spaces: comma-separated
     if task.kind == "binary" and not float(value).is_integer():
         return f"{float(value):.2f}"
     return names[int(value)] if int(value) < len(names) else str(value)

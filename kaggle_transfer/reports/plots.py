@@ -149,8 +149,10 @@ def ensemble_weights(spec: dict[str, Any], path: Path) -> Path:
 
 
 def image_grid(pictures: list[np.ndarray], captions: list[str], path: Path, cols: int = 4) -> Path:
-    """Images (HWC uint8, 1 or 3 channels) in a grid, each above its caption."""
+    """Images (HWC uint8, 1 or 3 channels) in a grid, each above its caption (each caption line
+    wrapped to its tile's width: a multilabel row's classes make long lines)."""
     plt = _plt()
+    cols = max(1, min(cols, len(pictures)))  # a gallery of one image is one tile wide
     rows = max(1, -(-len(pictures) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.0 * rows), layout="constrained")
     for ax in np.asarray(axes).reshape(-1):
@@ -159,7 +161,8 @@ def image_grid(pictures: list[np.ndarray], captions: list[str], path: Path, cols
         ax.imshow(
             img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None
         )
-        ax.set_title(caption, fontsize=7)
+        lines = [part for line in caption.split("\n") for part in textwrap.wrap(line, 38) or [""]]
+        ax.set_title("\n".join(lines), fontsize=7)
     return _save(fig, path)
 
 

@@ -147,7 +147,8 @@ def report(
             lines += ["", f"## True class {name}: no out-of-fold row", ""]
             continue
         pngs.append(one[0])
-        lines += ["", f"## True class {name}: the {len(one[1])} rows with the highest loss", ""]
+        count = f"the {len(one[1])} rows" if len(one[1]) > 1 else "the one row"
+        lines += ["", f"## True class {name}: {count} with the highest loss", ""]
         lines += [f"![{one[0].stem}]({one[0].name})", ""] + losses.markdown(one[1])
     write_text(out_dir / "report.md", "\n".join(lines) + "\n")
     return {"dir": str(out_dir), "pngs": [str(p) for p in pngs], "score": score}
