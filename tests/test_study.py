@@ -193,3 +193,6 @@ def test_cross_dataset_view_against_scipy():
     assert view.loc["a", "p_vs_imagenet"] == pytest.approx(spearmanr(top1, tables["a"]["score"])[1])
     assert (view["spearman_vs_other_datasets"] > view["spearman_vs_imagenet"]).all()
     assert (view["p_imagenet_as_good"] < 0.5).all()  # the other datasets predict each one better than ImageNet
+    # a dataset on which every model scores the same: no correlation is defined, so neither is the share
+    flat = {**tables, "flat": tables["a"].assign(score=0.7)}
+    assert np.isnan(report_all(flat, resamples=50).set_index("dataset").loc["flat", "p_imagenet_as_good"])

@@ -233,15 +233,18 @@ def report_all(
         if len(scores) >= 3 and scores.shape[1] > 1:
             (r_in, p_in), (r_out, p_out) = spearmanr(top1, mine), spearmanr(others, mine)
             draws = (rng.integers(0, len(mine), len(mine)) for _ in range(resamples))
-            wins = [
-                spearmanr(top1[i], mine[i])[0] >= spearmanr(others[i], mine[i])[0] for i in draws
+            # a draw whose correlations are undefined (a constant sample) counts for neither side;
+            # with none defined the share is undefined (nan), not 0
+            pairs = [
+                (spearmanr(top1[i], mine[i])[0], spearmanr(others[i], mine[i])[0]) for i in draws
             ]
+            wins = [float(a >= b) for a, b in pairs if np.isfinite(a) and np.isfinite(b)]
             row.update(
                 spearman_vs_imagenet=r_in,
                 p_vs_imagenet=p_in,
                 spearman_vs_other_datasets=r_out,
                 p_vs_other_datasets=p_out,
-                p_imagenet_as_good=float(np.nanmean(wins)),
+                p_imagenet_as_good=float(np.mean(wins)) if wins else float("nan"),
             )
         rows.append(row)
     return pd.DataFrame(rows)
