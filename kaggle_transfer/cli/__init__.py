@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from . import kaggle, predict, results, study, train
+from . import kaggle, lr_find, predict, results, study, train
 from .common import KtGroup
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     """
 
 
-for family in (train, predict, results, kaggle, study):
+for family in (train, lr_find, predict, results, kaggle, study):
     for command in family.COMMANDS:
         main.add_command(command)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from ..errors import KtError
-from .train import suggest_next, suggested_command
+from .suggest import suggest_next, suggested_command
+from .train import train
 
 
 @click.command("competitions")
@@ -71,7 +72,7 @@ def report_cmd(target, out, per_class) -> None:
 
     result = report(target, out, per_class=per_class)
     click.echo(f"wrote {len(result['pngs'])} plot(s) and report.md to {result['dir']}")
-    suggest_next(Path(target))
+    suggest_next(Path(target), train.params)
 
 
 @click.command("next")
@@ -108,7 +109,7 @@ def next_cmd(competition, runs_root) -> None:
     for n, a in enumerate(untried, 1):
         i = a.intervention
         click.echo(f"  {n}. {i.name}: {i.why} ({i.source})")
-        click.echo(f"     {suggested_command(comp.name, a, runs_root)}")
+        click.echo(f"     {suggested_command(comp.name, a, train.params, runs_root)}")
     tried = [a for a in advice if a.tried]
     if tried:
         click.echo(f"tried (best {comp.task.metric} with it minus best without, on your runs):")

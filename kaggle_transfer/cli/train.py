@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import click
@@ -11,7 +10,6 @@ from .. import config, runs
 from ..config import list_keys
 from ..errors import KtError
 from .common import (
-    KeyOption,
     Section,
     SectionedCommand,
     data_dir_option,
@@ -21,6 +19,7 @@ from .common import (
     name_option,
     progress_option,
 )
+from .suggest import suggest_next
 
 DEFAULTS_NOTE = (
     "Defaults shown are kt's own; the competition's recipe (kt competitions NAME) and -c recipes "
@@ -42,7 +41,7 @@ class LearningRate(click.ParamType):
             self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
 
 
-def _request(
+def train_request(
     competition,
     recipe,
     data_dir,
@@ -312,7 +311,7 @@ def train(
             flags["lr"] = None
         given = (competition, recipe, data_dir, external_dir, sets, runs_root, label, flags)
         run = plan.new_run(
-            _request(*given, skip_bad_images, folds=folds_arg, seeds=seeds, lr_auto=lr_auto),
+            train_request(*given, skip_bad_images, folds=folds_arg, seeds=seeds, lr_auto=lr_auto),
             progress=progress,
         )
         if lr_auto:
@@ -355,7 +354,7 @@ def train(
         if result["skipped_images"]:
             click.echo(f"skipped {result['skipped_images']} rows with missing or unreadable images")
     click.echo(f"next: kt export {run.run_dir}")
-    suggest_next(run.run_dir)
+    suggest_next(run.run_dir, train.params)
 
 
 @click.command()
@@ -423,129 +422,4 @@ def demo(competition, workdir, epochs, progress) -> None:
     run_demo(competition, Path(workdir), epochs=epochs, progress=progress, echo=click.echo)
 
 
-def suggest_next(run_dir: Path) -> None:
-    """The last line of kt train and kt report on a run or group: kt next's first suggestion."""
-    from ..reports.next import first_untried
-
-    if runs.is_run(run_dir):
-        competition, root = runs.load_config(run_dir).competition, run_dir.parent.parent
-        advice = first_untried(competition, root)
-        if advice is not None:
-            command = suggested_command(competition, advice, root)
-            click.echo(
-                f"try next ({advice.intervention.name}): {command}  (kt next lists the rest)"
-            )
-
-
-def suggested_command(competition: str, advice, root: str | Path | None = None) -> str:
-    """A kt next suggestion as a command: a whole command, or kt train with the best run's choices
-    as kt train's own flags (--set for keys without one) and the intervention's flags last; with
-    --runs-root when the runs are not in the default root."""
-    if advice.command:
-        return advice.command
-    flags = {p.name: p for p in train.params if isinstance(p, KeyOption)}
-    words = ["kt", "train", competition]
-    for key, value in advice.carry.items():
-        option = flags.get(key)
-        shown = ",".join(map(str, value)) if isinstance(value, list) else value
-        if isinstance(value, bool):
-            shown = str(value).lower()
-        if key == "folds_arg":
-            words += ["--folds", str(value)]
-        elif option is not None and option.is_bool_flag and option.secondary_opts:
-            words.append(option.opts[-1] if value else option.secondary_opts[-1])
-        elif option is not None and not option.is_flag and not option.multiple:
-            words += [option.opts[-1], str(shown)]
-        else:
-            words += ["--set", f"{key}={shown}"]
-    if root is not None and Path(root).resolve() != runs.runs_root().resolve():
-        words += ["--runs-root", str(root)]
-    return " ".join(shlex.quote(w) for w in words) + " " + advice.intervention.flags
-
-
-# kt lr-find takes kt train's options, less those that only a training run has
-_NOT_FOR_LR_FIND = {"resume_dir", "folds_arg", "seeds", "lr"}
-
-
-def _lr_find(
-    competition,
-    recipe,
-    data_dir,
-    external_dir,
-    sets,
-    runs_root,
-    label,
-    skip_bad_images,
-    progress,
-    steps,
-    start_lr,
-    end_lr,
-    **flags,
-) -> None:
-    """The learning-rate range test: the rate grows exponentially from --start-lr to --end-lr over
-    --steps optimizer steps of the run kt train would make with the same flags; writes the loss
-    curve, plots/lr_find.png and the suggested rates into runs/COMPETITION/lr_find/<stamp>_<name>/.
-    kt train --lr auto runs it first and trains at its suggestion."""
-    import shutil
-
-    from ..training import plan
-    from ..training.lr_find import RangeTest, find_lr
-
-    test = RangeTest(start=start_lr, end=end_lr, steps=steps)
-    test.check()
-    given = (competition, recipe, data_dir, external_dir, sets, runs_root, label, flags)
-    resolved = plan.resolve(_request(*given, skip_bad_images))
-    cfg = resolved.cfg
-    click.echo(f"config: {config.describe(config.differences(cfg))}")
-    out = runs.new_lr_find_dir(
-        runs.runs_root(runs_root), cfg.competition, label or f"{cfg.arch}_{cfg.size}"
-    )
-    try:
-        found = find_lr(cfg, plan.loop_inputs(resolved), out, test=test, progress=progress)
-        runs.save_config(out, cfg)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    click.echo(
-        f"lr range test over {found['steps_taken']} steps: {out}\n"
-        f"suggested lr {found['chosen']:.2e} (minimum / 10); steepest descent at "
-        f"{found['steep']:.2e}, lowest loss at {found['minimum']:.2e}\n"
-        f"plot: {out / runs.PLOTS / 'lr_find.png'}\n"
-        f"next: kt train {competition} (the same flags) --lr {found['chosen']:.2e}"
-    )
-    for warning in found["warnings"]:
-        click.echo(f"warning: {warning}")
-
-
-lr_find = SectionedCommand(
-    "lr-find",
-    callback=_lr_find,
-    params=[p for p in train.params if p.name not in _NOT_FOR_LR_FIND]
-    + [
-        click.Option(
-            ["--steps"],
-            type=click.IntRange(min=5),
-            default=200,
-            show_default=True,
-            help="Optimizer steps of the ramp (the test stops early once the loss diverges).",
-        ),
-        click.Option(
-            ["--start-lr"],
-            type=float,
-            default=1e-7,
-            show_default=True,
-            help="The ramp's first rate.",
-        ),
-        click.Option(
-            ["--end-lr"],
-            type=float,
-            default=10.0,
-            show_default=True,
-            help="The ramp's last rate (raise it when the loss is lowest at the end).",
-        ),
-    ],
-    help=_lr_find.__doc__,
-    epilog=DEFAULTS_NOTE,
-)
-
-COMMANDS = (train, export, average, demo, lr_find)
+COMMANDS = (train, export, average, demo)

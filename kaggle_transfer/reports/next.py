@@ -98,11 +98,9 @@ def _has(cfg: config.RunConfig, key: str, want: Any) -> bool:
 
 
 def _tried(i: Intervention, cfg: config.RunConfig, kinds: set[str]) -> bool:
-    for key, want in i.when.items():
-        ok = want in kinds if key == "run" else _has(cfg, key, want)
-        if not ok:
-            return False
-    return True
+    return all(
+        want in kinds if key == "run" else _has(cfg, key, want) for key, want in i.when.items()
+    )
 
 
 @dataclass(frozen=True)
