@@ -18,8 +18,17 @@ sample_train.py at fc721b1 / 5210027):
 - optimiser: `optim.AdamW(net.parameters(), ...)` / `optim.SGD(net.parameters(), ...)` decay every
   parameter (kt's default exempts biases and norms); the schedule steps once per epoch, cosine to 0
   (`CosineAnnealingLR(T_max=epochs)`) or x0.1 after epochs 15, 20, 25 (`MultiStepLR`), no warm-up.
-- EuroSAT trains at 224 px (eurosat.py l.8); the others at 256. APTOS's loss is cross-entropy over the
-  five grades (sample_train.py: `nn.CrossEntropyLoss()` for every dataset).
+- EuroSAT trains at 224 px (eurosat.py l.8); the others at 256; the DeiTs at 224 (study/archs.py).
+  APTOS's loss is cross-entropy over the five grades and SIIM-ISIC's over two classes (sample_train.py:
+  `nn.CrossEntropyLoss()` on `net(inputs).view(-1, num_classes)` for every dataset).
+- precision: fp32 (sample_train.py has no autocast or GradScaler): `--amp auto` is off; an explicit
+  `--amp bf16` still wins.
+- the last partial training batch is kept (`torch.utils.data.DataLoader(trainset, batch_size=128,
+  shuffle=True, num_workers=16)`: drop_last defaults to False), unless it is a single row.
+- training crops come from the original images (each loader's `RandomResizedCrop(img_size,
+  scale=(0.65, 1.0))` on the decoded file): kt prepare's cache is used only when its short side is at
+  least `cache_side(size)`, where the smallest crop (65 % of the area at torchvision's extreme aspect
+  ratio 3/4) still has `size` pixels on its short side: 367 px for 256.
 
 Not reproduced: the interpolation (OpenCV area/bilinear here, PIL's antialiased bilinear there) and
 the data-loading order; both change pixels and batches, not the protocol.
@@ -27,6 +36,7 @@ the data-loading order; both change pixels and batches, not the protocol.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +75,7 @@ class Protocol:
     imagenet_stats: bool = False  # ImageNet mean/std instead of the model's own
     decay_all: bool = False  # weight decay on biases and norms too
     per_epoch: bool = False  # the schedule steps once per epoch, to 0, no warm-up
+    keeps_last_batch: bool = False  # the last partial training batch trains too
 
     def describe(self) -> dict[str, Any]:
         """What the run folder and the ONNX metadata record."""
@@ -104,7 +115,22 @@ def for_run(cfg, comp) -> Protocol:
         imagenet_stats=True,
         decay_all=True,
         per_epoch=True,
+        keeps_last_batch=True,
     )
+
+
+PAPER_MIN_SCALE, PAPER_MIN_RATIO = (
+    0.65,
+    3 / 4,
+)  # the release's RandomResizedCrop scale, torchvision's ratio
+
+
+def cache_side(cfg) -> int:
+    """The smallest kt prepare cache a run may crop from: its size, or under --protocol paper the side
+    whose smallest RandomResizedCrop still has `size` pixels (crops as from the originals)."""
+    if cfg.protocol != "paper":
+        return cfg.size
+    return math.ceil(cfg.size / math.sqrt(PAPER_MIN_SCALE * PAPER_MIN_RATIO))
 
 
 def channels(cfg, comp) -> str | None:

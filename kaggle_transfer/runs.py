@@ -54,6 +54,9 @@ ENSEMBLES = (
     "ensembles"  # kt ensemble's specs: <runs root>/<competition>/ensembles/<stamp>_<method>.json
 )
 LR_FINDS = "lr_find"  # kt lr-find's folders: <runs root>/<competition>/lr_find/<stamp>_<label>
+ABLATIONS = (
+    "ablations"  # kt study ablate: <runs root>/<competition>/ablations/<study>/<level>/seed<k>
+)
 
 
 # --- roots and names -------------------------------------------------------------------------

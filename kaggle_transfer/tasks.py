@@ -7,6 +7,11 @@ emits: a regression value (ordinal), logits (multiclass, multilabel, binary).
 An ordinal task trained with `ce` (the study's APTOS baseline: cross-entropy over the five grades,
 as its released training script) has one logit per grade and is decoded by argmax; `fit` and
 `decode` tell the two heads apart by the width of the raw outputs, so a model file needs no flag.
+
+A binary task trained with `ce` (the study's SIIM-ISIC protocol: two-class cross-entropy) has a head of
+two logits z0, z1 whose one output is z1 - z0: softmax(z)[1] = sigmoid(z1 - z0), and cross-entropy on
+(z0, z1) equals BCE on z1 - z0 in value and gradient, so everything after the head is the binary
+task's (models.TwoClassLogit).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ DEFAULT_LOSS = {"ordinal": "smooth_l1", "multilabel": "bce", "binary": "bce", "m
 LOSSES = {
     "ordinal": ("l1", "smooth_l1", "mse", "ce"),
     "multilabel": ("bce", "focal"),
-    "binary": ("bce", "focal"),
+    "binary": ("bce", "focal", "ce"),
     "multiclass": ("ce", "focal"),
 }
 

@@ -6,7 +6,7 @@ import click
 
 from .. import config, runs
 from ..runs import runs_root as default_root
-from ..study.archs import PAPER19, resolve_archs
+from ..study.archs import PAPER19, SETS, resolve_archs
 from ..study.grid import load_grid
 from ..study.status import study_status as read_status
 from ..study.storage import default_storage
@@ -34,7 +34,9 @@ def study() -> None:
     "--archs",
     default="paper19",
     show_default=True,
-    help="paper19 (the study's 19 models) or timm / tv:torchvision names, comma-separated.",
+    help="paper19 (the study's 19 models), appendix-g (ResNet-50 with standard, AugMix and "
+    "RandAugment pre-training; DeiT-Tiny/Small), clip (CLIP image towers, LP-FT) or timm / "
+    "tv:torchvision names, comma-separated.",
 )
 @click.option(
     "--grid", "grid_spec", default="paper", show_default=True, help="paper, small or a YAML file."
@@ -104,31 +106,18 @@ def study_run(
 
     comp = competitions.get(competition)
     names = resolve_archs(archs)
+    if archs in SETS and archs != "paper19":
+        click.echo(f"{archs}: " + ", ".join(f"{a.paper_name} ({a.arch})" for a in SETS[archs]))
     if archs == "paper19":
         libraries = [a.library for a in PAPER19]
         click.echo(
             f"paper19: {libraries.count('torchvision')} models from torchvision, {libraries.count('timm')} "
             "from timm, as the study took them"
         )
-    from ..training.models import check_arch
-
-    for name in names:
-        check_arch(name.split(".")[0])
-    if protocol:
-        sets = (*sets, f"protocol={protocol}")
-    if not pretrained:
-        sets = (*sets, "pretrained=false")
-    if time_limit:
-        sets = (*sets, f"time_limit={time_limit}")
-    # every mistake before the first trial, the quick ones first: the grid, --set keys and values,
-    # the data folder, then weights this machine cannot get
     load_grid(grid_spec)
-    resolved = config.resolve(sets=sets)
-    data = competitions.find_data_dir(comp, data_dir)
-    external = competitions.find_external_dirs(comp, resolved.external, external_dirs(external_dir))
-    if resolved.pretrained:
-        for name in names:
-            check_pretrained(name)
+    sets, data, external = _preflight(
+        comp, names, _trial_sets(sets, protocol, pretrained, time_limit), data_dir, external_dir
+    )
     job = StudyJob(
         comp.name,
         tuple(names),
@@ -145,6 +134,145 @@ def study_run(
         f"this command; storage {result['storage']}"
     )
     click.echo(f"next: kt study report {comp.name}")
+
+
+def _trial_sets(sets, protocol, pretrained, time_limit) -> tuple[str, ...]:
+    """The options every trial shares, as --set values."""
+    if protocol:
+        sets = (*sets, f"protocol={protocol}")
+    if not pretrained:
+        sets = (*sets, "pretrained=false")
+    if time_limit:
+        sets = (*sets, f"time_limit={time_limit}")
+    return tuple(sets)
+
+
+def _preflight(comp, names, sets, data_dir, external_dir, recipe=None):
+    """Every mistake before the first trial, the quick ones first: archs, --set keys and values, the
+    data folder, then weights this machine cannot get. Returns (sets, data folder, external dirs)."""
+    from .. import competitions
+    from .. import recipes as shipped
+    from ..training.models import check_arch
+
+    for name in names:
+        check_arch(name.split(".")[0])
+    resolved = config.resolve([shipped.resolve(comp.name, recipe)] if recipe else None, sets=sets)
+    data = competitions.find_data_dir(comp, data_dir)
+    external = competitions.find_external_dirs(comp, resolved.external, external_dirs(external_dir))
+    if resolved.pretrained:
+        for name in names:
+            check_pretrained(name)
+    return sets, data, external
+
+
+@study.command("ablate")
+@click.argument("competition")
+@click.option("--arch", required=True, help="The one model every level trains (timm or tv: name).")
+@click.option(
+    "--vary",
+    "vary",
+    multiple=True,
+    required=True,
+    metavar="KEY=V1,V2",
+    help="A factor and its levels, the first the baseline: any config key (kt train --list-keys), "
+    "or recipe=paper,top. Repeat for more factors.",
+)
+@click.option(
+    "--seeds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Paired seeds per level (0..N-1, the same split): more narrow the intervals.",
+)
+@click.option(
+    "--one-at-a-time",
+    is_flag=True,
+    help="The baseline and each factor changed alone, not every combination.",
+)
+@click.option("-c", "--recipe", help="A recipe for every level (top, paper or a YAML file).")
+@click.option("--data-dir", type=click.Path())
+@click.option("--storage", help="Optuna storage URL (default: sqlite in runs/<name>/study.db).")
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs trained at once on this machine (one process each).",
+)
+@click.option("--runs-root", type=click.Path())
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config for every run.")
+@click.option("--pretrained/--no-pretrained", default=True, show_default=True)
+@click.option("--time-limit", metavar="DURATION", help="Each run's training time at most.")
+@external_dir_option
+@progress_option
+def study_ablate(
+    competition,
+    arch,
+    vary,
+    seeds,
+    one_at_a_time,
+    recipe,
+    data_dir,
+    storage,
+    parallel,
+    runs_root,
+    sets,
+    pretrained,
+    time_limit,
+    external_dir,
+    progress,
+) -> None:
+    """Which intervention is worth it on my data: every level over paired seeds, then each level's mean
+    and its difference to the baseline with a 95% interval and p-value (ablation.csv/.md/.png)."""
+    from .. import competitions
+    from ..study import ablate
+    from ..study.runner import StudyJob, run_study
+
+    comp = competitions.get(competition)
+    factors = ablate.parse_vary(vary)
+    spec = ablate.Ablation(arch, factors, seeds, one_at_a_time, recipe)
+    trial_sets, data, external = _preflight(
+        comp,
+        [arch],
+        _trial_sets(sets, None, pretrained, time_limit),
+        data_dir,
+        external_dir,
+        recipe,
+    )
+    levels = spec.labels()
+    click.echo(
+        f"{len(levels)} levels x {seeds} seeds = {len(levels) * seeds} runs of {arch}; "
+        f"baseline: {levels[0]}"
+    )
+    root = default_root(runs_root)
+    job = StudyJob(
+        comp.name,
+        (arch,),
+        "paper",
+        str(data),
+        root=str(root),
+        storage_url=storage,
+        sets=trial_sets,
+        external_dirs=external,
+        ablation=spec,
+    )
+    result = run_study(job, workers=parallel, progress=progress)
+    click.echo(
+        f"ablation {result['study']}: {result['points']} runs, {result['trained_here']} trained by "
+        f"this command; storage {result['storage']}"
+    )
+    out = ablate.report(
+        comp.name,
+        result["storage"],
+        result["study"],
+        ablate.report_dir(root, comp.name, result["study"]),
+    )
+    for row in out["table"].itertuples():
+        line = f"  {row.level}: {row.mean:.4f} [{row.ci_low:.4f}, {row.ci_high:.4f}] n={row.n}"
+        if not row.baseline:
+            line += f"; {row.diff:+.4f} [{row.diff_low:+.4f}, {row.diff_high:+.4f}] {row.verdict}"
+        click.echo(line)
+    click.echo(f"wrote {', '.join(out['files'])}")
 
 
 @study.command("report")
@@ -166,12 +294,19 @@ def study_run(
     help="Only models at or above this ImageNet top-1 (the paper's >70%% view).",
 )
 @click.option(
+    "--grid",
+    "grid_name",
+    help="Which grid's studies, where one storage holds studies of several (paper, small, a YAML's name).",
+)
+@click.option(
     "--compare-paper",
     is_flag=True,
     help="Print the paper's published figures beside the measured ones "
     "(always written to compare.csv).",
 )
-def study_report(competition, storage, runs_root, all_, top1_file, min_top1, compare_paper) -> None:
+def study_report(
+    competition, storage, runs_root, all_, top1_file, min_top1, grid_name, compare_paper
+) -> None:
     """CSV and PNG like the paper's figure: ImageNet top-1 vs task score, correlations, normalised slope."""
     from ..study.report import report_studies, summary_line
 
@@ -182,6 +317,7 @@ def study_report(competition, storage, runs_root, all_, top1_file, min_top1, com
         storage_url=storage,
         top1_file=top1_file,
         min_top1=min_top1,
+        grid=grid_name,
     )
     for name, result in results.items():
         click.echo(

@@ -120,6 +120,32 @@ def roc(prob: np.ndarray, y: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
+def ablation(table: pd.DataFrame, *, metric: str, title: str, path: Path) -> Path:
+    """kt study ablate: each level's mean with its 95 % interval (left) and its paired difference to
+    the baseline with that interval (right; the dashed line is no difference)."""
+    plt = _plt()
+    rows = len(table)
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(10, 1.2 + 0.45 * rows), sharey=True, gridspec_kw={"width_ratios": [1, 1]}
+    )
+    y = np.arange(rows)[::-1]
+    mean = table["mean"].to_numpy(float)
+    low, high = table["ci_low"].to_numpy(float), table["ci_high"].to_numpy(float)
+    err = np.nan_to_num(np.vstack([mean - low, high - mean]))
+    left.errorbar(mean, y, xerr=err, fmt="o", capsize=3)
+    left.set(xlabel=f"{metric}: mean, 95% CI", yticks=y)
+    left.set_yticklabels([textwrap.shorten(str(v), 48) for v in table["level"]], fontsize=8)
+    diff = table["diff"].to_numpy(float) if "diff" in table else np.full(rows, np.nan)
+    d_err = np.nan_to_num(
+        np.vstack([diff - table.get("diff_low", diff), table.get("diff_high", diff) - diff])
+    )
+    right.errorbar(np.nan_to_num(diff), y, xerr=d_err, fmt="o", color="C1", capsize=3)
+    right.axvline(0, color="grey", linestyle="--", linewidth=1)
+    right.set(xlabel="paired difference to the baseline, 95% CI")
+    fig.suptitle(textwrap.fill(title, 100), fontsize=10)
+    return _save(fig, path, dpi=110)
+
+
 def ensemble_weights(spec: dict[str, Any], path: Path) -> Path:
     """Members' weights beside their OOF scores and the blend's, one row per member sharing the
     labels of the left panel (constrained layout leaves them room: no label runs into a panel)."""

@@ -21,20 +21,26 @@ PAPER_CSV = Path(__file__).with_name("paper.csv")
 VIEWS = {"all": None, "top1>=70": 70.0}
 
 
-def grid_table(competition: str, storage_url: str) -> pd.DataFrame:
-    """Every finished trial: arch, optimizer, lr, weight decay (the grid's value), schedule, the
-    validation score and the reported one (CCT-20: cis_test), best epoch, parameters."""
+def grid_table(competition: str, storage_url: str, grid: str | None = None) -> pd.DataFrame:
+    """Every finished trial of the grid (a point trained by two studies once): arch, optimizer, lr,
+    weight decay (the grid's value), schedule, the validation score and the reported one (CCT-20:
+    cis_test; HPA: test_val), best epoch, parameters."""
+    import json
+
     import optuna
+
+    from .report import grid_studies
 
     comp = competitions.get(competition)
     storage = open_storage(storage_url)
-    rows = []
-    for summary in optuna.get_all_study_summaries(storage):
-        if ":claim:" in summary.study_name or not summary.study_name.startswith(f"{comp.name}-"):
-            continue
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    rows, seen = [], set()
+    for name in grid_studies(comp.name, storage, grid):
+        study = optuna.load_study(study_name=name, storage=storage)
         lr_lists = study.user_attrs.get("lr") or GRIDS["paper"]["lr"]  # each optimizer's lr list
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if json.dumps(t.params, sort_keys=True) in seen:
+                continue
+            seen.add(json.dumps(t.params, sort_keys=True))
             p, heldout = t.params, t.user_attrs.get("heldout") or {}
             lrs = lr_lists.get(p["optimizer"], [])
             rows.append(

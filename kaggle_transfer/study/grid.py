@@ -1,7 +1,8 @@
 """Hyperparameter grids. `paper` is the study's released grid (docs/competitions.md): AdamW lr
 {1e-2,1e-3,1e-4,1e-5} or Nesterov SGD lr {1e-1,1e-2,1e-3,1e-4}; weight decay {1e-3,1e-4,1e-5,1e-6,0},
-divided by the lr for AdamW; cosine or step schedule; 30 epochs, batch 128, 256 px, under the study's
-protocol (protocol.py), which also brings each dataset's size (EuroSAT 224) and loss (APTOS ce)."""
+divided by the lr for AdamW; cosine or step schedule; 30 epochs, batch 128, under the study's protocol
+(protocol.py), which also brings each dataset's size (256; EuroSAT 224; DeiT at 224) and loss (APTOS
+and SIIM-ISIC ce). A YAML grid's `run: size:` is kept."""
 
 from __future__ import annotations
 
@@ -20,9 +21,8 @@ GRIDS: dict[str, dict[str, Any]] = {
         "run": {
             "epochs": 30,
             "batch_size": 128,
-            "size": 256,
             "augment": "paper",
-            "protocol": "paper",
+            "protocol": "paper",  # brings each dataset's size: 256, EuroSAT 224
         },
     },
     "small": {
@@ -72,16 +72,22 @@ def search_space(grid: dict[str, Any], archs: list[str]) -> dict[str, list]:
 def trial_flags(
     grid: dict[str, Any], params: dict[str, Any], comp, sets=()
 ) -> dict[str, Any] | None:
-    """A grid point's run config for one competition: under the study's protocol, the study's input
-    side and loss for that dataset (EuroSAT 224 px; APTOS cross-entropy over the grades). `--set`
-    values still win over these (config.resolve applies them last)."""
+    """A grid point's run config for one competition. Under the study's protocol: the study's loss for
+    that dataset (APTOS cross-entropy over the grades, SIIM-ISIC two-class cross-entropy) and its input
+    side, unless the grid's `run:` states a size: the dataset's (EuroSAT 224, else 256), or the
+    model's own where the released code could only run it at its pretraining side (DeiT at 224:
+    sample_train.py, `img_size = 256 # may need to change to 224 for certain models`).
+    `--set` values still win over these (config.resolve applies them last)."""
+    from .archs import arch_options, released_size
+
     flags = point_config(grid, params)
     if flags is None:
         return None
-    flags = {"competition": comp.name, **flags}
+    flags = {"competition": comp.name, **arch_options(params["arch"]), **flags}
     chosen = [s.split("=", 1)[1].strip() for s in sets if s.split("=", 1)[0].strip() == "protocol"]
     if (chosen[-1] if chosen else flags.get("protocol")) == "paper":
-        flags["size"] = comp.paper.size
+        if "size" not in grid.get("run", {}):
+            flags["size"] = released_size(params["arch"]) or comp.paper.size
         if comp.paper.loss:
             flags["loss"] = comp.paper.loss
         flags.update(dict(comp.paper.options))

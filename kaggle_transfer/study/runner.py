@@ -23,6 +23,7 @@ from typing import Any
 from .. import runs
 from ..errors import KtError
 from ..runs import slug
+from .ablate import Ablation, AblationDesign
 from .grid import load_grid, point_config, point_key, search_space, trial_flags
 from .stats import secondary_accuracy
 from .storage import HEARTBEAT_S, default_storage, open_storage, retry_callback
@@ -55,8 +56,8 @@ def run_dir_for(root: Path, competition: str, name: str, p: dict[str, Any]) -> P
 
 @dataclass(frozen=True)
 class StudyJob:
-    """What every worker of a study trains: the grid over the archs, on one dataset and storage.
-    Plain values only, so it crosses to spawned worker processes."""
+    """What every worker of a study trains: the grid over the archs (or an ablation's levels over
+    paired seeds), on one dataset and storage. Plain values only, so it crosses to spawned workers."""
 
     competition: str
     archs: tuple[str, ...]
@@ -66,19 +67,61 @@ class StudyJob:
     storage_url: str | None = None  # None: SQLite beside the runs
     sets: tuple[str, ...] = ()  # --set for every trial
     external_dirs: dict[str, str] = field(default_factory=dict)
+    ablation: Ablation | None = None  # kt study ablate: its levels × seeds in place of the grid
+
+
+class GridDesign:
+    """The grid over the archs as the runner schedules it (kt study run)."""
+
+    kind = "grid"
+
+    def __init__(self, job: StudyJob):
+        from .. import competitions
+
+        self.job, self.archs = job, list(job.archs)
+        self.grid_name, self.grid = load_grid(job.grid_spec)
+        self.name = study_name(job.competition, self.grid_name, self.archs)
+        self.space = search_space(self.grid, self.archs)
+        self.comp = competitions.get(job.competition)
+
+    def points(self) -> list[dict[str, Any]]:
+        return _points(self.grid, self.archs)
+
+    key = staticmethod(point_key)
+
+    def config(self, p: dict[str, Any]):
+        from .. import config
+
+        flags = trial_flags(self.grid, p, self.comp, self.job.sets)
+        return None if flags is None else config.resolve(flags=flags, sets=self.job.sets)
+
+    def run_dir(self, root: Path, p: dict[str, Any]) -> Path:
+        return run_dir_for(root, self.job.competition, self.name, p)
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "competition": self.job.competition,
+            "grid": self.grid_name,
+            "archs": self.archs,
+            "points": len(self.points()),
+            "lr": self.grid["lr"],
+        }
+
+
+def design_of(job: StudyJob):
+    return (
+        AblationDesign(job.competition, job.ablation, job.sets) if job.ablation else GridDesign(job)
+    )
 
 
 def worker(job: StudyJob, *, progress: bool = False) -> int:
-    """One worker: train points until every grid point has a finished trial. Returns runs trained."""
+    """One worker: train points until every point has a finished trial. Returns runs trained."""
     import optuna
 
-    from .. import competitions, config
-
-    competition, archs, sets = job.competition, list(job.archs), list(job.sets)
-    grid_name, grid = load_grid(job.grid_spec)
-    name = study_name(competition, grid_name, archs)
+    design = design_of(job)
+    name, space = design.name, design.space
     storage = open_storage(job.storage_url)
-    space = search_space(grid, archs)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
@@ -86,37 +129,27 @@ def worker(job: StudyJob, *, progress: bool = False) -> int:
         direction="maximize",
         sampler=optuna.samplers.GridSampler(space, seed=int(os.getpid())),
     )
-    points = {point_key(p): p for p in _points(grid, archs)}
-    _describe(
-        study,
-        competition=competition,
-        grid=grid_name,
-        archs=archs,
-        points=len(points),
-        lr=grid["lr"],
-    )
+    points = {design.key(p): p for p in design.points()}
+    _describe(study, **design.facts())
     trained = 0
 
     def objective(trial: optuna.Trial) -> float:
         nonlocal trained
         p = {k: (trial.suggest_categorical(k, v)) for k, v in space.items()}
-        if point_config(grid, p) is None:
+        if design.key(p) not in points:
             raise optuna.TrialPruned("lr index past this optimizer's list")
         # a live Trial has no system attrs; its frozen record in the storage does (retry history)
         attempt = len(retry_callback().retry_history(storage.get_trial(trial._trial_id)))
-        claim = f"{name}:claim:{point_key(p)}:{attempt}"
+        claim = f"{name}:claim:{design.key(p)}:{attempt}"
         try:  # the atomic claim: study names are unique in the storage
             optuna.create_study(study_name=claim, storage=storage)
         except optuna.exceptions.DuplicatedStudyError:
             raise optuna.TrialPruned("another worker holds this grid point") from None
-        run_dir = run_dir_for(Path(job.root), competition, name, p)
+        run_dir = design.run_dir(Path(job.root), p)
         try:
-            cfg = config.resolve(
-                flags=trial_flags(grid, p, competitions.get(competition), sets), sets=sets
-            )
             result, fresh = _train_point(
                 trial,
-                cfg,
+                design.config(p),
                 run_dir,
                 Path(job.data_dir),
                 progress=progress,
@@ -134,14 +167,14 @@ def worker(job: StudyJob, *, progress: bool = False) -> int:
 
     while True:
         done = {
-            point_key(t.params)
+            design.key(t.params)
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
         }
         todo = [k for k in points if k not in done]
         if not todo:
             return trained
         running = {
-            point_key(t.params)
+            design.key(t.params)
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
             if set(space) <= set(t.params)
         }
@@ -215,6 +248,7 @@ def _record(trial, run_dir: Path, cfg, result: dict[str, Any], data_dir: Path) -
     trial.set_user_attr("best_epoch", result.get("best_epoch"))
     trial.set_user_attr("seconds", result.get("time_s"))
     trial.set_user_attr("parameters", result.get("parameters"))
+    trial.set_user_attr("size", cfg.size)
     trial.set_user_attr("heldout", score_splits(run_dir, data_dir))
 
 
@@ -224,10 +258,10 @@ def run_study(job: StudyJob, *, workers: int = 1, progress: bool = True) -> dict
 
     for arch in job.archs:  # a typo fails here, not in the first trial
         check_arch(arch.split(".")[0])
-    grid_name, grid = load_grid(job.grid_spec)
     url = job.storage_url or default_storage(Path(job.root), job.competition)
     job = dataclasses.replace(job, storage_url=url)
-    points = _points(grid, list(job.archs))
+    design = design_of(job)
+    points = design.points()
     if not points:
         raise KtError("the grid is empty")
     if workers <= 1:
@@ -238,9 +272,4 @@ def run_study(job: StudyJob, *, workers: int = 1, progress: bool = True) -> dict
 
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             trained = sum(f.result() for f in [pool.submit(worker, job) for _ in range(workers)])
-    return {
-        "study": study_name(job.competition, grid_name, list(job.archs)),
-        "storage": url,
-        "points": len(points),
-        "trained_here": trained,
-    }
+    return {"study": design.name, "storage": url, "points": len(points), "trained_here": trained}

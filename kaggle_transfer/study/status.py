@@ -1,6 +1,6 @@
 """`kt study status`: where a study stands, read from its storage alone (any machine can ask).
 
-Per study: grid points done, running (on which host, since when), failed and not yet re-run, left,
+Per study (a grid, or an ablation's levels x seeds): points done, running (on which host, since when), failed and not yet re-run, left,
 and an ETA from the finished trials' durations and the number of hosts working.
 """
 
@@ -10,7 +10,7 @@ import datetime as dt
 from typing import Any
 
 from ..errors import KtError
-from .grid import point_key
+from .grid import point_key as grid_point_key
 from .storage import masked, open_storage
 
 
@@ -36,7 +36,12 @@ def study_status(
 def _one(study, now: dt.datetime) -> dict[str, Any]:
     from optuna.trial import TrialState
 
-    trials = [t for t in study.get_trials(deepcopy=False) if "arch" in t.params]
+    from .ablate import AblationDesign
+
+    ablation = study.user_attrs.get("kind") == "ablation"
+    point_key = AblationDesign.key if ablation else grid_point_key
+    needed = "level" if ablation else "arch"
+    trials = [t for t in study.get_trials(deepcopy=False) if needed in t.params]
     done = {point_key(t.params): t for t in trials if t.state == TrialState.COMPLETE}
     running = {
         point_key(t.params): t

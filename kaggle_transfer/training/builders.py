@@ -49,9 +49,11 @@ def build_loss(name: str, task: Task, label_smoothing: float = 0.0) -> nn.Module
         )
     if name in ("l1", "smooth_l1", "mse"):
         return {"l1": nn.L1Loss, "smooth_l1": nn.SmoothL1Loss, "mse": nn.MSELoss}[name]()
-    if name == "ce":
+    if name == "ce" and task.kind != "binary":
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    if name == "bce":
+    # a binary `ce` head emits z1 - z0 (models.TwoClassLogit): cross-entropy over the two logits is
+    # BCE on that one, and its label smoothing (eps / 2 to each class) is SmoothedBCE's
+    if name in ("bce", "ce"):
         return SmoothedBCE(label_smoothing) if label_smoothing else nn.BCEWithLogitsLoss()
     if name == "focal":
         from segmentation_models_pytorch.losses import FocalLoss

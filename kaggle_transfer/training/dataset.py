@@ -118,6 +118,7 @@ def make_loader(
     generator: torch.Generator | None,
     pin: bool,
     sampler=None,
+    keep_last: bool = False,
 ) -> DataLoader:
     """Training: shuffled through EpochSampler (augmentations keyed by (seed, epoch, row)); evaluation: in order."""
     if train:  # (epoch, row) keys: augmentations independent of workers and of resumes
@@ -128,13 +129,16 @@ def make_loader(
     # masks) nor from the shuffle's generator, or a resumed epoch would draw differently
     # the last partial batch is dropped only when this process sees more rows than one batch (under DDP
     # a rank sees its share, not the dataset), so a small dataset still trains
+    # `keep_last` (--protocol paper: the study's DataLoader kept it) keeps it unless it is one row,
+    # which batch norm cannot train on
     rows = len(sampler) if sampler is not None else len(dataset)
+    drop = train and rows > batch_size and (not keep_last or rows % batch_size == 1)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         sampler=sampler,
-        drop_last=train and rows > batch_size,
+        drop_last=drop,
         num_workers=workers,
         pin_memory=pin,
         worker_init_fn=_worker_init,

@@ -23,7 +23,7 @@ from ..data import tabular
 from ..errors import KtError
 from ..files import atomic_path
 from . import checkpoints
-from .models import Head, build_model
+from .models import build_model, head_of
 
 FORMAT_VERSION = 1
 PARITY_TOL = 1e-4  # fp32 ONNX vs torch, max abs difference on raw outputs
@@ -91,7 +91,7 @@ def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, config_mod.RunConfig
     model = build_model(
         cfg.arch,
         outputs,
-        head=Head(cfg.pool, cfg.dropout, meta_dim=spec["width"] if spec else 0),
+        head=head_of(cfg, comp.task, spec["width"] if spec else 0),
         in_chans=in_chans,
         size=cfg.size,
         proto=proto,

@@ -42,7 +42,7 @@ from .builders import (
 from .checkpoints import checkpoint, restore, save, warm_start
 from .dataset import ImageDataset, make_loader, sample_seed, seed_everything
 from .evaluate import predict_raw  # noqa: F401 - also this module's API
-from .models import Backbone, Head, build_model
+from .models import Backbone, build_model, head_of
 from .summary import finish, record_start
 from .tables import load_tables, meta_inputs
 from .targets import training_targets
@@ -221,7 +221,14 @@ def _loaders(
 
         sampler = DistributedSampler(train_ds, shuffle=True, seed=cfg.seed, drop_last=True)
     train_loader = make_loader(
-        train_ds, cfg.batch_size, cfg.workers, True, generator=generator, pin=pin, sampler=sampler
+        train_ds,
+        cfg.batch_size,
+        cfg.workers,
+        True,
+        generator=generator,
+        pin=pin,
+        sampler=sampler,
+        keep_last=proto.keeps_last_batch,
     )
     val_ds = ImageDataset(
         val_rows,
@@ -270,7 +277,8 @@ def setting(cfg: RunConfig) -> Setting:
         comp.select_channels(protocol.channels(cfg, comp)),
         cfg.loss or task.default_loss,
         device,
-        amp_dtype(cfg.amp, device),
+        # --protocol paper trains in fp32 unless --amp says otherwise (protocol.py)
+        amp_dtype("off" if cfg.amp == "auto" and cfg.protocol == "paper" else cfg.amp, device),
         cfg.channels_last and device.type in ("cuda", "cpu"),  # cuDNN, oneDNN both gain
     )
 
@@ -280,7 +288,7 @@ def network(cfg: RunConfig, s: Setting, meta_dim: int, *, warm: bool = True) -> 
     model = build_model(
         cfg.arch,
         s.task.num_outputs,
-        head=Head(cfg.pool, cfg.dropout, meta_dim),
+        head=head_of(cfg, s.task, meta_dim),
         in_chans=len(s.channels),
         backbone=Backbone(cfg.pretrained, cfg.weights, cfg.drop_path),
         size=cfg.size,

@@ -52,6 +52,20 @@ class Head:
     pool: str = "avg"  # avg | gem
     dropout: float = 0.0
     meta_dim: int = 0  # encoded metadata columns beside the image (0: image only)
+    two_class: bool = False  # a binary task trained with ce: two logits, emitting z1 - z0
+
+
+def head_of(cfg, task, meta_dim: int = 0) -> Head:
+    """The head a run config asks for (training and export build the same one)."""
+    binary_ce = task.kind == "binary" and (cfg.loss or task.default_loss) == "ce"
+    return Head(cfg.pool, cfg.dropout, meta_dim, two_class=binary_ce)
+
+
+class TwoClassLogit(nn.Module):
+    """Two logits (B, 2) → the one logit z1 - z0 (B, 1) a binary task reads (tasks.py)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z[:, 1:2] - z[:, 0:1]
 
 
 @dataclass(frozen=True)
@@ -74,12 +88,17 @@ class Net(nn.Module):
         std: tuple[float, ...],
         tokens: bool,
         bgr: bool = False,
+        pooled_norm: nn.Module | None = None,
+        logits: bool = False,
     ):
         super().__init__()
         pool, dropout, meta_dim = head.pool, head.dropout, head.meta_dim
         self.backbone = backbone
         self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
         self.pool = GeM() if pool == "gem" else nn.AdaptiveAvgPool2d(1)
+        # the backbone's own head norm (ConvNeXt's LayerNorm), applied to the pooled features as the
+        # backbone was trained: timm's NormMlpClassifierHead pools, then normalises
+        self.pooled_norm = pooled_norm
         self.dropout = nn.Dropout(dropout)
         # image + metadata: an embedding of the encoded columns (data/tabular.py) joins the pooled image features
         # before the head, as the SIIM-ISIC winners' metadata branch did
@@ -88,7 +107,14 @@ class Net(nn.Module):
             nn.Sequential(nn.Linear(meta_dim, META_WIDTH), nn.SiLU()) if meta_dim else None
         )
         width = backbone.num_features + (META_WIDTH if meta_dim else 0)
-        self.head = nn.Linear(width, num_outputs)  # num_features measured (feature_width)
+        # num_features measured (feature_width); `logits`: the backbone ends in its own classifier
+        # (the released SqueezeNet head), which emits the outputs itself
+        if logits:
+            self.head = TwoClassLogit() if head.two_class else nn.Identity()
+        elif head.two_class:
+            self.head = nn.Sequential(nn.Linear(width, 2), TwoClassLogit())
+        else:
+            self.head = nn.Linear(width, num_outputs)
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0, persistent=False)
         # --protocol paper: the study's loaders fed B, G, R (protocol.py); the input stays RGB and the
@@ -102,7 +128,10 @@ class Net(nn.Module):
         x = (x.float() - self.mean) / self.std
         features = self.backbone(x)
         if not self.tokens:
-            features = self.pool(features).flatten(1)
+            features = self.pool(features)
+            if self.pooled_norm is not None:
+                features = self.pooled_norm(features.view(*features.shape[:2], 1, 1))
+            features = features.flatten(1)
         if self.meta_branch is not None:
             if meta is None:
                 raise KtError(
@@ -153,6 +182,15 @@ def build_model(
     pretrained, weights, drop_path = backbone.pretrained, backbone.weights, backbone.drop_path
     if bgr and in_chans != 3:
         raise KtError(f"a B, G, R input order needs 3 channels, not {in_chans}")
+    # the study's SqueezeNet keeps torchvision's head with a new 1x1 conv (sample_train.py:
+    # `net.classifier[1] = nn.Conv2d(512, num_classes, kernel_size=(1,1), stride=(1,1))`): dropout,
+    # conv, ReLU on the logits, average pool
+    released_head = proto.name == "paper" and arch.startswith(TORCHVISION + "squeezenet")
+    if released_head and (head.meta_dim or head.dropout):
+        raise KtError(
+            f"{arch} under --protocol paper keeps the study's own head (its dropout 0.5, no "
+            "metadata branch): leave --dropout at 0 and meta off, or use --protocol kt"
+        )
     check_arch(arch)
     use_hub = pretrained and not weights
     if use_hub:  # offline and not cached: one line in seconds, not a minute of download retries
@@ -161,7 +199,12 @@ def build_model(
         if arch.startswith(TORCHVISION):
             if drop_path:
                 raise KtError(f"--drop-path is a timm backbone's; {arch} is torchvision's")
-            net = _torchvision_backbone(arch.removeprefix(TORCHVISION), in_chans, use_hub)
+            net = _torchvision_backbone(
+                arch.removeprefix(TORCHVISION),
+                in_chans,
+                use_hub,
+                classes=(2 if head.two_class else num_outputs) if released_head else None,
+            )
             tokens = True
         else:
             net, tokens = _timm_backbone(arch, in_chans, use_hub, size, drop_path)
@@ -178,6 +221,7 @@ def build_model(
         )
     if weights:
         load_backbone_weights(net, weights)
+    pooled_norm = None if tokens else _take_pooled_norm(net)
     # the width the head sees, measured: a declared num_features can be the wrong one (timm's VGG and
     # MobileNetV3 add a wider pre-logits layer after it)
     net.num_features = feature_width(net, in_chans, size)
@@ -191,7 +235,31 @@ def build_model(
     if len(mean) != in_chans:  # e.g. 4-channel HPA: extend with the mean of the RGB statistics
         mean = (tuple(mean) + (sum(mean) / len(mean),) * in_chans)[:in_chans]
         std = (tuple(std) + (sum(std) / len(std),) * in_chans)[:in_chans]
-    return Net(net, num_outputs, head, mean=mean, std=std, tokens=tokens, bgr=bgr)
+    return Net(
+        net,
+        num_outputs,
+        head,
+        mean=mean,
+        std=std,
+        tokens=tokens,
+        bgr=bgr,
+        pooled_norm=pooled_norm,
+        logits=released_head,
+    )
+
+
+def _take_pooled_norm(backbone: nn.Module) -> nn.Module | None:
+    """A timm head that normalises its pooled features (ConvNeXt's NormMlpClassifierHead: pool →
+    LayerNorm → fc) would, once its pooling is ours, normalise every position instead (logits then
+    differ from timm's own model by up to 0.9 on the same weights). Its norm moves after our pool."""
+    head = getattr(backbone, "head", None)
+    norm = getattr(head, "norm", None)
+    if not isinstance(norm, nn.Module) or isinstance(norm, nn.Identity):
+        return None
+    if not hasattr(head, "global_pool"):
+        return None
+    head.norm = nn.Identity()
+    return norm
 
 
 def _timm_backbone(
@@ -224,16 +292,21 @@ def _timm_backbone(
     return backbone, tokens
 
 
-def _torchvision_backbone(name: str, in_chans: int, pretrained: bool) -> nn.Module:
+def _torchvision_backbone(
+    name: str, in_chans: int, pretrained: bool, classes: int | None = None
+) -> nn.Module:
     """A torchvision model without its final layer, returning pooled features (B, C). Weights: the
-    ImageNet-1K V1 weights the study loaded (`pretrained=True` in its torchvision)."""
+    ImageNet-1K V1 weights the study loaded (`pretrained=True` in its torchvision). `classes`
+    (SqueezeNet): keep its conv head with a new 1x1 conv of that many outputs, as the study did."""
     import torchvision
 
     if in_chans != 3:
         raise KtError(f"tv:{name} takes 3 channels; use a timm --arch or --set channels=rgb")
     model = torchvision.models.get_model(name, weights="IMAGENET1K_V1" if pretrained else None)
-    # its head is a 1x1 conv + ReLU + pool: keep the pooled 512 features
-    if name.startswith("squeezenet"):
+    # its head is a 1x1 conv + ReLU + pool: keep the pooled 512 features, or the head itself
+    if name.startswith("squeezenet") and classes:
+        model.classifier[1] = nn.Conv2d(512, classes, kernel_size=1)
+    elif name.startswith("squeezenet"):
         model.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
     elif isinstance(getattr(model, "fc", None), nn.Linear):
         model.fc = nn.Identity()

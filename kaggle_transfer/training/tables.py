@@ -75,7 +75,8 @@ def load_tables(
     attrs = {"skipped_images": skipped, "pseudo_dropped": dropped}
     table.attrs.update(attrs)
     if cfg.cache:
-        table = use_cache(table, runs.cache_root(cache), comp.name, cfg.size, crop=cfg.fundus_crop)
+        side = protocol.cache_side(cfg)  # --protocol paper crops as from the originals
+        table = use_cache(table, runs.cache_root(cache), comp.name, side, crop=cfg.fundus_crop)
         table.attrs.update(attrs)
     return table
 
