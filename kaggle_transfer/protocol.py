@@ -62,6 +62,7 @@ class PaperRecipe:
     loss: str | None = None  # the study's loss where it is not the task's default (APTOS: ce)
     options: tuple[tuple[str, object], ...] = ()  # other config the study's loader implies (CCT-20)
     seed: int = 414  # the seed of the study's split (its released loaders: 414; EuroSAT 42)
+    external: tuple[str, ...] = ()  # external sources the study's split holds (SIIM-ISIC: isic2019)
 
 
 @dataclass(frozen=True)

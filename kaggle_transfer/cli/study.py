@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import config, runs
+from ..errors import KtError
 from ..runs import runs_root as default_root
 from ..study.archs import PAPER19, SETS, resolve_archs
 from ..study.grid import load_grid
@@ -320,6 +321,10 @@ def study_report(
         grid=grid_name,
     )
     for name, result in results.items():
+        if result["warning"] and compare_paper:
+            raise KtError(f"--compare-paper refused: {result['warning']}")
+        if result["warning"]:
+            click.echo(f"warning: {result['warning']}", err=True)
         click.echo(
             f"{name}: {result['stats']['models']} models; {summary_line(result['stats'])}; "
             f"wrote {', '.join(result['files'])}"

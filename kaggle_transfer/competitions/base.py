@@ -116,7 +116,7 @@ class Evaluation:
     """Labelled test splits beside the training data (local datasets: CCT-20's cis/trans tests)."""
 
     splits: tuple[str, ...] = ()  # what `kt evaluate` scores
-    reported: str | None = None  # the one the study reports (CCT-20: cis_test), else validation
+    reported: str | None = None  # the one the study reports (CCT-20: cis_test, HPA: test_val)
 
 
 @dataclass
@@ -197,6 +197,11 @@ class Competition:
     def read(self, data_dir: Path, split: str, skip_bad_images: bool = False) -> pd.DataFrame:
         """The standard table of `split` ("train", "test", or one of `evaluation.splits`): the one hook."""
         raise NotImplementedError
+
+    def heldout_splits(self, data_dir: Path, cfg) -> tuple[str, ...]:
+        """The labelled splits a finished run is scored on beside its validation rows: rows that run
+        never trained on (CCT-20's test files; HPA's test_val under the study's split file)."""
+        return self.evaluation.splits
 
     def read_train(self, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
         return contained(

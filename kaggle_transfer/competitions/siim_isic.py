@@ -220,7 +220,9 @@ def make_isic2019(out_dir: str | Path, n: int = 60, image_size: int = 64, seed: 
 
 SIIM_ISIC = SiimIsic(
     # datasets/melanoma.py: cv2 BGR, both flips; l.19: np.random.seed(23) before the shard draw
-    paper=PaperRecipe(bgr=True, flips="hv", seed=23),
+    # the study's Melanoma split holds the 2019 challenge's shards beside 2020's (datasets/melanoma.py),
+    # and sample_train.py trains two-class cross-entropy
+    paper=PaperRecipe(bgr=True, flips="hv", seed=23, loss="ce", external=("isic2019",)),
     name="siim_isic",
     synthetic=make_siim_isic,
     synthetic_external={"isic2019": make_isic2019},

@@ -118,9 +118,11 @@ def study_table(
                 "metric": comp.task.metric,
                 # what the paper plots: the held-out split it reports (CCT-20 cis_test), else validation
                 "reported": heldout.get(comp.evaluation.reported, best.value),
+                "reported_split": reported if reported in heldout else "validation",
                 **heldout,
                 **best_heldout,
                 "size": best.user_attrs.get("size"),
+                "external": ",".join(best.user_attrs.get("external") or []),
                 "parameters_m": (best.user_attrs.get("parameters") or float("nan")) / 1e6,
                 "accuracy": best.user_attrs["accuracy"]
                 if "accuracy" in best.user_attrs
@@ -135,6 +137,25 @@ def study_table(
         raise KtError(f"the {comp.name} study in {masked(storage_url)} has no finished trial yet")
     return (
         pd.DataFrame(rows).sort_values("imagenet_top1", na_position="first").reset_index(drop=True)
+    )
+
+
+def not_the_papers(competition: str, table: pd.DataFrame) -> str | None:
+    """Why these trials are not the paper's experiment, or None: a dataset whose study split holds
+    external data (SIIM-ISIC's 2019 shards) trained without it validates on other rows."""
+    comp = competitions.get(competition)
+    needed = set(comp.paper.external)
+    if not needed:
+        return None
+    used = [set(filter(None, str(e).split(","))) for e in table.get("external", [])]
+    short = [a for a, u in zip(table["arch"], used, strict=True) if not needed <= u]
+    if not short:
+        return None
+    sources = ",".join(sorted(needed))
+    return (
+        f"{competition}: {len(short)} of {len(table)} models trained without {sources}; the "
+        f"study's split validates on those rows too, so these are another experiment than the "
+        f"paper's (kt study {competition} --set external={sources} --external-dir {sources}=FOLDER)"
     )
 
 
@@ -228,9 +249,12 @@ def report(
     stats = figure(table, competition, out_dir / "study.png", min_top1=min_top1)
     shown = table.drop(columns=["run_dir", "study"]).to_string(index=False)
     plotted = (out_dir / "study.png").is_file()
+    warning = not_the_papers(competition, table)
     write_text(
         out_dir / "study.md",
-        f"# Study: {competition}\n\n```\n{shown}\n```\n\n{summary_line(stats)}.\n\n"
+        f"# Study: {competition}\n\n"
+        + (f"**Warning:** {warning}.\n\n" if warning else "")
+        + f"```\n{shown}\n```\n\n{summary_line(stats)}.\n\n"
         + (f"{SLOPE_DEFINITION}.\n\n![study](study.png)\n\n" if plotted else "")
         + f"## The paper's figures beside these\n\n```\n{versus.to_string(index=False)}\n```\n\n"
         f"## Every trial of the grid\n\n```\n{trials.to_string(index=False)}\n```\n",
@@ -241,7 +265,7 @@ def report(
         + ("study.md",)
     )
     files = [str(out_dir / n) for n in names]
-    return {"table": table, "stats": stats, "compare": versus, "files": files}
+    return {"table": table, "stats": stats, "compare": versus, "files": files, "warning": warning}
 
 
 def summary_line(stats: dict[str, float]) -> str:

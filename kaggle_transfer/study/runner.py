@@ -249,6 +249,7 @@ def _record(trial, run_dir: Path, cfg, result: dict[str, Any], data_dir: Path) -
     trial.set_user_attr("seconds", result.get("time_s"))
     trial.set_user_attr("parameters", result.get("parameters"))
     trial.set_user_attr("size", cfg.size)
+    trial.set_user_attr("external", list(cfg.external))
     trial.set_user_attr("heldout", score_splits(run_dir, data_dir))
 
 

@@ -1,5 +1,6 @@
 """A finished run's best weights scored on its competition's labelled held-out splits (CCT-20's
-cis_test and trans_test), with the run's own channels, resize and decoding.
+cis_test and trans_test; HPA's test_val under the study's split file), with the run's own channels,
+resize and decoding, and the decoding parameters (HPA's thresholds) fitted on its validation rows.
 
 The study's CCT-20 protocol (released sample_train.py): select the epoch on cis_val, report that
 epoch's accuracy on cis_test; trans_test (locations never seen in training) is the benchmark's point.
@@ -40,7 +41,8 @@ def score_splits(
         return read_json(run_dir / runs.HELDOUT, what="held-out scores")
     cfg = runs.load_config(run_dir)
     comp = competitions.for_config(cfg)
-    if not comp.evaluation.splits:
+    splits = comp.heldout_splits(data_dir, cfg)
+    if not splits:
         return {}
     model, _ = load_run_model(run_dir)
     device = pick_device(cfg.device)
@@ -50,7 +52,7 @@ def score_splits(
     fitted = (runs.load_oof(run_dir) or {}).get("fitted") or {}
     task = comp.task.trained_with(cfg.loss)
     scores = {}
-    for split in comp.evaluation.splits:
+    for split in splits:
         table = contained(comp.read(data_dir, split), data_dir, f"{comp.name} {split}")
         dataset = ImageDataset(
             table, cfg.size, channels=channels, crop=cfg.fundus_crop, resize=proto.resize
