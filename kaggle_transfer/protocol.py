@@ -126,6 +126,11 @@ PAPER_MIN_SCALE, PAPER_MIN_RATIO = (
 )  # the release's RandomResizedCrop scale, torchvision's ratio
 
 
+def amp(cfg) -> str:
+    """The run's --amp: `auto` is off under --protocol paper (the study trained in fp32)."""
+    return "off" if cfg.amp == "auto" and cfg.protocol == "paper" else cfg.amp
+
+
 def cache_side(cfg) -> int:
     """The smallest kt prepare cache a run may crop from: its size, or under --protocol paper the side
     whose smallest RandomResizedCrop still has `size` pixels (crops as from the originals)."""

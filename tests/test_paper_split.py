@@ -160,3 +160,52 @@ def test_hpa_paper_split_uses_the_split_file(tmp_path):
     assert list(table.loc[table["fold"] == 0, "id"]) == list(train_csv["Id"][words == "val"])
     assert list(table.loc[table["fold"] == 1, "id"]) == list(train_csv["Id"][words == "train"])
     assert (table.loc[train_csv.index[words == "test_val"], "fold"] < 0).all()
+
+
+def test_hpa_test_val_is_the_released_third_set_scored_with_validation_thresholds(tmp_path):
+    """datasets/hpa.py returns test_val as a third set; the study's HPA number is F1 there, with the
+    per-class thresholds fitted on the validation rows (in-sample thresholds inflate the score)."""
+    import subprocess
+    import sys
+
+    from sklearn.metrics import f1_score
+
+    from kaggle_transfer import competitions, config, runs
+    from kaggle_transfer.tasks import sigmoid
+    from kaggle_transfer.training.heldout import score_splits
+
+    hpa = competitions.get("hpa")
+    data = synthetic.make("hpa", tmp_path / "hpa", n_train=60, n_test=4, image_size=16)
+    train_csv = pd.read_csv(data / "train.csv")
+    words = np.array(["train"] * 40 + ["val"] * 12 + ["test_val"] * 8)
+    split_df = train_csv.assign(Split=words)
+    split_df.to_csv(data / "split.stratified.small.0.csv", index=False)
+    rows = hpa.read(data, "test_val")
+    assert list(rows["id"]) == list(split_df[split_df["Split"] == "test_val"]["Id"])  # the released filter
+    assert hpa.heldout_splits(data, config.resolve(flags={"competition": "hpa"})) == ("test_val",)
+    # under any other split the test_val rows train: they are not held out
+    assert hpa.heldout_splits(data, config.resolve(flags={"competition": "hpa", "split": "kfold"})) == ()
+    assert hpa.heldout_splits(tmp_path, config.resolve(flags={"competition": "hpa"})) == ()
+
+    root = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "kaggle_transfer", "train", "hpa", "--data-dir", str(data), "--arch",
+           "test_resnet", "--size", "32", "--epochs", "1", "--no-pretrained", "-b", "16", "--runs-root", str(root),
+           "--set", "workers=0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    run_dir = next((root / "hpa").glob("*_test_resnet_32"))
+    scores = score_splits(run_dir, data)
+    # by hand: the best weights on the test_val images, decoded with the OOF's thresholds
+    import torch
+
+    from kaggle_transfer.training.dataset import ImageDataset
+    from kaggle_transfer.training.export import load_run_model
+
+    model, _ = load_run_model(run_dir)
+    dataset = ImageDataset(rows, 32, channels=hpa.select_channels(None))
+    with torch.no_grad():
+        raw = model.eval()(torch.stack([torch.as_tensor(dataset[i][0]) for i in range(len(rows))])).numpy()
+    thresholds = np.asarray(runs.load_oof(run_dir)["fitted"]["thresholds"])
+    y = hpa.task.targets(rows["target"])
+    want = f1_score(y, (sigmoid(raw) >= thresholds).astype(int), average="macro", zero_division=0)
+    assert scores["test_val"] == pytest.approx(want, abs=1e-6)

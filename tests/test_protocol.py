@@ -109,7 +109,7 @@ def test_recipes_follow_the_released_loaders():
              for name, c in ((n, competitions.get(n)) for n in ("aptos", "cct20", "hpa", "siim_isic", "cassava",
                                                                   "eurosat"))}
     assert table == {"aptos": (True, "h", None, 256, "ce"), "cct20": (True, "h", None, 256, None),
-                     "hpa": (True, "hv", "rgb", 256, None), "siim_isic": (True, "hv", None, 256, None),
+                     "hpa": (True, "hv", "rgb", 256, None), "siim_isic": (True, "hv", None, 256, "ce"),
                      "cassava": (False, "hv", None, 256, None), "eurosat": (False, "", None, 224, None)}
 
 
@@ -166,3 +166,49 @@ def test_paper_run_keeps_its_protocol_through_onnx(tmp_path):
     assert set(oof["ids"]) <= set(train.index)
     raw = predict_models([model], paths, RunOptions(batch_size=8, threads=1, progress=False))[0]
     assert np.allclose(raw.reshape(oof["raw"].shape), oof["raw"], atol=1e-3)
+
+
+def test_paper_protocol_trains_in_fp32_unless_amp_is_named():
+    assert protocol.amp(config.resolve(sets=["protocol=paper"])) == "off"
+    assert protocol.amp(config.resolve(sets=["protocol=paper", "amp=bf16"])) == "bf16"
+    assert protocol.amp(config.resolve()) == "auto"
+
+
+@pytest.mark.parametrize("rows, batch, paper, kt", [(70, 16, 5, 4), (65, 16, 4, 4), (64, 16, 4, 4),
+                                                    (10, 16, 1, 1)])
+def test_paper_protocol_keeps_the_last_partial_batch(rows, batch, paper, kt):
+    """The released DataLoader(trainset, batch_size=128, shuffle=True) keeps its last batch (drop_last
+    defaults to False); one row alone is still dropped, which batch norm cannot train on."""
+    from kaggle_transfer.training.dataset import make_loader
+
+    class Rows(torch.utils.data.Dataset):  # the training sampler hands (epoch, row) keys
+        def __len__(self):
+            return rows
+
+        def __getitem__(self, key):
+            return 0
+
+    data = Rows()
+    assert protocol.for_run(config.resolve(sets=["protocol=paper"]), competitions.get("aptos")).keeps_last_batch
+    for keep, want in ((True, paper), (False, kt)):
+        loader = make_loader(data, batch, 0, True, generator=torch.Generator().manual_seed(0), pin=False,
+                             keep_last=keep)
+        assert len(list(loader)) == want
+
+
+def test_paper_protocol_crops_as_from_the_originals(tmp_path):
+    """RandomResizedCrop(256, scale=(0.65, 1)) at torchvision's extreme ratio 3/4 takes a crop whose short
+    side is sqrt(0.65 * 3/4) of the image's: a 256-px cache would be upsampled; 367 px is the least."""
+    from kaggle_transfer.data.cache import prepare, use_cache
+
+    assert protocol.cache_side(config.resolve(sets=["protocol=paper", "size=256"])) == 367
+    assert protocol.cache_side(config.resolve(sets=["size=256"])) == 256
+    data = synthetic.make("aptos", tmp_path / "data", n_train=12, n_test=2, image_size=64)
+    table = competitions.get("aptos").read(data, "train")
+    root = tmp_path / "cache"
+    prepare([table], root, "aptos", 40, crop=False, progress=False)
+    side = protocol.cache_side(config.resolve(sets=["protocol=paper", "size=32"]))
+    assert side == 46 and not use_cache(table, root, "aptos", side, crop=False)["cached"].any()
+    assert use_cache(table, root, "aptos", 32, crop=False)["cached"].all()  # kt's own protocol uses it
+    prepare([table], root, "aptos", 48, crop=False, progress=False)
+    assert use_cache(table, root, "aptos", side, crop=False)["cached"].all()

@@ -196,3 +196,115 @@ def test_cross_dataset_view_against_scipy():
     # a dataset on which every model scores the same: no correlation is defined, so neither is the share
     flat = {**tables, "flat": tables["a"].assign(score=0.7)}
     assert np.isnan(report_all(flat, resamples=50).set_index("dataset").loc["flat", "p_imagenet_as_good"])
+
+
+def test_paper_protocol_trials_run_each_model_as_the_release_did(tmp_path):
+    """DeiT at 224 (the released call only runs there), SIIM-ISIC on two-class cross-entropy, CLIP towers
+    by LP-FT at their own side; a YAML grid's size is the user's and stays."""
+    from kaggle_transfer import competitions, config
+    from kaggle_transfer.study.grid import trial_flags
+
+    _, grid = load_grid("paper")
+    point = {"optimizer": "adamw", "lr_index": 2, "weight_decay": 1e-5, "schedule": "cosine"}
+
+    def run(arch, comp="aptos", g=grid):
+        at = {**point, "arch": arch, "lr_index": 2 if g is grid else 0}
+        return config.resolve(flags=trial_flags(g, at, competitions.get(comp)))
+
+    assert run("deit_tiny_patch16_224.fb_in1k").size == 224
+    assert run("tv:resnet50").size == 256 and run("tv:resnet50", "eurosat").size == 224
+    assert run("tv:resnet50", "siim_isic").loss == "ce"
+    clip = run("vit_large_patch14_clip_336.openai", "cct20")
+    assert clip.lp_ft and clip.size == 336
+    (tmp_path / "g.yaml").write_text("optimizer: [adamw]\nlr: {adamw: [0.001]}\n"
+                                     "run: {size: 384, protocol: paper}\n")
+    _, mine = load_grid(str(tmp_path / "g.yaml"))
+    assert run("tv:resnet50", g=mine).size == 384 and run("deit_tiny_patch16_224.fb_in1k", g=mine).size == 384
+    assert resolve_archs("appendix-g")[:3] == ["resnet50.tv_in1k", "resnet50.am_in1k", "resnet50.ram_in1k"]
+    assert imagenet_top1("convnext_tiny.fb_in1k")[0] == 82.066  # timm's 224-px evaluation
+    assert all(a.startswith("vit_") and a.endswith(".openai") for a in resolve_archs("clip"))
+
+
+def _storage_with(tmp_path, studies):
+    """A real Optuna storage holding finished trials as kt's runner records them."""
+    import optuna
+
+    from kaggle_transfer.study.grid import GRIDS, search_space
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    for name, grid, archs, scores, extra in studies:
+        study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+        study.set_user_attr("grid", grid)
+        study.set_user_attr("kind", "grid")
+        space = search_space(GRIDS["small"], archs)
+        dists = {k: optuna.distributions.CategoricalDistribution(v) for k, v in space.items()}
+        for arch, lr_index, score in scores:
+            params = {"arch": arch, "optimizer": "adamw", "lr_index": lr_index, "weight_decay": 1e-5,
+                      "schedule": "cosine"}
+            study.add_trial(optuna.trial.create_trial(
+                params=params, distributions=dists, value=score,
+                user_attrs={"run_dir": str(tmp_path / arch), "accuracy": score, "heldout": {}, **extra}))
+    return url
+
+
+def test_two_studies_of_one_grid_count_each_model_once_and_two_grids_are_refused(tmp_path):
+    from kaggle_transfer.study.report import report_all, study_table
+
+    url = _storage_with(tmp_path, [
+        ("aptos-small-aaaa", "small", ["m1", "m2"], [("m1", 0, 0.5), ("m1", 1, 0.6), ("m2", 0, 0.7)], {}),
+        ("aptos-small-bbbb", "small", ["m2", "m3"], [("m2", 0, 0.7), ("m2", 1, 0.8), ("m3", 0, 0.4)], {}),
+    ])
+    table = study_table("aptos", url)
+    assert list(table["arch"]) == ["m1", "m2", "m3"]  # m2 once, its best over both studies
+    assert table.set_index("arch").loc["m2", "score"] == 0.8
+    assert table.set_index("arch").loc["m2", "trials_done"] == 2  # the point both trained counts once
+    assert len(report_all({"aptos": table, "other": table.assign(score=table["score"] + 0.1)})) == 2
+    (tmp_path / "x").mkdir()
+    url = _storage_with(tmp_path / "x", [
+        ("aptos-small-cccc", "small", ["m1"], [("m1", 0, 0.5)], {}),
+        ("aptos-paper-dddd", "paper", ["m1"], [("m1", 0, 0.9)], {}),
+    ])
+    with pytest.raises(Exception, match="--grid"):
+        study_table("aptos", url)
+    assert study_table("aptos", url, grid="small").set_index("arch").loc["m1", "score"] == 0.5
+
+
+def test_siim_isic_without_the_2019_data_is_not_the_papers_experiment(tmp_path):
+    from kaggle_transfer.study.report import not_the_papers, study_table
+
+    url = _storage_with(tmp_path, [("siim_isic-small-aaaa", "small", ["m1", "m2"],
+                                    [("m1", 0, 0.8), ("m2", 0, 0.85)], {"external": []})])
+    table = study_table("siim_isic", url)
+    assert "2 of 2 models trained without isic2019" in not_the_papers("siim_isic", table)
+    assert not_the_papers("siim_isic", table.assign(external="isic2019")) is None
+    assert not_the_papers("aptos", table) is None
+    root = tmp_path / "runs"
+    (root / "siim_isic").mkdir(parents=True)
+    (tmp_path / "study.db").rename(root / "siim_isic" / "study.db")
+    cmd = [sys.executable, "-m", "kaggle_transfer", "study", "report", "siim_isic", "--runs-root", str(root)]
+    plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and "warning: siim_isic: 2 of 2 models" in plain.stderr, plain.stderr[-800:]
+    assert "Warning:" in (root / "siim_isic" / "study-report" / "study.md").read_text()
+    refused = subprocess.run([*cmd, "--compare-paper"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--compare-paper refused" in refused.stderr
+
+
+def test_cct20_reports_the_validation_selected_test_score_and_the_best_one_labelled(tmp_path):
+    from kaggle_transfer.study.report import study_table
+
+    url = _storage_with(tmp_path, [("cct20-small-aaaa", "small", ["m1"], [], {})])
+    import optuna
+
+    from kaggle_transfer.study.grid import GRIDS, search_space
+
+    study = optuna.load_study(study_name="cct20-small-aaaa", storage=url)
+    dists = {k: optuna.distributions.CategoricalDistribution(v)
+             for k, v in search_space(GRIDS["small"], ["m1"]).items()}
+    for lr_index, val, test in ((0, 0.9, 0.70), (1, 0.8, 0.75)):  # the best test is not validation's pick
+        study.add_trial(optuna.trial.create_trial(
+            params={"arch": "m1", "optimizer": "adamw", "lr_index": lr_index, "weight_decay": 1e-5,
+                    "schedule": "cosine"}, distributions=dists, value=val,
+            user_attrs={"run_dir": "x", "accuracy": val, "heldout": {"cis_test": test, "trans_test": test - 0.1}}))
+    row = study_table("cct20", url).iloc[0]
+    assert (row["score"], row["reported"], row["reported_split"]) == (0.9, 0.70, "cis_test")
+    assert row["best_cis_test"] == 0.75

@@ -277,8 +277,7 @@ def setting(cfg: RunConfig) -> Setting:
         comp.select_channels(protocol.channels(cfg, comp)),
         cfg.loss or task.default_loss,
         device,
-        # --protocol paper trains in fp32 unless --amp says otherwise (protocol.py)
-        amp_dtype("off" if cfg.amp == "auto" and cfg.protocol == "paper" else cfg.amp, device),
+        amp_dtype(protocol.amp(cfg), device),
         cfg.channels_last and device.type in ("cuda", "cpu"),  # cuDNN, oneDNN both gain
     )
 
