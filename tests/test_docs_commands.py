@@ -89,7 +89,7 @@ def _offline(argv: list[str], made: dict, external: dict) -> list[str]:
         extra += ["--set", "folds=2"] if "--folds" in argv else []
     elif command in ("predict", "prepare", "export", "average"):
         extra = ["--no-progress"]
-    elif command == "study" and out[1] == "run":
+    elif command == "study" and out[1] in ("run", "ablate"):
         extra = ["--no-pretrained", "--no-progress", "--set", "epochs=1", "--set", "max_steps=1", "--set",
                  "workers=0", "--set", "size=32", "--set", "batch_size=16"]
     return out + extra

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import config, runs
+from .. import recipes as shipped
 from ..errors import KtError
 from ..runs import runs_root as default_root
 from ..study.archs import PAPER19, SETS, resolve_archs
@@ -152,7 +153,6 @@ def _preflight(comp, names, sets, data_dir, external_dir, recipe=None):
     """Every mistake before the first trial, the quick ones first: archs, --set keys and values, the
     data folder, then weights this machine cannot get. Returns (sets, data folder, external dirs)."""
     from .. import competitions
-    from .. import recipes as shipped
     from ..training.models import check_arch
 
     for name in names:

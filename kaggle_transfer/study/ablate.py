@@ -24,9 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import config, runs
+from .. import competitions, config, runs
+from .. import recipes as shipped
 from ..errors import KtError
 from ..files import atomic_path, write_text
+from ..reports import plots
+from .archs import arch_options
+from .storage import open_storage
 
 RECIPE = "recipe"  # the factor that swaps the whole recipe (-c) of a level
 FIXED = {"seed": "--seeds", "competition": "the NAME argument", "arch": "--arch"}
@@ -134,10 +138,6 @@ class AblationDesign:
     def config(self, p: dict[str, Any]):
         """The run config of one point: recipes (-c, then a `recipe` level), the arch and the seed,
         every trial's --set, then the level's values."""
-        from .. import competitions
-        from .. import recipes as shipped
-        from .archs import arch_options
-
         comp = competitions.get(self.competition)
         level = self.ablation.levels()[p["level"]]
         chosen = [self.ablation.recipe] + [v for k, v in level if k == RECIPE]
@@ -252,10 +252,6 @@ def trial_scores(design_facts: dict[str, Any], trials, reported: str | None) -> 
 def report(competition: str, storage_url: str, name: str, out_dir: Path) -> dict[str, Any]:
     """ablation.csv (one row per level), ablation.md and ablation.png for one ablation study."""
     import optuna
-
-    from .. import competitions
-    from ..reports import plots
-    from .storage import open_storage
 
     comp = competitions.get(competition)
     study = optuna.load_study(study_name=name, storage=open_storage(storage_url))

@@ -15,7 +15,7 @@ import pandas as pd
 from .. import competitions
 from .grid import GRIDS
 from .stats import correlations
-from .storage import open_storage
+from .storage import grid_studies, open_storage
 
 PAPER_CSV = Path(__file__).with_name("paper.csv")
 VIEWS = {"all": None, "top1>=70": 70.0}
@@ -28,8 +28,6 @@ def grid_table(competition: str, storage_url: str, grid: str | None = None) -> p
     import json
 
     import optuna
-
-    from .report import grid_studies
 
     comp = competitions.get(competition)
     storage = open_storage(storage_url)

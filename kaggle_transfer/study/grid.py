@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import KtError
 from ..files import read_yaml
+from .archs import arch_options, released_size
 
 GRIDS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -78,8 +79,6 @@ def trial_flags(
     model's own where the released code could only run it at its pretraining side (DeiT at 224:
     sample_train.py, `img_size = 256 # may need to change to 224 for certain models`).
     `--set` values still win over these (config.resolve applies them last)."""
-    from .archs import arch_options, released_size
-
     flags = point_config(grid, params)
     if flags is None:
         return None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import runs
+from .. import competitions, config, runs
 from ..errors import KtError
 from ..runs import slug
 from .ablate import Ablation, AblationDesign
@@ -76,8 +76,6 @@ class GridDesign:
     kind = "grid"
 
     def __init__(self, job: StudyJob):
-        from .. import competitions
-
         self.job, self.archs = job, list(job.archs)
         self.grid_name, self.grid = load_grid(job.grid_spec)
         self.name = study_name(job.competition, self.grid_name, self.archs)
@@ -90,8 +88,6 @@ class GridDesign:
     key = staticmethod(point_key)
 
     def config(self, p: dict[str, Any]):
-        from .. import config
-
         flags = trial_flags(self.grid, p, self.comp, self.job.sets)
         return None if flags is None else config.resolve(flags=flags, sets=self.job.sets)
 
@@ -241,7 +237,6 @@ def _describe(study, **facts: Any) -> None:
 def _record(trial, run_dir: Path, cfg, result: dict[str, Any], data_dir: Path) -> None:
     """Everything the report needs, in the storage: it is read from machines without this run folder.
     Competitions with labelled held-out splits (CCT-20) score them with the selected epoch's weights."""
-    from .. import competitions
     from ..training.heldout import score_splits
 
     trial.set_user_attr("accuracy", secondary_accuracy(run_dir, competitions.for_config(cfg)))

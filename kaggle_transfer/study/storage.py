@@ -107,3 +107,31 @@ def retry_callback():
         getattr(storages, "RetryHeartbeatStaleTrialCallback", None)
         or storages.RetryFailedTrialCallback
     )
+
+
+def grid_studies(competition: str, storage, grid: str | None = None) -> list[str]:
+    """The names of a competition's grid studies (not its ablations) in one storage, of one grid:
+    studies of the same grid over other arch lists pool (their points are the same), studies of
+    different grids do not mix (name one with --grid)."""
+    import optuna
+
+    summaries = [
+        s
+        for s in optuna.get_all_study_summaries(storage)
+        if ":claim:" not in s.study_name
+        and s.study_name.startswith(f"{competition}-")
+        and s.user_attrs.get("kind", "grid") == "grid"
+    ]
+    grids = sorted({str(s.user_attrs.get("grid")) for s in summaries})
+    if grid is not None:
+        if grid not in grids:
+            raise KtError(
+                f"--grid {grid}: no study of {competition} with that grid; found {', '.join(grids) or 'none'}"
+            )
+        grids = [grid]
+    elif len(grids) > 1:
+        raise KtError(
+            f"{competition} has studies of {len(grids)} grids ({', '.join(grids)}) in one storage; "
+            "report one with --grid NAME"
+        )
+    return [s.study_name for s in summaries if str(s.user_attrs.get("grid")) in grids]

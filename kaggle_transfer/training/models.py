@@ -86,15 +86,18 @@ class Net(nn.Module):
         *,
         mean: tuple[float, ...],
         std: tuple[float, ...],
-        tokens: bool,
+        emits: str,
         bgr: bool = False,
         pooled_norm: nn.Module | None = None,
-        logits: bool = False,
     ):
         super().__init__()
         pool, dropout, meta_dim = head.pool, head.dropout, head.meta_dim
         self.backbone = backbone
-        self.tokens = tokens  # ViT-like backbones pool their own tokens and return (B, C)
+        # what the backbone returns: a feature map (CNNs: pooled here), pooled features (ViT-like
+        # backbones pool their own tokens; torchvision models), or the outputs themselves (the
+        # released SqueezeNet head)
+        self.tokens = emits != "map"
+        logits = emits == "logits"
         self.pool = GeM() if pool == "gem" else nn.AdaptiveAvgPool2d(1)
         # the backbone's own head norm (ConvNeXt's LayerNorm), applied to the pooled features as the
         # backbone was trained: timm's NormMlpClassifierHead pools, then normalises
@@ -241,10 +244,9 @@ def build_model(
         head,
         mean=mean,
         std=std,
-        tokens=tokens,
+        emits="logits" if released_head else "pooled" if tokens else "map",
         bgr=bgr,
         pooled_norm=pooled_norm,
-        logits=released_head,
     )
 
 
