@@ -19,14 +19,15 @@ sample_train.py at fc721b1 / 5210027):
   parameter (kt's default exempts biases and norms); the schedule steps once per epoch, cosine to 0
   (`CosineAnnealingLR(T_max=epochs)`) or x0.1 after epochs 15, 20, 25 (`MultiStepLR`), no warm-up.
 - EuroSAT trains at 224 px (eurosat.py l.8); the others at 256; the DeiTs at 224 (study/archs.py).
-  APTOS's loss is cross-entropy over the five grades and SIIM-ISIC's over two classes (sample_train.py:
-  `nn.CrossEntropyLoss()` on `net(inputs).view(-1, num_classes)` for every dataset).
-- precision: fp32 (sample_train.py has no autocast or GradScaler): `--amp auto` is off; an explicit
-  `--amp bf16` still wins.
-- the last partial training batch is kept (`torch.utils.data.DataLoader(trainset, batch_size=128,
-  shuffle=True, num_workers=16)`: drop_last defaults to False), unless it is a single row.
+  APTOS's loss is cross-entropy over the five grades and SIIM-ISIC's over two classes (sample_train.py
+  l.119 `nn.CrossEntropyLoss()` on l.150 `net(inputs).view(-1, num_classes)`, for every dataset).
+- precision: fp32 (sample_train.py's step, l.144-155, has no autocast or GradScaler): `--amp auto` is
+  off; an explicit `--amp bf16` still wins.
+- the last partial training batch is kept (sample_train.py l.112, `DataLoader(trainset,
+  batch_size=batch_size, shuffle=True, num_workers=16)`: drop_last defaults to False), unless it is a
+  single row.
 - training crops come from the original images (each loader's `RandomResizedCrop(img_size,
-  scale=(0.65, 1.0))` on the decoded file): kt prepare's cache is used only when its short side is at
+  scale=(0.65, 1.0))` on the decoded file: aptos.py l.67): kt prepare's cache is used only when its short side is at
   least `cache_side(size)`, where the smallest crop (65 % of the area at torchvision's extreme aspect
   ratio 3/4) still has `size` pixels on its short side: 367 px for 256.
 

@@ -112,3 +112,25 @@ def test_an_ablation_trains_every_level_over_paired_seeds_and_reports_them(tmp_p
     grid = subprocess.run([sys.executable, "-m", "kaggle_transfer", "study", "report", "aptos",
                            "--runs-root", str(root)], capture_output=True, text=True, timeout=120)
     assert grid.returncode == 2 and "no study of aptos" in grid.stderr
+
+
+def test_a_recipe_can_be_the_factor_and_a_level_wins_over_every_runs_set():
+    from kaggle_transfer import config, recipes
+    from kaggle_transfer.study.ablate import AblationDesign
+
+    spec = Ablation("tv:resnet50", parse_vary(["recipe=paper,top", "size=320,448"]), seeds=2, one_at_a_time=True)
+    design = AblationDesign("aptos", spec, ("epochs=3", "size=64"))
+    assert spec.labels() == ["recipe=paper size=320", "recipe=top size=320", "recipe=paper size=448"]
+    top = design.config({"level": 1, "seed": 1})
+    want = config.resolve([recipes.resolve("aptos", "top")], {"competition": "aptos", "arch": "tv:resnet50",
+                                                               "seed": 1}, ["epochs=3", "size=320"])
+    assert top == want and top.seed == 1
+    paper = design.config({"level": 0, "seed": 0})
+    assert paper.protocol == "paper" and paper.size == 320 and paper.epochs == 3
+    # every level's runs land apart, the seed count is not part of the folder (more seeds reuse them)
+    more = AblationDesign("aptos", Ablation(spec.arch, spec.factors, 5, True), ("epochs=3", "size=64"))
+    assert design.run_dir("/r", {"level": 2, "seed": 1}) == more.run_dir("/r", {"level": 2, "seed": 1})
+    assert design.name != more.name
+    with pytest.raises(KtError, match="nosuch"):
+        AblationDesign("aptos", Ablation("a", parse_vary(["recipe=paper,nosuch"]), 1), ()).config(
+            {"level": 1, "seed": 0})

@@ -69,7 +69,7 @@ def test_every_paper_recipe_is_a_point_of_the_study_grid(recipe):
     assert any(abs(raw_decay - wd) < 1e-12 for wd in grid["weight_decay"]), raw_decay
     assert cfg.schedule in grid["schedule"] and cfg.epochs == grid["run"]["epochs"]
     assert cfg.batch_size == grid["run"]["batch_size"]
-    assert cfg.size == (224 if recipe.parent.name == "eurosat" else grid["run"]["size"])  # the study's EuroSAT: 224
+    assert cfg.size == (224 if recipe.parent.name == "eurosat" else 256)  # the study's EuroSAT: 224
     # the study's protocol and what it implies for this dataset, as `kt study --grid paper` runs it
     from kaggle_transfer import competitions
     from kaggle_transfer.study.grid import trial_flags

@@ -96,7 +96,7 @@ def test_two_class_cross_entropy_is_bce_on_the_logit_difference():
         loss = build_loss("ce", task, smoothing)(out.squeeze(1), y.float())
         loss.backward()
         # the released: logits = net(inputs).view(-1, num_classes); nn.CrossEntropyLoss()(logits, labels)
-        features = twin.backbone(((x.float() - twin.mean) / twin.std))
+        features = twin.backbone((x.float() - twin.mean) / twin.std)
         logits = twin.head[0](twin.pool(features).flatten(1))
         reference = nn.CrossEntropyLoss(label_smoothing=smoothing)(logits, y)
         reference.backward()

@@ -241,6 +241,13 @@ def study_ablate(
         recipe,
     )
     levels = spec.labels()
+    design = ablate.AblationDesign(comp.name, spec, trial_sets)
+    # a level's bad value or unknown recipe fails now, not in its trial
+    for k in range(len(levels)):
+        try:
+            design.config({"level": k, "seed": 0})
+        except KtError as e:
+            raise KtError(f"--vary level '{levels[k]}': {e}") from None
     click.echo(
         f"{len(levels)} levels x {seeds} seeds = {len(levels) * seeds} runs of {arch}; "
         f"baseline: {levels[0]}"

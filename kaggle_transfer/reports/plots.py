@@ -135,11 +135,14 @@ def ablation(table: pd.DataFrame, *, metric: str, title: str, path: Path) -> Pat
     left.errorbar(mean, y, xerr=err, fmt="o", capsize=3)
     left.set(xlabel=f"{metric}: mean, 95% CI", yticks=y)
     left.set_yticklabels([textwrap.shorten(str(v), 48) for v in table["level"]], fontsize=8)
-    diff = table["diff"].to_numpy(float) if "diff" in table else np.full(rows, np.nan)
-    d_err = np.nan_to_num(
-        np.vstack([diff - table.get("diff_low", diff), table.get("diff_high", diff) - diff])
-    )
-    right.errorbar(np.nan_to_num(diff), y, xerr=d_err, fmt="o", color="C1", capsize=3)
+    compared = ~table["baseline"].to_numpy(bool)
+    if compared.any():
+        part = table[compared]
+        diff = part["diff"].to_numpy(float)
+        d_err = np.nan_to_num(np.vstack([diff - part["diff_low"], part["diff_high"] - diff]))
+        right.errorbar(diff, y[compared], xerr=d_err, fmt="o", color="C1", capsize=3)
+    for k in np.flatnonzero(~compared):
+        right.annotate("baseline", (0, y[k]), ha="center", va="center", fontsize=8, color="grey")
     right.axvline(0, color="grey", linestyle="--", linewidth=1)
     right.set(xlabel="paired difference to the baseline, 95% CI")
     fig.suptitle(textwrap.fill(title, 100), fontsize=10)

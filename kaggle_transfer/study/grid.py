@@ -77,7 +77,7 @@ def trial_flags(
     that dataset (APTOS cross-entropy over the grades, SIIM-ISIC two-class cross-entropy) and its input
     side, unless the grid's `run:` states a size: the dataset's (EuroSAT 224, else 256), or the
     model's own where the released code could only run it at its pretraining side (DeiT at 224:
-    sample_train.py, `img_size = 256 # may need to change to 224 for certain models`).
+    sample_train.py l.17, `img_size = 256 # may need to change to 224 for certain models`).
     `--set` values still win over these (config.resolve applies them last)."""
     flags = point_config(grid, params)
     if flags is None:

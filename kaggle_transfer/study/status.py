@@ -1,6 +1,7 @@
 """`kt study status`: where a study stands, read from its storage alone (any machine can ask).
 
-Per study (a grid, or an ablation's levels x seeds): points done, running (on which host, since when), failed and not yet re-run, left,
+Per study (a grid, or an ablation's levels x seeds): points done, running (on which host, since
+when), failed and not yet re-run, left,
 and an ETA from the finished trials' durations and the number of hosts working.
 """
 

@@ -185,7 +185,7 @@ def build_model(
     pretrained, weights, drop_path = backbone.pretrained, backbone.weights, backbone.drop_path
     if bgr and in_chans != 3:
         raise KtError(f"a B, G, R input order needs 3 channels, not {in_chans}")
-    # the study's SqueezeNet keeps torchvision's head with a new 1x1 conv (sample_train.py:
+    # the study's SqueezeNet keeps torchvision's head with a new 1x1 conv (sample_train.py l.80-81:
     # `net.classifier[1] = nn.Conv2d(512, num_classes, kernel_size=(1,1), stride=(1,1))`): dropout,
     # conv, ReLU on the logits, average pool
     released_head = proto.name == "paper" and arch.startswith(TORCHVISION + "squeezenet")
