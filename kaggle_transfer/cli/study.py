@@ -30,6 +30,53 @@ def study() -> None:
     """The paper's experiment: ImageNet models × a hyperparameter grid, then ImageNet top-1 vs task score."""
 
 
+def _trial_options(command):
+    """The options every run of a study or an ablation shares."""
+    options = [
+        click.option("--data-dir", type=click.Path()),
+        click.option(
+            "--storage",
+            help="Optuna storage URL (default: sqlite in runs/<name>/study.db); PostgreSQL etc. "
+            "for several machines.",
+        ),
+        click.option(
+            "--parallel",
+            "--workers",
+            "parallel",
+            cls=Renamed,
+            old=("--workers",),
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Runs trained at once on this machine (one process each).",
+        ),
+        click.option("--runs-root", type=click.Path()),
+        click.option(
+            "--set",
+            "sets",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Config for every run, e.g. epochs=5.",
+        ),
+        click.option(
+            "--pretrained/--no-pretrained",
+            default=True,
+            show_default=True,
+            help="ImageNet weights for every run (--no-pretrained: random init, e.g. offline).",
+        ),
+        click.option(
+            "--time-limit",
+            metavar="DURATION",
+            help="Each run's training time at most, e.g. 2h, 45m (kt train --time-limit, per run).",
+        ),
+        external_dir_option,
+        progress_option,
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @study.command("run")
 @click.argument("competition")
 @click.option(
@@ -43,50 +90,13 @@ def study() -> None:
 @click.option(
     "--grid", "grid_spec", default="paper", show_default=True, help="paper, small or a YAML file."
 )
-@click.option("--data-dir", type=click.Path())
-@click.option(
-    "--storage",
-    help="Optuna storage URL (default: sqlite in runs/<name>/study.db); PostgreSQL etc. "
-    "for several machines.",
-)
-@click.option(
-    "--parallel",
-    "--workers",
-    "parallel",
-    cls=Renamed,
-    old=("--workers",),
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Trials trained at once on this machine (one process each).",
-)
-@click.option("--runs-root", type=click.Path())
 @click.option(
     "--protocol",
     type=click.Choice(["kt", "paper"]),
     help="Override the grid's protocol (the paper grid: "
     "paper, the released code's preprocessing; kt: this package's).",
 )
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Config for every trial, e.g. epochs=5.",
-)
-@click.option(
-    "--pretrained/--no-pretrained",
-    default=True,
-    show_default=True,
-    help="ImageNet weights for every trial (--no-pretrained: random init, e.g. offline).",
-)
-@click.option(
-    "--time-limit",
-    metavar="DURATION",
-    help="Each trial's training time at most, e.g. 2h, 45m (kt train --time-limit, per trial).",
-)
-@external_dir_option
-@progress_option
+@_trial_options
 def study_run(
     competition,
     archs,
@@ -191,21 +201,7 @@ def _preflight(comp, names, sets, data_dir, external_dir, recipe=None):
     help="The baseline and each factor changed alone, not every combination.",
 )
 @click.option("-c", "--recipe", help="A recipe for every level (top, paper or a YAML file).")
-@click.option("--data-dir", type=click.Path())
-@click.option("--storage", help="Optuna storage URL (default: sqlite in runs/<name>/study.db).")
-@click.option(
-    "--parallel",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Runs trained at once on this machine (one process each).",
-)
-@click.option("--runs-root", type=click.Path())
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config for every run.")
-@click.option("--pretrained/--no-pretrained", default=True, show_default=True)
-@click.option("--time-limit", metavar="DURATION", help="Each run's training time at most.")
-@external_dir_option
-@progress_option
+@_trial_options
 def study_ablate(
     competition,
     arch,
