@@ -42,6 +42,42 @@ def test_a_bad_factor_is_one_line_naming_it(spec, message):
         parse_vary(["size=256,384", "size=512,640"])
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("split_seed=0,1", "which rows validate"),
+    ("fold=0,1", "which rows validate"),
+    ("lr=1e-3,0.001", "two or more different"),  # one value written twice
+    ("size=32,abc", "--vary size=abc"),
+    ("size=32,-5", "--vary size=-5"),
+    ("nokey=1,2", "--vary nokey=1"),
+])
+def test_a_factor_that_would_break_the_pairing_or_repeat_a_level_is_refused(spec, message):
+    with pytest.raises(KtError, match=message):
+        parse_vary([spec])
+
+
+def test_a_set_of_a_factor_is_refused_and_runtime_sets_do_not_change_the_ablation():
+    from kaggle_transfer.study.ablate import check_sets
+
+    factors = parse_vary(["augment=paper,none"])
+    with pytest.raises(KtError, match="--set augment and --vary augment"):
+        check_sets(factors, ["augment=heavy"])
+    spec = Ablation("a", factors, 2)
+    assert spec.fingerprint("aptos", ("epochs=3",)) == spec.fingerprint("aptos", ("epochs=3", "workers=1"))
+    assert spec.fingerprint("aptos", ("epochs=3",)) != spec.fingerprint("aptos", ("epochs=4",))
+
+
+def test_every_level_is_checked_before_the_first_run(tmp_path):
+    data = synthetic.make("aptos", tmp_path / "data", n_train=20, n_test=2, image_size=32)
+    base = [sys.executable, "-m", "kaggle_transfer", "study", "ablate", "aptos", "--arch", "test_resnet",
+            "--no-pretrained", "--data-dir", str(data), "--runs-root", str(tmp_path / "runs"), *TINY]
+    for vary, message in (("loss=smooth_l1,focal", "--vary level 'loss=focal'"),
+                          ("init=/nonexistent/a.pt,/nonexistent/b.pt", "not found"),
+                          ("recipe=paper,top", "--vary level 'recipe=top'")):  # top needs dr2015's folder
+        out = subprocess.run([*base, "--vary", vary], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and message in out.stderr, out.stderr[-800:]
+        assert out.stderr.count("\n") == 1 and "trial" not in out.stdout  # one line, nothing trained
+
+
 def test_the_paired_differences_are_the_hand_computed_ones():
     rng = np.random.default_rng(0)
     base, better = rng.normal(0.80, 0.01, 5), None
@@ -78,7 +114,8 @@ def test_an_ablation_trains_every_level_over_paired_seeds_and_reports_them(tmp_p
     def ablate(seeds):
         cmd = [sys.executable, "-m", "kaggle_transfer", "study", "ablate", "aptos", "--arch", "test_resnet",
                "--vary", "workers=0,1", "--vary", "lr=1e-3,3e-2", "--one-at-a-time", "--seeds", str(seeds),
-               "--no-pretrained", "--data-dir", str(data), "--runs-root", str(root), *TINY]
+               "--no-pretrained", "--data-dir", str(data), "--runs-root", str(root),
+               "--set", "size=32", "--set", "batch_size=16", "--set", "epochs=1"]  # workers: the factor
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stdout
@@ -92,8 +129,9 @@ def test_an_ablation_trains_every_level_over_paired_seeds_and_reports_them(tmp_p
     assert (table["n"] == 2).all()
     # the stored trial scores, paired by seed, give the same differences
     storage = f"sqlite:///{root / 'aptos' / 'study.db'}"
-    study = optuna.load_study(study_name=report[0].parent.name, storage=storage)
+    study = optuna.load_study(study_name=report[0].parent.name + "-s2", storage=storage)
     by = {(t.params["level"], t.params["seed"]): t.value for t in study.trials if t.value is not None}
+    assert len(by) == 6
     for level, name in ((1, "workers=1 lr=1e-3"), (2, "workers=0 lr=3e-2")):
         d = np.array([by[(level, s)] - by[(0, s)] for s in (0, 1)])
         assert table.loc[name, "diff"] == pytest.approx(d.mean())
@@ -111,7 +149,10 @@ def test_an_ablation_trains_every_level_over_paired_seeds_and_reports_them(tmp_p
     # the grid report does not take the ablation's runs for a study
     grid = subprocess.run([sys.executable, "-m", "kaggle_transfer", "study", "report", "aptos",
                            "--runs-root", str(root)], capture_output=True, text=True, timeout=120)
-    assert grid.returncode == 2 and "no study of aptos" in grid.stderr
+    assert grid.returncode == 2 and "only ablations" in grid.stderr
+    # one report folder whatever the seed count, and status lists the ablation once (its latest)
+    assert [p.name for p in (root / "aptos" / "ablation-report").iterdir()] == [report[0].parent.name]
+    assert status.stdout.count("ablation of test_resnet") == 1
 
 
 def test_a_recipe_can_be_the_factor_and_a_level_wins_over_every_runs_set():

@@ -90,8 +90,11 @@ def _offline(argv: list[str], made: dict, external: dict) -> list[str]:
     elif command in ("predict", "prepare", "export", "average"):
         extra = ["--no-progress"]
     elif command == "study" and out[1] in ("run", "ablate"):
-        extra = ["--no-pretrained", "--no-progress", "--set", "epochs=1", "--set", "max_steps=1", "--set",
-                 "workers=0", "--set", "size=32", "--set", "batch_size=16"]
+        varied = {v.split("=", 1)[0] for k, v in zip(out, out[1:], strict=False) if k == "--vary"}
+        sets = ["epochs=1", "max_steps=1", "workers=0", "size=32", "batch_size=16"]
+        extra = ["--no-pretrained", "--no-progress"]
+        for value in sets:  # a varied key is the ablation's to set
+            extra += [] if value.split("=")[0] in varied else ["--set", value]
     return out + extra
 
 

@@ -224,9 +224,11 @@ def study_ablate(
     from .. import competitions
     from ..study import ablate
     from ..study.runner import StudyJob, run_study
+    from ..training.tables import check_config
 
     comp = competitions.get(competition)
     factors = ablate.parse_vary(vary)
+    ablate.check_sets(factors, sets)
     spec = ablate.Ablation(arch, factors, seeds, one_at_a_time, recipe)
     trial_sets, data, external = _preflight(
         comp,
@@ -241,7 +243,9 @@ def study_ablate(
     # a level's bad value or unknown recipe fails now, not in its trial
     for k in range(len(levels)):
         try:
-            design.config({"level": k, "seed": 0})
+            cfg = design.config({"level": k, "seed": 0})
+            check_config(cfg)
+            competitions.find_external_dirs(comp, cfg.external, external_dirs(external_dir))
         except KtError as e:
             raise KtError(f"--vary level '{levels[k]}': {e}") from None
     click.echo(
@@ -271,11 +275,8 @@ def study_ablate(
         result["study"],
         ablate.report_dir(root, comp.name, result["study"]),
     )
-    for row in out["table"].itertuples():
-        line = f"  {row.level}: {row.mean:.4f} [{row.ci_low:.4f}, {row.ci_high:.4f}] n={row.n}"
-        if not row.baseline:
-            line += f"; {row.diff:+.4f} [{row.diff_low:+.4f}, {row.diff_high:+.4f}] {row.verdict}"
-        click.echo(line)
+    for line in ablate.level_lines(out["table"]):
+        click.echo(f"  {line}")
     click.echo(f"wrote {', '.join(out['files'])}")
 
 
@@ -358,8 +359,9 @@ def study_status(competition, storage, runs_root) -> None:
             if s["eta_minutes"] is not None
             else ""
         )
+        click.echo(f"{s['study']} ({s['what']})")
         click.echo(
-            f"{s['study']}: {s['points']} points: {s['done']} done, {len(s['running'])} running, "
+            f"  {s['points']} points: {s['done']} done, {len(s['running'])} running, "
             f"{s['failed']} failed, {s['left']} left{eta}"
         )
         for r in s["running"]:

@@ -34,6 +34,10 @@ from .storage import open_storage
 
 RECIPE = "recipe"  # the factor that swaps the whole recipe (-c) of a level
 FIXED = {"seed": "--seeds", "competition": "the NAME argument", "arch": "--arch"}
+# keys that decide which rows validate: a level with other ones would not be paired with the baseline
+SPLIT_KEYS = ("split", "split_file", "split_seed", "folds", "fold", "per_annotation", "keep_empty")
+# keys that cannot change a run's score: a --set of them is not part of what the ablation is
+NO_EFFECT = ("workers", "device", "track", "track_uri")
 REPORT_FILES = ("ablation.csv", "ablation.md", "ablation.png")
 
 
@@ -53,17 +57,39 @@ def parse_vary(specs: tuple[str, ...] | list[str]) -> tuple[Factor, ...]:
             raise KtError(f"--vary {spec!r} must look like KEY=V1,V2 (e.g. --vary size=256,384)")
         if key in FIXED:
             raise KtError(f"--vary {key}: set it with {FIXED[key]}, not as a factor")
-        if len(values) < 2 or len(set(values)) != len(values):
-            raise KtError(f"--vary {spec!r} needs two or more different values, comma-separated")
+        if key in SPLIT_KEYS:
+            raise KtError(
+                f"--vary {key}: it changes which rows validate, so levels would not be paired seed "
+                "by seed; set it for every level with --set"
+            )
         if any(f.key == key for f in factors):
             raise KtError(f"--vary {key} is given twice; list all its values in one --vary")
-        if key != RECIPE:
-            for value in values:  # a typo fails here, with the key's own message
-                config.resolve(sets=[f"{key}={value}"])
+        parsed = [_parsed(key, value) for value in values] if key != RECIPE else list(values)
+        if len(values) < 2 or len({repr(v) for v in parsed}) != len(values):
+            raise KtError(f"--vary {spec!r} needs two or more different values, comma-separated")
         factors.append(Factor(key, values))
     if not factors:
         raise KtError("kt study ablate needs at least one --vary KEY=V1,V2")
     return tuple(factors)
+
+
+def _parsed(key: str, value: str):
+    """The value as the config reads it (1e-3 and 0.001 are one level); a typo names --vary."""
+    try:
+        cfg = config.resolve(sets=[f"{key}={value}"])
+    except KtError as e:
+        raise KtError(f"--vary {key}={value}: {e}") from None
+    return getattr(cfg, key)
+
+
+def check_sets(factors: tuple[Factor, ...], sets: tuple[str, ...] | list[str]) -> None:
+    """A --set of a key that is also a factor would be overridden by every level: refused."""
+    given = {s.split("=", 1)[0].strip() for s in sets if "=" in s}
+    for f in factors:
+        if f.key in given:
+            raise KtError(
+                f"--set {f.key} and --vary {f.key}: the factor sets it for every level; drop the --set"
+            )
 
 
 @dataclass(frozen=True)
@@ -96,13 +122,14 @@ class Ablation:
     def fingerprint(self, competition: str, sets: tuple[str, ...]) -> str:
         """What makes two ablations the same experiment (the seed count aside: more seeds reuse the
         finished runs of fewer)."""
+        kept = [s for s in sets if s.split("=", 1)[0].strip() not in NO_EFFECT]
         what = [
             competition,
             self.arch,
             [(f.key, f.values) for f in self.factors],
             self.one_at_a_time,
             self.recipe,
-            list(sets),
+            kept,
         ]
         return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:8]
 
@@ -112,7 +139,14 @@ def label(level: tuple[tuple[str, str], ...]) -> str:
 
 
 def study_name(competition: str, ablation: Ablation, sets: tuple[str, ...]) -> str:
+    """The Optuna study: the ablation's fingerprint and its seed count (a seed count is part of the
+    grid the sampler walks); more seeds make a new study over the same run folders."""
     return f"{competition}-ablate-{ablation.fingerprint(competition, sets)}-s{ablation.seeds}"
+
+
+def base_name(name: str) -> str:
+    """The ablation without its seed count: its run folders and its report folder."""
+    return name.rsplit("-s", 1)[0]
 
 
 class AblationDesign:
@@ -152,7 +186,7 @@ class AblationDesign:
         return config.resolve(recipes, flags, [*self.sets, *values])
 
     def run_dir(self, root: Path, p: dict[str, Any]) -> Path:
-        base = self.name.rsplit("-s", 1)[0]
+        base = base_name(self.name)
         level = runs.slug(f"{p['level']}-{label(self.ablation.levels()[p['level']])}")
         return Path(root) / self.competition / runs.ABLATIONS / base / level / f"seed{p['seed']}"
 
@@ -183,8 +217,10 @@ def _interval(values: np.ndarray) -> tuple[float, float, float]:
 
 
 def verdict(low: float, high: float, n: int) -> str:
-    if n < 2 or not np.isfinite(low):
-        return "too few paired seeds for an interval (--seeds 3 or more)"
+    if n < 2:
+        return "one paired seed gives no interval: --seeds 3 or more"
+    if not np.isfinite(low):
+        return "no interval"
     if low <= 0 <= high:
         return f"within noise: the 95% interval contains 0 over {n} seeds"
     return f"{'better' if low > 0 else 'worse'} than the baseline (95% interval excludes 0)"
@@ -276,28 +312,39 @@ def report(competition: str, storage_url: str, name: str, out_dir: Path) -> dict
         f"{metric}. Baseline: `{facts['levels'][0]}`.",
         "",
     ]
-    for row in table.itertuples():
-        shown = f"- `{row.level}`: {row.mean:.4f} [{row.ci_low:.4f}, {row.ci_high:.4f}] (n {row.n})"
-        if not row.baseline:
-            shown += (
-                f"; vs baseline {row.diff:+.4f} [{row.diff_low:+.4f}, {row.diff_high:+.4f}], "
-                f"p {row.p_value:.3g}: {row.verdict}"
-            )
-        lines.append(shown)
-    lines += [
-        "",
-        "![ablation](ablation.png)",
-        "",
-        "## Every run",
-        "",
-        "```",
-        scores.drop(columns=["run_dir"]).to_string(index=False),
-        "```",
-        "",
-    ]
+    lines += [f"- {line}" for line in level_lines(table)]
+    order = {name: k for k, name in enumerate(facts["levels"])}
+    shown = scores.assign(order=scores["level"].map(order)).sort_values(["order", "seed"])
+    lines += ["", "![ablation](ablation.png)", "", "## Every run", "", "```"]
+    lines += [shown.drop(columns=["run_dir", "order"]).to_string(index=False), "```", ""]
     write_text(out_dir / "ablation.md", "\n".join(lines))
     return {"table": table, "scores": scores, "files": [str(out_dir / f) for f in REPORT_FILES]}
 
 
+def _num(value: float, fmt: str) -> str:
+    return format(value, fmt) if np.isfinite(value) else "n/a"
+
+
+def level_lines(table: pd.DataFrame) -> list[str]:
+    """One line per level: mean [95 % CI] (n); against the baseline: difference [CI], p, verdict."""
+    out = []
+    for row in table.itertuples():
+        line = (
+            f"`{row.level}`: {_num(row.mean, '.4f')} [{_num(row.ci_low, '.4f')}, "
+            f"{_num(row.ci_high, '.4f')}] (n {row.n})"
+        )
+        if not row.baseline:
+            p = _num(row.p_value, ".3g")
+            if np.isfinite(row.diff_low) and not np.isfinite(row.p_value):
+                p = "n/a (the same difference on every seed)"
+            line += (
+                f"; vs baseline {_num(row.diff, '+.4f')} [{_num(row.diff_low, '+.4f')}, "
+                f"{_num(row.diff_high, '+.4f')}], p {p}: {row.verdict}"
+            )
+        out.append(line)
+    return out
+
+
 def report_dir(root: Path, competition: str, name: str) -> Path:
-    return Path(root) / competition / "ablation-report" / name
+    """One report folder per ablation, whatever its seed count: the newest report replaces it."""
+    return Path(root) / competition / "ablation-report" / base_name(name)

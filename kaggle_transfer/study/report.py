@@ -57,8 +57,17 @@ def study_table(
     storage = open_storage(storage_url)
     names = grid_studies(comp.name, storage, grid)
     if not names:
+        import optuna
+
+        ablations = any(
+            s.user_attrs.get("kind") == "ablation" and s.study_name.startswith(f"{comp.name}-")
+            for s in optuna.get_all_study_summaries(storage)
+        )
         raise KtError(
-            f"no study of {comp.name} in {masked(storage_url)}; run kt study {comp.name} first"
+            f"no grid study of {comp.name} in {masked(storage_url)}, only ablations: kt study "
+            f"ablate wrote their reports to runs/{comp.name}/ablation-report/"
+            if ablations
+            else f"no study of {comp.name} in {masked(storage_url)}; run kt study run {comp.name} first"
         )
     by_arch: dict[str, dict[str, Any]] = {}  # arch → {point: trial}, each point once
     studies: dict[str, str] = {}

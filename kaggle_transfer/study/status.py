@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from ..errors import KtError
+from .ablate import AblationDesign, base_name
 from .grid import point_key as grid_point_key
 from .storage import masked, open_storage
 
@@ -21,23 +22,33 @@ def study_status(
     import optuna
 
     storage = open_storage(storage_url)
-    names = [
-        s.study_name
+    summaries = [
+        s
         for s in optuna.get_all_study_summaries(storage)
         if ":claim:" not in s.study_name and s.study_name.startswith(f"{competition}-")
     ]
-    if not names:
+    if not summaries:
         raise KtError(
-            f"no study of {competition} in {masked(storage_url)}; start one with kt study {competition}"
+            f"no study of {competition} in {masked(storage_url)}; start one with kt study run "
+            f"{competition}"
         )
+    # an ablation run again with more seeds is a new study over the same runs: the latest stands
+    latest: dict[str, Any] = {}
+    for s in summaries:
+        key = base_name(s.study_name) if s.user_attrs.get("kind") == "ablation" else s.study_name
+        if key not in latest or s.user_attrs.get("seeds", 0) > latest[key].user_attrs.get(
+            "seeds", 0
+        ):
+            latest[key] = s
     now = now or dt.datetime.now()
-    return [_one(optuna.load_study(study_name=name, storage=storage), now) for name in names]
+    return [
+        _one(optuna.load_study(study_name=s.study_name, storage=storage), now)
+        for s in latest.values()
+    ]
 
 
 def _one(study, now: dt.datetime) -> dict[str, Any]:
     from optuna.trial import TrialState
-
-    from .ablate import AblationDesign
 
     ablation = study.user_attrs.get("kind") == "ablation"
     point_key = AblationDesign.key if ablation else grid_point_key
@@ -75,8 +86,12 @@ def _one(study, now: dt.datetime) -> dict[str, Any]:
         if durations
         else None
     )
+    facts = study.user_attrs
     return {
         "study": study.study_name,
+        "what": f"ablation of {facts.get('arch')}: {' | '.join(facts.get('levels', []))}"
+        if ablation
+        else f"grid {facts.get('grid')} over {', '.join(facts.get('archs') or [])}",
         "points": points,
         "done": len(done),
         "failed": len(failed),

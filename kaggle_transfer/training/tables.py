@@ -84,6 +84,13 @@ def load_tables(
 def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> pd.DataFrame:
     """Cheap checks before a run folder is made: arch, loss and the training table (files included).
     Returns the competition's rows, for fit() to reuse."""
+    comp = check_config(cfg)
+    return comp.read_train(data_dir, skip_bad_images)
+
+
+def check_config(cfg: RunConfig):
+    """The checks of a config that need no image: arch, protocol and channels, loss, metadata,
+    pseudo tables, teacher, split file, the --init and --weights files. Returns the competition."""
     comp = competitions.for_config(cfg)
     check_arch(cfg.arch)
     # a channel choice the protocol cannot feed fails before any image is read
@@ -102,7 +109,10 @@ def preflight(cfg: RunConfig, data_dir: Path, skip_bad_images: bool = False) -> 
         load_spec(cfg.teacher)
     if cfg.split_file:  # a duplicated or conflicting id, too
         read_split_file(cfg.split_file)
-    return comp.read_train(data_dir, skip_bad_images)
+    for key in ("init", "weights"):
+        if getattr(cfg, key) and not Path(getattr(cfg, key)).is_file():
+            raise KtError(f"--{key} {getattr(cfg, key)} not found")
+    return comp
 
 
 def meta_inputs(
