@@ -366,7 +366,7 @@ RANGES = {
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def duration_s(text: str | None) -> float:
+def duration_s(text: str | None, flag: str = "--time-limit") -> float:
     """`8h`, `90m`, `45s`, `1.5h` or a bare number of minutes, in seconds; 0 for none."""
     if not text:
         return 0.0
@@ -378,7 +378,7 @@ def duration_s(text: str | None) -> float:
         seconds = -1.0
     if not unit or not seconds > 0 or seconds == float("inf"):
         raise KtError(
-            f"--time-limit {text!r}: give a duration such as 8h, 90m or 45s (a number: minutes)"
+            f"{flag} {text!r}: give a duration such as 8h, 90m or 45s (a number: minutes)"
         )
     return seconds
 

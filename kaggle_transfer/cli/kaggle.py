@@ -265,6 +265,10 @@ def bundle(
     click.echo(
         f"wrote {result['dir']}: {result['models']} model(s), wheels {', '.join(result['wheels'])}"
     )
+    from ..inference.ensemble import budget_line
+
+    if estimate := budget_line(ensemble_spec):
+        click.echo(f"the ensemble's {estimate}")
 
 
 @click.command()

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING
+from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING, duration_s
+from ..errors import KtError
+from ..inference import budget as plan
+from ..inference.budget import TARGETS
 from ..inference.session import expand
 from .common import (
     Renamed,
@@ -231,11 +234,39 @@ def pseudo(
     type=click.Path(),
     help="Spec path (default: $KT_RUNS/<competition>/ensembles/…json).",
 )
-def ensemble(competition, runs, method, out) -> None:
+@click.option(
+    "--budget",
+    metavar="DURATION",
+    help="The notebook's clock, e.g. 9h: the best blend predicted to finish within it.",
+)
+@click.option(
+    "--test-images",
+    type=click.IntRange(min=1),
+    help="Images the notebook predicts (default: the competition's hidden test set's size).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(TARGETS),
+    default="kaggle-cpu",
+    show_default=True,
+    help="Where it runs: here (as measured), Kaggle's CPU notebook, or its T4 / P100 (estimates).",
+)
+def ensemble(competition, runs, method, out, budget, test_images, target) -> None:
     """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""
+    from .. import competitions
     from ..inference.ensemble import build
 
-    spec = build(competition, runs, method, out)
+    limit = None
+    if budget:
+        images = test_images or competitions.get(competition).kaggle.hidden_test_images
+        if not images:
+            raise KtError(
+                "--budget: how many images will the notebook predict? pass --test-images N"
+            )
+        limit = plan.Budget(duration_s(budget, "--budget"), images, target)
+    elif test_images:
+        raise KtError("--test-images goes with --budget (the clock the blend must fit)")
+    spec = build(competition, runs, method, out, limit)
     click.echo(f"{'member':<60} {'weight':>7} {'OOF ' + spec['metric']:>12}")
     for m in spec["members"]:
         click.echo(f"{m['run'][-60:]:<60} {m['weight']:>7.3f} {m['oof_score']:>12.4f}")
@@ -243,6 +274,14 @@ def ensemble(competition, runs, method, out) -> None:
         f"blend ({spec['method']}) OOF {spec['metric']} {spec['oof_score']:.4f}, "
         f"{spec['gain']:+.4f} over the best member"
     )
+    if "budget" in spec:
+        import pandas as pd
+
+        from ..reports import plots
+
+        csv = Path(spec["budget"]["frontier"])
+        png = plots.budget_frontier(pd.read_csv(csv), spec["budget"], csv.with_suffix(".png"))
+        click.echo(f"{plan.line(spec['budget'])}; frontier: {csv}, {png}")
     click.echo(f"wrote {spec['path']}; next: kt predict {competition} --ensemble {spec['path']}")
 
 

@@ -350,7 +350,7 @@ def study_report(
 @click.option("--runs-root", type=click.Path())
 def study_status(competition, storage, runs_root) -> None:
     """Grid points done, running (where, since when), failed and left, with an ETA; from the storage alone."""
-    from .. import competitions, runs
+    from .. import competitions
 
     name = competitions.get(competition).name
     for s in read_status(name, storage or default_storage(runs.runs_root(runs_root), name)):

@@ -19,7 +19,8 @@ import numpy as np
 from .. import competitions, runs
 from ..config import ENSEMBLE_METHODS
 from ..errors import KtError
-from ..files import sha256, write_json
+from ..files import atomic_path, sha256, write_json
+from . import budget as plan
 from .metadata import check_fitted
 from .predict import blend
 
@@ -54,7 +55,10 @@ def build(
     run_dirs: Sequence[str | Path],
     method: str = "greedy",
     out: str | Path | None = None,
+    budget=None,
 ) -> dict[str, Any]:
+    """The spec of a blend of the runs; with a `budget.Budget`, the best blend predicted to fit it,
+    the frontier beside the spec (`<spec>_frontier.csv/png`) and the estimate in the spec."""
     if method not in METHODS:
         raise KtError(f"--method {method!r} is not valid; choose one of: {', '.join(METHODS)}")
     run_dirs = [Path(d) for d in run_dirs]
@@ -68,11 +72,24 @@ def build(
     singles = [
         _score(task, raws[m : m + 1], targets, None, method="mean")[0] for m in range(len(raws))
     ]
-    weights = (
-        greedy_weights(task, raws, targets)
+    chosen, planned = list(range(len(raws))), None
+    if budget is not None:
+        chosen, planned = _within(comp, run_dirs, raws, targets, budget)
+    weights = np.zeros(len(raws))
+    sub = raws[chosen]
+    weights[chosen] = (
+        greedy_weights(task, sub, targets)
         if method == "greedy"
-        else np.full(len(raws), 1 / len(raws))
+        else np.full(len(sub), 1 / len(sub))
     )
+    if budget is not None and method == "greedy":  # equal weights where they score higher
+        equal = np.zeros(len(raws))
+        equal[chosen] = 1 / len(chosen)
+        if (
+            _score(task, raws, targets, equal, method="mean")[0]
+            > _score(task, raws, targets, weights, method="mean")[0]
+        ):
+            weights = equal
     score, fitted = _score(task, raws, targets, weights, method=method)
     spec = {
         "type": "ensemble",
@@ -98,9 +115,65 @@ def build(
         ],
     }
     path = Path(out) if out else runs.ensemble_path(comp.name, method)
+    if planned is not None:
+        spec["budget"] = planned["record"]
+        spec["budget"]["frontier"] = _write_frontier(planned, run_dirs, path)
     write_json(path, spec)
     spec["path"] = str(path)
     return spec
+
+
+def budget_line(spec_path: str | Path | None) -> str | None:
+    """The budget line of an ensemble spec made with --budget (None: no spec, or none recorded)."""
+    if not spec_path:
+        return None
+    record = load_spec(spec_path).get("budget")
+    return plan.line(record) if isinstance(record, dict) and "estimated_s" in record else None
+
+
+def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int], dict]:
+    """The members of the best blend that fits the budget (inference/budget.py), and what to record."""
+    data = Path(runs.read_run_info(runs.member_dirs(run_dirs[0])[0])["data_dir"])
+    try:
+        table = comp.read(data, "test")
+    except KtError:
+        table = comp.read(data, "train")
+    costs = plan.scale(
+        plan.measure([runs.onnx_files(d) for d in run_dirs], list(table["paths"][:8])),
+        budget.target,
+    )
+
+    def score(members) -> float:
+        return _score(comp.task, raws[list(members)], targets, None, method="mean")[0]
+
+    chosen, rows = plan.select(score, len(raws), costs, budget.seconds, budget.images)
+    record = {
+        "target": budget.target,
+        "budget_s": budget.seconds,
+        "test_images": budget.images,
+        "estimated_s": budget.images * costs.per_image(chosen),
+        "per_image_s": costs.per_image(chosen),
+        "member_model_s": list(costs.model_s),
+        "decode_s": {str(k): v for k, v in costs.decode_s.items()},
+        "note": costs.note,
+    }
+    return chosen, {"record": record, "rows": rows, "chosen": chosen}
+
+
+def _write_frontier(planned: dict, run_dirs: list[Path], spec_path: Path) -> str:
+    """The score-vs-time frontier beside the spec: every blend scored, a CSV (kt ensemble plots it)."""
+    import pandas as pd
+
+    names = [d.name for d in run_dirs]
+    table = pd.DataFrame(planned["rows"])
+    table["members"] = [" + ".join(names[m] for m in r) for r in table["members"]]
+    table["hours"] = table["seconds"] / 3600
+    csv = spec_path.with_name(spec_path.stem + "_frontier.csv")
+    spec_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
+    planned["record"]["chosen"] = " + ".join(names[m] for m in planned["chosen"])
+    return str(csv)
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from .. import competitions
 from ..competitions import submission
 from ..errors import KtError
 from ..files import read_json, write_json
+from ..inference.ensemble import budget_line
 from . import bundle as bundle_mod
 from .client import (
     _wait,
@@ -503,6 +504,8 @@ def _submit_code(
     else:
         if estimate := runtime_estimate(comp, csv):
             waiting.echo(estimate)
+        if planned := _planned(csv):
+            waiting.echo(f"the ensemble's {planned}")
         target = options.target or bundle_mod.NotebookTarget(accelerator=comp.kaggle.accelerator)
         bundle = (
             Path(options.bundle_dir)
@@ -578,6 +581,15 @@ def _check_bundle(comp, bundle: Path) -> None:
     made_for = read_json(path, what="bundle description").get("competition")
     if made_for != comp.name:
         raise KtError(f"--bundle {bundle} was made for {made_for!r}, not {comp.name!r}")
+
+
+def _planned(csv: Path) -> str | None:
+    """The budget estimate kt ensemble --budget recorded in the spec this submission was made with."""
+    manifest = csv.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    spec = read_json(manifest, what="submission manifest").get("ensemble")
+    return budget_line(spec) if isinstance(spec, str) and Path(spec).is_file() else None
 
 
 def runtime_estimate(comp, csv: Path) -> str | None:

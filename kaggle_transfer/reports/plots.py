@@ -149,6 +149,35 @@ def ablation(table: pd.DataFrame, *, metric: str, title: str, path: Path) -> Pat
     return _save(fig, path, dpi=110)
 
 
+def budget_frontier(table: pd.DataFrame, record: dict[str, Any], path: Path) -> Path:
+    """kt ensemble --budget: every blend's predicted hours against its OOF score, the frontier (no
+    cheaper blend scores as well) joined, the budget as a line and the chosen blend marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(table["hours"], table["score"], s=12, color="0.7", label="every blend")
+    front = table[table["pareto"]] if "pareto" in table else table
+    ax.plot(front["hours"], front["score"], "o-", color="C0", label="frontier")
+    ax.axvline(record["budget_s"] / 3600, color="C3", linestyle="--", label="budget")
+    pick = table[table["members"] == record.get("chosen")]
+    if len(pick):
+        ax.scatter(
+            pick["hours"],
+            pick["score"],
+            s=90,
+            facecolors="none",
+            edgecolors="C3",
+            zorder=3,
+            label=textwrap.shorten(f"chosen: {record.get('chosen')}", 60),
+        )
+    ax.set(
+        xlabel=f"predicted hours for {record['test_images']:,} images on {record['target']}",
+        ylabel="OOF score (equal weights)",
+    )
+    ax.legend(fontsize=7, loc="lower right")
+    fig.text(0.01, -0.02, textwrap.fill(record["note"], 120), fontsize=6, va="top")
+    return _save(fig, path, dpi=110)
+
+
 def ensemble_weights(spec: dict[str, Any], path: Path) -> Path:
     """Members' weights beside their OOF scores and the blend's, one row per member sharing the
     labels of the left panel (constrained layout leaves them room: no label runs into a panel)."""

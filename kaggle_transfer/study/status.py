@@ -11,7 +11,6 @@ import datetime as dt
 from typing import Any
 
 from ..errors import KtError
-from .ablate import AblationDesign, base_name
 from .grid import point_key as grid_point_key
 from .storage import masked, open_storage
 
@@ -32,6 +31,8 @@ def study_status(
             f"no study of {competition} in {masked(storage_url)}; start one with kt study run "
             f"{competition}"
         )
+    from .ablate import base_name  # pandas and the plots: not for kt --help
+
     # an ablation run again with more seeds is a new study over the same runs: the latest stands
     latest: dict[str, Any] = {}
     for s in summaries:
@@ -49,6 +50,8 @@ def study_status(
 
 def _one(study, now: dt.datetime) -> dict[str, Any]:
     from optuna.trial import TrialState
+
+    from .ablate import AblationDesign
 
     ablation = study.user_attrs.get("kind") == "ablation"
     point_key = AblationDesign.key if ablation else grid_point_key

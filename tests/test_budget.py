@@ -1,0 +1,137 @@
+"""kt ensemble --budget: the selector on recorded member costs and OOF (no timing), against a brute
+force written here with scikit-learn; the cost model's shared decode; the command end to end."""
+
+import itertools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import accuracy_score
+
+from kaggle_transfer import competitions
+from kaggle_transfer.errors import KtError
+from kaggle_transfer.inference.budget import Costs, scale, select
+
+TASK = competitions.get("cct20").task  # multiclass accuracy: argmax of the mean logits
+RNG = np.random.default_rng(4)
+Y = RNG.integers(0, TASK.num_classes, 300)
+
+
+def _member(quality: float) -> np.ndarray:
+    logits = RNG.normal(0, 1, (len(Y), TASK.num_classes))
+    logits[np.arange(len(Y)), Y] += quality  # a better model puts more weight on the truth
+    return logits
+
+
+RAWS = np.stack([_member(q) for q in (0.4, 0.9, 1.3, 1.6, 2.0)])
+
+
+def SCORE(members):  # kt ensemble's own: equal weights, the competition metric
+    from kaggle_transfer.inference.ensemble import _score
+
+    return _score(TASK, RAWS[list(members)], Y, None, method="mean")[0]
+COSTS = Costs(model_s=(0.01, 0.03, 0.05, 0.09, 0.2), sides=(224, 224, 384, 384, 512),
+              decode_s={224: 0.02, 384: 0.04, 512: 0.06})
+
+
+def brute_force(budget_s: float, images: int) -> tuple[float, float]:
+    """The best equal-weight blend within the budget, by hand: (score, seconds)."""
+    best = (-1.0, 0.0)
+    for k in range(1, len(RAWS) + 1):
+        for chosen in itertools.combinations(range(len(RAWS)), k):
+            side = max(COSTS.sides[m] for m in chosen)
+            seconds = images * (COSTS.decode_s[side] + sum(COSTS.model_s[m] for m in chosen))
+            if seconds <= budget_s:
+                score = accuracy_score(Y, RAWS[list(chosen)].mean(axis=0).argmax(axis=1))
+                if score > best[0] + 1e-12 or (abs(score - best[0]) <= 1e-12 and seconds < best[1]):
+                    best = (score, seconds)
+    return best
+
+
+def test_decode_is_paid_once_at_the_largest_side():
+    assert COSTS.per_image([0, 1]) == pytest.approx(0.02 + 0.01 + 0.03)
+    assert COSTS.per_image([0, 4]) == pytest.approx(0.06 + 0.01 + 0.2)  # decoded once, at 512
+    assert COSTS.per_image([1, 1]) == COSTS.per_image([1])  # a member twice is weight, not time
+
+
+@pytest.mark.parametrize("hours", [0.05, 0.1, 0.15, 0.25, 0.4, 1.0, 5.0])
+def test_the_chosen_blend_is_the_best_that_fits(hours):
+    images = 1000
+    chosen, rows = select(SCORE, len(RAWS), COSTS, hours * 3600, images)
+    seconds = images * COSTS.per_image(chosen)
+    assert seconds <= hours * 3600
+    score = accuracy_score(Y, RAWS[chosen].mean(axis=0).argmax(axis=1))
+    assert (score, seconds) == pytest.approx(brute_force(hours * 3600, images))
+    assert len(rows) == 2 ** len(RAWS) - 1  # every blend is on the frontier table
+
+
+def test_a_tighter_budget_never_picks_a_slower_blend():
+    images, picked = 1000, []
+    for hours in np.linspace(0.05, 1.0, 40):
+        chosen, _ = select(SCORE, len(RAWS), COSTS, hours * 3600, images)
+        picked.append(images * COSTS.per_image(chosen))
+    assert all(a <= b + 1e-9 for a, b in zip(picked, picked[1:], strict=False))
+
+
+def test_a_budget_nothing_fits_names_the_cheapest_members_time():
+    with pytest.raises(KtError, match=r"the cheapest alone needs 30\.0 s for 1,000 images"):
+        select(SCORE, len(RAWS), COSTS, 10, 1000)
+
+
+def test_targets_scale_the_measured_costs_and_say_how():
+    cpus = len(os.sched_getaffinity(0))
+    kaggle = scale(COSTS, "kaggle-cpu")
+    assert kaggle.model_s[0] == pytest.approx(0.01 * cpus / 4)
+    assert "Kaggle's 4" in kaggle.note
+    t4 = scale(COSTS, "kaggle-t4")
+    assert t4.decode_s == kaggle.decode_s and "estimate" in t4.note and "8.1 TFLOPS" in t4.note
+    with pytest.raises(KtError, match="--target"):
+        scale(COSTS, "tpu")
+
+
+@pytest.mark.slow
+def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_path):
+    from kaggle_transfer.competitions import synthetic
+
+    data = synthetic.make("aptos", tmp_path / "data", n_train=60, n_test=6, image_size=48)
+    root = tmp_path / "runs"
+
+    def kt(*args):
+        env = {**os.environ, "KT_WHEEL_CACHE": str(tmp_path / "wheels")}  # nothing cached, nothing fetched
+        out = subprocess.run([sys.executable, "-m", "kaggle_transfer", *args], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path, env=env)
+        assert out.returncode == 0, out.stderr[-1500:]
+        return out.stdout
+
+    for size in ("32", "48"):
+        kt("train", "aptos", "--data-dir", str(data), "--arch", "test_resnet", "--size", size, "--epochs", "1",
+           "--no-pretrained", "-b", "16", "-j", "0", "--runs-root", str(root), "--no-progress")
+    members = sorted(str(p) for p in (root / "aptos").glob("2*"))
+    for run in members:
+        kt("export", run, "--no-progress")
+    spec_path = tmp_path / "ens.json"
+    out = kt("ensemble", "aptos", *members, "--budget", "9h", "--test-images", "13000", "-o", str(spec_path))
+    assert "predicted run:" in out and "kaggle-cpu" in out
+    import json
+
+    spec = json.loads(spec_path.read_text())
+    record = spec["budget"]
+    assert record["estimated_s"] <= record["budget_s"] == 9 * 3600 and record["test_images"] == 13000
+    frontier = pd.read_csv(record["frontier"])
+    assert len(frontier) == 3 and (tmp_path / "ens_frontier.png").stat().st_size > 0
+    # the chosen blend is the frontier's best within the budget, and its members are the spec's
+    best = frontier[frontier["seconds"] <= record["budget_s"]].sort_values(["score", "seconds"],
+                                                                           ascending=[False, True]).iloc[0]
+    assert best["members"] == record["chosen"]
+    weighted = {m["run"].rsplit("/", 1)[1] for m in spec["members"] if m["weight"] > 0}
+    assert weighted <= set(record["chosen"].split(" + "))
+    bundled = kt("bundle", "aptos", "--ensemble", str(spec_path), "-o", str(tmp_path / "bundle"), "--user",
+                 "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--cpu-fallback")
+    assert "the ensemble's predicted run:" in bundled
+    refused = subprocess.run([sys.executable, "-m", "kaggle_transfer", "ensemble", "aptos", *members, "--budget",
+                              "1s", "--test-images", "13000000", "-o", str(tmp_path / "x.json")],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no member fits" in refused.stderr
