@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 
-def run(seed: int, epochs: int, root: Path, data_dir: Path) -> float:
+def run(seed: int, epochs: int, root: Path, data_dir: Path) -> tuple[float, float]:
+    """Held-out accuracy of the run's fp32 model and of its kt export --int8 copy."""
     from kaggle_transfer import competitions, config
     from kaggle_transfer.inference.pipeline import predict_submission
     from kaggle_transfer.inference.predictor import Choice, RunOptions, load_predictor
@@ -31,9 +32,16 @@ def run(seed: int, epochs: int, root: Path, data_dir: Path) -> float:
     run_dir.mkdir()
     fit(cfg, run_dir, data_dir, progress=False)
     onnx = export(run_dir)["path"]
-    predictor = load_predictor(comp.name, Choice(models=[onnx]), RunOptions(progress=False))
-    manifest = predict_submission(predictor, data_dir, out_root=root / "subs", label=f"seed{seed}")
-    return hidden_label_score(comp, data_dir, Path(manifest["submission"]))
+    from kaggle_transfer.inference.quantize import quantize
+
+    quantize(run_dir, force=True)  # the score check is what this measures
+    scores = []
+    for int8 in (False, True):
+        predictor = load_predictor(comp.name, Choice(models=[onnx], int8=int8), RunOptions(progress=False))
+        label = f"seed{seed}{'-int8' if int8 else ''}"
+        manifest = predict_submission(predictor, data_dir, out_root=root / "subs", label=label)
+        scores.append(hidden_label_score(comp, data_dir, Path(manifest["submission"])))
+    return scores[0], scores[1]
 
 
 def main() -> None:
@@ -46,11 +54,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = make_digits(Path(tmp) / "digits")
         t0 = time.time()
-        scores = [run(seed, a.epochs, Path(tmp), data_dir) for seed in range(a.seeds)]
+        pairs = [run(seed, a.epochs, Path(tmp), data_dir) for seed in range(a.seeds)]
+    scores, int8 = [p[0] for p in pairs], [p[1] for p in pairs]
     print(f"\ndigits (1,797 real 8x8 images; 450 held out), test_resnet @ 32px from scratch, {a.epochs} epochs")
     print(f"held-out accuracy per seed: {', '.join(f'{s:.4f}' for s in scores)}")
     print(f"mean ± std over {a.seeds} seeds: {np.mean(scores):.4f} ± {np.std(scores):.4f}  "
           f"({(time.time() - t0) / a.seeds:.0f}s per seed)")
+    diffs = [100 * (b - s) for s, b in pairs]
+    print(f"int8 (kt export --int8) per seed: {', '.join(f'{s:.4f}' for s in int8)}; int8 - fp32: "
+          f"{', '.join(f'{d:+.2f}' for d in diffs)} points (mean {np.mean(diffs):+.2f})")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ OOF = "oof.npz"  # validation ids, raw outputs, targets, fitted parameters
 GROUP = "group.json"  # a --folds/--seeds group's members and scores
 GROUP_REQUEST = "group-request.json"  # what a --folds/--seeds group was asked to train (--resume)
 MODEL = "model.onnx"  # written by kt export
+MODEL_INT8 = "model.int8.onnx"  # kt export --int8: its calibrated int8 copy
 BEST = "best.pt"  # the best epoch's weights (weights only)
 LAST = "last.pt"  # the last epoch's full state, for --resume
 SWA = "swa.pt"  # the SWA average's weights

@@ -89,6 +89,11 @@ provider_option = click.option(
     show_default=True,
     help="onnxruntime's provider (auto: CUDA where a GPU is, else the CPU).",
 )
+int8_option = click.option(
+    "--int8",
+    is_flag=True,
+    help="Each run's model.int8.onnx (kt export --int8) in place of its model.onnx.",
+)
 tta_option = click.option(
     "--tta",
     type=choice("tta"),

@@ -9,7 +9,7 @@ import click
 from ..config import ACCELERATORS, NOTEBOOK_PYTHON
 from ..inference.session import expand
 from ..kaggle import client as kaggle_client
-from .common import Renamed, data_dir_option, tta_option
+from .common import Renamed, data_dir_option, int8_option, tta_option
 
 
 @click.command()
@@ -170,6 +170,7 @@ def submit(
 
 
 @click.command()
+@int8_option
 @click.argument("competition")
 @click.argument("models", nargs=-1)
 @click.option("-o", "--out", type=click.Path(), required=True, help="Bundle folder to write.")
@@ -239,6 +240,7 @@ def bundle(
     cpu_fallback,
     image_has_onnxruntime,
     overwrite,
+    int8,
 ) -> None:
     """The offline notebook bundle of a code competition: ONNX models, wheels, script (metadata with --user)."""
     from ..kaggle.bundle import NotebookTarget, Wheels, build
@@ -254,7 +256,7 @@ def bundle(
 
     result = build(
         competition,
-        Choice(models=expand(list(models)) if models else [], ensemble=ensemble_spec),
+        Choice(models=expand(list(models)) if models else [], ensemble=ensemble_spec, int8=int8),
         out,
         target=target,
         wheels=Wheels(fetch=fetch_wheels, wheels_from=wheels_from),

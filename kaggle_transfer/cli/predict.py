@@ -16,6 +16,7 @@ from .common import (
     data_dir_option,
     external_dir_option,
     external_dirs,
+    int8_option,
     name_option,
     progress_option,
     provider_option,
@@ -78,6 +79,7 @@ from .common import (
     help="A missing or corrupt test image gets the test set's mean "
     "output instead of stopping the run (listed in manifest.json).",
 )
+@int8_option
 @progress_option
 def predict(
     competition,
@@ -96,6 +98,7 @@ def predict(
     batch_size,
     threads,
     skip_bad_images,
+    int8,
     progress,
 ) -> None:
     """Offline ONNX ensemble → submissions/<competition>/<stamp>_<label>/ (torch not needed)."""
@@ -103,7 +106,11 @@ def predict(
     from ..inference.predictor import Choice, RunOptions, load_predictor
 
     choice = Choice(
-        models=expand(list(models)), ensemble=ensemble_spec, blend=blend_method, refit=refit
+        models=expand(list(models)),
+        ensemble=ensemble_spec,
+        blend=blend_method,
+        refit=refit,
+        int8=int8,
     )
     options = RunOptions(
         tta=tta,

@@ -361,13 +361,39 @@ def train(
 @click.argument("run_dir", type=click.Path())
 @click.option("-o", "--out", type=click.Path(), help="ONNX path (default: RUN_DIR/model.onnx).")
 @click.option("--opset", type=int, default=18, show_default=True)
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also write model.int8.onnx: static int8 (QDQ, per-channel), calibrated on the run's "
+    "training images and checked on its validation rows.",
+)
+@click.option(
+    "--int8-tolerance",
+    type=click.FloatRange(min=0),
+    default=0.005,
+    show_default=True,
+    help="The largest validation score drop --int8 accepts.",
+)
+@click.option("--force", is_flag=True, help="Keep an int8 copy whose score drops more than that.")
 @progress_option
-def export(run_dir, out, opset, progress) -> None:
+def export(run_dir, out, opset, int8, int8_tolerance, force, progress) -> None:
     """Export a run's best weights (or each run of a --folds group) to self-describing ONNX, checked with torch."""
     from ..training.export import export_runs
 
+    if (int8_tolerance != 0.005 or force) and not int8:
+        raise KtError("--int8-tolerance and --force go with --int8")
+    if int8 and out:
+        raise KtError("--int8 writes model.int8.onnx beside model.onnx in the run folder; drop -o")
     for result in export_runs(run_dir, out, opset=opset, progress=progress):
         click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
+        if int8:
+            from ..inference.quantize import quantize
+
+            q = quantize(Path(result["path"]).parent, tolerance=int8_tolerance, force=force)
+            click.echo(
+                f"wrote {q['path']}  (max |int8 - fp32| = {q['max_abs_diff']:.3g}; validation score "
+                f"{q['score_fp32']:.4f} fp32, {q['score_int8']:.4f} int8 on {q['validation_rows']} rows)"
+            )
 
 
 @click.command()

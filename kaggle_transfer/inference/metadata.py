@@ -37,6 +37,19 @@ def num_outputs(kind: str, num_classes: int) -> int:
     return 1 if kind in ("ordinal", "binary") else num_classes
 
 
+INT8_KEYS = {"calibration_rows", "validation_rows", "max_abs_diff", "score_fp32", "score_int8"}
+
+
+def _check_int8(record: Any, path: Path) -> None:
+    """The `int8` record of a quantised file (kt export --int8): the numbers it was accepted on."""
+    if not (
+        isinstance(record, dict)
+        and set(record) == INT8_KEYS
+        and _finite_list(list(record.values()))
+    ):
+        raise _fail(path, "int8", "is not the record kt export --int8 writes")
+
+
 def check(meta: Any, path: Path) -> dict[str, Any]:
     """The metadata, or a KtError naming the first key that is missing, mistyped or out of range."""
     from ..competitions.custom import NAME
@@ -97,6 +110,8 @@ def check(meta: Any, path: Path) -> dict[str, Any]:
             raise _fail(
                 path, "meta", "is not a metadata encoding (columns, kinds, levels, mean/std)"
             ) from None
+    if "int8" in meta:
+        _check_int8(meta["int8"], path)
     return meta
 
 

@@ -19,7 +19,7 @@ from ..errors import KtError
 from ..tasks import Task
 from .ensemble import load_blend
 from .predict import RunOptions, blend, combine_fitted, predict_models
-from .session import OnnxModel, load_ensemble
+from .session import OnnxModel, int8_copy, load_ensemble
 from .tta import recorded_tta
 
 
@@ -35,6 +35,7 @@ class Choice:
     blend: str = "mean"  # mean | rank
     fitted: dict[str, Any] | None = None  # thresholds handed in (a notebook bundle carries them)
     refit: bool = False  # refit thresholds on the members' blended OOF
+    int8: bool = False  # each run's model.int8.onnx (kt export --int8) in place of model.onnx
 
 
 @dataclass
@@ -94,6 +95,7 @@ def load_predictor(
     options = options or RunOptions()
     spec = load_blend(choice.ensemble) if choice.ensemble else None
     paths = spec.paths if spec else list(choice.models)
+    paths = [int8_copy(p) for p in paths] if choice.int8 else paths
     if not paths:
         raise KtError(
             "name the models (model.onnx files, run folders or groups) or pass --ensemble SPEC.json"

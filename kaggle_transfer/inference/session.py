@@ -270,6 +270,19 @@ def expand(patterns: list[str]) -> list[Path]:
     return out
 
 
+def int8_copy(path: str | Path) -> Path:
+    """--int8: a run's model.onnx → its int8 copy (kt export --int8); any other file as named."""
+    path = Path(path)
+    if path.name != runs.MODEL:
+        return path
+    copy = path.with_name(runs.MODEL_INT8)
+    if not copy.is_file():
+        raise KtError(
+            f"--int8: {path.parent} has no {runs.MODEL_INT8}; run kt export {path.parent} --int8"
+        )
+    return copy
+
+
 def load_ensemble(
     paths: list[str | Path],
     competition: str | None,

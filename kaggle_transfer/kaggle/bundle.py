@@ -31,7 +31,7 @@ from ..errors import KtError
 from ..files import read_json, sha256, write_json, write_text
 from ..inference.ensemble import load_blend
 from ..inference.predictor import Choice
-from ..inference.session import read_metadata
+from ..inference.session import int8_copy, read_metadata
 from ..inference.tta import recorded_tta
 from ..runs import slug
 from . import notebook, runtime
@@ -235,7 +235,7 @@ def build(
             )
         shutil.rmtree(out)
     try:
-        entries, spec = _copy_models(comp, choice.models, choice.ensemble, out)
+        entries, spec = _copy_models(comp, choice.models, choice.ensemble, out, choice.int8)
         runtime_info = _add_wheels(out, target, wheels)
         info = {
             "competition": comp.name,
@@ -298,7 +298,9 @@ def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, 
     return None
 
 
-def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[str, Any]]:
+def _copy_models(
+    comp, models, ensemble, out: Path, int8=False
+) -> tuple[list[dict], dict[str, Any]]:
     spec: dict[str, Any] = {"weights": None, "blend": "mean", "fitted": None, "tta": None}
     if ensemble:
         blend = load_blend(ensemble)  # members of weight 0 are already left out
@@ -307,6 +309,7 @@ def _copy_models(comp, models, ensemble, out: Path) -> tuple[list[dict], dict[st
         spec.update(weights=blend.weights, fitted=blend.fitted, blend=blend.method)
     if not models:
         raise KtError("name the models to bundle (model.onnx files) or pass --ensemble SPEC.json")
+    models = [int8_copy(p) for p in models] if int8 else models
     out.mkdir(parents=True, exist_ok=True)
     entries, metas = [], []
     for i, path in enumerate(map(Path, models)):
