@@ -38,6 +38,7 @@ lint: install
 TIMM_TRAIN ?=
 bench: install
 	cd benchmarks && ../$(BIN)/python prepare_vs_pil.py
+	cd benchmarks && ../$(BIN)/python decoders.py
 	cd benchmarks && ../$(BIN)/python cache_formats.py
 	cd benchmarks && ../$(BIN)/python loader_speed.py
 	@if [ -n "$(TIMM_TRAIN)" ]; then cd benchmarks && ../$(BIN)/python train_vs_timm.py --timm-train "$(abspath $(TIMM_TRAIN))"; \

@@ -75,3 +75,45 @@ def test_dataset_yields_uint8_chw(aptos_dir):
     table = APTOS.read_train(aptos_dir)
     x, y, i = ImageDataset(table, 32, targets=table["target"].to_numpy())[3]
     assert x.shape == (3, 32, 32) and str(x.dtype) == "torch.uint8" and i == 3 and int(y) == table["target"][3]
+
+
+def test_the_fast_png_decoder_gives_opencvs_pixels_and_falls_back(tmp_path, monkeypatch):
+    """8-bit grey, RGB and RGBA PNGs go through imagecodecs; palette and 16-bit PNGs, and every PNG
+    when imagecodecs is not installed (the notebook without its wheel), through OpenCV: same pixels."""
+    import sys
+
+    import cv2
+    from PIL import Image
+
+    from kaggle_transfer.data import images
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    files = {}
+    for name, arr, mode in (("rgb", rgb, "RGB"), ("rgba", np.dstack([rgb, rgb[..., :1]]), "RGBA"),
+                            ("gray", rgb[..., 0], "L")):
+        files[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(arr, mode).save(files[name])
+    files["palette"] = str(tmp_path / "palette.png")
+    Image.fromarray(rgb).convert("P").save(files["palette"])
+    files["16bit"] = str(tmp_path / "16bit.png")
+    cv2.imwrite(files["16bit"], (rgb.astype(np.uint16) * 257)[..., ::-1])
+
+    def opencv(path, gray=False):
+        img = cv2.imread(path, cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+        return img if gray else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    assert images._fast_png(files["rgb"], gray=False) is not None  # the fast path is taken
+    assert images._fast_png(files["palette"], gray=False) is None
+    assert images._fast_png(files["16bit"], gray=False) is None
+    for name in ("rgb", "rgba", "palette", "16bit"):
+        assert np.array_equal(images.read_image([files[name]]), opencv(files[name])), name
+    planes = images.read_image([files["gray"], files["gray"]])
+    assert np.array_equal(planes[..., 0], opencv(files["gray"], gray=True))
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # not installed
+    assert images._fast_png(files["rgb"], gray=False) is None
+    assert np.array_equal(images.read_image([files["rgba"]]), opencv(files["rgba"]))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    monkeypatch.delitem(sys.modules, "imagecodecs")
+    with pytest.raises(KtError, match="bad.png is corrupt"):
+        images.read_image([str(tmp_path / "bad.png")])
