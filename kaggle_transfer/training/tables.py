@@ -109,9 +109,10 @@ def check_config(cfg: RunConfig):
         load_spec(cfg.teacher)
     if cfg.split_file:  # a duplicated or conflicting id, too
         read_split_file(cfg.split_file)
-    for key in ("init", "weights"):
-        if getattr(cfg, key) and not Path(getattr(cfg, key)).is_file():
-            raise KtError(f"--{key} {getattr(cfg, key)} not found")
+    if cfg.init and not Path(cfg.init).exists():  # a run folder or its best.pt
+        raise KtError(f"--init {cfg.init} not found")
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise KtError(f"--weights {cfg.weights} not found")
     return comp
 
 
