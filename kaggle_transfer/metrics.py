@@ -118,10 +118,14 @@ def fit_cutpoints(
         for i in range(len(cuts)):
             lo = cuts[i - 1] if i > 0 else raw.min() - 1.0
             hi = cuts[i + 1] if i + 1 < len(cuts) else raw.max() + 1.0
-            inside = raw[(raw > lo) & (raw < hi)]
+            inside = np.unique(raw[(raw > lo) & (raw < hi)])
             if inside.size == 0:
                 continue
-            candidates = np.unique(np.quantile(inside, np.linspace(0, 1, grid)))
+            # midway between neighbouring outputs, never on one: a cut on an output would flip that
+            # row for a float's last bit (the same model in ONNX, int8, another machine)
+            edges = np.concatenate([[lo], inside, [hi]])
+            mids = (edges[:-1] + edges[1:]) / 2
+            candidates = mids[np.unique(np.linspace(0, len(mids) - 1, grid).round().astype(int))]
             for c in candidates:
                 trial = cuts.copy()
                 trial[i] = c

@@ -328,9 +328,20 @@ def load_oof(run_dir: Path) -> dict[str, Any] | None:
 def load_oofs(run_dirs: list[Path]) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
     """The one OOF loader of blends: (ids, raws (runs, rows, outputs), targets, config of the first),
     aligned by id. Runs and run groups (their pooled OOF) mix; all must cover the same rows."""
-    oofs = []
+    oofs, seen, first = [], set(), None
     for d in run_dirs:
+        if not Path(d).is_dir():
+            raise KtError(f"{d}: no such run folder")
+        if Path(d).resolve() in seen:
+            raise KtError(f"{d} is given twice; name each run once (a greedy blend weights it)")
+        seen.add(Path(d).resolve())
         require_finished(d)
+        name = load_config(member_dirs(Path(d))[0]).competition
+        first = first or name
+        if name != first:
+            raise KtError(
+                f"{d} is a {name} run and {run_dirs[0]} a {first} one; blend runs of one competition"
+            )
         oof = load_oof(d)
         if oof is None:
             raise KtError(
@@ -399,6 +410,12 @@ def member_dirs(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     group = read_group(run_dir)
     return [run_dir / m["dir"] for m in group["members"]] if group else [run_dir]
+
+
+def exported_current(run_dir: Path) -> bool:
+    """The run's model.onnx exists and was written after its best weights."""
+    model, best = Path(run_dir) / MODEL, Path(run_dir) / BEST
+    return model.is_file() and best.is_file() and model.stat().st_mtime >= best.stat().st_mtime
 
 
 def onnx_files(run_dir: Path) -> list[Path]:

@@ -77,7 +77,7 @@ def test_a_tighter_budget_never_picks_a_slower_blend():
 
 
 def test_a_budget_nothing_fits_names_the_cheapest_members_time():
-    with pytest.raises(KtError, match=r"the cheapest alone needs 30\.0 s for 1,000 images"):
+    with pytest.raises(KtError, match=r"the cheapest alone needs 30 s for 1,000 images on this machine"):
         select(SCORE, len(RAWS), COSTS, 10, 1000)
 
 
@@ -131,7 +131,14 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     bundled = kt("bundle", "aptos", "--ensemble", str(spec_path), "-o", str(tmp_path / "bundle"), "--user",
                  "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--cpu-fallback")
     assert "the ensemble's predicted run:" in bundled
-    refused = subprocess.run([sys.executable, "-m", "kaggle_transfer", "ensemble", "aptos", *members, "--budget",
-                              "1s", "--test-images", "13000000", "-o", str(tmp_path / "x.json")],
-                             capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "no member fits" in refused.stderr
+    def refused(*args):
+        out = subprocess.run([sys.executable, "-m", "kaggle_transfer", "ensemble", "aptos", *args, "-o",
+                              str(tmp_path / "x.json")], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-800:]
+        return out.stderr
+
+    assert "no member fits" in refused(*members, "--budget", "1s", "--test-images", "13000000")
+    assert "no such run folder" in refused(members[0], str(tmp_path / "nonexistent"), "--budget", "9h")
+    assert "given twice" in refused(members[0], members[0], "--budget", "9h")
+    assert "--target goes with --budget" in refused(*members, "--target", "kaggle-t4")
+    assert "--budget ''" in refused(*members, "--budget", "", "--test-images", "10")

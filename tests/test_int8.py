@@ -80,8 +80,23 @@ def test_predict_and_bundle_take_the_int8_copies(run, aptos_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-1500:]
     manifest = json.loads(next((tmp_path / "submissions" / "aptos").glob("*/manifest.json")).read_text())
     assert manifest["models"][0]["file"].endswith(runs.MODEL_INT8)
+    assert "(int8)" in done.stdout  # the summary line says what ran
     bundle = kt("bundle", "aptos", str(run), "--int8", "-o", str(tmp_path / "b"), "--user", "kt-tester",
                 "--no-fetch-wheels", "--image-has-onnxruntime", "--cpu-fallback")
     assert bundle.returncode == 0, bundle.stderr[-1500:]
     (copied,) = (tmp_path / "b").glob("*.onnx")
     assert "int8" in read_metadata(copied)
+
+
+def test_export_int8_keeps_a_current_model_so_an_ensemble_spec_stays_valid(run, tmp_path):
+    from kaggle_transfer.files import sha256
+    from kaggle_transfer.inference.ensemble import build, load_spec
+
+    spec = build("aptos", [run], "mean", tmp_path / "spec.json")
+    before = sha256(run / runs.MODEL)
+    out = subprocess.run([sys.executable, "-m", "kaggle_transfer", "export", str(run), "--int8",
+                          "--int8-tolerance", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert "kept" in out.stdout and sha256(run / runs.MODEL) == before
+    load_spec(spec["path"])  # still valid: its model.onnx did not change
+    assert (run / runs.MODEL_INT8).is_file()

@@ -109,3 +109,17 @@ def test_class_thresholds_are_the_ones_sklearns_f1_picks(rng):
         scores = [f1_score(y[:, k], prob[:, k] >= t, zero_division=0) for t in candidates]
         assert thresholds[k] == pytest.approx(candidates[int(np.argmax(scores))])
     assert 5 in unfitted and unfitted == [k for k in range(6) if y[:, k].sum() == 0]
+
+
+def test_cut_points_sit_between_outputs_so_float_noise_cannot_flip_a_row():
+    """The same model in ONNX or int8 gives outputs a few ulps apart: no validation row may change grade."""
+    from kaggle_transfer.metrics import apply_cutpoints, fit_cutpoints
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        y = rng.integers(0, 5, 40)
+        raw = (y + rng.normal(0, 0.8, 40)).astype(np.float32).astype(float)
+        cuts = fit_cutpoints(raw, y, 5)
+        assert not set(cuts) & set(raw.tolist())
+        for noise in (1e-7, -1e-7):
+            assert np.array_equal(apply_cutpoints(raw + noise, cuts), apply_cutpoints(raw, cuts))

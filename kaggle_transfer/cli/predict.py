@@ -254,9 +254,8 @@ def pseudo(
 @click.option(
     "--target",
     type=click.Choice(TARGETS),
-    default="kaggle-cpu",
-    show_default=True,
-    help="Where it runs: here (as measured), Kaggle's CPU notebook, or its T4 / P100 (estimates).",
+    help="With --budget, where it runs: here (as measured), kaggle-cpu (the default), or Kaggle's "
+    "T4 / P100 (estimates).",
 )
 def ensemble(competition, runs, method, out, budget, test_images, target) -> None:
     """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""
@@ -264,15 +263,19 @@ def ensemble(competition, runs, method, out, budget, test_images, target) -> Non
     from ..inference.ensemble import build
 
     limit = None
-    if budget:
+    if budget is not None:
+        seconds = duration_s(budget, "--budget") if budget.strip() else -1.0
+        if seconds <= 0:
+            raise KtError(f"--budget {budget!r}: give a duration such as 9h, 90m or 45s")
         images = test_images or competitions.get(competition).kaggle.hidden_test_images
         if not images:
             raise KtError(
                 "--budget: how many images will the notebook predict? pass --test-images N"
             )
-        limit = plan.Budget(duration_s(budget, "--budget"), images, target)
-    elif test_images:
-        raise KtError("--test-images goes with --budget (the clock the blend must fit)")
+        limit = plan.Budget(seconds, images, target or "kaggle-cpu")
+    elif test_images or target:
+        flag = "--test-images" if test_images else "--target"
+        raise KtError(f"{flag} goes with --budget (the clock the blend must fit)")
     spec = build(competition, runs, method, out, limit)
     click.echo(f"{'member':<60} {'weight':>7} {'OOF ' + spec['metric']:>12}")
     for m in spec["members"]:

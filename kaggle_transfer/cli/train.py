@@ -384,16 +384,25 @@ def export(run_dir, out, opset, int8, int8_tolerance, force, progress) -> None:
         raise KtError("--int8-tolerance and --force go with --int8")
     if int8 and out:
         raise KtError("--int8 writes model.int8.onnx beside model.onnx in the run folder; drop -o")
-    for result in export_runs(run_dir, out, opset=opset, progress=progress):
-        click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
-        if int8:
-            from ..inference.quantize import quantize
+    if int8:  # model.onnx files an ensemble spec may name by sha256 stay as they are when current
+        from ..inference.quantize import quantize
 
-            q = quantize(Path(result["path"]).parent, tolerance=int8_tolerance, force=force)
+        for member in runs.member_dirs(Path(run_dir)):
+            if runs.exported_current(member):
+                click.echo(f"kept {member / runs.MODEL} (newer than {runs.BEST})")
+            else:
+                result = next(export_runs(member, opset=opset))
+                click.echo(
+                    f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})"
+                )
+            q = quantize(member, tolerance=int8_tolerance, force=force)
             click.echo(
                 f"wrote {q['path']}  (max |int8 - fp32| = {q['max_abs_diff']:.3g}; validation score "
                 f"{q['score_fp32']:.4f} fp32, {q['score_int8']:.4f} int8 on {q['validation_rows']} rows)"
             )
+        return
+    for result in export_runs(run_dir, out, opset=opset, progress=progress):
+        click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
 
 
 @click.command()

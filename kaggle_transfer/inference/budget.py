@@ -102,7 +102,8 @@ def select(
     if images * costs.per_image([cheapest]) > budget_s:
         raise KtError(
             f"--budget {_hours(budget_s)}: no member fits; the cheapest alone needs "
-            f"{_hours(images * costs.per_image([cheapest]))} for {images:,} images on {costs.target} "
+            f"{_hours(images * costs.per_image([cheapest]))} for {images:,} images on "
+            f"{where(costs.target)} "
             "(fewer views, a smaller side, or a faster target)"
         )
     if n <= EXHAUSTIVE:
@@ -131,7 +132,7 @@ def select(
 def _hours(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.2f} h"
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.3g} s"
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,15 @@ class Budget:
     target: str = "kaggle-cpu"
 
 
+def where(target: str) -> str:
+    return "this machine" if target == "here" else target
+
+
 def line(record: dict[str, Any]) -> str:
     """The spec's budget record as one line (kt ensemble, kt bundle and kt submit print it)."""
     return (
         f"predicted run: {_hours(record['estimated_s'])} of the {_hours(record['budget_s'])} budget "
-        f"for {record['test_images']:,} images on {record['target']} ({record['note']})"
+        f"for {record['test_images']:,} images on {where(record['target'])} ({record['note']})"
     )
 
 
@@ -185,12 +190,15 @@ def scale(costs: Costs, target: str) -> Costs:
     return Costs(model, costs.sides, decode, target, note)
 
 
-def _time(fn, repeats: int = 3) -> float:
+def _time(fn, repeats: int = 5) -> float:
+    """The fastest of `repeats` calls after a warm-up: the least disturbed by whatever else runs."""
     fn()  # warm up (allocations, the first run's graph set-up)
-    start = time.perf_counter()
+    best = float("inf")
     for _ in range(repeats):
+        start = time.perf_counter()
         fn()
-    return (time.perf_counter() - start) / repeats
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def measure(member_files: Sequence[Sequence[Path]], image_paths: Sequence[Sequence[str]]) -> Costs:
@@ -223,5 +231,5 @@ def measure(member_files: Sequence[Sequence[Path]], image_paths: Sequence[Sequen
         one = lambda s=side: [  # noqa: E731
             images.fit_to(images.read_image(p, reduce_to=s), s) for p in image_paths
         ]
-        decode[side] = _time(one, repeats=1) / len(image_paths)
+        decode[side] = _time(one, repeats=3) / len(image_paths)
     return Costs(tuple(model_s), tuple(sides), decode)

@@ -251,7 +251,8 @@ def load_model(
         ) from None
     check_graph(meta, session, path)
     _check_started(provider, session.get_providers(), path)
-    model = OnnxModel(path, session, meta, precision)
+    # an int8 copy (kt export --int8) says so wherever the precision is shown and recorded
+    model = OnnxModel(path, session, meta, "int8" if "int8" in meta else precision)
     model.io_binding = io_binding == "on" or (io_binding == "auto" and model.device == "cuda")
     return model
 

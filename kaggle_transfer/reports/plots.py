@@ -169,8 +169,10 @@ def budget_frontier(table: pd.DataFrame, record: dict[str, Any], path: Path) -> 
             zorder=3,
             label=textwrap.shorten(f"chosen: {record.get('chosen')}", 60),
         )
+    ax.set_xscale("log")  # blends seconds apart and a budget of hours on one axis
+    where = "this machine" if record["target"] == "here" else record["target"]
     ax.set(
-        xlabel=f"predicted hours for {record['test_images']:,} images on {record['target']}",
+        xlabel=f"predicted hours for {record['test_images']:,} images on {where} (log scale)",
         ylabel="OOF score (equal weights)",
     )
     ax.legend(fontsize=7, loc="lower right")
