@@ -224,3 +224,13 @@ def test_join_keys_meet_across_suffixes_space_and_unicode_forms():
     assert join_key("1000015157.jpg") == join_key("1000015157") == join_key(" 1000015157.JPG ")
     assert join_key("caf\u00e9") == join_key("cafe\u0301")  # NFC and NFD spell one id
     assert join_key("ISIC_0015719") == "ISIC_0015719" and join_key("a.b.png") == "a.b"
+
+
+def test_min_confidence_one_keeps_only_the_surest_rows(pseudo_csv, onnx_model, aptos_dir, tmp_path):
+    """Confidences are capped at 1, so --min-confidence 1 is a real choice: the rows it is fully sure of."""
+    full = pd.read_csv(pseudo_csv)
+    out = tmp_path / "surest.csv"
+    result = CliRunner().invoke(main, ["pseudo", "aptos", str(onnx_model), "--data-dir", str(aptos_dir), "-o",
+                                       str(out), "--min-confidence", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out)) == int((full["confidence"] >= 1.0).sum())

@@ -167,7 +167,7 @@ def predict(
 )
 @click.option(
     "--min-confidence",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=click.FloatRange(0, 1),
     default=0.0,
     show_default=True,
     help="Keep rows whose label the ensemble is at least this sure of (top probability; ordinal: "

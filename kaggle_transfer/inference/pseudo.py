@@ -108,8 +108,9 @@ def pseudo_label(
     runs_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the pseudo-label table and its JSON; returns the JSON's record."""
-    if not 0.0 <= min_confidence < 1.0:
-        raise KtError(f"--min-confidence {min_confidence} must lie in [0, 1)")
+    # confidences are capped at 1 (ordinal: a distance of a whole grade), so 1 keeps the surest rows
+    if not 0.0 <= min_confidence <= 1.0:
+        raise KtError(f"--min-confidence {min_confidence} must lie in [0, 1]")
     comp, models, task, fitted = (
         predictor.comp,
         predictor.models,
