@@ -71,6 +71,8 @@ def _offline(argv: list[str], made: dict, external: dict) -> list[str]:
             token = SIZES.get(token, "32")
         elif previous == "--arch":
             token = "test_resnet"
+        elif previous == "--seeds" and argv[0] == "study":
+            token = "2"  # an ablation's levels x 2 seeds: the pairing is exercised, not the statistics
         elif previous == "--archs":
             token = "test_resnet,test_efficientnet"
         elif token.endswith("=DIR"):

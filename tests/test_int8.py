@@ -34,7 +34,7 @@ def test_the_int8_copy_is_quantised_and_records_what_it_was_accepted_on(run):
     assert meta["int8"] == {k: record[k] for k in meta["int8"]}
     assert meta["arch"] == read_metadata(run / runs.MODEL)["arch"]  # the rest of the metadata kept
     # recomputed here: both models on the run's validation rows, scored with its fitted parameters
-    comp, val, oof = _rows(run, True, 512)
+    comp, _, val, oof = _rows(run, 64, 512)
     options = RunOptions(progress=False, tta="none")
     fp32 = load_predictor("aptos", Choice(models=[run / runs.MODEL]), options).outputs(val)
     int8 = load_predictor("aptos", Choice(models=[run / runs.MODEL], int8=True), options).outputs(val)

@@ -28,8 +28,9 @@ from .predictor import Choice, load_predictor
 TOLERANCE = 0.005  # the largest score drop on validation accepted without --force
 
 
-def _rows(run_dir: Path, validation: bool, limit: int):
-    """Up to `limit` of the run's validation rows (in OOF order, with targets) or training rows."""
+def _rows(run_dir: Path, calibration: int, validation: int):
+    """(competition, up to `calibration` training rows, up to `validation` validation rows in OOF
+    order, the OOF), from one read of the training table."""
     cfg = runs.load_config(run_dir)
     comp = competitions.for_config(cfg)
     info = runs.read_run_info(run_dir)
@@ -39,10 +40,10 @@ def _rows(run_dir: Path, validation: bool, limit: int):
         raise KtError(f"{run_dir} has no OOF to check an int8 copy against; train it to the end")
     ids = [str(i) for i in oof["ids"]]
     keys = table["id"].astype(str)
-    if validation:
-        table = table.set_index(keys).loc[[i for i in ids if i in set(keys)]].reset_index(drop=True)
-        return comp, table.iloc[:limit], oof
-    return comp, table[~keys.isin(set(ids))].iloc[:limit].reset_index(drop=True), oof
+    present = set(keys)
+    val = table.set_index(keys).loc[[i for i in ids if i in present]].reset_index(drop=True)
+    calib = table[~keys.isin(set(ids))].iloc[:calibration].reset_index(drop=True)
+    return comp, calib, val.iloc[:validation], oof
 
 
 class _Reader:
@@ -84,7 +85,7 @@ def quantize(
     fp32 = load_predictor("custom", Choice(models=[source]), RunOptions(progress=False, tta="none"))
     if fp32.models[0].meta_spec is not None:
         raise KtError(f"{run_dir}: --int8 takes image-only models; this one takes metadata too")
-    comp, calib, _ = _rows(run_dir, False, calibration)
+    comp, calib, val, oof = _rows(run_dir, calibration, validation)
     if calib.empty:
         raise KtError(f"{run_dir}: no training rows to calibrate int8 on")
     out = run_dir / runs.MODEL_INT8
@@ -105,7 +106,6 @@ def quantize(
             int8 = load_predictor(
                 "custom", Choice(models=[staged]), RunOptions(progress=False, tta="none")
             )
-            _, val, oof = _rows(run_dir, True, validation)
             a, b = fp32.outputs(val), int8.outputs(val)
             task, fitted = comp.task, oof["fitted"]
             ids = [str(i) for i in oof["ids"]]
