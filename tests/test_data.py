@@ -110,10 +110,14 @@ def test_the_fast_png_decoder_gives_opencvs_pixels_and_falls_back(tmp_path, monk
         assert np.array_equal(images.read_image([files[name]]), opencv(files[name])), name
     planes = images.read_image([files["gray"], files["gray"]])
     assert np.array_equal(planes[..., 0], opencv(files["gray"], gray=True))
+    assert images.png_decoder().startswith("imagecodecs ")
     monkeypatch.setitem(sys.modules, "imagecodecs", None)  # not installed
+    images._imagecodecs.cache_clear()
     assert images._fast_png(files["rgb"], gray=False) is None
+    assert images.png_decoder().startswith("OpenCV ")
     assert np.array_equal(images.read_image([files["rgba"]]), opencv(files["rgba"]))
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     monkeypatch.delitem(sys.modules, "imagecodecs")
+    images._imagecodecs.cache_clear()
     with pytest.raises(KtError, match="bad.png is corrupt"):
         images.read_image([str(tmp_path / "bad.png")])

@@ -396,23 +396,25 @@ def test_the_runtime_dataset_is_uploaded_once_and_the_notebook_uses_it(fake, hom
     from kaggle_transfer.kaggle import runtime as runtime_mod
 
     monkeypatch.setenv("KT_WHEEL_CACHE", os.path.expanduser("~/.cache/kt-tests/wheels"))
-    runtime_mod.fetch(runtime_mod.RUNTIMES["none"], PY)  # here, not through the fake (it refuses the index)
+    for pinned in (runtime_mod.RUNTIMES["none"], runtime_mod.DECODER):  # here, not through the fake (it
+        runtime_mod.fetch(pinned, PY)  # refuses the index)
     fake.notebook = notebook(aptos_dir)
     args = ["submit", "aptos", submission_dir, "-m", "x", "--data-dir", aptos_dir, "--python", PY,
             "--accelerator", "none", "--dry-run"]
     out = kt(fake, home, *args)
     assert out.returncode == 0, out.stderr[-3000:]
-    runtime = f"kt-runtime-none-1-26-0-cp{PY.replace('.', '')}"
+    runtime = f"kt-runtime-none-1-26-0-ic2026-3-6-cp{PY.replace('.', '')}"
     created = [r["body"] for r in fake.requests if r.get("rpc") == "CreateDataset"]
     assert sorted(b.get("slug") for b in created) == ["kt-bundle-aptos", runtime]
     kernel = next(r["body"] for r in fake.requests if r.get("rpc") == "SaveKernel")
     assert kernel["datasetDataSources"] == ["kt-tester/kt-bundle-aptos", f"kt-tester/{runtime}"]
     log = "".join(json.loads(fake.log)[i]["data"] for i in range(2))
-    assert "kt: runtime:" in log and "onnxruntime-1.26.0" in " ".join(fake.blob_names.values())
+    uploaded = " ".join(fake.blob_names.values())
+    assert "kt: runtime:" in log and "onnxruntime-1.26.0" in uploaded and "imagecodecs-2026.3.6" in uploaded
     uploads = len(fake.blob_names)
     out = kt(fake, home, *args)
     assert out.returncode == 0, out.stderr[-3000:]
     again = list(fake.blob_names.values())[uploads:]
-    assert again and not [n for n in again if n.startswith("onnxruntime")]  # the runtime is not uploaded again
+    assert again and not [n for n in again if n.startswith(("onnxruntime", "imagecodecs"))]  # not uploaded again
     assert [r["body"].get("datasetSlug") for r in fake.requests if r.get("rpc") == "CreateDatasetVersion"] == [
         "kt-bundle-aptos"]

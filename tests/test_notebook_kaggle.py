@@ -168,7 +168,28 @@ def test_the_notebook_finds_its_files_and_answers_the_hidden_test_set(bundle, ap
     manifest = json.loads((kaggle / "working" / "kt_manifest.json").read_text())
     assert manifest["python"].startswith(python) and manifest["onnxruntime"] == "1.26.0"
     assert manifest["rows"] == len(ids) and manifest["bundle_id"]
+    assert manifest["png_decoder"] == "imagecodecs 2026.3.6"  # the runtime dataset's wheel
     assert sorted(p.name for p in (kaggle / "working").iterdir()) == ["kt_manifest.json", "submission.csv"]
+
+
+def test_without_the_decoder_wheel_the_notebook_decodes_with_opencv_to_the_same_answers(bundle, aptos_dir, tmp_path):
+    """The fast decoder's wheel removed from the runtime dataset: the notebook falls back to the image's
+    OpenCV, says so in its manifest, and writes the same submission as with the wheel."""
+    image = image_python("3.12")
+    data = tmp_path / "hidden"
+    hidden_test_set(data, aptos_dir)
+    answers = {}
+    for run, keep in (("with", True), ("without", False)):
+        kaggle = tmp_path / run / "kaggle"
+        lay_out(kaggle, "2026", bundle, data)
+        for wheel in [] if keep else (kaggle / "input").rglob("imagecodecs-*.whl"):
+            wheel.unlink()
+        out = play_notebook(kaggle, image, tmp_path / run)
+        assert out.returncode == 0, out.stderr[-3000:]
+        manifest = json.loads((kaggle / "working" / "kt_manifest.json").read_text())
+        assert manifest["png_decoder"].startswith("imagecodecs" if keep else "OpenCV"), manifest["png_decoder"]
+        answers[run] = (kaggle / "working" / "submission.csv").read_text()
+    assert answers["with"] == answers["without"]
 
 
 def test_a_notebook_without_its_bundle_or_runtime_says_so(bundle, aptos_dir, tmp_path):

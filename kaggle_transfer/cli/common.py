@@ -208,7 +208,6 @@ threads_option = click.option(
     cls=Renamed,
     old=("--workers",),
     type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Image decoding threads.",
+    default=None,
+    help="Image decoding threads  [default: one per CPU this process may use].",
 )

@@ -195,7 +195,7 @@ def submit(
     "--fetch-wheels/--no-fetch-wheels",
     default=True,
     show_default=True,
-    help="Download onnxruntime-gpu for the notebook's Python (needs the internet here).",
+    help="Download onnxruntime and the PNG decoder for the notebook's Python (needs the internet here).",
 )
 @click.option(
     "--fp16", is_flag=True, help="The notebook runs the models in float16 (its GPU's tensor cores)."

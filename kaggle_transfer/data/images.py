@@ -4,6 +4,7 @@ so a model sees the same pixels at validation and at prediction time.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 
@@ -104,16 +105,32 @@ def _decode(path: str, flags: int) -> np.ndarray:
 PNG_GRAY, PNG_RGB, PNG_RGBA = 0, 2, 6
 
 
+@functools.cache
+def _imagecodecs():
+    """imagecodecs, or None where it is missing or does not load (a notebook image whose numpy its
+    wheel was not built for): OpenCV decodes then."""
+    try:
+        import imagecodecs
+
+        imagecodecs.png_decode  # noqa: B018 - a build without the PNG codec counts as missing
+    except Exception:  # noqa: BLE001 - ImportError, or whatever a broken extension raises
+        return None
+    return imagecodecs
+
+
+def png_decoder() -> str:
+    """Which library decodes 8-bit PNGs here (the notebook prints it and its manifest records it)."""
+    ic = _imagecodecs()
+    return f"imagecodecs {ic.__version__}" if ic else f"OpenCV {cv2.__version__} (no imagecodecs)"
+
+
 def _fast_png(path: str, gray: bool) -> np.ndarray | None:
     """An 8-bit grey, RGB or RGBA PNG decoded by imagecodecs (libpng with zlib-ng: 1.38x OpenCV's
     images per CPU-second on APTOS-size PNGs, benchmarks/decoders.py) as RGB, or its one grey plane;
     None where it does not apply (another PNG kind, imagecodecs not installed, a file the probe
     refuses), and OpenCV decodes it, as it does without imagecodecs."""
-    try:
-        import imagecodecs
-    except ImportError:
-        return None
-    if not path.lower().endswith(".png") or probe(path):
+    imagecodecs = _imagecodecs()
+    if imagecodecs is None or not path.lower().endswith(".png") or probe(path):
         return None
     try:
         data = np.fromfile(path, dtype=np.uint8)

@@ -29,7 +29,6 @@ greedy) where that scores higher on OOF than equal weights.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import numpy as np
 
 from ..errors import KtError
 from . import tta
-from .session import load_model
+from .session import load_model, usable_cpus
 
 EXHAUSTIVE = 10  # members up to which every subset is scored
 KAGGLE_CPUS = 4
@@ -164,7 +163,7 @@ def cpu_peak_gflops() -> float:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     mhz = [float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
     per_cycle = 64 if " avx512f" in text else 32 if " avx2" in text else 16
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     return (cpus or 1) * (max(mhz) / 1000 if mhz else 2.0) * per_cycle
 
 
@@ -174,7 +173,7 @@ def scale(costs: Costs, target: str) -> Costs:
         raise KtError(f"--target {target!r} is not one of {', '.join(TARGETS)}")
     if target == "here":
         return costs
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = usable_cpus()
     cpu = (cpus or 1) / KAGGLE_CPUS
     decode = {side: s * cpu for side, s in costs.decode_s.items()}
     if target == "kaggle-cpu":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import competitions
 from ..config import BLENDS
+from ..data import images
 from ..errors import KtError
 from ..files import read_json, sha256, write_json
 from .pipeline import predict_submission
@@ -136,7 +137,9 @@ def run(
     data = competitions.find_data_dir(comp, data_dir)
     echo(f"data: {data}")
     provider = _check_provider(models[0], spec, cpu_fallback, echo)
-    echo(f"predicting with {len(models)} model(s) on {provider}")
+    echo(
+        f"predicting with {len(models)} model(s) on {provider}; PNGs decoded by {images.png_decoder()}"
+    )
     started = time.time()
     choice = Choice(
         models=models, weights=spec["weights"], blend=spec["blend"], fitted=spec["fitted"]
@@ -155,6 +158,7 @@ def run(
         bundle_id=spec.get("bundle_id"),
         python=platform.python_version(),
         onnxruntime=ort.__version__,
+        png_decoder=images.png_decoder(),
         providers=sorted({m["provider"] for m in manifest["models"]}),
         seconds_per_image=round(seconds / max(manifest["rows"], 1), 4),
     )

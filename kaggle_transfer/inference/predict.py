@@ -6,6 +6,7 @@ TTA view reuses it. Outputs are streamed batch by batch, so memory stays flat ov
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from ..data import images
 from ..errors import KtError
 from ..tasks import Task
 from . import tta as tta_mod
-from .session import OnnxModel
+from .session import OnnxModel, usable_cpus
+
+# batches decoding ahead of the one the models run: two keep every decoding thread busy at a batch's end
+AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -31,17 +35,30 @@ class RunOptions:
     precision: str = "fp32"  # fp16: models converted in memory at load time
     io_binding: str = "auto"  # one host-to-device copy per batch view (on GPUs)
     batch_size: int = 32
-    threads: int = 4  # image-decoding threads
+    threads: int | None = None  # image-decoding threads; None: one per CPU this process may use
     progress: bool = True
+
+
+def _inputs(img: np.ndarray, keys) -> dict[tuple, np.ndarray]:
+    """One decoded image as every distinct model input takes it: resized once per (size, resize
+    mode), its channels picked, CHW. Runs on a decoding thread (OpenCV's resize releases the GIL)."""
+    out: dict[tuple, np.ndarray] = {}
+    resized: dict[tuple, np.ndarray] = {}
+    for key in keys:
+        size, channels, resize = key
+        if (size, resize) not in resized:
+            resized[size, resize] = images.to_chw(images.fit_to(img, size, resize))
+        x = resized[size, resize]
+        out[key] = x if len(channels) == x.shape[0] else x[list(channels)]
+    return out
 
 
 def _batch(
     decoded: list[np.ndarray], size: int, channels: tuple[int, ...], resize: str = "squash"
 ) -> np.ndarray:
-    batch = np.stack([images.to_chw(images.fit_to(img, size, resize)) for img in decoded])
-    return (
-        batch if len(channels) == batch.shape[1] else np.ascontiguousarray(batch[:, list(channels)])
-    )
+    """Decoded images as one model input batch (what predict_models feeds; int8 calibration too)."""
+    key = (size, channels, resize)
+    return np.stack([_inputs(img, [key])[key] for img in decoded])
 
 
 def _channel_indices(model: OnnxModel, all_channels: Sequence[str] | None) -> tuple[int, ...]:
@@ -78,7 +95,7 @@ def predict_models(
     tta, batch_size, workers, progress = (
         options.tta or "none",
         options.batch_size,
-        options.threads,
+        options.threads or usable_cpus(),
         options.progress,
     )
     if pad_last is None:
@@ -93,27 +110,32 @@ def predict_models(
         features=[metadata_features(m, meta_rows, len(paths)) for m in models],
         pad_to=batch_size if pad_last else 0,
     )
+    distinct = list(dict.fromkeys(keys))
+
+    def prepare(i: int) -> dict[tuple, np.ndarray]:
+        img = images.read_image(paths[i], reduce_to=size_hint)
+        return _inputs(images.fundus_crop(img) if crop[i] else img, distinct)
+
     starts = list(range(0, len(paths), batch_size))
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV decodes without the GIL
-
-        def decode(i: int) -> np.ndarray:
-            img = images.read_image(paths[i], reduce_to=size_hint)
-            return images.fundus_crop(img) if crop[i] else img
-
-        def submit(start: int) -> list:
-            return [
-                pool.submit(decode, i) for i in range(start, min(start + batch_size, len(paths)))
-            ]
-
-        # keep exactly one batch decoding ahead of the models: overlap without holding the test set
-        ahead = submit(starts[0]) if starts else []
+    # decoding threads (imagecodecs, OpenCV and PIL's JPEG draft release the GIL) decode and resize the
+    # next batches while onnxruntime runs this one; AHEAD batches in flight keep every thread busy
+    # across a batch boundary, and only resized inputs are held, never the decoded originals
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = deque(
+            [pool.submit(prepare, i) for i in range(s, min(s + batch_size, len(paths)))]
+            for s in starts[:AHEAD]
+        )
         for i in tqdm(
             range(len(starts)), desc="predict", unit="batch", disable=None if progress else True
         ):
-            decoded = [f.result() for f in ahead]
-            ahead = submit(starts[i + 1]) if i + 1 < len(starts) else []
-            for key in dict.fromkeys(keys):
-                views.run(key, _batch(decoded, *key), start=starts[i])
+            ready = [f.result() for f in pending.popleft()]
+            if i + AHEAD < len(starts):
+                s = starts[i + AHEAD]
+                pending.append(
+                    [pool.submit(prepare, k) for k in range(s, min(s + batch_size, len(paths)))]
+                )
+            for key in distinct:
+                views.run(key, np.stack([r[key] for r in ready]), start=starts[i])
     return np.stack([np.concatenate(o) for o in views.outputs]).astype(np.float64)
 
 

@@ -175,6 +175,11 @@ def _check_started(provider: str, started: list[str], path: Path) -> None:
         )
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a notebook's cgroup or taskset), not the host's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _metadata_props(path: Path) -> dict[str, str]:
     """The file's metadata_props: read with the onnx package (no session), or where a notebook image
     lacks it, from an onnxruntime CPU session, so prediction needs onnxruntime alone."""
@@ -208,6 +213,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return check(meta, path)
 
 
+def session_options(threads: int = 0):
+    """onnxruntime's settings for kt's sessions (measured: benchmarks/notebook_predictor.py)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per physical core)
+    options.log_severity_level = 3
+    return options
+
+
 def load_model(
     path: str | Path,
     *,
@@ -234,10 +250,7 @@ def load_model(
         from .. import competitions
 
         competitions.register(meta["competition_spec"])
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per physical core)
-    options.log_severity_level = 3
+    options = session_options(threads)
     providers = provider_list(provider)
     try:
         graph = to_fp16(path) if precision == "fp16" else str(path)

@@ -125,40 +125,13 @@ def _kt_wheel(dest: Path) -> Path:
     return next(dest.glob("kaggle_transfer-*.whl"))
 
 
-def wheel_fits(wheel: Path, python: str) -> bool:
-    """Would pip install this wheel on `python`, Linux x86_64?"""
-    from packaging.utils import parse_wheel_filename
-
-    major, minor = (int(v) for v in python.split("."))
-    try:
-        tags = parse_wheel_filename(wheel.name)[3]
-    except Exception:  # noqa: BLE001 - packaging's InvalidWheelFilename
-        raise KtError(
-            f"{wheel.name} is not a wheel file name; remove it from --wheels-from"
-        ) from None
-
-    def fits(tag) -> bool:
-        cp = re.fullmatch(r"cp(\d)(\d+)", tag.interpreter)
-        python_ok = tag.interpreter in ("py3", f"py{major}{minor}") or (
-            cp is not None
-            and int(cp[1]) == major
-            and (int(cp[2]) == minor or (tag.abi == "abi3" and int(cp[2]) <= minor))
-        )
-        linux = tag.platform == "any" or (
-            tag.platform.endswith("x86_64") and "linux" in tag.platform
-        )
-        return python_ok and linux
-
-    return any(fits(t) for t in tags)
-
-
 def check_wheels(folder: Path, target: NotebookTarget) -> None:
     """Every wheel installs on one of the notebook's Pythons; every Python has an onnxruntime (unless the
     image brings one); a GPU runtime links the image's CUDA."""
     wheels = sorted(folder.glob("*.whl"))
     pythons = target.pythons
     for wheel in wheels:
-        if not any(wheel_fits(wheel, p) for p in pythons):
+        if not any(runtime.wheel_fits(wheel, p) for p in pythons):
             raise KtError(
                 f"{wheel.name} does not install on the notebook's Python {target.python} (Linux x86_64); "
                 f"fetch it for that target (kt bundle --python {target.python}) or pass another "
@@ -166,7 +139,7 @@ def check_wheels(folder: Path, target: NotebookTarget) -> None:
             )
     runtimes = [w for w in wheels if w.name.startswith("onnxruntime")]
     for python in [] if target.image_has_onnxruntime else pythons:
-        if not any(wheel_fits(w, python) for w in runtimes):
+        if not any(runtime.wheel_fits(w, python) for w in runtimes):
             raise KtError(
                 f"the bundle has no onnxruntime wheel for Python {python}, and Kaggle's image has none: "
                 "drop --no-fetch-wheels, pass --wheels-from DIR holding one, or "
@@ -180,10 +153,13 @@ def check_wheels(folder: Path, target: NotebookTarget) -> None:
 def runtime_folder(target: NotebookTarget, root: Path | None = None) -> Path:
     """The runtime dataset's folder: the pinned onnxruntime for each notebook Python and kt_runtime.json.
     Its name says what it holds, so the dataset is created once and never needs a new version."""
-    pinned = runtime.RUNTIMES[target.accelerator]
+    pinned, decoder = runtime.RUNTIMES[target.accelerator], runtime.DECODER
     tags = "-".join(runtime.cp_tag(p) for p in target.pythons)
     name = kaggle_slug(
-        f"kt-runtime-{target.accelerator}-{pinned.version}-{tags}", low=6, high=50, what="dataset"
+        f"kt-runtime-{target.accelerator}-{pinned.version}-ic{decoder.version}-{tags}",
+        low=6,
+        high=50,
+        what="dataset",
     )
     folder = (root or runtime.cache_dir().parent / "runtime") / name
     marker = folder / "kt_runtime.json"
@@ -194,9 +170,11 @@ def runtime_folder(target: NotebookTarget, root: Path | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     wheels = []
     for python in target.pythons:
-        wheel = runtime.fetch(pinned, python)
-        shutil.copy(wheel, folder / wheel.name)
-        wheels.append({"file": wheel.name, "python": python, "sha256": sha256(folder / wheel.name)})
+        for wheel in (runtime.fetch(pinned, python), *runtime.fetch_decoder(python)):
+            shutil.copy(wheel, folder / wheel.name)
+            wheels.append(
+                {"file": wheel.name, "python": python, "sha256": sha256(folder / wheel.name)}
+            )
     check_wheels(folder, target)
     write_json(
         marker,
@@ -205,6 +183,7 @@ def runtime_folder(target: NotebookTarget, root: Path | None = None) -> Path:
             "package": pinned.package,
             "version": pinned.version,
             "cuda": pinned.cuda,
+            "decoder": decoder.requirement,
             "wheels": wheels,
         },
     )
@@ -290,10 +269,14 @@ def _add_wheels(out: Path, target: NotebookTarget, wheels: Wheels) -> dict[str, 
             k: v
             for k, v in read_json(wheels.runtime_dir / "kt_runtime.json", what="runtime").items()
         }
-    if wheels.fetch and not target.image_has_onnxruntime:
+    if wheels.fetch:
+        pinned = [] if target.image_has_onnxruntime else [runtime.RUNTIMES[target.accelerator]]
         for python in target.pythons:
-            fetched = runtime.fetch(runtime.RUNTIMES[target.accelerator], python)
-            shutil.copy(fetched, out / fetched.name)
+            for fetched in [
+                *(runtime.fetch(p, python) for p in pinned),
+                *runtime.fetch_decoder(python),
+            ]:
+                shutil.copy(fetched, out / fetched.name)
     check_wheels(out, target)
     return None
 

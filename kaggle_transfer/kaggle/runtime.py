@@ -48,6 +48,11 @@ RUNTIMES = {
     "gpu": Runtime("onnxruntime-gpu", "1.26.0", IMAGE_CUDA_MAJOR),
     "none": Runtime("onnxruntime", "1.26.0", None),
 }
+# The fast PNG decoder (data/images.py; 1.80x PIL's PNGs per CPU-second, benchmarks/decoders.py) travels
+# beside onnxruntime: Kaggle's image does not list it (kaggle_requirements.txt at 78aaa43 names no
+# imagecodecs, pyspng or simplejpeg). Its wheel is abi3 (cp311 and later). Without it the notebook
+# decodes with OpenCV, the image's own.
+DECODER = Runtime("imagecodecs", "2026.3.6", None)
 
 
 def parse_pythons(text: str) -> tuple[str, ...]:
@@ -65,6 +70,33 @@ def cp_tag(python: str) -> str:
     return "cp" + python.replace(".", "")
 
 
+def wheel_fits(wheel: Path, python: str) -> bool:
+    """Would pip install this wheel on `python`, Linux x86_64?"""
+    from packaging.utils import parse_wheel_filename
+
+    major, minor = (int(v) for v in python.split("."))
+    try:
+        tags = parse_wheel_filename(wheel.name)[3]
+    except Exception:  # noqa: BLE001 - packaging's InvalidWheelFilename
+        raise KtError(
+            f"{wheel.name} is not a wheel file name; remove it from --wheels-from"
+        ) from None
+
+    def fits(tag) -> bool:
+        cp = re.fullmatch(r"cp(\d)(\d+)", tag.interpreter)
+        python_ok = tag.interpreter in ("py3", f"py{major}{minor}") or (
+            cp is not None
+            and int(cp[1]) == major
+            and (int(cp[2]) == minor or (tag.abi == "abi3" and int(cp[2]) <= minor))
+        )
+        linux = tag.platform == "any" or (
+            tag.platform.endswith("x86_64") and "linux" in tag.platform
+        )
+        return python_ok and linux
+
+    return any(fits(t) for t in tags)
+
+
 def cache_dir() -> Path:
     """Where fetched wheels are kept between bundles: $KT_WHEEL_CACHE, else the user's cache folder."""
     base = (
@@ -76,11 +108,18 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+def _cached(folder: Path, runtime: Runtime, python: str) -> list[Path]:
+    """The cached wheels of `runtime` that install on `python` (its own cp tag, or an older abi3 one)."""
+    name = runtime.package.replace("-", "_")
+    return sorted(
+        w for w in folder.glob(f"{name}-{runtime.version}-*.whl") if wheel_fits(w, python)
+    )
+
+
 def fetch(runtime: Runtime, python: str) -> Path:
     """The pinned wheel for `python` on Linux x86_64, downloaded into the cache on first use."""
     folder = cache_dir() / cp_tag(python)
-    name = runtime.package.replace("-", "_")
-    found = sorted(folder.glob(f"{name}-{runtime.version}-{cp_tag(python)}-*.whl"))
+    found = _cached(folder, runtime, python)
     if found:
         return found[-1]
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,7 +148,7 @@ def fetch(runtime: Runtime, python: str) -> Path:
     for wheel in staging.glob("*.whl"):
         os.replace(wheel, folder / wheel.name)
     shutil.rmtree(staging, ignore_errors=True)
-    found = sorted(folder.glob(f"{name}-{runtime.version}-{cp_tag(python)}-*.whl"))
+    found = _cached(folder, runtime, python)
     if out.returncode != 0 or not found:
         tail = " ".join(out.stderr.split())[-200:]
         raise KtError(
@@ -117,6 +156,19 @@ def fetch(runtime: Runtime, python: str) -> Path:
             "pass --no-fetch-wheels with --wheels-from DIR holding it"
         )
     return found[-1]
+
+
+def fetch_decoder(python: str) -> list[Path]:
+    """The fast decoder's wheel for `python`, or none where it has no wheel for that Python (or cannot
+    be fetched): the notebook then decodes with OpenCV, a little slower, with the same answers."""
+    try:
+        return [fetch(DECODER, python)]
+    except KtError as e:
+        print(
+            f"note: the bundle carries no {DECODER.package} for Python {python} ({e})",
+            file=sys.stderr,
+        )
+        return []
 
 
 # -- what a wheel's CUDA provider links ------------------------------------------------------------------
