@@ -3,7 +3,7 @@ plain loop a notebook author writes (PIL decode → resize → onnxruntime `run`
 APTOS-size PNGs with a tiny model, so decoding is most of the time. Whole processes, alternating rounds;
 wall and CPU time (user + system of the process and its threads).
 
-    python benchmarks/notebook_predictor.py [--images 32] [--rounds 3] [--size 128]
+    python benchmarks/notebook_predictor.py [--images 96] [--rounds 2] [--size 128]
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def whole_process(code: str, args: Path) -> tuple[float, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--images", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--images", type=int, default=96)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--size", type=int, default=128, help="the model's input side")
     p.add_argument("--batch", type=int, default=16)
     a = p.parse_args()

@@ -68,14 +68,19 @@ def test_a_set_of_a_factor_is_refused_and_runtime_sets_do_not_change_the_ablatio
 
 def test_every_level_is_checked_before_the_first_run(tmp_path):
     data = synthetic.make("aptos", tmp_path / "data", n_train=20, n_test=2, image_size=32)
-    base = [sys.executable, "-m", "kaggle_transfer", "study", "ablate", "aptos", "--arch", "test_resnet",
-            "--no-pretrained", "--data-dir", str(data), "--runs-root", str(tmp_path / "runs"), *TINY]
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
+    base = ["study", "ablate", "aptos", "--arch", "test_resnet", "--no-pretrained", "--data-dir", str(data),
+            "--runs-root", str(tmp_path / "runs"), *TINY]
     for vary, message in (("loss=smooth_l1,focal", "--vary level 'loss=focal'"),
                           ("init=/nonexistent/a.pt,/nonexistent/b.pt", "not found"),
                           ("recipe=paper,top", "--vary level 'recipe=top'")):  # top needs dr2015's folder
-        out = subprocess.run([*base, "--vary", vary], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 2 and message in out.stderr, out.stderr[-800:]
-        assert out.stderr.count("\n") == 1 and "trial" not in out.stdout  # one line, nothing trained
+        out = CliRunner().invoke(main, [*base, "--vary", vary])
+        assert out.exit_code == 2 and message in out.output, out.output[-800:]
+        assert out.output.strip().count("\n") == 0 and "trial" not in out.output  # one line, nothing trained
+    assert not (tmp_path / "runs" / "aptos").exists() or not any((tmp_path / "runs" / "aptos").rglob("*.pt"))
 
 
 def test_the_paired_differences_are_the_hand_computed_ones():

@@ -99,12 +99,15 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     data = synthetic.make("aptos", tmp_path / "data", n_train=60, n_test=6, image_size=48)
     root = tmp_path / "runs"
 
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
     def kt(*args):
-        env = {**os.environ, "KT_WHEEL_CACHE": str(tmp_path / "wheels")}  # nothing cached, nothing fetched
-        out = subprocess.run([sys.executable, "-m", "kaggle_transfer", *args], capture_output=True, text=True,
-                             timeout=300, cwd=tmp_path, env=env)
-        assert out.returncode == 0, out.stderr[-1500:]
-        return out.stdout
+        # in this process (no interpreter and torch start per command); nothing cached, nothing fetched
+        out = CliRunner(env={"KT_WHEEL_CACHE": str(tmp_path / "wheels")}).invoke(main, [str(a) for a in args])
+        assert out.exit_code == 0, out.output[-1500:]
+        return out.output
 
     for size in ("32", "48"):
         kt("train", "aptos", "--data-dir", str(data), "--arch", "test_resnet", "--size", size, "--epochs", "1",
@@ -113,7 +116,12 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     for run in members:
         kt("export", run, "--no-progress")
     spec_path = tmp_path / "ens.json"
-    out = kt("ensemble", "aptos", *members, "--budget", "9h", "--test-images", "13000", "-o", str(spec_path))
+    # the one command a user runs for the budget, as a whole process
+    done = subprocess.run([sys.executable, "-m", "kaggle_transfer", "ensemble", "aptos", *members, "--budget", "9h",
+                           "--test-images", "13000", "-o", str(spec_path)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-1500:]
+    out = done.stdout
     assert "predicted run:" in out and "kaggle-cpu" in out
     import json
 
@@ -131,11 +139,11 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     bundled = kt("bundle", "aptos", "--ensemble", str(spec_path), "-o", str(tmp_path / "bundle"), "--user",
                  "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--cpu-fallback")
     assert "the ensemble's predicted run:" in bundled
+
     def refused(*args):
-        out = subprocess.run([sys.executable, "-m", "kaggle_transfer", "ensemble", "aptos", *args, "-o",
-                              str(tmp_path / "x.json")], capture_output=True, text=True, timeout=300)
-        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr[-800:]
-        return out.stderr
+        out = CliRunner().invoke(main, ["ensemble", "aptos", *args, "-o", str(tmp_path / "x.json")])
+        assert out.exit_code == 2 and out.output.strip().count("\n") == 0, out.output[-800:]
+        return out.output
 
     assert "no member fits" in refused(*members, "--budget", "1s", "--test-images", "13000000")
     assert "no such run folder" in refused(members[0], str(tmp_path / "nonexistent"), "--budget", "9h")

@@ -2,8 +2,10 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -239,3 +241,31 @@ def test_two_bundles_at_once_build_their_wheels_apart(tmp_path):
         assert "kaggle_transfer/inference/bundle_run.py" in names and "kaggle_transfer/study/paper.csv" in names
         assert any(n.startswith("kaggle_transfer/recipes/aptos/") and n.endswith(".yaml") for n in names)
         assert not any("__pycache__" in n for n in names)
+
+
+def test_the_kt_wheel_is_built_once_per_source(tmp_path, monkeypatch):
+    """kt submit builds a bundle for every push: the wheel of an unchanged source comes from the cache
+    (same bytes, no pip run); a changed source file builds a new one."""
+    from kaggle_transfer.kaggle import bundle
+
+    monkeypatch.setenv("KT_WHEEL_CACHE", str(tmp_path / "cache"))
+    first, second, third = (tmp_path / d for d in ("a", "b", "c"))
+    for d in (first, second, third):
+        d.mkdir()
+    a = bundle._kt_wheel(first)
+    runs = []
+    real = bundle.subprocess.run
+    monkeypatch.setattr(bundle.subprocess, "run", lambda *args, **kw: runs.append(args) or real(*args, **kw))
+    b = bundle._kt_wheel(second)
+    assert runs == [] and a.read_bytes() == b.read_bytes()
+    assert [d.name for d in (tmp_path / "cache" / "kaggle_transfer").iterdir()] == [
+        bundle.source_digest(Path(bundle.__file__).resolve().parents[2])]
+    # the digest follows the sources: a copy hashes alike, one changed byte does not
+    source = Path(bundle.__file__).resolve().parents[2]
+    copy = tmp_path / "copy"
+    for f in bundle._source_files(source):
+        (copy / f.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, copy / f.relative_to(source))
+    assert bundle.source_digest(copy) == bundle.source_digest(source)
+    (copy / "kaggle_transfer" / "errors.py").write_text((copy / "kaggle_transfer" / "errors.py").read_text() + "#")
+    assert bundle.source_digest(copy) != bundle.source_digest(source)

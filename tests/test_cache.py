@@ -96,6 +96,24 @@ def test_fundus_crop_trims_black_borders():
     assert images.fundus_crop(np.zeros((50, 50, 3), np.uint8)).shape == (50, 50, 3)  # all black: unchanged
 
 
+def test_fundus_crop_is_the_box_of_pixels_brighter_than_the_threshold_in_any_channel():
+    """Against the definition, pixel by pixel: a channel alone above the threshold keeps its row and column
+    (grey, RGB, RGBY, and a non-contiguous view)."""
+    rng = np.random.default_rng(3)
+    for shape in [(41, 67), (41, 67, 3), (41, 67, 4), (30, 50, 1)]:
+        for _ in range(20):
+            img = (rng.random(shape) < 0.004).astype(np.uint8) * rng.integers(0, 256, shape, dtype=np.uint8)
+            lit = img > 10 if img.ndim == 2 else (img > 10).any(axis=2)
+            rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
+            want = img if len(rows) < 8 or len(cols) < 8 else img[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            assert np.array_equal(images.fundus_crop(img), want)
+            view = img[::2, 1:]
+            lit = lit[::2, 1:]
+            rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
+            want = view if len(rows) < 8 or len(cols) < 8 else view[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+            assert np.array_equal(images.fundus_crop(view), want)
+
+
 def test_prediction_reads_the_cache(big_aptos, tmp_path, monkeypatch):
     from kaggle_transfer import config
     from kaggle_transfer.training.export import export

@@ -15,6 +15,7 @@ The folder is flat: Kaggle's dataset upload skips sub-folders unless they are zi
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -92,37 +93,74 @@ def names(competition: str) -> dict[str, str]:
 WHEEL_SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "kaggle_transfer")
 
 
+def _source_files(source: Path) -> list[Path]:
+    files = []
+    for name in WHEEL_SOURCES:
+        top = source / name
+        found = sorted(top.rglob("*")) if top.is_dir() else [top]
+        files += [
+            f for f in found if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+        ]
+    return files
+
+
+def source_digest(source: Path) -> str:
+    """What the wheel is built from, as one hash: each source file's path and sha256."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in _source_files(source):
+        digest.update(f"{f.relative_to(source).as_posix()}\0{sha256(f)}\0".encode())
+    return digest.hexdigest()[:16]
+
+
 def _kt_wheel(dest: Path) -> Path:
-    """A wheel of this kaggle_transfer, built from a private copy of its source: setuptools builds in
-    the source folder (build/, *.egg-info), so two kt bundle commands at once would build in one
-    folder and one of them fail."""
+    """A wheel of this kaggle_transfer in `dest`. Built once per source (its files' sha256 names it in
+    the wheel cache; kt submit builds a bundle for every push), from a private copy of the source:
+    setuptools builds in the source folder (build/, *.egg-info), so two kt bundle commands at once
+    would build in one folder and one of them fail."""
     source = Path(__file__).resolve().parents[2]
     if not (source / "setup.cfg").is_file():
         raise KtError(
             "kt bundle builds a wheel of kaggle_transfer from its source checkout; run it from a clone"
         )
-    with tempfile.TemporaryDirectory(prefix="kt-wheel-") as tmp:
-        copy = Path(tmp) / "source"
-        copy.mkdir()
-        for name in WHEEL_SOURCES:
-            if (source / name).is_dir():
-                shutil.copytree(
-                    source / name, copy / name, ignore=shutil.ignore_patterns("__pycache__")
+    files = _source_files(source)
+    cached = runtime.cache_dir() / "kaggle_transfer" / source_digest(source)
+    found = sorted(cached.glob("kaggle_transfer-*.whl"))
+    if not found:
+        cached.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="kt-wheel-", dir=cached) as tmp:
+            copy = Path(tmp) / "source"
+            for f in files:
+                (copy / f.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, copy / f.relative_to(source))
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "--quiet",
+                    "--no-deps",
+                    "--no-build-isolation",
+                ]
+                + ["-w", str(Path(tmp) / "wheel"), str(copy)],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode != 0:
+                lines = [
+                    line for line in out.stderr.strip().splitlines() if "error" in line.lower()
+                ]
+                raise KtError(
+                    "building the kaggle_transfer wheel failed: "
+                    f"{(lines or ['pip gave no reason'])[0]}"
                 )
-            else:
-                shutil.copy2(source / name, copy / name)
-        out = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
-            + ["-w", str(dest), str(copy)],
-            capture_output=True,
-            text=True,
-        )
-    if out.returncode != 0:
-        lines = [line for line in out.stderr.strip().splitlines() if "error" in line.lower()]
-        raise KtError(
-            f"building the kaggle_transfer wheel failed: {(lines or ['pip gave no reason'])[0]}"
-        )
-    return next(dest.glob("kaggle_transfer-*.whl"))
+            built = next((Path(tmp) / "wheel").glob("kaggle_transfer-*.whl"))
+            os.replace(built, cached / built.name)  # whole or absent: another kt never sees half
+        found = sorted(cached.glob("kaggle_transfer-*.whl"))
+    shutil.copy(found[-1], dest / found[-1].name)
+    return dest / found[-1].name
 
 
 def check_wheels(folder: Path, target: NotebookTarget) -> None:
