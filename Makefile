@@ -33,19 +33,23 @@ format: install
 lint: install
 	$(BIN)/ruff check kaggle_transfer tests benchmarks
 
-# speed, each as a ratio against the usual alternative measured in the same run, wall and CPU time (under
-# 10 minutes on 2 cores). TIMM_TRAIN=path/to/pytorch-image-models/train.py adds kt train vs timm's train.py.
+# speed, each as a ratio against the usual alternative measured in the same run, wall and CPU time (about
+# 12 minutes on 2 cores, 17 with TIMM_TRAIN=path/to/pytorch-image-models/train.py, which adds kt train vs
+# timm's train.py: from kt prepare's cache, and compute-bound from small JPEGs without it).
 TIMM_TRAIN ?=
 bench: install
 	cd benchmarks && ../$(BIN)/python prepare_vs_pil.py
 	cd benchmarks && ../$(BIN)/python decoders.py
 	cd benchmarks && ../$(BIN)/python cache_formats.py
 	cd benchmarks && ../$(BIN)/python loader_speed.py
-	@if [ -n "$(TIMM_TRAIN)" ]; then cd benchmarks && ../$(BIN)/python train_vs_timm.py --timm-train "$(abspath $(TIMM_TRAIN))"; \
+	@if [ -n "$(TIMM_TRAIN)" ]; then cd benchmarks && ../$(BIN)/python train_vs_timm.py --timm-train "$(abspath $(TIMM_TRAIN))" \
+	&& ../$(BIN)/python train_vs_timm.py --timm-train "$(abspath $(TIMM_TRAIN))" --no-cache --source 800x600 \
+	--images 400 --size 128 --trials 3; \
 	else echo "kt train vs timm's train.py skipped: pass TIMM_TRAIN=path/to/pytorch-image-models/train.py"; fi
 	cd benchmarks && ../$(BIN)/python channels_last.py
 	cd benchmarks && ../$(BIN)/python onnx_vs_torch.py
 	cd benchmarks && ../$(BIN)/python predict_speed.py
+	cd benchmarks && ../$(BIN)/python notebook_predictor.py
 
 # learning quality: interventions over seeds, real digits over seeds, the winners' toolbox (about 20 minutes)
 measure: install

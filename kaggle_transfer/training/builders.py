@@ -200,20 +200,6 @@ def _libc():
         return None
 
 
-M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-
-
-def steady_heap(threshold: int = 1 << 20) -> None:
-    """Keep glibc from growing its heap with freed tensor buffers: allocations of `threshold` bytes or
-    more are mapped and unmapped directly. Setting the threshold also turns off glibc's dynamic
-    threshold, which rises to 32 MiB after the first large free; every batch-sized CPU tensor below
-    that then lands on the heap, where freed memory stays resident. resnet18 @ 256, batch 32 on a CPU:
-    the training process's peak resident memory 2,171 -> 1,924 MiB (timm's train.py: 2,041)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(M_MMAP_THRESHOLD, threshold)
-
-
 def trim_heap() -> None:
     """Hand freed heap memory back to the OS (glibc's malloc_trim; a no-op elsewhere). Called at the end
     of each epoch, so memory freed by one epoch's small allocations does not stay resident."""

@@ -36,7 +36,6 @@ from .builders import (
     frozen_epochs,
     pick_device,
     set_backbone_trainable,
-    steady_heap,
     trim_heap,
 )
 from .checkpoints import checkpoint, restore, save, warm_start
@@ -563,7 +562,6 @@ def fit(
     if main:
         record_start(cfg, run_dir, data_dir, external_dirs, skip_bad_images, s.proto)
     tracker = tracking.start(cfg, run_dir, resume=resume, main=main)  # a no-op without --track
-    steady_heap()  # batch-sized CPU buffers mapped and unmapped, not left resident on the heap
     seed_everything(cfg.seed)
 
     # the rows, the network and what trains it
