@@ -164,7 +164,7 @@ def cpu_peak_gflops() -> float:
     mhz = [float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
     per_cycle = 64 if " avx512f" in text else 32 if " avx2" in text else 16
     cpus = usable_cpus()
-    return (cpus or 1) * (max(mhz) / 1000 if mhz else 2.0) * per_cycle
+    return cpus * (max(mhz) / 1000 if mhz else 2.0) * per_cycle
 
 
 def scale(costs: Costs, target: str) -> Costs:
@@ -174,7 +174,7 @@ def scale(costs: Costs, target: str) -> Costs:
     if target == "here":
         return costs
     cpus = usable_cpus()
-    cpu = (cpus or 1) / KAGGLE_CPUS
+    cpu = cpus / KAGGLE_CPUS
     decode = {side: s * cpu for side, s in costs.decode_s.items()}
     if target == "kaggle-cpu":
         model = tuple(s * cpu for s in costs.model_s)

@@ -104,12 +104,13 @@ def _source_files(source: Path) -> list[Path]:
     return files
 
 
-def source_digest(source: Path) -> str:
-    """What the wheel is built from, as one hash: each source file's path and sha256."""
+def source_digest(source: Path, files: list[Path] | None = None) -> str:
+    """What the wheel is built from, as one hash: each source file's path and sha256 (`files`: the
+    source's files, listed already)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for f in _source_files(source):
+    for f in _source_files(source) if files is None else files:
         digest.update(f"{f.relative_to(source).as_posix()}\0{sha256(f)}\0".encode())
     return digest.hexdigest()[:16]
 
@@ -125,7 +126,7 @@ def _kt_wheel(dest: Path) -> Path:
             "kt bundle builds a wheel of kaggle_transfer from its source checkout; run it from a clone"
         )
     files = _source_files(source)
-    cached = runtime.cache_dir() / "kaggle_transfer" / source_digest(source)
+    cached = runtime.cache_dir() / "kaggle_transfer" / source_digest(source, files)
     found = sorted(cached.glob("kaggle_transfer-*.whl"))
     if not found:
         cached.mkdir(parents=True, exist_ok=True)
