@@ -4,8 +4,8 @@ and decode at reduced scale (what kt does when it only needs a smaller side), ag
     python benchmarks/decoders.py [--pngs 6] [--jpegs 12]
 
 Decoders that are not installed are listed as such: PIL and OpenCV always run (kt's own dependencies);
-pyspng (libspng), simplejpeg (libjpeg-turbo) and imagecodecs are optional
-(`pip install pyspng simplejpeg imagecodecs`). Every decoder's pixels are checked against OpenCV's
+pyspng (libspng), pyvips (libvips: libspng built with zlib-ng), simplejpeg (libjpeg-turbo) and
+imagecodecs are optional (`pip install pyspng pyvips pyvips-binary simplejpeg imagecodecs`). Every decoder's pixels are checked against OpenCV's
 (PNG: equal; JPEG: within the rounding of IDCT implementations).
 """
 
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import struct
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -44,10 +46,47 @@ def decoders(kind: str) -> dict:
     if kind == "png":
         out["pyspng"] = (lambda p: spng.load(read(p))) if spng else None
         out["imagecodecs"] = (lambda p: ic.png_decode(read(p))) if ic else None
+        out["pyvips"] = _vips()
     else:
         out["simplejpeg"] = (lambda p: sj.decode_jpeg(read(p), colorspace="RGB")) if sj else None
         out["imagecodecs"] = (lambda p: ic.jpeg8_decode(read(p))) if ic else None
     return out
+
+
+def _vips():
+    try:
+        import pyvips
+    except (ImportError, OSError):
+        return None
+    pyvips.cache_set_max(0)
+    return lambda p: pyvips.Image.new_from_file(p, access="sequential").numpy()
+
+
+def idat(data: bytes) -> bytes:
+    """A PNG's zlib stream: its IDAT chunks' payloads, joined."""
+    pos, parts = 8, []
+    while pos + 12 <= len(data):
+        n, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"IDAT":
+            parts.append(data[pos + 8 : pos + 8 + n])
+        pos += 12 + n
+    return b"".join(parts)
+
+
+def inflate_share(paths) -> None:
+    """Where a PNG decode's time goes: inflating the zlib stream (zlib, and libdeflate where imagecodecs
+    is installed) against the whole decode (inflate, unfilter, copy out)."""
+    ic = _optional("imagecodecs")
+    streams = [idat(Path(p).read_bytes()) for p in paths]
+    sizes = [len(zlib.decompress(z)) for z in streams]
+    whole = 1 / per_cpu_second(lambda p: cv2.imread(p, cv2.IMREAD_UNCHANGED), paths)
+    rows = {"zlib inflate": lambda i: zlib.decompress(streams[i])}
+    if ic:
+        rows["libdeflate inflate"] = lambda i: ic.deflate_decode(streams[i], out=sizes[i])
+    print(f"\nwhere a PNG decode goes (OpenCV, whole decode: {whole * 1000:.0f} ms CPU per image)")
+    for name, fn in rows.items():
+        t = 1 / per_cpu_second(fn, range(len(paths)))
+        print(f"  {name:<20}{t * 1000:6.0f} ms   {t / whole:5.0%} of the whole decode")
 
 
 def reduced(kind: str) -> dict:
@@ -111,6 +150,7 @@ def main() -> None:
                 rate = per_cpu_second(fn, paths)
                 base = base or rate
                 print(f"{label:<34}{name:<20}{rate:>10.1f}{rate / base:>8.2f}x")
+        inflate_share(sets["png"])
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def image_python(version: str) -> Path:
     if not marker.is_file() or marker.read_text() != "\n".join(IMAGE_PACKAGES):
         shutil.rmtree(venv, ignore_errors=True)
         subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True)
-        done = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", *IMAGE_PACKAGES],
+        done = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-compile", *IMAGE_PACKAGES],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
         marker.write_text("\n".join(IMAGE_PACKAGES))

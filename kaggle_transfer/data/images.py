@@ -125,7 +125,7 @@ def png_decoder() -> str:
 
 
 def _fast_png(path: str, gray: bool) -> np.ndarray | None:
-    """An 8-bit grey, RGB or RGBA PNG decoded by imagecodecs (libpng with zlib-ng: 1.38x OpenCV's
+    """An 8-bit grey, RGB or RGBA PNG decoded by imagecodecs (libpng: 1.38x OpenCV's
     images per CPU-second on APTOS-size PNGs, benchmarks/decoders.py) as RGB, or its one grey plane;
     None where it does not apply (another PNG kind, imagecodecs not installed, a file the probe
     refuses), and OpenCV decodes it, as it does without imagecodecs."""

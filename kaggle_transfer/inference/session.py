@@ -204,6 +204,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         props = _metadata_props(path)
     except Exception as e:  # noqa: BLE001
         raise KtError(f"{path} is not a readable ONNX file: {type(e).__name__}") from None
+    return _kt_metadata(props, path)
+
+
+def _kt_metadata(props: dict[str, str], path: Path) -> dict[str, Any]:
+    """The file's `kt` property, parsed and checked against the metadata schema."""
     if "kt" not in props:
         raise KtError(f"{path} has no kt metadata; export it with `kt export RUN_DIR`")
     try:
@@ -245,23 +250,28 @@ def load_model(
             f"--io-binding {io_binding!r} is not valid; choose one of: {', '.join(IO_BINDING)}"
         )
     path = Path(path)
-    meta = read_metadata(path)
-    if meta.get("competition_spec"):  # checked every time: never trusted because the name is known
-        from .. import competitions
-
-        competitions.register(meta["competition_spec"])
+    if not path.is_file():
+        raise KtError(f"model {path} not found")
     options = session_options(threads)
     providers = provider_list(provider)
     try:
         graph = to_fp16(path) if precision == "fp16" else str(path)
         session = ort.InferenceSession(graph, options, providers=providers)
     except Exception as e:  # noqa: BLE001 - onnxruntime's own kinds (InvalidGraph, Fail, NotImplemented...)
+        read_metadata(path)  # a file that is not ONNX, or not kt's, says so first
         said = " ".join(str(e).split())[:200]
         raise KtError(
             f"{path}: onnxruntime cannot load it ({type(e).__name__}: {said}); export the run again "
             "with kt export (an unknown operator, damaged weights or external data outside the "
             "file's folder)"
         ) from None
+    # the metadata comes from the session: reading it with the onnx package would cost a second of
+    # import (ml_dtypes) on every kt predict and in the notebook
+    meta = _kt_metadata(dict(session.get_modelmeta().custom_metadata_map), path)
+    if meta.get("competition_spec"):  # checked every time: never trusted because the name is known
+        from .. import competitions
+
+        competitions.register(meta["competition_spec"])
     check_graph(meta, session, path)
     _check_started(provider, session.get_providers(), path)
     # an int8 copy (kt export --int8) says so wherever the precision is shown and recorded
