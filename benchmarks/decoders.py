@@ -5,8 +5,9 @@ and decode at reduced scale (what kt does when it only needs a smaller side), ag
 
 Decoders that are not installed are listed as such: PIL and OpenCV always run (kt's own dependencies);
 pyspng (libspng), pyvips (libvips: libspng built with zlib-ng), simplejpeg (libjpeg-turbo) and
-imagecodecs are optional (`pip install pyspng pyvips pyvips-binary simplejpeg imagecodecs`). Every decoder's pixels are checked against OpenCV's
-(PNG: equal; JPEG: within the rounding of IDCT implementations).
+imagecodecs are optional (`pip install pyspng pyvips pyvips-binary simplejpeg imagecodecs`). Every
+decoder's pixels are checked against OpenCV's (PNG: equal; JPEG: within the rounding of IDCT
+implementations).
 """
 
 from __future__ import annotations

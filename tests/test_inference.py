@@ -200,3 +200,18 @@ def test_kt_predict_takes_a_run_folder_as_the_other_commands_do(onnx_model, trai
     empty.mkdir()
     result = CliRunner().invoke(main, ["predict", "aptos", str(empty), "--data-dir", str(aptos_dir)])
     assert result.exit_code == 2 and "has no model.onnx; run kt export" in result.output
+
+
+def test_loading_a_model_and_predicting_leave_the_onnx_package_unimported(onnx_model, aptos_dir):
+    """The metadata comes from the onnxruntime session: importing onnx costs about a second on every
+    kt predict and in the notebook, whose image need not have it."""
+    code = ("import sys; from kaggle_transfer.inference.session import load_model\n"
+            "from kaggle_transfer.inference.predict import RunOptions, predict_models\n"
+            "m = load_model(sys.argv[1], provider='cpu')\n"
+            "assert m.meta['competition'] == 'aptos', m.meta\n"
+            "predict_models([m], [[sys.argv[2]]], RunOptions(progress=False))\n"
+            "print(sorted(k for k in sys.modules if k == 'onnx' or k.startswith('onnx.')))")
+    image = next((aptos_dir / "train_images").iterdir())
+    out = subprocess.run([sys.executable, "-c", code, str(onnx_model), str(image)], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"
