@@ -203,9 +203,10 @@ def test_kt_predict_takes_a_run_folder_as_the_other_commands_do(onnx_model, trai
 
 
 def test_loading_a_model_and_predicting_leave_the_onnx_package_unimported(onnx_model, aptos_dir):
-    """The metadata comes from the onnxruntime session: importing onnx costs about a second on every
-    kt predict and in the notebook, whose image need not have it."""
-    code = ("import sys; from kaggle_transfer.inference.session import load_model\n"
+    """The metadata comes from onnxruntime (the session, or read alone as the notebook's bundle runner
+    reads it first): importing onnx costs about a second on every kt predict and in the notebook."""
+    code = ("import sys; from kaggle_transfer.inference.session import load_model, read_metadata\n"
+            "assert read_metadata(sys.argv[1])['competition'] == 'aptos'\n"
             "from kaggle_transfer.inference.predict import RunOptions, predict_models\n"
             "m = load_model(sys.argv[1], provider='cpu')\n"
             "assert m.meta['competition'] == 'aptos', m.meta\n"

@@ -291,3 +291,15 @@ def test_a_token_while_offline_is_one_line(home, dead):
     assert out.stderr.strip().splitlines()[-1] == ("error: cannot reach Kaggle to check the Kaggle credentials "
                                                    "(offline, blocked, or it timed out)")
     assert "kt-test-token" not in out.stdout + out.stderr
+
+
+def test_polls_back_off_to_two_minutes_unless_the_interval_is_fixed(monkeypatch):
+    from kaggle_transfer.kaggle.client import next_poll
+
+    monkeypatch.delenv("KT_POLL_S", raising=False)
+    intervals = [10.0]
+    for _ in range(12):
+        intervals.append(next_poll(intervals[-1]))
+    assert intervals[1] == 15.0 and intervals[-1] == 120.0 and intervals == sorted(intervals)
+    monkeypatch.setenv("KT_POLL_S", "0.2")
+    assert next_poll(0.2) == 0.2

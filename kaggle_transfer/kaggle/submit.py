@@ -37,12 +37,13 @@ from .client import (
     credentials_warning,
     dataset_exists,
     make_api,
+    next_poll,
     submit_csv,
 )
 
 # Kaggle runs a code competition's notebook for at most 9 hours (docs/kaggle.md); waiting covers it.
 NOTEBOOK_LIMIT_S = 9 * 3600
-# first poll interval (backs off to 2 min); tests shorten it
+# first poll interval (backs off to 2 min, client.next_poll); tests shorten and fix it
 POLL_S = float(os.environ.get("KT_POLL_S") or 15)
 DONE = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 CUDA = "CUDAExecutionProvider"
@@ -193,7 +194,7 @@ def wait_for_run(api, kernel: str, waiting: Waiting) -> tuple[str, str]:
         if status in DONE:
             return status, str(getattr(answer, "failure_message", "") or "")
         waiting.sleep(poll_s)
-        poll_s = min(poll_s * 1.5, 120)
+        poll_s = next_poll(poll_s)
     raise KtError(
         f"the notebook {kernel} was still running after {waiting.timeout_s / 3600:.1f} h; follow it "
         "with kt submit --resume (nothing was submitted)"
