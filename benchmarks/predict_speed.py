@@ -1,7 +1,9 @@
-"""kt predict's inference path: a K-model ensemble vs K separate single-model runs (each image decoded
-once and shared), and peak memory over 1,000 vs 10,000 test images (streamed, not held).
+"""kt predict's inference path: a K-model ensemble (K sessions, as K members load) vs one model and vs K
+separate single-model runs (each image decoded once and shared); the same ensemble with onnxruntime's
+intra-op threads spinning, its default, which kt turns off; and peak memory over 1,000 vs 10,000 test
+images (streamed, not held).
 
-    python benchmarks/predict_speed.py [--k 3] [--images 200] [--memory-images 10000]
+    python benchmarks/predict_speed.py [--k 3] [--images 200] [--memory-images 10000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -47,12 +49,31 @@ def tiny_model(tmp: Path, size: int) -> Path:
     return Path(export(tmp / f"r{size}")["path"])
 
 
+def sessions(path: Path, k: int, *, spinning: bool = False) -> list:
+    """K sessions of one file, as an ensemble of K members has; `spinning`: onnxruntime's default."""
+    from kaggle_transfer.inference import session
+
+    original = session.session_options
+
+    def with_spinning(threads: int = 0):
+        options = original(threads)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        return options
+
+    session.session_options = with_spinning if spinning else original
+    try:
+        return [session.load_model(path) for _ in range(k)]
+    finally:
+        session.session_options = original
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--source-size", type=int, default=1024)
     p.add_argument("--memory-images", type=int, default=10000)
+    p.add_argument("--rounds", type=int, default=3)
     a = p.parse_args()
     from kaggle_transfer.inference.predict import RunOptions, predict_models
     from kaggle_transfer.inference.session import load_model
@@ -67,20 +88,28 @@ def main() -> None:
         for i in range(a.images):
             cv2.imwrite(str(tmp / "big" / f"{i}.jpg"), base)
             paths.append((str(tmp / "big" / f"{i}.jpg"),))
-        t0 = time.perf_counter()
-        predict_models([model] * a.k, paths, RunOptions(progress=False))
-        shared = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(a.k):
-            predict_models([model], paths, RunOptions(progress=False))
-        separate = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        predict_models([model], paths, RunOptions(progress=False))
-        single = time.perf_counter() - t0
+        members, spinning = sessions(model.path, a.k), sessions(model.path, a.k, spinning=True)
+        runs = {
+            "single": lambda: predict_models([model], paths, RunOptions(progress=False)),
+            "shared": lambda: predict_models(members, paths, RunOptions(progress=False)),
+            "spun": lambda: predict_models(spinning, paths, RunOptions(progress=False)),
+            "separate": lambda: [predict_models([model], paths, RunOptions(progress=False)) for _ in range(a.k)],
+        }
+        for members_ in (members, spinning):  # warm: the first runs allocate
+            predict_models(members_, paths[:32], RunOptions(progress=False))
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(a.rounds):  # alternating rounds, best of each
+            for name, run in runs.items():
+                t0 = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - t0)
+        single, shared, spun, separate = (best[n] for n in ("single", "shared", "spun", "separate"))
         print(f"\n{a.images} JPEGs {a.source_size}px, resnet18 @ 64px, CPU")
         print(f"one model: {single:.2f}s; {a.k} models as one ensemble: {shared:.2f}s "
               f"({shared / single:.2f}x one model); {a.k} separate runs: {separate:.2f}s; "
               f"ensemble / separate: {shared / separate:.2f}x")
+        print(f"the ensemble with onnxruntime's threads spinning (its default): {spun:.2f}s, "
+              f"{spun / shared:.2f}x kt's ({spun / single:.2f}x one model)")
 
         (tmp / "small").mkdir()
         small = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
