@@ -216,3 +216,13 @@ def test_loading_a_model_and_predicting_leave_the_onnx_package_unimported(onnx_m
     out = subprocess.run([sys.executable, "-c", code, str(onnx_model), str(image)], capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sessions_do_not_spin_their_threads(onnx_model):
+    """Spinning intra-op threads of an ensemble's idle members take the cores from the running one
+    (benchmarks/predict_speed.py measures it); every kt session turns spinning off."""
+    from kaggle_transfer.inference.session import load_model
+
+    models = [load_model(onnx_model, provider="cpu") for _ in range(2)]
+    assert all(m.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+               == "0" for m in models)
