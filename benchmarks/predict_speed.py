@@ -51,8 +51,11 @@ def tiny_model(tmp: Path, size: int) -> Path:
 
 def sessions(path: Path, k: int, *, spinning: bool = False) -> list:
     """K sessions of one file, as an ensemble of K members has; `spinning`: onnxruntime's default."""
+    import onnxruntime as ort
+
     from kaggle_transfer.inference import session
 
+    ort.set_default_logger_severity(3)  # setting the key kt set again is a warning, once per session
     original = session.session_options
 
     def with_spinning(threads: int = 0):
