@@ -294,6 +294,7 @@ def test_a_token_while_offline_is_one_line(home, dead):
 
 
 def test_polls_back_off_to_two_minutes_unless_the_interval_is_fixed(monkeypatch):
+    from kaggle_transfer.errors import KtError
     from kaggle_transfer.kaggle.client import next_poll
 
     monkeypatch.delenv("KT_POLL_S", raising=False)
@@ -302,4 +303,8 @@ def test_polls_back_off_to_two_minutes_unless_the_interval_is_fixed(monkeypatch)
         intervals.append(next_poll(intervals[-1]))
     assert intervals[1] == 15.0 and intervals[-1] == 120.0 and intervals == sorted(intervals)
     monkeypatch.setenv("KT_POLL_S", "0.2")
-    assert next_poll(0.2) == 0.2
+    assert next_poll(0.2) == 0.2 and next_poll(30.0) == 0.2
+    for bad in ("abc", "0", "-1", "nan", "inf"):
+        monkeypatch.setenv("KT_POLL_S", bad)
+        with pytest.raises(KtError, match="KT_POLL_S"):
+            next_poll(1.0)

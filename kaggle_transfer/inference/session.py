@@ -235,9 +235,10 @@ def session_options(threads: int = 0):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads  # 0 = onnxruntime's default (one per physical core)
     # Each session keeps its own intra-op threads, and by default they spin after a run: an ensemble's
-    # idle members then burn the cores the running one needs. Measured on the 2-core CPU machine
-    # (benchmarks/predict_speed.py), 3 resnet18 sessions run one after another took 261 ms a batch
-    # spinning vs 158 ms without (1 model: 55 vs 51 ms). The key: onnxruntime's docs,
+    # idle members then burn the cores the running one needs. On the 2-core CPU machine, 3 resnet18 @ 64
+    # sessions run in turn took 261 ms (spinning) vs 158 ms (not) per batch of 32, timed with session.run
+    # alone; one session 55 vs 51 ms. benchmarks/predict_speed.py shows it end to end (3-model ensemble
+    # 3.06-3.21x one model's time spinning, 1.89-2.15x not). The key: onnxruntime's docs,
     # performance/tune-performance/threading.md, and onnxruntime_session_options_config_keys.h.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3

@@ -34,10 +34,27 @@ MIN_CLIENT = (
 MAX_BACKOFF_S = 120.0
 
 
+def fixed_poll() -> float | None:
+    """KT_POLL_S, the fixed poll interval for a local server standing in for Kaggle (docs/kaggle.md), or
+    None: Kaggle itself is polled with a back-off."""
+    raw = os.environ.get("KT_POLL_S", "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 600:  # nan fails too
+        raise KtError(
+            f"KT_POLL_S={raw!r} is not a poll interval; set 0.1 to 600 seconds, or unset it"
+        )
+    return value
+
+
 def next_poll(poll_s: float) -> float:
-    """The poll interval after `poll_s`: 1.5 times longer, at most 2 min. KT_POLL_S (set where a local
-    server stands in for Kaggle, as in the tests) fixes the interval instead."""
-    return poll_s if os.environ.get("KT_POLL_S") else min(poll_s * 1.5, MAX_BACKOFF_S)
+    """The poll interval after `poll_s`: 1.5 times longer, at most 2 min; KT_POLL_S keeps it fixed."""
+    fixed = fixed_poll()
+    return fixed if fixed is not None else min(poll_s * 1.5, MAX_BACKOFF_S)
 
 
 def credentials_warning() -> str | None:
@@ -370,7 +387,7 @@ def submit_csv(
         api,
         out,
         wait,
-        poll_s=float(os.environ.get("KT_POLL_S") or 10),
+        poll_s=fixed_poll() or 10,
         timeout_s=3600.0,
         sleep=time.sleep,
     )

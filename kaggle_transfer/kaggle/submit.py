@@ -36,6 +36,7 @@ from .client import (
     check_daily_limit,
     credentials_warning,
     dataset_exists,
+    fixed_poll,
     make_api,
     next_poll,
     submit_csv,
@@ -44,7 +45,7 @@ from .client import (
 # Kaggle runs a code competition's notebook for at most 9 hours (docs/kaggle.md); waiting covers it.
 NOTEBOOK_LIMIT_S = 9 * 3600
 # first poll interval (backs off to 2 min, client.next_poll); tests shorten and fix it
-POLL_S = float(os.environ.get("KT_POLL_S") or 15)
+POLL_S = 15.0
 DONE = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 CUDA = "CUDAExecutionProvider"
 
@@ -69,7 +70,7 @@ class Waiting:
     """How the waits poll: first interval, limits, and the clock (tests pass fake ones)."""
 
     echo: Callable[[str], None] = print
-    poll_s: float = POLL_S
+    poll_s: float = field(default_factory=lambda: fixed_poll() or POLL_S)
     timeout_s: float = NOTEBOOK_LIMIT_S + 3600
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time
