@@ -191,6 +191,8 @@ def _metadata_props(path: Path) -> dict[str, str]:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.disable_prepacking", "1")  # no weight copies
+        options.intra_op_num_threads = 1
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return dict(session.get_modelmeta().custom_metadata_map)
