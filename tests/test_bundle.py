@@ -49,10 +49,15 @@ def run_script(script, data, tmp_path):
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker.parent), "KT_BUNDLE_DATA": str(data),
-           "KT_BUNDLE_OUT": str(tmp_path / "working"), "KT_SITE": str(tmp_path / "site"), "PIP_NO_INDEX": "1"}
+           "KT_BUNDLE_OUT": str(tmp_path / "working"), "KT_SITE": str(tmp_path / "site"), "PIP_NO_INDEX": "1",
+           "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "working").mkdir()
-    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, cwd=tmp_path,
-                          timeout=300)
+    (tmp_path / "tmp").mkdir()
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    # however the script ended, its scratch (the predictions before they are copied out) is gone
+    assert not any((tmp_path / "tmp").iterdir()), sorted(p.name for p in (tmp_path / "tmp").iterdir())
+    return out
 
 
 def test_bundle_script_predicts_offline_without_torch(bundle_dir, aptos_dir, tmp_path):

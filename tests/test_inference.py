@@ -226,3 +226,28 @@ def test_sessions_do_not_spin_their_threads(onnx_model):
     models = [load_model(onnx_model, provider="cpu") for _ in range(2)]
     assert all(m.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
                == "0" for m in models)
+
+
+def test_onnxruntime_telemetry_is_off_unless_the_user_turns_it_on(onnx_model, tmp_path):
+    """onnxruntime 1.29+ starts a telemetry uploader that writes a session file (.ses) and calls out, also in
+    an offline notebook. kt sets its switch before onnxruntime loads; a user's own value is kept."""
+    script = ("import numpy as np, kaggle_transfer, sys\n"
+              "from kaggle_transfer.inference.session import load_model\n"
+              "m = load_model(sys.argv[1], provider='cpu')\n"
+              "m.run(np.zeros((1, 3, m.size, m.size), np.uint8))\n")
+    ci = {"CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS", "JENKINS_URL", "BUILDKITE"}
+
+    def leftovers(run: str, **env) -> list[str]:
+        root = tmp_path / run
+        for folder in ("home", "tmp", "cwd"):
+            (root / folder).mkdir(parents=True)
+        base = {k: v for k, v in os.environ.items() if k not in ci and "TELEMETRY" not in k}
+        done = subprocess.run([sys.executable, "-c", script, str(onnx_model)], cwd=root / "cwd", timeout=120,
+                              env={**base, "HOME": str(root / "home"), "TMPDIR": str(root / "tmp"), **env},
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    assert leftovers("kt") == []
+    # the control: with the switch set off by the user, this onnxruntime writes its session file
+    assert any(p.endswith(".ses") for p in leftovers("user", ORT_DISABLE_TELEMETRY="0", ORT_TELEMETRY_DISABLED="0"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,24 +55,28 @@ def notebook(data_dir: Path, *, edit=None):
     """What Kaggle does with a pushed notebook: its dataset mounted, the script run, /kaggle/working kept."""
     def run(files: dict[str, bytes]):
         root = Path(tempfile.mkdtemp(prefix="kaggle-notebook-"))
-        bundle, working, blocker = root / "input", root / "working", root / "blocker" / "torch"
-        for folder in (bundle, working, blocker):
-            folder.mkdir(parents=True)
-        for name, data in files.items():
-            (bundle / name).write_bytes(data)
-        (blocker / "__init__.py").write_text("raise ImportError('no torch in this notebook')\n")
-        env = {**os.environ, "PYTHONPATH": str(blocker.parent), "KT_BUNDLE_DIR": str(bundle),
-               "KT_BUNDLE_DATA": str(data_dir), "KT_BUNDLE_OUT": str(working), "PIP_NO_INDEX": "1"}
-        for key in [k for k in env if k.lower().endswith("_proxy")]:
-            env.pop(key)  # the notebook runs with the internet off
-        done = subprocess.run([sys.executable, str(bundle / "kt_predict.py")], env=env, capture_output=True,
-                              text=True, cwd=working, timeout=300)
-        if edit:
-            edit(working)
-        log = json.dumps([{"stream_name": "stdout", "time": 1.0, "data": done.stdout},
-                          {"stream_name": "stderr", "time": 2.0, "data": done.stderr}])
-        outputs = {p.name: p.read_bytes() for p in working.iterdir() if p.is_file()}
-        return ("COMPLETE" if done.returncode == 0 else "ERROR"), outputs, log
+        try:
+            bundle, working, blocker, tmp = root / "input", root / "working", root / "blocker" / "torch", root / "tmp"
+            for folder in (bundle, working, blocker, tmp):
+                folder.mkdir(parents=True)
+            for name, data in files.items():
+                (bundle / name).write_bytes(data)
+            (blocker / "__init__.py").write_text("raise ImportError('no torch in this notebook')\n")
+            env = {**os.environ, "PYTHONPATH": str(blocker.parent), "KT_BUNDLE_DIR": str(bundle),
+                   "KT_BUNDLE_DATA": str(data_dir), "KT_BUNDLE_OUT": str(working), "PIP_NO_INDEX": "1",
+                   "TMPDIR": str(tmp)}
+            for key in [k for k in env if k.lower().endswith("_proxy")]:
+                env.pop(key)  # the notebook runs with the internet off
+            done = subprocess.run([sys.executable, str(bundle / "kt_predict.py")], env=env, capture_output=True,
+                                  text=True, cwd=working, timeout=300)
+            if edit:
+                edit(working)
+            log = json.dumps([{"stream_name": "stdout", "time": 1.0, "data": done.stdout},
+                              {"stream_name": "stderr", "time": 2.0, "data": done.stderr}])
+            outputs = {p.name: p.read_bytes() for p in working.iterdir() if p.is_file()}
+            return ("COMPLETE" if done.returncode == 0 else "ERROR"), outputs, log
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
     return run
 
 

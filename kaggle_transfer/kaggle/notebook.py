@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 SCRIPT = r'''"""kt offline prediction, made by `kt bundle`: internet off, no torch. Settings are data, below."""
-import json, os, re, shutil, subprocess, sys, tempfile
+import atexit, json, os, re, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 SETTINGS = json.loads(__KT_SETTINGS__)
@@ -104,8 +104,11 @@ if runtimes and not any(fits(w) for w in runtimes):
     stop(f"cannot install {runtimes[0].name} on Python {PY}: the bundle has no onnxruntime wheel for Python {PY} "
          f"(it carries {', '.join(w.name.split('-')[2] for w in runtimes)}); rebuild the bundle with "
          f"kt bundle --python {PY}")
-# wheels go to a temp folder, not /kaggle/working: they must not become the notebook's output
-SITE = Path(os.environ.get("KT_SITE") or tempfile.mkdtemp(prefix="kt-site-"))
+# wheels and the predictions go to one temp folder, not /kaggle/working: they must not become the notebook's
+# output, and the folder is removed when the script ends (a run outside Kaggle leaves nothing in /tmp)
+SCRATCH = Path(tempfile.mkdtemp(prefix="kt-notebook-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+SITE = Path(os.environ.get("KT_SITE") or SCRATCH / "site")
 OUT = Path(os.environ.get("KT_BUNDLE_OUT") or "/kaggle/working")
 for wheel in [w for w in wheels if fits(w)]:
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
@@ -122,7 +125,7 @@ from kaggle_transfer.inference.bundle_run import run  # noqa: E402
 
 say(f"kaggle_transfer {kaggle_transfer.__version__} from {Path(kaggle_transfer.__file__).parent}")
 try:
-    csv = run(BUNDLE, os.environ.get("KT_BUNDLE_DATA"), Path(tempfile.mkdtemp(prefix="kt-submissions-")),
+    csv = run(BUNDLE, os.environ.get("KT_BUNDLE_DATA"), SCRATCH / "submissions",
               echo=say, cpu_fallback=bool(SETTINGS.get("cpu_fallback")))
 except KtError as e:
     stop(str(e))
