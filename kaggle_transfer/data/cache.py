@@ -146,7 +146,7 @@ def prepare(
             todo.append((tuple(paths), str(folder / key), size, crop, fmt))
     workers = workers or os.cpu_count() or 1
     pool_kind = (
-        ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent)
+        ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
         if workers > 1
         else _Serial()
     )
@@ -181,16 +181,20 @@ def prepare(
     }
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int) -> None:
     """A pool worker is killed when the process that started it dies (Linux PR_SET_PDEATHSIG): a kt prepare
-    killed with SIGKILL leaves no worker running on. Elsewhere a no-op."""
+    killed with SIGKILL leaves no worker running on. Elsewhere a no-op. A parent that died before the
+    signal was armed is caught by comparing the parent's pid afterwards (prctl(2) advises it): the worker
+    then ends at once."""
     import ctypes
     import signal
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def competition_tables(
