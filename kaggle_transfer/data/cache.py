@@ -146,7 +146,9 @@ def prepare(
             todo.append((tuple(paths), str(folder / key), size, crop, fmt))
     workers = workers or os.cpu_count() or 1
     pool_kind = (
-        ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),))
+        ProcessPoolExecutor(
+            max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
         if workers > 1
         else _Serial()
     )
