@@ -1,6 +1,10 @@
 """Inference images/s: onnxruntime (what kt predict runs) vs torch eager, same model, same batches, CPU.
 
     python benchmarks/onnx_vs_torch.py [--arch resnet18] [--size 128] [--batch 16] [--iters 20] [--rounds 3]
+
+It also prints the model's FLOPs per image and each runtime's GFLOP/s beside the fastest fp32 rate this
+machine reaches on a plain 2048x2048 matmul (torch's and onnxruntime's, same threads): the ONNX/torch
+ratio cannot exceed that rate over torch's on the model, whichever runtime runs it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,47 @@ def rate(fn, batch: np.ndarray, iters: int) -> tuple[float, float]:
     for _ in range(iters):
         fn(batch)
     return iters * len(batch) / (time.perf_counter() - t0), iters * len(batch) / (time.process_time() - c0)
+
+
+def model_flops(model, batch: np.ndarray) -> float:
+    """FLOPs per image of one forward pass (torch's counter: 2 per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.from_numpy(batch))
+    return counter.get_total_flops() / len(batch)
+
+
+def matmul_ceiling(threads: int, n: int = 2048, rounds: int = 5) -> dict[str, float]:
+    """GFLOP/s (wall, best of `rounds`) of an n x n fp32 matmul in torch and in onnxruntime (kt's session
+    options, `threads` intra-op threads): what this CPU's fp32 units deliver to a dense kernel."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from kaggle_transfer.inference.session import session_options
+
+    a, b = (np.random.default_rng(k).standard_normal((n, n), dtype=np.float32) for k in (1, 2))
+    spec = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ABC"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "mm", spec[:2], spec[2:])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.checker.check_model(proto)
+    session = ort.InferenceSession(proto.SerializeToString(), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    calls = {"torch": lambda: torch.mm(ta, tb), "onnxruntime": lambda: session.run(None, {"A": a, "B": b})}
+    out = {}
+    for name, fn in calls.items():
+        fn()
+        best = min(_seconds(fn) for _ in range(rounds))
+        out[name] = 2 * n**3 / best / 1e9
+    return out
+
+
+def _seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -85,6 +130,7 @@ def main() -> None:
         (torch_rate, torch_cpu), (onnx_rate, onnx_cpu) = max(rates["torch"]), max(rates["onnx"])
         variant_rates = {name: max(rates[name])[0] for name in variants}
         diff = np.abs(eager(batch) - session.run(batch)).max()
+        flops, ceiling = model_flops(model, batch), matmul_ceiling(torch.get_num_threads())
     print(f"\ninference, {a.arch} @ {a.size}px, batch {a.batch}, CPU, {torch.get_num_threads()} threads")
     print(f"{'runtime':<28}{'images/s':>10}{'images/CPU-s':>14}")
     print(f"{'torch eager':<28}{torch_rate:>10.1f}{torch_cpu:>14.1f}")
@@ -95,6 +141,13 @@ def main() -> None:
           f"{a.rounds} rounds each; wall per round: {per_round})   max |diff| {diff:.1e}")
     for name, r in variant_rates.items():
         print(f"onnxruntime {name:<24}{r:>10.1f}   vs plain onnxruntime: {r / onnx_rate:.2f}x")
+    achieved = {"torch eager": torch_rate * flops / 1e9, "onnxruntime": onnx_rate * flops / 1e9}
+    best = max(*ceiling.values(), *achieved.values())
+    print(f"fp32 ceiling: {flops / 1e9:.2f} GFLOP per image; GFLOP/s on the model: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in achieved.items()) + "; 2048x2048 matmul: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in ceiling.items())
+          + f"; onnx / torch can reach at most {best / achieved['torch eager']:.2f}x here "
+          f"(onnxruntime runs the model at {achieved['onnxruntime'] / best:.0%} of the best rate)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """kt predict's inference path: a K-model ensemble (K sessions, as K members load) vs one model and vs K
 separate single-model runs (each image decoded once and shared); the same ensemble with onnxruntime's
 intra-op threads spinning, its default, which kt turns off; and peak memory over 1,000 vs 10,000 test
-images (streamed, not held).
+images (streamed, not held). With decoding shared, a K-model ensemble still runs K models: its CPU time
+cannot fall below (decode + K x inference) / (decode + inference) of one model's, and the script prints
+that floor from the inference time measured alone.
 
     python benchmarks/predict_speed.py [--k 3] [--images 200] [--memory-images 10000] [--rounds 3]
 """
@@ -100,17 +102,24 @@ def main() -> None:
         }
         for members_ in (members, spinning):  # warm: the first runs allocate
             predict_models(members_, paths[:32], RunOptions(progress=False))
-        best = dict.fromkeys(runs, float("inf"))
+        runs["inference alone"] = lambda: [model.run(batch) for _ in range(0, a.images, 32)]
+        batch = np.zeros((32, 3, 64, 64), np.uint8)
+        best, cpu = dict.fromkeys(runs, float("inf")), dict.fromkeys(runs, float("inf"))
         for _ in range(a.rounds):  # alternating rounds, best of each
             for name, run in runs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 run()
                 best[name] = min(best[name], time.perf_counter() - t0)
+                cpu[name] = min(cpu[name], time.process_time() - c0)
         single, shared, spun, separate = (best[n] for n in ("single", "shared", "spun", "separate"))
+        floor = (cpu["single"] + (a.k - 1) * cpu["inference alone"]) / cpu["single"]
         print(f"\n{a.images} JPEGs {a.source_size}px, resnet18 @ 64px, CPU")
         print(f"one model: {single:.2f}s; {a.k} models as one ensemble: {shared:.2f}s "
               f"({shared / single:.2f}x one model); {a.k} separate runs: {separate:.2f}s; "
               f"ensemble / separate: {shared / separate:.2f}x")
+        print(f"CPU: one model {cpu['single']:.2f}s, of which inference alone {cpu['inference alone']:.2f}s; "
+              f"the ensemble {cpu['shared']:.2f}s ({cpu['shared'] / cpu['single']:.2f}x one model's CPU; "
+              f"floor with decoding shared and {a.k}x the inference: {floor:.2f}x)")
         print(f"the ensemble with onnxruntime's threads spinning (its default): {spun:.2f}s, "
               f"{spun / shared:.2f}x kt's ({spun / single:.2f}x one model)")
 

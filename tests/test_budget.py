@@ -2,9 +2,11 @@
 force written here with scikit-learn; the cost model's shared decode; the command end to end."""
 
 import itertools
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -81,15 +83,44 @@ def test_a_budget_nothing_fits_names_the_cheapest_members_time():
         select(SCORE, len(RAWS), COSTS, 10, 1000)
 
 
-def test_targets_scale_the_measured_costs_and_say_how():
+def test_targets_spread_the_measured_cpu_seconds_over_their_cores_and_say_how():
     cpus = len(os.sched_getaffinity(0))
-    kaggle = scale(COSTS, "kaggle-cpu")
-    assert kaggle.model_s[0] == pytest.approx(0.01 * cpus / 4)
-    assert "Kaggle's 4" in kaggle.note
-    t4 = scale(COSTS, "kaggle-t4")
+    here = scale(COSTS, "here")  # kt predict decodes on every CPU while the models run on them too
+    assert here.model_s[0] == pytest.approx(0.01 / cpus) and here.decode_s[512] == pytest.approx(0.06 / cpus)
+    kaggle = scale(COSTS, "kaggle-cpu")  # 2 physical cores (4 hyper-threads) in Kaggle's notebooks
+    assert kaggle.model_s[0] == pytest.approx(0.01 / 2) and kaggle.decode_s[224] == pytest.approx(0.02 / 2)
+    assert "Kaggle's 2 cores" in kaggle.note
+    t4, p100 = scale(COSTS, "kaggle-t4"), scale(COSTS, "kaggle-p100")
     assert t4.decode_s == kaggle.decode_s and "estimate" in t4.note and "8.1 TFLOPS" in t4.note
+    # the GPU's share is this CPU's measured rate over the datasheet's: a real number, the same for both
+    assert 0 < t4.model_s[0] < 0.01 and t4.model_s[0] / p100.model_s[0] == pytest.approx(9.3 / 8.1, rel=0.3)
     with pytest.raises(KtError, match="--target"):
         scale(COSTS, "tpu")
+
+
+def test_the_cpu_rate_is_measured_on_onnxruntime():
+    from kaggle_transfer.inference.budget import cpu_gflops
+
+    # any x86-64 or arm64 core runs fp32 GEMM between ~1 and ~500 GFLOP/s; a miscounted size is far off
+    assert 1 < cpu_gflops(256) < 500
+
+
+def test_forward_selection_above_the_exhaustive_limit_scores_every_step():
+    from kaggle_transfer.inference import budget
+
+    raws = np.stack([_member(q) for q in np.linspace(0.3, 2.0, budget.EXHAUSTIVE + 2)])
+    costs = Costs(model_s=tuple(np.linspace(0.01, 0.05, len(raws))), sides=(224,) * len(raws),
+                  decode_s={224: 0.02})
+
+    def score(members):
+        return accuracy_score(Y, raws[list(members)].mean(axis=0).argmax(axis=1))
+
+    chosen, rows = select(score, len(raws), costs, 3600, 10_000)
+    assert rows and all(r["pareto"] for r in rows) and rows[-1]["members"] == chosen
+    assert [r["score"] for r in rows] == sorted(r["score"] for r in rows)  # each step scores higher
+    assert rows[-1]["score"] == pytest.approx(score(chosen))
+    assert score(chosen) >= max(score([m]) for m in range(len(raws)))
+    assert 10_000 * costs.per_image(chosen) <= 3600
 
 
 @pytest.mark.slow
@@ -123,7 +154,7 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     assert done.returncode == 0, done.stderr[-1500:]
     out = done.stdout
     assert "predicted run:" in out and "kaggle-cpu" in out
-    import json
+
 
     spec = json.loads(spec_path.read_text())
     record = spec["budget"]
@@ -140,10 +171,20 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
                  "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--cpu-fallback")
     assert "the ensemble's predicted run:" in bundled
 
-    def refused(*args):
-        out = CliRunner().invoke(main, ["ensemble", "aptos", *args, "-o", str(tmp_path / "x.json")])
+    def refused(*args, out_path=tmp_path / "x.json"):
+        out = CliRunner().invoke(main, ["ensemble", "aptos", *args, "-o", str(out_path)])
         assert out.exit_code == 2 and out.output.strip().count("\n") == 0, out.output[-800:]
         return out.output
+
+    # -o never replaces a file unasked, nor writes a spec over a model or into a folder's temp name
+    before = {p: p.read_bytes() for p in (spec_path, tmp_path / "ens_frontier.csv", Path(members[0]) / "model.onnx")}
+    assert "pass --overwrite" in refused(*members, "--budget", "9h", out_path=spec_path)
+    assert "ending in .json" in refused(*members, out_path=Path(members[0]) / "model.onnx")
+    assert "is a folder" in refused(*members, "--budget", "9h", out_path=tmp_path)
+    assert all(p.read_bytes() == data for p, data in before.items())
+    (tmp_path / "fresh.json").write_text("{}")
+    kt("ensemble", "aptos", *members, "-o", tmp_path / "fresh.json", "--overwrite")
+    assert json.loads((tmp_path / "fresh.json").read_text())["type"] == "ensemble"
 
     assert "no member fits" in refused(*members, "--budget", "1s", "--test-images", "13000000")
     assert "no such run folder" in refused(members[0], str(tmp_path / "nonexistent"), "--budget", "9h")

@@ -257,7 +257,10 @@ def pseudo(
     help="With --budget, where it runs: here (as measured), kaggle-cpu (the default), or Kaggle's "
     "T4 / P100 (estimates).",
 )
-def ensemble(competition, runs, method, out, budget, test_images, target) -> None:
+@click.option(
+    "--overwrite", is_flag=True, help="Replace the -o spec (and its frontier) if it exists."
+)
+def ensemble(competition, runs, method, out, budget, test_images, target, overwrite) -> None:
     """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""
     from .. import competitions
     from ..inference.ensemble import build
@@ -276,7 +279,7 @@ def ensemble(competition, runs, method, out, budget, test_images, target) -> Non
     elif test_images or target:
         flag = "--test-images" if test_images else "--target"
         raise KtError(f"{flag} goes with --budget (the clock the blend must fit)")
-    spec = build(competition, runs, method, out, limit)
+    spec = build(competition, runs, method, out, limit, overwrite=overwrite)
     click.echo(f"{'member':<60} {'weight':>7} {'OOF ' + spec['metric']:>12}")
     for m in spec["members"]:
         click.echo(f"{m['run'][-60:]:<60} {m['weight']:>7.3f} {m['oof_score']:>12.4f}")

@@ -56,6 +56,8 @@ def build(
     method: str = "greedy",
     out: str | Path | None = None,
     budget=None,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The spec of a blend of the runs; with a `budget.Budget`, the best blend predicted to fit it,
     the frontier beside the spec (`<spec>_frontier.csv/png`) and the estimate in the spec."""
@@ -64,6 +66,8 @@ def build(
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise KtError("name the runs to blend: kt ensemble COMPETITION RUN_DIR...")
+    if out is not None:
+        _check_out(Path(out), overwrite, frontier=budget is not None)
     ids, raws, targets, cfg = runs.load_oofs(run_dirs)
     comp = competitions.for_config(cfg)
     if comp.name != competitions.get(competition).name:
@@ -121,6 +125,21 @@ def build(
     write_json(path, spec)
     spec["path"] = str(path)
     return spec
+
+
+def _check_out(path: Path, overwrite: bool, *, frontier: bool) -> None:
+    """-o names a new .json file (the frontier's CSV and PNG go beside it): never a folder, a model or
+    another file kt wrote, unless --overwrite; checked before any work, so a refusal writes nothing."""
+    if path.is_dir():
+        raise KtError(
+            f"-o {path} is a folder; give the spec's file path, e.g. {path / 'blend.json'}"
+        )
+    if path.suffix.lower() != ".json":
+        raise KtError(f"-o {path}: an ensemble spec is a .json file; give a path ending in .json")
+    beside = [path.with_name(path.stem + f"_frontier{ext}") for ext in (".csv", ".png")]
+    taken = [p for p in [path, *(beside if frontier else [])] if p.exists()]
+    if taken and not overwrite:
+        raise KtError(f"-o {path}: {taken[0]} exists; pass --overwrite to replace it")
 
 
 def budget_line(spec_path: str | Path | None) -> str | None:
