@@ -170,6 +170,18 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     bundled = kt("bundle", "aptos", "--ensemble", str(spec_path), "-o", str(tmp_path / "bundle"), "--user",
                  "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--cpu-fallback")
     assert "the ensemble's predicted run:" in bundled
+    flipped = kt("bundle", "aptos", "--ensemble", str(spec_path), "-o", str(tmp_path / "bundle2"), "--user",
+                 "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--accelerator", "none",
+                 "--tta", "flip")
+    assert "rescaled to --tta flip: 2 view(s) per model" in flipped
+    # a hand-edited budget record is refused when the spec loads: before any bundle folder exists
+    edited = json.loads(spec_path.read_text())
+    edited["budget"]["test_images"] = "13000"
+    (tmp_path / "edited.json").write_text(json.dumps(edited))
+    out = CliRunner().invoke(main, ["bundle", "aptos", "--ensemble", str(tmp_path / "edited.json"), "-o",
+                                    str(tmp_path / "bundle3"), "--no-fetch-wheels", "--image-has-onnxruntime"])
+    assert out.exit_code == 2 and "budget record's 'test_images'" in out.output, out.output[-800:]
+    assert not (tmp_path / "bundle3").exists()
 
     def refused(*args, out_path=tmp_path / "x.json"):
         out = CliRunner().invoke(main, ["ensemble", "aptos", *args, "-o", str(out_path)])
@@ -191,3 +203,34 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     assert "given twice" in refused(members[0], members[0], "--budget", "9h")
     assert "--target goes with --budget" in refused(*members, "--target", "kaggle-t4")
     assert "--budget ''" in refused(*members, "--budget", "", "--test-images", "10")
+
+
+RECORD = {"target": "kaggle-cpu", "budget_s": 32400.0, "test_images": 13000, "estimated_s": 1300.0,
+          "per_image_s": 0.1, "member_model_s": [0.02, 0.05, 0.01], "member_views": [1, 2, 1],
+          "chosen_members": [0, 1], "decode_s": {"224": 0.03}, "note": "CPU-seconds measured here / 2"}
+
+
+@pytest.mark.parametrize("key, value", [
+    ("test_images", "13000"), ("test_images", 0), ("test_images", 1.5), ("estimated_s", "2.3"),
+    ("estimated_s", float("nan")), ("budget_s", -5), ("budget_s", float("inf")), ("target", "tpu"),
+    ("note", None), ("member_model_s", [0.1, -1, 0.2]), ("member_model_s", []), ("chosen_members", [0, 3]),
+    ("chosen_members", [True]), ("member_views", [1, 0, 1]), ("member_views", [1, 1]), ("per_image_s", None),
+])
+def test_a_hand_edited_budget_record_is_refused_with_its_key(key, value):
+    from kaggle_transfer.inference.budget import check_record
+
+    check_record(RECORD, "spec.json")  # the record kt ensemble writes passes
+    broken = {**RECORD, key: value} if value is not None else {k: v for k, v in RECORD.items() if k != key}
+    with pytest.raises(KtError, match=rf"spec.json: its budget record's '{key}' is missing or not valid; rebuild"):
+        check_record(broken, "spec.json")
+
+
+def test_the_estimate_rescales_to_the_notebooks_views():
+    from kaggle_transfer.inference.budget import with_views
+
+    # chosen: member 0 (0.02 s, 1 view) and member 1 (0.05 s, 2 views); decoding is the rest: 0.03 s
+    flip = with_views(RECORD, 2)
+    assert flip["per_image_s"] == pytest.approx(0.03 + 0.04 + 0.05)
+    assert flip["estimated_s"] == pytest.approx(13000 * 0.12)
+    assert with_views(RECORD, 8)["per_image_s"] == pytest.approx(0.03 + 0.16 + 0.20)
+    assert with_views({k: v for k, v in RECORD.items() if k != "member_views"}, 2) is None

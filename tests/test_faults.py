@@ -320,6 +320,9 @@ def test_resume_and_ensembles_work_from_another_folder(aptos_dir, tmp_path, monk
     ok(["train", "--resume", Path("work") / run])
     ok(["predict", "aptos", "--ensemble", "work/spec.json", "--data-dir", data, "--out-root", "subs",
         "--no-progress"])
+    # the submission's manifest names the spec absolutely: kt submit reads it from any folder
+    manifest = json.loads(next(Path("subs/aptos").glob("*/manifest.json")).read_text())
+    assert manifest["ensemble"] == str((tmp_path / "work" / "spec.json").resolve())
     assert "--lr" in error(["train", "--resume", Path("work") / run, "--lr", "0.1"])
     assert "pass more to extend it" in error(["train", "--resume", Path("work") / run, "--epochs", "1"])
     moved = Path(shutil.move(str(data), tmp_path / "moved"))

@@ -60,6 +60,7 @@ class Costs:
     decode_s: dict[int, float] = field(default_factory=dict)
     target: str = "here"
     note: str = "measured on this machine"
+    views: tuple[int, ...] = ()  # each member's recorded test-time views, counted in model_s
 
     def per_image(self, chosen: Sequence[int]) -> float:
         chosen = sorted(set(chosen))
@@ -157,6 +158,66 @@ def line(record: dict[str, Any]) -> str:
     )
 
 
+def with_views(record: dict[str, Any], views: int) -> dict[str, Any] | None:
+    """The record's estimate had every chosen member run `views` test-time views instead of its
+    recorded ones (None: a record written before members' views were kept)."""
+    chosen, counts = record.get("chosen_members"), record.get("member_views")
+    if chosen is None or counts is None:
+        return None
+    model = [record["member_model_s"][m] for m in chosen]
+    decode = record["per_image_s"] - sum(model)
+    per_image = decode + sum(s / counts[m] * views for s, m in zip(model, chosen, strict=True))
+    return {**record, "per_image_s": per_image, "estimated_s": per_image * record["test_images"]}
+
+
+def check_record(record: Any, source: str) -> None:
+    """A spec's `budget` block, as kt ensemble --budget writes it: checked when the spec is loaded, so
+    a hand-edited one is refused before a bundle or a submission starts, never printed as nonsense."""
+    if not isinstance(record, dict):
+        raise KtError(
+            f"{source}: its 'budget' is not a record; rebuild it with kt ensemble --budget"
+        )
+
+    def number(key: str, low: float = 0.0) -> bool:
+        value = record.get(key)
+        return is_number(value) and bool(np.isfinite(value)) and value >= low
+
+    costs = record.get("member_model_s")
+    n = len(costs) if isinstance(costs, list) else 0
+    checks = {
+        "target": record.get("target") in TARGETS,
+        "budget_s": number("budget_s") and record["budget_s"] > 0,
+        "test_images": isinstance(record.get("test_images"), int) and number("test_images", 1),
+        "estimated_s": number("estimated_s"),
+        "per_image_s": number("per_image_s"),
+        "note": isinstance(record.get("note"), str),
+        "member_model_s": n > 0 and all(is_number(v) and np.isfinite(v) and v >= 0 for v in costs),
+        "chosen_members": record.get("chosen_members") is None
+        or _indices(record["chosen_members"], 0, n),
+        "member_views": record.get("member_views") is None
+        or (_indices(record["member_views"], 1, 10**6) and len(record["member_views"]) == n),
+    }
+    bad = [key for key, ok in checks.items() if not ok]
+    if bad:
+        raise KtError(
+            f"{source}: its budget record's {bad[0]!r} is missing or not valid; "
+            "rebuild it with kt ensemble --budget"
+        )
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _indices(values: Any, low: int, below: int) -> bool:
+    """A non-empty list of whole numbers in [low, below)."""
+    return (
+        isinstance(values, list)
+        and bool(values)
+        and all(isinstance(v, int) and not isinstance(v, bool) and low <= v < below for v in values)
+    )
+
+
 # --- measuring ----------------------------------------------------------------------------------
 
 
@@ -200,7 +261,7 @@ def scale(costs: Costs, target: str) -> Costs:
             f"GPU's datasheet {GPU_FP32_TFLOPS[target]} TFLOPS), decoding on Kaggle's "
             f"{KAGGLE_CORES} cores"
         )
-    return Costs(model, costs.sides, decode, target, note)
+    return Costs(model, costs.sides, decode, target, note, costs.views)
 
 
 def _time(fn, repeats: int = 5) -> float:
@@ -236,7 +297,9 @@ def _model_seconds(paths: Sequence[Path], batch: int = 8, rounds: int = 5) -> di
             start = time.process_time()
             call()
             best[path] = min(best[path], time.process_time() - start)
-    return {path: (best[path] / batch * views, size) for path, (_, views, size) in calls.items()}
+    return {
+        path: (best[path] / batch * views, size, views) for path, (_, views, size) in calls.items()
+    }
 
 
 def measure(member_files: Sequence[Sequence[Path]], image_paths: Sequence[Sequence[str]]) -> Costs:
@@ -251,10 +314,11 @@ def measure(member_files: Sequence[Sequence[Path]], image_paths: Sequence[Sequen
     times = _model_seconds([p for files in member_files for p in files])
     model_s = tuple(sum(times[str(p)][0] for p in files) for files in member_files)
     sides = tuple(max(times[str(p)][1] for p in files) for files in member_files)
+    views = tuple(times[str(files[0])][2] for files in member_files)
     decode = {}
     for side in sorted(set(sides)):
         one = lambda s=side: [  # noqa: E731
             images.fit_to(images.read_image(p, reduce_to=s), s) for p in image_paths
         ]
         decode[side] = _time(one, repeats=3) / len(image_paths)
-    return Costs(model_s, sides, decode)
+    return Costs(model_s, sides, decode, views=views)

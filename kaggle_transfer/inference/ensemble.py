@@ -23,6 +23,7 @@ from ..files import atomic_path, sha256, write_json
 from . import budget as plan
 from .metadata import check_fitted
 from .predict import blend
+from .tta import views as tta_views
 
 METHODS = ENSEMBLE_METHODS
 
@@ -142,12 +143,43 @@ def _check_out(path: Path, overwrite: bool, *, frontier: bool) -> None:
         raise KtError(f"-o {path}: {taken[0]} exists; pass --overwrite to replace it")
 
 
-def budget_line(spec_path: str | Path | None) -> str | None:
-    """The budget line of an ensemble spec made with --budget (None: no spec, or none recorded)."""
+def budget_line(
+    spec_path: str | Path | None,
+    *,
+    tta: str | None = None,
+    accelerator: str | None = None,
+    int8: bool = False,
+) -> str | None:
+    """The budget line of an ensemble spec made with --budget (None: no spec, or none recorded), for
+    the notebook it goes into: rescaled to its --tta views, and flagged where it ran on another kind
+    of machine than the estimate assumed."""
     if not spec_path:
         return None
     record = load_spec(spec_path).get("budget")
-    return plan.line(record) if isinstance(record, dict) and "estimated_s" in record else None
+    if record is None:
+        return None
+    notes = []
+    if tta is not None:
+        n = len(tta_views(tta))
+        rescaled = plan.with_views(record, n)
+        if rescaled is None:
+            notes.append(f"for the members' recorded test-time views, not --tta {tta}")
+        else:
+            record = rescaled
+            notes.append(f"rescaled to --tta {tta}: {n} view(s) per model")
+    gpu = record["target"] in ("kaggle-t4", "kaggle-p100")
+    if accelerator == "none" and gpu:
+        notes.append(
+            f"estimated for {record['target']} but this notebook runs on the CPU: rerun kt ensemble "
+            "--budget with --target kaggle-cpu"
+        )
+    elif accelerator == "gpu" and not gpu:
+        notes.append(
+            f"estimated for {plan.where(record['target'])}; on a GPU the models run faster"
+        )
+    if int8:
+        notes.append("estimated for the fp32 models; int8 ones run faster on a CPU")
+    return plan.line(record) + "".join(f"; {note}" for note in notes)
 
 
 def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int], dict]:
@@ -173,6 +205,8 @@ def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int
         "estimated_s": budget.images * costs.per_image(chosen),
         "per_image_s": costs.per_image(chosen),
         "member_model_s": list(costs.model_s),
+        "member_views": list(costs.views),
+        "chosen_members": sorted(chosen),
         "decode_s": {str(k): v for k, v in costs.decode_s.items()},
         "note": costs.note,
     }
@@ -229,6 +263,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
             f"--ensemble {path}: method {spec.get('method')!r} is not one of {', '.join(METHODS)}"
         )
     _check_fitted(spec, path)
+    if "budget" in spec:
+        plan.check_record(spec["budget"], f"--ensemble {path}")
     weights = np.array([m["weight"] for m in members], dtype=float)
     if not np.isfinite(weights).all() or (weights < 0).any() or not 0 < weights.sum() < np.inf:
         raise KtError(

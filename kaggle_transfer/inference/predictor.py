@@ -123,7 +123,8 @@ def load_predictor(
         weights=list(weights) if weights is not None else None,
         blend=method,
         oof_score=oof_score,
-        ensemble=str(choice.ensemble) if choice.ensemble else None,
+        # absolute: the manifest is read back from other folders (kt submit)
+        ensemble=str(Path(choice.ensemble).resolve()) if choice.ensemble else None,
         label=spec.label if spec else None,
         options=options,
     )

@@ -506,9 +506,9 @@ def _submit_code(
     else:
         if estimate := runtime_estimate(comp, csv):
             waiting.echo(estimate)
-        if planned := _planned(csv):
-            waiting.echo(f"the ensemble's {planned}")
         target = options.target or bundle_mod.NotebookTarget(accelerator=comp.kaggle.accelerator)
+        if planned := _planned(csv, target.accelerator):
+            waiting.echo(f"the ensemble's {planned}")
         bundle = (
             Path(options.bundle_dir)
             if options.bundle_dir
@@ -585,13 +585,17 @@ def _check_bundle(comp, bundle: Path) -> None:
         raise KtError(f"--bundle {bundle} was made for {made_for!r}, not {comp.name!r}")
 
 
-def _planned(csv: Path) -> str | None:
-    """The budget estimate kt ensemble --budget recorded in the spec this submission was made with."""
+def _planned(csv: Path, accelerator: str) -> str | None:
+    """The budget estimate kt ensemble --budget recorded in the spec this submission was made with,
+    for the views it predicted with and the notebook it goes to."""
     manifest = csv.parent / "manifest.json"
     if not manifest.is_file():
         return None
-    spec = read_json(manifest, what="submission manifest").get("ensemble")
-    return budget_line(spec) if isinstance(spec, str) and Path(spec).is_file() else None
+    made = read_json(manifest, what="submission manifest")
+    spec, tta = made.get("ensemble"), made.get("tta")
+    if not (isinstance(spec, str) and Path(spec).is_file()):
+        return None
+    return budget_line(spec, tta=tta if isinstance(tta, str) else None, accelerator=accelerator)
 
 
 def runtime_estimate(comp, csv: Path) -> str | None:
