@@ -173,6 +173,20 @@ def write_run_info(run_dir: Path, info: dict[str, Any]) -> None:
     write_json(Path(run_dir) / RUN_INFO, {**info, "git_sha": git_sha()})
 
 
+def recorded_data_dir(run_dir: Path, override: Path | None = None) -> Path:
+    """The competition files a run was trained on (its run.json), or `override` (--data-dir)."""
+    if override is not None:
+        if not Path(override).is_dir():
+            raise KtError(f"--data-dir {override} is not a folder; give the competition's files")
+        return Path(override)
+    data = Path(read_run_info(run_dir)["data_dir"])
+    if not data.is_dir():
+        raise KtError(
+            f"{run_dir} was trained on {data}, which is gone; pass --data-dir with the competition's files"
+        )
+    return data
+
+
 def read_run_info(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_INFO
     if not path.is_file():

@@ -100,3 +100,50 @@ def test_export_int8_keeps_a_current_model_so_an_ensemble_spec_stays_valid(run, 
     assert "kept" in out.stdout and sha256(run / runs.MODEL) == before
     load_spec(spec["path"])  # still valid: its model.onnx did not change
     assert (run / runs.MODEL_INT8).is_file()
+
+
+def test_an_int8_copy_answers_only_for_the_model_it_was_made_from(run, trained_run, tmp_path):
+    from kaggle_transfer.inference.session import int8_copy
+
+    quantize(run, tolerance=1.0)
+    assert int8_copy(run / runs.MODEL) == run / runs.MODEL_INT8
+    # another run's int8 copy dropped into this one (or a model.onnx exported again after it)
+    other = shutil.copytree(trained_run, tmp_path / "other")
+    shutil.copy(run / runs.MODEL_INT8, other / runs.MODEL_INT8)
+    proto = onnx.load(str(other / runs.MODEL))
+    proto.doc_string = "exported again"
+    onnx.save(proto, str(other / runs.MODEL))
+    with pytest.raises(KtError, match="was quantised from another model.onnx"):
+        int8_copy(other / runs.MODEL)
+
+
+def test_int8_refuses_a_nan_tolerance_and_a_run_whose_validation_rows_are_gone(run, tmp_path):
+    with pytest.raises(KtError, match="--int8-tolerance nan: give a finite"):
+        quantize(run, tolerance=float("nan"))
+    data = shutil.copytree(runs.recorded_data_dir(run), tmp_path / "data")
+    oof_ids = {str(i) for i in runs.load_oof(run)["ids"]}
+    table = (data / "train.csv").read_text().splitlines()
+    (data / "train.csv").write_text("\n".join([table[0], *[r for r in table[1:] if r.split(",")[0] not in oof_ids]]))
+    with pytest.raises(KtError, match=r"none of its \d+ validation ids .* pass --data-dir"):
+        quantize(run, tolerance=1.0, data_dir=data)
+    assert not (run / runs.MODEL_INT8).exists()
+    with pytest.raises(KtError, match="--data-dir .* is not a folder"):
+        quantize(run, tolerance=1.0, data_dir=tmp_path / "nowhere")
+
+
+def test_a_groups_int8_copies_are_written_all_or_none(run, tmp_path):
+    from click.testing import CliRunner
+
+    from kaggle_transfer.cli import main
+
+    group = tmp_path / "group"
+    for fold in ("fold0", "fold1"):
+        shutil.copytree(run, group / fold)
+    (group / "fold1" / runs.OOF).unlink()  # fold1 cannot be checked: the group's export must stop there
+    members = [{"dir": f, "fold": k, "seed": 0, "score": 0.5} for k, f in enumerate(("fold0", "fold1"))]
+    (group / runs.GROUP).write_text(json.dumps({"members": members, "mean": 0.5, "std": 0.0, "pooled_score": 0.5}))
+    out = CliRunner().invoke(main, ["export", str(group), "--int8", "--int8-tolerance", "1"])
+    assert out.exit_code == 2, out.output[-1500:]
+    error = out.output.strip().splitlines()[-1]
+    assert "fold1" in error and "no member's int8 copy was written" in error
+    assert not list(group.rglob("*int8*"))  # fold0's copy was staged, never put in place, and removed

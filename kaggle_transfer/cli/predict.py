@@ -258,9 +258,17 @@ def pseudo(
     "T4 / P100 (estimates).",
 )
 @click.option(
+    "--data-dir",
+    type=click.Path(),
+    help="With --budget: the competition's files, whose images time decoding (default: the first "
+    "run's, from its run.json).",
+)
+@click.option(
     "--overwrite", is_flag=True, help="Replace the -o spec (and its frontier) if it exists."
 )
-def ensemble(competition, runs, method, out, budget, test_images, target, overwrite) -> None:
+def ensemble(
+    competition, runs, method, out, budget, test_images, target, data_dir, overwrite
+) -> None:
     """Blend runs or --folds groups on their OOF; write a spec that kt predict --ensemble uses."""
     from .. import competitions
     from ..inference.ensemble import build
@@ -275,9 +283,11 @@ def ensemble(competition, runs, method, out, budget, test_images, target, overwr
             raise KtError(
                 "--budget: how many images will the notebook predict? pass --test-images N"
             )
-        limit = plan.Budget(seconds, images, target or "kaggle-cpu")
-    elif test_images or target:
-        flag = "--test-images" if test_images else "--target"
+        limit = plan.Budget(
+            seconds, images, target or "kaggle-cpu", Path(data_dir) if data_dir else None
+        )
+    elif test_images or target or data_dir:
+        flag = "--test-images" if test_images else "--target" if target else "--data-dir"
         raise KtError(f"{flag} goes with --budget (the clock the blend must fit)")
     spec = build(competition, runs, method, out, limit, overwrite=overwrite)
     click.echo(f"{'member':<60} {'weight':>7} {'OOF ' + spec['metric']:>12}")

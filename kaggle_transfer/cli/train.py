@@ -375,19 +375,42 @@ def train(
     help="The largest validation score drop --int8 accepts.",
 )
 @click.option("--force", is_flag=True, help="Keep an int8 copy whose score drops more than that.")
+@click.option(
+    "--data-dir",
+    type=click.Path(),
+    help="With --int8: the competition's files (default: where the run was trained, its run.json).",
+)
 @progress_option
-def export(run_dir, out, opset, int8, int8_tolerance, force, progress) -> None:
+def export(run_dir, out, opset, int8, int8_tolerance, force, data_dir, progress) -> None:
     """Export a run's best weights (or each run of a --folds group) to self-describing ONNX, checked with torch."""
     from ..training.export import export_runs
 
-    if (int8_tolerance != 0.005 or force) and not int8:
-        raise KtError("--int8-tolerance and --force go with --int8")
+    if (int8_tolerance != 0.005 or force or data_dir) and not int8:
+        raise KtError("--int8-tolerance, --force and --data-dir go with --int8")
     if int8 and out:
         raise KtError("--int8 writes model.int8.onnx beside model.onnx in the run folder; drop -o")
-    if int8:  # model.onnx files an ensemble spec may name by sha256 stay as they are when current
-        from ..inference.quantize import quantize
+    if int8:
+        _export_int8(Path(run_dir), opset, int8_tolerance, force, data_dir)
+        return
+    for result in export_runs(run_dir, out, opset=opset, progress=progress):
+        click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
 
-        for member in runs.member_dirs(Path(run_dir)):
+
+def _export_int8(run_dir: Path, opset: int, tolerance: float, force: bool, data_dir) -> None:
+    """Every member's int8 copy, or none: each is staged beside its model and renamed into place only
+    once all passed, so a group never mixes fresh and stale copies."""
+    import math
+    import os
+
+    from ..inference.quantize import quantize
+    from ..training.export import export_runs
+
+    if not math.isfinite(tolerance):
+        raise KtError(f"--int8-tolerance {tolerance}: give a finite score drop, e.g. 0.005")
+    members, staged = runs.member_dirs(run_dir), []
+    try:
+        for member in members:
+            # a current model.onnx stays as it is: ensemble specs name it by sha256
             if runs.exported_current(member):
                 click.echo(f"kept {member / runs.MODEL} (newer than {runs.BEST})")
             else:
@@ -395,14 +418,26 @@ def export(run_dir, out, opset, int8, int8_tolerance, force, progress) -> None:
                 click.echo(
                     f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})"
                 )
-            q = quantize(member, tolerance=int8_tolerance, force=force)
+            pending = member / f".{runs.MODEL_INT8}.pending"
+            try:
+                q = quantize(
+                    member, tolerance=tolerance, force=force, data_dir=data_dir, out=pending
+                )
+            except KtError as e:
+                where = f"{member}: " if len(members) > 1 else ""
+                raise KtError(
+                    f"{where}{e}" + ("; no member's int8 copy was written" if where else "")
+                ) from None
+            staged.append((pending, member / runs.MODEL_INT8, q))
+        for pending, final, q in staged:
+            os.replace(pending, final)
             click.echo(
-                f"wrote {q['path']}  (max |int8 - fp32| = {q['max_abs_diff']:.3g}; validation score "
+                f"wrote {final}  (max |int8 - fp32| = {q['max_abs_diff']:.3g}; validation score "
                 f"{q['score_fp32']:.4f} fp32, {q['score_int8']:.4f} int8 on {q['validation_rows']} rows)"
             )
-        return
-    for result in export_runs(run_dir, out, opset=opset, progress=progress):
-        click.echo(f"wrote {result['path']}  (max |onnx - torch| = {result['max_abs_diff']:.2e})")
+    finally:
+        for pending, _, _ in staged:
+            pending.unlink(missing_ok=True)
 
 
 @click.command()

@@ -144,6 +144,9 @@ class Budget:
     seconds: float
     images: int
     target: str = "kaggle-cpu"
+    data_dir: Path | None = (
+        None  # whose images time decoding (default: where the first run trained)
+    )
 
 
 def where(target: str) -> str:

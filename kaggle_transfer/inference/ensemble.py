@@ -184,7 +184,7 @@ def budget_line(
 
 def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int], dict]:
     """The members of the best blend that fits the budget (inference/budget.py), and what to record."""
-    data = Path(runs.read_run_info(runs.member_dirs(run_dirs[0])[0])["data_dir"])
+    data = runs.recorded_data_dir(runs.member_dirs(run_dirs[0])[0], budget.data_dir)
     try:
         table = comp.read(data, "test")
     except KtError:

@@ -9,6 +9,7 @@ range here, so a broken or hostile file is one error line naming the file and th
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +38,19 @@ def num_outputs(kind: str, num_classes: int) -> int:
     return 1 if kind in ("ordinal", "binary") else num_classes
 
 
-INT8_KEYS = {"calibration_rows", "validation_rows", "max_abs_diff", "score_fp32", "score_int8"}
+INT8_SCORES = {"calibration_rows", "validation_rows", "max_abs_diff", "score_fp32", "score_int8"}
+INT8_KEYS = INT8_SCORES | {"source_sha256"}  # the model.onnx it was quantised from
 
 
 def _check_int8(record: Any, path: Path) -> None:
-    """The `int8` record of a quantised file (kt export --int8): the numbers it was accepted on."""
+    """The `int8` record of a quantised file (kt export --int8): the numbers it was accepted on and
+    the sha256 of the fp32 file it was made from."""
     if not (
         isinstance(record, dict)
         and set(record) == INT8_KEYS
-        and _finite_list(list(record.values()))
+        and _finite_list([record[k] for k in INT8_SCORES])
+        and isinstance(record["source_sha256"], str)
+        and re.fullmatch(r"[0-9a-f]{64}", record["source_sha256"])
     ):
         raise _fail(path, "int8", "is not the record kt export --int8 writes")
 

@@ -21,20 +21,20 @@ import numpy as np
 from .. import competitions, runs
 from ..data import images
 from ..errors import KtError
-from ..files import atomic_path
+from ..files import atomic_path, sha256
 from .predict import RunOptions, _batch, _channel_indices
 from .predictor import Choice, load_predictor
 
 TOLERANCE = 0.005  # the largest score drop on validation accepted without --force
 
 
-def _rows(run_dir: Path, calibration: int, validation: int):
+def _rows(run_dir: Path, calibration: int, validation: int, data_dir: Path | None = None):
     """(competition, up to `calibration` training rows, up to `validation` validation rows in OOF
     order, the OOF), from one read of the training table."""
     cfg = runs.load_config(run_dir)
     comp = competitions.for_config(cfg)
-    info = runs.read_run_info(run_dir)
-    table = comp.read_train(Path(info["data_dir"]))
+    data = runs.recorded_data_dir(run_dir, data_dir)
+    table = comp.read_train(data)
     oof = runs.load_oof(run_dir)
     if oof is None:
         raise KtError(f"{run_dir} has no OOF to check an int8 copy against; train it to the end")
@@ -42,6 +42,11 @@ def _rows(run_dir: Path, calibration: int, validation: int):
     keys = table["id"].astype(str)
     present = set(keys)
     val = table.set_index(keys).loc[[i for i in ids if i in present]].reset_index(drop=True)
+    if val.empty:
+        raise KtError(
+            f"{run_dir}: none of its {len(ids)} validation ids (oof.npz) is in the training table of "
+            f"{data}, and int8 is checked on them; pass --data-dir with the files it was trained on"
+        )
     calib = table[~keys.isin(set(ids))].iloc[:calibration].reset_index(drop=True)
     return comp, calib, val.iloc[:validation], oof
 
@@ -72,8 +77,10 @@ def quantize(
     validation: int = 512,
     tolerance: float = TOLERANCE,
     force: bool = False,
+    data_dir: str | Path | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Write `model.int8.onnx` beside the run's `model.onnx`; returns its record."""
+    """Write `model.int8.onnx` beside the run's `model.onnx` (or to `out`); returns its record."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -85,10 +92,12 @@ def quantize(
     fp32 = load_predictor("custom", Choice(models=[source]), RunOptions(progress=False, tta="none"))
     if fp32.models[0].meta_spec is not None:
         raise KtError(f"{run_dir}: --int8 takes image-only models; this one takes metadata too")
-    comp, calib, val, oof = _rows(run_dir, calibration, validation)
+    if not np.isfinite(tolerance):  # nan compares false: it would let any drop through
+        raise KtError(f"--int8-tolerance {tolerance}: give a finite score drop, e.g. 0.005")
+    comp, calib, val, oof = _rows(run_dir, calibration, validation, data_dir and Path(data_dir))
     if calib.empty:
         raise KtError(f"{run_dir}: no training rows to calibrate int8 on")
-    out = run_dir / runs.MODEL_INT8
+    out = out or run_dir / runs.MODEL_INT8
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(source), str(pre))
@@ -117,6 +126,7 @@ def quantize(
                 "max_abs_diff": float(np.abs(a - b).max()),
                 "score_fp32": float(task.score(y, a, fitted)),
                 "score_int8": float(task.score(y, b, fitted)),
+                "source_sha256": sha256(source),
             }
             drop = record["score_fp32"] - record["score_int8"]
             if drop > tolerance and not force:

@@ -322,6 +322,12 @@ def int8_copy(path: str | Path) -> Path:
         raise KtError(
             f"--int8: {path.parent} has no {runs.MODEL_INT8}; run kt export {path.parent} --int8"
         )
+    # the int8 copy answers for this model.onnx only: one copied in, or left from an earlier export
+    if read_metadata(copy)["int8"]["source_sha256"] != sha256(path):
+        raise KtError(
+            f"--int8: {copy} was quantised from another {runs.MODEL} than {path}'s; "
+            f"run kt export {path.parent} --int8 again"
+        )
     return copy
 
 
