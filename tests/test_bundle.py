@@ -61,12 +61,19 @@ def run_script(script, data, tmp_path):
 
 
 def test_bundle_script_predicts_offline_without_torch(bundle_dir, aptos_dir, tmp_path):
-    out = run_script(bundle_dir / "kt_predict.py", aptos_dir, tmp_path)
+    data = shutil.copytree(aptos_dir, tmp_path / "data")
+    # one hidden test image that cannot be decoded is answered with the mean, not the end of the run
+    first = pd.read_csv(data / "test.csv")["id_code"][0]
+    truncated = data / "test_images" / f"{first}.png"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    out = run_script(bundle_dir / "kt_predict.py", data, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "skipped 1 unreadable image(s), answered with the mean" in out.stdout
     assert f"from {tmp_path / 'site' / 'kaggle_transfer'}" in out.stdout  # the bundled wheel, not the checkout
     csv = tmp_path / "working" / "submission.csv"
     assert submission.problems(APTOS, csv, aptos_dir) == []
     manifest = json.loads((tmp_path / "working" / "kt_manifest.json").read_text())
+    assert manifest["bad_images"]["ids"] == [first]
     assert sorted(p.name for p in (tmp_path / "working").iterdir()) == ["kt_manifest.json", "submission.csv"]
     assert manifest["models"][0]["precision"] == "fp16"  # bundle.json's precision, converted without torch
     # this machine has no GPU: the GPU bundle says so, and --cpu-fallback let it predict on the CPU

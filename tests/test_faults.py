@@ -231,17 +231,21 @@ def test_predict_skips_bad_test_images_but_answers_every_id(onnx_model, aptos_co
     test_ids = pd.read_csv(aptos_copy / "test.csv")["id_code"]
     (aptos_copy / "test_images" / f"{test_ids[0]}.png").write_bytes(b"not an image")
     (aptos_copy / "test_images" / f"{test_ids[1]}.png").unlink()
+    # its header reads, its pixels do not: found only when decoded, and skipped all the same
+    truncated = aptos_copy / "test_images" / f"{test_ids[2]}.png"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     line = error(["predict", "aptos", onnx_model, "--data-dir", aptos_copy, "--out-root", tmp_path / "subs",
                   "--no-progress"])
     assert "--skip-bad-images" in line
     assert tree(tmp_path / "subs") <= {"aptos"}  # no empty submission folder left
     result = ok(["predict", "aptos", onnx_model, "--data-dir", aptos_copy, "--out-root", tmp_path / "subs",
                  "--no-progress", "--skip-bad-images"])
-    assert "2 test image(s) skipped" in result.output
+    assert "3 test image(s) skipped" in result.output
     csv = next((tmp_path / "subs" / "aptos").glob("*/submission.csv"))
     assert set(pd.read_csv(csv)["id_code"]) == set(test_ids)
     manifest = json.loads((csv.parent / "manifest.json").read_text())
-    assert manifest["bad_images"]["count"] == 2 and set(manifest["bad_images"]["ids"]) == set(test_ids[:2])
+    assert manifest["bad_images"]["count"] == 3 and set(manifest["bad_images"]["ids"]) == set(test_ids[:3])
+    assert any(truncated.name in why for why in manifest["bad_images"]["problems"])
 
 
 def test_prepare_reports_bad_images_and_rebuilds_damaged_entries(aptos_copy, tmp_path):

@@ -51,9 +51,19 @@ def predict_submission(
             predictor.max_size,
             crop=predictor.crop,
         )
-        raw = predictor.outputs(test, cached=list(test["cached"]))
+        failures: list[tuple[int, str]] | None = [] if skip_bad_images else None
+        raw = predictor.outputs(test, cached=list(test["cached"]), failures=failures)
+        # images whose header read but whose pixels did not (a truncated file) are skipped alike
+        keep = np.ones(len(test), bool)
+        keep[[row for row, _ in failures or []]] = False
+        problems = test.attrs.get("bad_images", []) + [why for _, why in failures or []]
         ids, raw, bad = _fill_skipped(
-            comp, data_dir, list(test["id"]), raw, test.attrs.get("bad_images", [])
+            comp,
+            data_dir,
+            list(test["id"][keep]),
+            raw[keep],
+            problems[:20],
+            failed=list(test["id"][~keep]),
         )
         csv = submission.write(comp, ids, predictor.answers(raw), out_dir / "submission.csv")
         check = submission.validate(comp, csv, data_dir)
@@ -101,11 +111,15 @@ def _meta_clipped(models: list[OnnxModel], test) -> dict[str, int] | None:
     return tabular.out_of_range(spec, test) if spec else None
 
 
-def _fill_skipped(comp, data_dir: Path, ids: list[str], raw, problems: list[str]):
-    """Answer the test ids whose image was skipped with the mean raw output of the others (the test
-    set's prior), so the submission stays complete. Returns (ids, raw, skipped ids with reasons)."""
+def _fill_skipped(
+    comp, data_dir: Path, ids: list[str], raw, problems: list[str], failed: list[str] = ()
+):
+    """Answer the test ids whose image was skipped (or `failed` to decode) with the mean raw output of
+    the others (the test set's prior), so the submission stays complete. Returns (ids, raw, skipped
+    ids with reasons)."""
     predicted = set(ids)
     skipped = [i for i in comp.test_ids(data_dir) if i not in predicted]
+    skipped += [i for i in failed if i not in set(skipped)]
     if not skipped:
         return ids, raw, []
     if not ids:

@@ -82,6 +82,7 @@ def predict_models(
     crop: Sequence[bool] | None = None,
     pad_last: bool | None = None,
     meta_rows=None,
+    failures: list[tuple[int, str]] | None = None,
 ) -> np.ndarray:
     """Raw outputs of every model, shape (n_models, n_images, n_outputs); TTA views averaged.
 
@@ -90,7 +91,9 @@ def predict_models(
     rows whose black fundus border is trimmed after decoding (models trained with fundus_crop).
     `pad_last` (default: when a model runs on a GPU) pads the last batch to `batch_size`, so the run
     has one input shape: no cuDNN re-tuning or TensorRT engine rebuild for the tail. `meta_rows`: the
-    images' table (the test CSV's columns), encoded for each model that takes metadata."""
+    images' table (the test CSV's columns), encoded for each model that takes metadata.
+    `failures`: where given, an image that cannot be decoded is appended to it as (row, reason) and its
+    outputs are NaN (the caller answers it otherwise); without it, the first one stops the run."""
     options = options or RunOptions()
     tta, batch_size, workers, progress = (
         options.tta or "none",
@@ -112,9 +115,20 @@ def predict_models(
     )
     distinct = list(dict.fromkeys(keys))
 
-    def prepare(i: int) -> dict[tuple, np.ndarray]:
-        img = images.read_image(paths[i], reduce_to=size_hint)
+    def prepare(i: int) -> dict[tuple, np.ndarray] | str:
+        try:
+            img = images.read_image(paths[i], reduce_to=size_hint)
+        except KtError as e:
+            if failures is None:
+                raise
+            return str(e)  # the reason; the row gets a blank input and NaN outputs
         return _inputs(images.fundus_crop(img) if crop[i] else img, distinct)
+
+    def blank(key: tuple) -> np.ndarray:
+        size, channels, _ = key
+        return np.zeros((len(channels) or 3, size, size), np.uint8)
+
+    bad: list[int] = []
 
     starts = list(range(0, len(paths), batch_size))
     # decoding threads (imagecodecs, OpenCV and PIL's JPEG draft release the GIL) decode and resize the
@@ -129,6 +143,11 @@ def predict_models(
             range(len(starts)), desc="predict", unit="batch", disable=None if progress else True
         ):
             ready = [f.result() for f in pending.popleft()]
+            for k, r in enumerate(ready):
+                if isinstance(r, str):
+                    failures.append((starts[i] + k, r))
+                    bad.append(starts[i] + k)
+                    ready[k] = {key: blank(key) for key in distinct}
             if i + AHEAD < len(starts):
                 s = starts[i + AHEAD]
                 pending.append(
@@ -136,7 +155,9 @@ def predict_models(
                 )
             for key in distinct:
                 views.run(key, np.stack([r[key] for r in ready]), start=starts[i])
-    return np.stack([np.concatenate(o) for o in views.outputs]).astype(np.float64)
+    out = np.stack([np.concatenate(o) for o in views.outputs]).astype(np.float64)
+    out[:, bad] = np.nan
+    return out
 
 
 def metadata_features(model: OnnxModel, rows, n: int) -> np.ndarray | None:

@@ -56,9 +56,16 @@ class Predictor:
     label: str | None = None
     options: RunOptions = field(default_factory=RunOptions)
 
-    def outputs(self, table, *, cached: Sequence[bool] | None = None) -> np.ndarray:
+    def outputs(
+        self,
+        table,
+        *,
+        cached: Sequence[bool] | None = None,
+        failures: list[tuple[int, str]] | None = None,
+    ) -> np.ndarray:
         """Blended raw outputs for a table's images (the standard table; its other columns feed
-        models that take metadata). `cached`: rows read from the resize cache, already cropped."""
+        models that take metadata). `cached`: rows read from the resize cache, already cropped.
+        `failures`: collects the rows whose image could not be decoded (their outputs are NaN)."""
         crop = [self.crop and not c for c in cached] if cached else [self.crop] * len(table)
         options = dataclasses.replace(self.options, tta=self.tta)
         raws = predict_models(
@@ -68,9 +75,14 @@ class Predictor:
             all_channels=self.comp.channels,
             crop=crop,
             meta_rows=table,
+            failures=failures,
         )
+        decoded = np.ones(len(table), bool)
+        decoded[[row for row, _ in failures or []]] = False
         broken = [
-            m.path for m, r in zip(self.models, raws, strict=True) if not np.isfinite(r).all()
+            m.path
+            for m, r in zip(self.models, raws, strict=True)
+            if not np.isfinite(r[decoded]).all()
         ]
         if broken:
             raise KtError(

@@ -287,11 +287,16 @@ def check_notebook_manifest(
         "rows": rows,
         "seconds_per_image": ran.get("seconds_per_image"),
         "python": ran.get("python"),
+        "skipped": ran["bad_images"].get("count", 0)
+        if isinstance(ran.get("bad_images"), dict)
+        else 0,
     }
 
 
 def _hidden_estimate(comp, ran: dict[str, Any]) -> str:
     line = f"notebook ran {ran['rows']} rows on {', '.join(ran['providers'])}"
+    if ran.get("skipped"):  # unreadable images, answered with the mean of the others
+        line += f" ({ran['skipped']} unreadable image(s) answered with the mean)"
     per = ran.get("seconds_per_image")
     if per and comp.kaggle.hidden_test_images:
         hours = per * comp.kaggle.hidden_test_images / 3600
