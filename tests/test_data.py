@@ -33,6 +33,9 @@ def test_corrupt_and_missing_images_are_named(tmp_path):
         images.read_image([str(bad)])
     with pytest.raises(KtError, match="nope.png is missing; replace it or pass --skip-bad-images"):
         images.read_image([str(tmp_path / "nope.png")])
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(KtError, match="dir.png is a folder, not an image"):
+        images.read_image([str(tmp_path / "dir.png")])
 
 
 def test_resize_and_layout():
@@ -121,3 +124,24 @@ def test_the_fast_png_decoder_gives_opencvs_pixels_and_falls_back(tmp_path, monk
     images._imagecodecs.cache_clear()
     with pytest.raises(KtError, match="bad.png is corrupt"):
         images.read_image([str(tmp_path / "bad.png")])
+
+
+def test_every_jpeg_path_applies_the_exif_orientation(tmp_path):
+    """The reduced decode (PIL draft: training, kt prepare, prediction) and OpenCV's (every other path)
+    must agree on which way is up: a photo saved with EXIF orientation 6 comes out turned in both."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), (800, 600), interpolation=cv2.INTER_CUBIC)
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = tmp_path / "turned.jpg"
+    im.save(path, exif=exif.tobytes(), quality=95)
+    upright = np.rot90(pixels, k=-1)  # what a viewer shows: 600 wide, 800 high
+    full = images.read_image([str(path)])
+    reduced = images.read_image([str(path)], reduce_to=100)  # decoded at 1/4 scale, then turned
+    assert full.shape == upright.shape and reduced.shape == (200, 150, 3)
+    assert np.abs(full.astype(int) - upright).mean() < 3
+    small = cv2.resize(upright, (150, 200), interpolation=cv2.INTER_AREA)
+    assert np.abs(reduced.astype(int) - small).mean() < 3

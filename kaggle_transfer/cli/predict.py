@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -228,7 +229,8 @@ def pseudo(
         f"{', soft labels' if soft else ''}"
     )
     click.echo(f"wrote {record['path']} and {Path(record['path']).with_suffix('.json').name}")
-    click.echo(f"next: kt train {record['competition']} --external pseudo={record['path']} ...")
+    pseudo = shlex.quote(f"pseudo={record['path']}")
+    click.echo(f"next: kt train {record['competition']} --external {pseudo} ...")
 
 
 @click.command()
@@ -244,7 +246,8 @@ def pseudo(
 @click.option(
     "--budget",
     metavar="DURATION",
-    help="The notebook's clock, e.g. 9h: the best blend predicted to finish within it.",
+    help="The notebook's clock, e.g. 8h (a bare number is minutes): the best blend predicted to "
+    "finish within it. Leave a margin below Kaggle's 9 h.",
 )
 @click.option(
     "--test-images",
@@ -278,6 +281,13 @@ def ensemble(
         seconds = duration_s(budget, "--budget") if budget.strip() else -1.0
         if seconds <= 0:
             raise KtError(f"--budget {budget!r}: give a duration such as 9h, 90m or 45s")
+        from ..kaggle.submit import NOTEBOOK_LIMIT_S
+
+        if (target or "kaggle-cpu") != "here" and seconds > NOTEBOOK_LIMIT_S:
+            raise KtError(
+                f"--budget {budget}: Kaggle stops a notebook after {NOTEBOOK_LIMIT_S // 3600} h; give at "
+                "most 9h (8h leaves a margin), or --target here for this machine"
+            )
         images = test_images or competitions.get(competition).kaggle.hidden_test_images
         if not images:
             raise KtError(
@@ -305,7 +315,9 @@ def ensemble(
         csv = Path(spec["budget"]["frontier"])
         png = plots.budget_frontier(pd.read_csv(csv), spec["budget"], csv.with_suffix(".png"))
         click.echo(f"{plan.line(spec['budget'])}; frontier: {csv}, {png}")
-    click.echo(f"wrote {spec['path']}; next: kt predict {competition} --ensemble {spec['path']}")
+    click.echo(
+        f"wrote {spec['path']}; next: kt predict {competition} --ensemble {shlex.quote(spec['path'])}"
+    )
 
 
 @click.command()

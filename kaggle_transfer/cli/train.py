@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -353,7 +354,7 @@ def train(
         )
         if result["skipped_images"]:
             click.echo(f"skipped {result['skipped_images']} rows with missing or unreadable images")
-    click.echo(f"next: kt export {run.run_dir}")
+    click.echo(f"next: kt export {shlex.quote(str(run.run_dir))}")
     suggest_next(run.run_dir, train.params)
 
 
@@ -471,7 +472,7 @@ def average(run_dirs, data_dir, runs_root, label, progress) -> None:
     click.echo(
         f"averaged {len(result['averaged_from'])} runs ({members}): {result['metric']} {result['score']:.4f}"
     )
-    click.echo(f"next: kt export {result['run_dir']}")
+    click.echo(f"next: kt export {shlex.quote(str(result['run_dir']))}")
 
 
 @click.command()
