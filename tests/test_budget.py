@@ -199,6 +199,8 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     assert json.loads((tmp_path / "fresh.json").read_text())["type"] == "ensemble"
 
     assert "no member fits" in refused(*members, "--budget", "1s", "--test-images", "13000000")
+    assert "Kaggle stops a notebook after 9 h" in refused(*members, "--budget", "1e99h")
+    assert "Kaggle stops a notebook after 9 h" in refused(*members, "--budget", "10h", "--target", "kaggle-t4")
     assert "no such run folder" in refused(members[0], str(tmp_path / "nonexistent"), "--budget", "9h")
     assert "given twice" in refused(members[0], members[0], "--budget", "9h")
     assert "--target goes with --budget" in refused(*members, "--target", "kaggle-t4")
