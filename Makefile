@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/ruff check kaggle_transfer tests benchmarks
 
 # speed, each as a ratio against the usual alternative measured in the same run, wall and CPU time (about
-# 12 minutes on 2 cores, 17 with TIMM_TRAIN=path/to/pytorch-image-models/train.py, which adds kt train vs
+# 14 minutes on 2 cores, 19 with TIMM_TRAIN=path/to/pytorch-image-models/train.py, which adds kt train vs
 # timm's train.py: from kt prepare's cache, and compute-bound from small JPEGs without it).
 TIMM_TRAIN ?=
 bench: install
@@ -50,6 +50,7 @@ bench: install
 	cd benchmarks && ../$(BIN)/python onnx_vs_torch.py
 	cd benchmarks && ../$(BIN)/python predict_speed.py
 	cd benchmarks && ../$(BIN)/python notebook_predictor.py
+	cd benchmarks && ../$(BIN)/python budget_accuracy.py
 
 # learning quality: interventions over seeds, real digits over seeds, the winners' toolbox (about 20 minutes)
 measure: install
