@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
-    from kaggle_transfer.inference import budget
+    from kaggle_transfer.inference import costs as cost_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +59,7 @@ def main() -> None:
             copies = [model] + [shutil.copy(model, tmp / f"m{side}_{i}.onnx") for i in range(1, a.k)]
             for k in (1, a.k):
                 files = [Path(f) for f in copies[:k]]
-                costs = budget.scale(budget.measure([[f] for f in files], paths[:4]), "here")
+                costs = cost_model.scale(cost_model.measure([[f] for f in files], paths[:4]), "here")
                 estimate = n * costs.per_image(range(k))
                 took = actual(files, paths, a.rounds)
                 rows.append((label, k, estimate, took))

@@ -15,7 +15,8 @@ from sklearn.metrics import accuracy_score
 
 from kaggle_transfer import competitions
 from kaggle_transfer.errors import KtError
-from kaggle_transfer.inference.budget import Costs, scale, select
+from kaggle_transfer.inference.budget import select
+from kaggle_transfer.inference.costs import Costs, scale
 
 TASK = competitions.get("cct20").task  # multiclass accuracy: argmax of the mean logits
 RNG = np.random.default_rng(4)
@@ -99,7 +100,7 @@ def test_targets_spread_the_measured_cpu_seconds_over_their_cores_and_say_how():
 
 
 def test_the_cpu_rate_is_measured_on_onnxruntime():
-    from kaggle_transfer.inference.budget import cpu_gflops
+    from kaggle_transfer.inference.costs import cpu_gflops
 
     # any x86-64 or arm64 core runs fp32 GEMM between ~1 and ~500 GFLOP/s; a miscounted size is far off
     assert 1 < cpu_gflops(256) < 500

@@ -10,7 +10,7 @@ import click
 from ..config import BLENDS, ENSEMBLE_METHODS, IO_BINDING, duration_s
 from ..errors import KtError
 from ..inference import budget as plan
-from ..inference.budget import TARGETS
+from ..inference.costs import TARGETS
 from ..inference.session import expand
 from .common import (
     Renamed,

@@ -21,6 +21,7 @@ from ..config import ENSEMBLE_METHODS
 from ..errors import KtError
 from ..files import atomic_path, sha256, write_json
 from . import budget as plan
+from . import costs as cost_model
 from .metadata import check_fitted
 from .predict import blend
 from .tta import views as tta_views
@@ -189,8 +190,8 @@ def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int
         table = comp.read(data, "test")
     except KtError:
         table = comp.read(data, "train")
-    costs = plan.scale(
-        plan.measure([runs.onnx_files(d) for d in run_dirs], list(table["paths"][:8])),
+    costs = cost_model.scale(
+        cost_model.measure([runs.onnx_files(d) for d in run_dirs], list(table["paths"][:8])),
         budget.target,
     )
 
