@@ -234,3 +234,16 @@ def test_a_gpu_provider_on_a_machine_without_one_is_one_line(trained_run, tmp_pa
         assert f"--provider {provider}: this machine has no NVIDIA GPU" in out.output
     out = CliRunner().invoke(main, ["predict", "aptos", str(tmp_path / "m.onnx"), "--provider", "gpu"])
     assert out.exit_code == 2 and "'auto', 'cuda', 'tensorrt', 'cpu'" in out.output
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["ensemble", "aptos", "x", "--test-images", "0"], "Invalid value for '--test-images': 0 is not in the range"),
+    (["ensemble", "aptos", "x", "--target", "tpu"], "'tpu' is not one of 'here', 'kaggle-cpu'"),
+    (["ensemble"], "Missing argument 'COMPETITION'"),
+    (["train", "aptos", "--bogus"], "No such option '--bogus'"),
+    (["nosuch"], "No such command 'nosuch'"),
+])
+def test_what_click_refuses_is_one_error_line_too(argv, says):
+    out = CliRunner().invoke(main, argv)
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert out.output.startswith("error: ") and says in out.output and "--help)" in out.output

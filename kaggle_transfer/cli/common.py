@@ -48,6 +48,12 @@ class KtGroup(click.Group):
         except KtError as e:
             click.echo(f"error: {_one_line(e)}", err=True)
             sys.exit(2)
+        except click.UsageError as e:  # a subcommand's flag or argument click refused: one line too
+            where = e.ctx.command_path if e.ctx else ctx.command_path
+            click.echo(
+                f"error: {' '.join(e.format_message().split())} (see {where} --help)", err=True
+            )
+            sys.exit(2)
         except OSError as e:
             if e.errno not in OS_FIXES:
                 raise
