@@ -86,6 +86,21 @@ def test_predict_and_bundle_take_the_int8_copies(run, aptos_dir, tmp_path):
     assert bundle.returncode == 0, bundle.stderr[-1500:]
     (copied,) = (tmp_path / "b").glob("*.onnx")
     assert "int8" in read_metadata(copied)
+    # kt submit rebuilds the bundle from the submission: an ensemble predicted with --int8 ships int8
+    from kaggle_transfer import competitions
+    from kaggle_transfer.inference.ensemble import build
+    from kaggle_transfer.kaggle import bundle as bundle_mod
+
+    build("aptos", [run], "mean", tmp_path / "spec.json")
+    done = kt("predict", "aptos", "--ensemble", str(tmp_path / "spec.json"), "--int8", "--data-dir",
+              str(aptos_dir), "--no-progress", "--label", "ens8")
+    assert done.returncode == 0, done.stderr[-1500:]
+    csv = next((tmp_path / "submissions" / "aptos").glob("*_ens8/submission.csv"))
+    target = bundle_mod.NotebookTarget(accelerator="none", image_has_onnxruntime=True)
+    built = bundle_mod.for_submission(competitions.get("aptos"), csv, target=target, fetch=False)
+    (shipped,) = built.glob("*.onnx")
+    assert "int8" in read_metadata(shipped)
+    assert json.loads((built / "bundle.json").read_text())["precision"] == "fp32"  # no conversion on load
 
 
 def test_export_int8_keeps_a_current_model_so_an_ensemble_spec_stays_valid(run, tmp_path):
@@ -114,6 +129,9 @@ def test_an_int8_copy_answers_only_for_the_model_it_was_made_from(run, trained_r
     proto.doc_string = "exported again"
     onnx.save(proto, str(other / runs.MODEL))
     with pytest.raises(KtError, match="was quantised from another model.onnx"):
+        int8_copy(other / runs.MODEL)
+    shutil.copy(other / runs.MODEL, other / runs.MODEL_INT8)  # a plain fp32 file under the int8 name
+    with pytest.raises(KtError, match="is not an int8 copy"):
         int8_copy(other / runs.MODEL)
 
 

@@ -51,6 +51,12 @@ def predict_submission(
             predictor.max_size,
             crop=predictor.crop,
         )
+        if test.empty:  # nothing to predict: no test rows, or every image skipped before decoding
+            raise KtError(
+                f"every test image in {data_dir} was skipped as bad; check the data folder"
+                if test.attrs.get("skipped_images")
+                else f"{data_dir} lists no test images; check --data-dir"
+            )
         failures: list[tuple[int, str]] | None = [] if skip_bad_images else None
         raw = predictor.outputs(test, cached=list(test["cached"]), failures=failures)
         # images whose header read but whose pixels did not (a truncated file) are skipped alike
@@ -123,7 +129,7 @@ def _fill_skipped(
     if not skipped:
         return ids, raw, []
     if not ids:
-        raise KtError("every test image was skipped as bad; check the data folder")
+        raise KtError(f"every test image in {data_dir} was skipped as bad; check the data folder")
     prior = np.repeat(raw.mean(axis=0, keepdims=True), len(skipped), axis=0)
     return (
         ids + skipped,

@@ -322,8 +322,13 @@ def int8_copy(path: str | Path) -> Path:
         raise KtError(
             f"--int8: {path.parent} has no {runs.MODEL_INT8}; run kt export {path.parent} --int8"
         )
+    record = read_metadata(copy).get("int8")
+    if record is None:
+        raise KtError(
+            f"--int8: {copy} is not an int8 copy (no int8 record); run kt export {path.parent} --int8"
+        )
     # the int8 copy answers for this model.onnx only: one copied in, or left from an earlier export
-    if read_metadata(copy)["int8"]["source_sha256"] != sha256(path):
+    if record["source_sha256"] != sha256(path):
         raise KtError(
             f"--int8: {copy} was quantised from another {runs.MODEL} than {path}'s; "
             f"run kt export {path.parent} --int8 again"

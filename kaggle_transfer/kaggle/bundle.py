@@ -407,12 +407,16 @@ def for_submission(comp, csv: Path, *, target: NotebookTarget, fetch: bool) -> P
         )
     data = read_json(manifest, what="submission manifest")
     out = csv.parent / "bundle"
-    target = NotebookTarget(
-        **{**target.__dict__, "precision": data["models"][0].get("precision", "fp32")}
-    )
+    # int8 models are files (kt export --int8), not a conversion: the notebook loads them as they are
+    precision = data["models"][0].get("precision", "fp32")
+    int8 = precision == "int8"
+    target = NotebookTarget(**{**target.__dict__, "precision": "fp32" if int8 else precision})
     use_runtime = fetch and not target.image_has_onnxruntime
     wheels = Wheels(runtime_dir=runtime_folder(target) if use_runtime else None)
-    choice = Choice(models=[m["file"] for m in data["models"]], ensemble=data.get("ensemble"))
+    # an ensemble's members come from its spec (fp32 model.onnx files): int8 swaps each for its copy
+    choice = Choice(
+        models=[m["file"] for m in data["models"]], ensemble=data.get("ensemble"), int8=int8
+    )
     build(
         comp.name,
         choice,

@@ -600,7 +600,10 @@ def _planned(csv: Path, accelerator: str) -> str | None:
     spec, tta = made.get("ensemble"), made.get("tta")
     if not (isinstance(spec, str) and Path(spec).is_file()):
         return None
-    return budget_line(spec, tta=tta if isinstance(tta, str) else None, accelerator=accelerator)
+    int8 = any(isinstance(m, dict) and m.get("precision") == "int8" for m in made.get("models", []))
+    return budget_line(
+        spec, tta=tta if isinstance(tta, str) else None, accelerator=accelerator, int8=int8
+    )
 
 
 def runtime_estimate(comp, csv: Path) -> str | None:
