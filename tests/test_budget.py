@@ -175,6 +175,15 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
                  "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--accelerator", "none",
                  "--tta", "flip")
     assert "rescaled to --tta flip: 2 view(s) per model" in flipped
+    # more views than the budget counted can overrun it: the line says so
+    tight = json.loads(spec_path.read_text())
+    record = tight["budget"]
+    record["budget_s"] = record["estimated_s"] * (1 + 1e-9)  # fits one view per model, not eight
+    (tmp_path / "tight.json").write_text(json.dumps(tight))
+    over = kt("bundle", "aptos", "--ensemble", str(tmp_path / "tight.json"), "-o", str(tmp_path / "bundle4"),
+              "--user", "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--accelerator", "none",
+              "--tta", "d4")
+    assert "warning: the ensemble's predicted run:" in over and "over the budget" in over
     # a hand-edited budget record is refused when the spec loads: before any bundle folder exists
     edited = json.loads(spec_path.read_text())
     edited["budget"]["test_images"] = "13000"
@@ -200,7 +209,8 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     assert json.loads((tmp_path / "fresh.json").read_text())["type"] == "ensemble"
 
     assert "no member fits" in refused(*members, "--budget", "1s", "--test-images", "13000000")
-    assert "Kaggle stops a notebook after 9 h" in refused(*members, "--budget", "1e99h")
+    assert "give at most 116 days" in refused(*members, "--budget", "1e99h", "--target", "here")
+    assert "Kaggle stops a notebook after 9 h" in refused(*members, "--budget", "32401s")
     assert "Kaggle stops a notebook after 9 h" in refused(*members, "--budget", "10h", "--target", "kaggle-t4")
     assert "no such run folder" in refused(members[0], str(tmp_path / "nonexistent"), "--budget", "9h")
     assert "given twice" in refused(members[0], members[0], "--budget", "9h")
@@ -218,6 +228,10 @@ RECORD = {"target": "kaggle-cpu", "budget_s": 32400.0, "test_images": 13000, "es
     ("estimated_s", float("nan")), ("budget_s", -5), ("budget_s", float("inf")), ("target", "tpu"),
     ("note", None), ("member_model_s", [0.1, -1, 0.2]), ("member_model_s", []), ("chosen_members", [0, 3]),
     ("chosen_members", [True]), ("member_views", [1, 0, 1]), ("member_views", [1, 1]), ("per_image_s", None),
+    ("test_images", 10**40), ("member_model_s", [1e308, 1e308, 0.01]), ("chosen_members", [1, 1]),
+    ("budget_s", 1e300), ("estimated_s", 1e308), ("member_views", [1, 2000, 1]),
+    ("per_image_s", 0.05),  # less than its chosen members' models: decoding would take negative time
+    ("estimated_s", 5.0),  # not per_image_s x test_images
 ])
 def test_a_hand_edited_budget_record_is_refused_with_its_key(key, value):
     from kaggle_transfer.inference.budget import check_record

@@ -270,7 +270,7 @@ def bundle(
     from ..inference.ensemble import budget_line
 
     if estimate := budget_line(ensemble_spec, tta=tta, accelerator=accelerator, int8=int8):
-        click.echo(f"the ensemble's {estimate}")
+        click.echo(estimate)
 
 
 @click.command()

@@ -283,6 +283,8 @@ def ensemble(
             raise KtError(f"--budget {budget!r}: give a duration such as 9h, 90m or 45s")
         from ..kaggle.submit import NOTEBOOK_LIMIT_S
 
+        if seconds > plan.MAX_SECONDS:
+            raise KtError(f"--budget {budget}: give at most {plan.MAX_SECONDS / 86400:.0f} days")
         if (target or "kaggle-cpu") != "here" and seconds > NOTEBOOK_LIMIT_S:
             raise KtError(
                 f"--budget {budget}: Kaggle stops a notebook after {NOTEBOOK_LIMIT_S // 3600} h; give at "

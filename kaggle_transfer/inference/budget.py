@@ -18,6 +18,7 @@ greedy) where that scores higher on OOF than equal weights.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from ..errors import KtError
 from .costs import TARGETS, Costs
 
 EXHAUSTIVE = 10  # members up to which every subset is scored
+MAX_SECONDS = 1e7  # about 116 days: a budget past it is a typo, not a plan
+MAX_PER_IMAGE_S = 1e4  # seconds per image a record may claim (a blend, views included)
 
 
 Score = Callable[[Sequence[int]], float]  # a blend's OOF score from its members' indices
@@ -142,26 +145,32 @@ def check_record(record: Any, source: str) -> None:
             f"{source}: its 'budget' is not a record; rebuild it with kt ensemble --budget"
         )
 
-    def number(key: str, low: float = 0.0) -> bool:
-        value = record.get(key)
-        return is_number(value) and bool(np.isfinite(value)) and value >= low
+    def number(key: str, high: float, low: float = 0.0) -> bool:
+        return in_range(record.get(key), low, high)
 
     costs = record.get("member_model_s")
     n = len(costs) if isinstance(costs, list) else 0
+    chosen = record.get("chosen_members")
     checks = {
         "target": record.get("target") in TARGETS,
-        "budget_s": number("budget_s") and record["budget_s"] > 0,
-        "test_images": isinstance(record.get("test_images"), int) and number("test_images", 1),
-        "estimated_s": number("estimated_s"),
-        "per_image_s": number("per_image_s"),
+        "budget_s": number("budget_s", MAX_SECONDS) and record["budget_s"] > 0,
+        "test_images": isinstance(record.get("test_images"), int) and number("test_images", 1e9, 1),
+        "per_image_s": number("per_image_s", MAX_PER_IMAGE_S),
+        "estimated_s": number("estimated_s", 1e9 * MAX_PER_IMAGE_S),
         "note": isinstance(record.get("note"), str),
-        "member_model_s": n > 0 and all(is_number(v) and np.isfinite(v) and v >= 0 for v in costs),
-        "chosen_members": record.get("chosen_members") is None
-        or _indices(record["chosen_members"], 0, n),
+        "member_model_s": n > 0 and all(in_range(v, 0, MAX_PER_IMAGE_S) for v in costs),
+        "chosen_members": chosen is None
+        or (_indices(chosen, 0, n) and len(set(chosen)) == len(chosen)),
         "member_views": record.get("member_views") is None
-        or (_indices(record["member_views"], 1, 10**6) and len(record["member_views"]) == n),
+        or (_indices(record["member_views"], 1, 1025) and len(record["member_views"]) == n),
     }
     bad = [key for key, ok in checks.items() if not ok]
+    if not bad:  # the numbers must also add up as kt ensemble wrote them
+        per_image, images = record["per_image_s"], record["test_images"]
+        if chosen is not None and per_image < sum(costs[m] for m in chosen) * (1 - 1e-9):
+            bad = ["per_image_s"]  # less than its members' models: a negative decode time
+        elif abs(record["estimated_s"] - per_image * images) > 1e-6 * max(per_image * images, 1):
+            bad = ["estimated_s"]  # not per_image_s x test_images
     if bad:
         raise KtError(
             f"{source}: its budget record's {bad[0]!r} is missing or not valid; "
@@ -169,8 +178,14 @@ def check_record(record: Any, source: str) -> None:
         )
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def in_range(value: Any, low: float, high: float) -> bool:
+    """A real number (not a bool), finite, in [low, high]; an int too large for a float is not."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value)) and low <= value <= high
+    except OverflowError:
+        return False
 
 
 def _indices(values: Any, low: int, below: int) -> bool:

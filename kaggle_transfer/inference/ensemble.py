@@ -180,7 +180,13 @@ def budget_line(
         )
     if int8:
         notes.append("estimated for the fp32 models; int8 ones run faster on a CPU")
-    return plan.line(record) + "".join(f"; {note}" for note in notes)
+    warn = ""
+    if record["estimated_s"] > record["budget_s"]:  # e.g. more --tta views than the budget counted
+        warn = "warning: "
+        notes.append(
+            "over the budget: fewer views or members, or rebuild with kt ensemble --budget"
+        )
+    return f"{warn}the ensemble's {plan.line(record)}" + "".join(f"; {note}" for note in notes)
 
 
 def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int], dict]:

@@ -513,7 +513,7 @@ def _submit_code(
             waiting.echo(estimate)
         target = options.target or bundle_mod.NotebookTarget(accelerator=comp.kaggle.accelerator)
         if planned := _planned(csv, target.accelerator):
-            waiting.echo(f"the ensemble's {planned}")
+            waiting.echo(planned)
         bundle = (
             Path(options.bundle_dir)
             if options.bundle_dir
