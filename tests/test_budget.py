@@ -201,12 +201,16 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     # -o never replaces a file unasked, nor writes a spec over a model or into a folder's temp name
     before = {p: p.read_bytes() for p in (spec_path, tmp_path / "ens_frontier.csv", Path(members[0]) / "model.onnx")}
     assert "pass --overwrite" in refused(*members, "--budget", "9h", out_path=spec_path)
-    assert "ending in .json" in refused(*members, out_path=Path(members[0]) / "model.onnx")
+    assert "ending in .json" in refused(*members, out_path=tmp_path / "model.onnx")
+    assert "is inside the run" in refused(*members, out_path=Path(members[0]) / "model.onnx")
     assert "is a folder" in refused(*members, "--budget", "9h", out_path=tmp_path)
+    assert "is inside the run" in refused(*members, "--overwrite", out_path=Path(members[1]) / "metrics.json")
     assert all(p.read_bytes() == data for p, data in before.items())
     (tmp_path / "fresh.json").write_text("{}")
     kt("ensemble", "aptos", *members, "-o", tmp_path / "fresh.json", "--overwrite")
     assert json.loads((tmp_path / "fresh.json").read_text())["type"] == "ensemble"
+    kt("ensemble", "aptos", *members, "-o", spec_path, "--overwrite")  # no --budget: its old frontier goes
+    assert not (tmp_path / "ens_frontier.csv").exists() and "budget" not in json.loads(spec_path.read_text())
 
     assert "no member fits" in refused(*members, "--budget", "1s", "--test-images", "13000000")
     assert "give at most 116 days" in refused(*members, "--budget", "1e99h", "--target", "here")

@@ -69,7 +69,7 @@ def build(
     if not run_dirs:
         raise KtError("name the runs to blend: kt ensemble COMPETITION RUN_DIR...")
     if out is not None:
-        _check_out(Path(out), overwrite, frontier=budget is not None)
+        _check_out(Path(out), overwrite, run_dirs, frontier=budget is not None)
     ids, raws, targets, cfg = runs.load_oofs(run_dirs)
     comp = competitions.for_config(cfg)
     if comp.name != competitions.get(competition).name:
@@ -125,13 +125,24 @@ def build(
         spec["budget"] = planned["record"]
         spec["budget"]["frontier"] = _write_frontier(planned, run_dirs, path)
     write_json(path, spec)
+    if planned is None and overwrite:  # a frontier left there by the spec this one replaced
+        for ext in (".csv", ".png"):
+            path.with_name(path.stem + f"_frontier{ext}").unlink(missing_ok=True)
     spec["path"] = str(path)
     return spec
 
 
-def _check_out(path: Path, overwrite: bool, *, frontier: bool) -> None:
-    """-o names a new .json file (the frontier's CSV and PNG go beside it): never a folder, a model or
-    another file kt wrote, unless --overwrite; checked before any work, so a refusal writes nothing."""
+def _check_out(path: Path, overwrite: bool, run_dirs: list[Path], *, frontier: bool) -> None:
+    """-o names a new .json file (the frontier's CSV and PNG go beside it): never a folder, a file of a
+    run it blends, or an existing file unless --overwrite; checked before any work, so a refusal
+    writes nothing."""
+    where = path.resolve()
+    for run in run_dirs:
+        if where.is_relative_to(run.resolve()):
+            raise KtError(
+                f"-o {path} is inside the run {run}, whose files kt reads; put the spec elsewhere "
+                "(by default it goes to runs/<competition>/ensembles/)"
+            )
     if path.is_dir():
         raise KtError(
             f"-o {path} is a folder; give the spec's file path, e.g. {path / 'blend.json'}"
@@ -233,7 +244,7 @@ def _write_frontier(planned: dict, run_dirs: list[Path], spec_path: Path) -> str
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)
     planned["record"]["chosen"] = " + ".join(names[m] for m in planned["chosen"])
-    return str(csv)
+    return str(csv.resolve())
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
