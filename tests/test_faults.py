@@ -246,6 +246,7 @@ def test_predict_skips_bad_test_images_but_answers_every_id(onnx_model, aptos_co
     manifest = json.loads((csv.parent / "manifest.json").read_text())
     assert manifest["bad_images"]["count"] == 3 and set(manifest["bad_images"]["ids"]) == set(test_ids[:3])
     assert any(truncated.name in why for why in manifest["bad_images"]["problems"])
+    assert not any("--skip-bad-images" in why for why in manifest["bad_images"]["problems"])  # advice, not a fact
     for image in (aptos_copy / "test_images").iterdir():  # every one empty: one line, not a traceback
         image.write_bytes(b"")
     line = error(["predict", "aptos", onnx_model, "--data-dir", aptos_copy, "--out-root", tmp_path / "subs2",

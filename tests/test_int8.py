@@ -165,3 +165,8 @@ def test_a_groups_int8_copies_are_written_all_or_none(run, tmp_path):
     error = out.output.strip().splitlines()[-1]
     assert "fold1" in error and "no member's int8 copy was written" in error
     assert not list(group.rglob("*int8*"))  # fold0's copy was staged, never put in place, and removed
+    shutil.copy(group / "fold0" / runs.OOF, group / "fold1" / runs.OOF)
+    (group / "fold1" / runs.MODEL_INT8).mkdir()  # fold1's copy cannot be put in place
+    out = CliRunner().invoke(main, ["export", str(group), "--int8", "--int8-tolerance", "1"])
+    assert out.exit_code == 2 and "is not a file; remove it" in out.output, out.output[-1500:]
+    assert not (group / "fold0" / runs.MODEL_INT8).exists() and not list(group.rglob("*.pending"))

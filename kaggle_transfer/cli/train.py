@@ -430,6 +430,9 @@ def _export_int8(run_dir: Path, opset: int, tolerance: float, force: bool, data_
                     f"{where}{e}" + ("; no member's int8 copy was written" if where else "")
                 ) from None
             staged.append((pending, member / runs.MODEL_INT8, q))
+        blocked = [final for _, final, _ in staged if final.exists() and not final.is_file()]
+        if blocked:  # checked before any copy moves: a group is never left half-replaced
+            raise KtError(f"{blocked[0]} is not a file; remove it and run kt export --int8 again")
         for pending, final, q in staged:
             os.replace(pending, final)
             click.echo(

@@ -82,6 +82,15 @@ def _read_raw(path: str) -> np.ndarray:
     return img
 
 
+class BadImage(KtError):
+    """An image that cannot be used: `problem` says what is wrong with the file, the message adds the
+    fix (so a caller that skips it records the problem without advice for a flag it lacks)."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"image {problem}; {fix}")
+        self.problem = problem
+
+
 def _decode(path: str, flags: int) -> np.ndarray:
     if path.endswith(CACHE_SUFFIXES):
         fix = "run kt prepare again (it rebuilds bad cache entries)"
@@ -89,15 +98,15 @@ def _decode(path: str, flags: int) -> np.ndarray:
         fix = "replace it or pass --skip-bad-images"
         problem = probe(path)  # before decoding: a bomb must never reach the decoder
         if problem:
-            raise KtError(f"image {problem}; {fix}")
+            raise BadImage(problem, fix)
     try:
         # np.fromfile + imdecode also handles non-ASCII paths
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
-        raise KtError(f"cannot read image {path}: {e.strerror}") from None
+        raise BadImage(f"{path} cannot be read ({e.strerror})", fix) from None
     img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
-        raise KtError(f"image {path} is corrupt or not an image; {fix}")
+        raise BadImage(f"{path} is corrupt or not an image", fix)
     return img
 
 

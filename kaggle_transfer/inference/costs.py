@@ -150,10 +150,24 @@ def measure(member_files: Sequence[Sequence[Path]], image_paths: Sequence[Sequen
     model_s = tuple(sum(times[str(p)][0] for p in files) for files in member_files)
     sides = tuple(max(times[str(p)][1] for p in files) for files in member_files)
     views = tuple(times[str(files[0])][2] for files in member_files)
+    readable = []  # a broken image among the competition's must not stop the estimate
+    for p in image_paths:
+        try:
+            images.read_image(p)
+        except images.BadImage:
+            continue
+        readable.append(p)
+    if not readable:
+        raise KtError(
+            f"--budget: none of the {len(image_paths)} competition images tried decodes, "
+            f"e.g. {image_paths[0][0]}; check --data-dir"
+        )
     decode = {}
     for side in sorted(set(sides)):
-        one = lambda s=side: [  # noqa: E731
-            images.fit_to(images.read_image(p, reduce_to=s), s) for p in image_paths
-        ]
-        decode[side] = _time(one, repeats=3) / len(image_paths)
+        one = (
+            lambda s=side: [  # noqa: E731
+                images.fit_to(images.read_image(p, reduce_to=s), s) for p in readable[:8]
+            ]
+        )
+        decode[side] = _time(one, repeats=3) / len(readable[:8])
     return Costs(model_s, sides, decode, views=views)

@@ -208,7 +208,7 @@ def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int
     except KtError:
         table = comp.read(data, "train")
     costs = cost_model.scale(
-        cost_model.measure([runs.onnx_files(d) for d in run_dirs], list(table["paths"][:8])),
+        cost_model.measure([runs.onnx_files(d) for d in run_dirs], list(table["paths"][:16])),
         budget.target,
     )
 

@@ -118,10 +118,10 @@ def predict_models(
     def prepare(i: int) -> dict[tuple, np.ndarray] | str:
         try:
             img = images.read_image(paths[i], reduce_to=size_hint)
-        except KtError as e:
+        except images.BadImage as e:
             if failures is None:
                 raise
-            return str(e)  # the reason; the row gets a blank input and NaN outputs
+            return e.problem  # the reason; the row gets a blank input and NaN outputs
         return _inputs(images.fundus_crop(img) if crop[i] else img, distinct)
 
     def blank(key: tuple) -> np.ndarray:
