@@ -145,3 +145,27 @@ def test_every_jpeg_path_applies_the_exif_orientation(tmp_path):
     assert np.abs(full.astype(int) - upright).mean() < 3
     small = cv2.resize(upright, (150, 200), interpolation=cv2.INTER_AREA)
     assert np.abs(reduced.astype(int) - small).mean() < 3
+
+
+def test_a_png_decodes_the_same_way_up_with_or_without_imagecodecs(tmp_path, monkeypatch):
+    """imagecodecs (the fast path) leaves a PNG's eXIf orientation alone; OpenCV, which decodes PNGs
+    where imagecodecs is missing, must too, or one notebook's pixels differ from another's."""
+    import sys
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(1).integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "tagged.png"
+    im.save(path, exif=exif.tobytes())
+    fast = images.read_image([str(path)])
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)  # not installed
+    images._imagecodecs.cache_clear()
+    try:
+        slow = images.read_image([str(path)])
+    finally:
+        monkeypatch.delitem(sys.modules, "imagecodecs")
+        images._imagecodecs.cache_clear()
+    assert fast.shape == slow.shape == (30, 50, 3) and np.array_equal(fast, slow) and np.array_equal(fast, pixels)

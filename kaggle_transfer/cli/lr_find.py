@@ -3,6 +3,8 @@ run has)."""
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from .. import config, runs
@@ -57,7 +59,7 @@ def _lr_find(
         f"suggested lr {found['chosen']:.2e} (minimum / 10); steepest descent at "
         f"{found['steep']:.2e}, lowest loss at {found['minimum']:.2e}\n"
         f"plot: {out / runs.PLOTS / 'lr_find.png'}\n"
-        f"next: kt train {competition} (the same flags) --lr {found['chosen']:.2e}"
+        f"next: kt train {shlex.quote(competition)} (the same flags) --lr {found['chosen']:.2e}"
     )
     for warning in found["warnings"]:
         click.echo(f"warning: {warning}")

@@ -318,7 +318,8 @@ def ensemble(
         png = plots.budget_frontier(pd.read_csv(csv), spec["budget"], csv.with_suffix(".png"))
         click.echo(f"{plan.line(spec['budget'])}; frontier: {csv}, {png}")
     click.echo(
-        f"wrote {spec['path']}; next: kt predict {competition} --ensemble {shlex.quote(spec['path'])}"
+        f"wrote {spec['path']}; next: kt predict {shlex.quote(competition)} --ensemble "
+        f"{shlex.quote(spec['path'])}"
     )
 
 

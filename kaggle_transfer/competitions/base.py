@@ -77,8 +77,9 @@ def check_files(table: pd.DataFrame, skip_missing: bool) -> pd.DataFrame:
         first = next(
             p for paths in table.loc[~exists, "paths"] for p in paths if not os.path.isfile(p)
         )
+        what = "missing or folders" if os.path.isdir(first) else "missing"
         raise KtError(
-            f"{(~exists).sum()} image file(s) missing, e.g. {first}; "
+            f"{(~exists).sum()} image file(s) {what}, e.g. {first}; "
             "fix the data folder or pass --skip-bad-images to drop those rows"
         )
     return table

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Sequence
 
 import cv2
@@ -27,6 +28,8 @@ JPEG_PARAMS = [
 # Pixel budget per image ($KT_MAX_PIXELS): six times the largest real competition photos (SIIM-ISIC's
 # 6000x4000); a decompression bomb (a small file that decodes to gigabytes) is a bad image, not a crash.
 DEFAULT_MAX_PIXELS = 150_000_000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ORIENTATION = 0x0112  # the EXIF tag (TIFF/EP; PIL.ExifTags.Base.Orientation)
 
 
 def max_pixels() -> int:
@@ -104,13 +107,14 @@ def _decode(path: str, flags: int) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise BadImage(f"{path} cannot be read ({e.strerror})", fix) from None
+    if data[:8].tobytes() == PNG_SIGNATURE:
+        # as imagecodecs decodes PNGs (the fast path): a PNG's eXIf orientation is left alone
+        flags = flags | cv2.IMREAD_IGNORE_ORIENTATION if flags >= 0 else flags
     img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
         raise BadImage(f"{path} is corrupt or not an image", fix)
     return img
 
-
-ORIENTATION = 0x0112  # the EXIF tag (TIFF/EP; PIL.ExifTags.Base.Orientation)
 
 # PNG colour types (the IHDR chunk, bytes 24-25 of the file: bit depth, colour type) the fast path takes
 PNG_GRAY, PNG_RGB, PNG_RGBA = 0, 2, 6
@@ -178,7 +182,9 @@ def _decode_reduced(path: str, size: int) -> np.ndarray | None:
                 im.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
             rgb = im.convert("RGB")
             # the EXIF orientation applied, as OpenCV's decode (every other path) applies it
-            turned = im.getexif().get(ORIENTATION, 1) != 1
+            with warnings.catch_warnings():  # a damaged EXIF block is no reason to warn per image
+                warnings.simplefilter("ignore")
+                turned = im.getexif().get(ORIENTATION, 1) != 1
             return np.asarray(ImageOps.exif_transpose(rgb) if turned else rgb)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
         return None  # let the OpenCV path name the corrupt file

@@ -162,12 +162,12 @@ def measure(member_files: Sequence[Sequence[Path]], image_paths: Sequence[Sequen
             f"--budget: none of the {len(image_paths)} competition images tried decodes, "
             f"e.g. {image_paths[0][0]}; check --data-dir"
         )
+    sample = readable[:8]
     decode = {}
     for side in sorted(set(sides)):
-        one = (
-            lambda s=side: [  # noqa: E731
-                images.fit_to(images.read_image(p, reduce_to=s), s) for p in readable[:8]
-            ]
-        )
-        decode[side] = _time(one, repeats=3) / len(readable[:8])
+
+        def one(s: int = side) -> list:
+            return [images.fit_to(images.read_image(p, reduce_to=s), s) for p in sample]
+
+        decode[side] = _time(one, repeats=3) / len(sample)
     return Costs(model_s, sides, decode, views=views)
