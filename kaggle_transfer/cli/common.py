@@ -7,6 +7,7 @@ a recipe key accept the same words.
 from __future__ import annotations
 
 import errno
+import re
 import sys
 from dataclasses import MISSING
 
@@ -33,7 +34,9 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, KtError):
         # errors raised inside DataLoader workers arrive wrapped with a traceback; keep the message
         lines = [line for line in str(e).splitlines() if line.strip()]
-        return lines[-1].split("KtError: ", 1)[-1] if lines else "unknown error"
+        # the worker's traceback ends "<module>.KtError: message" (or a subclass's name)
+        last = lines[-1] if lines else "unknown error"
+        return re.sub(r"^(?:\w+\.)*(?:KtError|BadImage): ", "", last.split("KtError: ", 1)[-1])
     where = f": {e.filename}" if getattr(e, "filename", None) else ""
     return f"{e.strerror or type(e).__name__}{where}; {OS_FIXES.get(e.errno, 'check the path and try again')}"
 

@@ -89,8 +89,9 @@ class BadImage(KtError):
     """An image that cannot be used: `problem` says what is wrong with the file, the message adds the
     fix (so a caller that skips it records the problem without advice for a flag it lacks)."""
 
-    def __init__(self, problem: str, fix: str):
-        super().__init__(f"image {problem}; {fix}")
+    def __init__(self, problem: str, fix: str | None = None):
+        # one argument: the whole message, as a DataLoader worker or pickle rebuilds the error
+        super().__init__(f"image {problem}; {fix}" if fix else problem)
         self.problem = problem
 
 
