@@ -168,6 +168,8 @@ def test_kt_ensemble_under_a_budget_records_the_estimate_and_the_frontier(tmp_pa
     assert best["members"] == record["chosen"]
     weighted = {m["run"].rsplit("/", 1)[1] for m in spec["members"] if m["weight"] > 0}
     assert weighted <= set(record["chosen"].split(" + "))
+    # the estimate counts the members prediction runs: those the weighting kept
+    assert record["chosen_members"] == [k for k, m in enumerate(spec["members"]) if m["weight"] > 0]
     bundled = kt("bundle", "aptos", "--ensemble", str(spec_path), "-o", str(tmp_path / "bundle"), "--user",
                  "kt-tester", "--no-fetch-wheels", "--image-has-onnxruntime", "--cpu-fallback")
     assert "the ensemble's predicted run:" in bundled
@@ -255,3 +257,15 @@ def test_the_estimate_rescales_to_the_notebooks_views():
     assert flip["estimated_s"] == pytest.approx(13000 * 0.12)
     assert with_views(RECORD, 8)["per_image_s"] == pytest.approx(0.03 + 0.16 + 0.20)
     assert with_views({k: v for k, v in RECORD.items() if k != "member_views"}, 2) is None
+
+
+def test_a_member_the_weighting_drops_leaves_the_estimate():
+    from kaggle_transfer.inference.ensemble import _drop_unweighted
+
+    record = {"test_images": 1000, "chosen_members": [0, 1, 4], "per_image_s": COSTS.per_image([0, 1, 4])}
+    record["estimated_s"] = 1000 * record["per_image_s"]
+    planned = {"record": record, "chosen": [0, 1, 4], "costs": COSTS}
+    _drop_unweighted(planned, np.array([0.5, 0.5, 0, 0, 0.0]))  # greedy gave member 4 nothing
+    assert record["chosen_members"] == [0, 1]
+    assert record["per_image_s"] == pytest.approx(0.02 + 0.01 + 0.03)  # decoded at 224 now, not 512
+    assert record["estimated_s"] == pytest.approx(1000 * (0.02 + 0.01 + 0.03))

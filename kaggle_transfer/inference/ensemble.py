@@ -122,6 +122,7 @@ def build(
     }
     path = Path(out) if out else runs.ensemble_path(comp.name, method)
     if planned is not None:
+        _drop_unweighted(planned, weights)
         spec["budget"] = planned["record"]
         spec["budget"]["frontier"] = _write_frontier(planned, run_dirs, path)
     write_json(path, spec)
@@ -228,7 +229,19 @@ def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int
         "decode_s": {str(k): v for k, v in costs.decode_s.items()},
         "note": costs.note,
     }
-    return chosen, {"record": record, "rows": rows, "chosen": chosen}
+    return chosen, {"record": record, "rows": rows, "chosen": chosen, "costs": costs}
+
+
+def _drop_unweighted(planned: dict, weights: np.ndarray) -> None:
+    """Greedy weighting may give a chosen member weight 0; prediction never runs it, so neither does
+    the estimate (the frontier keeps the blend as selected)."""
+    used = [m for m in planned["chosen"] if weights[m] > 0]
+    if used == planned["chosen"]:
+        return
+    record, costs = planned["record"], planned["costs"]
+    record["chosen_members"] = used
+    record["per_image_s"] = costs.per_image(used)
+    record["estimated_s"] = record["test_images"] * record["per_image_s"]
 
 
 def _write_frontier(planned: dict, run_dirs: list[Path], spec_path: Path) -> str:
