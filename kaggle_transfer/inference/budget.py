@@ -125,6 +125,44 @@ def line(record: dict[str, Any]) -> str:
     )
 
 
+def notebook_line(
+    record: dict[str, Any],
+    tta: str | None,
+    views: int | None,
+    *,
+    accelerator: str | None = None,
+    int8: bool = False,
+) -> str:
+    """The record's line for a notebook that runs `views` test-time views per model (--tta `tta`;
+    None: the recorded ones) on `accelerator`: rescaled, with a note where the estimate assumed
+    another kind of machine or fp32 models, and a warning when it passes its budget."""
+    notes = []
+    if views is not None:
+        rescaled = with_views(record, views)
+        if rescaled is None:
+            notes.append(f"for the members' recorded test-time views, not --tta {tta}")
+        else:
+            record = rescaled
+            notes.append(f"rescaled to --tta {tta}: {views} view(s) per model")
+    gpu = record["target"] in ("kaggle-t4", "kaggle-p100")
+    if accelerator == "none" and gpu:
+        notes.append(
+            f"estimated for {record['target']} but this notebook runs on the CPU: rerun kt ensemble "
+            "--budget with --target kaggle-cpu"
+        )
+    elif accelerator == "gpu" and not gpu:
+        notes.append(f"estimated for {where(record['target'])}; on a GPU the models run faster")
+    if int8:
+        notes.append("estimated for the fp32 models; int8 ones run faster on a CPU")
+    over = record["estimated_s"] > record["budget_s"]  # e.g. more views than the budget counted
+    if over:
+        notes.append(
+            "over the budget: fewer views or members, or rebuild with kt ensemble --budget"
+        )
+    warn = "warning: " if over else ""
+    return f"{warn}the ensemble's {line(record)}" + "".join(f"; {note}" for note in notes)
+
+
 def with_views(record: dict[str, Any], views: int) -> dict[str, Any] | None:
     """The record's estimate had every chosen member run `views` test-time views instead of its
     recorded ones (None: a record written before members' views were kept)."""

@@ -127,8 +127,8 @@ def build(
         spec["budget"]["frontier"] = _write_frontier(planned, run_dirs, path)
     write_json(path, spec)
     if planned is None and overwrite:  # a frontier left there by the spec this one replaced
-        for ext in (".csv", ".png"):
-            path.with_name(path.stem + f"_frontier{ext}").unlink(missing_ok=True)
+        for stale in _frontier_paths(path):
+            stale.unlink(missing_ok=True)
     spec["path"] = str(path)
     return spec
 
@@ -150,8 +150,7 @@ def _check_out(path: Path, overwrite: bool, run_dirs: list[Path], *, frontier: b
         )
     if path.suffix.lower() != ".json":
         raise KtError(f"-o {path}: an ensemble spec is a .json file; give a path ending in .json")
-    beside = [path.with_name(path.stem + f"_frontier{ext}") for ext in (".csv", ".png")]
-    taken = [p for p in [path, *(beside if frontier else [])] if p.exists()]
+    taken = [p for p in [path, *(_frontier_paths(path) if frontier else ())] if p.exists()]
     if taken and not overwrite:
         raise KtError(f"-o {path}: {taken[0]} exists; pass --overwrite to replace it")
 
@@ -163,42 +162,22 @@ def budget_line(
     accelerator: str | None = None,
     int8: bool = False,
 ) -> str | None:
-    """The budget line of an ensemble spec made with --budget (None: no spec, or none recorded), for
-    the notebook it goes into: rescaled to its --tta views, and flagged where it ran on another kind
-    of machine than the estimate assumed."""
+    """The budget line of an ensemble spec made with --budget, for the notebook it goes into (None:
+    no spec, or none recorded); budget.notebook_line says what is rescaled and flagged."""
     if not spec_path:
         return None
     record = load_spec(spec_path).get("budget")
     if record is None:
         return None
-    notes = []
-    if tta is not None:
-        n = len(tta_views(tta))
-        rescaled = plan.with_views(record, n)
-        if rescaled is None:
-            notes.append(f"for the members' recorded test-time views, not --tta {tta}")
-        else:
-            record = rescaled
-            notes.append(f"rescaled to --tta {tta}: {n} view(s) per model")
-    gpu = record["target"] in ("kaggle-t4", "kaggle-p100")
-    if accelerator == "none" and gpu:
-        notes.append(
-            f"estimated for {record['target']} but this notebook runs on the CPU: rerun kt ensemble "
-            "--budget with --target kaggle-cpu"
-        )
-    elif accelerator == "gpu" and not gpu:
-        notes.append(
-            f"estimated for {plan.where(record['target'])}; on a GPU the models run faster"
-        )
-    if int8:
-        notes.append("estimated for the fp32 models; int8 ones run faster on a CPU")
-    warn = ""
-    if record["estimated_s"] > record["budget_s"]:  # e.g. more --tta views than the budget counted
-        warn = "warning: "
-        notes.append(
-            "over the budget: fewer views or members, or rebuild with kt ensemble --budget"
-        )
-    return f"{warn}the ensemble's {plan.line(record)}" + "".join(f"; {note}" for note in notes)
+    views = len(tta_views(tta)) if tta is not None else None
+    return plan.notebook_line(record, tta, views, accelerator=accelerator, int8=int8)
+
+
+def _frontier_paths(spec_path: Path) -> tuple[Path, Path]:
+    """The frontier's CSV and PNG beside a spec."""
+    return tuple(
+        spec_path.with_name(spec_path.stem + f"_frontier{ext}") for ext in (".csv", ".png")
+    )
 
 
 def _within(comp, run_dirs: list[Path], raws, targets, budget) -> tuple[list[int], dict]:
@@ -252,7 +231,7 @@ def _write_frontier(planned: dict, run_dirs: list[Path], spec_path: Path) -> str
     table = pd.DataFrame(planned["rows"])
     table["members"] = [" + ".join(names[m] for m in r) for r in table["members"]]
     table["hours"] = table["seconds"] / 3600
-    csv = spec_path.with_name(spec_path.stem + "_frontier.csv")
+    csv = _frontier_paths(spec_path)[0]
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(csv) as tmp:
         table.to_csv(tmp, index=False)

@@ -128,8 +128,6 @@ def predict_models(
         size, channels, _ = key
         return np.zeros((len(channels) or 3, size, size), np.uint8)
 
-    bad: list[int] = []
-
     starts = list(range(0, len(paths), batch_size))
     # decoding threads (imagecodecs, OpenCV and PIL's JPEG draft release the GIL) decode and resize the
     # next batches while onnxruntime runs this one; AHEAD batches in flight keep every thread busy
@@ -146,7 +144,6 @@ def predict_models(
             for k, r in enumerate(ready):
                 if isinstance(r, str):
                     failures.append((starts[i] + k, r))
-                    bad.append(starts[i] + k)
                     ready[k] = {key: blank(key) for key in distinct}
             if i + AHEAD < len(starts):
                 s = starts[i + AHEAD]
@@ -156,7 +153,7 @@ def predict_models(
             for key in distinct:
                 views.run(key, np.stack([r[key] for r in ready]), start=starts[i])
     out = np.stack([np.concatenate(o) for o in views.outputs]).astype(np.float64)
-    out[:, bad] = np.nan
+    out[:, [row for row, _ in failures or []]] = np.nan
     return out
 
 
